@@ -1,0 +1,1 @@
+"""fastattn.attention (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""fastattn.kernels (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""fastattn.lowrank (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""fastattn.proofs_checks (see DESIGN.md)."""
