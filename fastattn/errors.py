@@ -1,6 +1,6 @@
 """Exceptions raised by fastattn. Each message says what was wrong, with the value, and what to do."""
 
-__all__ = ["FastAttnError", "SpecError", "FeatureMapError"]
+__all__ = ["FastAttnError", "SpecError", "FeatureMapError", "KernelError"]
 
 
 class FastAttnError(ValueError):
@@ -13,3 +13,7 @@ class SpecError(FastAttnError):
 
 class FeatureMapError(FastAttnError):
     """A feature map was asked for with arguments that cannot work."""
+
+
+class KernelError(FastAttnError):
+    """A kernel or attention layer was asked for with arguments it cannot serve (shape, dtype, unsafe normaliser)."""
