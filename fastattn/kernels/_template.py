@@ -1,0 +1,532 @@
+# >>> header
+"""Polynomial linear attention, f(x) = x (the template's default; codegen replaces this block).
+
+o_i = sum_{j in M(i)} f(s q_i.k_j) v_j  [ / sum_{j in M(i)} f(s q_i.k_j) ]
+"""
+COEFFS = {1: 1.0}
+COEFFS_TEXT = "x"
+POSITIVE_ON_REALS = False
+POSITIVITY_REASON = "f(x) = x is negative for x < 0"
+# <<< header
+# This file is the template that fastattn.kernels.codegen fills in: the blocks between
+# ">>> name" and "<<< name" markers are replaced by code generated from the coefficients
+# of f; everything else is the same for every f. Layout top-down: spec-specific device
+# functions, shared jit kernels, feature tables, host fwd/bwd, autograd Function, public
+# function, nn.Module. It imports only torch and triton (plus the standard library).
+
+import itertools
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["COEFFS", "feature_tables", "feature_dim", "poly_attention", "PolyAttention", "PolyAttentionFunction"]
+
+
+# >>> device_functions
+@triton.jit
+def _f(x):
+    # f(x) = x by Horner
+    y = x * 0.0 + 1.0
+    y = y * x
+    return y
+
+
+@triton.jit
+def _df(x):
+    # f'(x) = 1 by Horner
+    y = x * 0.0 + 1.0
+    return y
+
+
+@triton.jit
+def _phi(p_x, o_t, m_t, D, p_idx, o_f, F_PAD, b_w):
+    # feature f of row t is b_w[f] * prod_m x[t, idx[m, f]]; idx -1 means "no factor" (loads 1)
+    i_0 = tl.load(p_idx + 0 * F_PAD + o_f)  # [BF]
+    b_x0 = tl.load(p_x + o_t[:, None] * D + i_0[None, :], mask=m_t[:, None] & (i_0[None, :] >= 0),
+                   other=1.0).to(tl.float32)  # [BT, BF]
+    b_phi = b_x0 * b_w[None, :]  # [BT, BF]
+    # padded rows must not leak into the running sums of psi (the normaliser state)
+    return tl.where(m_t[:, None], b_phi, 0.0)
+
+
+@triton.jit
+def _phi_vjp(p_x, o_t, m_t, D, p_idx, o_f, F_PAD, b_w, b_dphi, BD: tl.constexpr, PRECISION: tl.constexpr):
+    # d/dx[a] prod_m x[idx_m] = sum_m [idx_m == a] prod_{m' != m} x[idx_m']; the scatter onto
+    # the head dim is a matmul with the one-hot matrix [idx_m == a] (tensor cores, no atomics)
+    DT = p_x.dtype.element_ty
+    o_d = tl.arange(0, BD)
+    b_g = b_dphi * b_w[None, :]  # [BT, BF]
+    i_0 = tl.load(p_idx + 0 * F_PAD + o_f)  # [BF]
+    b_dx = tl.dot(b_g.to(DT), (i_0[:, None] == o_d[None, :]).to(DT), input_precision=PRECISION)  # [BT, BD]
+    return b_dx
+# <<< device_functions
+
+
+# ----------------------------------------------------------------------------------------
+# Shared kernels. Per (batch*head) the sequence is cut into chunks of BT tokens.
+#   intra: inside a chunk, f on the [BT, BT] score tile (Horner), masked, times V;
+#          one program per (chunk, batch*head), all chunks in parallel.
+#   inter: across chunks, the state S = sum_j psi(k_j) v_j^T (and z = sum_j psi(k_j)),
+#          one program per (batch*head, feature tile, v tile) that keeps its [BF, BV] slice
+#          of S in registers while it walks the chunks, so no state ever goes to HBM;
+#          partial outputs from the feature tiles meet in an fp32 buffer by atomic adds.
+# ----------------------------------------------------------------------------------------
+@triton.jit
+def _intra_fwd_kernel(q, k, v, o, z, scale, T, D, DV,
+                      BT: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
+                      NORMALIZE: tl.constexpr, PRECISION: tl.constexpr):
+    i_c, i_bh = tl.program_id(0), tl.program_id(1)
+    i_bh64 = i_bh.to(tl.int64)
+    o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
+    m_t = o_t < T
+    o_d = tl.arange(0, BD)
+    o_v = tl.arange(0, BV)
+    m_d = o_d < D
+    m_v = o_v < DV
+    p_q = q + i_bh64 * T * D + o_t[:, None] * D + o_d[None, :]
+    p_k = k + i_bh64 * T * D + o_t[:, None] * D + o_d[None, :]
+    p_v = v + i_bh64 * T * DV + o_t[:, None] * DV + o_v[None, :]
+    b_q = tl.load(p_q, mask=m_t[:, None] & m_d[None, :], other=0.0)  # [BT, BD]
+    b_k = tl.load(p_k, mask=m_t[:, None] & m_d[None, :], other=0.0)  # [BT, BD]
+    b_v = tl.load(p_v, mask=m_t[:, None] & m_v[None, :], other=0.0)  # [BT, BV]
+    b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * scale  # [BT, BT]
+    m_a = (o_t[:, None] >= o_t[None, :]) & m_t[None, :]
+    b_a = tl.where(m_a, _f(b_s), 0.0)  # [BT, BT]
+    b_o = tl.dot(b_a.to(b_v.dtype), b_v, input_precision=PRECISION)  # [BT, BV]
+    p_o = o + i_bh64 * T * DV + o_t[:, None] * DV + o_v[None, :]
+    tl.store(p_o, b_o, mask=m_t[:, None] & m_v[None, :])
+    if NORMALIZE:
+        tl.store(z + i_bh64 * T + o_t, tl.sum(b_a, 1), mask=m_t)
+
+
+@triton.jit
+def _inter_fwd_kernel(q, k, v, o, z, idx, w_phi, w_psi, T, D, DV, F_PAD, NC,
+                      BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
+                      CAUSAL: tl.constexpr, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr):
+    i_bh, i_f, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_bh64 = i_bh.to(tl.int64)
+    DT = v.dtype.element_ty
+    o_f = i_f * BF + tl.arange(0, BF)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_v = o_v < DV
+    b_wq = tl.load(w_phi + o_f)  # [BF]
+    b_wk = tl.load(w_psi + o_f)  # [BF]
+    p_q = q + i_bh64 * T * D
+    p_k = k + i_bh64 * T * D
+    p_v = v + i_bh64 * T * DV
+    p_o = o + i_bh64 * T * DV
+    b_S = tl.zeros([BF, BV], dtype=tl.float32)
+    b_zs = tl.zeros([BF], dtype=tl.float32)
+    if not CAUSAL:
+        # every query sees every key: build the whole state first
+        for i_c in range(NC):
+            o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
+            m_t = o_t < T
+            b_psi = _phi(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk)  # [BT, BF]
+            b_v = tl.load(p_v + o_t[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
+            b_S += tl.dot(tl.trans(b_psi).to(DT), b_v, input_precision=PRECISION)  # [BF, BV]
+            b_zs += tl.sum(b_psi, 0)
+    for i_c in range(NC):
+        o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
+        m_t = o_t < T
+        b_phi = _phi(p_q, o_t, m_t, D, idx, o_f, F_PAD, b_wq)  # [BT, BF]
+        b_o = tl.dot(b_phi.to(DT), b_S.to(DT), input_precision=PRECISION)  # [BT, BV]
+        tl.atomic_add(p_o + o_t[:, None] * DV + o_v[None, :], b_o, mask=m_t[:, None] & m_v[None, :])
+        if NORMALIZE:
+            # the normaliser is one column, owned by the first v tile
+            tl.atomic_add(z + i_bh64 * T + o_t, tl.sum(b_phi * b_zs[None, :], 1), mask=m_t & ((o_t * 0 + i_v) == 0))
+        if CAUSAL:
+            # chunk i_c enters the state only after its own queries used it
+            b_psi = _phi(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk)  # [BT, BF]
+            b_v = tl.load(p_v + o_t[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
+            b_S += tl.dot(tl.trans(b_psi).to(DT), b_v, input_precision=PRECISION)  # [BF, BV]
+            b_zs += tl.sum(b_psi, 0)
+
+
+@triton.jit
+def _intra_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, scale, T, D, DV,
+                      BT: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
+                      NORMALIZE: tl.constexpr, PRECISION: tl.constexpr):
+    i_c, i_bh = tl.program_id(0), tl.program_id(1)
+    i_bh64 = i_bh.to(tl.int64)
+    o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
+    m_t = o_t < T
+    o_d = tl.arange(0, BD)
+    o_v = tl.arange(0, BV)
+    m_qk = m_t[:, None] & (o_d < D)[None, :]
+    m_vv = m_t[:, None] & (o_v < DV)[None, :]
+    o_qk = i_bh64 * T * D + o_t[:, None] * D + o_d[None, :]
+    o_vv = i_bh64 * T * DV + o_t[:, None] * DV + o_v[None, :]
+    b_q = tl.load(q + o_qk, mask=m_qk, other=0.0)  # [BT, BD]
+    b_k = tl.load(k + o_qk, mask=m_qk, other=0.0)  # [BT, BD]
+    b_v = tl.load(v + o_vv, mask=m_vv, other=0.0)  # [BT, BV]
+    DT = b_v.dtype
+    # dn = do / den is the gradient of the unnormalised output
+    b_dn = tl.load(do + o_vv, mask=m_vv, other=0.0).to(tl.float32)  # [BT, BV]
+    if NORMALIZE:
+        b_dn = b_dn * tl.load(rden + i_bh64 * T + o_t, mask=m_t, other=0.0)[:, None]
+    b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * scale  # [BT, BT]
+    m_a = (o_t[:, None] >= o_t[None, :]) & m_t[None, :]
+    b_a = tl.where(m_a, _f(b_s), 0.0)  # [BT, BT]
+    b_da = tl.dot(b_dn.to(DT), tl.trans(b_v), input_precision=PRECISION)  # [BT, BT]
+    if NORMALIZE:
+        b_da += tl.load(dz + i_bh64 * T + o_t, mask=m_t, other=0.0)[:, None]
+    b_ds = tl.where(m_a, _df(b_s) * b_da, 0.0) * scale  # [BT, BT]
+    b_dq = tl.dot(b_ds.to(DT), b_k, input_precision=PRECISION)  # [BT, BD]
+    b_dk = tl.dot(tl.trans(b_ds).to(DT), b_q, input_precision=PRECISION)  # [BT, BD]
+    b_dv = tl.dot(tl.trans(b_a).to(DT), b_dn.to(DT), input_precision=PRECISION)  # [BT, BV]
+    tl.store(dq + o_qk, b_dq, mask=m_qk)
+    tl.store(dk + o_qk, b_dk, mask=m_qk)
+    tl.store(dv + o_vv, b_dv, mask=m_vv)
+
+
+@triton.jit
+def _inter_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, idx, w_phi, w_psi, T, D, DV, F_PAD, NC,
+                      BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr,
+                      CAUSAL: tl.constexpr, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr):
+    # axis 2 interleaves (v tile, pass): pass 0 walks forward for dq, pass 1 walks backward
+    # for dk and dv; the two passes share nothing, so they run as separate programs
+    i_bh, i_f, i_vp = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_v = i_vp // 2
+    i_pass = i_vp % 2
+    i_bh64 = i_bh.to(tl.int64)
+    DT = v.dtype.element_ty
+    o_f = i_f * BF + tl.arange(0, BF)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_v = o_v < DV
+    b_wq = tl.load(w_phi + o_f)  # [BF]
+    b_wk = tl.load(w_psi + o_f)  # [BF]
+    o_d = tl.arange(0, BD)
+    m_d = o_d < D
+    p_q = q + i_bh64 * T * D
+    p_k = k + i_bh64 * T * D
+    p_v = v + i_bh64 * T * DV
+    p_do = do + i_bh64 * T * DV
+    p_dq = dq + i_bh64 * T * D
+    p_dk = dk + i_bh64 * T * D
+    p_dv = dv + i_bh64 * T * DV
+    # the normaliser's gradient is one column, owned by the first v tile (the mask below is
+    # written as a tensor op because the interpreter rejects a scalar bool in a mask)
+    if i_pass == 0:
+        # dq_i = J_phi(q_i)^T (S dn_i + z_S dz_i), S = sum over keys visible to i
+        b_S = tl.zeros([BF, BV], dtype=tl.float32)
+        b_zs = tl.zeros([BF], dtype=tl.float32)
+        if not CAUSAL:
+            for i_c in range(NC):
+                o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
+                m_t = o_t < T
+                b_psi = _phi(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk)  # [BT, BF]
+                b_v = tl.load(p_v + o_t[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
+                b_S += tl.dot(tl.trans(b_psi).to(DT), b_v, input_precision=PRECISION)  # [BF, BV]
+                b_zs += tl.sum(b_psi, 0)
+        for i_c in range(NC):
+            o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
+            m_t = o_t < T
+            b_dn = tl.load(p_do + o_t[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
+                           other=0.0).to(tl.float32)  # [BT, BV]
+            if NORMALIZE:
+                b_dn = b_dn * tl.load(rden + i_bh64 * T + o_t, mask=m_t, other=0.0)[:, None]
+            b_dphi = tl.dot(b_dn.to(DT), tl.trans(b_S.to(DT)), input_precision=PRECISION)  # [BT, BF]
+            if NORMALIZE:
+                b_dz = tl.load(dz + i_bh64 * T + o_t, mask=m_t & ((o_t * 0 + i_v) == 0), other=0.0)  # [BT]
+                b_dphi += b_dz[:, None] * b_zs[None, :]
+            b_dq = _phi_vjp(p_q, o_t, m_t, D, idx, o_f, F_PAD, b_wq, b_dphi, BD, PRECISION)  # [BT, BD]
+            tl.atomic_add(p_dq + o_t[:, None] * D + o_d[None, :], b_dq, mask=m_t[:, None] & m_d[None, :])
+            if CAUSAL:
+                b_psi = _phi(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk)  # [BT, BF]
+                b_v = tl.load(p_v + o_t[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
+                b_S += tl.dot(tl.trans(b_psi).to(DT), b_v, input_precision=PRECISION)  # [BF, BV]
+                b_zs += tl.sum(b_psi, 0)
+    else:
+        # dS = sum over queries that see key j of phi(q_i) dn_i^T (and phi(q_i) dz_i):
+        # dv_j = dS^T psi(k_j), dk_j = J_psi(k_j)^T (dS v_j + dz_S)
+        b_dS = tl.zeros([BF, BV], dtype=tl.float32)
+        b_dzs = tl.zeros([BF], dtype=tl.float32)
+        if not CAUSAL:
+            for i_c in range(NC):
+                o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
+                m_t = o_t < T
+                b_phi = _phi(p_q, o_t, m_t, D, idx, o_f, F_PAD, b_wq)  # [BT, BF]
+                b_dn = tl.load(p_do + o_t[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
+                               other=0.0).to(tl.float32)  # [BT, BV]
+                if NORMALIZE:
+                    b_dn = b_dn * tl.load(rden + i_bh64 * T + o_t, mask=m_t, other=0.0)[:, None]
+                    b_dz = tl.load(dz + i_bh64 * T + o_t, mask=m_t & ((o_t * 0 + i_v) == 0), other=0.0)  # [BT]
+                    b_dzs += tl.sum(b_phi * b_dz[:, None], 0)
+                b_dS += tl.dot(tl.trans(b_phi).to(DT), b_dn.to(DT), input_precision=PRECISION)  # [BF, BV]
+        for i in range(NC):
+            if CAUSAL:
+                i_c = NC - 1 - i
+            else:
+                i_c = i
+            o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
+            m_t = o_t < T
+            b_psi = _phi(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk)  # [BT, BF]
+            b_v = tl.load(p_v + o_t[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
+            b_dv = tl.dot(b_psi.to(DT), b_dS.to(DT), input_precision=PRECISION)  # [BT, BV]
+            tl.atomic_add(p_dv + o_t[:, None] * DV + o_v[None, :], b_dv, mask=m_t[:, None] & m_v[None, :])
+            b_dpsi = tl.dot(b_v, tl.trans(b_dS.to(DT)), input_precision=PRECISION)  # [BT, BF]
+            if NORMALIZE:
+                b_dpsi += b_dzs[None, :]
+            b_dk = _phi_vjp(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk, b_dpsi, BD, PRECISION)  # [BT, BD]
+            tl.atomic_add(p_dk + o_t[:, None] * D + o_d[None, :], b_dk, mask=m_t[:, None] & m_d[None, :])
+            if CAUSAL:
+                # chunk i_c's queries see this chunk's keys through the intra kernel, and
+                # every earlier chunk's keys through dS
+                b_phi = _phi(p_q, o_t, m_t, D, idx, o_f, F_PAD, b_wq)  # [BT, BF]
+                b_dn = tl.load(p_do + o_t[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
+                               other=0.0).to(tl.float32)  # [BT, BV]
+                if NORMALIZE:
+                    b_dn = b_dn * tl.load(rden + i_bh64 * T + o_t, mask=m_t, other=0.0)[:, None]
+                    b_dz = tl.load(dz + i_bh64 * T + o_t, mask=m_t & ((o_t * 0 + i_v) == 0), other=0.0)  # [BT]
+                    b_dzs += tl.sum(b_phi * b_dz[:, None], 0)
+                b_dS += tl.dot(tl.trans(b_phi).to(DT), b_dn.to(DT), input_precision=PRECISION)  # [BF, BV]
+
+
+# ----------------------------------------------------------------------------------------
+# Feature tables: the symmetric-tensor basis of f, built once per (head dim, scale).
+# ----------------------------------------------------------------------------------------
+_TABLES = {}
+
+
+def feature_dim(dim):
+    """Number of features of f on head dimension ``dim``: sum over a_j != 0 of C(dim + j - 1, j)."""
+    return sum(math.comb(dim + j - 1, j) for j, a in COEFFS.items() if a != 0)
+
+
+def feature_tables(dim, scale, device, block_f=64):
+    """Index and weight tables of the symmetric basis for f(scale * q.k) on head dim ``dim``.
+
+    (q.k)^j = sum over multisets alpha of size j of (j! / alpha!) q^alpha k^alpha, so feature
+    alpha of degree j carries the weight w = a_j scale^j j!/alpha!, split as
+    phi = sign(w) sqrt|w| q^alpha and psi = sqrt|w| k^alpha (balanced magnitudes for 16-bit
+    dots, and signs of a_j < 0 handled). Features are sorted by degree and padded with
+    zero-weight features to a multiple of ``block_f``.
+
+    Returns
+    -------
+    idx : int32 tensor [P, F_pad]
+        idx[m, f] is the m-th head-dim index of feature f, -1 where f has degree < m + 1.
+    w_phi, w_psi : float32 tensors [F_pad]
+    n_features : int
+    """
+    key = (int(dim), float(scale), str(device), int(block_f))
+    if key in _TABLES:
+        return _TABLES[key]
+    slots = max(1, max(COEFFS))
+    rows, ws = [], []
+    for j in sorted(COEFFS):
+        a = float(COEFFS[j])
+        if a == 0.0:
+            continue
+        for combo in itertools.combinations_with_replacement(range(dim), j):
+            mult = math.factorial(j)
+            for c in set(combo):
+                mult //= math.factorial(combo.count(c))
+            rows.append(list(combo) + [-1] * (slots - j))
+            ws.append(a * float(scale) ** j * mult)
+    n = len(rows)
+    n_pad = max(block_f, -(-n // block_f) * block_f)
+    idx = torch.full((slots, n_pad), -1, dtype=torch.int32)
+    if n:
+        idx[:, :n] = torch.tensor(rows, dtype=torch.int32).T
+    w = torch.zeros(n_pad, dtype=torch.float64)
+    w[:n] = torch.tensor(ws, dtype=torch.float64)
+    w_psi = w.abs().sqrt()
+    w_phi = torch.sign(w) * w_psi
+    out = (idx.to(device), w_phi.to(torch.float32).to(device), w_psi.to(torch.float32).to(device), n)
+    _TABLES[key] = out
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# Host side.
+# ----------------------------------------------------------------------------------------
+def _empty(shape, device):
+    # FASTATTN_NAN_FILL=1 (the tests) makes every fresh fp32 buffer NaN, so a row a kernel
+    # forgot to write shows up as NaN instead of as stale memory
+    if os.environ.get("FASTATTN_NAN_FILL", "0") == "1":
+        return torch.full(shape, float("nan"), dtype=torch.float32, device=device)
+    return torch.empty(shape, dtype=torch.float32, device=device)
+
+
+def _blocks(q, v, chunk, block_f, block_v):
+    D, DV = q.shape[-1], v.shape[-1]
+    BD = max(16, triton.next_power_of_2(D))
+    BV = max(16, triton.next_power_of_2(DV))
+    BVs = BV if block_v is None else min(BV, block_v)
+    precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    return BD, BV, BVs, precision
+
+
+def _denominator(z, fix_abs, eps):
+    return z.abs() + eps if fix_abs else z
+
+
+def poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v):
+    """Forward pass on contiguous [B, H, T, D] inputs; returns (o in q.dtype, z fp32 [B, H, T] or None)."""
+    B, H, T, D = q.shape
+    DV = v.shape[-1]
+    idx, w_phi, w_psi, _ = feature_tables(D, scale, q.device, block_f)
+    F_PAD = idx.shape[1]
+    BD, BV, BVs, precision = _blocks(q, v, chunk, block_f, block_v)
+    NC = triton.cdiv(T, chunk)
+    o = _empty((B, H, T, DV), q.device)
+    z = _empty((B, H, T), q.device) if normalize else o
+    if causal:
+        _intra_fwd_kernel[(NC, B * H)](q, k, v, o, z, float(scale), T, D, DV,
+                                       BT=chunk, BD=BD, BV=BV, NORMALIZE=normalize, PRECISION=precision)
+    else:
+        o.zero_()
+        z.zero_()
+    grid = (B * H, F_PAD // block_f, triton.cdiv(DV, BVs))
+    _inter_fwd_kernel[grid](q, k, v, o, z, idx, w_phi, w_psi, T, D, DV, F_PAD, NC,
+                            BT=chunk, BF=block_f, BV=BVs, CAUSAL=causal, NORMALIZE=normalize, PRECISION=precision)
+    if normalize:
+        o = o / _denominator(z, fix_abs, eps)[..., None]
+        return o.to(q.dtype), z
+    return o.to(q.dtype), None
+
+
+def poly_attention_bwd(q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v):
+    """Backward pass: (dq, dk, dv) in the input dtypes, from the saved output ``o`` and normaliser ``z``."""
+    B, H, T, D = q.shape
+    DV = v.shape[-1]
+    idx, w_phi, w_psi, _ = feature_tables(D, scale, q.device, block_f)
+    F_PAD = idx.shape[1]
+    BD, BV, BVs, precision = _blocks(q, v, chunk, block_f, block_v)
+    NC = triton.cdiv(T, chunk)
+    do = do.contiguous()
+    if normalize:
+        # o = n / den(z): dn = do / den, dz = -(do . o) den'(z) / den
+        den = _denominator(z, fix_abs, eps)
+        rden = 1.0 / den
+        dz = -(do.float() * o.float()).sum(-1) * rden
+        if fix_abs:
+            dz = dz * torch.sign(z)
+        rden, dz = rden.contiguous(), dz.contiguous()
+    else:
+        rden = dz = q
+    dq = _empty((B, H, T, D), q.device)
+    dk = _empty((B, H, T, D), q.device)
+    dv = _empty((B, H, T, DV), q.device)
+    if causal:
+        _intra_bwd_kernel[(NC, B * H)](q, k, v, do, rden, dz, dq, dk, dv, float(scale), T, D, DV,
+                                       BT=chunk, BD=BD, BV=BV, NORMALIZE=normalize, PRECISION=precision)
+    else:
+        dq.zero_()
+        dk.zero_()
+        dv.zero_()
+    grid = (B * H, F_PAD // block_f, 2 * triton.cdiv(DV, BVs))
+    _inter_bwd_kernel[grid](q, k, v, do, rden, dz, dq, dk, dv, idx, w_phi, w_psi, T, D, DV, F_PAD, NC,
+                            BT=chunk, BF=block_f, BV=BVs, BD=BD, CAUSAL=causal, NORMALIZE=normalize,
+                            PRECISION=precision)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+class PolyAttentionFunction(torch.autograd.Function):
+    """Autograd wrapper of :func:`poly_attention_fwd` / :func:`poly_attention_bwd`."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v):
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        o, z = poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v)
+        ctx.save_for_backward(q, k, v, o, z if z is not None else o.new_empty(0))
+        ctx.scale, ctx.causal, ctx.normalize, ctx.fix_abs, ctx.eps = scale, causal, normalize, fix_abs, eps
+        ctx.chunk, ctx.block_f, ctx.block_v = chunk, block_f, block_v
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, z = ctx.saved_tensors
+        dq, dk, dv = poly_attention_bwd(q, k, v, o, z, do, ctx.scale, ctx.causal, ctx.normalize, ctx.fix_abs,
+                                        ctx.eps, ctx.chunk, ctx.block_f, ctx.block_v)
+        return dq, dk, dv, None, None, None, None, None, None, None, None
+
+
+def _check_pow2(name, value, lo):
+    if not isinstance(value, int) or value < lo or value & (value - 1):
+        raise ValueError(f"{name}={value!r} must be a power of two >= {lo}")
+
+
+def poly_attention(q, k, v, scale=None, causal=True, normalize=True, normalizer_fix=None, eps=1e-6,
+                   chunk=64, block_f=64, block_v=None):
+    """Linear attention with the polynomial f of this module (see the module docstring).
+
+    Parameters
+    ----------
+    q, k : tensor [B, H, T, D]
+    v : tensor [B, H, T, DV]
+        fp32, fp16 or bf16, on a CUDA device (or on the CPU under TRITON_INTERPRET=1).
+    scale : float, optional
+        s in f(s q.k); default 1/sqrt(D) like torch SDPA.
+    causal : bool
+        Key j is visible to query i iff j <= i.
+    normalize : bool
+        Divide by sum_j f(s q_i.k_j). Refused when f can be <= 0 on the reals unless
+        ``normalizer_fix="abs"``, which divides by |sum_j f(s q_i.k_j)| + eps instead.
+    chunk, block_f, block_v : int
+        Tokens per chunk, features per tile, v columns per tile (None: all of them).
+
+    Returns
+    -------
+    tensor [B, H, T, DV] in q's dtype.
+
+    Examples
+    --------
+    >>> q = k = v = torch.randn(1, 2, 100, 16, device="cuda")  # doctest: +SKIP
+    >>> poly_attention(q, k, v).shape  # doctest: +SKIP
+    torch.Size([1, 2, 100, 16])
+    """
+    if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"expected q, k [B, H, T, D] and v [B, H, T, DV]; got q {tuple(q.shape)}, "
+                         f"k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"q, k, v must share one dtype of float32/float16/bfloat16; got {q.dtype}, {k.dtype}, "
+                         f"{v.dtype}")
+    if q.shape[2] == 0:
+        raise ValueError("sequence length T must be >= 1; got 0")
+    if q.shape[-1] > 256 or v.shape[-1] > 256:
+        raise ValueError(f"head dims up to 256 are supported; got D={q.shape[-1]}, DV={v.shape[-1]}")
+    _check_pow2("chunk", chunk, 16)
+    _check_pow2("block_f", block_f, 16)
+    if block_v is not None:
+        _check_pow2("block_v", block_v, 16)
+    if normalizer_fix not in (None, "abs"):
+        raise ValueError(f"normalizer_fix={normalizer_fix!r}; use None or 'abs'")
+    if normalize and not POSITIVE_ON_REALS and normalizer_fix is None:
+        raise ValueError(f"normalize=True needs f > 0 on the reals, but {POSITIVITY_REASON}; pass "
+                         "normalize=False, or normalizer_fix='abs' to divide by |sum_j f| + eps")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    return PolyAttentionFunction.apply(q, k, v, scale, bool(causal), bool(normalize), normalizer_fix == "abs",
+                                       float(eps), chunk, block_f, block_v)
+
+
+class PolyAttention(torch.nn.Module):
+    """Drop-in for ``torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=...)``.
+
+    Examples
+    --------
+    >>> layer = PolyAttention(causal=True)  # doctest: +SKIP
+    >>> q = k = v = torch.randn(1, 2, 100, 16, device="cuda")  # doctest: +SKIP
+    >>> layer(q, k, v).shape  # doctest: +SKIP
+    torch.Size([1, 2, 100, 16])
+    """
+
+    def __init__(self, causal=True, normalize=True, scale=None, normalizer_fix=None, eps=1e-6, chunk=64,
+                 block_f=64, block_v=None):
+        super().__init__()
+        self.causal, self.normalize, self.scale = causal, normalize, scale
+        self.normalizer_fix, self.eps = normalizer_fix, eps
+        self.chunk, self.block_f, self.block_v = chunk, block_f, block_v
+
+    def forward(self, q, k, v):
+        return poly_attention(q, k, v, scale=self.scale, causal=self.causal, normalize=self.normalize,
+                              normalizer_fix=self.normalizer_fix, eps=self.eps, chunk=self.chunk,
+                              block_f=self.block_f, block_v=self.block_v)
+
+    def extra_repr(self):
+        return f"f(x) = {COEFFS_TEXT}, causal={self.causal}, normalize={self.normalize}, scale={self.scale}"
