@@ -7,6 +7,7 @@ COEFFS = {1: 1.0}
 COEFFS_TEXT = "x"
 POSITIVE_ON_REALS = False
 POSITIVITY_REASON = "f(x) = x is negative for x < 0"
+DEFAULTS = {"causal": True, "normalize": False, "scale": None, "normalizer_fix": None}
 # <<< header
 # This file is the template that fastattn.kernels.codegen fills in: the blocks between
 # ">>> name" and "<<< name" markers are replaced by code generated from the coefficients
@@ -516,8 +517,8 @@ class PolyAttention(torch.nn.Module):
     torch.Size([1, 2, 100, 16])
     """
 
-    def __init__(self, causal=True, normalize=True, scale=None, normalizer_fix=None, eps=1e-6, chunk=64,
-                 block_f=64, block_v=None):
+    def __init__(self, causal=DEFAULTS["causal"], normalize=DEFAULTS["normalize"], scale=DEFAULTS["scale"],
+                 normalizer_fix=DEFAULTS["normalizer_fix"], eps=1e-6, chunk=64, block_f=64, block_v=None):
         super().__init__()
         self.causal, self.normalize, self.scale = causal, normalize, scale
         self.normalizer_fix, self.eps = normalizer_fix, eps

@@ -102,7 +102,7 @@ def symmetric_tables(coeffs, dim: int, scale: float):
     return idx, torch.sign(w) * w.abs().sqrt(), w.abs().sqrt()
 
 
-def symmetric_features(x: torch.Tensor, coeffs, scale: float, side: str = "phi") -> torch.Tensor:
+def symmetric_features(x: torch.Tensor, coeffs, scale: float, side: str = "phi", tables=None) -> torch.Tensor:
     """phi(x) (``side="phi"``) or psi(x) (``side="psi"``), shape [..., F], differentiable.
 
     >>> x, y = torch.randn(2, 5, dtype=torch.float64)
@@ -113,7 +113,8 @@ def symmetric_features(x: torch.Tensor, coeffs, scale: float, side: str = "phi")
     """
     if side not in ("phi", "psi"):
         raise ValueError(f"side={side!r}; use 'phi' or 'psi'")
-    idx, w_phi, w_psi = symmetric_tables(coeffs, x.shape[-1], scale)
+    # ``tables`` (from symmetric_tables) saves rebuilding them on every call, e.g. in a layer
+    idx, w_phi, w_psi = symmetric_tables(coeffs, x.shape[-1], scale) if tables is None else tables
     idx = idx.to(x.device)
     w = (w_phi if side == "phi" else w_psi).to(device=x.device, dtype=x.dtype)
     xe = torch.cat([x, torch.ones_like(x[..., :1])], dim=-1)  # index dim is the constant 1
@@ -124,8 +125,9 @@ def symmetric_features(x: torch.Tensor, coeffs, scale: float, side: str = "phi")
 
 
 def chunk_attention(q, k, v, coeffs, scale=None, causal=True, normalize=True, normalizer_fix=None, eps=1e-6,
-                    chunk=64):
-    """The chunkwise linear form of :func:`quadratic_attention` (same arguments, plus ``chunk``).
+                    chunk=64, tables=None):
+    """The chunkwise linear form of :func:`quadratic_attention` (same arguments, plus ``chunk``
+    and optional precomputed ``tables`` from :func:`symmetric_tables`).
 
     Causal: per chunk c, o_c = mask(f(s Q_c K_c^T)) V_c + phi(Q_c) S_{c-1}, with
     S_c = sum_{c' <= c} psi(K_c')^T V_c' (and z likewise with a column of ones).
@@ -135,8 +137,8 @@ def chunk_attention(q, k, v, coeffs, scale=None, causal=True, normalize=True, no
     B, H, T, D = q.shape
     DV = v.shape[-1]
     scale = 1.0 / math.sqrt(D) if scale is None else scale
-    phi = symmetric_features(q, coeffs, scale, "phi")  # [B, H, T, F]
-    psi = symmetric_features(k, coeffs, scale, "psi")  # [B, H, T, F]
+    phi = symmetric_features(q, coeffs, scale, "phi", tables)  # [B, H, T, F]
+    psi = symmetric_features(k, coeffs, scale, "psi", tables)  # [B, H, T, F]
     if not causal:
         n = phi @ (psi.transpose(-1, -2) @ v)
         z = phi @ psi.sum(-2, keepdim=True).transpose(-1, -2)
