@@ -1,0 +1,355 @@
+"""Explicit feature maps: phi(q) · psi(k) = f(scale · q·k), exactly or within a proven bound.
+
+Feature maps come from a registry (:data:`FEATURE_MAPS`) keyed by method name:
+
+``"exact"``     a polynomial f, in the symmetric-tensor basis.
+``"taylor"``    any analytic f truncated at degree p, with :meth:`Spec.remainder_bound`.
+``"random"``    positive random features for exp (FAVOR+), the comparison baseline.
+
+and :func:`gaussian_feature_map` for exp(-‖q-k‖²/2σ²) (per-row prefactors × Taylor).
+
+The symmetric-tensor basis: (q·k)^j = Σ_{|α|=j} (j!/α!) q^α k^α, with one feature per
+multi-index α (C(d+j-1, j) of them) instead of d^j Kronecker entries; feature α of
+degree j carries the weight sqrt(|a_j| s^j j!/α!), and the sign of a_j goes to psi.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from numbers import Real
+
+import sympy as sp
+import torch
+
+from fastattn.errors import FeatureMapError
+from fastattn.transforms.parse import X
+from fastattn.transforms.spec import Spec, spec as make_spec
+
+__all__ = [
+    "FeatureMap",
+    "PolynomialFeatureMap",
+    "RandomFeatureMap",
+    "GaussianFeatureMap",
+    "FEATURE_MAPS",
+    "register_feature_map",
+    "feature_map",
+    "gaussian_feature_map",
+    "symmetric_dim",
+    "monomial_indices",
+]
+
+FEATURE_MAPS: dict[str, Callable[..., "FeatureMap"]] = {}
+_MAX_FEATURES = 1 << 22
+
+
+def register_feature_map(name: str):
+    """Decorator adding a feature-map builder ``fn(spec, dim, **options)`` to :data:`FEATURE_MAPS`."""
+
+    def deco(fn):
+        if name in FEATURE_MAPS:
+            raise ValueError(f"feature map {name!r} is registered twice")
+        FEATURE_MAPS[name] = fn
+        return fn
+
+    return deco
+
+
+def symmetric_dim(d: int, j: int) -> int:
+    """Number of degree-j monomials in d variables: C(d + j - 1, j)."""
+    return math.comb(d + j - 1, j)
+
+
+def monomial_indices(d: int, j: int) -> torch.Tensor:
+    """All multi-indices of degree j over d variables as sorted index tuples, shape [C(d+j-1, j), j]."""
+    rows = list(itertools.combinations_with_replacement(range(d), j))
+    return torch.tensor(rows, dtype=torch.long).reshape(len(rows), j)
+
+
+def _multinomial(idx: tuple[int, ...]) -> int:
+    """j! / α! for the multi-index α given as a sorted index tuple."""
+    out = math.factorial(len(idx))
+    for _, group in itertools.groupby(idx):
+        out //= math.factorial(len(list(group)))
+    return out
+
+
+def _check_dim(dim) -> int:
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise FeatureMapError(f"dim={dim!r} must be an integer >= 1 (the head dimension of q and k)")
+    return dim
+
+
+def _check_scale(scale) -> float:
+    if isinstance(scale, bool) or not isinstance(scale, Real) or not math.isfinite(float(scale)):
+        raise FeatureMapError(f"scale={scale!r} must be a finite real number")
+    return float(scale)
+
+
+@dataclass(eq=False)
+class FeatureMap:
+    """Maps (..., dim) tensors to (..., dim_out) features with phi(q)·psi(k) ≈ f(scale·q·k).
+
+    Subclasses implement :meth:`_phi` and :meth:`_psi`; this class validates inputs.
+    """
+
+    spec: Spec | None
+    dim: int
+    dim_out: int
+    method: str
+    scale: float = 1.0
+    exact: bool = False
+
+    def _validate(self, X: torch.Tensor, name: str) -> torch.Tensor:
+        if not isinstance(X, torch.Tensor):
+            raise FeatureMapError(f"{name} expects a torch.Tensor, got {type(X).__name__}")
+        if X.ndim < 1 or X.shape[-1] != self.dim:
+            raise FeatureMapError(f"{name} expects a tensor of shape (..., {self.dim}), got {tuple(X.shape)}")
+        if not X.is_floating_point():
+            raise FeatureMapError(f"{name} expects a floating-point tensor, got {X.dtype}")
+        if not torch.isfinite(X).all():
+            raise FeatureMapError(f"{name} got non-finite values (NaN or Inf) in its input")
+        return X
+
+    def phi(self, X: torch.Tensor) -> torch.Tensor:
+        """Query features, shape (..., dim_out)."""
+        return self._phi(self._validate(X, "phi"))
+
+    def psi(self, X: torch.Tensor) -> torch.Tensor:
+        """Key features, shape (..., dim_out)."""
+        return self._psi(self._validate(X, "psi"))
+
+    def kernel(self, Q: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+        """phi(Q) psi(K)^T: the approximated matrix f(scale · Q K^T)."""
+        return self.phi(Q) @ self.psi(K).transpose(-1, -2)
+
+    def error_bound(self, R) -> float | sp.Rational | None:
+        """Bound on |phi(q)·psi(k) - f(scale·q·k)| for |scale·q·k| <= R (None: no deterministic bound)."""
+        raise NotImplementedError
+
+    def _phi(self, X):
+        raise NotImplementedError
+
+    def _psi(self, X):
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.spec}, dim={self.dim}, dim_out={self.dim_out}, method={self.method!r})"
+
+
+@dataclass(eq=False, repr=False)
+class PolynomialFeatureMap(FeatureMap):
+    """phi(q)·psi(k) = Σ_j a_j (scale·q·k)^j in the symmetric-tensor basis."""
+
+    coefficients: dict[int, sp.Expr] = field(default_factory=dict)
+    truncated_from: Spec | None = None
+    degree: int = 0
+
+    def __post_init__(self):
+        self._blocks = []  # (degree, indices [n_j, j], weights [n_j], signs [n_j])
+        for j, a in sorted(self.coefficients.items()):
+            if a == 0:
+                continue
+            idx = monomial_indices(self.dim, j)
+            mult = torch.tensor([_multinomial(tuple(r)) for r in idx.tolist()] if j else [1], dtype=torch.float64)
+            aj = float(a) * self.scale**j
+            self._blocks.append((j, idx, torch.sqrt(abs(aj) * mult), math.copysign(1.0, aj)))
+
+    @property
+    def degrees(self) -> list[int]:
+        """Degrees j with a non-zero coefficient."""
+        return [b[0] for b in self._blocks]
+
+    def _features(self, X: torch.Tensor, signed: bool) -> torch.Tensor:
+        parts = []
+        for j, idx, weight, sign in self._blocks:
+            w = weight.to(dtype=X.dtype, device=X.device)
+            if sign < 0 and signed:
+                w = -w
+            if j == 0:
+                mono = torch.ones(*X.shape[:-1], 1, dtype=X.dtype, device=X.device)
+            else:
+                mono = X[..., idx.to(X.device)].prod(dim=-1)  # [..., n_j]
+            parts.append(mono * w)
+        if not parts:
+            return torch.zeros(*X.shape[:-1], 0, dtype=X.dtype, device=X.device)
+        return torch.cat(parts, dim=-1)
+
+    def _phi(self, X):
+        return self._features(X, signed=False)
+
+    def _psi(self, X):
+        return self._features(X, signed=True)
+
+    def error_bound(self, R):
+        if self.truncated_from is None:
+            return sp.Integer(0)
+        return self.truncated_from.remainder_bound(self.degree, R)
+
+
+@register_feature_map("exact")
+def _exact(f: Spec, dim: int, *, scale: float = 1.0, degree: int | None = None) -> PolynomialFeatureMap:
+    if not f.is_polynomial:
+        raise FeatureMapError(
+            f"{f.source!r} is {f.kind} ({f.reason}), not a polynomial: there is no finite exact "
+            "feature map; use method='taylor' with degree=p for a truncation with an error bound"
+        )
+    if degree is not None and degree != f.degree:
+        raise FeatureMapError(f"degree={degree} given for the exact map of a degree-{f.degree} polynomial; leave it out")
+    coeffs = dict(enumerate(f.coefficients()))
+    return _poly_map(f, dim, coeffs, scale, "exact", None, f.degree)
+
+
+@register_feature_map("taylor")
+def _taylor(f: Spec, dim: int, *, scale: float = 1.0, degree: int | None = None) -> PolynomialFeatureMap:
+    if degree is None:
+        if f.is_polynomial:
+            return _exact(f, dim, scale=scale)
+        raise FeatureMapError(f"{f.source!r} is {f.kind}: pass degree=p for its Taylor truncation")
+    if isinstance(degree, bool) or not isinstance(degree, int) or degree < 0:
+        raise FeatureMapError(f"degree={degree!r} must be an integer >= 0")
+    if f.kind == "not-analytic":
+        raise FeatureMapError(f"{f.source!r} has no Taylor series ({f.reason}); no finite feature map approximates it uniformly")
+    coeffs = dict(enumerate(f.coefficients(degree)))
+    truncated = f if not (f.is_polynomial and degree >= f.degree) else None
+    return _poly_map(f, dim, coeffs, scale, "taylor", truncated, degree)
+
+
+def _poly_map(f, dim, coeffs, scale, method, truncated_from, degree):
+    bad = [k for k, c in coeffs.items() if not (c.is_real and c.is_finite)]
+    if bad:
+        raise FeatureMapError(f"coefficient of x^{bad[0]} in {f.source!r} is not a finite real number")
+    dim_out = sum(symmetric_dim(dim, j) for j, c in coeffs.items() if c != 0)
+    if dim_out > _MAX_FEATURES:
+        raise FeatureMapError(f"{f.source!r} at dim={dim} needs {dim_out} features, above the limit {_MAX_FEATURES}")
+    return PolynomialFeatureMap(
+        spec=f, dim=dim, dim_out=dim_out, method=method, scale=scale, exact=truncated_from is None,
+        coefficients=coeffs, truncated_from=truncated_from, degree=degree,
+    )
+
+
+@dataclass(eq=False, repr=False)
+class RandomFeatureMap(FeatureMap):
+    """Positive random features for exp(scale·q·k) (Performer's FAVOR+).
+
+    phi(x) = exp(w_i·x' - ‖x'‖²/2) / sqrt(m) with x' = sqrt(scale)·x and w_i ~ N(0, I):
+    unbiased, with error falling like 1/sqrt(m). No deterministic bound.
+    """
+
+    seed: int = 0
+
+    def __post_init__(self):
+        gen = torch.Generator().manual_seed(self.seed)
+        self._W = torch.randn(self.dim_out, self.dim, generator=gen, dtype=torch.float64)
+
+    def _feat(self, X):
+        Xs = X * math.sqrt(self.scale)
+        W = self._W.to(dtype=X.dtype, device=X.device)
+        return torch.exp(Xs @ W.T - 0.5 * (Xs * Xs).sum(-1, keepdim=True)) / math.sqrt(self.dim_out)
+
+    _phi = _feat
+    _psi = _feat
+
+    def error_bound(self, R):
+        return None
+
+
+@register_feature_map("random")
+def _random(f: Spec, dim: int, *, scale: float = 1.0, features: int = 256, seed: int = 0, degree=None) -> RandomFeatureMap:
+    if degree is not None:
+        raise FeatureMapError("method='random' takes features=m, not degree")
+    if f.expr != sp.exp(X):
+        raise FeatureMapError(f"random features are implemented for exp(x) only, got {f.source!r}")
+    if scale <= 0:
+        raise FeatureMapError(f"random features need scale > 0, got {scale}")
+    if isinstance(features, bool) or not isinstance(features, int) or features < 1:
+        raise FeatureMapError(f"features={features!r} must be an integer >= 1")
+    return RandomFeatureMap(spec=f, dim=dim, dim_out=features, method="random", scale=scale, exact=False, seed=seed)
+
+
+@dataclass(eq=False, repr=False)
+class GaussianFeatureMap(FeatureMap):
+    """exp(-‖q-k‖²/2σ²) = e^{-‖q‖²/2σ²} e^{-‖k‖²/2σ²} e^{q·k/σ²}, the last factor Taylor-truncated (IFGT)."""
+
+    sigma: float = 1.0
+    inner: PolynomialFeatureMap | None = None
+
+    def _feat(self, X, signed):
+        pre = torch.exp(-(X * X).sum(-1, keepdim=True) / (2 * self.sigma**2))
+        return pre * (self.inner._psi(X) if signed else self.inner._phi(X))
+
+    def _phi(self, X):
+        return self._feat(X, False)
+
+    def _psi(self, X):
+        return self._feat(X, True)
+
+    def error_bound(self, R):
+        """Bound for ‖q‖, ‖k‖ <= R: the prefactors are <= 1 and |q·k|/σ² <= R²/σ²."""
+        R = float(R)
+        if not math.isfinite(R) or R < 0:
+            raise FeatureMapError(f"R={R!r} must be a finite number >= 0 (a bound on the norms of q and k)")
+        return self.inner.error_bound(sp.Rational(R) ** 2 / sp.Rational(self.sigma) ** 2)
+
+
+def gaussian_feature_map(dim: int, *, sigma: float = 1.0, degree: int = 4) -> GaussianFeatureMap:
+    """Feature map of the Gaussian kernel exp(-‖q-k‖²/2σ²) (one centre, Taylor/IFGT).
+
+    Examples
+    --------
+    >>> fm = gaussian_feature_map(3, sigma=2.0, degree=6)
+    >>> q, k = torch.randn(3, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    >>> err = abs(float(fm.phi(q) @ fm.psi(k)) - math.exp(-float(((q - k) ** 2).sum()) / 8))
+    >>> err <= fm.error_bound(float(max(q.norm(), k.norm())))
+    True
+    """
+    dim = _check_dim(dim)
+    sigma = _check_scale(sigma)
+    if sigma <= 0:
+        raise FeatureMapError(f"sigma={sigma} must be > 0")
+    inner = _taylor(make_spec("exp(x)"), dim, scale=1.0 / sigma**2, degree=degree)
+    return GaussianFeatureMap(
+        spec=make_spec("exp(x)"), dim=dim, dim_out=inner.dim_out, method="gaussian",
+        scale=1.0 / sigma**2, exact=False, sigma=sigma, inner=inner,
+    )
+
+
+def feature_map(f, dim: int, *, method: str | None = None, degree: int | None = None,
+                scale: float = 1.0, **options) -> FeatureMap:
+    """Build a feature map with phi(q)·psi(k) = f(scale · q·k), exactly or within ``error_bound``.
+
+    Parameters
+    ----------
+    f : str, sympy expression or Spec
+        The function (see :func:`fastattn.spec`).
+    dim : int
+        Head dimension of q and k.
+    method : str, optional
+        A key of :data:`FEATURE_MAPS`; default ``"exact"`` for polynomials and
+        ``"taylor"`` otherwise.
+    degree : int, optional
+        Truncation degree for ``"taylor"``.
+    scale : float
+        The score is scale·q·k (e.g. 1/sqrt(dim)).
+    **options
+        Passed to the builder (``features``, ``seed`` for ``"random"``).
+
+    Examples
+    --------
+    >>> feature_map("x**2", dim=4).dim_out
+    10
+    >>> fm = feature_map("exp(x)", dim=16, degree=2)
+    >>> fm.dim_out, float(fm.error_bound(1)) < 0.22
+    (153, True)
+    """
+    f = make_spec(f)
+    dim = _check_dim(dim)
+    scale = _check_scale(scale)
+    if method is None:
+        method = "exact" if f.is_polynomial and degree is None else "taylor"
+    builder = FEATURE_MAPS.get(method)
+    if builder is None:
+        raise FeatureMapError(f"unknown feature-map method {method!r}; choose one of {sorted(FEATURE_MAPS)}")
+    return builder(f, dim, scale=scale, degree=degree, **options)

@@ -1,0 +1,183 @@
+"""Deciding f > 0 on an interval: exact for rational polynomials, certified otherwise."""
+
+from __future__ import annotations
+
+import mpmath
+import sympy as sp
+from mpmath import iv
+
+from fastattn.transforms.parse import X
+
+__all__ = ["decide", "interval_eval"]
+
+_DIGITS = 50
+_MAX_PIECES = 4096
+
+
+def decide(f, lo, hi):
+    from fastattn.transforms.spec import Positivity
+
+    interval = (lo, hi)
+    poly = _rational_poly(f.expr)
+    if poly is not None:
+        return _decide_poly(poly, lo, hi, Positivity)
+
+    counter = _find_counterpoint(f.expr, lo, hi)
+    if counter is not None:
+        point, value = counter
+        return Positivity(False, interval, f"f({point}) = {sp.N(value, 12)} <= 0 (50-digit evaluation)", point, value)
+
+    if lo == -sp.oo and hi == sp.oo and f.expr.is_positive:
+        return Positivity(True, interval, "positive for every real x by sympy's assumptions (sums and products of positive terms)")
+    if lo.is_finite and hi.is_finite:
+        ok, pieces = _interval_proof(f.expr, lo, hi)
+        if ok:
+            return Positivity(True, interval, f"interval arithmetic gives f > 0 on each of {pieces} sub-intervals")
+        return Positivity(None, interval, f"undecided: no point with f <= 0 found, and interval arithmetic could not prove f > 0 ({pieces} sub-intervals)")
+    if f.expr.is_positive is None and f.expr.is_nonnegative:
+        return Positivity(None, interval, "f >= 0 everywhere (sympy), strict positivity undecided")
+    return Positivity(None, interval, "undecided on an unbounded interval: no point with f <= 0 found on a grid of 4001 points")
+
+
+def _rational_poly(expr):
+    if not expr.is_polynomial(X):
+        return None
+    try:
+        return sp.Poly(expr, X, domain="QQ")
+    except (sp.PolynomialError, sp.CoercionFailed, sp.OptionError):
+        return None
+
+
+def _decide_poly(poly, lo, hi, Positivity):
+    interval = (lo, hi)
+    if poly.is_zero:
+        return Positivity(False, interval, "f is identically zero", sp.Integer(0) if lo <= 0 <= hi else lo, sp.Integer(0))
+    count = poly.count_roots(None if lo == -sp.oo else lo, None if hi == sp.oo else hi)
+    probe = _inside(lo, hi)
+    v = poly.eval(probe)
+    if count == 0:
+        if v > 0:
+            return Positivity(True, interval, f"no real root in [{lo}, {hi}] (exact Sturm count) and f({probe}) = {v} > 0")
+        return Positivity(False, interval, f"no real root in [{lo}, {hi}] and f({probe}) = {v} <= 0", probe, v)
+    # A root lies in the interval: find a rational point where f <= 0, else the root itself.
+    roots = [r for r in poly.real_roots() if lo <= r <= hi]
+    candidates = [probe]
+    for r in roots:
+        lo_i, hi_i = (r.interval.a, r.interval.b) if hasattr(r, "interval") else (r, r)
+        candidates += [lo_i, hi_i, (lo_i + hi_i) / 2]
+    for c in candidates:
+        if lo <= c <= hi and poly.eval(c) <= 0:
+            return Positivity(False, interval, f"{count} real root(s) in [{lo}, {hi}] (exact Sturm count); f({c}) = {poly.eval(c)}", c, poly.eval(c))
+    root = roots[0]
+    return Positivity(False, interval, f"f has a real root {root} in [{lo}, {hi}] (exact)", root, sp.Integer(0))
+
+
+def _inside(lo, hi):
+    if lo == -sp.oo and hi == sp.oo:
+        return sp.Integer(0)
+    if lo == -sp.oo:
+        return hi - 1
+    if hi == sp.oo:
+        return lo + 1
+    return (lo + hi) / 2
+
+
+def _grid(lo, hi, n=4001):
+    if lo.is_finite and hi.is_finite:
+        return [lo + (hi - lo) * sp.Rational(i, n - 1) for i in range(n)]
+    a = lo if lo.is_finite else sp.Integer(-60)
+    b = hi if hi.is_finite else sp.Integer(60)
+    return _grid(a, b, n)
+
+
+def _find_counterpoint(expr, lo, hi):
+    import numpy as np
+
+    fn = sp.lambdify(X, expr, modules=["mpmath"])
+    pts = _grid(lo, hi)
+    with mpmath.workdps(30):
+        values = []
+        for t in pts:
+            try:
+                v = fn(mpmath.mpf(sp.N(t, 30)))
+                values.append(float(mpmath.re(v)) if mpmath.isfinite(v) else np.inf)
+            except (ValueError, ZeroDivisionError, TypeError):
+                values.append(np.inf)
+    order = np.argsort(values)
+    for i in order[:5]:
+        if values[i] > 1e-20:
+            break
+        point = pts[int(i)]
+        exact = sp.simplify(expr.subs(X, point))
+        value = sp.N(exact, _DIGITS)
+        if exact == 0 or (value.is_real and value <= 0):
+            return point, exact if exact.is_Rational else value
+    return None
+
+
+def interval_eval(expr, box):
+    """Enclosure of ``expr`` over the real interval ``box`` (an ``mpmath.iv.mpf``), or None."""
+    if not expr.has(X):
+        v = sp.N(expr, 30)
+        return iv.mpf([str(v), str(v)]) if v.is_real else None
+    if expr == X:
+        return box
+    if isinstance(expr, sp.Add):
+        parts = [interval_eval(a, box) for a in expr.args]
+        return None if any(p is None for p in parts) else sum(parts[1:], parts[0])
+    if isinstance(expr, sp.Mul):
+        parts = [interval_eval(a, box) for a in expr.args]
+        if any(p is None for p in parts):
+            return None
+        out = parts[0]
+        for p in parts[1:]:
+            out = out * p
+        return out
+    if isinstance(expr, sp.Pow):
+        base, expo = expr.args
+        b = interval_eval(base, box)
+        if b is None:
+            return None
+        if expo.is_Integer:
+            n = int(expo)
+            if n % 2 == 0 and n > 0 and b.a < 0 < b.b:
+                top = max(abs(b.a), abs(b.b)) ** n
+                return iv.mpf([0, top.b])
+            if n < 0 and b.a <= 0 <= b.b:
+                return None
+            return b**n
+        if expo == sp.Rational(1, 2) and b.a >= 0:
+            return iv.sqrt(b)
+        if expo.has(X) or b.a <= 0:
+            return None
+        return iv.exp(interval_eval(expo, box) * iv.log(b)) if interval_eval(expo, box) is not None else None
+    funcs = {sp.exp: iv.exp, sp.sin: iv.sin, sp.cos: iv.cos}
+    for cls, fn in funcs.items():
+        if isinstance(expr, cls):
+            a = interval_eval(expr.args[0], box)
+            return None if a is None else fn(a)
+    if isinstance(expr, (sp.sinh, sp.cosh, sp.tanh)):
+        return interval_eval(expr.rewrite(sp.exp), box)
+    if isinstance(expr, sp.log):
+        a = interval_eval(expr.args[0], box)
+        return None if a is None or a.a <= 0 else iv.log(a)
+    return None
+
+
+def _interval_proof(expr, lo, hi):
+    with mpmath.workdps(30):
+        stack = [(lo, hi)]
+        pieces = 0
+        while stack:
+            a, b = stack.pop()
+            pieces += 1
+            if pieces > _MAX_PIECES:
+                return False, pieces
+            enc = interval_eval(expr, iv.mpf([str(sp.N(a, 30)), str(sp.N(b, 30))]))
+            if enc is not None and enc.a > 0:
+                continue
+            if enc is None and b - a < sp.Rational(1, 1 << 20):
+                return False, pieces
+            mid = (a + b) / 2
+            stack += [(a, mid), (mid, b)]
+        return True, pieces

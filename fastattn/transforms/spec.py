@@ -1,0 +1,464 @@
+"""``Spec``: an entrywise function f of the score x, as an exact symbolic object.
+
+A spec is defined once, as a sympy expression; its class, Taylor series,
+remainder bounds, positivity and feature maps are all derived from it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from numbers import Real
+
+import mpmath
+import numpy as np
+import sympy as sp
+
+from fastattn.errors import SpecError
+from fastattn.transforms.parse import X, parse_spec
+from fastattn.transforms.series import NON_ANALYTIC_FUNCS, NotAnalyticAtZero, disc_bound, taylor_coefficients
+
+__all__ = ["Spec", "spec", "Positivity", "KINDS"]
+
+KINDS = ("polynomial", "entire", "analytic", "not-analytic")
+
+# Nodes that are entire when their arguments are: everything else needs a closer look.
+_ENTIRE_FUNCS = (sp.exp, sp.sin, sp.cos, sp.sinh, sp.cosh, sp.erf)
+_MAX_TAYLOR_DEGREE = 200
+
+
+def _round_up(value) -> float:
+    """Float >= value (value an mpmath number or sympy number), rounded outward."""
+    f = float(mpmath.mpf(value) * (1 + mpmath.mpf(10) ** -25))
+    return math.nextafter(f, math.inf)
+
+
+def _as_rational(value, name: str) -> sp.Rational:
+    if isinstance(value, bool) or not isinstance(value, (Real, sp.Basic)):
+        raise SpecError(f"{name}={value!r} is not a real number")
+    if isinstance(value, sp.Basic):
+        if not (value.is_number and value.is_real and value.is_finite):
+            raise SpecError(f"{name}={value} is not a finite real number")
+        return value
+    f = float(value)
+    if not math.isfinite(f):
+        raise SpecError(f"{name}={value!r} is not finite")
+    return sp.Integer(value) if isinstance(value, int) else sp.Rational(f)
+
+
+@dataclass(frozen=True)
+class Positivity:
+    """The answer of :meth:`Spec.is_positive`.
+
+    ``positive`` is True (proved), False (``counterpoint`` is a point of the
+    interval with f(counterpoint) <= 0, ``value`` its exact or 50-digit value) or
+    None (undecided; ``reason`` says what was tried).
+    """
+
+    positive: bool | None
+    interval: tuple
+    reason: str
+    counterpoint: sp.Expr | None = None
+    value: sp.Expr | None = None
+
+    def __bool__(self) -> bool:
+        return self.positive is True
+
+
+@dataclass(frozen=True, eq=False)
+class Spec:
+    """An entrywise function f(x) of the attention score x = q·k.
+
+    Build one with :func:`spec`. Everything here is exact until asked for floats.
+
+    Examples
+    --------
+    >>> f = spec("1 + x + x**2/2")
+    >>> f.kind, f.degree, f.coefficients(3)
+    ('polynomial', 2, [1, 1, 1/2, 0])
+    >>> spec("exp(x)").remainder_bound(2, 1)   # e^1 - 5/2, rounded up  # doctest: +ELLIPSIS
+    0.218281828459045...
+    """
+
+    expr: sp.Expr
+    source: str
+    params: Mapping[str, sp.Expr] = field(default_factory=dict)
+
+    # -- classification ------------------------------------------------------------------------
+    @cached_property
+    def _classification(self) -> tuple[str, str, sp.Expr | None]:
+        e = self.expr
+        bad = [a for a in e.atoms(*NON_ANALYTIC_FUNCS) if a.has(X)]
+        if bad:
+            node = min(bad, key=lambda a: len(str(a)))
+            return "not-analytic", f"{node} is not analytic{_kink_text(node)}", None
+        if e.is_polynomial(X):
+            deg = sp.Poly(e, X).degree()
+            return "polynomial", f"a polynomial of degree {deg}", sp.oo
+        try:
+            taylor_coefficients(e, 1)
+        except NotAnalyticAtZero as exc:
+            return "not-analytic", f"no power series at x = 0: {exc.why} ({exc.node})", None
+        singular = _singular_sets(e)
+        if not singular:
+            return "entire", "built from entire functions (exp, sin, cos, sinh, cosh, erf, polynomials)", sp.oo
+        radius, how = _radius(e, singular)
+        return "analytic", f"singular at distance {how} from 0, so the Taylor series at 0 converges for |x| < {radius}", radius
+
+    @property
+    def kind(self) -> str:
+        """One of ``"polynomial"``, ``"entire"``, ``"analytic"`` (finite radius), ``"not-analytic"``."""
+        return self._classification[0]
+
+    @property
+    def reason(self) -> str:
+        """One line saying why :attr:`kind` is what it is."""
+        return self._classification[1]
+
+    @property
+    def radius(self) -> sp.Expr | None:
+        """Radius of convergence of the Taylor series at 0 (``sympy.oo`` when entire, None when not analytic)."""
+        return self._classification[2]
+
+    @property
+    def is_polynomial(self) -> bool:
+        return self.kind == "polynomial"
+
+    @cached_property
+    def degree(self) -> int | None:
+        """The degree of a polynomial spec, None for any other kind."""
+        return sp.Poly(self.expr, X).degree() if self.is_polynomial else None
+
+    # -- series ----------------------------------------------------------------------------------
+    def coefficients(self, p: int | None = None) -> list[sp.Expr]:
+        """Exact Taylor coefficients a_0..a_p at 0 (p defaults to the degree of a polynomial)."""
+        p = self._check_degree_arg(p)
+        if self.is_polynomial:
+            coeffs = sp.Poly(self.expr, X).all_coeffs()[::-1]
+            coeffs = coeffs + [sp.Integer(0)] * (p + 1 - len(coeffs))
+            return [sp.nsimplify(c) if c.is_Float else c for c in coeffs[: p + 1]]
+        if self.kind == "not-analytic":
+            raise SpecError(f"{self.source!r} has no Taylor series: {self.reason}")
+        return self._series(p)[: p + 1]
+
+    def _series(self, p: int) -> list[sp.Expr]:
+        cached = self.__dict__.get("_series_cache")
+        if cached is None or len(cached) <= p:
+            cached = taylor_coefficients(self.expr, max(p, 8))
+            object.__setattr__(self, "_series_cache", cached)
+        return cached
+
+    def _check_degree_arg(self, p) -> int:
+        if p is None:
+            if self.degree is None:
+                raise SpecError(f"{self.source!r} is {self.kind}; pass the truncation degree p explicitly")
+            return self.degree
+        if isinstance(p, bool) or not isinstance(p, (int, np.integer)):
+            raise SpecError(f"degree p={p!r} must be an integer")
+        if p < 0:
+            raise SpecError(f"degree p={p} must be >= 0")
+        if p > _MAX_TAYLOR_DEGREE:
+            raise SpecError(f"degree p={p} is above the limit {_MAX_TAYLOR_DEGREE}")
+        return int(p)
+
+    def taylor(self, p: int) -> Spec:
+        """The Taylor polynomial of degree p at 0, as a polynomial Spec."""
+        poly = sum((c * X**k for k, c in enumerate(self.coefficients(p))), sp.Integer(0))
+        return Spec(sp.expand(poly), f"taylor({self.source}, {p})", dict(self.params))
+
+    def remainder_bound(self, p: int, R, method: str = "best"):
+        """Rigorous bound on ``sup_{|x| <= R} |f(x) - taylor(p)(x)|``.
+
+        Parameters
+        ----------
+        p : int
+            Truncation degree.
+        R : real
+            Radius of the interval (for analytic f, R must be below :attr:`radius`).
+        method : {"best", "lagrange", "cauchy"}
+            ``"lagrange"``: the Lagrange remainder, for c·exp(a·x+b), c·sin(a·x+b)
+            and c·cos(a·x+b). ``"cauchy"``: exact coefficients up to degree p+30
+            plus a Cauchy-estimate tail from a certified bound on |f| over a complex
+            disc. ``"best"``: the smaller of those available.
+
+        Returns
+        -------
+        sympy.Rational or float
+            Exact for polynomials with rational coefficients; otherwise a float
+            rounded upward.
+        """
+        p = self._check_degree_arg(p)
+        R = _as_rational(R, "R")
+        if R < 0:
+            raise SpecError(f"radius R={R} must be >= 0")
+        if method not in ("best", "lagrange", "cauchy"):
+            raise SpecError(f"method={method!r}; choose 'best', 'lagrange' or 'cauchy'")
+        if self.kind == "not-analytic":
+            raise SpecError(f"{self.source!r} has no Taylor remainder bound: {self.reason}")
+        if self.is_polynomial:
+            tail = sum((abs(c) * R**k for k, c in enumerate(self.coefficients(max(p, self.degree))) if k > p), sp.Integer(0))
+            return tail if tail.is_Rational else _round_up(sp.N(tail, 40))
+        if self.radius is not sp.oo and not R < self.radius:
+            raise SpecError(
+                f"R={R} is not inside the radius of convergence {self.radius} of {self.source!r}: "
+                "the Taylor series diverges there"
+            )
+        candidates = []
+        if method in ("best", "lagrange"):
+            lag = _lagrange_bound(self.expr, p, R)
+            if lag is None and method == "lagrange":
+                raise SpecError(f"no Lagrange bound rule for {self.source!r}; use method='cauchy'")
+            if lag is not None:
+                candidates.append(lag)
+        if method in ("best", "cauchy"):
+            candidates.append(self._cauchy_bound(p, R))
+        return min(candidates)
+
+    def _cauchy_bound(self, p: int, R) -> float:
+        if R == 0:
+            return 0.0
+        extra = 30
+        coeffs = self._series(p + extra)
+        with mpmath.workdps(50):
+            Rm = mpmath.mpf(sp.N(R, 50))
+            head = mpmath.fsum(abs(mpmath.mpmathify(sp.N(coeffs[k], 50))) * Rm**k for k in range(p + 1, p + extra + 1))
+            best = mpmath.inf
+            limit = mpmath.mpf(sp.N(self.radius, 50)) if self.radius is not sp.oo else mpmath.inf
+            for t in (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8):
+                r = Rm * (1 + t) if Rm > 0 else mpmath.mpf(t)
+                if not r < limit:
+                    continue
+                bound = disc_bound(self.expr, r)
+                if bound is None:
+                    continue
+                c, d = bound
+                M = abs(c) + d
+                tail = M * (Rm / r) ** (p + extra + 1) / (1 - Rm / r)
+                best = min(best, tail)
+            if best == mpmath.inf:
+                raise SpecError(f"could not bound |{self.source}| on a complex disc around |x| <= {R}")
+            return _round_up(head + best)
+
+    # -- positivity --------------------------------------------------------------------------------
+    def is_positive(self, interval=(-sp.oo, sp.oo)) -> Positivity:
+        """Decide whether f > 0 on a closed interval (ends may be infinite).
+
+        Polynomials with rational coefficients are decided exactly (Sturm root
+        counting). Other specs are proved positive by sympy's assumptions (whole
+        line) or interval arithmetic (finite interval), or refuted by a point
+        where f <= 0, certified with 50-digit evaluation.
+
+        >>> spec("1 + x + x**2/2").is_positive().positive
+        True
+        >>> spec("1 + x").is_positive((-2, 0)).counterpoint
+        -1
+        """
+        lo, hi = _interval(interval)
+        from fastattn.transforms import positivity
+
+        return positivity.decide(self, lo, hi)
+
+    # -- numbers -----------------------------------------------------------------------------------
+    @cached_property
+    def _numpy_fn(self) -> Callable:
+        import scipy.special
+
+        return sp.lambdify(X, self.expr, modules=[{"erf": scipy.special.erf, "Heaviside": _heaviside}, "numpy"])
+
+    def __call__(self, x):
+        """Evaluate f elementwise in float64 (numpy) — a reference, not a fast path."""
+        arr = np.asarray(x, dtype=np.float64)
+        out = self._numpy_fn(arr)
+        return np.broadcast_to(np.asarray(out, dtype=np.float64), arr.shape).copy() if np.ndim(out) < arr.ndim else np.asarray(out, dtype=np.float64)
+
+    def __str__(self) -> str:
+        return self.source
+
+    def __repr__(self) -> str:
+        return f"Spec({self.source!r}, kind={self.kind!r})"
+
+    def _repr_markdown_(self) -> str:
+        return f"**{self.source}** — f(x) = ${sp.latex(self.expr)}$ — *{self.kind}*: {self.reason}"
+
+
+def _heaviside(x, h0=0.5):
+    return np.heaviside(x, h0)
+
+
+def _kink_text(node: sp.Expr) -> str:
+    """' at x = 0' for Abs(x), Max(x, 0), ... where the kink can be located exactly."""
+    if isinstance(node, (sp.Max, sp.Min)) and len(node.args) == 2:
+        g = node.args[0] - node.args[1]
+    elif node.args:
+        g = node.args[0]
+    else:
+        return ""
+    try:
+        if g.is_polynomial(X):
+            roots = sp.Poly(g, X).real_roots()
+            if roots:
+                return f" at x = {roots[0]}"
+    except (sp.PolynomialError, NotImplementedError):
+        pass
+    return ""
+
+
+def _singular_sets(e: sp.Expr) -> list[sp.Expr]:
+    """Expressions g whose complex zeros are the candidate singularities of e."""
+    out = []
+    for node in sp.preorder_traversal(e):
+        if not node.has(X):
+            continue
+        if isinstance(node, sp.Pow):
+            base, expo = node.args
+            if expo.has(X):
+                if base.has(X):
+                    out.append(base)
+            elif not (expo.is_Integer and expo >= 0):
+                out.append(base)
+        elif isinstance(node, sp.log):
+            out.append(node.args[0])
+        elif isinstance(node, sp.tan):
+            out.append(sp.cos(node.args[0]))
+        elif isinstance(node, sp.tanh):
+            out.append(sp.cosh(node.args[0]))
+        elif isinstance(node, sp.atan):
+            out.append(1 + node.args[0] ** 2)
+        elif not isinstance(node, (sp.Add, sp.Mul, sp.Symbol, *_ENTIRE_FUNCS)) and not node.is_number:
+            out.append(node)
+    return out
+
+
+def _radius(e: sp.Expr, singular: list[sp.Expr]) -> tuple[sp.Expr, str]:
+    """Distance from 0 to the nearest complex zero of the singular sets, exactly where possible."""
+    z = sp.Symbol("z")
+    best, best_text = None, ""
+    for g in singular:
+        gz = g.subs(X, z)
+        roots = []
+        try:
+            if gz.is_polynomial(z):
+                roots = list(sp.roots(sp.Poly(gz, z)).keys()) or [sp.Float(r, 30) for r in sp.Poly(gz, z).nroots(n=30)]
+            else:
+                roots = [r for r in sp.solve(gz, z) if abs(complex(sp.N(gz.subs(z, r), 30))) < 1e-20]
+        except (NotImplementedError, sp.PolynomialError, TypeError, ValueError):
+            roots = []
+        for r in roots:
+            dist = abs(r) if r.is_Float else sp.simplify(sp.Abs(r))
+            if best is None or float(dist) < float(best):
+                best, best_text = dist, f"|{sp.simplify(r)}| = {dist}"
+    if best is None:
+        # No zero found symbolically: the largest disc on which the bound stays finite is a
+        # certified lower bound on the radius.
+        lo, hi = mpmath.mpf(0), mpmath.mpf(64)
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if disc_bound(e, mid) is not None else (lo, mid)
+        best = sp.Rational(str(mpmath.nstr(lo, 12)))
+        best_text = f">= {best} (certified lower bound; no singularity located exactly)"
+    return best, best_text
+
+
+def _lagrange_bound(e: sp.Expr, p: int, R) -> float | None:
+    """Lagrange remainder for c·exp(a·x+b), c·sin(a·x+b), c·cos(a·x+b); None for other forms."""
+    c, rest = e.as_independent(X, as_Add=False)
+    if not isinstance(rest, (sp.exp, sp.sin, sp.cos)):
+        return None
+    arg = rest.args[0]
+    if not arg.is_polynomial(X) or sp.Poly(arg, X).degree() != 1:
+        return None
+    a, b = sp.Poly(arg, X).all_coeffs()
+    n = p + 1
+    if isinstance(rest, sp.exp):
+        # |f^(n)(xi)| = |c| |a|^n e^(a xi + b) <= |c| |a|^n e^(|a| R + b)
+        sup = abs(c) * abs(a) ** n * sp.exp(abs(a) * R + b)
+    else:
+        sup = abs(c) * abs(a) ** n
+    return _round_up(sp.N(sup * R**n / sp.factorial(n), 50))
+
+
+def _interval(interval) -> tuple[sp.Expr, sp.Expr]:
+    if not isinstance(interval, (tuple, list)) or len(interval) != 2:
+        raise SpecError(f"interval={interval!r} must be a pair (lo, hi)")
+    ends = []
+    for name, v in zip(("lo", "hi"), interval):
+        if v in (sp.oo, -sp.oo) or (isinstance(v, float) and math.isinf(v)):
+            ends.append(sp.oo if v > 0 else -sp.oo)
+        else:
+            ends.append(_as_rational(v, name))
+    if not ends[0] <= ends[1]:
+        raise SpecError(f"interval {interval!r} is empty (lo > hi)")
+    return ends[0], ends[1]
+
+
+def _canonical(expr: sp.Expr) -> sp.Expr:
+    """Cancel common factors of a rational function, so (x**2-1)/(x-1) is the polynomial x+1."""
+    if expr.has(X) and not expr.is_polynomial(X) and expr.is_rational_function(X):
+        return sp.cancel(expr)
+    return expr
+
+
+def spec(f, *, params: Mapping[str, object] | None = None, name: str | None = None,
+         coefficients: Sequence | Callable[[int], object] | None = None) -> Spec:
+    """Build a :class:`Spec` from a string, a sympy expression or a callable.
+
+    Parameters
+    ----------
+    f : str, sympy.Expr, Spec or callable
+        A function of ``x``. A string is parsed safely (nothing in it is executed;
+        see :mod:`fastattn.transforms.parse`). A callable must come with
+        ``coefficients`` (its Taylor series), from which the spec is built as a
+        polynomial (a finite list) — for an infinite series pass a sympy
+        expression instead.
+    params : mapping, optional
+        Named real constants used in the string, e.g. ``{"tau": 8}``.
+    name : str, optional
+        Display name (defaults to the text).
+    coefficients : sequence, optional
+        Taylor coefficients a_0..a_p declared for a callable.
+
+    Examples
+    --------
+    >>> spec("exp(x/tau)", params={"tau": 4}).coefficients(2)
+    [1, 1/4, 1/32]
+    >>> spec("__import__('os')")
+    Traceback (most recent call last):
+    ...
+    fastattn.errors.SpecError: name '__import__' is not allowed at column 1 in spec "__import__('os')"
+    """
+    if isinstance(f, Spec):
+        return f
+    if isinstance(f, str):
+        expr = _canonical(parse_spec(f, params))
+        return Spec(expr, name or f.strip(), dict(params or {}))
+    if isinstance(f, sp.Basic):
+        if not isinstance(f, sp.Expr):
+            raise SpecError(f"a sympy spec must be an expression, got {type(f).__name__}")
+        free = f.free_symbols
+        xs = [s for s in free if s.name == "x"]
+        others = sorted(s.name for s in free if s.name != "x")
+        if others:
+            raise SpecError(f"spec {f} has variables {others} besides x; substitute numbers for them first")
+        expr = _canonical(f.subs(xs[0], X) if xs else f)
+        return Spec(expr, name or str(expr), {})
+    if callable(f):
+        if coefficients is None:
+            raise SpecError(
+                "a callable spec needs its series: pass coefficients=[a0, a1, ...] "
+                "(or give the function as a string or sympy expression)"
+            )
+        coeffs = list(coefficients) if not callable(coefficients) else [coefficients(k) for k in range(_MAX_TAYLOR_DEGREE)]
+        exact = [sp.nsimplify(c, rational=True) if isinstance(c, float) else sp.sympify(c) for c in coeffs]
+        expr = sum((c * X**k for k, c in enumerate(exact)), sp.Integer(0))
+        probe = np.linspace(-0.5, 0.5, 7)
+        got = np.array([float(f(t)) for t in probe])
+        want = np.array([float(expr.subs(X, sp.Rational(str(t)))) for t in probe])
+        if not np.allclose(got, want, rtol=1e-6, atol=1e-9):
+            raise SpecError(
+                f"the callable and its declared coefficients disagree on [-0.5, 0.5] "
+                f"(max difference {np.max(np.abs(got - want)):.3g})"
+            )
+        return Spec(expr, name or getattr(f, "__name__", "callable"), {})
+    raise SpecError(f"cannot make a spec from {type(f).__name__}; pass a string such as 'exp(x)'")

@@ -1,0 +1,289 @@
+"""Kernel chain tests: sympy f -> Horner -> quadratic reference -> chunkwise torch -> Triton (interpreter).
+
+Every Triton case compares o, dq, dk, dv (random upstream gradient) against the float64
+quadratic reference on the same rounded inputs, through one ``assert_close``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fastattn
+from fastattn.errors import KernelError
+from fastattn.kernels import naive
+from fastattn.kernels.checks import assert_close
+from fastattn.kernels.codegen import Polynomial, cache_dir, load_module, render
+from fastattn.kernels.poly import poly_attention, polynomial
+
+SPECS = ["x", "1 + x + x**2/2", "(1+x)**3", "x**2 + x**4"]
+# largest head dim per degree that keeps the interpreter quick (features: 17, 153, 455, 147)
+MAX_DIM = {1: 16, 2: 16, 3: 12, 4: 6}
+SLOW_OK = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def interpreter(tmp_path_factory):
+    """Run Triton on the CPU, NaN-fill fresh kernel buffers, and keep generated files in a temp cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TRITON_INTERPRET", "1")
+        mp.setenv("FASTATTN_NAN_FILL", "1")
+        mp.setenv("FASTATTN_CACHE", str(tmp_path_factory.mktemp("fastattn_cache")))
+        yield
+
+
+def _inputs(seed, B, H, T, D, DV, dtype, positive):
+    g = torch.Generator().manual_seed(seed)
+    if positive:
+        # the abs-fixed normaliser |sum f| + eps is ill-conditioned where sum f crosses 0;
+        # positive q, k keep s q.k >= 0.25 so that such specs are tested where they are usable
+        q = 0.5 + torch.rand(B, H, T, D, generator=g, dtype=torch.float64)
+        k = 0.5 + torch.rand(B, H, T, D, generator=g, dtype=torch.float64)
+    else:
+        q = torch.randn(B, H, T, D, generator=g, dtype=torch.float64)
+        k = torch.randn(B, H, T, D, generator=g, dtype=torch.float64)
+    v = torch.randn(B, H, T, DV, generator=g, dtype=torch.float64)
+    do = torch.randn(B, H, T, DV, generator=g, dtype=torch.float64)
+    return [x.to(dtype) for x in (q, k, v, do)]
+
+
+def run_case(spec, dtype, B, H, T, D, DV, chunk, block_f, block_v, causal, normalize, seed=0):
+    """Triton (interpreter) against the float64 quadratic reference: o, dq, dk, dv."""
+    poly = polynomial(spec)
+    fix = "abs" if normalize and not poly.positive else None
+    q, k, v, do = _inputs(seed, B, H, T, D, DV, dtype, positive=fix is not None)
+    q, k, v = (x.clone().requires_grad_() for x in (q, k, v))
+    o = poly_attention(q, k, v, poly, causal=causal, normalize=normalize, normalizer_fix=fix, chunk=chunk,
+                       block_f=block_f, block_v=block_v, backend="triton")
+    o.backward(do)
+    rq, rk, rv = (x.detach().double().requires_grad_() for x in (q, k, v))
+    ref = naive.quadratic_attention(rq, rk, rv, poly, causal=causal, normalize=normalize, normalizer_fix=fix)
+    ref.backward(do.double())
+    assert o.dtype == dtype
+    assert_close("o", ref, o, dtype)
+    assert_close("dq", rq.grad, q.grad, dtype)
+    assert_close("dk", rk.grad, k.grad, dtype)
+    assert_close("dv", rv.grad, v.grad, dtype)
+
+
+# ------------------------------------------------------------------ the chain, link by link
+@pytest.mark.parametrize("spec", SPECS + ["x - x**3/6", "2 - x**2"])
+def test_horner_matches_sympy(spec):
+    sp = fastattn.spec(spec)
+    import sympy
+
+    f = sympy.lambdify(sympy.Symbol("x"), sp.expr, "math")
+    x = torch.linspace(-3, 3, 61, dtype=torch.float64)
+    got = naive.horner(x, polynomial(sp))
+    want = torch.tensor([float(f(float(t))) for t in x], dtype=torch.float64)
+    assert_close("horner", want, got, torch.float64)
+
+
+@pytest.mark.parametrize("spec", SPECS + ["x - x**3/6"])
+@pytest.mark.parametrize("dim", [1, 3, 7])
+def test_symmetric_features_reproduce_f(spec, dim):
+    poly = polynomial(spec)
+    g = torch.Generator().manual_seed(dim)
+    x, y = torch.randn(2, 9, dim, generator=g, dtype=torch.float64)
+    phi = naive.symmetric_features(x, poly, 0.7, "phi")
+    psi = naive.symmetric_features(y, poly, 0.7, "psi")
+    assert phi.shape[-1] == poly.feature_dim(dim) == sum(math.comb(dim + j - 1, j) for j, _ in poly.coeffs)
+    assert_close("phi.psi", naive.horner(0.7 * x @ y.T, poly), phi @ psi.T, torch.float64)
+
+
+def test_feature_dim_degree2_d64_is_2145():
+    poly = polynomial("1 + x + x**2/2")
+    assert poly.feature_dim(64) == 2145
+    assert naive.symmetric_tables(poly, 64, 0.125)[0].shape[1] == 2145
+    mod = load_module(poly)
+    idx, w_phi, w_psi, n = mod.feature_tables(64, 0.125, "cpu", 64)
+    assert n == 2145 and idx.shape == (2, 2176) and bool((w_phi[n:] == 0).all())
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_feature_map_of_transforms_agrees(spec):
+    """The symbolic core's FeatureMap (independent code) gives the same f(s QK^T) as Horner."""
+    D, s = 4, 0.5
+    fm = fastattn.feature_map(fastattn.spec(spec), dim=D, scale=s)
+    g = torch.Generator().manual_seed(1)
+    q, k = torch.randn(2, 11, D, generator=g, dtype=torch.float64)
+    got = fm.phi(q) @ fm.psi(k).T
+    assert_close("FeatureMap", naive.horner(s * q @ k.T, polynomial(spec)), got, torch.float64)
+
+
+@settings(SLOW_OK, max_examples=60)
+@given(spec=st.sampled_from(SPECS), T=st.integers(1, 70), D=st.integers(1, 5), DV=st.integers(1, 6),
+       chunk=st.integers(1, 32), causal=st.booleans(), normalize=st.booleans(), seed=st.integers(0, 2**16))
+def test_chunk_matches_quadratic_float64(spec, T, D, DV, chunk, causal, normalize, seed):
+    poly = polynomial(spec)
+    fix = "abs" if normalize and not poly.positive else None
+    q, k, v, _ = _inputs(seed, 2, 1, T, D, DV, torch.float64, positive=fix is not None)
+    kw = dict(causal=causal, normalize=normalize, normalizer_fix=fix)
+    ref = naive.quadratic_attention(q, k, v, poly, **kw)
+    got = naive.chunk_attention(q, k, v, poly, chunk=chunk, **kw)
+    assert_close("chunk", ref, got, torch.float64)
+
+
+@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+@pytest.mark.parametrize("normalize", [True, False], ids=["norm", "raw"])
+def test_gradcheck_chunk_float64(spec, causal, normalize):
+    poly = polynomial(spec)
+    fix = "abs" if normalize and not poly.positive else None
+    q, k, v, _ = _inputs(3, 1, 2, 9, 3, 2, torch.float64, positive=fix is not None)
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+
+    def fn(q, k, v):
+        return naive.chunk_attention(q, k, v, poly, causal=causal, normalize=normalize, normalizer_fix=fix,
+                                     chunk=4)
+
+    assert torch.autograd.gradcheck(fn, (q, k, v), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ Triton, interpreter
+ROWS = [
+    # id, B, H, T, D, DV, chunk, block_f, block_v, causal, normalize
+    ("T1", 1, 1, 1, 4, 4, 16, 16, None, True, True),
+    ("T1-full", 1, 2, 1, 3, 5, 16, 16, None, False, False),
+    ("T63-chunk16", 1, 1, 63, 4, 8, 16, 32, None, True, True),
+    ("T20-chunk64", 2, 1, 20, 5, 12, 64, 16, None, True, False),
+    ("D5-DV12-full", 1, 2, 33, 5, 12, 16, 64, None, False, True),
+    ("DV20-vtiles", 1, 1, 40, 3, 20, 16, 16, 16, True, True),
+    ("DV20-vtiles-full", 1, 1, 40, 3, 20, 32, 16, 16, False, True),
+    ("T130-pow2", 1, 1, 130, 4, 16, 32, 64, None, True, True),
+]
+
+
+@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("row", ROWS, ids=[r[0] for r in ROWS])
+def test_triton_rows_float32(spec, row):
+    _, B, H, T, D, DV, chunk, block_f, block_v, causal, normalize = row
+    run_case(spec, torch.float32, B, H, T, D, DV, chunk, block_f, block_v, causal, normalize)
+
+
+@st.composite
+def cases(draw):
+    spec = draw(st.sampled_from(SPECS))
+    deg = polynomial(spec).degree
+    dims = st.one_of(st.sampled_from([1, 5, 12, 16]), st.integers(1, 16))
+    D = min(draw(dims), MAX_DIM[deg])
+    return dict(spec=spec, B=draw(st.integers(1, 2)), H=draw(st.integers(1, 2)),
+                T=draw(st.one_of(st.sampled_from([1, 63, 64, 65, 130]), st.integers(1, 130))),
+                D=D, DV=draw(dims), chunk=draw(st.sampled_from([16, 32, 64])),
+                block_f=draw(st.sampled_from([16, 32, 64])), block_v=draw(st.sampled_from([None, 16])),
+                causal=draw(st.booleans()), normalize=draw(st.booleans()), seed=draw(st.integers(0, 2**16)))
+
+
+@settings(SLOW_OK, max_examples=20)
+@given(case=cases())
+def test_triton_drawn_float32(case):
+    run_case(dtype=torch.float32, **case)
+
+
+@settings(SLOW_OK, max_examples=20)
+@given(case=cases())
+def test_triton_drawn_float16(case):
+    run_case(dtype=torch.float16, **case)
+
+
+# ------------------------------------------------------------------ normaliser safety
+@pytest.mark.parametrize("spec", ["x", "(1+x)**3", "x**2 + x**4"])
+def test_unsafe_normalizer_refused(spec):
+    q = k = v = torch.randn(1, 1, 4, 2)
+    with pytest.raises(KernelError, match="normalizer_fix='abs'"):
+        poly_attention(q, k, v, spec, normalize=True, backend="torch")
+    with pytest.raises(KernelError, match="normalizer_fix='abs'"):
+        poly_attention(q, k, v, spec, normalize=True, backend="triton")
+
+
+def test_truncated_exp_normalizer_follows_parity():
+    assert polynomial("exp(x)", degree=2).positive is True
+    assert polynomial("exp(x)", degree=3).positive is False
+    with pytest.raises(KernelError, match="not a polynomial"):
+        polynomial("exp(x)")
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_abs_fix_gives_finite_output_where_sum_f_is_zero(backend):
+    # f = x with q = 0: every score is 0, so sum_j f = 0 exactly; |0| + eps keeps o finite
+    q = torch.zeros(1, 1, 20, 4, requires_grad=True)
+    k = torch.randn(1, 1, 20, 4, requires_grad=True)
+    v = torch.randn(1, 1, 20, 3, requires_grad=True)
+    o = poly_attention(q, k, v, "x", normalize=True, normalizer_fix="abs", chunk=16, block_f=16, backend=backend)
+    o.sum().backward()
+    for name, t in [("o", o), ("dq", q.grad), ("dk", k.grad), ("dv", v.grad)]:
+        assert bool(torch.isfinite(t).all()), f"{name} has non-finite entries"
+    assert_close("o", torch.zeros_like(o), o, torch.float32)
+
+
+def test_fresh_buffers_are_nan_under_the_fill_flag():
+    mod = load_module(polynomial("x"))
+    assert bool(mod._empty((3,), "cpu").isnan().all())
+
+
+# ------------------------------------------------------------------ generated source
+def test_render_is_readable_and_compiles():
+    src = render(polynomial("1 + x + x**2/2"))
+    assert "# f(x) = 1 + x + x**2/2 by Horner on the tile" in src
+    assert "    y = x * 0.0 + 0.5\n    y = y * x + 1.0\n    y = y * x + 1.0\n" in src
+    assert ">>> " not in src.split('"""', 2)[2].split("def _f")[0]  # markers replaced
+    compile(src, "generated.py", "exec")
+
+
+def test_sparse_coefficients_render_with_zero_steps():
+    src = render(polynomial("x**2 + x**4"))
+    assert "    y = x * 0.0 + 1.0\n    y = y * x\n    y = y * x + 1.0\n    y = y * x\n    y = y * x\n" in src
+
+
+def test_cache_is_keyed_by_source_hash():
+    m1 = load_module(polynomial("(1+x)**3"))
+    m2 = load_module(polynomial("(1+x)**3"))
+    m3 = load_module(polynomial("1 + x + x**2/2"))
+    assert m1 is m2 and m1 is not m3
+    files = {p.name for p in cache_dir().glob("poly_*.py")}
+    assert {m1.__file__.rsplit("/", 1)[1], m3.__file__.rsplit("/", 1)[1]} <= files
+
+
+@pytest.mark.parametrize("coeffs, match", [
+    ({}, "identically zero"),
+    ({0: 0.0}, "identically zero"),
+    ({9: 1.0}, "degree 9"),
+    ({1: float("nan")}, "not finite"),
+    ({-1: 1.0}, "index -1"),
+    ({1: "abc"}, "not a real number"),
+])
+def test_bad_coefficients_name_the_value(coeffs, match):
+    with pytest.raises(KernelError, match=match):
+        Polynomial.from_coefficients(coeffs)
+
+
+def test_non_analytic_spec_is_refused():
+    class FakeSpec:
+        kind, degree = "not-analytic", None
+
+        def __str__(self):
+            return "abs(x)"
+
+    with pytest.raises(KernelError, match="abs\\(x\\) is not-analytic"):
+        polynomial(FakeSpec())
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(chunk=8), "chunk=8"),
+    (dict(block_f=48), "block_f=48"),
+    (dict(block_v=4), "block_v=4"),
+])
+def test_bad_tiling_names_the_value(kw, match):
+    q = k = v = torch.randn(1, 1, 4, 2)
+    with pytest.raises(KernelError, match=match):
+        poly_attention(q, k, v, "1 + x + x**2/2", backend="triton", **kw)
+
+
+def test_mismatched_shapes_are_refused():
+    q = k = torch.randn(1, 1, 4, 2)
+    with pytest.raises(KernelError, match="v \\(1, 1, 5, 2\\)"):
+        poly_attention(q, k, torch.randn(1, 1, 5, 2), "x", normalize=False)
