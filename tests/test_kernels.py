@@ -63,11 +63,33 @@ def run_case(spec, dtype, B, H, T, D, DV, chunk, block_f, block_v, causal, norma
     rq, rk, rv = (x.detach().double().requires_grad_() for x in (q, k, v))
     ref = naive.quadratic_attention(rq, rk, rv, poly, causal=causal, normalize=normalize, normalizer_fix=fix)
     ref.backward(do.double())
+    terms = _term_sizes(rq, rk, rv, do.double(), poly, causal, normalize, fix)
     assert o.dtype == dtype
-    assert_close("o", ref, o, dtype)
-    assert_close("dq", rq.grad, q.grad, dtype)
-    assert_close("dk", rk.grad, k.grad, dtype)
-    assert_close("dv", rv.grad, v.grad, dtype)
+    assert_close("o", ref, o, dtype, terms[0])
+    assert_close("dq", rq.grad, q.grad, dtype, terms[1])
+    assert_close("dk", rk.grad, k.grad, dtype, terms[2])
+    assert_close("dv", rv.grad, v.grad, dtype, terms[3])
+
+
+def _term_sizes(q, k, v, do, poly, causal, normalize, fix, eps=1e-6):
+    """Sizes of the sums behind o, dq, dk, dv (float64): the same sums on |a_j|, |q|, |k|, |v|, |do|.
+
+    The kernels add up signed terms (feature products phi_f psi_f, or the numerator and
+    denominator paths of a normalised gradient) whose sum can be much smaller than the
+    terms, e.g. (1+x)**3 near x = -1; rounding is relative to the terms, so errors are
+    judged against these sizes where they exceed the result (see ``checks.errors``). The
+    denominator is held at its true value.
+    """
+    absp = Polynomial.from_coefficients({j: abs(a) for j, a in poly.coeffs})
+    den = torch.ones_like(q[..., 0])
+    if normalize:
+        ones = torch.ones_like(v[..., :1])
+        z = naive.quadratic_attention(q, k, ones, poly, causal=causal, normalize=False)[..., 0].detach()
+        den = z.abs() + eps if fix == "abs" else z
+    q, k, v = (x.detach().abs().requires_grad_() for x in (q, k, v))
+    o = naive.quadratic_attention(q, k, v, absp, causal=causal, normalize=False) / den.abs()[..., None]
+    (o * do.abs()).sum().backward()
+    return o.detach(), q.grad, k.grad, v.grad
 
 
 # ------------------------------------------------------------------ the chain, link by link
@@ -134,12 +156,13 @@ def test_chunk_matches_quadratic_float64(spec, T, D, DV, chunk, causal, normaliz
 def test_gradcheck_chunk_float64(spec, causal, normalize):
     poly = polynomial(spec)
     fix = "abs" if normalize and not poly.positive else None
-    q, k, v, _ = _inputs(3, 1, 2, 9, 3, 2, torch.float64, positive=fix is not None)
+    q, k, v, _ = _inputs(3, 1, 1, 9, 2, 2, torch.float64, positive=fix is not None)
     q, k, v = (x.requires_grad_() for x in (q, k, v))
+    tables = naive.symmetric_tables(poly, 2, 0.6)
 
     def fn(q, k, v):
-        return naive.chunk_attention(q, k, v, poly, causal=causal, normalize=normalize, normalizer_fix=fix,
-                                     chunk=4)
+        return naive.chunk_attention(q, k, v, poly, scale=0.6, causal=causal, normalize=normalize,
+                                     normalizer_fix=fix, chunk=4, tables=tables)
 
     assert torch.autograd.gradcheck(fn, (q, k, v), eps=1e-6, atol=1e-7, rtol=1e-5)
 
@@ -178,13 +201,13 @@ def cases(draw):
                 causal=draw(st.booleans()), normalize=draw(st.booleans()), seed=draw(st.integers(0, 2**16)))
 
 
-@settings(SLOW_OK, max_examples=20)
+@settings(SLOW_OK, max_examples=15)
 @given(case=cases())
 def test_triton_drawn_float32(case):
     run_case(dtype=torch.float32, **case)
 
 
-@settings(SLOW_OK, max_examples=20)
+@settings(SLOW_OK, max_examples=15)
 @given(case=cases())
 def test_triton_drawn_float16(case):
     run_case(dtype=torch.float16, **case)
@@ -230,7 +253,7 @@ def test_render_is_readable_and_compiles():
     src = render(polynomial("1 + x + x**2/2"))
     assert "# f(x) = 1 + x + x**2/2 by Horner on the tile" in src
     assert "    y = x * 0.0 + 0.5\n    y = y * x + 1.0\n    y = y * x + 1.0\n" in src
-    assert ">>> " not in src.split('"""', 2)[2].split("def _f")[0]  # markers replaced
+    assert "# >>>" not in src and "# <<<" not in src  # every template block was replaced
     compile(src, "generated.py", "exec")
 
 

@@ -193,7 +193,7 @@ def _device_functions(poly: Polynomial) -> str:
     slots = max(1, poly.degree)
     lines = _horner("_f", c, f"f(x) = {poly.text}")
     lines += ["", ""]
-    lines += _horner("_df", dc, "f'(x)")
+    lines += _horner("_df", dc, f"f'(x) = {_formula(dc) if dc else '0'}")
     lines += ["", "", "@triton.jit", "def _phi(p_x, o_t, m_t, D, p_idx, o_f, F_PAD, b_w):",
               "    # feature f of row t is b_w[f] * prod_m x[t, idx[m, f]]; idx -1 means \"no factor\" (loads 1)"]
     lines += _gathers(slots)
@@ -302,6 +302,19 @@ def import_path(path: Path, name: str):
     return mod
 
 
+def _check_interpreter_ready() -> None:
+    # triton.language's own jit helpers (tl.sum, tl.max, ...) pick interpreter or compiler
+    # when triton is first imported; set afterwards, TRITON_INTERPRET=1 fails deep inside a
+    # kernel with "Cannot call @triton.jit'd outside of the scope of a kernel"
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpretedFunction
+
+    if not isinstance(tl.standard.sum, InterpretedFunction):
+        raise KernelError("TRITON_INTERPRET=1 was set after triton was imported (something imported it first, "
+                          "e.g. torch.use_deterministic_algorithms); set it in the environment before the "
+                          "process starts: TRITON_INTERPRET=1 python ...")
+
+
 def load_module(poly: Polynomial):
     """Generate (or find in the cache) and import the module for ``poly``.
 
@@ -312,6 +325,8 @@ def load_module(poly: Polynomial):
     src = render(poly)
     digest = hashlib.sha256(src.encode()).hexdigest()[:16]
     key = (digest, os.environ.get("TRITON_INTERPRET", "0"))
+    if key[1] not in ("", "0"):
+        _check_interpreter_ready()
     if key in _MODULES:
         return _MODULES[key]
     path = cache_dir() / f"poly_{digest}.py"

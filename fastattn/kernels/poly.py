@@ -28,10 +28,12 @@ _ERROR_RADII = (1.0, 2.0, 4.0)
 
 
 def _truncation_note(sp, degree: int) -> str:
-    import fastattn
+    import sympy
 
-    fm = fastattn.feature_map(sp, dim=1, degree=degree)
-    parts = ", ".join(f"{float(fm.error_bound(r)):.3g} for |s q.k| <= {r:g}" for r in _ERROR_RADII)
+    radii = [r for r in _ERROR_RADII if sp.radius is None or sp.radius is sympy.oo or r < sp.radius]
+    if not radii:
+        radii = [float(sp.radius) / 2]
+    parts = ", ".join(f"{float(sp.remainder_bound(degree, r)):.3g} for |s q.k| <= {r:g}" for r in radii)
     return f"Taylor truncation at degree {degree}: |f - f_p| <= {parts}"
 
 
@@ -71,8 +73,7 @@ def polynomial(f, degree: int | None = None) -> Polynomial:
     if sp.kind == "polynomial":
         p = sp.degree if degree is None else min(int(degree), sp.degree)
         if p < sp.degree:
-            origin = f"{sp} truncated at degree {p}"
-            note = f"truncation of a polynomial of degree {sp.degree} at degree {p}: not exact"
+            origin, note = f"{sp} truncated at degree {p}", _truncation_note(sp, p)
         else:
             origin, note = str(sp), "exact: f is a polynomial"
     elif sp.kind in ("entire", "analytic"):
@@ -89,25 +90,10 @@ def polynomial(f, degree: int | None = None) -> Polynomial:
     coeffs = {j: a for j, a in enumerate(sp.coefficients(p)) if a != 0}
     if not coeffs:
         raise KernelError(f"the Taylor polynomial of {sp} at degree {p} is 0; raise the degree")
-    positive, reason = _positivity_of(coeffs, truncated=(p != sp.degree) if sp.kind == "polynomial" else True,
-                                      sp=sp)
-    return Polynomial.from_coefficients(coeffs, positive=positive, positivity_reason=reason, origin=origin,
-                                        error_note=note)
-
-
-def _positivity_of(coeffs: dict, truncated: bool, sp):
-    """f > 0 on R, decided by the symbolic core: on the spec itself, or on its truncation."""
-    import sympy
-
-    import fastattn
-
-    target = sp
-    if truncated:
-        x = sympy.Symbol("x")
-        target = fastattn.spec(str(sum(sympy.Rational(a) * x**j for j, a in coeffs.items())))
-    verdict = target.is_positive((-sympy.oo, sympy.oo))
-    why = str(getattr(verdict, "reason", "")) or f"positivity of {target} on R is {verdict.positive}"
-    return (verdict.positive is True, why)
+    # positivity of what the kernel computes: the truncation, not f (exp > 0, its cubic is not)
+    verdict = (sp.taylor(p) if p != sp.degree else sp).is_positive()
+    return Polynomial.from_coefficients(coeffs, positive=verdict.positive is True,
+                                        positivity_reason=verdict.reason, origin=origin, error_note=note)
 
 
 def check_normalizer(poly: Polynomial, normalize: bool, normalizer_fix: str | None) -> None:
