@@ -1,0 +1,445 @@
+"""Exact and rigorous arithmetic used by the certificates.
+
+* Modular linear algebra over Z/pZ on Python ints: an integer matrix whose
+  determinant is non-zero modulo one prime p has a non-zero integer determinant,
+  so ``det mod p != 0`` is a proof of non-singularity (no floats involved).
+* An exact evaluator of a spec at points x = t or x = t·log(b) (t rational, b an
+  integer >= 2) that returns a :class:`fractions.Fraction` or gives up. It covers
+  rational functions, Abs / Max / Min / Heaviside / sign, and exp(a·x) at
+  x = t·log(b) when a·t is an integer (e^{a t log b} = b^{a t}).
+* An interval evaluator (mpmath.iv) for the rigorous numeric route.
+* Fixed-point big-integer Gauss-Jordan for an approximate inverse (its accuracy
+  does not matter: the residual I - B·A is recomputed exactly afterwards).
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import mpmath
+import sympy as sp
+from mpmath import iv
+
+from fastattn.transforms import X
+
+#: Primes for modular certificates: 2^61 - 1 and two more below 2^62.
+PRIMES = (2**61 - 1, 4611686018427387847, 4611686018427387817, 2305843009213693921)
+
+
+class NotExact(Exception):
+    """The exact evaluator met a node it cannot keep rational."""
+
+
+# -- modular linear algebra -------------------------------------------------------------------
+def rank_mod_p(rows: list[list[int]], p: int) -> tuple[int, list[int], list[int]]:
+    """Rank of an integer matrix modulo p, with the pivot rows and columns of a non-singular minor.
+
+    The minor ``M[rows][:, cols]`` is non-singular modulo p, hence over Q.
+    """
+    m = [[v % p for v in r] for r in rows]
+    n_rows = len(m)
+    n_cols = len(m[0]) if m else 0
+    row_ids = list(range(n_rows))
+    piv_rows, piv_cols = [], []
+    r = 0
+    for c in range(n_cols):
+        pivot = next((i for i in range(r, n_rows) if m[i][c]), None)
+        if pivot is None:
+            continue
+        m[r], m[pivot] = m[pivot], m[r]
+        row_ids[r], row_ids[pivot] = row_ids[pivot], row_ids[r]
+        inv = pow(m[r][c], p - 2, p)
+        pr = m[r]
+        for i in range(r + 1, n_rows):
+            if m[i][c]:
+                fct = m[i][c] * inv % p
+                mi = m[i]
+                for cc in range(c, n_cols):
+                    if pr[cc]:
+                        mi[cc] = (mi[cc] - fct * pr[cc]) % p
+        piv_rows.append(row_ids[r])
+        piv_cols.append(c)
+        r += 1
+        if r == n_rows:
+            break
+    return r, piv_rows, piv_cols
+
+
+def det_mod_p(rows: list[list[int]], p: int) -> int:
+    """Determinant of a square integer matrix modulo p."""
+    m = [[v % p for v in r] for r in rows]
+    n = len(m)
+    det = 1
+    for c in range(n):
+        pivot = next((i for i in range(c, n) if m[i][c]), None)
+        if pivot is None:
+            return 0
+        if pivot != c:
+            m[c], m[pivot] = m[pivot], m[c]
+            det = -det
+        det = det * m[c][c] % p
+        inv = pow(m[c][c], p - 2, p)
+        pr = m[c]
+        for i in range(c + 1, n):
+            if m[i][c]:
+                fct = m[i][c] * inv % p
+                mi = m[i]
+                for cc in range(c, n):
+                    mi[cc] = (mi[cc] - fct * pr[cc]) % p
+    return det % p
+
+
+def nonzero_det_prime(rows: list[list[int]], skip: int | None = None) -> tuple[int, int] | None:
+    """(p, det mod p) for the first prime of :data:`PRIMES` (other than ``skip``) with det mod p != 0."""
+    for p in PRIMES:
+        if p == skip:
+            continue
+        d = det_mod_p(rows, p)
+        if d:
+            return p, d
+    return None
+
+
+def integer_rows(rows: list[list[Fraction]]) -> tuple[list[list[int]], list[int]]:
+    """Scale each row by the lcm of its denominators (rank and non-singularity are unchanged)."""
+    out, scales = [], []
+    for r in rows:
+        L = 1
+        for v in r:
+            L = L * v.denominator // math.gcd(L, v.denominator)
+        out.append([int(v * L) for v in r])
+        scales.append(L)
+    return out, scales
+
+
+# -- exact evaluation ---------------------------------------------------------------------------
+# A value is a polynomial in lam = log(base) > 0 with rational coefficients: {power: Fraction}.
+def _const(c) -> dict:
+    return {0: Fraction(c)} if c else {}
+
+
+def _add(a, b):
+    out = dict(a)
+    for k, v in b.items():
+        s = out.get(k, 0) + v
+        if s:
+            out[k] = s
+        else:
+            out.pop(k, None)
+    return out
+
+
+def _mul(a, b):
+    out: dict = {}
+    for i, u in a.items():
+        for j, v in b.items():
+            out = _add(out, {i + j: u * v})
+    return out
+
+
+def _sign(a) -> int:
+    # lam > 0, so a single-term value has the sign of its coefficient.
+    if not a:
+        return 0
+    if len(a) > 1:
+        raise NotExact("sign of a multi-term value in log(b)")
+    return 1 if next(iter(a.values())) > 0 else -1
+
+
+def _to_fraction(a) -> Fraction:
+    if not a:
+        return Fraction(0)
+    if set(a) != {0}:
+        raise NotExact("value depends on log(b)")
+    return a[0]
+
+
+def exact_eval(expr: sp.Expr, t: Fraction, base: int | None = None) -> Fraction:
+    """f at x = t (base None) or x = t·log(base), as an exact Fraction; raises NotExact."""
+    x = _const(t) if base is None or base == 1 else ({1: Fraction(t)} if t else {})
+    if base == 1:
+        x = {}
+    return _to_fraction(_ev(expr, x, base))
+
+
+def _ev(e, x, base):
+    if e == X:
+        return x
+    if e.is_Rational:
+        return _const(Fraction(int(e.p), int(e.q)))
+    if e.is_Number:
+        raise NotExact(f"constant {e} is not rational")
+    if not e.has(X):
+        v = sp.nsimplify(e)
+        if v.is_Rational:
+            return _const(Fraction(int(v.p), int(v.q)))
+        raise NotExact(f"constant {e} is not rational")
+    if isinstance(e, sp.Add):
+        out: dict = {}
+        for a in e.args:
+            out = _add(out, _ev(a, x, base))
+        return out
+    if isinstance(e, sp.Mul):
+        out = _const(1)
+        for a in e.args:
+            out = _mul(out, _ev(a, x, base))
+        return out
+    if isinstance(e, sp.Pow):
+        b, ex = e.args
+        if b == sp.E:
+            return _ev(sp.exp(ex), x, base)
+        if not ex.is_Integer:
+            if ex.is_Rational and not ex.has(X):
+                v = _to_fraction(_ev(b, x, base))
+                root = _rational_root(v, int(ex.q))
+                return _const(root ** int(ex.p))
+            raise NotExact("non-integer power")
+        bv = _ev(b, x, base)
+        k = int(ex)
+        if k >= 0:
+            out = _const(1)
+            for _ in range(k):
+                out = _mul(out, bv)
+            return out
+        if len(bv) != 1:
+            raise NotExact("reciprocal of a zero or multi-term value")
+        ((pw, c),) = bv.items()
+        if pw != 0:
+            raise NotExact("negative power of a value in log(b)")
+        return {0: c**k}
+    if isinstance(e, sp.exp):
+        a = _ev(e.args[0], x, base)
+        if not a:
+            return _const(1)
+        if set(a) == {1} and base:
+            c = a[1]
+            if c.denominator == 1:
+                return _const(Fraction(base) ** int(c))
+        raise NotExact("exp of a value that is not an integer multiple of log(b)")
+    if isinstance(e, (sp.sinh, sp.cosh, sp.tanh)):
+        return _ev(e.rewrite(sp.exp), x, base)
+    if isinstance(e, sp.Abs):
+        a = _ev(e.args[0], x, base)
+        return a if _sign(a) >= 0 else {k: -v for k, v in a.items()}
+    if isinstance(e, sp.sign):
+        return _const(_sign(_ev(e.args[0], x, base)))
+    if isinstance(e, sp.Heaviside):
+        s = _sign(_ev(e.args[0], x, base))
+        if s == 0:
+            h0 = e.args[1] if len(e.args) > 1 else sp.Rational(1, 2)
+            return _ev(h0, x, base)
+        return _const(1 if s > 0 else 0)
+    if isinstance(e, (sp.Max, sp.Min)):
+        vals = [_ev(a, x, base) for a in e.args]
+        best = vals[0]
+        for v in vals[1:]:
+            s = _sign(_add(v, {k: -c for k, c in best.items()}))
+            if (s > 0) == isinstance(e, sp.Max) and s != 0:
+                best = v
+        return best
+    raise NotExact(f"{type(e).__name__} is not handled exactly")
+
+
+def _rational_root(v: Fraction, q: int) -> Fraction:
+    if v < 0:
+        raise NotExact("root of a negative number")
+    for part in (v.numerator, v.denominator):
+        r = round(part ** (1.0 / q))
+        if r**q != part:
+            raise NotExact("irrational root")
+    return Fraction(round(v.numerator ** (1.0 / q)), round(v.denominator ** (1.0 / q)))
+
+
+# -- interval evaluation ------------------------------------------------------------------------
+def iv_of_fraction(t: Fraction):
+    """A tight interval around the rational t."""
+    return iv.mpf(t.numerator) / iv.mpf(t.denominator)
+
+
+def interval_eval(e: sp.Expr, x):
+    """Enclosure of e at the interval x (mpmath.iv); raises NotExact for unsupported nodes."""
+    if e == X:
+        return x
+    if not e.has(X):
+        if e.is_Rational:
+            return iv_of_fraction(Fraction(int(e.p), int(e.q)))
+        if e == sp.pi:
+            return iv.pi
+        if e == sp.E:
+            return iv.e
+        return interval_eval(e.func(*[a for a in e.args]), x) if e.args else _iv_const(e)
+    if isinstance(e, sp.Add):
+        out = iv.mpf(0)
+        for a in e.args:
+            out = out + interval_eval(a, x)
+        return out
+    if isinstance(e, sp.Mul):
+        out = iv.mpf(1)
+        for a in e.args:
+            out = out * interval_eval(a, x)
+        return out
+    if isinstance(e, sp.Pow):
+        b, ex = e.args
+        if b == sp.E:
+            return iv.exp(interval_eval(ex, x))
+        bv = interval_eval(b, x)
+        if ex.is_Integer:
+            k = int(ex)
+            if k < 0 and bv.a <= 0 <= bv.b:
+                raise NotExact("division by an interval containing 0")
+            if k % 2 == 0 and k > 0 and bv.a < 0 < bv.b:
+                top = max(abs(bv.a), abs(bv.b)) ** k
+                return iv.mpf([0, top.b])
+            return bv**k
+        if bv.a <= 0:
+            raise NotExact("non-integer power of a value that may be <= 0")
+        return iv.exp(interval_eval(ex, x) * iv.log(bv))
+    table = {sp.exp: iv.exp, sp.sin: iv.sin, sp.cos: iv.cos, sp.tan: iv.tan, sp.erf: _iv_erf}
+    for cls, fn in table.items():
+        if isinstance(e, cls):
+            return fn(interval_eval(e.args[0], x))
+    if isinstance(e, sp.log):
+        a = interval_eval(e.args[0], x)
+        if a.a <= 0:
+            raise NotExact("log of a value that may be <= 0")
+        return iv.log(a)
+    if isinstance(e, (sp.sinh, sp.cosh, sp.tanh)):
+        return interval_eval(e.rewrite(sp.exp), x)
+    if isinstance(e, sp.Abs):
+        a = interval_eval(e.args[0], x)
+        if a.a >= 0:
+            return a
+        if a.b <= 0:
+            return -a
+        return iv.mpf([0, max(-a.a, a.b)])
+    if isinstance(e, (sp.Max, sp.Min)):
+        vals = [interval_eval(a, x) for a in e.args]
+        pick = max if isinstance(e, sp.Max) else min
+        return iv.mpf([pick(v.a for v in vals), pick(v.b for v in vals)])
+    if isinstance(e, (sp.Heaviside, sp.sign)):
+        a = interval_eval(e.args[0], x)
+        if a.a > 0:
+            return iv.mpf(1)
+        if a.b < 0:
+            return iv.mpf(0 if isinstance(e, sp.Heaviside) else -1)
+        raise NotExact("Heaviside/sign at an interval containing 0")
+    raise NotExact(f"{type(e).__name__} has no interval rule")
+
+
+def _erf_series_bounds(t: Fraction, W: int) -> tuple[int, int]:
+    """Integers lo <= S·2^W <= hi for S = sum_k (-1)^k t^(2k+1) / (k! (2k+1)), t >= 0 rational.
+
+    Each term is carried as a floor/ceil pair of integers (no rounding is lost); once
+    the terms decrease, the alternating tail lies between 0 and the first omitted term.
+    """
+    p, q = t.numerator, t.denominator
+    p2, q2 = p * p, q * q
+    one = 1 << W
+    t_lo = (p * one) // q
+    t_hi = -((-p * one) // q)
+    lo = hi = 0
+    k = 0
+    k_min = p2 // q2 + 2
+    while True:
+        c_lo, c_hi = t_lo // (2 * k + 1), -((-t_hi) // (2 * k + 1))
+        if k > k_min and c_hi <= 1:
+            # the tail is bounded by the first omitted term (<= c_hi) in absolute value
+            return lo - c_hi - 1, hi + c_hi + 1
+        if k % 2 == 0:
+            lo, hi = lo + c_lo, hi + c_hi
+        else:
+            lo, hi = lo - c_hi, hi - c_lo
+        k += 1
+        t_lo = (t_lo * p2) // (q2 * k)
+        t_hi = -((-t_hi * p2) // (q2 * k))
+
+
+def erf_enclosure(t: Fraction):
+    """An mpmath.iv interval containing erf(t) for a rational t, at the current iv precision."""
+    if t < 0:
+        return -erf_enclosure(-t)
+    if t > 30:
+        # 1 - erf(t) <= exp(-t^2) / (t sqrt(pi)) < 2^-1290
+        return iv.mpf([1 - iv.mpf(2) ** -1290, 1]) if iv.prec < 1280 else iv.mpf([iv.mpf(0), 1]) + 0
+    # the series terms grow to about e^(t^2) before they fall: carry that many extra bits
+    W = iv.prec + 16 + int(float(t * t) * 1.45) + 8
+    lo, hi = _erf_series_bounds(t, W)
+    scale = iv.mpf(2) ** -W
+    return iv.mpf([iv.mpf(lo) * scale, iv.mpf(hi) * scale]) * 2 / iv.sqrt(iv.pi)
+
+
+def _iv_erf(a):
+    # erf is increasing: its range on [a.a, a.b] is [erf(lower end), erf(upper end)].
+    lo, hi = (mpf_to_fraction(e) for e in a._mpi_)
+    if lo == hi:
+        return erf_enclosure(lo)
+    return iv.mpf([erf_enclosure(lo).a, erf_enclosure(hi).b])
+
+
+def _iv_const(e):
+    v = sp.N(e, iv.dps + 20)
+    if not v.is_real:
+        raise NotExact(f"constant {e} is not real")
+    s = mpmath.mpf(str(v))
+    eps = abs(s) * mpmath.mpf(10) ** (-(iv.dps + 10)) + mpmath.mpf(10) ** (-(iv.dps + 10))
+    return iv.mpf([s - eps, s + eps])
+
+
+def mpf_to_fraction(v) -> Fraction:
+    """The exact binary rational value of an mpmath mpf."""
+    if isinstance(v, tuple):
+        sign, man, exp, _ = v
+    elif hasattr(v, "_mpi_"):
+        raise TypeError("pass an interval endpoint as enc._mpi_[0] or enc._mpi_[1]")
+    else:
+        sign, man, exp, _ = v._mpf_ if hasattr(v, "_mpf_") else mpmath.mpf(v)._mpf_
+    if not man:
+        return Fraction(0)
+    val = Fraction(int(man)) * (Fraction(2) ** int(exp))
+    return -val if sign else val
+
+
+# -- fixed point approximate inverse ------------------------------------------------------------
+def approx_inverse_fixed(A: list[list[int]], P: int) -> list[list[int]]:
+    """Approximate inverse of A·2^-P, returned as integers B with B·2^-P ≈ inverse. Gauss-Jordan, partial pivoting."""
+    n = len(A)
+    one = 1 << P
+    M = [list(A[i]) + [one if j == i else 0 for j in range(n)] for i in range(n)]
+    for c in range(n):
+        pivot = max(range(c, n), key=lambda i: abs(M[i][c]))
+        if M[pivot][c] == 0:
+            raise ZeroDivisionError("singular to working precision")
+        M[c], M[pivot] = M[pivot], M[c]
+        pv = M[c][c]
+        # normalise the pivot row to fixed point 1 at column c
+        M[c] = [(v << P) // pv for v in M[c]]
+        pr = M[c]
+        for i in range(n):
+            if i != c and M[i][c]:
+                fct = M[i][c]
+                M[i] = [vi - ((fct * vp) >> P) for vi, vp in zip(M[i], pr)]
+    return [row[n:] for row in M]
+
+
+def isqrt_ceil(v: int) -> int:
+    r = math.isqrt(v)
+    return r if r * r == v else r + 1
+
+
+def fraction_str_down(v: Fraction, digits: int = 6) -> str:
+    """Decimal text of a number <= v (rounded toward -inf), readable at any magnitude."""
+    if v == 0:
+        return "0"
+    sign = "-" if v < 0 else ""
+    a = abs(v)
+    e = math.floor(math.log10(a.numerator) - math.log10(a.denominator))
+    # adjust e so that 1 <= a / 10^e < 10 exactly
+    while a >= Fraction(10) ** (e + 1):
+        e += 1
+    while a < Fraction(10) ** e:
+        e -= 1
+    scaled = a / Fraction(10) ** (e - digits + 1)
+    m = math.floor(scaled) if not sign else math.ceil(scaled)
+    s = str(m)
+    return f"{sign}{s[0]}.{s[1:]}e{e:+d}"
