@@ -175,11 +175,13 @@ class TaylorRank:
                 f"on |x| <= {self.radius}, relative error <= {self.eps:g}")
 
 
-def taylor_rank(f, d: int, *, eps: float = 1e-3, radius: float = 1.0, max_degree: int = 40) -> TaylorRank:
-    """The Taylor-truncation rank needed for relative error eps on |x| ≤ radius.
+def taylor_rank(f, d: int, *, eps: float = 1e-3, radius: float = 1.0, max_degree: int = 40,
+                relative: bool = True) -> TaylorRank:
+    """The Taylor-truncation rank needed for error eps on |x| ≤ radius.
 
-    Relative to min |f| on the interval (estimated on a grid of 2001 points); the
-    remainder is the certified :meth:`Spec.remainder_bound`.
+    ``relative=True``: relative to min |f| on the interval (estimated on a grid of
+    2001 points); ``relative=False``: absolute. The remainder is the certified
+    :meth:`Spec.remainder_bound`.
 
     >>> taylor_rank("exp(x)", 16, eps=1e-2, radius=1.0).degree
     5
@@ -191,7 +193,7 @@ def taylor_rank(f, d: int, *, eps: float = 1e-3, radius: float = 1.0, max_degree
     if f.kind == "not-analytic":
         raise FastAttnError(f"{f.source!r} is not analytic ({f.reason}): no Taylor truncation converges uniformly")
     grid = np.linspace(-radius, radius, 2001)
-    fmin = float(np.min(np.abs(f(grid))))
+    fmin = float(np.min(np.abs(f(grid)))) if relative else 1.0
     if fmin == 0:
         raise FastAttnError(f"{f.source!r} vanishes on [-{radius}, {radius}]: relative error is undefined; use an absolute "
                             "tolerance with Spec.remainder_bound")

@@ -23,8 +23,10 @@ from mpmath import iv
 
 from fastattn.transforms import X
 
-#: Primes for modular certificates: 2^61 - 1 and two more below 2^62.
-PRIMES = (2**61 - 1, 4611686018427387847, 4611686018427387817, 2305843009213693921)
+#: Primes for modular certificates. Those below 2^31 run vectorised in numpy int64
+#: (products stay below 2^62); the large ones in Python ints.
+PRIMES = (2147483647, 2147483629, 2**61 - 1, 2305843009213693921)
+_NUMPY_PRIME_LIMIT = 1 << 31
 
 
 class NotExact(Exception):
@@ -32,11 +34,43 @@ class NotExact(Exception):
 
 
 # -- modular linear algebra -------------------------------------------------------------------
+def _rank_mod_p_numpy(rows, p):
+    import numpy as np
+
+    m = np.array([[v % p for v in r] for r in rows], dtype=np.int64)
+    n_rows, n_cols = m.shape
+    row_ids = np.arange(n_rows)
+    piv_rows, piv_cols = [], []
+    r = 0
+    for c in range(n_cols):
+        nz = np.nonzero(m[r:, c])[0]
+        if nz.size == 0:
+            continue
+        pivot = r + int(nz[0])
+        if pivot != r:
+            m[[r, pivot]] = m[[pivot, r]]
+            row_ids[[r, pivot]] = row_ids[[pivot, r]]
+        inv = pow(int(m[r, c]), p - 2, p)
+        m[r] = (m[r] * inv) % p
+        below = m[r + 1:, c].copy()
+        if below.any():
+            # (a - f*b) mod p with a, f, b < 2^31: f*b < 2^62 fits in int64
+            m[r + 1:] = (m[r + 1:] - (below[:, None] * m[r][None, :]) % p) % p
+        piv_rows.append(int(row_ids[r]))
+        piv_cols.append(c)
+        r += 1
+        if r == n_rows:
+            break
+    return r, piv_rows, piv_cols
+
+
 def rank_mod_p(rows: list[list[int]], p: int) -> tuple[int, list[int], list[int]]:
     """Rank of an integer matrix modulo p, with the pivot rows and columns of a non-singular minor.
 
     The minor ``M[rows][:, cols]`` is non-singular modulo p, hence over Q.
     """
+    if p < _NUMPY_PRIME_LIMIT and rows and rows[0]:
+        return _rank_mod_p_numpy(rows, p)
     m = [[v % p for v in r] for r in rows]
     n_rows = len(m)
     n_cols = len(m[0]) if m else 0
@@ -68,6 +102,27 @@ def rank_mod_p(rows: list[list[int]], p: int) -> tuple[int, list[int], list[int]
 
 def det_mod_p(rows: list[list[int]], p: int) -> int:
     """Determinant of a square integer matrix modulo p."""
+    if p < _NUMPY_PRIME_LIMIT and rows:
+        import numpy as np
+
+        m = np.array([[v % p for v in r] for r in rows], dtype=np.int64)
+        n = m.shape[0]
+        det = 1
+        for c in range(n):
+            nz = np.nonzero(m[c:, c])[0]
+            if nz.size == 0:
+                return 0
+            pivot = c + int(nz[0])
+            if pivot != c:
+                m[[c, pivot]] = m[[pivot, c]]
+                det = -det
+            det = det * int(m[c, c]) % p
+            inv = pow(int(m[c, c]), p - 2, p)
+            m[c] = (m[c] * inv) % p
+            below = m[c + 1:, c].copy()
+            if below.any():
+                m[c + 1:] = (m[c + 1:] - (below[:, None] * m[c][None, :]) % p) % p
+        return det % p
     m = [[v % p for v in r] for r in rows]
     n = len(m)
     det = 1
@@ -292,6 +347,11 @@ def interval_eval(e: sp.Expr, x):
                 top = max(abs(bv.a), abs(bv.b)) ** k
                 return iv.mpf([0, top.b])
             return bv**k
+        if not ex.has(X) and ex.is_positive and bv.a >= 0:
+            # t^a with a > 0 is increasing on [0, inf) and 0 at 0
+            hi = iv.exp(interval_eval(ex, x) * iv.log(iv.mpf(bv.b))) if bv.b > 0 else iv.mpf(0)
+            lo = iv.exp(interval_eval(ex, x) * iv.log(iv.mpf(bv.a))) if bv.a > 0 else iv.mpf(0)
+            return iv.mpf([lo.a, hi.b])
         if bv.a <= 0:
             raise NotExact("non-integer power of a value that may be <= 0")
         return iv.exp(interval_eval(ex, x) * iv.log(bv))

@@ -159,19 +159,19 @@ class LowRankCertificate(Certificate):
         if self.target == "matrix":
             if not all(c.is_Rational for c in coeffs.values()):
                 self._fail("target 'matrix' needs rational coefficients")
-            fr = {j: _fr(c) for j, c in coeffs.items()}
-            n = len(self.Q)
-            F = [[sum((fr[j] * Fraction(s) ** j for j in support), Fraction(0))
-                  for s in (sum(a * b for a, b in zip(q, k)) for k in self.K)] for q in self.Q]
-            # the factorisation through bound monomials, exactly, on every entry
-            W = [fr[j] * _multinomial(alpha) for j, alpha in cols]
-            for i in range(n):
-                for jj in range(n):
-                    v = sum((MQ[i][c] * W[c] * MK[jj][c] for c in range(len(cols))), Fraction(0))
-                    if v != F[i][jj]:
-                        self._fail(f"entry ({i}, {jj}) is {F[i][jj]} but the monomial factorisation gives {v}")
-            minor = [[F[i][c] for c in self.pivot_cols] for i in self.pivot_rows]
-            minor_int, _ = _arith.integer_rows(minor)
+            # entries from sympy's own polynomial evaluation (not the fast integer path of the search)
+            L = sp.ilcm(1, 1, *[c.q for c in coeffs.values()])
+            scaled = sp.Poly(expr * L, X)
+            S = np.array(self.Q, dtype=object).dot(np.array(self.K, dtype=object).T)
+            F = [[int(scaled.eval(sp.Integer(int(s)))) for s in row] for row in S]
+            # the factorisation through the bound many monomials, exactly, on every entry
+            W = np.array([int(coeffs[j] * L) * _multinomial(alpha) for j, alpha in cols], dtype=object)
+            G = (np.array(MQ, dtype=object) * W[None, :]).dot(np.array(MK, dtype=object).T)
+            bad = [(i, jj) for i, row in enumerate(F) for jj, v in enumerate(row) if v != G[i, jj]]
+            if bad:
+                i, jj = bad[0]
+                self._fail(f"entry {bad[0]} is {F[i][jj]}/{L} but the monomial factorisation gives {G[i, jj]}/{L}")
+            minor_int = [[F[i][c] for c in self.pivot_cols] for i in self.pivot_rows]
             got = _arith.nonzero_det_prime(minor_int, skip=self.prime)
             if got is None:
                 self._fail(f"the {self.bound}x{self.bound} minor is singular modulo every prime tried")
@@ -239,10 +239,7 @@ def low_rank_certificate(f, d: int, *, seed: int = 0) -> LowRankCertificate:
         rng = random.Random(seed * 1000 + attempt)
         Q, K = _integer_points(rng, n, d, attempt)
         if rational:
-            fr = {j: _fr(coeffs[j]) for j in support}
-            F = [[sum((fr[j] * Fraction(sum(a * b for a, b in zip(q, k))) ** j for j in support), Fraction(0))
-                  for k in K] for q in Q]
-            Fi, _ = _arith.integer_rows(F)
+            Fi = _poly_int_matrix(coeffs, support, Q, K)
             p = _arith.PRIMES[0]
             r, rows, cols = _arith.rank_mod_p(Fi, p)
             if r == bound:
@@ -258,6 +255,16 @@ def low_rank_certificate(f, d: int, *, seed: int = 0) -> LowRankCertificate:
                 return _low_rank_cert(f, d, support, coeffs, bound, Q, K, rows, krows, p,
                                       _arith.det_mod_p([MQ[i] for i in rows], p), "factors")
     raise CertificateError(f"no integer Q, K attaining the bound {bound} for {f.source!r} at d={d} in 8 tries; try another seed")
+
+
+def _poly_int_matrix(coeffs, support, Q, K) -> list[list[int]]:
+    """L·f(QKᵀ) as Python ints, L the lcm of the coefficient denominators (integer Q, K)."""
+    L = 1
+    for j in support:
+        L = L * int(coeffs[j].q) // math.gcd(L, int(coeffs[j].q))
+    c = {j: int(coeffs[j] * L) for j in support}
+    S = np.array(Q, dtype=object).dot(np.array(K, dtype=object).T)
+    return [[sum(c[j] * int(s) ** j for j in support) for s in row] for row in S]
 
 
 def _integer_points(rng: random.Random, n: int, d: int, attempt: int) -> tuple[list, list]:
@@ -456,13 +463,15 @@ def _constructions(f, n: int):
         q = [[sp.Rational(v.numerator, v.denominator)] for v in pts]
         out.append((f"rational points q_i = k_i = {T}(i+1)/n", 1, q, q, [[(a * b, None) for b in pts] for a in pts]))
     else:
-        for c in [Fraction(0)] + _kinks(expr):
+        # c = n + 1/2 keeps every score positive, for f defined only there (sqrt(x), x**x)
+        for c in [Fraction(0)] + _kinks(expr) + [Fraction(2 * n + 1, 2)]:
             for h, delta in ((Fraction(1), Fraction(1, 2)), (Fraction(1), Fraction(0)), (Fraction(1, 3), Fraction(1, 2)),
                              (Fraction(1), Fraction(-1, 2))):
                 q = [[sp.Rational(c + h * i), sp.Integer(1)] for i in range(n)]
                 k = [[sp.Integer(1), -sp.Rational(h * (j + delta))] for j in range(n)]
                 xs = [[(c + h * (i - j - delta), None) for j in range(n)] for i in range(n)]
-                out.append((f"translates x_ij = {c} + {h}(i - j - ({delta})) across the kink", 2, q, k, xs))
+                where = "all scores > 0" if c > n else "across the kink"
+                out.append((f"translates x_ij = {c} + {h}(i - j - ({delta})), {where}", 2, q, k, xs))
         if expr.rewrite(sp.exp).has(sp.exp):
             for t0 in (0, 1):
                 q = [[sp.Integer(2 * i + t0) * sp.log(2), sp.Integer(1)] for i in range(n)]
@@ -622,7 +631,10 @@ def _enclose(expr, xs, bits):
                     if fn is None:
                         fn = sp.lambdify(X, expr, modules=["mpmath"])
                     with mpmath.workprec(bits + 80):
-                        v = mpmath.mpf(fn(mpmath.mpf(t.numerator) / t.denominator))
+                        try:
+                            v = mpmath.mpf(fn(mpmath.mpf(t.numerator) / t.denominator))
+                        except (TypeError, ValueError, ZeroDivisionError) as exc:
+                            raise NotExact(f"f({t}) is not a finite real number ({exc})") from None
                     if not mpmath.isfinite(v):
                         raise ValueError(f"f({t}) is not finite")
                     c = _arith.mpf_to_fraction(v)
@@ -726,12 +738,10 @@ def _poly_full_rank(f, d, n, seed) -> LowRankCertificate:
     coeffs = f.coefficients()
     if not all(coeffs[j].is_Rational for j in support):
         raise CertificateError(f"{f.source!r} has irrational coefficients; the preservation witness needs rational ones")
-    fr = {j: _fr(coeffs[j]) for j in support}
     for attempt in range(8):
         rng = random.Random(seed * 1000 + attempt)
         Q, K = _integer_points(rng, n, d, attempt)
-        F = [[sum((fr[j] * Fraction(sum(a * b for a, b in zip(q, k))) ** j for j in support), Fraction(0)) for k in K] for q in Q]
-        Fi, _ = _arith.integer_rows(F)
+        Fi = _poly_int_matrix(coeffs, support, Q, K)
         p = _arith.PRIMES[0]
         det = _arith.det_mod_p(Fi, p)
         if det:
@@ -750,11 +760,9 @@ class _FullPoly(LowRankCertificate):
 
     def _verify(self) -> None:
         f = make_spec(self.spec)
-        support = _support(f)
-        coeffs = f.coefficients()
-        fr = {j: _fr(coeffs[j]) for j in support}
-        F = [[sum((fr[j] * Fraction(sum(a * b for a, b in zip(q, k))) ** j for j in support), Fraction(0)) for k in self.K]
-             for q in self.Q]
-        Fi, _ = _arith.integer_rows(F)
+        L = sp.ilcm(1, 1, *[c.q for c in sp.Poly(f.expr, X).coeffs()])
+        scaled = sp.Poly(f.expr * L, X)
+        S = np.array(self.Q, dtype=object).dot(np.array(self.K, dtype=object).T)
+        Fi = [[int(scaled.eval(sp.Integer(int(s)))) for s in row] for row in S]
         if len(Fi) != self.bound or _arith.nonzero_det_prime(Fi, skip=self.prime) is None:
             self._fail("the matrix is singular modulo every prime tried")

@@ -1,0 +1,348 @@
+"""``fastattn.analyze``: one verdict about a candidate attention function f, with its proofs and costs.
+
+>>> a = analyze("1 + x + x**2/2", dim=16, certify=False)
+>>> a.low_rank, a.rank_bound, a.feature_dim
+(True, 153, 153)
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+from fastattn.errors import FastAttnError
+from fastattn.transforms import Spec, spec as make_spec, symmetric_dim
+
+__all__ = ["analyze", "Analysis", "CostModel"]
+
+_DEFAULT_SEQ_LENS = (2048, 8192, 32768, 65536)
+
+
+@dataclass
+class CostModel:
+    """FLOPs and bytes per token: f-attention through a feature map (chunkwise) against softmax attention.
+
+    Per query token at sequence length T, non-causal, head dim d, value dim d_v:
+
+    * softmax: 2Td (scores) + 2Td_v (P·V) + 5T (exp, max, sum) FLOPs; flash attention reads
+      q, k, v and writes o once: (2d + 2d_v)·b bytes (b bytes per element) in the ideal.
+    * feature map of dimension D, chunk C: D·(2p) to build φ(q) and φ(k) (p multiplies
+      per monomial, p the degree), 4D·d_v + 2D for the state update, output and
+      normaliser, and C(2d + 2d_v) for the exact in-chunk block. Bytes: q, k, v, o once
+      plus the D×d_v fp32 state written and read once per chunk: (2d + 2d_v)·b + 8·D·d_v/C.
+
+    Causal attention halves both quadratic terms; the crossover moves little.
+    """
+
+    head_dim: int
+    value_dim: int
+    feature_dim: int | None
+    degree: int
+    chunk: int = 64
+    bytes_per_element: int = 2
+    seq_lens: tuple = _DEFAULT_SEQ_LENS
+
+    def softmax_flops(self, T: int) -> float:
+        return T * (2 * self.head_dim + 2 * self.value_dim + 5)
+
+    def linear_flops(self) -> float | None:
+        if self.feature_dim is None:
+            return None
+        D = self.feature_dim
+        return D * 2 * max(self.degree, 1) + 4 * D * self.value_dim + 2 * D + self.chunk * (2 * self.head_dim + 2 * self.value_dim)
+
+    def softmax_bytes(self) -> float:
+        return (2 * self.head_dim + 2 * self.value_dim) * self.bytes_per_element
+
+    def linear_bytes(self) -> float | None:
+        if self.feature_dim is None:
+            return None
+        return self.softmax_bytes() + 8 * self.feature_dim * self.value_dim / self.chunk
+
+    @property
+    def crossover(self) -> int | None:
+        """Smallest T at which softmax needs more FLOPs per token than the feature-map form."""
+        lin = self.linear_flops()
+        if lin is None:
+            return None
+        return math.ceil(lin / (2 * self.head_dim + 2 * self.value_dim + 5))
+
+    def table(self) -> list[dict]:
+        rows = []
+        lin = self.linear_flops()
+        for T in self.seq_lens:
+            sm = self.softmax_flops(T)
+            rows.append({"T": T, "softmax_flops_per_token": sm, "feature_flops_per_token": lin,
+                         "speedup_flops": (sm / lin) if lin else None})
+        return rows
+
+    def to_dict(self) -> dict:
+        return {
+            "head_dim": self.head_dim, "value_dim": self.value_dim, "feature_dim": self.feature_dim, "chunk": self.chunk,
+            "bytes_per_element": self.bytes_per_element, "softmax_bytes_per_token": self.softmax_bytes(),
+            "feature_bytes_per_token": self.linear_bytes(), "crossover_seq_len": self.crossover, "by_seq_len": self.table(),
+        }
+
+
+@dataclass(eq=False)
+class Analysis:
+    """Everything :func:`analyze` found about f. Render with ``print``, in a notebook, or ``to_json()``."""
+
+    spec: Spec
+    dim: int
+    radius: float
+    kind: str
+    reason: str
+    low_rank: bool
+    rank_bound: int | None
+    certificate: object | None
+    positivity: object
+    positive_definite: object | None
+    metric_transform: object | None
+    feature_method: str | None
+    feature_degree: int | None
+    feature_dim: int | None
+    error_bound: float | None
+    cost: CostModel
+    notes: list = field(default_factory=list)
+
+    # -- derived -------------------------------------------------------------------------------
+    def feature_map(self):
+        """Build the suggested :class:`~fastattn.transforms.FeatureMap` (None for non-analytic f)."""
+        if self.feature_method is None:
+            return None
+        from fastattn.transforms import feature_map
+
+        return feature_map(self.spec, self.dim, method=self.feature_method,
+                           degree=None if self.feature_method == "exact" else self.feature_degree)
+
+    def plot(self, n: int = 128, d: int | None = None, *, others: Sequence = ("exp(x)",), ax=None):
+        """Singular-value decay of f(QKᵀ) (beside ``others`` for comparison); returns the Figure."""
+        from fastattn.lowrank import plot_spectra
+
+        specs = [self.spec] + [o for o in others if make_spec(o).expr != self.spec.expr]
+        return plot_spectra(specs, n=n, d=d or min(self.dim, 8), radius=self.radius, ax=ax)
+
+    # -- rendering -------------------------------------------------------------------------------
+    def to_dict(self, *, full: bool = False) -> dict:
+        def cert(c):
+            return None if c is None else c.to_dict(full=full)
+
+        p = self.positivity
+        return {
+            "spec": self.spec.source,
+            "kind": self.kind,
+            "reason": self.reason,
+            "dim": self.dim,
+            "radius": self.radius,
+            "low_rank": self.low_rank,
+            "rank_bound": self.rank_bound,
+            "certificate": cert(self.certificate),
+            "positivity": {"interval": [str(v) for v in p.interval], "positive": p.positive, "reason": p.reason,
+                           "counterpoint": None if p.counterpoint is None else str(p.counterpoint)},
+            "positive_definite": cert(self.positive_definite),
+            "metric_transform": cert(self.metric_transform),
+            "feature_map": {"method": self.feature_method, "degree": self.feature_degree, "dim": self.feature_dim,
+                            "error_bound": self.error_bound, "at_radius": self.radius},
+            "feature_dim": self.feature_dim,
+            "cost": self.cost.to_dict(),
+            "notes": list(self.notes),
+        }
+
+    def to_json(self, *, full: bool = False, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(full=full), indent=indent)
+
+    def _rows(self) -> list[tuple[str, str]]:
+        rows = [("f(x)", self.spec.source), ("class", f"{self.kind}: {self.reason}")]
+        if self.low_rank:
+            rows.append(("low rank", f"yes: rank f(QK^T) <= {self.rank_bound} at head dim {self.dim}"))
+        else:
+            rows.append(("low rank", "no: for every n some Q, K give a full-rank n x n f(QK^T)"))
+        c = self.certificate
+        rows.append(("certificate", "not computed" if c is None else
+                     f"{c.claim} [{c.method}{', verified' if getattr(c, '_verified', False) else ''}]"))
+        rows.append(("positivity", f"{_yes(self.positivity.positive)} on [{self.positivity.interval[0]}, "
+                                   f"{self.positivity.interval[1]}]: {self.positivity.reason}"))
+        for name, c in (("PD of f(|x-y|^2)", self.positive_definite), ("metric transform", self.metric_transform)):
+            if c is not None:
+                rows.append((name, f"{_yes(c.holds)}: {getattr(c, 'claim', None) or getattr(c, 'reason', '')}"))
+        if self.feature_dim is None:
+            rows.append(("feature map", "none (see the note below)"))
+        else:
+            err = "exact" if not self.error_bound else f"error <= {self.error_bound:.3g} for |score| <= {self.radius}"
+            rows.append(("feature map", f"{self.feature_method} degree {self.feature_degree}: {self.feature_dim} features, {err}"))
+        cm = self.cost
+        if cm.feature_dim is not None:
+            rows.append(("cost / token", f"feature form {cm.linear_flops():.3g} FLOPs, {cm.linear_bytes():.3g} B; softmax "
+                                         f"{2 * cm.head_dim + 2 * cm.value_dim + 5}*T FLOPs, {cm.softmax_bytes():.3g} B"))
+            rows.append(("crossover", f"cheaper than softmax (FLOPs) beyond T = {cm.crossover}"))
+            for r in cm.table():
+                rows.append((f"  T = {r['T']}", f"softmax / feature FLOPs = {r['speedup_flops']:.3g}"))
+        for n in self.notes:
+            rows.append(("note", n))
+        return rows
+
+    def __str__(self) -> str:
+        rows = self._rows()
+        w = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k.ljust(w)}  {v}" for k, v in rows)
+
+    def _repr_markdown_(self) -> str:
+        body = "\n".join(f"| {k} | {v.replace('|', '&#124;')} |" for k, v in self._rows())
+        return f"### fastattn.analyze: `{self.spec.source}`\n\n| | |\n|---|---|\n{body}\n"
+
+    def _repr_html_(self) -> str:
+        body = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>{html.escape(v)}</td></tr>"
+                       for k, v in self._rows())
+        return f"<h4>fastattn.analyze: <code>{html.escape(self.spec.source)}</code></h4><table>{body}</table>"
+
+    def __repr__(self) -> str:
+        return f"<Analysis {self.spec.source!r}: {self.kind}, low_rank={self.low_rank}, rank_bound={self.rank_bound}>"
+
+
+def _yes(v) -> str:
+    return {True: "yes", False: "no", None: "undecided"}[v]
+
+
+def analyze(f, dim: int = 16, *, radius: float = 1.0, eps: float = 1e-3, degree: int | None = None,
+            value_dim: int | None = None, seq_lens: Sequence[int] = _DEFAULT_SEQ_LENS, n_witness: int = 16,
+            certify: bool = True, verify: bool = True, definiteness: bool = True, params=None,
+            progress: bool = False) -> Analysis:
+    """Analyse an entrywise attention function f of the score x = q·k.
+
+    Parameters
+    ----------
+    f : str, sympy expression or Spec
+        The function, e.g. ``"exp(x)"`` or ``"1 + x + x**2/2"``.
+    dim : int
+        Head dimension d of q and k.
+    radius : float
+        Scores are assumed to satisfy |x| ≤ radius: the positivity interval and the
+        radius at which the Taylor error bound is stated.
+    eps : float
+        Relative error target that picks the Taylor degree of non-polynomial f.
+    degree : int, optional
+        Taylor degree to use instead of the one picked from ``eps``.
+    value_dim : int, optional
+        Value head dimension for the cost model (defaults to ``dim``).
+    seq_lens : sequence of int
+        Sequence lengths of the cost table.
+    n_witness : int
+        Size of the full-rank witness of a non-polynomial f.
+    certify, verify : bool
+        Build the rank certificate / re-verify it independently.
+    definiteness : bool
+        Run the positive-definiteness (Schoenberg) and metric-transform (Bernstein) checks.
+    params : mapping, optional
+        Constants of a string spec, e.g. ``{"tau": 8}``.
+    progress : bool
+        Show progress bars on the long steps.
+
+    Examples
+    --------
+    >>> a = analyze("exp(x)", dim=16, n_witness=8)
+    >>> a.low_rank, a.rank_bound, a.certificate.check
+    (False, None, 'full-rank')
+    >>> a.feature_method, a.feature_degree, a.feature_dim
+    ('taylor', 5, 20349)
+    """
+    from fastattn.lowrank.numeric import taylor_rank
+    from fastattn.proofs_checks import (
+        CertificateError, full_rank_witness, low_rank_certificate, metric_transform, positive_definite, rank_bound,
+    )
+    from fastattn.proofs_checks.rank import MAX_BOUND
+
+    f = make_spec(f, params=params) if isinstance(f, str) else make_spec(f)
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise FastAttnError(f"dim={dim!r} must be an integer >= 1 (the head dimension)")
+    try:
+        radius = float(radius)
+    except (TypeError, ValueError):
+        raise FastAttnError(f"radius={radius!r} must be a positive number") from None
+    if not (radius > 0 and math.isfinite(radius)):
+        raise FastAttnError(f"radius={radius!r} must be a positive finite number")
+    value_dim = dim if value_dim is None else value_dim
+    notes: list[str] = []
+    steps = ["class", "certificate", "positivity", "definiteness", "feature map"]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(steps), desc=f"analyze {f.source}", leave=False)
+
+    def step(name):
+        if bar is not None:
+            bar.set_postfix_str(name)
+            bar.update(1)
+
+    low = f.is_polynomial
+    bound = rank_bound(f, dim) if low else None
+    step("class")
+
+    cert = None
+    if certify:
+        try:
+            if low:
+                if bound > MAX_BOUND:
+                    notes.append(f"rank bound {bound} > {MAX_BOUND}: attainment not certified explicitly at d={dim} "
+                                 "(the bound itself is the multinomial identity)")
+                else:
+                    cert = low_rank_certificate(f, dim)
+            else:
+                cert = full_rank_witness(f, n_witness, progress=progress)
+            if cert is not None and verify:
+                cert.verify()
+                cert._verified = True
+        except CertificateError as exc:
+            notes.append(f"certificate: {exc}")
+    step("certificate")
+
+    R = Fraction(radius).limit_denominator(10**6)
+    positivity = f.is_positive((-R, R))
+    step("positivity")
+
+    pd = mt = None
+    if definiteness:
+        pd, mt = positive_definite(f), metric_transform(f)
+    step("definiteness")
+
+    method = fdeg = fdim = err = None
+    if low:
+        method, fdeg, fdim, err = "exact", f.degree, bound, 0.0
+    elif f.kind == "not-analytic":
+        notes.append(f"no feature map: {f.reason}; no finite feature map approximates f uniformly near the kink")
+    else:
+        if f.radius is not None and str(f.radius) != "oo" and not radius < float(f.radius):
+            notes.append(f"no feature map: radius {radius} is not inside the radius of convergence {f.radius}")
+        else:
+            try:
+                if degree is None:
+                    try:
+                        tr = taylor_rank(f, dim, eps=eps, radius=radius)
+                    except FastAttnError:
+                        # f vanishes somewhere on the interval (tanh at 0): fall back to absolute error
+                        tr = taylor_rank(f, dim, eps=eps, radius=radius, relative=False)
+                        notes.append(f"f vanishes on [-{radius}, {radius}]: the Taylor degree targets absolute error {eps}")
+                    fdeg = tr.degree
+                else:
+                    fdeg = int(degree)
+                coeffs = f.coefficients(fdeg)
+                fdim = sum(symmetric_dim(dim, j) for j, c in enumerate(coeffs) if c != 0)
+                err = float(f.remainder_bound(fdeg, R))
+                method = "taylor"
+            except FastAttnError as exc:
+                notes.append(f"no feature map: {exc}")
+    step("feature map")
+    if bar is not None:
+        bar.close()
+
+    cost = CostModel(head_dim=dim, value_dim=value_dim, feature_dim=fdim, degree=fdeg or 0, seq_lens=tuple(seq_lens))
+    return Analysis(
+        spec=f, dim=dim, radius=radius, kind=f.kind, reason=f.reason, low_rank=low, rank_bound=bound, certificate=cert,
+        positivity=positivity, positive_definite=pd, metric_transform=mt, feature_method=method, feature_degree=fdeg,
+        feature_dim=fdim, error_bound=err, cost=cost, notes=notes,
+    )

@@ -1,0 +1,191 @@
+"""The ``fastattn`` command line: ``analyze`` and ``check`` (``generate`` and ``bench`` register here too).
+
+Each subcommand is one entry of :data:`COMMANDS`: ``(name, add_arguments, run)``, where
+``add_arguments(parser)`` declares its options and ``run(args) -> int`` does the work
+and returns the exit code. Add one with :func:`register_command`.
+
+Exit codes: 0 success; 1 a claim did not verify; 2 bad input (a one-line error, no
+traceback).
+
+Examples
+--------
+>>> main(["check", "x**2", "--dim", "2"])  # doctest: +ELLIPSIS
+low-rank: rank f(QK^T) <= C(3,2) = 3 ...
+0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+__all__ = ["main", "COMMANDS", "register_command", "build_parser"]
+
+#: Registered subcommands, in help order: (name, add_arguments(parser), run(args) -> exit code).
+COMMANDS: list[tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = []
+
+
+def register_command(name: str, add_arguments: Callable, run: Callable, *, help: str = "") -> None:
+    """Add a subcommand (replacing one of the same name)."""
+    COMMANDS[:] = [c for c in COMMANDS if c[0] != name]
+    doc = (run.__doc__ or "").strip()
+    run.__cli_help__ = help or (doc.splitlines()[0] if doc else "")
+    COMMANDS.append((name, add_arguments, run))
+
+
+def _params(items) -> dict:
+    out = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--param {item!r} must look like name=value, e.g. tau=8")
+        try:
+            out[name.strip()] = int(value) if value.strip().lstrip("-").isdigit() else float(value)
+        except ValueError:
+            raise ValueError(f"--param {item!r}: {value!r} is not a number") from None
+    return out
+
+
+# -- analyze ------------------------------------------------------------------------------------
+def _add_analyze(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help='the function of the score x, e.g. "exp(x)" or "1 + x + x**2/2"')
+    p.add_argument("--dim", type=int, default=16, help="head dimension d (default 16)")
+    p.add_argument("--radius", type=float, default=1.0, help="bound on |score| for positivity and error bounds (default 1)")
+    p.add_argument("--eps", type=float, default=1e-3, help="relative error that picks the Taylor degree (default 1e-3)")
+    p.add_argument("--degree", type=int, default=None, help="Taylor degree to use instead of the one picked from --eps")
+    p.add_argument("--seq-lens", type=int, nargs="+", default=[2048, 8192, 32768, 65536], help="sequence lengths of the cost table")
+    p.add_argument("--n-witness", type=int, default=16, help="size of the full-rank witness of a non-polynomial (default 16)")
+    p.add_argument("--param", action="append", metavar="NAME=VALUE", help="a constant used in SPEC, e.g. tau=8 (repeatable)")
+    p.add_argument("--no-certify", action="store_true", help="skip the rank certificate")
+    p.add_argument("--plot", metavar="OUT.png", help="write the singular-value decay plot to this file")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def _run_analyze(args) -> int:
+    """Analyse f: class, rank, certificate, positivity, PD/metric class, feature map, cost."""
+    from fastattn.analysis import analyze
+
+    a = analyze(args.spec, dim=args.dim, radius=args.radius, eps=args.eps, degree=args.degree, seq_lens=args.seq_lens,
+                n_witness=args.n_witness, certify=not args.no_certify, params=_params(args.param) or None,
+                progress=not args.json and sys.stderr.isatty())
+    if args.plot:
+        fig = a.plot()
+        fig.savefig(args.plot, dpi=120)
+    if args.json:
+        out = a.to_dict()
+        if args.plot:
+            out["plot"] = args.plot
+        print(json.dumps(out, indent=2))
+    else:
+        print(a)
+        if args.plot:
+            print(f"plot written to {args.plot}")
+    return 0
+
+
+# -- check ----------------------------------------------------------------------------------------
+_PROPERTIES = ("rank", "preservation", "pd", "metric")
+
+
+def _add_check(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help='the function of the score x, e.g. "tanh(x)"')
+    p.add_argument("--n", type=int, default=32, help="size of the full-rank witness / preservation check (default 32)")
+    p.add_argument("--dim", type=int, default=2, help="head dimension for the low-rank certificate of a polynomial (default 2)")
+    p.add_argument("--property", choices=_PROPERTIES + ("all",), default="rank",
+                   help="which theorem to check (default rank; 'all' runs every one)")
+    p.add_argument("--param", action="append", metavar="NAME=VALUE", help="a constant used in SPEC (repeatable)")
+    p.add_argument("--full", action="store_true", help="include the full witness (points, matrices) in --json output")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def _run_check(args) -> int:
+    """Build the certificate (or counter-example) for f and re-verify it independently."""
+    from fastattn.proofs_checks import (
+        CertificateError, low_rank_preservation, metric_transform, positive_definite, rank_check,
+    )
+    from fastattn.transforms import spec
+
+    f = spec(args.spec, params=_params(args.param) or None)
+    props = _PROPERTIES if args.property == "all" else (args.property,)
+    results = {}
+    status = 0
+    for prop in props:
+        if prop == "rank":
+            cert = rank_check(f, d=args.dim, n=args.n)
+        elif prop == "preservation":
+            cert = low_rank_preservation(f, args.n)
+        elif prop == "pd":
+            cert = positive_definite(f)
+        else:
+            cert = metric_transform(f)
+        d = cert.to_dict(full=args.full)
+        if cert.holds is None:
+            d["verified"] = None
+        else:
+            try:
+                d["verified"] = cert.verify()
+            except CertificateError as exc:
+                d["verified"] = False
+                d["verify_error"] = str(exc)
+                status = 1
+        results[prop] = (cert, d)
+    if args.json:
+        first = results[props[0]][1]
+        out = {
+            "spec": f.source, "kind": f.kind, "low_rank": f.is_polynomial,
+            "rank_bound": first["numbers"].get("rank_bound") if props[0] == "rank" and first.get("numbers") else None,
+            "feature_dim": first["numbers"].get("rank_bound") if props[0] == "rank" and first.get("numbers") else None,
+            "certificate": first,
+        }
+        if len(props) > 1:
+            out["checks"] = {p: d for p, (_, d) in results.items()}
+        print(json.dumps(out, indent=2))
+    else:
+        for prop, (cert, d) in results.items():
+            print(cert)
+            v = d["verified"]
+            print("  verified: " + ("yes (independent recomputation)" if v else "n/a" if v is None else f"NO — {d.get('verify_error')}"))
+    return status
+
+
+register_command("analyze", _add_analyze, _run_analyze)
+register_command("check", _add_check, _run_check)
+
+
+# -- entry point ------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastattn", description="Which entrywise f keep f(QK^T) low rank, with proofs.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, add_arguments, run in COMMANDS:
+        p = sub.add_parser(name, help=getattr(run, "__cli_help__", ""), description=getattr(run, "__cli_help__", ""))
+        add_arguments(p)
+        p.set_defaults(_run=run)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Run the CLI; returns the exit code (0 ok, 1 a claim did not verify, 2 bad input)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed its one-line usage error
+        return int(exc.code or 0)
+    if getattr(args, "_run", None) is None:
+        parser.print_help()
+        return 2
+    from fastattn.errors import FastAttnError
+
+    try:
+        return args._run(args)
+    except (FastAttnError, ValueError) as exc:
+        print(f"fastattn {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
