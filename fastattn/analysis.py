@@ -248,7 +248,7 @@ def analyze(f, dim: int = 16, *, radius: float = 1.0, eps: float = 1e-3, degree:
     >>> a.low_rank, a.rank_bound, a.certificate.check
     (False, None, 'full-rank')
     >>> a.feature_method, a.feature_degree, a.feature_dim
-    ('taylor', 5, 20349)
+    ('taylor', 6, 74613)
     """
     from fastattn.lowrank.numeric import taylor_rank
     from fastattn.proofs_checks import (
