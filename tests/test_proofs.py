@@ -1,0 +1,256 @@
+"""proofs_checks: every certificate re-verified, cross-checked by an independent computation, and wrong claims refused."""
+
+import copy
+import math
+from fractions import Fraction
+
+import mpmath
+import numpy as np
+import pytest
+import sympy as sp
+from hypothesis import given, settings, strategies as st
+
+import fastattn
+from fastattn.proofs_checks import (
+    CertificateError,
+    Undecided,
+    full_rank_witness,
+    low_rank_certificate,
+    low_rank_preservation,
+    metric_transform,
+    positive_definite,
+    rank_bound,
+    rank_check,
+)
+from fastattn.proofs_checks import _arith
+
+
+def _sympy_rank_of_witness(cert):
+    f = fastattn.spec(cert.spec)
+    Q, K = sp.Matrix(cert.Q), sp.Matrix(cert.K)
+    S = Q * K.T
+    return S.applyfunc(lambda s: f.expr.subs(fastattn.transforms.X, s)).rank()
+
+
+# -- polynomial => low rank ------------------------------------------------------------------------
+@settings(max_examples=6, deadline=None)
+@given(degrees=st.sets(st.integers(0, 4), min_size=1, max_size=3), d=st.integers(1, 4),
+       coeffs=st.lists(st.fractions(-3, 3, max_denominator=4).filter(bool), min_size=3, max_size=3))
+def test_exact_rank_equals_bound_for_drawn_polynomials(degrees, d, coeffs):
+    text = " + ".join(f"({c})*x**{j}" for j, c in zip(sorted(degrees), coeffs))
+    cert = low_rank_certificate(text, d)
+    want = sum(math.comb(d + j - 1, j) for j in degrees)
+    assert cert.bound == want == rank_bound(text, d)
+    assert cert.verify() is True
+    if want <= 20:
+        # an independent exact rank: sympy over Q, not the modular elimination
+        assert _sympy_rank_of_witness(cert) == want
+
+
+@pytest.mark.parametrize("text,d,bound", [("x**2", 4, 10), ("1 + x + x**2/2", 16, 153), ("(1 + x)**4", 4, 70), ("x**3 + x", 3, 13)])
+def test_known_bounds(text, d, bound):
+    cert = low_rank_certificate(text, d)
+    assert cert.bound == bound
+    assert cert.verify()
+    assert len(cert.Q) == bound and len(cert.Q[0]) == d
+
+
+def test_irrational_coefficients_use_the_factor_certificate():
+    cert = low_rank_certificate("pi*x**2 + sqrt(2)", 3)
+    assert (cert.target, cert.bound) == ("factors", 7)
+    assert cert.verify()
+
+
+@pytest.mark.parametrize("field,value", [("bound", 11), ("support", [0, 2]), ("pivot_rows", [0] * 10)])
+def test_tampered_low_rank_certificate_fails(field, value):
+    cert = low_rank_certificate("x**2", 4)
+    bad = copy.copy(cert)
+    setattr(bad, field, value)
+    with pytest.raises(CertificateError):
+        bad.verify()
+
+
+def test_low_rank_certificate_on_a_different_spec_fails():
+    cert = low_rank_certificate("x**2", 3)
+    bad = copy.copy(cert)
+    bad.spec, bad._expr = "x**2 + x**3", None
+    with pytest.raises(CertificateError, match="degrees"):
+        bad.verify()
+
+
+def test_witness_that_does_not_attain_fails():
+    cert = low_rank_certificate("x**2", 2)
+    bad = copy.copy(cert)
+    bad.Q = [[1, 1]] * len(cert.Q)  # all query rows equal: rank 1
+    with pytest.raises(CertificateError):
+        bad.verify()
+
+
+@pytest.mark.parametrize("text", ["exp(x)", "relu(x)", "tanh(x)"])
+def test_low_rank_refuses_non_polynomials(text):
+    with pytest.raises(CertificateError, match="not a polynomial"):
+        low_rank_certificate(text, 2)
+
+
+# -- non-polynomial => full rank ---------------------------------------------------------------------
+@pytest.mark.parametrize("text,method", [
+    ("exp(x)", "modular"), ("tanh(x)", "modular"), ("1/(1-x)", "modular"), ("cosh(x)", "modular"),
+    ("sigmoid(x)", "modular"), ("Abs(x)", "modular"), ("relu(x)", "modular"), ("Heaviside(x)", "modular"),
+    ("exp(-Abs(x))", "modular"), ("erf(x)", "interval"), ("sin(x)", "interval"), ("atan(x)", "high-precision"),
+    ("sqrt(x)", "interval"),
+])
+def test_full_rank_witness_small(text, method):
+    cert = full_rank_witness(text, 8)
+    assert cert.method == method
+    assert cert.verify()
+    # independent: mpmath determinant / smallest singular value at 60 digits
+    f = fastattn.spec(text)
+    fn = sp.lambdify(fastattn.transforms.X, f.expr, modules=["mpmath"])
+    with mpmath.workdps(60):
+        S = [[sum(mpmath.mpf(sp.N(a * b, 80)) for a, b in zip(qi, kj)) for kj in cert.k] for qi in cert.q]
+        A = mpmath.matrix([[fn(s) for s in row] for row in S])
+        smin = min(mpmath.svd_r(A, compute_uv=False))
+    assert smin > 0
+    if method != "modular":
+        assert smin >= mpmath.mpf(cert.sigma_min_lower.numerator) / cert.sigma_min_lower.denominator
+
+
+def test_exp_witness_is_a_vandermonde_matrix():
+    cert = full_rank_witness("exp(x)", 6)
+    S = [[qi[0] * kj[0] for kj in cert.k] for qi in cert.q]
+    M = sp.Matrix(6, 6, lambda i, j: sp.exp(S[i][j]))
+    nodes = [sp.exp(kj[0]) for kj in cert.k]  # 2, 3, ..., 7
+    # entries are node^(i+1): det = prod(nodes) * prod_{j<l} (node_l - node_j) != 0
+    want = sp.prod(nodes) * sp.prod([nodes[l] - nodes[j] for j in range(6) for l in range(j + 1, 6)])
+    assert M.det() == want != 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("text", ["exp(x)", "relu(x)", "erf(x)"])
+def test_full_rank_witness_n64(text):
+    cert = full_rank_witness(text, 64)
+    assert cert.n == 64 and cert.verify()
+
+
+def test_tampered_full_rank_certificates_fail():
+    cert = full_rank_witness("exp(x)", 8)
+    bad = copy.copy(cert)
+    bad.k = [cert.k[0]] * 8  # equal key points: rank 1
+    with pytest.raises(CertificateError):
+        bad.verify()
+    num = full_rank_witness("erf(x)", 8)
+    bad = copy.copy(num)
+    bad.sigma_min_lower = num.sigma_min_lower * 1000
+    with pytest.raises(CertificateError, match="sigma_min"):
+        bad.verify()
+    bad = copy.copy(num)
+    bad.A_mid = [row[:] for row in num.A_mid]
+    bad.A_mid[0][0] += 1 << (num.bits - 4)  # an entry off by 1/16
+    with pytest.raises(CertificateError, match="outside"):
+        bad.verify()
+    bad = copy.copy(num)
+    bad.spec, bad._expr = "erf(x) + x", None
+    with pytest.raises(CertificateError):
+        bad.verify()
+
+
+def test_no_witness_for_a_polynomial():
+    with pytest.raises(CertificateError, match="no 8x8 witness"):
+        full_rank_witness("x**2 + 1", 8)
+
+
+def test_modular_arithmetic_agrees_with_sympy():
+    rng = np.random.default_rng(1)
+    M = rng.integers(-5, 6, (7, 7)).tolist()
+    M[6] = [a + b for a, b in zip(M[0], M[1])]  # rank 6
+    for p in _arith.PRIMES:
+        assert _arith.rank_mod_p(M, p)[0] == 6 == sp.Matrix(M).rank()
+        assert _arith.det_mod_p(M[:6] and [r[:6] for r in M[:6]], p) == int(sp.Matrix([r[:6] for r in M[:6]]).det()) % p
+
+
+def test_erf_enclosure_contains_the_value():
+    from mpmath import iv
+
+    iv.prec = 200
+    for t in (Fraction(1, 3), Fraction(-7, 2), Fraction(5)):
+        e = _arith.erf_enclosure(t)
+        with mpmath.workprec(260):
+            v = mpmath.erf(mpmath.mpf(t.numerator) / t.denominator)
+            assert mpmath.mpf(e._mpi_[0]) <= v <= mpmath.mpf(e._mpi_[1])
+    iv.prec = 53
+
+
+# -- preservation --------------------------------------------------------------------------------------
+def test_preservation():
+    ok = low_rank_preservation("x**2", 64)
+    assert ok.holds and ok.r == 7 and ok.bound == 28 and ok.verify()
+    no = low_rank_preservation("x**6", 16)
+    assert not no.holds and no.verify()
+    no = low_rank_preservation("exp(x)", 16)
+    assert not no.holds and no.witness_cert.n == 16 and no.verify()
+    bad = copy.copy(ok)
+    bad.spec = "x**5"
+    with pytest.raises(CertificateError):
+        bad.verify()
+
+
+# -- positive definiteness and metric transforms ---------------------------------------------------------
+@pytest.mark.parametrize("text", ["exp(-x)", "1/(1+x)", "exp(-sqrt(x))", "1/sqrt(1+x)", "exp(-x) + 2/(1+x)**2"])
+def test_completely_monotone(text):
+    c = positive_definite(text)
+    assert c.holds and c.method == "symbolic" and c.verify()
+
+
+@pytest.mark.parametrize("text", ["1 - x", "exp(-x**2)", "exp(x)", "cos(x)", "1/(1+x**2)", "sqrt(x)"])
+def test_not_positive_definite_has_a_certified_negative_direction(text):
+    c = positive_definite(text)
+    assert c.holds is False and c.verify()
+    # independent: the float64 smallest eigenvalue of the stored point set is negative
+    f = fastattn.spec(text)
+    P = np.array([[float(v) for v in p] for p in c.points])
+    D = ((P[:, None, :] - P[None, :, :]) ** 2).sum(-1)
+    assert np.linalg.eigvalsh(f(D))[0] < 0
+
+
+@pytest.mark.parametrize("text", ["sqrt(x)", "log(1+x)", "1 - exp(-x)", "x/(1+x)", "x", "x**(1/3) + 2*x"])
+def test_bernstein(text):
+    c = metric_transform(text)
+    assert c.holds and c.verify()
+
+
+@pytest.mark.parametrize("text", ["x**2", "exp(x)", "x**3"])
+def test_not_a_metric_transform_on_hyperrectangle_corners(text):
+    c = metric_transform(text)
+    assert c.holds is False and c.verify()
+    assert c.distance_rank == c.dim + 1
+    assert sum(c.c) == 0
+
+
+def test_tampered_quadratic_form_fails():
+    c = positive_definite("1 - x")
+    bad = copy.copy(c)
+    bad.c = [Fraction(1)] + [Fraction(0)] * (len(c.c) - 1)  # c^T K c = f(0) = 1 > 0
+    with pytest.raises(CertificateError):
+        bad.verify()
+    m = metric_transform("x**2")
+    bad = copy.copy(m)
+    bad.c = list(m.c[:-1]) + [m.c[-1] + 1]
+    with pytest.raises(CertificateError, match="sum"):
+        bad.verify()
+
+
+def test_undecided_is_not_a_certificate():
+    u = Undecided("f", "positive-definite", "nothing found")
+    with pytest.raises(CertificateError):
+        u.verify()
+    assert u.to_dict()["holds"] is None
+
+
+def test_rendering_and_json():
+    import json
+
+    for cert in (rank_check("x**2", d=2), rank_check("erf(x)", n=6), positive_definite("1-x"), metric_transform("x**2")):
+        d = json.loads(cert.to_json(full=True))
+        assert {"check", "claim", "method", "numbers", "holds", "witness"} <= set(d)
+        assert cert.claim in str(cert)
+        assert cert.check in cert._repr_markdown_()
