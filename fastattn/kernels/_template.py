@@ -43,21 +43,24 @@ def _df(x):
 
 
 @triton.jit
-def _phi(p_x, o_t, m_t, D, p_idx, o_f, F_PAD, b_w):
-    # feature f of row t is b_w[f] * prod_m x[t, idx[m, f]]; idx -1 means "no factor" (loads 1)
+def _phi(b_x, m_t, p_idx, o_f, F_PAD, b_w, BD: tl.constexpr, PRECISION: tl.constexpr):
+    # feature f of row t is b_w[f] * prod_m x[t, idx[m, f]]; idx -1 means "no factor" (1).
+    # The gather x[:, idx] is a matmul with a one-hot [BD, BF] matrix: exact, on tensor
+    # cores, from a tile that was loaded once and coalesced.
+    DT = b_x.dtype
+    o_d = tl.arange(0, BD)
     i_0 = tl.load(p_idx + 0 * F_PAD + o_f)  # [BF]
-    b_x0 = tl.load(p_x + o_t[:, None] * D + i_0[None, :], mask=m_t[:, None] & (i_0[None, :] >= 0),
-                   other=1.0).to(tl.float32)  # [BT, BF]
+    b_x0 = tl.dot(b_x, (o_d[:, None] == i_0[None, :]).to(DT), input_precision=PRECISION) + (i_0 < 0).to(tl.float32)[None, :]  # [BT, BF]
     b_phi = b_x0 * b_w[None, :]  # [BT, BF]
     # padded rows must not leak into the running sums of psi (the normaliser state)
     return tl.where(m_t[:, None], b_phi, 0.0)
 
 
 @triton.jit
-def _phi_vjp(p_x, o_t, m_t, D, p_idx, o_f, F_PAD, b_w, b_dphi, BD: tl.constexpr, PRECISION: tl.constexpr):
+def _phi_vjp(b_x, p_idx, o_f, F_PAD, b_w, b_dphi, BD: tl.constexpr, PRECISION: tl.constexpr):
     # d/dx[a] prod_m x[idx_m] = sum_m [idx_m == a] prod_{m' != m} x[idx_m']; the scatter onto
-    # the head dim is a matmul with the one-hot matrix [idx_m == a] (tensor cores, no atomics)
-    DT = p_x.dtype.element_ty
+    # the head dim is a matmul with the transposed one-hot matrix (no atomics)
+    DT = b_x.dtype
     o_d = tl.arange(0, BD)
     b_g = b_dphi * b_w[None, :]  # [BT, BF]
     i_0 = tl.load(p_idx + 0 * F_PAD + o_f)  # [BF]
@@ -71,9 +74,9 @@ def _phi_vjp(p_x, o_t, m_t, D, p_idx, o_f, F_PAD, b_w, b_dphi, BD: tl.constexpr,
 #   intra: inside a chunk, f on the [BT, BT] score tile (Horner), masked, times V;
 #          one program per (chunk, batch*head), all chunks in parallel.
 #   inter: across chunks, the state S = sum_j psi(k_j) v_j^T (and z = sum_j psi(k_j)),
-#          one program per (batch*head, feature tile, v tile) that keeps its [BF, BV] slice
+#          one program per (feature tile, v tile, batch*head) that keeps its [BF, BV] slice
 #          of S in registers while it walks the chunks, so no state ever goes to HBM;
-#          partial outputs from the feature tiles meet in an fp32 buffer by atomic adds.
+#          partial outputs from several feature tiles meet in an fp32 buffer by atomic adds.
 # ----------------------------------------------------------------------------------------
 @triton.jit
 def _intra_fwd_kernel(q, k, v, o, z, scale, T, D, DV,
@@ -104,15 +107,30 @@ def _intra_fwd_kernel(q, k, v, o, z, scale, T, D, DV,
 
 
 @triton.jit
+def _accumulate(p, b, mask, ATOMIC: tl.constexpr):
+    # add a partial result into an fp32 buffer: by atomics where several programs share the
+    # slice (several feature or v tiles), else by a plain read-modify-write
+    if ATOMIC:
+        tl.atomic_add(p, b, mask=mask)
+    else:
+        tl.store(p, tl.load(p, mask=mask, other=0.0) + b, mask=mask)
+
+
+@triton.jit
 def _inter_fwd_kernel(q, k, v, o, z, idx, w_phi, w_psi, T, D, DV, F_PAD, NC,
-                      BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
-                      CAUSAL: tl.constexpr, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr):
-    i_bh, i_f, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+                      BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr,
+                      CAUSAL: tl.constexpr, NORMALIZE: tl.constexpr, ATOMIC: tl.constexpr,
+                      PRECISION: tl.constexpr):
+    # batch*head is the slowest grid axis, so the programs running together share one
+    # sequence's q, k, v in L2
+    i_f, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_bh64 = i_bh.to(tl.int64)
     DT = v.dtype.element_ty
     o_f = i_f * BF + tl.arange(0, BF)
     o_v = i_v * BV + tl.arange(0, BV)
+    o_d = tl.arange(0, BD)
     m_v = o_v < DV
+    m_d = o_d < D
     b_wq = tl.load(w_phi + o_f)  # [BF]
     b_wk = tl.load(w_psi + o_f)  # [BF]
     p_q = q + i_bh64 * T * D
@@ -126,22 +144,27 @@ def _inter_fwd_kernel(q, k, v, o, z, idx, w_phi, w_psi, T, D, DV, F_PAD, NC,
         for i_c in range(NC):
             o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
             m_t = o_t < T
-            b_psi = _phi(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk)  # [BT, BF]
+            b_k = tl.load(p_k + o_t[:, None] * D + o_d[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0)
+            b_psi = _phi(b_k, m_t, idx, o_f, F_PAD, b_wk, BD, PRECISION)  # [BT, BF]
             b_v = tl.load(p_v + o_t[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
             b_S += tl.dot(tl.trans(b_psi).to(DT), b_v, input_precision=PRECISION)  # [BF, BV]
             b_zs += tl.sum(b_psi, 0)
     for i_c in range(NC):
         o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
         m_t = o_t < T
-        b_phi = _phi(p_q, o_t, m_t, D, idx, o_f, F_PAD, b_wq)  # [BT, BF]
+        b_q = tl.load(p_q + o_t[:, None] * D + o_d[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0)
+        b_phi = _phi(b_q, m_t, idx, o_f, F_PAD, b_wq, BD, PRECISION)  # [BT, BF]
         b_o = tl.dot(b_phi.to(DT), b_S.to(DT), input_precision=PRECISION)  # [BT, BV]
-        tl.atomic_add(p_o + o_t[:, None] * DV + o_v[None, :], b_o, mask=m_t[:, None] & m_v[None, :])
+        _accumulate(p_o + o_t[:, None] * DV + o_v[None, :], b_o, m_t[:, None] & m_v[None, :], ATOMIC)
         if NORMALIZE:
-            # the normaliser is one column, owned by the first v tile
-            tl.atomic_add(z + i_bh64 * T + o_t, tl.sum(b_phi * b_zs[None, :], 1), mask=m_t & ((o_t * 0 + i_v) == 0))
+            # the normaliser is one column, owned by the first v tile (the mask is a tensor
+            # op because the interpreter rejects a scalar bool in a mask)
+            _accumulate(z + i_bh64 * T + o_t, tl.sum(b_phi * b_zs[None, :], 1), m_t & ((o_t * 0 + i_v) == 0),
+                        ATOMIC)
         if CAUSAL:
             # chunk i_c enters the state only after its own queries used it
-            b_psi = _phi(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk)  # [BT, BF]
+            b_k = tl.load(p_k + o_t[:, None] * D + o_d[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0)
+            b_psi = _phi(b_k, m_t, idx, o_f, F_PAD, b_wk, BD, PRECISION)  # [BT, BF]
             b_v = tl.load(p_v + o_t[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
             b_S += tl.dot(tl.trans(b_psi).to(DT), b_v, input_precision=PRECISION)  # [BF, BV]
             b_zs += tl.sum(b_psi, 0)
@@ -187,21 +210,22 @@ def _intra_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, scale, T, D, DV,
 @triton.jit
 def _inter_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, idx, w_phi, w_psi, T, D, DV, F_PAD, NC,
                       BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr,
-                      CAUSAL: tl.constexpr, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr):
-    # axis 2 interleaves (v tile, pass): pass 0 walks forward for dq, pass 1 walks backward
+                      CAUSAL: tl.constexpr, NORMALIZE: tl.constexpr, ATOMIC_QK: tl.constexpr,
+                      ATOMIC_V: tl.constexpr, PRECISION: tl.constexpr):
+    # axis 1 interleaves (v tile, pass): pass 0 walks forward for dq, pass 1 walks backward
     # for dk and dv; the two passes share nothing, so they run as separate programs
-    i_bh, i_f, i_vp = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_f, i_vp, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_v = i_vp // 2
     i_pass = i_vp % 2
     i_bh64 = i_bh.to(tl.int64)
     DT = v.dtype.element_ty
     o_f = i_f * BF + tl.arange(0, BF)
     o_v = i_v * BV + tl.arange(0, BV)
+    o_d = tl.arange(0, BD)
     m_v = o_v < DV
+    m_d = o_d < D
     b_wq = tl.load(w_phi + o_f)  # [BF]
     b_wk = tl.load(w_psi + o_f)  # [BF]
-    o_d = tl.arange(0, BD)
-    m_d = o_d < D
     p_q = q + i_bh64 * T * D
     p_k = k + i_bh64 * T * D
     p_v = v + i_bh64 * T * DV
@@ -209,8 +233,8 @@ def _inter_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, idx, w_phi, w_psi, T, D
     p_dq = dq + i_bh64 * T * D
     p_dk = dk + i_bh64 * T * D
     p_dv = dv + i_bh64 * T * DV
-    # the normaliser's gradient is one column, owned by the first v tile (the mask below is
-    # written as a tensor op because the interpreter rejects a scalar bool in a mask)
+    # the normaliser's gradient is one column, owned by the first v tile; masks below use
+    # (o_t * 0 + i_v) == 0 because the interpreter rejects a scalar bool in a mask
     if i_pass == 0:
         # dq_i = J_phi(q_i)^T (S dn_i + z_S dz_i), S = sum over keys visible to i
         b_S = tl.zeros([BF, BV], dtype=tl.float32)
@@ -219,7 +243,8 @@ def _inter_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, idx, w_phi, w_psi, T, D
             for i_c in range(NC):
                 o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
                 m_t = o_t < T
-                b_psi = _phi(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk)  # [BT, BF]
+                b_k = tl.load(p_k + o_t[:, None] * D + o_d[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0)
+                b_psi = _phi(b_k, m_t, idx, o_f, F_PAD, b_wk, BD, PRECISION)  # [BT, BF]
                 b_v = tl.load(p_v + o_t[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
                 b_S += tl.dot(tl.trans(b_psi).to(DT), b_v, input_precision=PRECISION)  # [BF, BV]
                 b_zs += tl.sum(b_psi, 0)
@@ -234,10 +259,12 @@ def _inter_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, idx, w_phi, w_psi, T, D
             if NORMALIZE:
                 b_dz = tl.load(dz + i_bh64 * T + o_t, mask=m_t & ((o_t * 0 + i_v) == 0), other=0.0)  # [BT]
                 b_dphi += b_dz[:, None] * b_zs[None, :]
-            b_dq = _phi_vjp(p_q, o_t, m_t, D, idx, o_f, F_PAD, b_wq, b_dphi, BD, PRECISION)  # [BT, BD]
-            tl.atomic_add(p_dq + o_t[:, None] * D + o_d[None, :], b_dq, mask=m_t[:, None] & m_d[None, :])
+            b_q = tl.load(p_q + o_t[:, None] * D + o_d[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0)
+            b_dq = _phi_vjp(b_q, idx, o_f, F_PAD, b_wq, b_dphi, BD, PRECISION)  # [BT, BD]
+            _accumulate(p_dq + o_t[:, None] * D + o_d[None, :], b_dq, m_t[:, None] & m_d[None, :], ATOMIC_QK)
             if CAUSAL:
-                b_psi = _phi(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk)  # [BT, BF]
+                b_k = tl.load(p_k + o_t[:, None] * D + o_d[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0)
+                b_psi = _phi(b_k, m_t, idx, o_f, F_PAD, b_wk, BD, PRECISION)  # [BT, BF]
                 b_v = tl.load(p_v + o_t[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
                 b_S += tl.dot(tl.trans(b_psi).to(DT), b_v, input_precision=PRECISION)  # [BF, BV]
                 b_zs += tl.sum(b_psi, 0)
@@ -250,7 +277,8 @@ def _inter_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, idx, w_phi, w_psi, T, D
             for i_c in range(NC):
                 o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
                 m_t = o_t < T
-                b_phi = _phi(p_q, o_t, m_t, D, idx, o_f, F_PAD, b_wq)  # [BT, BF]
+                b_q = tl.load(p_q + o_t[:, None] * D + o_d[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0)
+                b_phi = _phi(b_q, m_t, idx, o_f, F_PAD, b_wq, BD, PRECISION)  # [BT, BF]
                 b_dn = tl.load(p_do + o_t[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
                                other=0.0).to(tl.float32)  # [BT, BV]
                 if NORMALIZE:
@@ -265,19 +293,21 @@ def _inter_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, idx, w_phi, w_psi, T, D
                 i_c = i
             o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
             m_t = o_t < T
-            b_psi = _phi(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk)  # [BT, BF]
+            b_k = tl.load(p_k + o_t[:, None] * D + o_d[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0)
+            b_psi = _phi(b_k, m_t, idx, o_f, F_PAD, b_wk, BD, PRECISION)  # [BT, BF]
             b_v = tl.load(p_v + o_t[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
             b_dv = tl.dot(b_psi.to(DT), b_dS.to(DT), input_precision=PRECISION)  # [BT, BV]
-            tl.atomic_add(p_dv + o_t[:, None] * DV + o_v[None, :], b_dv, mask=m_t[:, None] & m_v[None, :])
+            _accumulate(p_dv + o_t[:, None] * DV + o_v[None, :], b_dv, m_t[:, None] & m_v[None, :], ATOMIC_V)
             b_dpsi = tl.dot(b_v, tl.trans(b_dS.to(DT)), input_precision=PRECISION)  # [BT, BF]
             if NORMALIZE:
                 b_dpsi += b_dzs[None, :]
-            b_dk = _phi_vjp(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk, b_dpsi, BD, PRECISION)  # [BT, BD]
-            tl.atomic_add(p_dk + o_t[:, None] * D + o_d[None, :], b_dk, mask=m_t[:, None] & m_d[None, :])
+            b_dk = _phi_vjp(b_k, idx, o_f, F_PAD, b_wk, b_dpsi, BD, PRECISION)  # [BT, BD]
+            _accumulate(p_dk + o_t[:, None] * D + o_d[None, :], b_dk, m_t[:, None] & m_d[None, :], ATOMIC_QK)
             if CAUSAL:
                 # chunk i_c's queries see this chunk's keys through the intra kernel, and
                 # every earlier chunk's keys through dS
-                b_phi = _phi(p_q, o_t, m_t, D, idx, o_f, F_PAD, b_wq)  # [BT, BF]
+                b_q = tl.load(p_q + o_t[:, None] * D + o_d[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0)
+                b_phi = _phi(b_q, m_t, idx, o_f, F_PAD, b_wq, BD, PRECISION)  # [BT, BF]
                 b_dn = tl.load(p_do + o_t[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
                                other=0.0).to(tl.float32)  # [BT, BV]
                 if NORMALIZE:
@@ -354,13 +384,19 @@ def _empty(shape, device):
     return torch.empty(shape, dtype=torch.float32, device=device)
 
 
-def _blocks(q, v, chunk, block_f, block_v):
+def _blocks(q, v, block_f, block_v):
+    """Tile sizes: BD (head dim, padded), BV (v head dim, padded), BVs (v tile of the scan),
+    the dot precision, and the warps of the scan kernels."""
     D, DV = q.shape[-1], v.shape[-1]
     BD = max(16, triton.next_power_of_2(D))
     BV = max(16, triton.next_power_of_2(DV))
     BVs = BV if block_v is None else min(BV, block_v)
-    precision = "ieee" if q.dtype == torch.float32 else "tf32"
-    return BD, BV, BVs, precision
+    # fp32 inputs keep fp32 accuracy through three tf32 passes; 16-bit inputs use their own MMA
+    precision = "tf32x3" if q.dtype == torch.float32 else "tf32"
+    # the scan holds a [BF, BV] fp32 state plus feature tiles; 8 warps keep a 64x64 state
+    # out of local memory on sm_90 (ptxas: 4 warps spill ~600 bytes per thread)
+    warps = 8 if block_f * BVs >= 64 * 64 else 4
+    return BD, BV, BVs, precision, warps
 
 
 def _denominator(z, fix_abs, eps):
@@ -373,7 +409,7 @@ def poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, b
     DV = v.shape[-1]
     idx, w_phi, w_psi, _ = feature_tables(D, scale, q.device, block_f)
     F_PAD = idx.shape[1]
-    BD, BV, BVs, precision = _blocks(q, v, chunk, block_f, block_v)
+    BD, BV, BVs, precision, warps = _blocks(q, v, block_f, block_v)
     NC = triton.cdiv(T, chunk)
     o = _empty((B, H, T, DV), q.device)
     z = _empty((B, H, T), q.device) if normalize else o
@@ -383,9 +419,10 @@ def poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, b
     else:
         o.zero_()
         z.zero_()
-    grid = (B * H, F_PAD // block_f, triton.cdiv(DV, BVs))
-    _inter_fwd_kernel[grid](q, k, v, o, z, idx, w_phi, w_psi, T, D, DV, F_PAD, NC,
-                            BT=chunk, BF=block_f, BV=BVs, CAUSAL=causal, NORMALIZE=normalize, PRECISION=precision)
+    NF, NV = F_PAD // block_f, triton.cdiv(DV, BVs)
+    _inter_fwd_kernel[(NF, NV, B * H)](q, k, v, o, z, idx, w_phi, w_psi, T, D, DV, F_PAD, NC,
+                                       BT=chunk, BF=block_f, BV=BVs, BD=BD, CAUSAL=causal, NORMALIZE=normalize,
+                                       ATOMIC=NF > 1, PRECISION=precision, num_warps=warps)
     if normalize:
         o = o / _denominator(z, fix_abs, eps)[..., None]
         return o.to(q.dtype), z
@@ -398,7 +435,7 @@ def poly_attention_bwd(q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps
     DV = v.shape[-1]
     idx, w_phi, w_psi, _ = feature_tables(D, scale, q.device, block_f)
     F_PAD = idx.shape[1]
-    BD, BV, BVs, precision = _blocks(q, v, chunk, block_f, block_v)
+    BD, BV, BVs, precision, warps = _blocks(q, v, block_f, block_v)
     NC = triton.cdiv(T, chunk)
     do = do.contiguous()
     if normalize:
@@ -421,10 +458,11 @@ def poly_attention_bwd(q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps
         dq.zero_()
         dk.zero_()
         dv.zero_()
-    grid = (B * H, F_PAD // block_f, 2 * triton.cdiv(DV, BVs))
-    _inter_bwd_kernel[grid](q, k, v, do, rden, dz, dq, dk, dv, idx, w_phi, w_psi, T, D, DV, F_PAD, NC,
-                            BT=chunk, BF=block_f, BV=BVs, BD=BD, CAUSAL=causal, NORMALIZE=normalize,
-                            PRECISION=precision)
+    NF, NV = F_PAD // block_f, triton.cdiv(DV, BVs)
+    _inter_bwd_kernel[(NF, 2 * NV, B * H)](q, k, v, do, rden, dz, dq, dk, dv, idx, w_phi, w_psi, T, D, DV, F_PAD,
+                                           NC, BT=chunk, BF=block_f, BV=BVs, BD=BD, CAUSAL=causal,
+                                           NORMALIZE=normalize, ATOMIC_QK=NF * NV > 1, ATOMIC_V=NF > 1,
+                                           PRECISION=precision, num_warps=warps)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 

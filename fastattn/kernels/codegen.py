@@ -175,14 +175,13 @@ def _horner(name: str, coeffs: dict, what: str) -> list[str]:
     return lines + ["    return y"]
 
 
-def _gathers(slots: int, indent: str = "    ") -> list[str]:
+def _gathers(slots: int) -> list[str]:
     out = []
     for m in range(slots):
         out += [
-            f"{indent}i_{m} = tl.load(p_idx + {m} * F_PAD + o_f)  # [BF]",
-            f"{indent}b_x{m} = tl.load(p_x + o_t[:, None] * D + i_{m}[None, :], "
-            f"mask=m_t[:, None] & (i_{m}[None, :] >= 0),",
-            f"{indent}               other=1.0).to(tl.float32)  # [BT, BF]",
+            f"    i_{m} = tl.load(p_idx + {m} * F_PAD + o_f)  # [BF]",
+            f"    b_x{m} = tl.dot(b_x, (o_d[:, None] == i_{m}[None, :]).to(DT), input_precision=PRECISION)  # [BT, BF]",
+            f"    b_x{m} += (i_{m} < 0).to(tl.float32)[None, :]",
         ]
     return out
 
@@ -194,19 +193,23 @@ def _device_functions(poly: Polynomial) -> str:
     lines = _horner("_f", c, f"f(x) = {poly.text}")
     lines += ["", ""]
     lines += _horner("_df", dc, f"f'(x) = {_formula(dc) if dc else '0'}")
-    lines += ["", "", "@triton.jit", "def _phi(p_x, o_t, m_t, D, p_idx, o_f, F_PAD, b_w):",
-              "    # feature f of row t is b_w[f] * prod_m x[t, idx[m, f]]; idx -1 means \"no factor\" (loads 1)"]
+    lines += ["", "", "@triton.jit",
+              "def _phi(b_x, m_t, p_idx, o_f, F_PAD, b_w, BD: tl.constexpr, PRECISION: tl.constexpr):",
+              "    # feature f of row t is b_w[f] * prod_m x[t, idx[m, f]] (symmetric basis, one slot per",
+              "    # factor); idx -1 means \"no factor\" and gives 1. The gather x[:, idx] is a matmul with",
+              "    # a one-hot [BD, BF] matrix: exact, on tensor cores, from the coalesced [BT, BD] tile.",
+              "    DT = b_x.dtype",
+              "    o_d = tl.arange(0, BD)"]
     lines += _gathers(slots)
     prod = " * ".join(f"b_x{m}" for m in range(slots))
     lines += [f"    b_phi = {prod} * b_w[None, :]  # [BT, BF]",
               "    # padded rows must not leak into the running sums of psi (the normaliser state)",
               "    return tl.where(m_t[:, None], b_phi, 0.0)", "", "",
               "@triton.jit",
-              "def _phi_vjp(p_x, o_t, m_t, D, p_idx, o_f, F_PAD, b_w, b_dphi, BD: tl.constexpr, "
-              "PRECISION: tl.constexpr):",
-              "    # d/dx[a] prod_m x[idx_m] = sum_m [idx_m == a] prod_{m' != m} x[idx_m']; the scatter onto",
-              "    # the head dim is a matmul with the one-hot matrix [idx_m == a] (tensor cores, no atomics)",
-              "    DT = p_x.dtype.element_ty",
+              "def _phi_vjp(b_x, p_idx, o_f, F_PAD, b_w, b_dphi, BD: tl.constexpr, PRECISION: tl.constexpr):",
+              "    # d/dx[a] prod_m x[idx_m] = sum_m [idx_m == a] prod_{m' != m} x[idx_m']: the scatter onto",
+              "    # the head dim is a matmul with the transposed one-hot matrix (no atomics)",
+              "    DT = b_x.dtype",
               "    o_d = tl.arange(0, BD)",
               "    b_g = b_dphi * b_w[None, :]  # [BT, BF]"]
     lines += _gathers(slots)
