@@ -75,7 +75,8 @@ def kernel_matrix(f, Q: np.ndarray, K: np.ndarray, *, scale: float = 1.0) -> np.
     K = np.asarray(K, dtype=np.float64)
     if Q.ndim != 2 or K.ndim != 2 or Q.shape[1] != K.shape[1]:
         raise FastAttnError(f"Q and K must be 2-D with the same number of columns, got {Q.shape} and {K.shape}")
-    M = f(scale * (Q @ K.T))
+    with np.errstate(all="ignore"):  # reported below as one clear error
+        M = f(scale * (Q @ K.T))
     if not np.all(np.isfinite(M)):
         raise FastAttnError(f"f = {f.source!r} is not finite on some scores (max |score| {np.abs(scale * Q @ K.T).max():.3g}); "
                             "use a smaller radius or scale")

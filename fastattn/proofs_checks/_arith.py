@@ -273,7 +273,7 @@ def _ev(e, x, base):
                 return _const(Fraction(base) ** int(c))
         raise NotExact("exp of a value that is not an integer multiple of log(b)")
     if isinstance(e, (sp.sinh, sp.cosh, sp.tanh)):
-        return _ev(e.rewrite(sp.exp), x, base)
+        return _ev(e.rewrite(type(e), sp.exp), x, base)
     if isinstance(e, sp.Abs):
         a = _ev(e.args[0], x, base)
         return a if _sign(a) >= 0 else {k: -v for k, v in a.items()}
@@ -365,7 +365,7 @@ def interval_eval(e: sp.Expr, x):
             raise NotExact("log of a value that may be <= 0")
         return iv.log(a)
     if isinstance(e, (sp.sinh, sp.cosh, sp.tanh)):
-        return interval_eval(e.rewrite(sp.exp), x)
+        return interval_eval(e.rewrite(type(e), sp.exp), x)
     if isinstance(e, sp.Abs):
         a = interval_eval(e.args[0], x)
         if a.a >= 0:

@@ -34,6 +34,9 @@ __all__ = [
     "MAX_BOUND", "MAX_N",
 ]
 
+# only the hyperbolic functions become exponentials (a blanket rewrite turns Max(x,0)**2 into exp(2 log Max))
+_HYPERBOLIC = [sp.sinh, sp.cosh, sp.tanh]
+
 #: Largest rank bound attained explicitly (an n×n exact rank computation with n = bound).
 MAX_BOUND = 400
 #: Largest n for a full-rank witness.
@@ -344,7 +347,7 @@ class FullRankCertificate(Certificate):
         if self.method == "modular":
             # entries recomputed by sympy's own evaluation (exp(3 log 2) -> 8), not by the fast evaluator
             # lambdify to sympy functions: exp(3*log(2)) evaluates to 8 on construction
-            fn = _sympy_exact_fn(expr.rewrite(sp.exp))
+            fn = _sympy_exact_fn(expr.rewrite(_HYPERBOLIC, sp.exp))
             memo: dict = {}
             rows = []
             for r in S:
@@ -419,7 +422,7 @@ def _residual(A: list[list[int]], B: list[list[int]], P: int) -> tuple[Fraction,
 
 def _exp_denominator(expr) -> int | None:
     """lcm of the denominators of a in the exp(a·x) nodes (after rewriting sinh/cosh/tanh), None if some arg is not a·x."""
-    e = expr.rewrite(sp.exp)
+    e = expr.rewrite(_HYPERBOLIC, sp.exp)
     L = 1
     for node in e.atoms(sp.exp) | {p for p in e.atoms(sp.Pow) if p.base == sp.E}:
         arg = node.args[0] if isinstance(node, sp.exp) else node.exp
@@ -450,7 +453,7 @@ def _constructions(f, n: int):
     analytic = f.kind != "not-analytic"
     out = []
     D = _exp_denominator(expr)
-    if analytic and D is not None and expr.rewrite(sp.exp).has(sp.exp):
+    if analytic and D is not None and expr.rewrite(_HYPERBOLIC, sp.exp).has(sp.exp):
         # start at q = 1 and k = log 2: an odd f (tanh) vanishes on a zero row or column
         q = [[sp.Integer(D * (i + 1))] for i in range(n)]
         k = [[sp.log(j + 2)] for j in range(n)]
@@ -472,7 +475,7 @@ def _constructions(f, n: int):
                 xs = [[(c + h * (i - j - delta), None) for j in range(n)] for i in range(n)]
                 where = "all scores > 0" if c > n else "across the kink"
                 out.append((f"translates x_ij = {c} + {h}(i - j - ({delta})), {where}", 2, q, k, xs))
-        if expr.rewrite(sp.exp).has(sp.exp):
+        if expr.rewrite(_HYPERBOLIC, sp.exp).has(sp.exp):
             for t0 in (0, 1):
                 q = [[sp.Integer(2 * i + t0) * sp.log(2), sp.Integer(1)] for i in range(n)]
                 k = [[sp.Integer(1), -sp.Integer(2 * j) * sp.log(2)] for j in range(n)]
