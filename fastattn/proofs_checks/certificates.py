@@ -20,7 +20,7 @@ __all__ = ["Certificate", "CertificateError", "Undecided", "METHODS"]
 METHODS = {
     "exact": "exact rational / integer arithmetic",
     "modular": "integer matrix; a non-zero determinant modulo a prime proves a non-zero integer determinant",
-    "interval": "interval arithmetic (mpmath.iv) with an exactly recomputed residual",
+    "interval": "interval arithmetic (mpmath.iv) on exact rational inputs; residuals recomputed in exact integers",
     "high-precision": "high-precision floating point with a stated error margin (not interval)",
     "symbolic": "symbolic derivation from closure rules",
 }
