@@ -196,10 +196,12 @@ def cases(draw):
     deg = polynomial(spec).degree
     dims = st.one_of(st.sampled_from([1, 5, 12, 16]), st.integers(1, 16))
     D = min(draw(dims), MAX_DIM[deg])
+    # at most 8 feature tiles: the interpreter's time grows with tiles x chunks x heads
+    min_bf = max(16, 1 << max(0, (-(-polynomial(spec).feature_dim(D) // 8) - 1).bit_length()))
     return dict(spec=spec, B=draw(st.integers(1, 2)), H=draw(st.integers(1, 2)),
                 T=draw(st.one_of(st.sampled_from([1, 63, 64, 65, 130]), st.integers(1, 130))),
                 D=D, DV=draw(dims), chunk=draw(st.sampled_from([16, 32, 64])),
-                block_f=draw(st.sampled_from([16, 32, 64])), block_v=draw(st.sampled_from([None, 16])),
+                block_f=max(min_bf, draw(st.sampled_from([16, 32, 64]))), block_v=draw(st.sampled_from([None, 16])),
                 causal=draw(st.booleans()), normalize=draw(st.booleans()), seed=draw(st.integers(0, 2**16)))
 
 

@@ -50,7 +50,8 @@ def _phi(b_x, m_t, p_idx, o_f, F_PAD, b_w, BD: tl.constexpr, PRECISION: tl.const
     DT = b_x.dtype
     o_d = tl.arange(0, BD)
     i_0 = tl.load(p_idx + 0 * F_PAD + o_f)  # [BF]
-    b_x0 = tl.dot(b_x, (o_d[:, None] == i_0[None, :]).to(DT), input_precision=PRECISION) + (i_0 < 0).to(tl.float32)[None, :]  # [BT, BF]
+    b_x0 = tl.dot(b_x, (o_d[:, None] == i_0[None, :]).to(DT), input_precision=PRECISION)  # [BT, BF]
+    b_x0 += (i_0 < 0).to(tl.float32)[None, :]
     b_phi = b_x0 * b_w[None, :]  # [BT, BF]
     # padded rows must not leak into the running sums of psi (the normaliser state)
     return tl.where(m_t[:, None], b_phi, 0.0)
@@ -399,6 +400,12 @@ def _blocks(q, v, block_f, block_v):
     return BD, BV, BVs, precision, warps
 
 
+def _intra_warps(chunk, BD, BV):
+    # the intra backward holds [BT, BT] score tiles and [BT, BD], [BT, BV] operands: at
+    # 64 x 64 it spills ~400 bytes per thread with 4 warps on sm_90 (ptxas), none with 8
+    return 8 if chunk * max(BD, BV) >= 64 * 64 else 4
+
+
 def _denominator(z, fix_abs, eps):
     return z.abs() + eps if fix_abs else z
 
@@ -415,7 +422,8 @@ def poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, b
     z = _empty((B, H, T), q.device) if normalize else o
     if causal:
         _intra_fwd_kernel[(NC, B * H)](q, k, v, o, z, float(scale), T, D, DV,
-                                       BT=chunk, BD=BD, BV=BV, NORMALIZE=normalize, PRECISION=precision)
+                                       BT=chunk, BD=BD, BV=BV, NORMALIZE=normalize, PRECISION=precision,
+                                       num_warps=_intra_warps(chunk, BD, BV))
     else:
         o.zero_()
         z.zero_()
@@ -453,7 +461,8 @@ def poly_attention_bwd(q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps
     dv = _empty((B, H, T, DV), q.device)
     if causal:
         _intra_bwd_kernel[(NC, B * H)](q, k, v, do, rden, dz, dq, dk, dv, float(scale), T, D, DV,
-                                       BT=chunk, BD=BD, BV=BV, NORMALIZE=normalize, PRECISION=precision)
+                                       BT=chunk, BD=BD, BV=BV, NORMALIZE=normalize, PRECISION=precision,
+                                       num_warps=_intra_warps(chunk, BD, BV))
     else:
         dq.zero_()
         dk.zero_()

@@ -180,7 +180,8 @@ def _gathers(slots: int) -> list[str]:
     for m in range(slots):
         out += [
             f"    i_{m} = tl.load(p_idx + {m} * F_PAD + o_f)  # [BF]",
-            f"    b_x{m} = tl.dot(b_x, (o_d[:, None] == i_{m}[None, :]).to(DT), input_precision=PRECISION)  # [BT, BF]",
+            f"    b_x{m} = tl.dot(b_x, (o_d[:, None] == i_{m}[None, :]).to(DT), "
+            f"input_precision=PRECISION)  # [BT, BF]",
             f"    b_x{m} += (i_{m} < 0).to(tl.float32)[None, :]",
         ]
     return out

@@ -1,0 +1,106 @@
+"""Compile the generated kernels for a GPU target without a GPU, and report registers and spills.
+
+Triton ships ptxas, so the whole pipeline (TTIR -> TTGIR -> PTX -> cubin) runs on a CPU-only
+machine. This catches compile errors of GPU-only code paths (the interpreter does not
+check layouts, shared memory or register limits) and shows register pressure: a STACK
+above 0 means the kernel spills to local memory.
+
+    python -m fastattn.kernels.aot "1 + x + x**2/2" --dtype bf16 --head-dim 16 --head-dim-v 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import tempfile
+import time
+
+__all__ = ["compile_kernels"]
+
+_TYPES = {"bf16": "*bf16", "fp16": "*fp16", "fp32": "*fp32"}
+
+
+def _resources(cubin: bytes) -> str:
+    import triton
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as fh:
+        fh.write(cubin)
+    try:
+        out = subprocess.run([tool, "-res-usage", fh.name], capture_output=True, text=True, check=False).stdout
+    finally:
+        os.unlink(fh.name)
+    return " ".join(w for line in out.splitlines() if "REG" in line for w in line.split()
+                    if w.split(":")[0] in ("REG", "STACK", "SHARED"))
+
+
+def compile_kernels(spec, *, dtype="bf16", head_dim=64, head_dim_v=64, chunk=64, block_f=64, block_v=None,
+                    causal=True, normalize=True, arch=90, degree=None):
+    """Compile the four kernels of ``spec`` for ``sm_<arch>``; returns {kernel: "REG:n STACK:n SHARED:n"}."""
+    import torch
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from fastattn.kernels.codegen import load_module
+    from fastattn.kernels.poly import polynomial
+
+    mod = load_module(polynomial(spec, degree))
+    ptr = _TYPES[dtype]
+    tdt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+    q = torch.empty(1, 1, 1, head_dim, dtype=tdt)
+    v = torch.empty(1, 1, 1, head_dim_v, dtype=tdt)
+    BD, BV, BVs, precision, warps = mod._blocks(q, v, block_f, block_v)
+    nf = -(-mod.feature_dim(head_dim) // block_f)
+    nv = -(-head_dim_v // BVs)
+    dims = {"T": "i32", "D": "i32", "DV": "i32"}
+    f32 = "*fp32"
+    jobs = [
+        (mod._intra_fwd_kernel, dict(q=ptr, k=ptr, v=ptr, o=f32, z=f32, scale="fp32", **dims),
+         dict(BT=chunk, BD=BD, BV=BV, NORMALIZE=normalize, PRECISION=precision), mod._intra_warps(chunk, BD, BV)),
+        (mod._inter_fwd_kernel, dict(q=ptr, k=ptr, v=ptr, o=f32, z=f32, idx="*i32", w_phi=f32, w_psi=f32, **dims,
+                                     F_PAD="i32", NC="i32"),
+         dict(BT=chunk, BF=block_f, BV=BVs, BD=BD, CAUSAL=causal, NORMALIZE=normalize, ATOMIC=nf > 1,
+              PRECISION=precision), warps),
+        (mod._intra_bwd_kernel, dict(q=ptr, k=ptr, v=ptr, do=ptr, rden=f32, dz=f32, dq=f32, dk=f32, dv=f32,
+                                     scale="fp32", **dims),
+         dict(BT=chunk, BD=BD, BV=BV, NORMALIZE=normalize, PRECISION=precision), mod._intra_warps(chunk, BD, BV)),
+        (mod._inter_bwd_kernel, dict(q=ptr, k=ptr, v=ptr, do=ptr, rden=f32, dz=f32, dq=f32, dk=f32, dv=f32,
+                                     idx="*i32", w_phi=f32, w_psi=f32, **dims, F_PAD="i32", NC="i32"),
+         dict(BT=chunk, BF=block_f, BV=BVs, BD=BD, CAUSAL=causal, NORMALIZE=normalize, ATOMIC_QK=nf * nv > 1,
+              ATOMIC_V=nf > 1, PRECISION=precision), warps),
+    ]
+    report = {}
+    for fn, sig, consts, nw in jobs:
+        sig = dict(sig, **{k: "constexpr" for k in consts})
+        t0 = time.perf_counter()
+        kern = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", arch, 32),
+                              options={"num_warps": nw})
+        report[fn.__name__] = f"{_resources(kern.asm['cubin'])} warps:{nw} ({time.perf_counter() - t0:.1f} s)"
+    return report
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="compile the generated kernels for sm_90 on the CPU")
+    ap.add_argument("spec")
+    ap.add_argument("--degree", type=int, default=None)
+    ap.add_argument("--dtype", choices=sorted(_TYPES), default="bf16")
+    ap.add_argument("--head-dim", type=int, default=64)
+    ap.add_argument("--head-dim-v", type=int, default=64)
+    ap.add_argument("--chunk", type=int, default=64)
+    ap.add_argument("--block-f", type=int, default=64)
+    ap.add_argument("--block-v", type=int, default=None)
+    ap.add_argument("--non-causal", action="store_true")
+    ap.add_argument("--arch", type=int, default=90)
+    a = ap.parse_args(argv)
+    rep = compile_kernels(a.spec, dtype=a.dtype, head_dim=a.head_dim, head_dim_v=a.head_dim_v, chunk=a.chunk,
+                          block_f=a.block_f, block_v=a.block_v, causal=not a.non_causal, arch=a.arch,
+                          degree=a.degree)
+    for name, line in rep.items():
+        print(f"{name:20s} {line}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
