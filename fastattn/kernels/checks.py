@@ -2,7 +2,7 @@
 
 >>> import torch
 >>> ref = torch.randn(100, dtype=torch.float64)
->>> assert_close("o", ref, ref.float(), torch.float32)
+>>> _ = assert_close("o", ref, ref.float(), torch.float32)
 >>> errors(ref, ref.float())["rel_rms"] < 1e-6
 True
 """
