@@ -154,6 +154,23 @@ register_command("analyze", _add_analyze, _run_analyze)
 register_command("check", _add_check, _run_check)
 
 
+# -- generate -----------------------------------------------------------------------------------
+def _add_generate(p: argparse.ArgumentParser) -> None:
+    from fastattn.kernels.generate import add_generate_arguments
+
+    add_generate_arguments(p)
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    """Write one standalone .py (Triton kernels + autograd Function + nn.Module) for a spec."""
+    from fastattn.kernels.generate import run_generate
+
+    return run_generate(args)
+
+
+register_command("generate", _add_generate, _run_generate)
+
+
 # -- entry point ------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastattn", description="Which entrywise f keep f(QK^T) low rank, with proofs.")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import ast
 
 import pytest
@@ -12,7 +11,8 @@ from fastattn.errors import KernelError
 from fastattn.kernels import naive
 from fastattn.kernels.checks import assert_close
 from fastattn.kernels.codegen import import_path
-from fastattn.kernels.generate import add_generate_parser, run_generate, write_module
+from fastattn.cli import main
+from fastattn.kernels.generate import write_module
 from fastattn.kernels.poly import polynomial
 
 STDLIB_OK = {"itertools", "math", "os"}
@@ -86,11 +86,8 @@ def test_write_module_refuses_bad_requests(tmp_path):
         write_module("1 + x + x**2/2", tmp_path / "a.py", head_dim_qk=0)
 
 
-def test_cli_hook_writes_the_file(tmp_path, capsys):
-    parser = argparse.ArgumentParser(prog="fastattn")
-    add_generate_parser(parser.add_subparsers(dest="command"))
+def test_cli_generate_writes_the_file(tmp_path, capsys):
     out = tmp_path / "sub" / "based.py"
-    args = parser.parse_args(["generate", "exp(x)", "--degree", "2", "--head-dim", "16", "-o", str(out)])
-    assert args.func(args) == 0 and args.func is run_generate
+    assert main(["generate", "exp(x)", "--degree", "2", "--head-dim", "16", "-o", str(out)]) == 0
     assert out.exists() and "exp(x) truncated at degree 2" in out.read_text()
     assert "153 features at head dim 16" in capsys.readouterr().out

@@ -18,7 +18,7 @@ from fastattn.errors import KernelError
 from fastattn.kernels.codegen import _write_atomic, render
 from fastattn.kernels.poly import check_normalizer, polynomial
 
-__all__ = ["write_module", "add_generate_parser", "run_generate"]
+__all__ = ["write_module", "add_generate_arguments", "run_generate"]
 
 
 def write_module(spec, path, head_dim_qk: int = 64, head_dim_v: int | None = None, causal: bool = True,
@@ -62,11 +62,8 @@ def write_module(spec, path, head_dim_qk: int = 64, head_dim_v: int | None = Non
     return path
 
 
-def add_generate_parser(subparsers):
-    """Add the ``generate`` subcommand to an argparse ``subparsers`` object; returns its parser."""
-    p = subparsers.add_parser("generate", help="write a standalone fast-attention module for a spec",
-                              description="Write one .py file (Triton kernels + autograd Function + nn.Module, "
-                                          "importing only torch and triton) for o_i = sum_j f(s q_i.k_j) v_j.")
+def add_generate_arguments(p):
+    """Add the arguments of ``fastattn generate`` to an argparse parser."""
     p.add_argument("spec", help='f as text, e.g. "1 + x + x**2/2" or "exp(x)" with --degree')
     p.add_argument("-o", "--output", required=True, help="output .py path")
     p.add_argument("--degree", type=int, default=None, help="Taylor truncation degree for a non-polynomial f")
@@ -77,12 +74,10 @@ def add_generate_parser(subparsers):
     p.add_argument("--normalizer-fix", choices=["abs"], default=None,
                    help="divide by |sum_j f| + eps (needed to normalise an f that can be <= 0)")
     p.add_argument("--scale", type=float, default=None, help="s in f(s q.k) (default 1/sqrt(head dim))")
-    p.set_defaults(func=run_generate)
-    return p
 
 
 def run_generate(args) -> int:
-    """Run ``fastattn generate`` from parsed arguments; prints what was written and returns 0."""
+    """Write one standalone .py (Triton kernels + autograd Function + nn.Module) for a spec."""
     path = write_module(args.spec, args.output, head_dim_qk=args.head_dim, head_dim_v=args.head_dim_v,
                         causal=not args.non_causal, normalize=not args.no_normalize, degree=args.degree,
                         scale=args.scale, normalizer_fix=args.normalizer_fix)

@@ -98,9 +98,9 @@ class _Builder:
         self.params = params
         self.nodes = 0
 
-    def fail(self, msg: str, node: ast.AST | None = None) -> SpecError:
+    def fail(self, msg: str, node: ast.AST | None = None, hint: str = "") -> SpecError:
         where = _where(self.text, node) if node is not None else ""
-        return SpecError(f"{msg}{where} in spec {self.text!r}")
+        return SpecError(f"{msg}{where} in spec {self.text!r}{hint}")
 
     def build(self, node: ast.AST, depth: int = 0) -> sp.Expr:
         self.nodes += 1
@@ -167,7 +167,7 @@ class _Builder:
                 "; a spec is a function of x alone: declare other constants with "
                 f"params={{{name!r}: value}}"
             )
-        raise self.fail(f"unknown name {name!r}{hint}", node)
+        raise self.fail(f"unknown name {name!r}", node, hint)
 
     def _check_size(self, value: sp.Expr, node: ast.AST) -> sp.Expr:
         if value.is_Rational and value != 0:
@@ -202,8 +202,7 @@ class _Builder:
             raise self.fail("only plain function calls like exp(x) are allowed", node)
         name = node.func.id
         if name not in FUNCTIONS:
-            hint = _suggest(name, FUNCTIONS)
-            raise self.fail(f"unknown function {name!r}{hint}", node)
+            raise self.fail(f"unknown function {name!r}", node, _suggest(name, FUNCTIONS))
         if node.keywords:
             raise self.fail(f"keyword arguments are not allowed in {name}()", node)
         arity, fn = FUNCTIONS[name]

@@ -59,17 +59,18 @@ def _decide_poly(poly, lo, hi, Positivity):
         if v > 0:
             return Positivity(True, interval, f"no real root in [{lo}, {hi}] (exact Sturm count) and f({probe}) = {v} > 0")
         return Positivity(False, interval, f"no real root in [{lo}, {hi}] and f({probe}) = {v} <= 0", probe, v)
-    # A root lies in the interval: find a rational point where f <= 0, else the root itself.
-    roots = [r for r in poly.real_roots() if lo <= r <= hi]
+    # A root lies in the interval. Isolating intervals are exact rationals; at a root of odd
+    # multiplicity f changes sign, so an endpoint of its (refined) interval has f <= 0.
+    isolating = poly.intervals(inf=None if lo == -sp.oo else lo, sup=None if hi == sp.oo else hi, eps=sp.Rational(1, 1 << 20))
     candidates = [probe]
-    for r in roots:
-        lo_i, hi_i = (r.interval.a, r.interval.b) if hasattr(r, "interval") else (r, r)
-        candidates += [lo_i, hi_i, (lo_i + hi_i) / 2]
+    for (a, b), _mult in isolating:
+        candidates += [sp.Rational(a), sp.Rational(b), (sp.Rational(a) + sp.Rational(b)) / 2]
     for c in candidates:
         if lo <= c <= hi and poly.eval(c) <= 0:
             return Positivity(False, interval, f"{count} real root(s) in [{lo}, {hi}] (exact Sturm count); f({c}) = {poly.eval(c)}", c, poly.eval(c))
-    root = roots[0]
-    return Positivity(False, interval, f"f has a real root {root} in [{lo}, {hi}] (exact)", root, sp.Integer(0))
+    (a, b), mult = isolating[0]
+    root = next(r for r in poly.real_roots() if a <= r <= b)
+    return Positivity(False, interval, f"f has a real root of multiplicity {mult} in [{a}, {b}] (exact isolation), where f = 0", root, sp.Integer(0))
 
 
 def _inside(lo, hi):

@@ -206,8 +206,8 @@ def _num(e: sp.Expr):
     return mpmath.mpmathify(sp.N(e, _PREC + 10))
 
 
-def disc_bound(expr: sp.Expr, r) -> tuple[object, object] | None:
-    """Return ``(f(0), d)`` with ``sup_{|z| <= r} |f(z) - f(0)| <= d``, or None.
+def disc_bound(expr: sp.Expr, r, center=0) -> tuple[object, object] | None:
+    """Return ``(f(c), d)`` with ``sup_{|z - c| <= r} |f(z) - f(c)| <= d``, or None.
 
     None means the inequalities could not show f analytic on the disc (a
     singularity may lie within radius r, or the expression has a non-analytic
@@ -220,12 +220,44 @@ def disc_bound(expr: sp.Expr, r) -> tuple[object, object] | None:
     with mpmath.workdps(_PREC):
         r = mpmath.mpf(r)
         try:
-            c, d = _bound(expr, r, {})
+            c, d = _bound(expr, r, {"center": mpmath.mpmathify(center)})
         except NotAnalyticAtZero:
             return None
         if d is None or not mpmath.isfinite(d):
             return None
         return c, d
+
+
+def sup_on_disc(expr: sp.Expr, r, max_pieces: int = 512):
+    """Upper bound on ``sup_{|z| <= r} |f(z)|`` (an mpmath number), or None.
+
+    Tries the centred form at 0, then covers the circle |z| = r with K small discs
+    (K = 16, 64, ..., max_pieces) and takes the largest centred-form bound among
+    them: by the maximum-modulus principle the sup over the disc is attained on the
+    circle. The half-plane conditions on log and fractional powers hold on the
+    circle, hence (Re g is harmonic) on the whole disc, so the principal branches
+    used are the analytic continuation of the real function.
+    """
+    with mpmath.workdps(_PREC):
+        r = mpmath.mpf(r)
+        best = None
+        whole = disc_bound(expr, r)
+        if whole is not None:
+            best = abs(whole[0]) + whole[1]
+        K = 16
+        while K <= max_pieces:
+            small = 2 * r * mpmath.sin(mpmath.pi / (2 * K)) * (1 + mpmath.mpf(10) ** -30)
+            worst = mpmath.mpf(0)
+            for k in range(K):
+                piece = disc_bound(expr, small, center=r * mpmath.expjpi(2 * mpmath.mpf(k) / K))
+                if piece is None:
+                    worst = None
+                    break
+                worst = max(worst, abs(piece[0]) + piece[1])
+            if worst is not None:
+                return worst if best is None else min(best, worst)
+            K *= 4
+        return best
 
 
 def _bound(e, r, cache):
@@ -240,7 +272,7 @@ def _bound_walk(e, r, cache):
     if not e.has(X):
         return _num(e), mpmath.mpf(0)
     if e == X:
-        return mpmath.mpf(0), r
+        return cache["center"], r
     if isinstance(e, sp.Add):
         c, d = mpmath.mpf(0), mpmath.mpf(0)
         for arg in e.args:
@@ -261,8 +293,10 @@ def _bound_walk(e, r, cache):
         alpha = _num(expo)
         if expo.is_Integer and expo >= 0:
             return cb ** int(expo), (abs(cb) + db) ** int(expo) - abs(cb) ** int(expo)
-        if not db < abs(cb):
-            raise NotAnalyticAtZero(e, "the base may vanish on the disc")
+        # Integer powers need the base away from 0; other powers need it in the right
+        # half-plane, where the principal branch is analytic and real at real points.
+        if not (db < abs(cb) if expo.is_Integer else db < mpmath.re(cb)):
+            raise NotAnalyticAtZero(e, "the base may leave the half-plane Re > 0 on the disc")
         u = db / abs(cb)
         # |(1+u)^a - 1| <= (1-|u|)^(-|a|) - 1, since |binom(a, n)| <= binom(|a|+n-1, n).
         return cb**alpha, abs(cb) ** alpha.real * ((1 - u) ** (-abs(alpha)) - 1)
@@ -285,8 +319,8 @@ def _bound_walk(e, r, cache):
         return _bound(sp.sinh(e.args[0]) / sp.cosh(e.args[0]), r, cache)
     if isinstance(e, sp.log):
         c, d = _bound(e.args[0], r, cache)
-        if not d < abs(c):
-            raise NotAnalyticAtZero(e, "the argument of log may vanish on the disc")
+        if not d < mpmath.re(c):
+            raise NotAnalyticAtZero(e, "the argument of log may leave the half-plane Re > 0 on the disc")
         return mpmath.log(c), -mpmath.log(1 - d / abs(c))
     if isinstance(e, sp.erf):
         c, d = _bound(e.args[0], r, cache)

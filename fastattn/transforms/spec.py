@@ -18,7 +18,7 @@ import sympy as sp
 
 from fastattn.errors import SpecError
 from fastattn.transforms.parse import X, parse_spec
-from fastattn.transforms.series import NON_ANALYTIC_FUNCS, NotAnalyticAtZero, disc_bound, taylor_coefficients
+from fastattn.transforms.series import NON_ANALYTIC_FUNCS, NotAnalyticAtZero, disc_bound, sup_on_disc, taylor_coefficients
 
 __all__ = ["Spec", "spec", "Positivity", "KINDS"]
 
@@ -230,11 +230,9 @@ class Spec:
                 r = Rm * (1 + t) if Rm > 0 else mpmath.mpf(t)
                 if not r < limit:
                     continue
-                bound = disc_bound(self.expr, r)
-                if bound is None:
+                M = sup_on_disc(self.expr, r)
+                if M is None:
                     continue
-                c, d = bound
-                M = abs(c) + d
                 tail = M * (Rm / r) ** (p + extra + 1) / (1 - Rm / r)
                 best = min(best, tail)
             if best == mpmath.inf:
