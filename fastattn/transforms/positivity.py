@@ -6,9 +6,12 @@ import mpmath
 import sympy as sp
 from mpmath import iv
 
+from fractions import Fraction
+
+from fastattn.transforms.intervals import NotExact, interval_eval, iv_of_fraction
 from fastattn.transforms.parse import X
 
-__all__ = ["decide", "interval_eval"]
+__all__ = ["decide"]
 
 _DIGITS = 50
 _MAX_PIECES = 4096
@@ -116,53 +119,9 @@ def _find_counterpoint(expr, lo, hi):
     return None
 
 
-def interval_eval(expr, box):
-    """Enclosure of ``expr`` over the real interval ``box`` (an ``mpmath.iv.mpf``), or None."""
-    if not expr.has(X):
-        v = sp.N(expr, 30)
-        return iv.mpf([str(v), str(v)]) if v.is_real else None
-    if expr == X:
-        return box
-    if isinstance(expr, sp.Add):
-        parts = [interval_eval(a, box) for a in expr.args]
-        return None if any(p is None for p in parts) else sum(parts[1:], parts[0])
-    if isinstance(expr, sp.Mul):
-        parts = [interval_eval(a, box) for a in expr.args]
-        if any(p is None for p in parts):
-            return None
-        out = parts[0]
-        for p in parts[1:]:
-            out = out * p
-        return out
-    if isinstance(expr, sp.Pow):
-        base, expo = expr.args
-        b = interval_eval(base, box)
-        if b is None:
-            return None
-        if expo.is_Integer:
-            n = int(expo)
-            if n % 2 == 0 and n > 0 and b.a < 0 < b.b:
-                top = max(abs(b.a), abs(b.b)) ** n
-                return iv.mpf([0, top.b])
-            if n < 0 and b.a <= 0 <= b.b:
-                return None
-            return b**n
-        if expo == sp.Rational(1, 2) and b.a >= 0:
-            return iv.sqrt(b)
-        if expo.has(X) or b.a <= 0:
-            return None
-        return iv.exp(interval_eval(expo, box) * iv.log(b)) if interval_eval(expo, box) is not None else None
-    funcs = {sp.exp: iv.exp, sp.sin: iv.sin, sp.cos: iv.cos}
-    for cls, fn in funcs.items():
-        if isinstance(expr, cls):
-            a = interval_eval(expr.args[0], box)
-            return None if a is None else fn(a)
-    if isinstance(expr, (sp.sinh, sp.cosh, sp.tanh)):
-        return interval_eval(expr.rewrite(sp.exp), box)
-    if isinstance(expr, sp.log):
-        a = interval_eval(expr.args[0], box)
-        return None if a is None or a.a <= 0 else iv.log(a)
-    return None
+def _enclose(t):
+    """An interval containing the rational t (outward rounded)."""
+    return iv_of_fraction(Fraction(int(t.p), int(t.q)))
 
 
 def _interval_proof(expr, lo, hi):
@@ -174,7 +133,10 @@ def _interval_proof(expr, lo, hi):
             pieces += 1
             if pieces > _MAX_PIECES:
                 return False, pieces
-            enc = interval_eval(expr, iv.mpf([str(sp.N(a, 30)), str(sp.N(b, 30))]))
+            try:
+                enc = interval_eval(expr, iv.mpf([_enclose(a).a, _enclose(b).b]))
+            except (NotExact, ZeroDivisionError):
+                enc = None
             if enc is not None and enc.a > 0:
                 continue
             if enc is None and b - a < sp.Rational(1, 1 << 20):
