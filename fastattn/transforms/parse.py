@@ -201,6 +201,8 @@ class _Builder:
         if not isinstance(node.func, ast.Name):
             raise self.fail("only plain function calls like exp(x) are allowed", node)
         name = node.func.id
+        if name.startswith("_"):
+            raise self.fail(f"name {name!r} is not allowed", node)
         if name not in FUNCTIONS:
             raise self.fail(f"unknown function {name!r}", node, _suggest(name, FUNCTIONS))
         if node.keywords:
