@@ -65,7 +65,9 @@ def _phi_vjp(b_x, p_idx, o_f, F_PAD, b_w, b_dphi, BD: tl.constexpr, PRECISION: t
     o_d = tl.arange(0, BD)
     b_g = b_dphi * b_w[None, :]  # [BT, BF]
     i_0 = tl.load(p_idx + 0 * F_PAD + o_f)  # [BF]
-    b_dx = tl.dot(b_g.to(DT), (i_0[:, None] == o_d[None, :]).to(DT), input_precision=PRECISION)  # [BT, BD]
+    b_dx = tl.zeros([b_x.shape[0], BD], dtype=tl.float32)
+    b_dx = tl.dot(b_g.to(DT), tl.trans((o_d[:, None] == i_0[None, :]).to(DT)), b_dx,
+                  input_precision=PRECISION)  # [BT, BD]
     return b_dx
 # <<< device_functions
 
@@ -118,13 +120,67 @@ def _accumulate(p, b, mask, ATOMIC: tl.constexpr):
 
 
 @triton.jit
-def _inter_fwd_kernel(q, k, v, o, z, idx, w_phi, w_psi, T, D, DV, F_PAD, NC,
+def _segment_state_kernel(x, y, rden, cz, S, Z, idx, w, T, D, DV, F_PAD, NC, CPS, NF,
+                          BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr,
+                          NORMALIZE: tl.constexpr, SCALE_Y: tl.constexpr, PRECISION: tl.constexpr):
+    # the first level of the two-level scan (TFLA): the sequence is cut into segments of CPS
+    # chunks, and each program sums its segment's contribution to one [BF, BV] slice of a
+    # state, S_seg = sum_t feat(x_t)^T y_t and Z_seg = sum_t feat(x_t) c_t, with
+    # (x, y, c) = (k, v, 1) for the forward state and (q, do / den, dz) for the backward one.
+    # The host turns the segment sums into prefix (or suffix) states; the scan kernels then
+    # walk the segments in parallel from them.
+    i_fs, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_f = i_fs % NF
+    i_s = i_fs // NF
+    NSEG = tl.num_programs(0) // NF
+    i_bh64 = i_bh.to(tl.int64)
+    DT = x.dtype.element_ty
+    o_f = i_f * BF + tl.arange(0, BF)
+    o_v = i_v * BV + tl.arange(0, BV)
+    o_d = tl.arange(0, BD)
+    m_v = o_v < DV
+    m_d = o_d < D
+    b_w = tl.load(w + o_f)  # [BF]
+    p_x = x + i_bh64 * T * D
+    p_y = y + i_bh64 * T * DV
+    b_S = tl.zeros([BF, BV], dtype=tl.float32)
+    b_zs = tl.zeros([BF], dtype=tl.float32)
+    c_lo = i_s * CPS
+    c_hi = tl.minimum(c_lo + CPS, NC)
+    for i_c in range(c_lo, c_hi):
+        o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
+        m_t = o_t < T
+        b_x = tl.load(p_x + o_t[:, None] * D + o_d[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0)
+        b_feat = _phi(b_x, m_t, idx, o_f, F_PAD, b_w, BD, PRECISION)  # [BT, BF]
+        b_y = tl.load(p_y + o_t[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
+        if SCALE_Y:
+            b_y = (b_y.to(tl.float32) * tl.load(rden + i_bh64 * T + o_t, mask=m_t, other=0.0)[:, None]).to(DT)
+        b_S += tl.dot(tl.trans(b_feat).to(DT), b_y, input_precision=PRECISION)  # [BF, BV]
+        if NORMALIZE:
+            if SCALE_Y:
+                b_c = tl.load(cz + i_bh64 * T + o_t, mask=m_t, other=0.0)  # [BT]
+                b_zs += tl.sum(b_feat * b_c[:, None], 0)
+            else:
+                b_zs += tl.sum(b_feat, 0)
+    o_seg = i_bh64 * NSEG + i_s
+    tl.store(S + (o_seg * F_PAD + o_f[:, None]) * DV + o_v[None, :], b_S, mask=m_v[None, :])
+    if NORMALIZE:
+        # every v tile writes the same sums
+        tl.store(Z + o_seg * F_PAD + o_f, b_zs)
+
+
+@triton.jit
+def _inter_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, T, D, DV, F_PAD, NC, CPS, NF,
                       BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr,
                       CAUSAL: tl.constexpr, NORMALIZE: tl.constexpr, ATOMIC: tl.constexpr,
-                      PRECISION: tl.constexpr):
+                      USE_SEG: tl.constexpr, PRECISION: tl.constexpr):
     # batch*head is the slowest grid axis, so the programs running together share one
-    # sequence's q, k, v in L2
-    i_f, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    # sequence's q, k, v in L2; axis 0 is (feature tile, segment): each program walks the
+    # CPS chunks of its segment from the prefix state S0 of the segments before it
+    i_fs, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_f = i_fs % NF
+    i_s = i_fs // NF
+    NSEG = tl.num_programs(0) // NF
     i_bh64 = i_bh.to(tl.int64)
     DT = v.dtype.element_ty
     o_f = i_f * BF + tl.arange(0, BF)
@@ -138,8 +194,15 @@ def _inter_fwd_kernel(q, k, v, o, z, idx, w_phi, w_psi, T, D, DV, F_PAD, NC,
     p_k = k + i_bh64 * T * D
     p_v = v + i_bh64 * T * DV
     p_o = o + i_bh64 * T * DV
-    b_S = tl.zeros([BF, BV], dtype=tl.float32)
-    b_zs = tl.zeros([BF], dtype=tl.float32)
+    if USE_SEG:
+        o_seg = i_bh64 * NSEG + i_s
+        b_S = tl.load(S0 + (o_seg * F_PAD + o_f[:, None]) * DV + o_v[None, :], mask=m_v[None, :], other=0.0)
+        b_zs = tl.load(Z0 + o_seg * F_PAD + o_f)
+    else:
+        b_S = tl.zeros([BF, BV], dtype=tl.float32)
+        b_zs = tl.zeros([BF], dtype=tl.float32)
+    c_lo = i_s * CPS
+    c_hi = tl.minimum(c_lo + CPS, NC)
     if not CAUSAL:
         # every query sees every key: build the whole state first
         for i_c in range(NC):
@@ -150,7 +213,7 @@ def _inter_fwd_kernel(q, k, v, o, z, idx, w_phi, w_psi, T, D, DV, F_PAD, NC,
             b_v = tl.load(p_v + o_t[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
             b_S += tl.dot(tl.trans(b_psi).to(DT), b_v, input_precision=PRECISION)  # [BF, BV]
             b_zs += tl.sum(b_psi, 0)
-    for i_c in range(NC):
+    for i_c in range(c_lo, c_hi):
         o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
         m_t = o_t < T
         b_q = tl.load(p_q + o_t[:, None] * D + o_d[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0)
@@ -209,15 +272,22 @@ def _intra_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, scale, T, D, DV,
 
 
 @triton.jit
-def _inter_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, idx, w_phi, w_psi, T, D, DV, F_PAD, NC,
+def _inter_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, S0, Z0, dS0, dZ0, idx, w_phi, w_psi, T, D, DV, F_PAD,
+                      NC, CPS, NF,
                       BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr,
                       CAUSAL: tl.constexpr, NORMALIZE: tl.constexpr, ATOMIC_QK: tl.constexpr,
-                      ATOMIC_V: tl.constexpr, PRECISION: tl.constexpr):
-    # axis 1 interleaves (v tile, pass): pass 0 walks forward for dq, pass 1 walks backward
-    # for dk and dv; the two passes share nothing, so they run as separate programs
-    i_f, i_vp, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_v = i_vp // 2
-    i_pass = i_vp % 2
+                      ATOMIC_V: tl.constexpr, USE_SEG: tl.constexpr, PASS: tl.constexpr,
+                      PRECISION: tl.constexpr):
+    # PASS 0 walks forward for dq, PASS 1 walks backward for dk and dv; the two share nothing,
+    # so they are separate launches (each compiled with only its own registers). Axis 0 is
+    # (feature tile, segment): pass 0 starts from the prefix state S0 of the earlier
+    # segments, pass 1 from the suffix dS0 of the later ones
+    i_fs, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_f = i_fs % NF
+    i_s = i_fs // NF
+    NSEG = tl.num_programs(0) // NF
+    c_lo = i_s * CPS
+    c_hi = tl.minimum(c_lo + CPS, NC)
     i_bh64 = i_bh.to(tl.int64)
     DT = v.dtype.element_ty
     o_f = i_f * BF + tl.arange(0, BF)
@@ -236,10 +306,15 @@ def _inter_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, idx, w_phi, w_psi, T, D
     p_dv = dv + i_bh64 * T * DV
     # the normaliser's gradient is one column, owned by the first v tile; masks below use
     # (o_t * 0 + i_v) == 0 because the interpreter rejects a scalar bool in a mask
-    if i_pass == 0:
+    if PASS == 0:
         # dq_i = J_phi(q_i)^T (S dn_i + z_S dz_i), S = sum over keys visible to i
-        b_S = tl.zeros([BF, BV], dtype=tl.float32)
-        b_zs = tl.zeros([BF], dtype=tl.float32)
+        if USE_SEG:
+            o_seg = i_bh64 * NSEG + i_s
+            b_S = tl.load(S0 + (o_seg * F_PAD + o_f[:, None]) * DV + o_v[None, :], mask=m_v[None, :], other=0.0)
+            b_zs = tl.load(Z0 + o_seg * F_PAD + o_f)
+        else:
+            b_S = tl.zeros([BF, BV], dtype=tl.float32)
+            b_zs = tl.zeros([BF], dtype=tl.float32)
         if not CAUSAL:
             for i_c in range(NC):
                 o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
@@ -249,7 +324,7 @@ def _inter_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, idx, w_phi, w_psi, T, D
                 b_v = tl.load(p_v + o_t[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
                 b_S += tl.dot(tl.trans(b_psi).to(DT), b_v, input_precision=PRECISION)  # [BF, BV]
                 b_zs += tl.sum(b_psi, 0)
-        for i_c in range(NC):
+        for i_c in range(c_lo, c_hi):
             o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
             m_t = o_t < T
             b_dn = tl.load(p_do + o_t[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
@@ -272,8 +347,14 @@ def _inter_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, idx, w_phi, w_psi, T, D
     else:
         # dS = sum over queries that see key j of phi(q_i) dn_i^T (and phi(q_i) dz_i):
         # dv_j = dS^T psi(k_j), dk_j = J_psi(k_j)^T (dS v_j + dz_S)
-        b_dS = tl.zeros([BF, BV], dtype=tl.float32)
-        b_dzs = tl.zeros([BF], dtype=tl.float32)
+        if USE_SEG:
+            # dzeta belongs to the first v tile only (dk sums over v tiles)
+            o_seg = i_bh64 * NSEG + i_s
+            b_dS = tl.load(dS0 + (o_seg * F_PAD + o_f[:, None]) * DV + o_v[None, :], mask=m_v[None, :], other=0.0)
+            b_dzs = tl.load(dZ0 + o_seg * F_PAD + o_f, mask=(o_f * 0 + i_v) == 0, other=0.0)
+        else:
+            b_dS = tl.zeros([BF, BV], dtype=tl.float32)
+            b_dzs = tl.zeros([BF], dtype=tl.float32)
         if not CAUSAL:
             for i_c in range(NC):
                 o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
@@ -287,11 +368,11 @@ def _inter_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, idx, w_phi, w_psi, T, D
                     b_dz = tl.load(dz + i_bh64 * T + o_t, mask=m_t & ((o_t * 0 + i_v) == 0), other=0.0)  # [BT]
                     b_dzs += tl.sum(b_phi * b_dz[:, None], 0)
                 b_dS += tl.dot(tl.trans(b_phi).to(DT), b_dn.to(DT), input_precision=PRECISION)  # [BF, BV]
-        for i in range(NC):
+        for i in range(0, c_hi - c_lo):
             if CAUSAL:
-                i_c = NC - 1 - i
+                i_c = c_hi - 1 - i
             else:
-                i_c = i
+                i_c = c_lo + i
             o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
             m_t = o_t < T
             b_k = tl.load(p_k + o_t[:, None] * D + o_d[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0)
@@ -389,7 +470,9 @@ def _blocks(q, v, block_f, block_v):
     """Tile sizes: BD (head dim, padded), BV (v head dim, padded), BVs (v tile of the scan),
     the dot precision, and the warps of the scan kernels."""
     D, DV = q.shape[-1], v.shape[-1]
-    BD = max(16, triton.next_power_of_2(D))
+    # at least 32: triton 3.6 miscompiles the [BT, BF] x [BF, 16] scatter dot of _phi_vjp on
+    # sm_90 (compute-sanitizer: out-of-bounds shared-memory read, then an illegal address)
+    BD = max(32, triton.next_power_of_2(D))
     BV = max(16, triton.next_power_of_2(DV))
     BVs = BV if block_v is None else min(BV, block_v)
     # fp32 inputs keep fp32 accuracy through three tf32 passes; 16-bit inputs use their own MMA
@@ -406,11 +489,52 @@ def _intra_warps(chunk, BD, BV):
     return 8 if chunk * max(BD, BV) >= 64 * 64 else 4
 
 
+# programs the scan kernels should fill the GPU with: an H100 has 132 SMs and holds about two
+# 8-warp scan programs per SM, so ~1000 programs is four waves; fewer leaves SMs idle while
+# each program walks its chunks one after another
+_TARGET_PROGRAMS = 1024
+
+
+def _segments(NC, programs, segments):
+    """(number of segments, chunks per segment) for a causal scan of NC chunks.
+
+    ``programs`` is the number of scan programs per segment (feature tiles x v tiles x
+    batch*head); ``segments=None`` picks enough segments for about ``_TARGET_PROGRAMS``
+    programs in all.
+    """
+    if segments is None:
+        segments = -(-_TARGET_PROGRAMS // max(1, programs))
+    segments = max(1, min(int(segments), NC))
+    cps = -(-NC // segments)
+    return -(-NC // cps), cps
+
+
+def _segment_prefix(x, y, rden, cz, idx, w, T, D, DV, F_PAD, NC, CPS, NSEG, NF, NV, BH, chunk, block_f, BVs, BD,
+                    normalize, scale_y, precision, warps, reverse):
+    """Prefix (``reverse=False``) or suffix sums over segments of the per-segment states:
+    S0[bh, s] = sum over segments before s (after s) of sum_t feat(x_t)^T y_t, and Z0 likewise."""
+    S = torch.empty((BH, NSEG, F_PAD, DV), dtype=torch.float32, device=x.device)
+    Z = torch.empty((BH, NSEG, F_PAD), dtype=torch.float32, device=x.device) if normalize else S
+    _segment_state_kernel[(NF * NSEG, NV, BH)](x, y, rden, cz, S, Z, idx, w, T, D, DV, F_PAD, NC, CPS, NF,
+                                               BT=chunk, BF=block_f, BV=BVs, BD=BD, NORMALIZE=normalize,
+                                               SCALE_Y=scale_y, PRECISION=precision, num_warps=warps)
+
+    def exclusive(t):
+        # exclusive scan over the segment axis (dim 1), forward or backward
+        out = torch.zeros_like(t)
+        if reverse:
+            out[:, :-1] = t[:, 1:].flip(1).cumsum(1).flip(1)
+        else:
+            out[:, 1:] = t[:, :-1].cumsum(1)
+        return out
+    return exclusive(S), (exclusive(Z) if normalize else None)
+
+
 def _denominator(z, fix_abs, eps):
     return z.abs() + eps if fix_abs else z
 
 
-def poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v):
+def poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v, segments=None):
     """Forward pass on contiguous [B, H, T, D] inputs; returns (o in q.dtype, z fp32 [B, H, T] or None)."""
     B, H, T, D = q.shape
     DV = v.shape[-1]
@@ -428,16 +552,24 @@ def poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, b
         o.zero_()
         z.zero_()
     NF, NV = F_PAD // block_f, triton.cdiv(DV, BVs)
-    _inter_fwd_kernel[(NF, NV, B * H)](q, k, v, o, z, idx, w_phi, w_psi, T, D, DV, F_PAD, NC,
-                                       BT=chunk, BF=block_f, BV=BVs, BD=BD, CAUSAL=causal, NORMALIZE=normalize,
-                                       ATOMIC=NF > 1, PRECISION=precision, num_warps=warps)
+    NSEG, CPS = _segments(NC, NF * NV * B * H, segments) if causal else (1, NC)
+    S0 = Z0 = o
+    if NSEG > 1:
+        S0, Z0 = _segment_prefix(k, v, z, z, idx, w_psi, T, D, DV, F_PAD, NC, CPS, NSEG, NF, NV, B * H, chunk,
+                                 block_f, BVs, BD, normalize, False, precision, warps, reverse=False)
+        Z0 = o if Z0 is None else Z0
+    _inter_fwd_kernel[(NF * NSEG, NV, B * H)](q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, T, D, DV, F_PAD, NC, CPS,
+                                              NF, BT=chunk, BF=block_f, BV=BVs, BD=BD, CAUSAL=causal,
+                                              NORMALIZE=normalize, ATOMIC=NF > 1, USE_SEG=NSEG > 1,
+                                              PRECISION=precision, num_warps=warps)
     if normalize:
         o = o / _denominator(z, fix_abs, eps)[..., None]
         return o.to(q.dtype), z
     return o.to(q.dtype), None
 
 
-def poly_attention_bwd(q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v):
+def poly_attention_bwd(q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v,
+                       segments=None):
     """Backward pass: (dq, dk, dv) in the input dtypes, from the saved output ``o`` and normaliser ``z``."""
     B, H, T, D = q.shape
     DV = v.shape[-1]
@@ -468,10 +600,23 @@ def poly_attention_bwd(q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps
         dk.zero_()
         dv.zero_()
     NF, NV = F_PAD // block_f, triton.cdiv(DV, BVs)
-    _inter_bwd_kernel[(NF, 2 * NV, B * H)](q, k, v, do, rden, dz, dq, dk, dv, idx, w_phi, w_psi, T, D, DV, F_PAD,
-                                           NC, BT=chunk, BF=block_f, BV=BVs, BD=BD, CAUSAL=causal,
-                                           NORMALIZE=normalize, ATOMIC_QK=NF * NV > 1, ATOMIC_V=NF > 1,
-                                           PRECISION=precision, num_warps=warps)
+    NSEG, CPS = _segments(NC, NF * NV * B * H, segments) if causal else (1, NC)
+    S0 = Z0 = dS0 = dZ0 = dq
+    if NSEG > 1:
+        # pass 0 (dq) starts from the forward's prefix state; pass 1 (dk, dv) from the suffix
+        # of sum phi(q)^T dn over later segments
+        S0, Z0 = _segment_prefix(k, v, dq, dq, idx, w_psi, T, D, DV, F_PAD, NC, CPS, NSEG, NF, NV, B * H, chunk,
+                                 block_f, BVs, BD, normalize, False, precision, warps, reverse=False)
+        dS0, dZ0 = _segment_prefix(q, do, rden, dz, idx, w_phi, T, D, DV, F_PAD, NC, CPS, NSEG, NF, NV, B * H,
+                                   chunk, block_f, BVs, BD, normalize, normalize, precision, warps, reverse=True)
+        Z0 = dq if Z0 is None else Z0
+        dZ0 = dq if dZ0 is None else dZ0
+    for pass_ in (0, 1):
+        _inter_bwd_kernel[(NF * NSEG, NV, B * H)](q, k, v, do, rden, dz, dq, dk, dv, S0, Z0, dS0, dZ0, idx, w_phi,
+                                                  w_psi, T, D, DV, F_PAD, NC, CPS, NF, BT=chunk, BF=block_f, BV=BVs,
+                                                  BD=BD, CAUSAL=causal, NORMALIZE=normalize,
+                                                  ATOMIC_QK=NF * NV > 1, ATOMIC_V=NF > 1, USE_SEG=NSEG > 1,
+                                                  PASS=pass_, PRECISION=precision, num_warps=warps)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
@@ -479,20 +624,21 @@ class PolyAttentionFunction(torch.autograd.Function):
     """Autograd wrapper of :func:`poly_attention_fwd` / :func:`poly_attention_bwd`."""
 
     @staticmethod
-    def forward(ctx, q, k, v, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v):
+    def forward(ctx, q, k, v, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v, segments):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        o, z = poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v)
+        o, z = poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v,
+                                  segments)
         ctx.save_for_backward(q, k, v, o, z if z is not None else o.new_empty(0))
         ctx.scale, ctx.causal, ctx.normalize, ctx.fix_abs, ctx.eps = scale, causal, normalize, fix_abs, eps
-        ctx.chunk, ctx.block_f, ctx.block_v = chunk, block_f, block_v
+        ctx.chunk, ctx.block_f, ctx.block_v, ctx.segments = chunk, block_f, block_v, segments
         return o
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, z = ctx.saved_tensors
         dq, dk, dv = poly_attention_bwd(q, k, v, o, z, do, ctx.scale, ctx.causal, ctx.normalize, ctx.fix_abs,
-                                        ctx.eps, ctx.chunk, ctx.block_f, ctx.block_v)
-        return dq, dk, dv, None, None, None, None, None, None, None, None
+                                        ctx.eps, ctx.chunk, ctx.block_f, ctx.block_v, ctx.segments)
+        return dq, dk, dv, None, None, None, None, None, None, None, None, None
 
 
 def _check_pow2(name, value, lo):
@@ -501,7 +647,7 @@ def _check_pow2(name, value, lo):
 
 
 def poly_attention(q, k, v, scale=None, causal=True, normalize=True, normalizer_fix=None, eps=1e-6,
-                   chunk=64, block_f=64, block_v=None):
+                   chunk=64, block_f=64, block_v=None, segments=None):
     """Linear attention with the polynomial f of this module (see the module docstring).
 
     Parameters
@@ -518,6 +664,9 @@ def poly_attention(q, k, v, scale=None, causal=True, normalize=True, normalizer_
         ``normalizer_fix="abs"``, which divides by |sum_j f(s q_i.k_j)| + eps instead.
     chunk, block_f, block_v : int
         Tokens per chunk, features per tile, v columns per tile (None: all of them).
+    segments : int, optional
+        Causal only: segments of the sequence scanned in parallel (None: enough to fill the
+        GPU, see ``_segments``).
 
     Returns
     -------
@@ -543,6 +692,8 @@ def poly_attention(q, k, v, scale=None, causal=True, normalize=True, normalizer_
     _check_pow2("block_f", block_f, 16)
     if block_v is not None:
         _check_pow2("block_v", block_v, 16)
+    if segments is not None and (not isinstance(segments, int) or segments < 1):
+        raise ValueError(f"segments={segments!r} must be None or an int >= 1")
     if normalizer_fix not in (None, "abs"):
         raise ValueError(f"normalizer_fix={normalizer_fix!r}; use None or 'abs'")
     if normalize and not POSITIVE_ON_REALS and normalizer_fix is None:
@@ -550,7 +701,7 @@ def poly_attention(q, k, v, scale=None, causal=True, normalize=True, normalizer_
                          "normalize=False, or normalizer_fix='abs' to divide by |sum_j f| + eps")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     return PolyAttentionFunction.apply(q, k, v, scale, bool(causal), bool(normalize), normalizer_fix == "abs",
-                                       float(eps), chunk, block_f, block_v)
+                                       float(eps), chunk, block_f, block_v, segments)
 
 
 class PolyAttention(torch.nn.Module):

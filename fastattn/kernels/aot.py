@@ -37,7 +37,7 @@ def _resources(cubin: bytes) -> str:
 
 def compile_kernels(spec, *, dtype="bf16", head_dim=64, head_dim_v=64, chunk=64, block_f=64, block_v=None,
                     causal=True, normalize=True, arch=90, degree=None):
-    """Compile the four kernels of ``spec`` for ``sm_<arch>``; returns {kernel: "REG:n STACK:n SHARED:n"}."""
+    """Compile the five kernels of ``spec`` for ``sm_<arch>``; returns {kernel: "REG:n STACK:n SHARED:n"}."""
     import torch
     import triton
     from triton.backends.compiler import GPUTarget
@@ -59,17 +59,24 @@ def compile_kernels(spec, *, dtype="bf16", head_dim=64, head_dim_v=64, chunk=64,
     jobs = [
         (mod._intra_fwd_kernel, dict(q=ptr, k=ptr, v=ptr, o=f32, z=f32, scale="fp32", **dims),
          dict(BT=chunk, BD=BD, BV=BV, NORMALIZE=normalize, PRECISION=precision), mod._intra_warps(chunk, BD, BV)),
-        (mod._inter_fwd_kernel, dict(q=ptr, k=ptr, v=ptr, o=f32, z=f32, idx="*i32", w_phi=f32, w_psi=f32, **dims,
-                                     F_PAD="i32", NC="i32"),
+        (mod._segment_state_kernel, dict(x=ptr, y=ptr, rden=f32, cz=f32, S=f32, Z=f32, idx="*i32", w=f32, **dims,
+                                         F_PAD="i32", NC="i32", CPS="i32", NF="i32"),
+         dict(BT=chunk, BF=block_f, BV=BVs, BD=BD, NORMALIZE=normalize, SCALE_Y=normalize, PRECISION=precision),
+         warps),
+        (mod._inter_fwd_kernel, dict(q=ptr, k=ptr, v=ptr, o=f32, z=f32, S0=f32, Z0=f32, idx="*i32", w_phi=f32,
+                                     w_psi=f32, **dims, F_PAD="i32", NC="i32", CPS="i32", NF="i32"),
          dict(BT=chunk, BF=block_f, BV=BVs, BD=BD, CAUSAL=causal, NORMALIZE=normalize, ATOMIC=nf > 1,
-              PRECISION=precision), warps),
+              USE_SEG=causal, PRECISION=precision), warps),
         (mod._intra_bwd_kernel, dict(q=ptr, k=ptr, v=ptr, do=ptr, rden=f32, dz=f32, dq=f32, dk=f32, dv=f32,
                                      scale="fp32", **dims),
          dict(BT=chunk, BD=BD, BV=BV, NORMALIZE=normalize, PRECISION=precision), mod._intra_warps(chunk, BD, BV)),
+    ] + [
         (mod._inter_bwd_kernel, dict(q=ptr, k=ptr, v=ptr, do=ptr, rden=f32, dz=f32, dq=f32, dk=f32, dv=f32,
-                                     idx="*i32", w_phi=f32, w_psi=f32, **dims, F_PAD="i32", NC="i32"),
+                                     S0=f32, Z0=f32, dS0=f32, dZ0=f32, idx="*i32", w_phi=f32, w_psi=f32, **dims,
+                                     F_PAD="i32", NC="i32", CPS="i32", NF="i32"),
          dict(BT=chunk, BF=block_f, BV=BVs, BD=BD, CAUSAL=causal, NORMALIZE=normalize, ATOMIC_QK=nf * nv > 1,
-              ATOMIC_V=nf > 1, PRECISION=precision), warps),
+              ATOMIC_V=nf > 1, USE_SEG=causal, PASS=p, PRECISION=precision), warps)
+        for p in (0, 1)
     ]
     report = {}
     for fn, sig, consts, nw in jobs:
@@ -77,7 +84,8 @@ def compile_kernels(spec, *, dtype="bf16", head_dim=64, head_dim_v=64, chunk=64,
         t0 = time.perf_counter()
         kern = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", arch, 32),
                               options={"num_warps": nw})
-        report[fn.__name__] = f"{_resources(kern.asm['cubin'])} warps:{nw} ({time.perf_counter() - t0:.1f} s)"
+        name = fn.__name__ + (f"[PASS={consts['PASS']}]" if "PASS" in consts else "")
+        report[name] = f"{_resources(kern.asm['cubin'])} warps:{nw} ({time.perf_counter() - t0:.1f} s)"
     return report
 
 
@@ -98,7 +106,7 @@ def main(argv=None) -> int:
                           block_f=a.block_f, block_v=a.block_v, causal=not a.non_causal, arch=a.arch,
                           degree=a.degree)
     for name, line in rep.items():
-        print(f"{name:20s} {line}")
+        print(f"{name:30s} {line}")
     return 0
 
 

@@ -16,13 +16,14 @@ __all__ = ["TOLERANCES", "errors", "assert_close"]
 # (relative RMS, max-abs relative to max |ref|). Measured on the interpreter (T <= 130,
 # D <= 16, the four test specs): fp32 rel-RMS <= 3e-6, max 2e-5; fp16 rel-RMS up to 5.1e-3
 # (T = 1, D = 1, (1+x)**3: four feature terms of mixed sign cancel into one output, each
-# rounded to fp16 on its way into a dot), else <= 1.5e-3. bf16 (GPU only) has 8 mantissa
-# bits against fp16's 11: 8x the fp16 row.
+# rounded to fp16 on its way into a dot), else <= 1.5e-3. bf16 (GPU only, H100, the four
+# benchmark configurations at T = 4096 and 1 + x + x**2/2 at d64 for T = 16384): rel-RMS
+# <= 3.5e-5, max <= 2.9e-4 (relative to the term sizes); the row keeps ~10x room.
 TOLERANCES = {
     torch.float64: (1e-10, 1e-9),
     torch.float32: (2e-5, 1e-4),
     torch.float16: (1e-2, 3e-2),
-    torch.bfloat16: (8e-2, 2.4e-1),
+    torch.bfloat16: (1e-3, 3e-3),
 }
 
 

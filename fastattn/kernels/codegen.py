@@ -214,10 +214,13 @@ def _device_functions(poly: Polynomial) -> str:
               "    o_d = tl.arange(0, BD)",
               "    b_g = b_dphi * b_w[None, :]  # [BT, BF]"]
     lines += _gathers(slots)
+    # the one-hot is built [BD, BF] as in the gathers and transposed, and the partial scatters
+    # accumulate inside the dot: triton 3.6 on sm_90 miscompiled the form that built it [BF, BD]
+    # and added the dots' results (out-of-bounds shared-memory reads, compute-sanitizer)
+    lines.append("    b_dx = tl.zeros([b_x.shape[0], BD], dtype=tl.float32)")
     for m in range(slots):
         others = "".join(f" * b_x{n}" for n in range(slots) if n != m)
-        head = "b_dx = " if m == 0 else "b_dx += "
-        lines.append(f"    {head}tl.dot((b_g{others}).to(DT), (i_{m}[:, None] == o_d[None, :]).to(DT), "
+        lines.append(f"    b_dx = tl.dot((b_g{others}).to(DT), tl.trans((o_d[:, None] == i_{m}[None, :]).to(DT)), b_dx, "
                      f"input_precision=PRECISION)  # [BT, BD]")
     lines.append("    return b_dx")
     return "\n".join(lines) + "\n"

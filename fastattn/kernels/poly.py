@@ -126,7 +126,7 @@ def choose_backend(q, backend: str = "auto") -> str:
 
 
 def poly_attention(q, k, v, f, *, degree=None, scale=None, causal=True, normalize=True, normalizer_fix=None,
-                   eps=1e-6, chunk=64, block_f=64, block_v=None, backend="auto", tables=None):
+                   eps=1e-6, chunk=64, block_f=64, block_v=None, segments=None, backend="auto", tables=None):
     """o_i = sum_{j in M(i)} f(s q_i.k_j) v_j [/ sum_{j in M(i)} f(s q_i.k_j)] in linear time.
 
     Parameters
@@ -146,6 +146,8 @@ def poly_attention(q, k, v, f, *, degree=None, scale=None, causal=True, normaliz
         See :func:`check_normalizer`.
     chunk, block_f, block_v : int
         Kernel tiling: tokens per chunk, features per tile, v columns per tile.
+    segments : int, optional
+        Causal kernels: segments scanned in parallel (None: enough to fill the GPU).
     backend : "auto", "triton" or "torch"
     tables : tuple, optional
         Precomputed :func:`fastattn.kernels.naive.symmetric_tables` for the torch backend.
@@ -167,7 +169,7 @@ def poly_attention(q, k, v, f, *, degree=None, scale=None, causal=True, normaliz
     try:
         return mod.poly_attention(q, k, v, scale=scale, causal=causal, normalize=normalize,
                                   normalizer_fix=normalizer_fix, eps=eps, chunk=chunk, block_f=block_f,
-                                  block_v=block_v)
+                                  block_v=block_v, segments=segments)
     except ValueError as exc:
         if isinstance(exc, KernelError):
             raise
