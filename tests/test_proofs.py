@@ -168,6 +168,21 @@ def test_modular_arithmetic_agrees_with_sympy():
         assert _arith.det_mod_p(M[:6] and [r[:6] for r in M[:6]], p) == int(sp.Matrix([r[:6] for r in M[:6]]).det()) % p
 
 
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(1, 6), seed=st.integers(0, 2**16), dup=st.booleans())
+def test_modular_rank_and_det_match_sympy_on_drawn_matrices(n, seed, dup):
+    rng = np.random.default_rng(seed)
+    M = rng.integers(-9, 10, (n, n)).tolist()
+    if dup and n > 1:
+        M[-1] = list(M[0])  # singular
+    exact_det = int(sp.Matrix(M).det())
+    for p in _arith.PRIMES:  # numpy path (p < 2^31) and Python-int path
+        assert _arith.det_mod_p(M, p) == exact_det % p
+        assert _arith.rank_mod_p(M, p)[0] == sp.Matrix(M).rank()
+    with pytest.raises(ValueError, match="square"):
+        _arith.det_mod_p([[1, 2]], _arith.PRIMES[0])
+
+
 def test_erf_enclosure_contains_the_value():
     from mpmath import iv
 

@@ -38,13 +38,14 @@ from fastattn.transforms.intervals import (  # noqa: E402,F401
 
 
 # -- modular linear algebra -------------------------------------------------------------------
-def _rank_mod_p_numpy(rows, p):
+def _eliminate_numpy(rows, p):
     import numpy as np
 
     m = np.array([[v % p for v in r] for r in rows], dtype=np.int64)
     n_rows, n_cols = m.shape
     row_ids = np.arange(n_rows)
     piv_rows, piv_cols = [], []
+    det = 1
     r = 0
     for c in range(n_cols):
         nz = np.nonzero(m[r:, c])[0]
@@ -54,6 +55,8 @@ def _rank_mod_p_numpy(rows, p):
         if pivot != r:
             m[[r, pivot]] = m[[pivot, r]]
             row_ids[[r, pivot]] = row_ids[[pivot, r]]
+            det = -det
+        det = det * int(m[r, c]) % p
         inv = pow(int(m[r, c]), p - 2, p)
         m[r] = (m[r] * inv) % p
         below = m[r + 1:, c].copy()
@@ -65,28 +68,26 @@ def _rank_mod_p_numpy(rows, p):
         r += 1
         if r == n_rows:
             break
-    return r, piv_rows, piv_cols
+    return r, piv_rows, piv_cols, det % p
 
 
-def rank_mod_p(rows: list[list[int]], p: int) -> tuple[int, list[int], list[int]]:
-    """Rank of an integer matrix modulo p, with the pivot rows and columns of a non-singular minor.
-
-    The minor ``M[rows][:, cols]`` is non-singular modulo p, hence over Q.
-    """
-    if p < _NUMPY_PRIME_LIMIT and rows and rows[0]:
-        return _rank_mod_p_numpy(rows, p)
+def _eliminate_python(rows, p):
     m = [[v % p for v in r] for r in rows]
     n_rows = len(m)
     n_cols = len(m[0]) if m else 0
     row_ids = list(range(n_rows))
     piv_rows, piv_cols = [], []
+    det = 1
     r = 0
     for c in range(n_cols):
         pivot = next((i for i in range(r, n_rows) if m[i][c]), None)
         if pivot is None:
             continue
-        m[r], m[pivot] = m[pivot], m[r]
-        row_ids[r], row_ids[pivot] = row_ids[pivot], row_ids[r]
+        if pivot != r:
+            m[r], m[pivot] = m[pivot], m[r]
+            row_ids[r], row_ids[pivot] = row_ids[pivot], row_ids[r]
+            det = -det
+        det = det * m[r][c] % p
         inv = pow(m[r][c], p - 2, p)
         pr = m[r]
         for i in range(r + 1, n_rows):
@@ -101,52 +102,34 @@ def rank_mod_p(rows: list[list[int]], p: int) -> tuple[int, list[int], list[int]
         r += 1
         if r == n_rows:
             break
-    return r, piv_rows, piv_cols
+    return r, piv_rows, piv_cols, det % p
+
+
+def _eliminate(rows, p):
+    """Gaussian elimination modulo the prime p: (rank, pivot rows, pivot columns, signed product of pivots).
+
+    Primes below 2^31 run vectorised in numpy int64; larger ones in Python ints.
+    """
+    if p < _NUMPY_PRIME_LIMIT and rows and rows[0]:
+        return _eliminate_numpy(rows, p)
+    return _eliminate_python(rows, p)
+
+
+def rank_mod_p(rows: list[list[int]], p: int) -> tuple[int, list[int], list[int]]:
+    """Rank of an integer matrix modulo p, with the pivot rows and columns of a non-singular minor.
+
+    The minor ``M[rows][:, cols]`` is non-singular modulo p, hence over Q.
+    """
+    rank, piv_rows, piv_cols, _ = _eliminate(rows, p)
+    return rank, piv_rows, piv_cols
 
 
 def det_mod_p(rows: list[list[int]], p: int) -> int:
     """Determinant of a square integer matrix modulo p."""
-    if p < _NUMPY_PRIME_LIMIT and rows:
-        import numpy as np
-
-        m = np.array([[v % p for v in r] for r in rows], dtype=np.int64)
-        n = m.shape[0]
-        det = 1
-        for c in range(n):
-            nz = np.nonzero(m[c:, c])[0]
-            if nz.size == 0:
-                return 0
-            pivot = c + int(nz[0])
-            if pivot != c:
-                m[[c, pivot]] = m[[pivot, c]]
-                det = -det
-            det = det * int(m[c, c]) % p
-            inv = pow(int(m[c, c]), p - 2, p)
-            m[c] = (m[c] * inv) % p
-            below = m[c + 1:, c].copy()
-            if below.any():
-                m[c + 1:] = (m[c + 1:] - (below[:, None] * m[c][None, :]) % p) % p
-        return det % p
-    m = [[v % p for v in r] for r in rows]
-    n = len(m)
-    det = 1
-    for c in range(n):
-        pivot = next((i for i in range(c, n) if m[i][c]), None)
-        if pivot is None:
-            return 0
-        if pivot != c:
-            m[c], m[pivot] = m[pivot], m[c]
-            det = -det
-        det = det * m[c][c] % p
-        inv = pow(m[c][c], p - 2, p)
-        pr = m[c]
-        for i in range(c + 1, n):
-            if m[i][c]:
-                fct = m[i][c] * inv % p
-                mi = m[i]
-                for cc in range(c, n):
-                    mi[cc] = (mi[cc] - fct * pr[cc]) % p
-    return det % p
+    if any(len(r) != len(rows) for r in rows):
+        raise ValueError(f"det_mod_p needs a square matrix, got {len(rows)} rows of lengths {sorted({len(r) for r in rows})}")
+    rank, _, _, det = _eliminate(rows, p)
+    return det if rank == len(rows) else 0
 
 
 def nonzero_det_prime(rows: list[list[int]], skip: int | None = None) -> tuple[int, int] | None:
