@@ -97,12 +97,20 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="T = 1024 and bf16 only")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--heads", type=int, default=2)
+    ap.add_argument("--T", type=int, nargs="+", default=None, help="sequence lengths (default 4096 16384)")
+    ap.add_argument("--dtypes", nargs="+", default=None, choices=["bf16", "fp16", "fp32"])
+    ap.add_argument("--configs", type=int, nargs="+", default=None, help="indices into CONFIGS")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("check_gpu.py needs a CUDA GPU", file=sys.stderr)
         return 2
     Ts = [1024] if args.quick else [4096, 16384]
     dtypes = [torch.bfloat16] if args.quick else [torch.bfloat16, torch.float16, torch.float32]
+    if args.T:
+        Ts = args.T
+    if args.dtypes:
+        dtypes = [{"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[d] for d in args.dtypes]
+    configs = CONFIGS if args.configs is None else [CONFIGS[i] for i in args.configs]
     import triton
 
     print(f"card: {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
@@ -110,7 +118,7 @@ def main(argv=None) -> int:
     print("| f | D | DV | norm | T | dtype | tensor | max-abs | max-rel | rel-RMS | tol (rms, max) | ok |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     failed = 0
-    for spec, D, DV, normalize in CONFIGS:
+    for spec, D, DV, normalize in configs:
         for T in Ts:
             for dtype in dtypes:
                 rows = run(spec, D, DV, normalize, T, dtype, args.batch, args.heads, causal=True)

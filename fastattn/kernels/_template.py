@@ -400,6 +400,183 @@ def _inter_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, S0, Z0, dS0, dZ0, idx, 
 
 
 # ----------------------------------------------------------------------------------------
+# Fused causal kernels for small feature maps (all features in one tile: F_pad * DV_pad <=
+# 256 * 64, e.g. Based d16/v64 with 153 features, or f(x) = x at d64). One program per
+# (segment, batch*head) holds the whole [F, DV] state, so intra-chunk, inter-chunk and the
+# normaliser meet in registers: o is written once, in the input dtype, with no atomics
+# and no fp32 partial buffers. The backward is two walks (dq forward, dk/dv backward), each
+# recomputing the chunk's score tile, so dq, dk, dv are also written once.
+# ----------------------------------------------------------------------------------------
+@triton.jit
+def _fused_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, scale, eps, T, D, DV, F_PAD, NC, CPS,
+                      BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr,
+                      NORMALIZE: tl.constexpr, FIX_ABS: tl.constexpr, USE_SEG: tl.constexpr,
+                      PRECISION: tl.constexpr):
+    i_s, i_bh = tl.program_id(0), tl.program_id(1)
+    NSEG = tl.num_programs(0)
+    i_bh64 = i_bh.to(tl.int64)
+    DT = v.dtype.element_ty
+    o_f = tl.arange(0, BF)
+    o_v = tl.arange(0, BV)
+    o_d = tl.arange(0, BD)
+    m_v = o_v < DV
+    m_d = o_d < D
+    b_wq = tl.load(w_phi + o_f)  # [BF]
+    b_wk = tl.load(w_psi + o_f)  # [BF]
+    p_q = q + i_bh64 * T * D
+    p_k = k + i_bh64 * T * D
+    p_v = v + i_bh64 * T * DV
+    p_o = o + i_bh64 * T * DV
+    if USE_SEG:
+        o_seg = i_bh64 * NSEG + i_s
+        b_S = tl.load(S0 + (o_seg * F_PAD + o_f[:, None]) * DV + o_v[None, :], mask=m_v[None, :], other=0.0)
+    else:
+        b_S = tl.zeros([BF, BV], dtype=tl.float32)
+    if USE_SEG and NORMALIZE:
+        b_zs = tl.load(Z0 + o_seg * F_PAD + o_f)
+    else:
+        b_zs = tl.zeros([BF], dtype=tl.float32)
+    c_lo = i_s * CPS
+    c_hi = tl.minimum(c_lo + CPS, NC)
+    for i_c in range(c_lo, c_hi):
+        o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
+        m_t = o_t < T
+        m_qk = m_t[:, None] & m_d[None, :]
+        m_vv = m_t[:, None] & m_v[None, :]
+        b_q = tl.load(p_q + o_t[:, None] * D + o_d[None, :], mask=m_qk, other=0.0)  # [BT, BD]
+        b_k = tl.load(p_k + o_t[:, None] * D + o_d[None, :], mask=m_qk, other=0.0)  # [BT, BD]
+        b_v = tl.load(p_v + o_t[:, None] * DV + o_v[None, :], mask=m_vv, other=0.0)  # [BT, BV]
+        # intra: f on the causal score tile
+        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * scale  # [BT, BT]
+        m_a = (o_t[:, None] >= o_t[None, :]) & m_t[None, :]
+        b_a = tl.where(m_a, _f(b_s), 0.0)  # [BT, BT]
+        b_o = tl.dot(b_a.to(DT), b_v, input_precision=PRECISION)  # [BT, BV]
+        # inter: the state of every earlier chunk
+        b_phi = _phi(b_q, m_t, idx, o_f, F_PAD, b_wq, BD, PRECISION)  # [BT, BF]
+        b_o = tl.dot(b_phi.to(DT), b_S.to(DT), b_o, input_precision=PRECISION)  # [BT, BV]
+        if NORMALIZE:
+            b_z = tl.sum(b_a, 1) + tl.sum(b_phi * b_zs[None, :], 1)  # [BT]
+            if FIX_ABS:
+                b_den = tl.abs(b_z) + eps
+            else:
+                b_den = b_z
+            b_o = b_o / b_den[:, None]
+            tl.store(z + i_bh64 * T + o_t, b_z, mask=m_t)
+        tl.store(p_o + o_t[:, None] * DV + o_v[None, :], b_o.to(DT), mask=m_vv)
+        # chunk i_c enters the state after its own queries used it
+        b_psi = _phi(b_k, m_t, idx, o_f, F_PAD, b_wk, BD, PRECISION)  # [BT, BF]
+        b_S = tl.dot(tl.trans(b_psi).to(DT), b_v, b_S, input_precision=PRECISION)  # [BF, BV]
+        b_zs += tl.sum(b_psi, 0)
+
+
+@triton.jit
+def _bwd_prep_kernel(o, do, z, rden, dz, eps, T, DV,
+                     BT: tl.constexpr, BV: tl.constexpr, FIX_ABS: tl.constexpr):
+    # o = n / den(z): rden = 1 / den, dz = -(do . o) den'(z) / den, one row per token
+    i_c, i_bh = tl.program_id(0), tl.program_id(1)
+    i_bh64 = i_bh.to(tl.int64)
+    o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
+    m_t = o_t < T
+    o_v = tl.arange(0, BV)
+    m_vv = m_t[:, None] & (o_v < DV)[None, :]
+    p = i_bh64 * T * DV + o_t[:, None] * DV + o_v[None, :]
+    b_o = tl.load(o + p, mask=m_vv, other=0.0).to(tl.float32)
+    b_do = tl.load(do + p, mask=m_vv, other=0.0).to(tl.float32)
+    b_z = tl.load(z + i_bh64 * T + o_t, mask=m_t, other=1.0)
+    if FIX_ABS:
+        b_r = 1.0 / (tl.abs(b_z) + eps)
+        b_dz = -tl.sum(b_do * b_o, 1) * b_r * tl.where(b_z > 0, 1.0, tl.where(b_z < 0, -1.0, 0.0))
+    else:
+        b_r = 1.0 / b_z
+        b_dz = -tl.sum(b_do * b_o, 1) * b_r
+    tl.store(rden + i_bh64 * T + o_t, b_r, mask=m_t)
+    tl.store(dz + i_bh64 * T + o_t, b_dz, mask=m_t)
+
+
+@triton.jit
+def _fused_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, S0, Z0, idx, w_phi, w_psi, scale, T, D, DV, F_PAD, NC,
+                      CPS, BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr,
+                      NORMALIZE: tl.constexpr, USE_SEG: tl.constexpr, PASS: tl.constexpr,
+                      PRECISION: tl.constexpr):
+    # PASS 0 walks forward from the prefix state (S0, Z0) of the earlier segments: dq.
+    # PASS 1 walks backward from the suffix (S0, Z0) = (sum phi(q)^T dn, sum phi(q) dz) of
+    # the later segments: dk and dv. Both add the chunk's own (intra) gradient.
+    i_s, i_bh = tl.program_id(0), tl.program_id(1)
+    NSEG = tl.num_programs(0)
+    i_bh64 = i_bh.to(tl.int64)
+    DT = v.dtype.element_ty
+    o_f = tl.arange(0, BF)
+    o_v = tl.arange(0, BV)
+    o_d = tl.arange(0, BD)
+    m_v = o_v < DV
+    m_d = o_d < D
+    b_wq = tl.load(w_phi + o_f)  # [BF]
+    b_wk = tl.load(w_psi + o_f)  # [BF]
+    if USE_SEG:
+        o_seg = i_bh64 * NSEG + i_s
+        b_S = tl.load(S0 + (o_seg * F_PAD + o_f[:, None]) * DV + o_v[None, :], mask=m_v[None, :], other=0.0)
+    else:
+        b_S = tl.zeros([BF, BV], dtype=tl.float32)
+    if USE_SEG and NORMALIZE:
+        b_zs = tl.load(Z0 + o_seg * F_PAD + o_f)
+    else:
+        b_zs = tl.zeros([BF], dtype=tl.float32)
+    c_lo = i_s * CPS
+    c_hi = tl.minimum(c_lo + CPS, NC)
+    for i in range(0, c_hi - c_lo):
+        if PASS == 0:
+            i_c = c_lo + i
+        else:
+            i_c = c_hi - 1 - i
+        o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
+        m_t = o_t < T
+        m_qk = m_t[:, None] & m_d[None, :]
+        m_vv = m_t[:, None] & m_v[None, :]
+        o_qk = i_bh64 * T * D + o_t[:, None] * D + o_d[None, :]
+        o_vv = i_bh64 * T * DV + o_t[:, None] * DV + o_v[None, :]
+        b_q = tl.load(q + o_qk, mask=m_qk, other=0.0)  # [BT, BD]
+        b_k = tl.load(k + o_qk, mask=m_qk, other=0.0)  # [BT, BD]
+        b_v = tl.load(v + o_vv, mask=m_vv, other=0.0)  # [BT, BV]
+        b_dn = tl.load(do + o_vv, mask=m_vv, other=0.0).to(tl.float32)  # [BT, BV]
+        if NORMALIZE:
+            b_dn = b_dn * tl.load(rden + i_bh64 * T + o_t, mask=m_t, other=0.0)[:, None]
+            b_dz = tl.load(dz + i_bh64 * T + o_t, mask=m_t, other=0.0)  # [BT]
+        # intra: dA = dn v^T + dz, dS = s f'(s) dA on the causal tile
+        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * scale  # [BT, BT]
+        m_a = (o_t[:, None] >= o_t[None, :]) & m_t[None, :]
+        b_da = tl.dot(b_dn.to(DT), tl.trans(b_v), input_precision=PRECISION)  # [BT, BT]
+        if NORMALIZE:
+            b_da += b_dz[:, None]
+        b_ds = tl.where(m_a, _df(b_s) * b_da, 0.0) * scale  # [BT, BT]
+        if PASS == 0:
+            b_dq = tl.dot(b_ds.to(DT), b_k, input_precision=PRECISION)  # [BT, BD]
+            b_dphi = tl.dot(b_dn.to(DT), tl.trans(b_S.to(DT)), input_precision=PRECISION)  # [BT, BF]
+            if NORMALIZE:
+                b_dphi += b_dz[:, None] * b_zs[None, :]
+            b_dq += _phi_vjp(b_q, idx, o_f, F_PAD, b_wq, b_dphi, BD, PRECISION)  # [BT, BD]
+            tl.store(dq + o_qk, b_dq.to(DT), mask=m_qk)
+            b_psi = _phi(b_k, m_t, idx, o_f, F_PAD, b_wk, BD, PRECISION)  # [BT, BF]
+            b_S = tl.dot(tl.trans(b_psi).to(DT), b_v, b_S, input_precision=PRECISION)  # [BF, BV]
+            b_zs += tl.sum(b_psi, 0)
+        else:
+            b_a = tl.where(m_a, _f(b_s), 0.0)  # [BT, BT]
+            b_dk = tl.dot(tl.trans(b_ds).to(DT), b_q, input_precision=PRECISION)  # [BT, BD]
+            b_dv = tl.dot(tl.trans(b_a).to(DT), b_dn.to(DT), input_precision=PRECISION)  # [BT, BV]
+            b_psi = _phi(b_k, m_t, idx, o_f, F_PAD, b_wk, BD, PRECISION)  # [BT, BF]
+            b_dv = tl.dot(b_psi.to(DT), b_S.to(DT), b_dv, input_precision=PRECISION)  # [BT, BV]
+            tl.store(dv + o_vv, b_dv.to(DT), mask=m_vv)
+            b_dpsi = tl.dot(b_v, tl.trans(b_S.to(DT)), input_precision=PRECISION)  # [BT, BF]
+            if NORMALIZE:
+                b_dpsi += b_zs[None, :]
+            b_dk += _phi_vjp(b_k, idx, o_f, F_PAD, b_wk, b_dpsi, BD, PRECISION)  # [BT, BD]
+            tl.store(dk + o_qk, b_dk.to(DT), mask=m_qk)
+            b_phi = _phi(b_q, m_t, idx, o_f, F_PAD, b_wq, BD, PRECISION)  # [BT, BF]
+            b_S = tl.dot(tl.trans(b_phi).to(DT), b_dn.to(DT), b_S, input_precision=PRECISION)  # [BF, BV]
+            if NORMALIZE:
+                b_zs += tl.sum(b_phi * b_dz[:, None], 0)
+
+
+# ----------------------------------------------------------------------------------------
 # Feature tables: the symmetric-tensor basis of f, built once per (head dim, scale).
 # ----------------------------------------------------------------------------------------
 _TABLES = {}
@@ -534,8 +711,98 @@ def _denominator(z, fix_abs, eps):
     return z.abs() + eps if fix_abs else z
 
 
+# the fused path keeps the whole [F_pad, DV_pad] fp32 state of a sequence in one program
+_FUSED_MAX_STATE = 256 * 64
+
+
+def _fused_tiles(q, v, causal):
+    """(BF, BV) of the fused causal path when all features fit one tile, else None."""
+    if not causal:
+        return None
+    BF = max(16, triton.next_power_of_2(feature_dim(q.shape[-1])))
+    BV = max(16, triton.next_power_of_2(v.shape[-1]))
+    return (BF, BV) if BF * BV <= _FUSED_MAX_STATE else None
+
+
+def _empty_like_dtype(shape, dtype, device):
+    if os.environ.get("FASTATTN_NAN_FILL", "0") == "1":
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _fused_fwd(q, k, v, scale, normalize, fix_abs, eps, chunk, segments, BF, BV):
+    B, H, T, D = q.shape
+    DV = v.shape[-1]
+    idx, w_phi, w_psi, _ = feature_tables(D, scale, q.device, BF)
+    F_PAD = idx.shape[1]
+    BD = max(32, triton.next_power_of_2(D))
+    precision = "tf32x3" if q.dtype == torch.float32 else "tf32"
+    NC = triton.cdiv(T, chunk)
+    NSEG, CPS = _segments(NC, B * H, segments)
+    warps = 8 if BF * BV >= 64 * 64 else 4
+    o = _empty_like_dtype((B, H, T, DV), q.dtype, q.device)
+    z = _empty((B, H, T), q.device) if normalize else o
+    S0 = Z0 = o
+    if NSEG > 1:
+        S0, Z0 = _segment_prefix(k, v, z, z, idx, w_psi, T, D, DV, F_PAD, NC, CPS, NSEG, 1, 1, B * H, chunk,
+                                 BF, BV, BD, normalize, False, precision, warps, reverse=False)
+        Z0 = o if Z0 is None else Z0
+    _fused_fwd_kernel[(NSEG, B * H)](q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, float(scale), float(eps), T, D, DV,
+                                     F_PAD, NC, CPS, BT=chunk, BF=BF, BV=BV, BD=BD, NORMALIZE=normalize,
+                                     FIX_ABS=fix_abs, USE_SEG=NSEG > 1, PRECISION=precision, num_warps=warps)
+    return o, (z if normalize else None), ((S0, Z0) if NSEG > 1 else None)
+
+
+def _fused_bwd(q, k, v, o, z, do, scale, normalize, fix_abs, eps, chunk, segments, BF, BV, state):
+    B, H, T, D = q.shape
+    DV = v.shape[-1]
+    idx, w_phi, w_psi, _ = feature_tables(D, scale, q.device, BF)
+    F_PAD = idx.shape[1]
+    BD = max(32, triton.next_power_of_2(D))
+    precision = "tf32x3" if q.dtype == torch.float32 else "tf32"
+    NC = triton.cdiv(T, chunk)
+    NSEG, CPS = _segments(NC, B * H, segments)
+    warps = 8 if BF * BV >= 64 * 64 else 4
+    if normalize:
+        rden = _empty((B, H, T), q.device)
+        dz = _empty((B, H, T), q.device)
+        _bwd_prep_kernel[(NC, B * H)](o, do, z, rden, dz, float(eps), T, DV, BT=chunk, BV=BV, FIX_ABS=fix_abs,
+                                      num_warps=4)
+    else:
+        rden = dz = q
+    dq = _empty_like_dtype(q.shape, q.dtype, q.device)
+    dk = _empty_like_dtype(k.shape, k.dtype, q.device)
+    dv = _empty_like_dtype(v.shape, v.dtype, q.device)
+    S0 = Z0 = dS0 = dZ0 = dq
+    if NSEG > 1:
+        if state is None:
+            S0, Z0 = _segment_prefix(k, v, dq, dq, idx, w_psi, T, D, DV, F_PAD, NC, CPS, NSEG, 1, 1, B * H, chunk,
+                                     BF, BV, BD, normalize, False, precision, warps, reverse=False)
+        else:
+            S0, Z0 = state
+        dS0, dZ0 = _segment_prefix(q, do, rden, dz, idx, w_phi, T, D, DV, F_PAD, NC, CPS, NSEG, 1, 1, B * H, chunk,
+                                   BF, BV, BD, normalize, normalize, precision, warps, reverse=True)
+        Z0 = dq if Z0 is None else Z0
+        dZ0 = dq if dZ0 is None else dZ0
+    for pass_, (s0, z0) in ((0, (S0, Z0)), (1, (dS0, dZ0))):
+        _fused_bwd_kernel[(NSEG, B * H)](q, k, v, do, rden, dz, dq, dk, dv, s0, z0, idx, w_phi, w_psi, float(scale),
+                                         T, D, DV, F_PAD, NC, CPS, BT=chunk, BF=BF, BV=BV, BD=BD,
+                                         NORMALIZE=normalize, USE_SEG=NSEG > 1, PASS=pass_, PRECISION=precision,
+                                         num_warps=warps)
+    return dq, dk, dv
+
+
 def poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v, segments=None):
     """Forward pass on contiguous [B, H, T, D] inputs; returns (o in q.dtype, z fp32 [B, H, T] or None)."""
+    return _poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v,
+                               segments)[:2]
+
+
+def _poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v, segments=None):
+    """(o, z, saved scan state or None); the fused path when all features fit one tile."""
+    tiles = _fused_tiles(q, v, causal)
+    if tiles is not None:
+        return _fused_fwd(q, k, v, scale, normalize, fix_abs, eps, chunk, segments, *tiles)
     B, H, T, D = q.shape
     DV = v.shape[-1]
     idx, w_phi, w_psi, _ = feature_tables(D, scale, q.device, block_f)
@@ -564,13 +831,18 @@ def poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, b
                                               PRECISION=precision, num_warps=warps)
     if normalize:
         o = o / _denominator(z, fix_abs, eps)[..., None]
-        return o.to(q.dtype), z
-    return o.to(q.dtype), None
+        return o.to(q.dtype), z, None
+    return o.to(q.dtype), None, None
 
 
 def poly_attention_bwd(q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v,
-                       segments=None):
-    """Backward pass: (dq, dk, dv) in the input dtypes, from the saved output ``o`` and normaliser ``z``."""
+                       segments=None, state=None):
+    """Backward pass: (dq, dk, dv) in the input dtypes, from the saved output ``o`` and normaliser ``z``
+    (and, on the fused path, the forward's segment prefix states ``state``)."""
+    tiles = _fused_tiles(q, v, causal)
+    if tiles is not None:
+        return _fused_bwd(q, k, v, o, z, do.contiguous(), scale, normalize, fix_abs, eps, chunk, segments, *tiles,
+                          state)
     B, H, T, D = q.shape
     DV = v.shape[-1]
     idx, w_phi, w_psi, _ = feature_tables(D, scale, q.device, block_f)
@@ -626,18 +898,22 @@ class PolyAttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v, segments):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        o, z = poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v,
-                                  segments)
-        ctx.save_for_backward(q, k, v, o, z if z is not None else o.new_empty(0))
+        o, z, state = _poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v,
+                                          segments)
+        empty = o.new_empty(0)
+        S0, Z0 = state if state is not None else (empty, empty)
+        ctx.has_state = state is not None
+        ctx.save_for_backward(q, k, v, o, z if z is not None else empty, S0, Z0)
         ctx.scale, ctx.causal, ctx.normalize, ctx.fix_abs, ctx.eps = scale, causal, normalize, fix_abs, eps
         ctx.chunk, ctx.block_f, ctx.block_v, ctx.segments = chunk, block_f, block_v, segments
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, o, z = ctx.saved_tensors
+        q, k, v, o, z, S0, Z0 = ctx.saved_tensors
+        state = (S0, Z0) if ctx.has_state else None
         dq, dk, dv = poly_attention_bwd(q, k, v, o, z, do, ctx.scale, ctx.causal, ctx.normalize, ctx.fix_abs,
-                                        ctx.eps, ctx.chunk, ctx.block_f, ctx.block_v, ctx.segments)
+                                        ctx.eps, ctx.chunk, ctx.block_f, ctx.block_v, ctx.segments, state)
         return dq, dk, dv, None, None, None, None, None, None, None, None, None
 
 

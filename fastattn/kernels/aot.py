@@ -78,6 +78,27 @@ def compile_kernels(spec, *, dtype="bf16", head_dim=64, head_dim_v=64, chunk=64,
               ATOMIC_V=nf > 1, USE_SEG=causal, PASS=p, PRECISION=precision), warps)
         for p in (0, 1)
     ]
+    tiles = mod._fused_tiles(q, v, causal)
+    if tiles is not None:
+        # the fused causal path (all features in one tile) replaces the five kernels above
+        BF, BVf = tiles
+        fw = 8 if BF * BVf >= 64 * 64 else 4
+        dims2 = dict(dims, F_PAD="i32", NC="i32", CPS="i32")
+        jobs = [
+            (mod._segment_state_kernel, dict(x=ptr, y=ptr, rden=f32, cz=f32, S=f32, Z=f32, idx="*i32", w=f32,
+                                             **dims2, NF="i32"),
+             dict(BT=chunk, BF=BF, BV=BVf, BD=BD, NORMALIZE=normalize, SCALE_Y=normalize, PRECISION=precision), fw),
+            (mod._fused_fwd_kernel, dict(q=ptr, k=ptr, v=ptr, o=ptr, z=f32, S0=f32, Z0=f32, idx="*i32", w_phi=f32,
+                                         w_psi=f32, scale="fp32", eps="fp32", **dims2),
+             dict(BT=chunk, BF=BF, BV=BVf, BD=BD, NORMALIZE=normalize, FIX_ABS=False, USE_SEG=True,
+                  PRECISION=precision), fw),
+        ] + [
+            (mod._fused_bwd_kernel, dict(q=ptr, k=ptr, v=ptr, do=ptr, rden=f32, dz=f32, dq=ptr, dk=ptr, dv=ptr,
+                                         S0=f32, Z0=f32, idx="*i32", w_phi=f32, w_psi=f32, scale="fp32", **dims2),
+             dict(BT=chunk, BF=BF, BV=BVf, BD=BD, NORMALIZE=normalize, USE_SEG=True, PASS=p, PRECISION=precision),
+             fw)
+            for p in (0, 1)
+        ]
     report = {}
     for fn, sig, consts, nw in jobs:
         sig = dict(sig, **{k: "constexpr" for k in consts})
