@@ -29,7 +29,7 @@ __all__ = ["COEFFS", "feature_tables", "feature_dim", "poly_attention", "PolyAtt
 # >>> device_functions
 @triton.jit
 def _f(x):
-    # f(x) = x by Horner
+    # f(x) = x by Horner on the tile
     y = x * 0.0 + 1.0
     y = y * x
     return y
@@ -37,16 +37,16 @@ def _f(x):
 
 @triton.jit
 def _df(x):
-    # f'(x) = 1 by Horner
+    # f'(x) = 1 by Horner on the tile
     y = x * 0.0 + 1.0
     return y
 
 
 @triton.jit
 def _phi(b_x, m_t, p_idx, o_f, F_PAD, b_w, BD: tl.constexpr, PRECISION: tl.constexpr):
-    # feature f of row t is b_w[f] * prod_m x[t, idx[m, f]]; idx -1 means "no factor" (1).
-    # The gather x[:, idx] is a matmul with a one-hot [BD, BF] matrix: exact, on tensor
-    # cores, from a tile that was loaded once and coalesced.
+    # feature f of row t is b_w[f] * prod_m x[t, idx[m, f]] (symmetric basis, one slot per
+    # factor); idx -1 means "no factor" and gives 1. The gather x[:, idx] is a matmul with
+    # a one-hot [BD, BF] matrix: exact, on tensor cores, from the coalesced [BT, BD] tile.
     DT = b_x.dtype
     o_d = tl.arange(0, BD)
     i_0 = tl.load(p_idx + 0 * F_PAD + o_f)  # [BF]
@@ -59,16 +59,27 @@ def _phi(b_x, m_t, p_idx, o_f, F_PAD, b_w, BD: tl.constexpr, PRECISION: tl.const
 
 @triton.jit
 def _phi_vjp(b_x, p_idx, o_f, F_PAD, b_w, b_dphi, BD: tl.constexpr, PRECISION: tl.constexpr):
-    # d/dx[a] prod_m x[idx_m] = sum_m [idx_m == a] prod_{m' != m} x[idx_m']; the scatter onto
+    # d/dx[a] prod_m x[idx_m] = sum_m [idx_m == a] prod_{m' != m} x[idx_m']: the scatter onto
     # the head dim is a matmul with the transposed one-hot matrix (no atomics)
     DT = b_x.dtype
     o_d = tl.arange(0, BD)
     b_g = b_dphi * b_w[None, :]  # [BT, BF]
     i_0 = tl.load(p_idx + 0 * F_PAD + o_f)  # [BF]
+    b_x0 = tl.dot(b_x, (o_d[:, None] == i_0[None, :]).to(DT), input_precision=PRECISION)  # [BT, BF]
+    b_x0 += (i_0 < 0).to(tl.float32)[None, :]
     b_dx = tl.zeros([b_x.shape[0], BD], dtype=tl.float32)
-    b_dx = tl.dot(b_g.to(DT), tl.trans((o_d[:, None] == i_0[None, :]).to(DT)), b_dx,
-                  input_precision=PRECISION)  # [BT, BD]
+    b_dx = tl.dot((b_g).to(DT), tl.trans((o_d[:, None] == i_0[None, :]).to(DT)), b_dx, input_precision=PRECISION)  # [BT, BD]
     return b_dx
+
+
+@triton.jit
+def _phi_ld(p_x, o_t, m_t, D, p_idx, o_f, F_PAD, b_w):
+    # _phi gathered straight from memory: x[t, idx[m, f]] loaded per feature (the chunk's
+    # [BT, D] rows are in L1 after the coalesced tile load), no one-hot matmuls or registers
+    i_0 = tl.load(p_idx + 0 * F_PAD + o_f)  # [BF]
+    b_x0 = tl.load(p_x + o_t[:, None] * D + i_0[None, :], mask=m_t[:, None] & (i_0 >= 0)[None, :], other=1.0).to(tl.float32)  # [BT, BF]
+    b_phi = b_x0 * b_w[None, :]  # [BT, BF]
+    return tl.where(m_t[:, None], b_phi, 0.0)
 # <<< device_functions
 
 
@@ -122,7 +133,8 @@ def _accumulate(p, b, mask, ATOMIC: tl.constexpr):
 @triton.jit
 def _segment_state_kernel(x, y, rden, cz, S, Z, idx, w, T, D, DV, F_PAD, NC, CPS, NF,
                           BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr,
-                          NORMALIZE: tl.constexpr, SCALE_Y: tl.constexpr, PRECISION: tl.constexpr):
+                          NORMALIZE: tl.constexpr, SCALE_Y: tl.constexpr, PRECISION: tl.constexpr,
+                          LD: tl.constexpr = False):
     # the first level of the two-level scan (TFLA): the sequence is cut into segments of CPS
     # chunks, and each program sums its segment's contribution to one [BF, BV] slice of a
     # state, S_seg = sum_t feat(x_t)^T y_t and Z_seg = sum_t feat(x_t) c_t, with
@@ -150,8 +162,12 @@ def _segment_state_kernel(x, y, rden, cz, S, Z, idx, w, T, D, DV, F_PAD, NC, CPS
     for i_c in range(c_lo, c_hi):
         o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
         m_t = o_t < T
-        b_x = tl.load(p_x + o_t[:, None] * D + o_d[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0)
-        b_feat = _phi(b_x, m_t, idx, o_f, F_PAD, b_w, BD, PRECISION)  # [BT, BF]
+        if LD:
+            # the fused path's gather from memory (see _phi_ld)
+            b_feat = _phi_ld(p_x, o_t, m_t, D, idx, o_f, F_PAD, b_w)  # [BT, BF]
+        else:
+            b_x = tl.load(p_x + o_t[:, None] * D + o_d[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0)
+            b_feat = _phi(b_x, m_t, idx, o_f, F_PAD, b_w, BD, PRECISION)  # [BT, BF]
         b_y = tl.load(p_y + o_t[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
         if SCALE_Y:
             b_y = (b_y.to(tl.float32) * tl.load(rden + i_bh64 * T + o_t, mask=m_t, other=0.0)[:, None]).to(DT)
@@ -411,7 +427,7 @@ def _inter_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, S0, Z0, dS0, dZ0, idx, 
 def _fused_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, scale, eps, T, D, DV, F_PAD, NC, CPS,
                       BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr,
                       NORMALIZE: tl.constexpr, FIX_ABS: tl.constexpr, USE_SEG: tl.constexpr,
-                      PRECISION: tl.constexpr):
+                      PRECISION: tl.constexpr, LD: tl.constexpr):
     i_s, i_bh = tl.program_id(0), tl.program_id(1)
     NSEG = tl.num_programs(0)
     i_bh64 = i_bh.to(tl.int64)
@@ -452,7 +468,10 @@ def _fused_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, scale, eps, T, D
         b_a = tl.where(m_a, _f(b_s), 0.0)  # [BT, BT]
         b_o = tl.dot(b_a.to(DT), b_v, input_precision=PRECISION)  # [BT, BV]
         # inter: the state of every earlier chunk
-        b_phi = _phi(b_q, m_t, idx, o_f, F_PAD, b_wq, BD, PRECISION)  # [BT, BF]
+        if LD:
+            b_phi = _phi_ld(p_q, o_t, m_t, D, idx, o_f, F_PAD, b_wq)  # [BT, BF]
+        else:
+            b_phi = _phi(b_q, m_t, idx, o_f, F_PAD, b_wq, BD, PRECISION)  # [BT, BF]
         b_o = tl.dot(b_phi.to(DT), b_S.to(DT), b_o, input_precision=PRECISION)  # [BT, BV]
         if NORMALIZE:
             b_z = tl.sum(b_a, 1) + tl.sum(b_phi * b_zs[None, :], 1)  # [BT]
@@ -464,7 +483,10 @@ def _fused_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, scale, eps, T, D
             tl.store(z + i_bh64 * T + o_t, b_z, mask=m_t)
         tl.store(p_o + o_t[:, None] * DV + o_v[None, :], b_o.to(DT), mask=m_vv)
         # chunk i_c enters the state after its own queries used it
-        b_psi = _phi(b_k, m_t, idx, o_f, F_PAD, b_wk, BD, PRECISION)  # [BT, BF]
+        if LD:
+            b_psi = _phi_ld(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk)  # [BT, BF]
+        else:
+            b_psi = _phi(b_k, m_t, idx, o_f, F_PAD, b_wk, BD, PRECISION)  # [BT, BF]
         b_S = tl.dot(tl.trans(b_psi).to(DT), b_v, b_S, input_precision=PRECISION)  # [BF, BV]
         b_zs += tl.sum(b_psi, 0)
 
@@ -497,7 +519,7 @@ def _bwd_prep_kernel(o, do, z, rden, dz, eps, T, DV,
 def _fused_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, S0, Z0, idx, w_phi, w_psi, scale, T, D, DV, F_PAD, NC,
                       CPS, BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr,
                       NORMALIZE: tl.constexpr, USE_SEG: tl.constexpr, PASS: tl.constexpr,
-                      PRECISION: tl.constexpr):
+                      PRECISION: tl.constexpr, LD: tl.constexpr):
     # PASS 0 walks forward from the prefix state (S0, Z0) of the earlier segments: dq.
     # PASS 1 walks backward from the suffix (S0, Z0) = (sum phi(q)^T dn, sum phi(q) dz) of
     # the later segments: dk and dv. Both add the chunk's own (intra) gradient.
@@ -512,6 +534,8 @@ def _fused_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, S0, Z0, idx, w_phi, w_p
     m_d = o_d < D
     b_wq = tl.load(w_phi + o_f)  # [BF]
     b_wk = tl.load(w_psi + o_f)  # [BF]
+    p_q = q + i_bh64 * T * D
+    p_k = k + i_bh64 * T * D
     if USE_SEG:
         o_seg = i_bh64 * NSEG + i_s
         b_S = tl.load(S0 + (o_seg * F_PAD + o_f[:, None]) * DV + o_v[None, :], mask=m_v[None, :], other=0.0)
@@ -555,14 +579,20 @@ def _fused_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, S0, Z0, idx, w_phi, w_p
                 b_dphi += b_dz[:, None] * b_zs[None, :]
             b_dq += _phi_vjp(b_q, idx, o_f, F_PAD, b_wq, b_dphi, BD, PRECISION)  # [BT, BD]
             tl.store(dq + o_qk, b_dq.to(DT), mask=m_qk)
-            b_psi = _phi(b_k, m_t, idx, o_f, F_PAD, b_wk, BD, PRECISION)  # [BT, BF]
+            if LD:
+                b_psi = _phi_ld(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk)  # [BT, BF]
+            else:
+                b_psi = _phi(b_k, m_t, idx, o_f, F_PAD, b_wk, BD, PRECISION)  # [BT, BF]
             b_S = tl.dot(tl.trans(b_psi).to(DT), b_v, b_S, input_precision=PRECISION)  # [BF, BV]
             b_zs += tl.sum(b_psi, 0)
         else:
             b_a = tl.where(m_a, _f(b_s), 0.0)  # [BT, BT]
             b_dk = tl.dot(tl.trans(b_ds).to(DT), b_q, input_precision=PRECISION)  # [BT, BD]
             b_dv = tl.dot(tl.trans(b_a).to(DT), b_dn.to(DT), input_precision=PRECISION)  # [BT, BV]
-            b_psi = _phi(b_k, m_t, idx, o_f, F_PAD, b_wk, BD, PRECISION)  # [BT, BF]
+            if LD:
+                b_psi = _phi_ld(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk)  # [BT, BF]
+            else:
+                b_psi = _phi(b_k, m_t, idx, o_f, F_PAD, b_wk, BD, PRECISION)  # [BT, BF]
             b_dv = tl.dot(b_psi.to(DT), b_S.to(DT), b_dv, input_precision=PRECISION)  # [BT, BV]
             tl.store(dv + o_vv, b_dv.to(DT), mask=m_vv)
             b_dpsi = tl.dot(b_v, tl.trans(b_S.to(DT)), input_precision=PRECISION)  # [BT, BF]
@@ -570,7 +600,10 @@ def _fused_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, S0, Z0, idx, w_phi, w_p
                 b_dpsi += b_zs[None, :]
             b_dk += _phi_vjp(b_k, idx, o_f, F_PAD, b_wk, b_dpsi, BD, PRECISION)  # [BT, BD]
             tl.store(dk + o_qk, b_dk.to(DT), mask=m_qk)
-            b_phi = _phi(b_q, m_t, idx, o_f, F_PAD, b_wq, BD, PRECISION)  # [BT, BF]
+            if LD:
+                b_phi = _phi_ld(p_q, o_t, m_t, D, idx, o_f, F_PAD, b_wq)  # [BT, BF]
+            else:
+                b_phi = _phi(b_q, m_t, idx, o_f, F_PAD, b_wq, BD, PRECISION)  # [BT, BF]
             b_S = tl.dot(tl.trans(b_phi).to(DT), b_dn.to(DT), b_S, input_precision=PRECISION)  # [BF, BV]
             if NORMALIZE:
                 b_zs += tl.sum(b_phi * b_dz[:, None], 0)
@@ -687,14 +720,14 @@ def _segments(NC, programs, segments):
 
 
 def _segment_prefix(x, y, rden, cz, idx, w, T, D, DV, F_PAD, NC, CPS, NSEG, NF, NV, BH, chunk, block_f, BVs, BD,
-                    normalize, scale_y, precision, warps, reverse):
+                    normalize, scale_y, precision, warps, reverse, ld=False):
     """Prefix (``reverse=False``) or suffix sums over segments of the per-segment states:
     S0[bh, s] = sum over segments before s (after s) of sum_t feat(x_t)^T y_t, and Z0 likewise."""
     S = torch.empty((BH, NSEG, F_PAD, DV), dtype=torch.float32, device=x.device)
     Z = torch.empty((BH, NSEG, F_PAD), dtype=torch.float32, device=x.device) if normalize else S
     _segment_state_kernel[(NF * NSEG, NV, BH)](x, y, rden, cz, S, Z, idx, w, T, D, DV, F_PAD, NC, CPS, NF,
                                                BT=chunk, BF=block_f, BV=BVs, BD=BD, NORMALIZE=normalize,
-                                               SCALE_Y=scale_y, PRECISION=precision, num_warps=warps)
+                                               SCALE_Y=scale_y, PRECISION=precision, LD=ld, num_warps=warps)
 
     def exclusive(t):
         # exclusive scan over the segment axis (dim 1), forward or backward
@@ -713,6 +746,9 @@ def _denominator(z, fix_abs, eps):
 
 # the fused path keeps the whole [F_pad, DV_pad] fp32 state of a sequence in one program
 _FUSED_MAX_STATE = 256 * 64
+# features of the fused path gathered by loads from memory (1) or by one-hot matmuls (0)
+_FUSED_LD = os.environ.get("FASTATTN_FUSED_LD", "1") == "1"
+_FUSED_LD_BWD = os.environ.get("FASTATTN_FUSED_LD_BWD", "1" if _FUSED_LD else "0") == "1"
 
 
 def _fused_tiles(q, v, causal):
@@ -745,11 +781,11 @@ def _fused_fwd(q, k, v, scale, normalize, fix_abs, eps, chunk, segments, BF, BV)
     S0 = Z0 = o
     if NSEG > 1:
         S0, Z0 = _segment_prefix(k, v, z, z, idx, w_psi, T, D, DV, F_PAD, NC, CPS, NSEG, 1, 1, B * H, chunk,
-                                 BF, BV, BD, normalize, False, precision, warps, reverse=False)
+                                 BF, BV, BD, normalize, False, precision, warps, reverse=False, ld=_FUSED_LD)
         Z0 = o if Z0 is None else Z0
     _fused_fwd_kernel[(NSEG, B * H)](q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, float(scale), float(eps), T, D, DV,
                                      F_PAD, NC, CPS, BT=chunk, BF=BF, BV=BV, BD=BD, NORMALIZE=normalize,
-                                     FIX_ABS=fix_abs, USE_SEG=NSEG > 1, PRECISION=precision, num_warps=warps)
+                                     FIX_ABS=fix_abs, USE_SEG=NSEG > 1, PRECISION=precision, LD=_FUSED_LD, num_warps=warps)
     return o, (z if normalize else None), ((S0, Z0) if NSEG > 1 else None)
 
 
@@ -777,17 +813,17 @@ def _fused_bwd(q, k, v, o, z, do, scale, normalize, fix_abs, eps, chunk, segment
     if NSEG > 1:
         if state is None:
             S0, Z0 = _segment_prefix(k, v, dq, dq, idx, w_psi, T, D, DV, F_PAD, NC, CPS, NSEG, 1, 1, B * H, chunk,
-                                     BF, BV, BD, normalize, False, precision, warps, reverse=False)
+                                     BF, BV, BD, normalize, False, precision, warps, reverse=False, ld=_FUSED_LD_BWD)
         else:
             S0, Z0 = state
         dS0, dZ0 = _segment_prefix(q, do, rden, dz, idx, w_phi, T, D, DV, F_PAD, NC, CPS, NSEG, 1, 1, B * H, chunk,
-                                   BF, BV, BD, normalize, normalize, precision, warps, reverse=True)
+                                   BF, BV, BD, normalize, normalize, precision, warps, reverse=True, ld=_FUSED_LD_BWD)
         Z0 = dq if Z0 is None else Z0
         dZ0 = dq if dZ0 is None else dZ0
     for pass_, (s0, z0) in ((0, (S0, Z0)), (1, (dS0, dZ0))):
         _fused_bwd_kernel[(NSEG, B * H)](q, k, v, do, rden, dz, dq, dk, dv, s0, z0, idx, w_phi, w_psi, float(scale),
                                          T, D, DV, F_PAD, NC, CPS, BT=chunk, BF=BF, BV=BV, BD=BD,
-                                         NORMALIZE=normalize, USE_SEG=NSEG > 1, PASS=pass_, PRECISION=precision,
+                                         NORMALIZE=normalize, USE_SEG=NSEG > 1, PASS=pass_, PRECISION=precision, LD=_FUSED_LD_BWD,
                                          num_warps=warps)
     return dq, dk, dv
 
