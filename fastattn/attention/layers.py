@@ -62,7 +62,7 @@ class FastAttention(nn.Module):
 
     def __init__(self, poly: Polynomial, head_dim: int, head_dim_v: int | None = None, causal: bool = True,
                  normalize: bool = True, scale: float | None = None, normalizer_fix: str | None = None,
-                 eps: float = 1e-6, chunk: int = 64, block_f: int = 64, block_v: int | None = None,
+                 eps: float = 1e-6, chunk: int | None = None, block_f: int = 64, block_v: int | None = None,
                  backend: str = "auto"):
         super().__init__()
         if not isinstance(head_dim, int) or head_dim < 1:
@@ -153,7 +153,7 @@ class FastMultiheadAttention(nn.Module):
 
     def __init__(self, embed_dim: int, num_heads: int, spec="1 + x + x**2/2", *, degree: int | None = None,
                  causal: bool = True, normalize: bool = True, scale: float | None = None,
-                 normalizer_fix: str | None = None, eps: float = 1e-6, bias: bool = True, chunk: int = 64,
+                 normalizer_fix: str | None = None, eps: float = 1e-6, bias: bool = True, chunk: int | None = None,
                  block_f: int = 64, block_v: int | None = None, backend: str = "auto", device=None, dtype=None):
         super().__init__()
         if num_heads < 1 or embed_dim % num_heads:

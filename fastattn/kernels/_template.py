@@ -428,12 +428,12 @@ def _fused_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, scale, eps, T, D
                       BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr,
                       NORMALIZE: tl.constexpr, FIX_ABS: tl.constexpr, USE_SEG: tl.constexpr,
                       PRECISION: tl.constexpr, LD: tl.constexpr):
-    i_s, i_bh = tl.program_id(0), tl.program_id(1)
+    i_s, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     NSEG = tl.num_programs(0)
     i_bh64 = i_bh.to(tl.int64)
     DT = v.dtype.element_ty
     o_f = tl.arange(0, BF)
-    o_v = tl.arange(0, BV)
+    o_v = i_v * BV + tl.arange(0, BV)
     o_d = tl.arange(0, BD)
     m_v = o_v < DV
     m_d = o_d < D
@@ -747,7 +747,15 @@ def _denominator(z, fix_abs, eps):
 # the fused path keeps the whole [F_pad, DV_pad] fp32 state of a sequence in one program
 _FUSED_MAX_STATE = 256 * 64
 # features of the fused path gathered by loads from memory (1) or by one-hot matmuls (0)
-_FUSED_LD = os.environ.get("FASTATTN_FUSED_LD", "1") == "1"
+# (H100, Based d16/v64: loads were 1.2-2x slower in fwd and bwd, see benchmarks/RESULTS.md)
+_FUSED_LD = os.environ.get("FASTATTN_FUSED_LD", "0") == "1"
+# v columns per forward program of the fused path (0: all of them); a narrower tile halves
+# the state's registers and doubles the programs, each recomputing phi and the normaliser
+_FUSED_FWD_BV = int(os.environ.get("FASTATTN_FUSED_FWD_BV", "0"))
+_FUSED_FWD_WARPS = int(os.environ.get("FASTATTN_FUSED_FWD_WARPS", "0"))
+# tokens per chunk when chunk=None: the fused path holds [chunk, F_pad] feature tiles beside
+# the [F_pad, DV] state, so 32 (ptxas sm_90: 64 spills ~2 KB per thread at F_pad 256)
+_FUSED_CHUNK, _CHUNK = 32, 64
 _FUSED_LD_BWD = os.environ.get("FASTATTN_FUSED_LD_BWD", "1" if _FUSED_LD else "0") == "1"
 
 
@@ -783,9 +791,11 @@ def _fused_fwd(q, k, v, scale, normalize, fix_abs, eps, chunk, segments, BF, BV)
         S0, Z0 = _segment_prefix(k, v, z, z, idx, w_psi, T, D, DV, F_PAD, NC, CPS, NSEG, 1, 1, B * H, chunk,
                                  BF, BV, BD, normalize, False, precision, warps, reverse=False, ld=_FUSED_LD)
         Z0 = o if Z0 is None else Z0
-    _fused_fwd_kernel[(NSEG, B * H)](q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, float(scale), float(eps), T, D, DV,
-                                     F_PAD, NC, CPS, BT=chunk, BF=BF, BV=BV, BD=BD, NORMALIZE=normalize,
-                                     FIX_ABS=fix_abs, USE_SEG=NSEG > 1, PRECISION=precision, LD=_FUSED_LD, num_warps=warps)
+    BVt = BV if _FUSED_FWD_BV <= 0 else min(BV, max(16, _FUSED_FWD_BV))
+    _fused_fwd_kernel[(NSEG, BV // BVt, B * H)](q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, float(scale), float(eps), T, D, DV,
+                                     F_PAD, NC, CPS, BT=chunk, BF=BF, BV=BVt, BD=BD, NORMALIZE=normalize,
+                                     FIX_ABS=fix_abs, USE_SEG=NSEG > 1, PRECISION=precision, LD=_FUSED_LD,
+                                     num_warps=_FUSED_FWD_WARPS or warps)
     return o, (z if normalize else None), ((S0, Z0) if NSEG > 1 else None)
 
 
@@ -837,6 +847,8 @@ def poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, b
 def _poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v, segments=None):
     """(o, z, saved scan state or None); the fused path when all features fit one tile."""
     tiles = _fused_tiles(q, v, causal)
+    if chunk is None:
+        chunk = _CHUNK if tiles is None else _FUSED_CHUNK
     if tiles is not None:
         return _fused_fwd(q, k, v, scale, normalize, fix_abs, eps, chunk, segments, *tiles)
     B, H, T, D = q.shape
@@ -876,6 +888,8 @@ def poly_attention_bwd(q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps
     """Backward pass: (dq, dk, dv) in the input dtypes, from the saved output ``o`` and normaliser ``z``
     (and, on the fused path, the forward's segment prefix states ``state``)."""
     tiles = _fused_tiles(q, v, causal)
+    if chunk is None:
+        chunk = _CHUNK if tiles is None else _FUSED_CHUNK
     if tiles is not None:
         return _fused_bwd(q, k, v, o, z, do.contiguous(), scale, normalize, fix_abs, eps, chunk, segments, *tiles,
                           state)
@@ -959,7 +973,7 @@ def _check_pow2(name, value, lo):
 
 
 def poly_attention(q, k, v, scale=None, causal=True, normalize=True, normalizer_fix=None, eps=1e-6,
-                   chunk=64, block_f=64, block_v=None, segments=None):
+                   chunk=None, block_f=64, block_v=None, segments=None):
     """Linear attention with the polynomial f of this module (see the module docstring).
 
     Parameters
@@ -975,7 +989,8 @@ def poly_attention(q, k, v, scale=None, causal=True, normalize=True, normalizer_
         Divide by sum_j f(s q_i.k_j). Refused when f can be <= 0 on the reals unless
         ``normalizer_fix="abs"``, which divides by |sum_j f(s q_i.k_j)| + eps instead.
     chunk, block_f, block_v : int
-        Tokens per chunk, features per tile, v columns per tile (None: all of them).
+        Tokens per chunk (None: 32 on the fused path for small feature maps, else 64), features
+        per tile, v columns per tile (None: all of them).
     segments : int, optional
         Causal only: segments of the sequence scanned in parallel (None: enough to fill the
         GPU, see ``_segments``).
@@ -1000,7 +1015,8 @@ def poly_attention(q, k, v, scale=None, causal=True, normalize=True, normalizer_
         raise ValueError("sequence length T must be >= 1; got 0")
     if q.shape[-1] > 256 or v.shape[-1] > 256:
         raise ValueError(f"head dims up to 256 are supported; got D={q.shape[-1]}, DV={v.shape[-1]}")
-    _check_pow2("chunk", chunk, 16)
+    if chunk is not None:
+        _check_pow2("chunk", chunk, 16)
     _check_pow2("block_f", block_f, 16)
     if block_v is not None:
         _check_pow2("block_v", block_v, 16)
@@ -1028,7 +1044,7 @@ class PolyAttention(torch.nn.Module):
     """
 
     def __init__(self, causal=DEFAULTS["causal"], normalize=DEFAULTS["normalize"], scale=DEFAULTS["scale"],
-                 normalizer_fix=DEFAULTS["normalizer_fix"], eps=1e-6, chunk=64, block_f=64, block_v=None):
+                 normalizer_fix=DEFAULTS["normalizer_fix"], eps=1e-6, chunk=None, block_f=64, block_v=None):
         super().__init__()
         self.causal, self.normalize, self.scale = causal, normalize, scale
         self.normalizer_fix, self.eps = normalizer_fix, eps

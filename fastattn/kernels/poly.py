@@ -126,7 +126,7 @@ def choose_backend(q, backend: str = "auto") -> str:
 
 
 def poly_attention(q, k, v, f, *, degree=None, scale=None, causal=True, normalize=True, normalizer_fix=None,
-                   eps=1e-6, chunk=64, block_f=64, block_v=None, segments=None, backend="auto", tables=None):
+                   eps=1e-6, chunk=None, block_f=64, block_v=None, segments=None, backend="auto", tables=None):
     """o_i = sum_{j in M(i)} f(s q_i.k_j) v_j [/ sum_{j in M(i)} f(s q_i.k_j)] in linear time.
 
     Parameters
@@ -145,7 +145,7 @@ def poly_attention(q, k, v, f, *, degree=None, scale=None, causal=True, normaliz
     normalizer_fix : None or "abs"
         See :func:`check_normalizer`.
     chunk, block_f, block_v : int
-        Kernel tiling: tokens per chunk, features per tile, v columns per tile.
+        Kernel tiling: tokens per chunk (None: the kernel's choice), features per tile, v columns per tile.
     segments : int, optional
         Causal kernels: segments scanned in parallel (None: enough to fill the GPU).
     backend : "auto", "triton" or "torch"
@@ -164,7 +164,8 @@ def poly_attention(q, k, v, f, *, degree=None, scale=None, causal=True, normaliz
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if choose_backend(q, backend) == "torch":
         return naive.chunk_attention(q, k, v, poly, scale=scale, causal=causal, normalize=normalize,
-                                     normalizer_fix=normalizer_fix, eps=eps, chunk=chunk, tables=tables)
+                                     normalizer_fix=normalizer_fix, eps=eps, chunk=64 if chunk is None else chunk,
+                                     tables=tables)
     mod = load_module(poly)
     try:
         return mod.poly_attention(q, k, v, scale=scale, causal=causal, normalize=normalize,
