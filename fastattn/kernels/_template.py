@@ -705,7 +705,23 @@ def _intra_warps(chunk, BD, BV):
 _TARGET_PROGRAMS = 1024
 
 
-def _segments(NC, programs, segments):
+_SM_COUNT = {}
+# fused path: segments for about this many programs per SM (one 8-warp program fits an SM, and
+# every segment adds one [F_pad, DV] fp32 state written, scanned and read: fewer is cheaper as
+# long as every SM has work; the walk's time is ~ chunks x heads / SMs either way)
+_FUSED_WAVES = float(os.environ.get("FASTATTN_FUSED_WAVES", "2"))
+
+
+def _sm_count(device):
+    key = str(device)
+    if key not in _SM_COUNT:
+        dev = torch.device(device)
+        _SM_COUNT[key] = (torch.cuda.get_device_properties(dev).multi_processor_count
+                          if dev.type == "cuda" else 132)
+    return _SM_COUNT[key]
+
+
+def _segments(NC, programs, segments, target=None):
     """(number of segments, chunks per segment) for a causal scan of NC chunks.
 
     ``programs`` is the number of scan programs per segment (feature tiles x v tiles x
@@ -713,7 +729,7 @@ def _segments(NC, programs, segments):
     programs in all.
     """
     if segments is None:
-        segments = -(-_TARGET_PROGRAMS // max(1, programs))
+        segments = -(-(target or _TARGET_PROGRAMS) // max(1, programs))
     segments = max(1, min(int(segments), NC))
     cps = -(-NC // segments)
     return -(-NC // cps), cps
@@ -754,8 +770,15 @@ _FUSED_LD = os.environ.get("FASTATTN_FUSED_LD", "0") == "1"
 _FUSED_FWD_BV = int(os.environ.get("FASTATTN_FUSED_FWD_BV", "0"))
 _FUSED_FWD_WARPS = int(os.environ.get("FASTATTN_FUSED_FWD_WARPS", "0"))
 # tokens per chunk when chunk=None: the fused path holds [chunk, F_pad] feature tiles beside
-# the [F_pad, DV] state, so 32 (ptxas sm_90: 64 spills ~2 KB per thread at F_pad 256)
-_FUSED_CHUNK, _CHUNK = 32, 64
+# the [F_pad, DV] state, so 32 where the state is large (ptxas sm_90: 64 spills ~2 KB per
+# thread at F_pad 256, DV 64), 64 where it is small (f = x at d64: F_pad 64)
+_CHUNK = 64
+
+
+def _auto_chunk(tiles):
+    if tiles is None:
+        return _CHUNK
+    return 32 if tiles[0] * tiles[1] > 64 * 64 else 64
 _FUSED_LD_BWD = os.environ.get("FASTATTN_FUSED_LD_BWD", "1" if _FUSED_LD else "0") == "1"
 
 
@@ -782,7 +805,7 @@ def _fused_fwd(q, k, v, scale, normalize, fix_abs, eps, chunk, segments, BF, BV)
     BD = max(32, triton.next_power_of_2(D))
     precision = "tf32x3" if q.dtype == torch.float32 else "tf32"
     NC = triton.cdiv(T, chunk)
-    NSEG, CPS = _segments(NC, B * H, segments)
+    NSEG, CPS = _segments(NC, B * H, segments, int(_FUSED_WAVES * _sm_count(q.device)))
     warps = 8 if BF * BV >= 64 * 64 else 4
     o = _empty_like_dtype((B, H, T, DV), q.dtype, q.device)
     z = _empty((B, H, T), q.device) if normalize else o
@@ -807,7 +830,7 @@ def _fused_bwd(q, k, v, o, z, do, scale, normalize, fix_abs, eps, chunk, segment
     BD = max(32, triton.next_power_of_2(D))
     precision = "tf32x3" if q.dtype == torch.float32 else "tf32"
     NC = triton.cdiv(T, chunk)
-    NSEG, CPS = _segments(NC, B * H, segments)
+    NSEG, CPS = _segments(NC, B * H, segments, int(_FUSED_WAVES * _sm_count(q.device)))
     warps = 8 if BF * BV >= 64 * 64 else 4
     if normalize:
         rden = _empty((B, H, T), q.device)
@@ -848,7 +871,7 @@ def _poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, 
     """(o, z, saved scan state or None); the fused path when all features fit one tile."""
     tiles = _fused_tiles(q, v, causal)
     if chunk is None:
-        chunk = _CHUNK if tiles is None else _FUSED_CHUNK
+        chunk = _auto_chunk(tiles)
     if tiles is not None:
         return _fused_fwd(q, k, v, scale, normalize, fix_abs, eps, chunk, segments, *tiles)
     B, H, T, D = q.shape
@@ -889,7 +912,7 @@ def poly_attention_bwd(q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps
     (and, on the fused path, the forward's segment prefix states ``state``)."""
     tiles = _fused_tiles(q, v, causal)
     if chunk is None:
-        chunk = _CHUNK if tiles is None else _FUSED_CHUNK
+        chunk = _auto_chunk(tiles)
     if tiles is not None:
         return _fused_bwd(q, k, v, o, z, do.contiguous(), scale, normalize, fix_abs, eps, chunk, segments, *tiles,
                           state)
