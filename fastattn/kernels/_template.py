@@ -707,9 +707,9 @@ _TARGET_PROGRAMS = 1024
 
 _SM_COUNT = {}
 # fused path: segments for about this many programs per SM (one 8-warp program fits an SM, and
-# every segment adds one [F_pad, DV] fp32 state written, scanned and read: fewer is cheaper as
-# long as every SM has work; the walk's time is ~ chunks x heads / SMs either way)
-_FUSED_WAVES = float(os.environ.get("FASTATTN_FUSED_WAVES", "2"))
+# every segment adds one [F_pad, DV] fp32 state written, scanned and read; H100 sweep 1, 2, 4, 8:
+# 4 was best for Based d16/v64 and x d64 at 8K and 32K, benchmarks/RESULTS.md)
+_FUSED_WAVES = float(os.environ.get("FASTATTN_FUSED_WAVES", "4"))
 
 
 def _sm_count(device):
