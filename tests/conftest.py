@@ -9,6 +9,8 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import pytest  # noqa: E402
+
 from fastattn.testing import load_profile  # noqa: E402
 
 # Fresh torch buffers (torch.empty and friends) come back NaN-filled, so an output a
@@ -18,3 +20,13 @@ torch.utils.deterministic.fill_uninitialized_memory = True
 
 # Profiles ci (default here: few, derandomized examples), dev and thorough; pick with HYPOTHESIS_PROFILE.
 load_profile(default="ci")
+
+
+@pytest.fixture(scope="module")
+def kernel_env(tmp_path_factory):
+    """Triton on the CPU, NaN-filled fresh kernel buffers, and generated files in a temporary cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TRITON_INTERPRET", "1")
+        mp.setenv("FASTATTN_NAN_FILL", "1")
+        mp.setenv("FASTATTN_CACHE", str(tmp_path_factory.mktemp("fastattn_cache")))
+        yield

@@ -11,13 +11,7 @@ from fastattn.kernels.checks import assert_close
 from fastattn.kernels.poly import choose_backend
 
 
-@pytest.fixture(scope="module", autouse=True)
-def interpreter(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRITON_INTERPRET", "1")
-        mp.setenv("FASTATTN_NAN_FILL", "1")
-        mp.setenv("FASTATTN_CACHE", str(tmp_path_factory.mktemp("fastattn_cache")))
-        yield
+pytestmark = pytest.mark.usefixtures("kernel_env")
 
 
 def _qkv(B, H, T, D, DV, dtype, seed=0):

@@ -1,6 +1,5 @@
 """Feature maps: exactness for polynomials, proven bounds for truncations, dims, bad arguments."""
 
-import math
 
 import pytest
 import sympy as sp

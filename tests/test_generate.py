@@ -18,12 +18,7 @@ from fastattn.kernels.poly import polynomial
 STDLIB_OK = {"itertools", "math", "os"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def interpreter():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRITON_INTERPRET", "1")
-        mp.setenv("FASTATTN_NAN_FILL", "1")
-        yield
+pytestmark = pytest.mark.usefixtures("kernel_env")
 
 
 def _imports(path):

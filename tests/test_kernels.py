@@ -28,14 +28,7 @@ MAX_DIM = {1: 16, 2: 16, 3: 12, 4: 6}
 SLOW_OK = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def interpreter(tmp_path_factory):
-    """Run Triton on the CPU, NaN-fill fresh kernel buffers, and keep generated files in a temp cache."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRITON_INTERPRET", "1")
-        mp.setenv("FASTATTN_NAN_FILL", "1")
-        mp.setenv("FASTATTN_CACHE", str(tmp_path_factory.mktemp("fastattn_cache")))
-        yield
+pytestmark = pytest.mark.usefixtures("kernel_env")
 
 
 def _inputs(seed, B, H, T, D, DV, dtype, positive):

@@ -1,7 +1,6 @@
 """fastattn.testing: strategies draw what they promise, assertions pass on truth and fail with numbers."""
 
 import pytest
-import torch
 from hypothesis import given, settings, strategies as st
 
 from fastattn.testing import (
