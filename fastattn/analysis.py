@@ -254,17 +254,13 @@ def analyze(f, dim: int = 16, *, radius: float = 1.0, eps: float = 1e-3, degree:
     from fastattn.proofs_checks import (
         CertificateError, full_rank_witness, low_rank_certificate, metric_transform, positive_definite, rank_bound,
     )
+    from fastattn.lowrank.numeric import _pos_float
     from fastattn.proofs_checks.rank import MAX_BOUND
 
     f = make_spec(f, params=params) if isinstance(f, str) else make_spec(f)
     if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
         raise FastAttnError(f"dim={dim!r} must be an integer >= 1 (the head dimension)")
-    try:
-        radius = float(radius)
-    except (TypeError, ValueError):
-        raise FastAttnError(f"radius={radius!r} must be a positive number") from None
-    if not (radius > 0 and math.isfinite(radius)):
-        raise FastAttnError(f"radius={radius!r} must be a positive finite number")
+    radius = _pos_float(radius, "radius")
     value_dim = dim if value_dim is None else value_dim
     notes: list[str] = []
     steps = ["class", "certificate", "positivity", "definiteness", "feature map"]

@@ -50,6 +50,15 @@ def _forms(e):
     return seen
 
 
+def _derivation(f, rules) -> list[str] | None:
+    """The steps of the first algebraic form of f that ``rules(form, steps)`` accepts, or None."""
+    for g in _forms(make_spec(f).expr):
+        steps: list[str] = []
+        if rules(g, steps):
+            return steps
+    return None
+
+
 def completely_monotone_derivation(f) -> list[str] | None:
     """The closure rules showing f is completely monotone on (0, ∞), or None if they do not apply.
 
@@ -58,12 +67,7 @@ def completely_monotone_derivation(f) -> list[str] | None:
     >>> completely_monotone_derivation("exp(-x**2)") is None
     True
     """
-    e = make_spec(f).expr
-    for g in _forms(e):
-        steps: list[str] = []
-        if _cm(g, steps):
-            return steps
-    return None
+    return _derivation(f, _cm)
 
 
 def bernstein_derivation(f) -> list[str] | None:
@@ -74,12 +78,7 @@ def bernstein_derivation(f) -> list[str] | None:
     >>> bernstein_derivation("x**2") is None
     True
     """
-    e = make_spec(f).expr
-    for g in _forms(e):
-        steps: list[str] = []
-        if _bern(g, steps):
-            return steps
-    return None
+    return _derivation(f, _bern)
 
 
 def _cm(e, steps) -> bool:
