@@ -268,8 +268,8 @@ class Spec:
     def __call__(self, x):
         """Evaluate f elementwise in float64 (numpy) — a reference, not a fast path."""
         arr = np.asarray(x, dtype=np.float64)
-        out = self._numpy_fn(arr)
-        return np.broadcast_to(np.asarray(out, dtype=np.float64), arr.shape).copy() if np.ndim(out) < arr.ndim else np.asarray(out, dtype=np.float64)
+        # A constant spec gives a scalar: broadcast it to the input's shape.
+        return np.broadcast_to(np.asarray(self._numpy_fn(arr), dtype=np.float64), arr.shape).copy()
 
     def __str__(self) -> str:
         return self.source
