@@ -121,6 +121,40 @@ def test_feature_dim_degree2_d64_is_2145():
     assert n == 2145 and idx.shape == (2, 2176) and bool((w_phi[n:] == 0).all())
 
 
+def _kron_features(x, ktab, w, block_f, BI, BJ):
+    """The block-Kronecker features of the rows of x (float64), built from the kernel's tables
+    by plain indexing: the independent reading of what _kron_phi computes."""
+    n, dim = x.shape
+    xp = torch.cat([x, torch.ones(n, 1, dtype=x.dtype), torch.zeros(n, 2 * block_f, dtype=x.dtype)], 1)
+    tiles = []
+    for i0, j0 in ktab.tolist():
+        if i0 < 0:
+            tiles.append(xp[:, j0:j0 + block_f])
+        else:
+            xi = torch.where(torch.arange(i0, i0 + BI) < dim, xp[:, i0:i0 + BI], 0.0)
+            xj = torch.where(torch.arange(j0, j0 + BJ) < dim, xp[:, j0:j0 + BJ], 0.0)
+            tiles.append((xi[:, :, None] * xj[:, None, :]).reshape(n, BI * BJ))
+    return torch.cat(tiles, 1) * w.double()
+
+
+@pytest.mark.parametrize("spec", ["1 + x + x**2/2", "x**2", "1 - x + 3*x**2", "2*x - x**2"])
+@pytest.mark.parametrize("dim, block_f", [(1, 16), (7, 32), (13, 64), (24, 128), (33, 256), (64, 128)])
+def test_kron_features_reproduce_f(spec, dim, block_f):
+    poly = polynomial(spec)
+    mod = load_module(poly)
+    ktab, w_phi, w_psi, (BI, BJ) = mod.kron_tables(dim, 0.7, "cpu", block_f)
+    assert BI * BJ == block_f and w_phi.numel() == ktab.shape[0] * block_f
+    g = torch.Generator().manual_seed(dim)
+    x, y = torch.randn(2, 9, dim, generator=g, dtype=torch.float64)
+    phi = _kron_features(x, ktab, w_phi, block_f, BI, BJ)
+    psi = _kron_features(y, ktab, w_psi, block_f, BI, BJ)
+    # the kernel's weight tables are float32, so the products agree to float32 rounding
+    assert_close("phi.psi", naive.horner(0.7 * x @ y.T, poly), phi @ psi.T, torch.float32)
+    # the block triangle: no more than Dp^2/2 + Dp*BJ/2 degree-2 features for D padded to Dp = BJ * blocks
+    dp = -(-dim // BJ) * BJ
+    assert (ktab[:, 0] >= 0).sum().item() * block_f <= dp * dp / 2 + dp * BJ / 2
+
+
 @pytest.mark.parametrize("spec", SPECS)
 def test_feature_map_of_transforms_agrees(spec):
     """The symbolic core's FeatureMap (independent code) gives the same f(s QK^T) as Horner."""
@@ -180,6 +214,24 @@ ROWS = [
 @pytest.mark.parametrize("row", ROWS, ids=[r[0] for r in ROWS])
 def test_triton_rows_float32(spec, row):
     _, B, H, T, D, DV, chunk, block_f, block_v, causal, normalize = row
+    run_case(spec, torch.float32, B, H, T, D, DV, chunk, block_f, block_v, causal, normalize)
+
+
+KRON_ROWS = [
+    # spec, B, H, T, D, DV, chunk, block_f, block_v, causal, normalize: rows the block-Kronecker
+    # layout serves (degree 2, symmetric basis too large for the fused path, or not causal)
+    ("1 + x + x**2/2", 1, 2, 70, 24, 64, 16, 64, None, True, True),
+    ("1 + x + x**2/2", 2, 1, 65, 33, 40, 32, 128, 32, True, True),
+    ("1 + x + x**2/2", 1, 1, 40, 20, 5, 16, 32, None, False, True),
+    ("1 - x + 3*x**2", 1, 1, 50, 13, 7, 16, 16, 16, False, False),
+    ("x**2", 1, 1, 33, 24, 64, 16, 256, None, True, False),
+]
+
+
+@pytest.mark.parametrize("row", KRON_ROWS, ids=lambda r: f"{r[0]}-D{r[4]}-bf{r[7]}-{'causal' if r[9] else 'full'}")
+def test_triton_kron_rows_float32(row):
+    spec, B, H, T, D, DV, chunk, block_f, block_v, causal, normalize = row
+    assert load_module(polynomial(spec)).uses_kron(D, causal, DV)
     run_case(spec, torch.float32, B, H, T, D, DV, chunk, block_f, block_v, causal, normalize)
 
 

@@ -84,6 +84,94 @@ def _phi_ld(p_x, o_t, m_t, D, p_idx, o_f, F_PAD, b_w):
 
 
 # ----------------------------------------------------------------------------------------
+# Block-Kronecker features for polynomials of degree 2 (shared by every f; the host picks
+# them when the feature map is too large for the fused path). With x' = [x, 1],
+#   a0 + a1 s (q.k) + a2 s^2 (q.k)^2 = sum over tiles of <phi_tile(q), psi_tile(k)>:
+# a "low" tile (ktab row (-1, c0)) holds columns c0 .. c0+BF of x' (degree <= 1), and a
+# Kronecker tile (ktab row (I0, J0)) holds x[I0:I0+BI] (x) x[J0:J0+BJ], built by one broadcast
+# product instead of gathers. Tiles cover the block triangle I <= J of the [D, D] square; the
+# off-diagonal blocks carry weight 2 (set in the host's weight table), so the basis has
+# ~D^2/2 features like the symmetric one but costs no one-hot matmuls.
+# ----------------------------------------------------------------------------------------
+@triton.jit
+def _kron_cols(p_x, o_t, m_t, D, c0, one_col, BC: tl.constexpr):
+    # columns c0 .. c0+BC of the rows o_t of x (fp32, 0 beyond D), with 1 in column one_col
+    o_c = c0 + tl.arange(0, BC)
+    b_x = tl.load(p_x + o_t[:, None] * D + o_c[None, :], mask=m_t[:, None] & (o_c < D)[None, :],
+                  other=0.0).to(tl.float32)  # [BT, BC]
+    return tl.where(m_t[:, None] & (o_c == one_col)[None, :], 1.0, b_x)
+
+
+@triton.jit
+def _kron_phi(p_x, o_t, m_t, D, I0, J0, b_w, BT: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr):
+    if I0 < 0:
+        b_phi = _kron_cols(p_x, o_t, m_t, D, J0, D, BI * BJ)  # [BT, BF]
+    else:
+        b_xi = _kron_cols(p_x, o_t, m_t, D, I0, -1, BI)  # [BT, BI]
+        b_xj = _kron_cols(p_x, o_t, m_t, D, J0, -1, BJ)  # [BT, BJ]
+        b_phi = tl.reshape(b_xi[:, :, None] * b_xj[:, None, :], (BT, BI * BJ))  # [BT, BF]
+    return b_phi * b_w[None, :]
+
+
+@triton.jit
+def _kron_vjp_add(p_x, p_dx, o_t, m_t, D, I0, J0, b_w, b_dphi, BT: tl.constexpr, BI: tl.constexpr,
+                  BJ: tl.constexpr):
+    # dx += J_phi(x)^T dphi for one tile, added by atomics into the fp32 rows of p_dx: a low
+    # tile is the identity on its columns; a Kronecker tile gives d/dx_i = sum_j g_ij x_j and
+    # d/dx_j = sum_i g_ij x_i (the two column blocks may overlap on the diagonal)
+    b_g = b_dphi * b_w[None, :]  # [BT, BF]
+    if I0 < 0:
+        o_c = J0 + tl.arange(0, BI * BJ)
+        tl.atomic_add(p_dx + o_t[:, None] * D + o_c[None, :], b_g, mask=m_t[:, None] & (o_c < D)[None, :])
+    else:
+        b_xi = _kron_cols(p_x, o_t, m_t, D, I0, -1, BI)  # [BT, BI]
+        b_xj = _kron_cols(p_x, o_t, m_t, D, J0, -1, BJ)  # [BT, BJ]
+        b_g3 = tl.reshape(b_g, (BT, BI, BJ))
+        o_i = I0 + tl.arange(0, BI)
+        o_j = J0 + tl.arange(0, BJ)
+        tl.atomic_add(p_dx + o_t[:, None] * D + o_i[None, :], tl.sum(b_g3 * b_xj[:, None, :], 2),
+                      mask=m_t[:, None] & (o_i < D)[None, :])
+        tl.atomic_add(p_dx + o_t[:, None] * D + o_j[None, :], tl.sum(b_g3 * b_xi[:, :, None], 1),
+                      mask=m_t[:, None] & (o_j < D)[None, :])
+
+
+@triton.jit
+def _tile_origin(ktab, i_f, KRON: tl.constexpr):
+    # (I0, J0) of feature tile i_f on the Kronecker layout (unused otherwise)
+    if KRON:
+        return tl.load(ktab + 2 * i_f), tl.load(ktab + 2 * i_f + 1)
+    else:
+        return 0, 0
+
+
+@triton.jit
+def _feat(p_x, o_t, m_t, D, idx, o_f, F_PAD, b_w, I0, J0, BT: tl.constexpr, BD: tl.constexpr,
+          PRECISION: tl.constexpr, KRON: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr):
+    # the [BT, BF] feature tile of rows o_t: Kronecker tiles, or the symmetric basis (_phi)
+    if KRON:
+        return _kron_phi(p_x, o_t, m_t, D, I0, J0, b_w, BT, BI, BJ)
+    else:
+        o_d = tl.arange(0, BD)
+        b_x = tl.load(p_x + o_t[:, None] * D + o_d[None, :], mask=m_t[:, None] & (o_d < D)[None, :], other=0.0)
+        return _phi(b_x, m_t, idx, o_f, F_PAD, b_w, BD, PRECISION)
+
+
+@triton.jit
+def _feat_vjp_add(p_x, p_dx, o_t, m_t, D, idx, o_f, F_PAD, b_w, b_dphi, I0, J0, ATOMIC: tl.constexpr,
+                  BT: tl.constexpr, BD: tl.constexpr, PRECISION: tl.constexpr, KRON: tl.constexpr,
+                  BI: tl.constexpr, BJ: tl.constexpr):
+    # dx (fp32 rows at p_dx) += J_feat(x)^T dphi for the tile of _feat
+    if KRON:
+        _kron_vjp_add(p_x, p_dx, o_t, m_t, D, I0, J0, b_w, b_dphi, BT, BI, BJ)
+    else:
+        o_d = tl.arange(0, BD)
+        m_x = m_t[:, None] & (o_d < D)[None, :]
+        b_x = tl.load(p_x + o_t[:, None] * D + o_d[None, :], mask=m_x, other=0.0)
+        b_dx = _phi_vjp(b_x, idx, o_f, F_PAD, b_w, b_dphi, BD, PRECISION)  # [BT, BD]
+        _accumulate(p_dx + o_t[:, None] * D + o_d[None, :], b_dx, m_x, ATOMIC)
+
+
+# ----------------------------------------------------------------------------------------
 # Shared kernels. Per (batch*head) the sequence is cut into chunks of BT tokens.
 #   intra: inside a chunk, f on the [BT, BT] score tile (Horner), masked, times V;
 #          one program per (chunk, batch*head), all chunks in parallel.
@@ -131,10 +219,11 @@ def _accumulate(p, b, mask, ATOMIC: tl.constexpr):
 
 
 @triton.jit
-def _segment_state_kernel(x, y, rden, cz, S, Z, idx, w, T, D, DV, F_PAD, NC, CPS, NF,
+def _segment_state_kernel(x, y, rden, cz, S, Z, idx, w, ktab, T, D, DV, F_PAD, NC, CPS, NF,
                           BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr,
                           NORMALIZE: tl.constexpr, SCALE_Y: tl.constexpr, PRECISION: tl.constexpr,
-                          LD: tl.constexpr = False):
+                          LD: tl.constexpr = False, KRON: tl.constexpr = False, BI: tl.constexpr = 1,
+                          BJ: tl.constexpr = 1):
     # the first level of the two-level scan (TFLA): the sequence is cut into segments of CPS
     # chunks, and each program sums its segment's contribution to one [BF, BV] slice of a
     # state, S_seg = sum_t feat(x_t)^T y_t and Z_seg = sum_t feat(x_t) c_t, with
@@ -153,6 +242,7 @@ def _segment_state_kernel(x, y, rden, cz, S, Z, idx, w, T, D, DV, F_PAD, NC, CPS
     m_v = o_v < DV
     m_d = o_d < D
     b_w = tl.load(w + o_f)  # [BF]
+    I0, J0 = _tile_origin(ktab, i_f, KRON)
     p_x = x + i_bh64 * T * D
     p_y = y + i_bh64 * T * DV
     b_S = tl.zeros([BF, BV], dtype=tl.float32)
@@ -166,8 +256,7 @@ def _segment_state_kernel(x, y, rden, cz, S, Z, idx, w, T, D, DV, F_PAD, NC, CPS
             # the fused path's gather from memory (see _phi_ld)
             b_feat = _phi_ld(p_x, o_t, m_t, D, idx, o_f, F_PAD, b_w)  # [BT, BF]
         else:
-            b_x = tl.load(p_x + o_t[:, None] * D + o_d[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0)
-            b_feat = _phi(b_x, m_t, idx, o_f, F_PAD, b_w, BD, PRECISION)  # [BT, BF]
+            b_feat = _feat(p_x, o_t, m_t, D, idx, o_f, F_PAD, b_w, I0, J0, BT, BD, PRECISION, KRON, BI, BJ)
         b_y = tl.load(p_y + o_t[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
         if SCALE_Y:
             b_y = (b_y.to(tl.float32) * tl.load(rden + i_bh64 * T + o_t, mask=m_t, other=0.0)[:, None]).to(DT)
@@ -186,10 +275,11 @@ def _segment_state_kernel(x, y, rden, cz, S, Z, idx, w, T, D, DV, F_PAD, NC, CPS
 
 
 @triton.jit
-def _inter_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, T, D, DV, F_PAD, NC, CPS, NF,
+def _inter_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, ktab, T, D, DV, F_PAD, NC, CPS, NF,
                       BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr,
                       CAUSAL: tl.constexpr, NORMALIZE: tl.constexpr, ATOMIC: tl.constexpr,
-                      USE_SEG: tl.constexpr, PRECISION: tl.constexpr):
+                      USE_SEG: tl.constexpr, PRECISION: tl.constexpr, KRON: tl.constexpr = False,
+                      BI: tl.constexpr = 1, BJ: tl.constexpr = 1):
     # batch*head is the slowest grid axis, so the programs running together share one
     # sequence's q, k, v in L2; axis 0 is (feature tile, segment): each program walks the
     # CPS chunks of its segment from the prefix state S0 of the segments before it
@@ -206,6 +296,7 @@ def _inter_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, T, D, DV, F_PAD,
     m_d = o_d < D
     b_wq = tl.load(w_phi + o_f)  # [BF]
     b_wk = tl.load(w_psi + o_f)  # [BF]
+    I0, J0 = _tile_origin(ktab, i_f, KRON)
     p_q = q + i_bh64 * T * D
     p_k = k + i_bh64 * T * D
     p_v = v + i_bh64 * T * DV
@@ -224,16 +315,14 @@ def _inter_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, T, D, DV, F_PAD,
         for i_c in range(NC):
             o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
             m_t = o_t < T
-            b_k = tl.load(p_k + o_t[:, None] * D + o_d[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0)
-            b_psi = _phi(b_k, m_t, idx, o_f, F_PAD, b_wk, BD, PRECISION)  # [BT, BF]
+            b_psi = _feat(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk, I0, J0, BT, BD, PRECISION, KRON, BI, BJ)
             b_v = tl.load(p_v + o_t[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
             b_S += tl.dot(tl.trans(b_psi).to(DT), b_v, input_precision=PRECISION)  # [BF, BV]
             b_zs += tl.sum(b_psi, 0)
     for i_c in range(c_lo, c_hi):
         o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
         m_t = o_t < T
-        b_q = tl.load(p_q + o_t[:, None] * D + o_d[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0)
-        b_phi = _phi(b_q, m_t, idx, o_f, F_PAD, b_wq, BD, PRECISION)  # [BT, BF]
+        b_phi = _feat(p_q, o_t, m_t, D, idx, o_f, F_PAD, b_wq, I0, J0, BT, BD, PRECISION, KRON, BI, BJ)
         b_o = tl.dot(b_phi.to(DT), b_S.to(DT), input_precision=PRECISION)  # [BT, BV]
         _accumulate(p_o + o_t[:, None] * DV + o_v[None, :], b_o, m_t[:, None] & m_v[None, :], ATOMIC)
         if NORMALIZE:
@@ -243,8 +332,7 @@ def _inter_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, T, D, DV, F_PAD,
                         ATOMIC)
         if CAUSAL:
             # chunk i_c enters the state only after its own queries used it
-            b_k = tl.load(p_k + o_t[:, None] * D + o_d[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0)
-            b_psi = _phi(b_k, m_t, idx, o_f, F_PAD, b_wk, BD, PRECISION)  # [BT, BF]
+            b_psi = _feat(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk, I0, J0, BT, BD, PRECISION, KRON, BI, BJ)
             b_v = tl.load(p_v + o_t[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
             b_S += tl.dot(tl.trans(b_psi).to(DT), b_v, input_precision=PRECISION)  # [BF, BV]
             b_zs += tl.sum(b_psi, 0)
@@ -288,12 +376,13 @@ def _intra_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, scale, T, D, DV,
 
 
 @triton.jit
-def _inter_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, S0, Z0, dS0, dZ0, idx, w_phi, w_psi, T, D, DV, F_PAD,
-                      NC, CPS, NF,
+def _inter_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, S0, Z0, dS0, dZ0, idx, w_phi, w_psi, ktab, T, D, DV,
+                      F_PAD, NC, CPS, NF,
                       BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr,
                       CAUSAL: tl.constexpr, NORMALIZE: tl.constexpr, ATOMIC_QK: tl.constexpr,
                       ATOMIC_V: tl.constexpr, USE_SEG: tl.constexpr, PASS: tl.constexpr,
-                      PRECISION: tl.constexpr):
+                      PRECISION: tl.constexpr, KRON: tl.constexpr = False, BI: tl.constexpr = 1,
+                      BJ: tl.constexpr = 1):
     # PASS 0 walks forward for dq, PASS 1 walks backward for dk and dv; the two share nothing,
     # so they are separate launches (each compiled with only its own registers). Axis 0 is
     # (feature tile, segment): pass 0 starts from the prefix state S0 of the earlier
@@ -313,6 +402,7 @@ def _inter_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, S0, Z0, dS0, dZ0, idx, 
     m_d = o_d < D
     b_wq = tl.load(w_phi + o_f)  # [BF]
     b_wk = tl.load(w_psi + o_f)  # [BF]
+    I0, J0 = _tile_origin(ktab, i_f, KRON)
     p_q = q + i_bh64 * T * D
     p_k = k + i_bh64 * T * D
     p_v = v + i_bh64 * T * DV
@@ -335,8 +425,7 @@ def _inter_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, S0, Z0, dS0, dZ0, idx, 
             for i_c in range(NC):
                 o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
                 m_t = o_t < T
-                b_k = tl.load(p_k + o_t[:, None] * D + o_d[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0)
-                b_psi = _phi(b_k, m_t, idx, o_f, F_PAD, b_wk, BD, PRECISION)  # [BT, BF]
+                b_psi = _feat(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk, I0, J0, BT, BD, PRECISION, KRON, BI, BJ)
                 b_v = tl.load(p_v + o_t[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
                 b_S += tl.dot(tl.trans(b_psi).to(DT), b_v, input_precision=PRECISION)  # [BF, BV]
                 b_zs += tl.sum(b_psi, 0)
@@ -351,12 +440,10 @@ def _inter_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, S0, Z0, dS0, dZ0, idx, 
             if NORMALIZE:
                 b_dz = tl.load(dz + i_bh64 * T + o_t, mask=m_t & ((o_t * 0 + i_v) == 0), other=0.0)  # [BT]
                 b_dphi += b_dz[:, None] * b_zs[None, :]
-            b_q = tl.load(p_q + o_t[:, None] * D + o_d[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0)
-            b_dq = _phi_vjp(b_q, idx, o_f, F_PAD, b_wq, b_dphi, BD, PRECISION)  # [BT, BD]
-            _accumulate(p_dq + o_t[:, None] * D + o_d[None, :], b_dq, m_t[:, None] & m_d[None, :], ATOMIC_QK)
+            _feat_vjp_add(p_q, p_dq, o_t, m_t, D, idx, o_f, F_PAD, b_wq, b_dphi, I0, J0, ATOMIC_QK, BT, BD, PRECISION,
+                          KRON, BI, BJ)
             if CAUSAL:
-                b_k = tl.load(p_k + o_t[:, None] * D + o_d[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0)
-                b_psi = _phi(b_k, m_t, idx, o_f, F_PAD, b_wk, BD, PRECISION)  # [BT, BF]
+                b_psi = _feat(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk, I0, J0, BT, BD, PRECISION, KRON, BI, BJ)
                 b_v = tl.load(p_v + o_t[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
                 b_S += tl.dot(tl.trans(b_psi).to(DT), b_v, input_precision=PRECISION)  # [BF, BV]
                 b_zs += tl.sum(b_psi, 0)
@@ -375,8 +462,7 @@ def _inter_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, S0, Z0, dS0, dZ0, idx, 
             for i_c in range(NC):
                 o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
                 m_t = o_t < T
-                b_q = tl.load(p_q + o_t[:, None] * D + o_d[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0)
-                b_phi = _phi(b_q, m_t, idx, o_f, F_PAD, b_wq, BD, PRECISION)  # [BT, BF]
+                b_phi = _feat(p_q, o_t, m_t, D, idx, o_f, F_PAD, b_wq, I0, J0, BT, BD, PRECISION, KRON, BI, BJ)
                 b_dn = tl.load(p_do + o_t[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
                                other=0.0).to(tl.float32)  # [BT, BV]
                 if NORMALIZE:
@@ -391,21 +477,19 @@ def _inter_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, S0, Z0, dS0, dZ0, idx, 
                 i_c = c_lo + i
             o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
             m_t = o_t < T
-            b_k = tl.load(p_k + o_t[:, None] * D + o_d[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0)
-            b_psi = _phi(b_k, m_t, idx, o_f, F_PAD, b_wk, BD, PRECISION)  # [BT, BF]
+            b_psi = _feat(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk, I0, J0, BT, BD, PRECISION, KRON, BI, BJ)
             b_v = tl.load(p_v + o_t[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
             b_dv = tl.dot(b_psi.to(DT), b_dS.to(DT), input_precision=PRECISION)  # [BT, BV]
             _accumulate(p_dv + o_t[:, None] * DV + o_v[None, :], b_dv, m_t[:, None] & m_v[None, :], ATOMIC_V)
             b_dpsi = tl.dot(b_v, tl.trans(b_dS.to(DT)), input_precision=PRECISION)  # [BT, BF]
             if NORMALIZE:
                 b_dpsi += b_dzs[None, :]
-            b_dk = _phi_vjp(b_k, idx, o_f, F_PAD, b_wk, b_dpsi, BD, PRECISION)  # [BT, BD]
-            _accumulate(p_dk + o_t[:, None] * D + o_d[None, :], b_dk, m_t[:, None] & m_d[None, :], ATOMIC_QK)
+            _feat_vjp_add(p_k, p_dk, o_t, m_t, D, idx, o_f, F_PAD, b_wk, b_dpsi, I0, J0, ATOMIC_QK, BT, BD, PRECISION,
+                          KRON, BI, BJ)
             if CAUSAL:
                 # chunk i_c's queries see this chunk's keys through the intra kernel, and
                 # every earlier chunk's keys through dS
-                b_q = tl.load(p_q + o_t[:, None] * D + o_d[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0)
-                b_phi = _phi(b_q, m_t, idx, o_f, F_PAD, b_wq, BD, PRECISION)  # [BT, BF]
+                b_phi = _feat(p_q, o_t, m_t, D, idx, o_f, F_PAD, b_wq, I0, J0, BT, BD, PRECISION, KRON, BI, BJ)
                 b_dn = tl.load(p_do + o_t[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
                                other=0.0).to(tl.float32)  # [BT, BV]
                 if NORMALIZE:
@@ -665,6 +749,76 @@ def feature_tables(dim, scale, device, block_f=64):
     return out
 
 
+_KRON_SPLIT = {16: (4, 4), 32: (4, 8), 64: (8, 8), 128: (8, 16), 256: (16, 16)}
+
+
+def uses_kron(dim, causal=True, dim_v=None):
+    """True when f has degree 2 and its features go through the block-Kronecker layout
+    (every degree-2 f whose symmetric basis is too large for the fused path, and
+    FASTATTN_KRON is not 0)."""
+    if os.environ.get("FASTATTN_KRON", "1") == "0":
+        return False
+    if max((j for j, a in COEFFS.items() if a != 0), default=0) != 2:
+        return False
+    return not causal or _fused_tiles_dims(dim, dim if dim_v is None else dim_v) is None
+
+
+def kron_tables(dim, scale, device, block_f=128):
+    """Tile and weight tables of the block-Kronecker basis of a degree-2 f(scale * q.k).
+
+    With (BI, BJ) the split of ``block_f`` (128 -> 8 x 16), the [dim, dim] square of products
+    x_i x_j is cut into BJ-wide column blocks; every pair of blocks I <= J gives tiles
+    x[I0:I0+BI] (x) x[J0:J0+BJ] (BJ / BI of them per pair), weighted a2 s^2 on the diagonal
+    pairs and 2 a2 s^2 off it, since (q.k)^2 = sum_I sum_{i,j in I} + 2 sum_{I<J} sum_{i in I,
+    j in J} q_i q_j k_i k_j. The terms of degree <= 1 ride on "low" tiles: columns of x' =
+    [x, 1] with weights a1 s and a0. Weights are split as in :func:`feature_tables`.
+
+    Returns
+    -------
+    ktab : int32 tensor [NF, 2]
+        (I0, J0) per tile; (-1, c0) for a low tile holding columns c0 .. c0 + block_f of x'.
+    w_phi, w_psi : float32 tensors [NF * block_f]
+    (BI, BJ) : the tile's factor widths.
+    """
+    if block_f not in _KRON_SPLIT:
+        raise ValueError(f"block_f={block_f} has no Kronecker split; use one of {sorted(_KRON_SPLIT)}")
+    key = ("kron", int(dim), float(scale), str(device), int(block_f))
+    if key in _TABLES:
+        return _TABLES[key]
+    BI, BJ = _KRON_SPLIT[block_f]
+    a0, a1, a2 = (float(COEFFS.get(j, 0.0)) for j in (0, 1, 2))
+    rows, ws = [], []
+    if a0 != 0.0 or a1 != 0.0:
+        for c0 in range(0, dim + 1, block_f):
+            rows.append((-1, c0))
+            ws.append([a1 * scale if c < dim else (a0 if c == dim else 0.0) for c in range(c0, c0 + block_f)])
+    nb = -(-dim // BJ)
+    for ib in range(nb):
+        for jb in range(ib, nb):
+            for i0 in range(ib * BJ, min(dim, (ib + 1) * BJ), BI):
+                rows.append((i0, jb * BJ))
+                ws.append([a2 * scale ** 2 * (1.0 if ib == jb else 2.0)] * block_f)
+    w = torch.tensor(ws, dtype=torch.float64).reshape(-1)
+    w_psi = w.abs().sqrt()
+    w_phi = torch.sign(w) * w_psi
+    out = (torch.tensor(rows, dtype=torch.int32).to(device), w_phi.to(torch.float32).to(device),
+           w_psi.to(torch.float32).to(device), (BI, BJ))
+    _TABLES[key] = out
+    return out
+
+
+def _layout(q, v, scale, causal, block_f):
+    """The general path's features: (idx, w_phi, w_psi, ktab, block_f, kron kwargs)."""
+    D = q.shape[-1]
+    if uses_kron(D, causal, v.shape[-1]):
+        bf = block_f or 128
+        ktab, w_phi, w_psi, (BI, BJ) = kron_tables(D, scale, q.device, bf)
+        return w_phi, w_phi, w_psi, ktab, bf, dict(KRON=True, BI=BI, BJ=BJ)
+    bf = block_f or 64
+    idx, w_phi, w_psi, _ = feature_tables(D, scale, q.device, bf)
+    return idx, w_phi, w_psi, idx, bf, {}
+
+
 # ----------------------------------------------------------------------------------------
 # Host side.
 # ----------------------------------------------------------------------------------------
@@ -736,14 +890,15 @@ def _segments(NC, programs, segments, target=None):
 
 
 def _segment_prefix(x, y, rden, cz, idx, w, T, D, DV, F_PAD, NC, CPS, NSEG, NF, NV, BH, chunk, block_f, BVs, BD,
-                    normalize, scale_y, precision, warps, reverse, ld=False):
+                    normalize, scale_y, precision, warps, reverse, ld=False, ktab=None, kron=None):
     """Prefix (``reverse=False``) or suffix sums over segments of the per-segment states:
     S0[bh, s] = sum over segments before s (after s) of sum_t feat(x_t)^T y_t, and Z0 likewise."""
     S = torch.empty((BH, NSEG, F_PAD, DV), dtype=torch.float32, device=x.device)
     Z = torch.empty((BH, NSEG, F_PAD), dtype=torch.float32, device=x.device) if normalize else S
-    _segment_state_kernel[(NF * NSEG, NV, BH)](x, y, rden, cz, S, Z, idx, w, T, D, DV, F_PAD, NC, CPS, NF,
-                                               BT=chunk, BF=block_f, BV=BVs, BD=BD, NORMALIZE=normalize,
-                                               SCALE_Y=scale_y, PRECISION=precision, LD=ld, num_warps=warps)
+    _segment_state_kernel[(NF * NSEG, NV, BH)](x, y, rden, cz, S, Z, idx, w, idx if ktab is None else ktab, T, D,
+                                               DV, F_PAD, NC, CPS, NF, BT=chunk, BF=block_f, BV=BVs, BD=BD,
+                                               NORMALIZE=normalize, SCALE_Y=scale_y, PRECISION=precision, LD=ld,
+                                               num_warps=warps, **(kron or {}))
 
     def exclusive(t):
         # exclusive scan over the segment axis (dim 1), forward or backward
@@ -782,13 +937,15 @@ def _auto_chunk(tiles):
 _FUSED_LD_BWD = os.environ.get("FASTATTN_FUSED_LD_BWD", "1" if _FUSED_LD else "0") == "1"
 
 
+def _fused_tiles_dims(D, DV):
+    BF = max(16, triton.next_power_of_2(feature_dim(D)))
+    BV = max(16, triton.next_power_of_2(DV))
+    return (BF, BV) if BF * BV <= _FUSED_MAX_STATE else None
+
+
 def _fused_tiles(q, v, causal):
     """(BF, BV) of the fused causal path when all features fit one tile, else None."""
-    if not causal:
-        return None
-    BF = max(16, triton.next_power_of_2(feature_dim(q.shape[-1])))
-    BV = max(16, triton.next_power_of_2(v.shape[-1]))
-    return (BF, BV) if BF * BV <= _FUSED_MAX_STATE else None
+    return _fused_tiles_dims(q.shape[-1], v.shape[-1]) if causal else None
 
 
 def _empty_like_dtype(shape, dtype, device):
@@ -876,8 +1033,8 @@ def _poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, 
         return _fused_fwd(q, k, v, scale, normalize, fix_abs, eps, chunk, segments, *tiles)
     B, H, T, D = q.shape
     DV = v.shape[-1]
-    idx, w_phi, w_psi, _ = feature_tables(D, scale, q.device, block_f)
-    F_PAD = idx.shape[1]
+    idx, w_phi, w_psi, ktab, block_f, kron = _layout(q, v, scale, causal, block_f)
+    F_PAD = w_phi.numel()
     BD, BV, BVs, precision, warps = _blocks(q, v, block_f, block_v)
     NC = triton.cdiv(T, chunk)
     o = _empty((B, H, T, DV), q.device)
@@ -894,12 +1051,13 @@ def _poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, 
     S0 = Z0 = o
     if NSEG > 1:
         S0, Z0 = _segment_prefix(k, v, z, z, idx, w_psi, T, D, DV, F_PAD, NC, CPS, NSEG, NF, NV, B * H, chunk,
-                                 block_f, BVs, BD, normalize, False, precision, warps, reverse=False)
+                                 block_f, BVs, BD, normalize, False, precision, warps, reverse=False, ktab=ktab,
+                                 kron=kron)
         Z0 = o if Z0 is None else Z0
-    _inter_fwd_kernel[(NF * NSEG, NV, B * H)](q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, T, D, DV, F_PAD, NC, CPS,
-                                              NF, BT=chunk, BF=block_f, BV=BVs, BD=BD, CAUSAL=causal,
+    _inter_fwd_kernel[(NF * NSEG, NV, B * H)](q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, ktab, T, D, DV, F_PAD, NC,
+                                              CPS, NF, BT=chunk, BF=block_f, BV=BVs, BD=BD, CAUSAL=causal,
                                               NORMALIZE=normalize, ATOMIC=NF > 1, USE_SEG=NSEG > 1,
-                                              PRECISION=precision, num_warps=warps)
+                                              PRECISION=precision, num_warps=warps, **kron)
     if normalize:
         o = o / _denominator(z, fix_abs, eps)[..., None]
         return o.to(q.dtype), z, None
@@ -918,8 +1076,8 @@ def poly_attention_bwd(q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps
                           state)
     B, H, T, D = q.shape
     DV = v.shape[-1]
-    idx, w_phi, w_psi, _ = feature_tables(D, scale, q.device, block_f)
-    F_PAD = idx.shape[1]
+    idx, w_phi, w_psi, ktab, block_f, kron = _layout(q, v, scale, causal, block_f)
+    F_PAD = w_phi.numel()
     BD, BV, BVs, precision, warps = _blocks(q, v, block_f, block_v)
     NC = triton.cdiv(T, chunk)
     do = do.contiguous()
@@ -951,17 +1109,19 @@ def poly_attention_bwd(q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps
         # pass 0 (dq) starts from the forward's prefix state; pass 1 (dk, dv) from the suffix
         # of sum phi(q)^T dn over later segments
         S0, Z0 = _segment_prefix(k, v, dq, dq, idx, w_psi, T, D, DV, F_PAD, NC, CPS, NSEG, NF, NV, B * H, chunk,
-                                 block_f, BVs, BD, normalize, False, precision, warps, reverse=False)
+                                 block_f, BVs, BD, normalize, False, precision, warps, reverse=False, ktab=ktab,
+                                 kron=kron)
         dS0, dZ0 = _segment_prefix(q, do, rden, dz, idx, w_phi, T, D, DV, F_PAD, NC, CPS, NSEG, NF, NV, B * H,
-                                   chunk, block_f, BVs, BD, normalize, normalize, precision, warps, reverse=True)
+                                   chunk, block_f, BVs, BD, normalize, normalize, precision, warps, reverse=True,
+                                   ktab=ktab, kron=kron)
         Z0 = dq if Z0 is None else Z0
         dZ0 = dq if dZ0 is None else dZ0
     for pass_ in (0, 1):
         _inter_bwd_kernel[(NF * NSEG, NV, B * H)](q, k, v, do, rden, dz, dq, dk, dv, S0, Z0, dS0, dZ0, idx, w_phi,
-                                                  w_psi, T, D, DV, F_PAD, NC, CPS, NF, BT=chunk, BF=block_f, BV=BVs,
-                                                  BD=BD, CAUSAL=causal, NORMALIZE=normalize,
+                                                  w_psi, ktab, T, D, DV, F_PAD, NC, CPS, NF, BT=chunk, BF=block_f,
+                                                  BV=BVs, BD=BD, CAUSAL=causal, NORMALIZE=normalize,
                                                   ATOMIC_QK=NF * NV > 1, ATOMIC_V=NF > 1, USE_SEG=NSEG > 1,
-                                                  PASS=pass_, PRECISION=precision, num_warps=warps)
+                                                  PASS=pass_, PRECISION=precision, num_warps=warps, **kron)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
