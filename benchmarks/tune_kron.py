@@ -50,10 +50,12 @@ def main():
     ap.add_argument("--block-f", type=int, nargs="+", default=[64, 128, 256])
     ap.add_argument("--segments", type=int, nargs="+", default=[0, 1], help="0: the default")
     ap.add_argument("--baseline", action="store_true", help="also time FASTATTN_KRON=0")
+    ap.add_argument("--no-check", action="store_true", help="time only (for deliberately broken probe variants)")
     a = ap.parse_args()
-    rows = check_gpu.run(SPEC, D, DV, True, 4096, torch.bfloat16, 1, 2, causal=True)
-    print("check default:", [(n, f"{e['rel_rms']:.2e}", ok) for n, e, ok in rows], flush=True)
-    assert all(ok for *_, ok in rows)
+    if not a.no_check:
+        rows = check_gpu.run(SPEC, D, DV, True, 4096, torch.bfloat16, 1, 2, causal=True)
+        print("check default:", [(n, f"{e['rel_rms']:.2e}", ok) for n, e, ok in rows], flush=True)
+        assert all(ok for *_, ok in rows)
     g = torch.Generator(device="cuda").manual_seed(0)
     mk = lambda *s: torch.randn(*s, device="cuda", generator=g).bfloat16()  # noqa: E731
     q, k, v, do = mk(1, 2, 2048, D), mk(1, 2, 2048, D), mk(1, 2, 2048, DV), mk(1, 2, 2048, DV)
@@ -67,7 +69,7 @@ def main():
             got = run(q, k, v, do, **kw)
             rel = max(((x - y).norm() / y.norm()).item() for x, y in zip(got, ref))
             print(f"check {kw}: max rel-RMS vs default {rel:.2e} {'ok' if rel < 2e-2 else 'FAIL'}", flush=True)
-            if rel < 2e-2:
+            if rel < 2e-2 or a.no_check:
                 good.append(kw)
         except Exception as exc:  # noqa: BLE001
             print(f"check {kw}: error {type(exc).__name__}: {str(exc)[:200]}", flush=True)

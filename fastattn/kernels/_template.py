@@ -104,13 +104,16 @@ def _kron_cols(p_x, o_t, m_t, D, c0, one_col, BC: tl.constexpr):
 
 @triton.jit
 def _kron_phi(p_x, o_t, m_t, D, I0, J0, b_w, BT: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr):
+    # in the input dtype (the dot operand): products are formed in fp32 and rounded once, and
+    # the 16-bit tile takes half the registers of an fp32 one
+    DT = p_x.dtype.element_ty
     if I0 < 0:
-        b_phi = _kron_cols(p_x, o_t, m_t, D, J0, D, BI * BJ)  # [BT, BF]
+        b_phi = (_kron_cols(p_x, o_t, m_t, D, J0, D, BI * BJ) * b_w[None, :]).to(DT)  # [BT, BF]
     else:
         b_xi = _kron_cols(p_x, o_t, m_t, D, I0, -1, BI)  # [BT, BI]
         b_xj = _kron_cols(p_x, o_t, m_t, D, J0, -1, BJ)  # [BT, BJ]
-        b_phi = tl.reshape(b_xi[:, :, None] * b_xj[:, None, :], (BT, BI * BJ))  # [BT, BF]
-    return b_phi * b_w[None, :]
+        b_phi = (tl.reshape(b_xi[:, :, None] * b_xj[:, None, :], (BT, BI * BJ)) * b_w[None, :]).to(DT)
+    return b_phi
 
 
 @triton.jit
@@ -122,7 +125,8 @@ def _kron_vjp_add(p_x, p_dx, o_t, m_t, D, I0, J0, b_w, b_dphi, BT: tl.constexpr,
     b_g = b_dphi * b_w[None, :]  # [BT, BF]
     if I0 < 0:
         o_c = J0 + tl.arange(0, BI * BJ)
-        tl.atomic_add(p_dx + o_t[:, None] * D + o_c[None, :], b_g, mask=m_t[:, None] & (o_c < D)[None, :])
+        tl.atomic_add(p_dx + o_t[:, None] * D + o_c[None, :], b_g, mask=m_t[:, None] & (o_c < D)[None, :],
+                      sem="relaxed")
     else:
         b_xi = _kron_cols(p_x, o_t, m_t, D, I0, -1, BI)  # [BT, BI]
         b_xj = _kron_cols(p_x, o_t, m_t, D, J0, -1, BJ)  # [BT, BJ]
@@ -130,9 +134,9 @@ def _kron_vjp_add(p_x, p_dx, o_t, m_t, D, I0, J0, b_w, b_dphi, BT: tl.constexpr,
         o_i = I0 + tl.arange(0, BI)
         o_j = J0 + tl.arange(0, BJ)
         tl.atomic_add(p_dx + o_t[:, None] * D + o_i[None, :], tl.sum(b_g3 * b_xj[:, None, :], 2),
-                      mask=m_t[:, None] & (o_i < D)[None, :])
+                      mask=m_t[:, None] & (o_i < D)[None, :], sem="relaxed")
         tl.atomic_add(p_dx + o_t[:, None] * D + o_j[None, :], tl.sum(b_g3 * b_xi[:, :, None], 1),
-                      mask=m_t[:, None] & (o_j < D)[None, :])
+                      mask=m_t[:, None] & (o_j < D)[None, :], sem="relaxed")
 
 
 @triton.jit
@@ -212,8 +216,10 @@ def _intra_fwd_kernel(q, k, v, o, z, scale, T, D, DV,
 def _accumulate(p, b, mask, ATOMIC: tl.constexpr):
     # add a partial result into an fp32 buffer: by atomics where several programs share the
     # slice (several feature or v tiles), else by a plain read-modify-write
+    # (relaxed: the sums are read only after the kernel ends, so no ordering is needed, and
+    # the default acq_rel fences every add)
     if ATOMIC:
-        tl.atomic_add(p, b, mask=mask)
+        tl.atomic_add(p, b, mask=mask, sem="relaxed")
     else:
         tl.store(p, tl.load(p, mask=mask, other=0.0) + b, mask=mask)
 
@@ -266,12 +272,31 @@ def _segment_state_kernel(x, y, rden, cz, S, Z, idx, w, ktab, T, D, DV, F_PAD, N
                 b_c = tl.load(cz + i_bh64 * T + o_t, mask=m_t, other=0.0)  # [BT]
                 b_zs += tl.sum(b_feat * b_c[:, None], 0)
             else:
-                b_zs += tl.sum(b_feat, 0)
+                b_zs += tl.sum(b_feat.to(tl.float32), 0)
     o_seg = i_bh64 * NSEG + i_s
     tl.store(S + (o_seg * F_PAD + o_f[:, None]) * DV + o_v[None, :], b_S, mask=m_v[None, :])
     if NORMALIZE:
         # every v tile writes the same sums
         tl.store(Z + o_seg * F_PAD + o_f, b_zs)
+
+
+@triton.jit
+def _segment_scan_kernel(S, N, NSEG, REVERSE: tl.constexpr, BLOCK: tl.constexpr):
+    # in place, per batch*head: S[s] <- sum of S[s'] over the segments s' before s (after s
+    # when REVERSE), i.e. the exclusive scan that turns segment sums into carried states
+    i_n, i_bh = tl.program_id(0), tl.program_id(1)
+    o_n = i_n * BLOCK + tl.arange(0, BLOCK)
+    m_n = o_n < N
+    p_s = S + i_bh.to(tl.int64) * NSEG * N + o_n
+    b_acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for i in range(NSEG):
+        if REVERSE:
+            i_s = NSEG - 1 - i
+        else:
+            i_s = i
+        b_x = tl.load(p_s + i_s * N, mask=m_n, other=0.0)
+        tl.store(p_s + i_s * N, b_acc, mask=m_n)
+        b_acc += b_x
 
 
 @triton.jit
@@ -318,7 +343,7 @@ def _inter_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, ktab, T, D, DV, 
             b_psi = _feat(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk, I0, J0, BT, BD, PRECISION, KRON, BI, BJ)
             b_v = tl.load(p_v + o_t[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
             b_S += tl.dot(tl.trans(b_psi).to(DT), b_v, input_precision=PRECISION)  # [BF, BV]
-            b_zs += tl.sum(b_psi, 0)
+            b_zs += tl.sum(b_psi.to(tl.float32), 0)
     for i_c in range(c_lo, c_hi):
         o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
         m_t = o_t < T
@@ -335,7 +360,7 @@ def _inter_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, ktab, T, D, DV, 
             b_psi = _feat(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk, I0, J0, BT, BD, PRECISION, KRON, BI, BJ)
             b_v = tl.load(p_v + o_t[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
             b_S += tl.dot(tl.trans(b_psi).to(DT), b_v, input_precision=PRECISION)  # [BF, BV]
-            b_zs += tl.sum(b_psi, 0)
+            b_zs += tl.sum(b_psi.to(tl.float32), 0)
 
 
 @triton.jit
@@ -428,7 +453,7 @@ def _inter_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, S0, Z0, dS0, dZ0, idx, 
                 b_psi = _feat(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk, I0, J0, BT, BD, PRECISION, KRON, BI, BJ)
                 b_v = tl.load(p_v + o_t[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
                 b_S += tl.dot(tl.trans(b_psi).to(DT), b_v, input_precision=PRECISION)  # [BF, BV]
-                b_zs += tl.sum(b_psi, 0)
+                b_zs += tl.sum(b_psi.to(tl.float32), 0)
         for i_c in range(c_lo, c_hi):
             o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
             m_t = o_t < T
@@ -446,7 +471,7 @@ def _inter_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, S0, Z0, dS0, dZ0, idx, 
                 b_psi = _feat(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk, I0, J0, BT, BD, PRECISION, KRON, BI, BJ)
                 b_v = tl.load(p_v + o_t[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
                 b_S += tl.dot(tl.trans(b_psi).to(DT), b_v, input_precision=PRECISION)  # [BF, BV]
-                b_zs += tl.sum(b_psi, 0)
+                b_zs += tl.sum(b_psi.to(tl.float32), 0)
     else:
         # dS = sum over queries that see key j of phi(q_i) dn_i^T (and phi(q_i) dz_i):
         # dv_j = dS^T psi(k_j), dk_j = J_psi(k_j)^T (dS v_j + dz_S)
@@ -572,7 +597,7 @@ def _fused_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, scale, eps, T, D
         else:
             b_psi = _phi(b_k, m_t, idx, o_f, F_PAD, b_wk, BD, PRECISION)  # [BT, BF]
         b_S = tl.dot(tl.trans(b_psi).to(DT), b_v, b_S, input_precision=PRECISION)  # [BF, BV]
-        b_zs += tl.sum(b_psi, 0)
+        b_zs += tl.sum(b_psi.to(tl.float32), 0)
 
 
 @triton.jit
@@ -668,7 +693,7 @@ def _fused_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, S0, Z0, idx, w_phi, w_p
             else:
                 b_psi = _phi(b_k, m_t, idx, o_f, F_PAD, b_wk, BD, PRECISION)  # [BT, BF]
             b_S = tl.dot(tl.trans(b_psi).to(DT), b_v, b_S, input_precision=PRECISION)  # [BF, BV]
-            b_zs += tl.sum(b_psi, 0)
+            b_zs += tl.sum(b_psi.to(tl.float32), 0)
         else:
             b_a = tl.where(m_a, _f(b_s), 0.0)  # [BT, BT]
             b_dk = tl.dot(tl.trans(b_ds).to(DT), b_q, input_precision=PRECISION)  # [BT, BD]
@@ -830,7 +855,7 @@ def _empty(shape, device):
     return torch.empty(shape, dtype=torch.float32, device=device)
 
 
-def _blocks(q, v, block_f, block_v):
+def _blocks(q, v, block_f, block_v, kron=None):
     """Tile sizes: BD (head dim, padded), BV (v head dim, padded), BVs (v tile of the scan),
     the dot precision, and the warps of the scan kernels."""
     D, DV = q.shape[-1], v.shape[-1]
@@ -843,7 +868,10 @@ def _blocks(q, v, block_f, block_v):
     precision = "tf32x3" if q.dtype == torch.float32 else "tf32"
     # the scan holds a [BF, BV] fp32 state plus feature tiles; 8 warps keep a 64x64 state
     # out of local memory on sm_90 (ptxas: 4 warps spill ~600 bytes per thread)
-    warps = 8 if block_f * BVs >= 64 * 64 else 4
+    # the Kronecker tiles build features from two narrow slices instead of one-hot matmuls, and
+    # run best small: 4 warps let several programs share an SM and hide each other's latency
+    # (H100, degree 2 at d64, 32K fwd+bwd: 39 ms at block_f 64 / 4 warps, 62 at 256 / 8 warps)
+    warps = _knob("FASTATTN_SCAN_WARPS", 0) or (4 if kron or block_f * BVs < 64 * 64 else 8)
     return BD, BV, BVs, precision, warps
 
 
@@ -863,7 +891,13 @@ _SM_COUNT = {}
 # fused path: segments for about this many programs per SM (one 8-warp program fits an SM, and
 # every segment adds one [F_pad, DV] fp32 state written, scanned and read; H100 sweep 1, 2, 4, 8:
 # 4 was best for Based d16/v64 and x d64 at 8K and 32K, benchmarks/RESULTS.md)
-_FUSED_WAVES = float(os.environ.get("FASTATTN_FUSED_WAVES", "4"))
+_FUSED_WAVES = 4.0
+
+
+def _knob(name, default):
+    """A tuning override from the environment (read at call time, for sweeps), else ``default``."""
+    text = os.environ.get(name, "")
+    return type(default)(text) if text else default
 
 
 def _sm_count(device):
@@ -901,13 +935,11 @@ def _segment_prefix(x, y, rden, cz, idx, w, T, D, DV, F_PAD, NC, CPS, NSEG, NF, 
                                                num_warps=warps, **(kron or {}))
 
     def exclusive(t):
-        # exclusive scan over the segment axis (dim 1), forward or backward
-        out = torch.zeros_like(t)
-        if reverse:
-            out[:, :-1] = t[:, 1:].flip(1).cumsum(1).flip(1)
-        else:
-            out[:, 1:] = t[:, :-1].cumsum(1)
-        return out
+        # in-place exclusive scan over the segment axis (dim 1), forward or backward
+        n = t[0, 0].numel()
+        block = min(1024, triton.next_power_of_2(n))
+        _segment_scan_kernel[(triton.cdiv(n, block), BH)](t, n, NSEG, REVERSE=reverse, BLOCK=block, num_warps=4)
+        return t
     return exclusive(S), (exclusive(Z) if normalize else None)
 
 
@@ -922,8 +954,8 @@ _FUSED_MAX_STATE = 256 * 64
 _FUSED_LD = os.environ.get("FASTATTN_FUSED_LD", "0") == "1"
 # v columns per forward program of the fused path (0: all of them); a narrower tile halves
 # the state's registers and doubles the programs, each recomputing phi and the normaliser
-_FUSED_FWD_BV = int(os.environ.get("FASTATTN_FUSED_FWD_BV", "0"))
-_FUSED_FWD_WARPS = int(os.environ.get("FASTATTN_FUSED_FWD_WARPS", "0"))
+# (FASTATTN_FUSED_FWD_BV); warps of the fused forward (FASTATTN_FUSED_FWD_WARPS, 0: 8 for a
+# state above 64 x 64, else 4: H100, f = x at d64, 32K fwd 0.43 ms at 4 warps vs 0.62 at 8)
 # tokens per chunk when chunk=None: the fused path holds [chunk, F_pad] feature tiles beside
 # the [F_pad, DV] state, so 32 where the state is large (ptxas sm_90: 64 spills ~2 KB per
 # thread at F_pad 256, DV 64), 64 where it is small (f = x at d64: F_pad 64)
@@ -962,7 +994,7 @@ def _fused_fwd(q, k, v, scale, normalize, fix_abs, eps, chunk, segments, BF, BV)
     BD = max(32, triton.next_power_of_2(D))
     precision = "tf32x3" if q.dtype == torch.float32 else "tf32"
     NC = triton.cdiv(T, chunk)
-    NSEG, CPS = _segments(NC, B * H, segments, int(_FUSED_WAVES * _sm_count(q.device)))
+    NSEG, CPS = _segments(NC, B * H, segments, int(_knob("FASTATTN_FUSED_WAVES", _FUSED_WAVES) * _sm_count(q.device)))
     warps = 8 if BF * BV >= 64 * 64 else 4
     o = _empty_like_dtype((B, H, T, DV), q.dtype, q.device)
     z = _empty((B, H, T), q.device) if normalize else o
@@ -971,11 +1003,12 @@ def _fused_fwd(q, k, v, scale, normalize, fix_abs, eps, chunk, segments, BF, BV)
         S0, Z0 = _segment_prefix(k, v, z, z, idx, w_psi, T, D, DV, F_PAD, NC, CPS, NSEG, 1, 1, B * H, chunk,
                                  BF, BV, BD, normalize, False, precision, warps, reverse=False, ld=_FUSED_LD)
         Z0 = o if Z0 is None else Z0
-    BVt = BV if _FUSED_FWD_BV <= 0 else min(BV, max(16, _FUSED_FWD_BV))
+    fwd_bv = _knob("FASTATTN_FUSED_FWD_BV", 0)
+    BVt = BV if fwd_bv <= 0 else min(BV, max(16, fwd_bv))
     _fused_fwd_kernel[(NSEG, BV // BVt, B * H)](q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, float(scale), float(eps), T, D, DV,
                                      F_PAD, NC, CPS, BT=chunk, BF=BF, BV=BVt, BD=BD, NORMALIZE=normalize,
                                      FIX_ABS=fix_abs, USE_SEG=NSEG > 1, PRECISION=precision, LD=_FUSED_LD,
-                                     num_warps=_FUSED_FWD_WARPS or warps)
+                                     num_warps=_knob("FASTATTN_FUSED_FWD_WARPS", 0) or (8 if BF * BVt > 64 * 64 else 4))
     return o, (z if normalize else None), ((S0, Z0) if NSEG > 1 else None)
 
 
@@ -987,7 +1020,7 @@ def _fused_bwd(q, k, v, o, z, do, scale, normalize, fix_abs, eps, chunk, segment
     BD = max(32, triton.next_power_of_2(D))
     precision = "tf32x3" if q.dtype == torch.float32 else "tf32"
     NC = triton.cdiv(T, chunk)
-    NSEG, CPS = _segments(NC, B * H, segments, int(_FUSED_WAVES * _sm_count(q.device)))
+    NSEG, CPS = _segments(NC, B * H, segments, int(_knob("FASTATTN_FUSED_WAVES", _FUSED_WAVES) * _sm_count(q.device)))
     warps = 8 if BF * BV >= 64 * 64 else 4
     if normalize:
         rden = _empty((B, H, T), q.device)
@@ -1035,7 +1068,7 @@ def _poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, 
     DV = v.shape[-1]
     idx, w_phi, w_psi, ktab, block_f, kron = _layout(q, v, scale, causal, block_f)
     F_PAD = w_phi.numel()
-    BD, BV, BVs, precision, warps = _blocks(q, v, block_f, block_v)
+    BD, BV, BVs, precision, warps = _blocks(q, v, block_f, block_v, kron)
     NC = triton.cdiv(T, chunk)
     o = _empty((B, H, T, DV), q.device)
     z = _empty((B, H, T), q.device) if normalize else o
@@ -1078,7 +1111,7 @@ def poly_attention_bwd(q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps
     DV = v.shape[-1]
     idx, w_phi, w_psi, ktab, block_f, kron = _layout(q, v, scale, causal, block_f)
     F_PAD = w_phi.numel()
-    BD, BV, BVs, precision, warps = _blocks(q, v, block_f, block_v)
+    BD, BV, BVs, precision, warps = _blocks(q, v, block_f, block_v, kron)
     NC = triton.cdiv(T, chunk)
     do = do.contiguous()
     if normalize:

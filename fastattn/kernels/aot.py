@@ -51,32 +51,37 @@ def compile_kernels(spec, *, dtype="bf16", head_dim=64, head_dim_v=64, chunk=64,
     tdt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
     q = torch.empty(1, 1, 1, head_dim, dtype=tdt)
     v = torch.empty(1, 1, 1, head_dim_v, dtype=tdt)
-    BD, BV, BVs, precision, warps = mod._blocks(q, v, block_f, block_v)
+    kron = {}
     nf = -(-mod.feature_dim(head_dim) // block_f)
+    if mod.uses_kron(head_dim, causal, head_dim_v):
+        # degree 2 through the block-Kronecker tiles (see the template's kron_tables)
+        ktab, _, _, (BI, BJ) = mod.kron_tables(head_dim, 1.0, "cpu", block_f)
+        kron, nf = dict(KRON=True, BI=BI, BJ=BJ), ktab.shape[0]
+    BD, BV, BVs, precision, warps = mod._blocks(q, v, block_f, block_v, kron)
     nv = -(-head_dim_v // BVs)
     dims = {"T": "i32", "D": "i32", "DV": "i32"}
     f32 = "*fp32"
     jobs = [
         (mod._intra_fwd_kernel, dict(q=ptr, k=ptr, v=ptr, o=f32, z=f32, scale="fp32", **dims),
          dict(BT=chunk, BD=BD, BV=BV, NORMALIZE=normalize, PRECISION=precision), mod._intra_warps(chunk, BD, BV)),
-        (mod._segment_state_kernel, dict(x=ptr, y=ptr, rden=f32, cz=f32, S=f32, Z=f32, idx="*i32", w=f32, **dims,
-                                         F_PAD="i32", NC="i32", CPS="i32", NF="i32"),
+        (mod._segment_state_kernel, dict(x=ptr, y=ptr, rden=f32, cz=f32, S=f32, Z=f32, idx="*i32", w=f32, ktab="*i32",
+                                         **dims, F_PAD="i32", NC="i32", CPS="i32", NF="i32"),
          dict(BT=chunk, BF=block_f, BV=BVs, BD=BD, NORMALIZE=normalize, SCALE_Y=normalize, PRECISION=precision,
-              LD=False),
+              LD=False, **kron),
          warps),
         (mod._inter_fwd_kernel, dict(q=ptr, k=ptr, v=ptr, o=f32, z=f32, S0=f32, Z0=f32, idx="*i32", w_phi=f32,
-                                     w_psi=f32, **dims, F_PAD="i32", NC="i32", CPS="i32", NF="i32"),
+                                     w_psi=f32, ktab="*i32", **dims, F_PAD="i32", NC="i32", CPS="i32", NF="i32"),
          dict(BT=chunk, BF=block_f, BV=BVs, BD=BD, CAUSAL=causal, NORMALIZE=normalize, ATOMIC=nf > 1,
-              USE_SEG=causal, PRECISION=precision), warps),
+              USE_SEG=causal, PRECISION=precision, **kron), warps),
         (mod._intra_bwd_kernel, dict(q=ptr, k=ptr, v=ptr, do=ptr, rden=f32, dz=f32, dq=f32, dk=f32, dv=f32,
                                      scale="fp32", **dims),
          dict(BT=chunk, BD=BD, BV=BV, NORMALIZE=normalize, PRECISION=precision), mod._intra_warps(chunk, BD, BV)),
     ] + [
         (mod._inter_bwd_kernel, dict(q=ptr, k=ptr, v=ptr, do=ptr, rden=f32, dz=f32, dq=f32, dk=f32, dv=f32,
-                                     S0=f32, Z0=f32, dS0=f32, dZ0=f32, idx="*i32", w_phi=f32, w_psi=f32, **dims,
-                                     F_PAD="i32", NC="i32", CPS="i32", NF="i32"),
+                                     S0=f32, Z0=f32, dS0=f32, dZ0=f32, idx="*i32", w_phi=f32, w_psi=f32, ktab="*i32",
+                                     **dims, F_PAD="i32", NC="i32", CPS="i32", NF="i32"),
          dict(BT=chunk, BF=block_f, BV=BVs, BD=BD, CAUSAL=causal, NORMALIZE=normalize, ATOMIC_QK=nf * nv > 1,
-              ATOMIC_V=nf > 1, USE_SEG=causal, PASS=p, PRECISION=precision), warps)
+              ATOMIC_V=nf > 1, USE_SEG=causal, PASS=p, PRECISION=precision, **kron), warps)
         for p in (0, 1)
     ]
     tiles = mod._fused_tiles(q, v, causal)
@@ -87,7 +92,7 @@ def compile_kernels(spec, *, dtype="bf16", head_dim=64, head_dim_v=64, chunk=64,
         dims2 = dict(dims, F_PAD="i32", NC="i32", CPS="i32")
         jobs = [
             (mod._segment_state_kernel, dict(x=ptr, y=ptr, rden=f32, cz=f32, S=f32, Z=f32, idx="*i32", w=f32,
-                                             **dims2, NF="i32"),
+                                             ktab="*i32", **dims2, NF="i32"),
              dict(BT=chunk, BF=BF, BV=BVf, BD=BD, NORMALIZE=normalize, SCALE_Y=normalize, PRECISION=precision,
                   LD=mod._FUSED_LD), fw),
             (mod._fused_fwd_kernel, dict(q=ptr, k=ptr, v=ptr, o=ptr, z=f32, S0=f32, Z0=f32, idx="*i32", w_phi=f32,

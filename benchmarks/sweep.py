@@ -1,0 +1,75 @@
+"""Time one of ours over tilings and tuning knobs, one GPU run (B = 2, H = 16, bf16, causal).
+
+Each config is a JSON object {"env": {knob: value}, "kw": {poly_attention tiling kwargs}}.
+Every config is first checked against the first one on the same inputs (T = 2048: output
+and gradients, relative RMS < 2e-2); a config that fails or errors is not timed.
+
+    python benchmarks/sweep.py --row "1 + x + x**2/2:64:64:1" --T 32768 \\
+        --configs '[{"kw": {"block_f": 256}}, {"env": {"FASTATTN_SCAN_WARPS": "4"}, "kw": {"block_f": 128}}]'
+"""
+import argparse
+import json
+import os
+
+import torch
+from triton.testing import do_bench
+
+from fastattn.kernels.poly import poly_attention, polynomial
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--row", required=True, help="spec:D:DV:normalize")
+    ap.add_argument("--T", type=int, nargs="+", default=[8192])
+    ap.add_argument("--configs", required=True)
+    ap.add_argument("--rep", type=int, default=30)
+    a = ap.parse_args()
+    spec, D, DV, norm = a.row.split(":")
+    D, DV, norm = int(D), int(DV), bool(int(norm))
+    poly = polynomial(spec)  # parsed once: a spec string would be parsed on every timed call
+    configs = json.loads(a.configs)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    mk = lambda *s: torch.randn(*s, device="cuda", generator=g).bfloat16()  # noqa: E731
+
+    def call(q, k, v, cfg):
+        for name in ("FASTATTN_SCAN_WARPS", "FASTATTN_FUSED_WAVES", "FASTATTN_FUSED_FWD_BV", "FASTATTN_FUSED_FWD_WARPS",
+                     "FASTATTN_KRON"):
+            os.environ.pop(name, None)
+        os.environ.update(cfg.get("env", {}))
+        return poly_attention(q, k, v, poly, causal=True, normalize=norm, backend="triton", **cfg.get("kw", {}))
+
+    q, k, v, do = mk(1, 2, 2048, D), mk(1, 2, 2048, D), mk(1, 2, 2048, DV), mk(1, 2, 2048, DV)
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    ref, good = None, []
+    for cfg in configs:
+        try:
+            for x in (q, k, v):
+                x.grad = None
+            o = call(q, k, v, cfg)
+            o.backward(do)
+            got = [o.float(), q.grad.float(), k.grad.float(), v.grad.float()]
+            if ref is None:
+                ref = got
+            rel = max(((x - y).norm() / y.norm()).item() for x, y in zip(got, ref))
+            print(f"check {cfg}: rel-RMS vs first {rel:.2e}", flush=True)
+            if rel < 2e-2:
+                good.append(cfg)
+        except Exception as exc:  # noqa: BLE001
+            print(f"check {cfg}: error {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+    print(f"\n{spec} D{D} DV{DV} norm={norm}\n| T | config | fwd ms | fwd+bwd ms |\n|---|---|---|---|")
+    for T in a.T:
+        q, k, v, do = mk(2, 16, T, D), mk(2, 16, T, D), mk(2, 16, T, DV), mk(2, 16, T, DV)
+        q, k, v = (x.requires_grad_() for x in (q, k, v))
+        for cfg in good:
+            try:
+                with torch.no_grad():
+                    f = do_bench(lambda: call(q, k, v, cfg), warmup=5, rep=a.rep, return_mode="median")
+                fb = do_bench(lambda: call(q, k, v, cfg).backward(do), warmup=5, rep=a.rep, grad_to_none=(q, k, v),
+                              return_mode="median")
+                print(f"| {T} | {json.dumps(cfg)} | {f:.3f} | {fb:.3f} |", flush=True)
+            except Exception as exc:  # noqa: BLE001
+                print(f"| {T} | {json.dumps(cfg)} | error {type(exc).__name__}: {str(exc)[:100]} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
