@@ -943,6 +943,20 @@ def _segment_prefix(x, y, rden, cz, idx, w, T, D, DV, F_PAD, NC, CPS, NSEG, NF, 
     return exclusive(S), (exclusive(Z) if normalize else None)
 
 
+def _bwd_prep(q, o, do, z, normalize, fix_abs, eps, chunk):
+    """(1 / den, dz) per token for a normalised output o = n / den(z) (one pass over o and do),
+    or (q, q) as unused placeholders when not normalised."""
+    if not normalize:
+        return q, q
+    B, H, T, DV = o.shape
+    rden = _empty((B, H, T), q.device)
+    dz = _empty((B, H, T), q.device)
+    _bwd_prep_kernel[(triton.cdiv(T, chunk), B * H)](o, do, z, rden, dz, float(eps), T, DV, BT=chunk,
+                                                     BV=max(16, triton.next_power_of_2(DV)), FIX_ABS=fix_abs,
+                                                     num_warps=4)
+    return rden, dz
+
+
 def _denominator(z, fix_abs, eps):
     return z.abs() + eps if fix_abs else z
 
@@ -1022,13 +1036,7 @@ def _fused_bwd(q, k, v, o, z, do, scale, normalize, fix_abs, eps, chunk, segment
     NC = triton.cdiv(T, chunk)
     NSEG, CPS = _segments(NC, B * H, segments, int(_knob("FASTATTN_FUSED_WAVES", _FUSED_WAVES) * _sm_count(q.device)))
     warps = 8 if BF * BV >= 64 * 64 else 4
-    if normalize:
-        rden = _empty((B, H, T), q.device)
-        dz = _empty((B, H, T), q.device)
-        _bwd_prep_kernel[(NC, B * H)](o, do, z, rden, dz, float(eps), T, DV, BT=chunk, BV=BV, FIX_ABS=fix_abs,
-                                      num_warps=4)
-    else:
-        rden = dz = q
+    rden, dz = _bwd_prep(q, o, do, z, normalize, fix_abs, eps, chunk)
     dq = _empty_like_dtype(q.shape, q.dtype, q.device)
     dk = _empty_like_dtype(k.shape, k.dtype, q.device)
     dv = _empty_like_dtype(v.shape, v.dtype, q.device)
@@ -1114,16 +1122,7 @@ def poly_attention_bwd(q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps
     BD, BV, BVs, precision, warps = _blocks(q, v, block_f, block_v, kron)
     NC = triton.cdiv(T, chunk)
     do = do.contiguous()
-    if normalize:
-        # o = n / den(z): dn = do / den, dz = -(do . o) den'(z) / den
-        den = _denominator(z, fix_abs, eps)
-        rden = 1.0 / den
-        dz = -(do.float() * o.float()).sum(-1) * rden
-        if fix_abs:
-            dz = dz * torch.sign(z)
-        rden, dz = rden.contiguous(), dz.contiguous()
-    else:
-        rden = dz = q
+    rden, dz = _bwd_prep(q, o, do, z, normalize, fix_abs, eps, chunk)
     dq = _empty((B, H, T, D), q.device)
     dk = _empty((B, H, T, D), q.device)
     dv = _empty((B, H, T, DV), q.device)
