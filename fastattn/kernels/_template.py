@@ -1205,7 +1205,8 @@ def poly_attention(q, k, v, scale=None, causal=True, normalize=True, normalizer_
         ``normalizer_fix="abs"``, which divides by |sum_j f(s q_i.k_j)| + eps instead.
     chunk, block_f, block_v : int
         Tokens per chunk (None: 32 on the fused path for small feature maps, else 64), features
-        per tile, v columns per tile (None: all of them).
+        per tile (on the Kronecker layout of a degree-2 f: 16 to 256, see ``kron_tables``), v columns
+        per tile (None: all of them).
     segments : int, optional
         Causal only: segments of the sequence scanned in parallel (None: enough to fill the
         GPU, see ``_segments``).
