@@ -943,6 +943,24 @@ def _segment_prefix(x, y, rden, cz, idx, w, T, D, DV, F_PAD, NC, CPS, NSEG, NF, 
     return exclusive(S), (exclusive(Z) if normalize else None)
 
 
+def _side_by_side(first, second, device):
+    """Run two independent launches, ``second`` on a side stream on CUDA (FASTATTN_BWD_STREAMS=1, the
+    default), so the last wave of one pass shares the GPU with the other instead of idling it.
+    The backward's two walks write disjoint gradients (dq; dk and dv) from the same inputs."""
+    dev = torch.device(device)
+    if dev.type != "cuda" or not _knob("FASTATTN_BWD_STREAMS", 1):
+        first()
+        second()
+        return
+    main = torch.cuda.current_stream(dev)
+    side = torch.cuda.Stream(device=dev)
+    side.wait_stream(main)
+    with torch.cuda.stream(side):
+        second()
+    first()
+    main.wait_stream(side)
+
+
 def _bwd_prep(q, o, do, z, normalize, fix_abs, eps, chunk):
     """(1 / den, dz) per token for a normalised output o = n / den(z) (one pass over o and do),
     or (q, q) as unused placeholders when not normalised."""
@@ -1051,11 +1069,12 @@ def _fused_bwd(q, k, v, o, z, do, scale, normalize, fix_abs, eps, chunk, segment
                                    BF, BV, BD, normalize, normalize, precision, warps, reverse=True, ld=_FUSED_LD_BWD)
         Z0 = dq if Z0 is None else Z0
         dZ0 = dq if dZ0 is None else dZ0
-    for pass_, (s0, z0) in ((0, (S0, Z0)), (1, (dS0, dZ0))):
+    def walk(pass_, s0, z0):
         _fused_bwd_kernel[(NSEG, B * H)](q, k, v, do, rden, dz, dq, dk, dv, s0, z0, idx, w_phi, w_psi, float(scale),
                                          T, D, DV, F_PAD, NC, CPS, BT=chunk, BF=BF, BV=BV, BD=BD,
-                                         NORMALIZE=normalize, USE_SEG=NSEG > 1, PASS=pass_, PRECISION=precision, LD=_FUSED_LD_BWD,
-                                         num_warps=warps)
+                                         NORMALIZE=normalize, USE_SEG=NSEG > 1, PASS=pass_, PRECISION=precision,
+                                         LD=_FUSED_LD_BWD, num_warps=warps)
+    _side_by_side(lambda: walk(0, S0, Z0), lambda: walk(1, dS0, dZ0), q.device)
     return dq, dk, dv
 
 
@@ -1148,12 +1167,13 @@ def poly_attention_bwd(q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps
                                    ktab=ktab, kron=kron)
         Z0 = dq if Z0 is None else Z0
         dZ0 = dq if dZ0 is None else dZ0
-    for pass_ in (0, 1):
+    def walk(pass_):
         _inter_bwd_kernel[(NF * NSEG, NV, B * H)](q, k, v, do, rden, dz, dq, dk, dv, S0, Z0, dS0, dZ0, idx, w_phi,
                                                   w_psi, ktab, T, D, DV, F_PAD, NC, CPS, NF, BT=chunk, BF=block_f,
                                                   BV=BVs, BD=BD, CAUSAL=causal, NORMALIZE=normalize,
                                                   ATOMIC_QK=NF * NV > 1, ATOMIC_V=NF > 1, USE_SEG=NSEG > 1,
                                                   PASS=pass_, PRECISION=precision, num_warps=warps, **kron)
+    _side_by_side(lambda: walk(0), lambda: walk(1), q.device)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
