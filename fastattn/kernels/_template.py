@@ -601,6 +601,63 @@ def _fused_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, scale, eps, T, D
 
 
 @triton.jit
+def _chunk_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, ktab, scale, eps, T, D, DV, F_PAD, NC, CPS, NSEG, NF,
+                      BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr,
+                      NORMALIZE: tl.constexpr, FIX_ABS: tl.constexpr, PRECISION: tl.constexpr,
+                      KRON: tl.constexpr = False, BI: tl.constexpr = 1, BJ: tl.constexpr = 1):
+    # The chunk-parallel causal forward: one program per (query chunk, v tile, batch*head), no
+    # walk carried from chunk to chunk. Keys of the query's own segment (CPS chunks) enter
+    # exactly, f on [BT, BT] score tiles; every earlier segment enters through the exclusive
+    # prefix state S0 of the segment (from _segment_prefix), read tile by tile of BF features.
+    # o is written once, normalised, in the input dtype.
+    i_c, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_s = i_c // CPS
+    i_bh64 = i_bh.to(tl.int64)
+    DT = v.dtype.element_ty
+    o_v = i_v * BV + tl.arange(0, BV)
+    o_d = tl.arange(0, BD)
+    m_v = o_v < DV
+    m_d = o_d < D
+    p_q = q + i_bh64 * T * D
+    p_k = k + i_bh64 * T * D
+    p_v = v + i_bh64 * T * DV
+    o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
+    m_t = o_t < T
+    b_q = tl.load(p_q + o_t[:, None] * D + o_d[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0)  # [BT, BD]
+    b_o = tl.zeros([BT, BV], dtype=tl.float32)
+    b_z = tl.zeros([BT], dtype=tl.float32)
+    for j in range(i_s * CPS, i_c + 1):
+        o_tk = (j * BT + tl.arange(0, BT)).to(tl.int64)
+        m_tk = o_tk < T
+        b_k = tl.load(p_k + o_tk[:, None] * D + o_d[None, :], mask=m_tk[:, None] & m_d[None, :], other=0.0)
+        b_v = tl.load(p_v + o_tk[:, None] * DV + o_v[None, :], mask=m_tk[:, None] & m_v[None, :], other=0.0)
+        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * scale  # [BT, BT]
+        b_a = tl.where((o_t[:, None] >= o_tk[None, :]) & m_tk[None, :], _f(b_s), 0.0)  # [BT, BT]
+        b_o = tl.dot(b_a.to(DT), b_v, b_o, input_precision=PRECISION)  # [BT, BV]
+        if NORMALIZE:
+            b_z += tl.sum(b_a, 1)
+    if i_s > 0:
+        o_seg = i_bh64 * NSEG + i_s
+        for i_f in range(NF):
+            o_f = i_f * BF + tl.arange(0, BF)
+            I0, J0 = _tile_origin(ktab, i_f, KRON)
+            b_phi = _feat(p_q, o_t, m_t, D, idx, o_f, F_PAD, tl.load(w_phi + o_f), I0, J0, BT, BD, PRECISION, KRON,
+                          BI, BJ)  # [BT, BF]
+            b_S = tl.load(S0 + (o_seg * F_PAD + o_f[:, None]) * DV + o_v[None, :], mask=m_v[None, :], other=0.0)
+            b_o = tl.dot(b_phi.to(DT), b_S.to(DT), b_o, input_precision=PRECISION)  # [BT, BV]
+            if NORMALIZE:
+                b_z += tl.sum(b_phi.to(tl.float32) * tl.load(Z0 + o_seg * F_PAD + o_f)[None, :], 1)
+    if NORMALIZE:
+        if FIX_ABS:
+            b_o = b_o / (tl.abs(b_z) + eps)[:, None]
+        else:
+            b_o = b_o / b_z[:, None]
+        # every v tile computes the same z
+        tl.store(z + i_bh64 * T + o_t, b_z, mask=m_t)
+    tl.store(o + i_bh64 * T * DV + o_t[:, None] * DV + o_v[None, :], b_o.to(DT), mask=m_t[:, None] & m_v[None, :])
+
+
+@triton.jit
 def _bwd_prep_kernel(o, do, z, rden, dz, eps, T, DV,
                      BT: tl.constexpr, BV: tl.constexpr, FIX_ABS: tl.constexpr):
     # o = n / den(z): rden = 1 / den, dz = -(do . o) den'(z) / den, one row per token
@@ -1041,7 +1098,7 @@ def _fused_fwd(q, k, v, scale, normalize, fix_abs, eps, chunk, segments, BF, BV)
                                      F_PAD, NC, CPS, BT=chunk, BF=BF, BV=BVt, BD=BD, NORMALIZE=normalize,
                                      FIX_ABS=fix_abs, USE_SEG=NSEG > 1, PRECISION=precision, LD=_FUSED_LD,
                                      num_warps=_knob("FASTATTN_FUSED_FWD_WARPS", 0) or (8 if BF * BVt > 64 * 64 else 4))
-    return o, (z if normalize else None), ((S0, Z0) if NSEG > 1 else None)
+    return o, (z if normalize else None), ((S0, Z0, CPS * chunk) if NSEG > 1 else None)
 
 
 def _fused_bwd(q, k, v, o, z, do, scale, normalize, fix_abs, eps, chunk, segments, BF, BV, state):
@@ -1053,6 +1110,15 @@ def _fused_bwd(q, k, v, o, z, do, scale, normalize, fix_abs, eps, chunk, segment
     precision = "tf32x3" if q.dtype == torch.float32 else "tf32"
     NC = triton.cdiv(T, chunk)
     NSEG, CPS = _segments(NC, B * H, segments, int(_knob("FASTATTN_FUSED_WAVES", _FUSED_WAVES) * _sm_count(q.device)))
+    if state is not None:
+        # the forward's prefix states: segments of seg_tokens tokens, re-cut into this pass's chunks
+        S0, Z0, seg_tokens = state
+        if seg_tokens % chunk == 0 and triton.cdiv(NC, seg_tokens // chunk) == S0.shape[1]:
+            CPS = seg_tokens // chunk
+            NSEG = triton.cdiv(NC, CPS)
+            state = (S0, Z0)
+        else:
+            state = None
     warps = 8 if BF * BV >= 64 * 64 else 4
     rden, dz = _bwd_prep(q, o, do, z, normalize, fix_abs, eps, chunk)
     dq = _empty_like_dtype(q.shape, q.dtype, q.device)
@@ -1078,6 +1144,53 @@ def _fused_bwd(q, k, v, o, z, do, scale, normalize, fix_abs, eps, chunk, segment
     return dq, dk, dv
 
 
+# the chunk-parallel forward (causal) keeps one fp32 [F_pad, DV] prefix state per segment of CPS
+# chunks: segments are as short as this many MiB of states allow (FASTATTN_CHUNK_FWD_MIB), and at
+# least FASTATTN_CHUNK_FWD_CPS chunks long; FASTATTN_CHUNK_FWD=0 falls back to the walking forwards
+_CHUNK_FWD_MIB = 512
+_CHUNK_FWD_CPS = 4
+
+
+def _chunk_fwd(q, k, v, scale, normalize, fix_abs, eps, chunk, block_f):
+    """Causal forward by _chunk_fwd_kernel: (o in q.dtype, z or None, state for the fused backward or None)."""
+    B, H, T, D = q.shape
+    DV = v.shape[-1]
+    tiles = _fused_tiles(q, v, True)
+    if tiles is not None:
+        # one symmetric table: segment states built as one [F_pad, DV] tile, read back 64 rows at a time
+        BFs = tiles[0]
+        idx, w_phi, w_psi, _ = feature_tables(D, scale, q.device, BFs)
+        ktab, kron, BF = idx, {}, min(64, BFs)
+    else:
+        idx, w_phi, w_psi, ktab, BFs, kron = _layout(q, v, scale, True, block_f)
+        BF = BFs
+    F_PAD = w_phi.numel()
+    BD = max(32, triton.next_power_of_2(D))
+    BV = max(16, triton.next_power_of_2(DV))
+    precision = "tf32x3" if q.dtype == torch.float32 else "tf32"
+    NC = triton.cdiv(T, chunk)
+    seg_bytes = B * H * F_PAD * BV * 4
+    CPS = max(_knob("FASTATTN_CHUNK_FWD_CPS", _CHUNK_FWD_CPS),
+              -(-NC * seg_bytes // (_knob("FASTATTN_CHUNK_FWD_MIB", _CHUNK_FWD_MIB) * 2**20)))
+    CPS = min(CPS, NC)
+    NSEG = triton.cdiv(NC, CPS)
+    o = _empty_like_dtype((B, H, T, DV), q.dtype, q.device)
+    z = _empty((B, H, T), q.device) if normalize else o
+    S0 = Z0 = o
+    if NSEG > 1:
+        warps = 4 if kron or BFs * BV < 64 * 64 else 8
+        S0, Z0 = _segment_prefix(k, v, z, z, idx, w_psi, T, D, DV, F_PAD, NC, CPS, NSEG, F_PAD // BFs, 1, B * H,
+                                 chunk, BFs, BV, BD, normalize, False, precision, warps, reverse=False, ktab=ktab,
+                                 kron=kron)
+        Z0 = o if Z0 is None else Z0
+    _chunk_fwd_kernel[(NC, 1, B * H)](q, k, v, o, z, S0, Z0, idx, w_phi, ktab, float(scale), float(eps), T, D, DV,
+                                      F_PAD, NC, CPS, NSEG, F_PAD // BF, BT=chunk, BF=BF, BV=BV, BD=BD,
+                                      NORMALIZE=normalize, FIX_ABS=fix_abs, PRECISION=precision, num_warps=4,
+                                      **kron)
+    state = (S0, Z0 if normalize else o.new_empty(0), CPS * chunk) if NSEG > 1 and tiles is not None else None
+    return o, (z if normalize else None), state
+
+
 def poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v, segments=None):
     """Forward pass on contiguous [B, H, T, D] inputs; returns (o in q.dtype, z fp32 [B, H, T] or None)."""
     return _poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v,
@@ -1087,6 +1200,8 @@ def poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, b
 def _poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v, segments=None):
     """(o, z, saved scan state or None); the fused path when all features fit one tile."""
     tiles = _fused_tiles(q, v, causal)
+    if causal and _knob("FASTATTN_CHUNK_FWD", 1):
+        return _chunk_fwd(q, k, v, scale, normalize, fix_abs, eps, chunk or _CHUNK, block_f)
     if chunk is None:
         chunk = _auto_chunk(tiles)
     if tiles is not None:
@@ -1186,7 +1301,7 @@ class PolyAttentionFunction(torch.autograd.Function):
         o, z, state = _poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v,
                                           segments)
         empty = o.new_empty(0)
-        S0, Z0 = state if state is not None else (empty, empty)
+        S0, Z0, ctx.seg_tokens = state if state is not None else (empty, empty, 0)
         ctx.has_state = state is not None
         ctx.save_for_backward(q, k, v, o, z if z is not None else empty, S0, Z0)
         ctx.scale, ctx.causal, ctx.normalize, ctx.fix_abs, ctx.eps = scale, causal, normalize, fix_abs, eps
@@ -1196,7 +1311,7 @@ class PolyAttentionFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, z, S0, Z0 = ctx.saved_tensors
-        state = (S0, Z0) if ctx.has_state else None
+        state = (S0, Z0, ctx.seg_tokens) if ctx.has_state else None
         dq, dk, dv = poly_attention_bwd(q, k, v, o, z, do, ctx.scale, ctx.causal, ctx.normalize, ctx.fix_abs,
                                         ctx.eps, ctx.chunk, ctx.block_f, ctx.block_v, ctx.segments, state)
         return dq, dk, dv, None, None, None, None, None, None, None, None, None
