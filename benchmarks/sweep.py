@@ -33,7 +33,8 @@ def main():
 
     def call(q, k, v, cfg):
         for name in ("FASTATTN_SCAN_WARPS", "FASTATTN_FUSED_WAVES", "FASTATTN_FUSED_FWD_BV", "FASTATTN_FUSED_FWD_WARPS",
-                     "FASTATTN_KRON", "FASTATTN_BWD_STREAMS"):
+                     "FASTATTN_KRON", "FASTATTN_BWD_STREAMS", "FASTATTN_CHUNK_FWD",
+                     "FASTATTN_CHUNK_FWD_CPS", "FASTATTN_CHUNK_FWD_MIB"):
             os.environ.pop(name, None)
         os.environ.update(cfg.get("env", {}))
         return poly_attention(q, k, v, poly, causal=True, normalize=norm, backend="triton", **cfg.get("kw", {}))

@@ -235,12 +235,15 @@ def test_triton_kron_rows_float32(row):
     run_case(spec, torch.float32, B, H, T, D, DV, chunk, block_f, block_v, causal, normalize)
 
 
-@pytest.mark.parametrize("spec, D, DV", [("1 + x + x**2/2", 4, 8), ("(1+x)**3", 3, 5), ("x", 6, 4)])
-def test_chunk_forward_over_many_segments(spec, D, DV, monkeypatch):
-    # segments of 2 chunks (FASTATTN_CHUNK_FWD_CPS): every query chunk past the first segment reads a
-    # prefix state, and the fused backward re-cuts the forward's states into its own chunks
+@pytest.mark.parametrize("spec, D, DV, block_f", [("1 + x + x**2/2", 4, 8, 16), ("(1+x)**3", 3, 5, 16),
+                                                  ("x", 6, 4, 16), ("1 + x + x**2/2", 24, 64, 64)])
+def test_chunk_forward_over_many_segments(spec, D, DV, block_f, monkeypatch):
+    # the chunk-parallel forward forced on for every layout (fused-size symmetric, general symmetric,
+    # Kronecker), with segments of 2 chunks: every query chunk past the first segment reads a prefix
+    # state, and the fused backward re-cuts the forward's states into its own chunks
+    monkeypatch.setenv("FASTATTN_CHUNK_FWD", "1")
     monkeypatch.setenv("FASTATTN_CHUNK_FWD_CPS", "2")
-    run_case(spec, torch.float32, 1, 2, 150, D, DV, 16, 16, None, True, polynomial(spec).positive)
+    run_case(spec, torch.float32, 1, 2, 150, D, DV, 16, block_f, None, True, polynomial(spec).positive)
 
 
 @st.composite

@@ -1146,8 +1146,12 @@ def _fused_bwd(q, k, v, o, z, do, scale, normalize, fix_abs, eps, chunk, segment
 
 # the chunk-parallel forward (causal) keeps one fp32 [F_pad, DV] prefix state per segment of CPS
 # chunks: segments are as short as this many MiB of states allow (FASTATTN_CHUNK_FWD_MIB), and at
-# least FASTATTN_CHUNK_FWD_CPS chunks long; FASTATTN_CHUNK_FWD=0 falls back to the walking forwards
-_CHUNK_FWD_MIB = 512
+# least FASTATTN_CHUNK_FWD_CPS chunks long. It serves the symmetric basis beyond the fused path
+# (degree >= 3, or degree 2 with FASTATTN_KRON=0): H100, (1+x)^3 d16/v64 32K fwd 5.1 ms against 9.4
+# for the atomic walk. The fused walk (Based, f = x) and the Kronecker walk stay faster where they
+# apply (Based 8K 0.64 vs 0.84 ms at best, d64 16K 5.2 vs 5.3 ms; benchmarks/out/probe11.txt);
+# FASTATTN_CHUNK_FWD=1 / 0 forces it on / off for every causal call.
+_CHUNK_FWD_MIB = 256
 _CHUNK_FWD_CPS = 4
 
 
@@ -1200,7 +1204,7 @@ def poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, b
 def _poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v, segments=None):
     """(o, z, saved scan state or None); the fused path when all features fit one tile."""
     tiles = _fused_tiles(q, v, causal)
-    if causal and _knob("FASTATTN_CHUNK_FWD", 1):
+    if causal and _knob("FASTATTN_CHUNK_FWD", int(tiles is None and not uses_kron(q.shape[-1], True, v.shape[-1]))):
         return _chunk_fwd(q, k, v, scale, normalize, fix_abs, eps, chunk or _CHUNK, block_f)
     if chunk is None:
         chunk = _auto_chunk(tiles)
