@@ -143,9 +143,12 @@ def _kron_vjp_add(p_x, p_dx, o_t, m_t, D, I0, J0, b_w, b_dphi, BT: tl.constexpr,
 def _tile_origin(ktab, i_f, KRON: tl.constexpr):
     # (I0, J0) of feature tile i_f on the Kronecker layout (unused otherwise)
     if KRON:
-        return tl.load(ktab + 2 * i_f), tl.load(ktab + 2 * i_f + 1)
+        I0 = tl.load(ktab + 2 * i_f)
+        J0 = tl.load(ktab + 2 * i_f + 1)
     else:
-        return 0, 0
+        I0 = i_f * 0
+        J0 = i_f * 0
+    return I0, J0
 
 
 @triton.jit

@@ -51,13 +51,13 @@ def compile_kernels(spec, *, dtype="bf16", head_dim=64, head_dim_v=64, chunk=64,
     tdt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
     q = torch.empty(1, 1, 1, head_dim, dtype=tdt)
     v = torch.empty(1, 1, 1, head_dim_v, dtype=tdt)
-    kron = {}
+    kron = dict(KRON=False, BI=1, BJ=1)
     nf = -(-mod.feature_dim(head_dim) // block_f)
     if mod.uses_kron(head_dim, causal, head_dim_v):
         # degree 2 through the block-Kronecker tiles (see the template's kron_tables)
         ktab, _, _, (BI, BJ) = mod.kron_tables(head_dim, 1.0, "cpu", block_f)
         kron, nf = dict(KRON=True, BI=BI, BJ=BJ), ktab.shape[0]
-    BD, BV, BVs, precision, warps = mod._blocks(q, v, block_f, block_v, kron)
+    BD, BV, BVs, precision, warps = mod._blocks(q, v, block_f, block_v, kron["KRON"])
     nv = -(-head_dim_v // BVs)
     dims = {"T": "i32", "D": "i32", "DV": "i32"}
     f32 = "*fp32"
@@ -85,6 +85,14 @@ def compile_kernels(spec, *, dtype="bf16", head_dim=64, head_dim_v=64, chunk=64,
         for p in (0, 1)
     ]
     tiles = mod._fused_tiles(q, v, causal)
+    if causal and tiles is None and not kron["KRON"]:
+        # the chunk-parallel forward replaces the intra and inter forward kernels (see _poly_attention_fwd)
+        jobs = [j for j in jobs if j[0] not in (mod._intra_fwd_kernel, mod._inter_fwd_kernel)] + [
+            (mod._chunk_fwd_kernel, dict(q=ptr, k=ptr, v=ptr, o=ptr, z=f32, S0=f32, Z0=f32, idx="*i32", w_phi=f32,
+                                         ktab="*i32", scale="fp32", eps="fp32", **dims, F_PAD="i32", NC="i32",
+                                         CPS="i32", NSEG="i32", NF="i32"),
+             dict(BT=chunk, BF=block_f, BV=BV, BD=BD, NORMALIZE=normalize, FIX_ABS=False, PRECISION=precision,
+                  **kron), 4)]
     if tiles is not None:
         # the fused causal path (all features in one tile) replaces the five kernels above
         BF, BVf = tiles
@@ -94,7 +102,7 @@ def compile_kernels(spec, *, dtype="bf16", head_dim=64, head_dim_v=64, chunk=64,
             (mod._segment_state_kernel, dict(x=ptr, y=ptr, rden=f32, cz=f32, S=f32, Z=f32, idx="*i32", w=f32,
                                              ktab="*i32", **dims2, NF="i32"),
              dict(BT=chunk, BF=BF, BV=BVf, BD=BD, NORMALIZE=normalize, SCALE_Y=normalize, PRECISION=precision,
-                  LD=mod._FUSED_LD), fw),
+                  LD=mod._FUSED_LD, **kron), fw),
             (mod._fused_fwd_kernel, dict(q=ptr, k=ptr, v=ptr, o=ptr, z=f32, S0=f32, Z0=f32, idx="*i32", w_phi=f32,
                                          w_psi=f32, scale="fp32", eps="fp32", **dims2),
              dict(BT=chunk, BF=BF, BV=BVf, BD=BD, NORMALIZE=normalize, FIX_ABS=False, USE_SEG=True,
