@@ -1003,12 +1003,14 @@ def _segment_prefix(x, y, rden, cz, idx, w, T, D, DV, F_PAD, NC, CPS, NSEG, NF, 
     return exclusive(S), (exclusive(Z) if normalize else None)
 
 
-def _side_by_side(first, second, device):
+def _side_by_side(first, second, device, worth=True):
     """Run two independent launches, ``second`` on a side stream on CUDA (FASTATTN_BWD_STREAMS=1, the
-    default), so the last wave of one pass shares the GPU with the other instead of idling it.
-    The backward's two walks write disjoint gradients (dq; dk and dv) from the same inputs."""
+    default, where ``worth``), so the last wave of one pass shares the GPU with the other instead of
+    idling it. The backward's two walks write disjoint gradients (dq; dk and dv) from the same inputs.
+    H100: degree 2 at d64 64K fwd+bwd 77 -> 75 ms; f = x at d64 (short walks) 8K 1.0 -> 1.2 ms, so the
+    fused path passes ``worth`` only for states above 64 x 64 (benchmarks/RESULTS.md, v5/v6)."""
     dev = torch.device(device)
-    if dev.type != "cuda" or not _knob("FASTATTN_BWD_STREAMS", 1):
+    if dev.type != "cuda" or not _knob("FASTATTN_BWD_STREAMS", int(worth)):
         first()
         second()
         return
@@ -1143,7 +1145,7 @@ def _fused_bwd(q, k, v, o, z, do, scale, normalize, fix_abs, eps, chunk, segment
                                          T, D, DV, F_PAD, NC, CPS, BT=chunk, BF=BF, BV=BV, BD=BD,
                                          NORMALIZE=normalize, USE_SEG=NSEG > 1, PASS=pass_, PRECISION=precision,
                                          LD=_FUSED_LD_BWD, num_warps=warps)
-    _side_by_side(lambda: walk(0, S0, Z0), lambda: walk(1, dS0, dZ0), q.device)
+    _side_by_side(lambda: walk(0, S0, Z0), lambda: walk(1, dS0, dZ0), q.device, worth=BF * BV > 64 * 64)
     return dq, dk, dv
 
 
