@@ -366,11 +366,20 @@ def test_non_analytic_spec_is_refused():
     (dict(chunk=8), "chunk=8"),
     (dict(block_f=48), "block_f=48"),
     (dict(block_v=4), "block_v=4"),
+    (dict(block_f=512, causal=False), "block_f=512 has no Kronecker split"),
 ])
 def test_bad_tiling_names_the_value(kw, match):
     q = k = v = torch.randn(1, 1, 4, 2)
     with pytest.raises(KernelError, match=match):
         poly_attention(q, k, v, "1 + x + x**2/2", backend="triton", **kw)
+
+
+@pytest.mark.parametrize("value", ["abc", "1.5"])
+def test_bad_tuning_knob_names_the_variable(value, monkeypatch):
+    monkeypatch.setenv("FASTATTN_SCAN_WARPS", value)
+    q = k = v = torch.randn(1, 1, 20, 24)
+    with pytest.raises(KernelError, match=f"FASTATTN_SCAN_WARPS={value!r}"):
+        poly_attention(q, k, v, "1 + x + x**2/2", causal=False, chunk=16, backend="triton")
 
 
 def test_mismatched_shapes_are_refused():

@@ -957,7 +957,13 @@ _FUSED_WAVES = 4.0
 def _knob(name, default):
     """A tuning override from the environment (read at call time, for sweeps), else ``default``."""
     text = os.environ.get(name, "")
-    return type(default)(text) if text else default
+    if not text:
+        return default
+    try:
+        return type(default)(text)
+    except ValueError:
+        raise ValueError(f"{name}={text!r} is not a valid {type(default).__name__}; unset it for the default "
+                         f"({default!r})") from None
 
 
 def _sm_count(device):
