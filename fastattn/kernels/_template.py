@@ -1055,7 +1055,9 @@ _FUSED_LD = os.environ.get("FASTATTN_FUSED_LD", "0") == "1"
 # v columns per forward program of the fused path (0: all of them); a narrower tile halves
 # the state's registers and doubles the programs, each recomputing phi and the normaliser
 # (FASTATTN_FUSED_FWD_BV); warps of the fused forward (FASTATTN_FUSED_FWD_WARPS, 0: 8 for a
-# state above 64 x 64, else 4: H100, f = x at d64, 32K fwd 0.43 ms at 4 warps vs 0.62 at 8)
+# state above 64 x 64, else 4: H100, f = x at d64, 32K fwd 0.43 ms at 4 warps vs 0.62 at 8).
+# Both are read at call time in _fused_fwd.
+#
 # tokens per chunk when chunk=None: the fused path holds [chunk, F_pad] feature tiles beside
 # the [F_pad, DV] state, so 32 where the state is large (ptxas sm_90: 64 spills ~2 KB per
 # thread at F_pad 256, DV 64), 64 where it is small (f = x at d64: F_pad 64)
