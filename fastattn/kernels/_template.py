@@ -103,6 +103,21 @@ def _kron_cols(p_x, o_t, m_t, D, c0, one_col, BC: tl.constexpr):
 
 
 @triton.jit
+def _kron_factors(p_x, o_t, m_t, D, I0, J0, BI: tl.constexpr, BJ: tl.constexpr):
+    # the two slices x[I0:I0+BI], x[J0:J0+BJ] of a Kronecker tile (fp32, 0 beyond D)
+    return _kron_cols(p_x, o_t, m_t, D, I0, -1, BI), _kron_cols(p_x, o_t, m_t, D, J0, -1, BJ)
+
+
+@triton.jit
+def _add_cols(p_dx, o_t, m_t, D, c0, b_g, BC: tl.constexpr):
+    # p_dx[o_t, c0:c0+BC] += b_g by relaxed atomics (several tiles add into the same columns, and
+    # the sums are read only after the kernel), columns beyond D dropped
+    o_c = c0 + tl.arange(0, BC)
+    tl.atomic_add(p_dx + o_t[:, None] * D + o_c[None, :], b_g, mask=m_t[:, None] & (o_c < D)[None, :],
+                  sem="relaxed")
+
+
+@triton.jit
 def _kron_phi(p_x, o_t, m_t, D, I0, J0, b_w, BT: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr):
     # in the input dtype (the dot operand): products are formed in fp32 and rounded once, and
     # the 16-bit tile takes half the registers of an fp32 one
@@ -110,8 +125,7 @@ def _kron_phi(p_x, o_t, m_t, D, I0, J0, b_w, BT: tl.constexpr, BI: tl.constexpr,
     if I0 < 0:
         b_phi = (_kron_cols(p_x, o_t, m_t, D, J0, D, BI * BJ) * b_w[None, :]).to(DT)  # [BT, BF]
     else:
-        b_xi = _kron_cols(p_x, o_t, m_t, D, I0, -1, BI)  # [BT, BI]
-        b_xj = _kron_cols(p_x, o_t, m_t, D, J0, -1, BJ)  # [BT, BJ]
+        b_xi, b_xj = _kron_factors(p_x, o_t, m_t, D, I0, J0, BI, BJ)
         b_phi = (tl.reshape(b_xi[:, :, None] * b_xj[:, None, :], (BT, BI * BJ)) * b_w[None, :]).to(DT)
     return b_phi
 
@@ -124,19 +138,12 @@ def _kron_vjp_add(p_x, p_dx, o_t, m_t, D, I0, J0, b_w, b_dphi, BT: tl.constexpr,
     # d/dx_j = sum_i g_ij x_i (the two column blocks may overlap on the diagonal)
     b_g = b_dphi * b_w[None, :]  # [BT, BF]
     if I0 < 0:
-        o_c = J0 + tl.arange(0, BI * BJ)
-        tl.atomic_add(p_dx + o_t[:, None] * D + o_c[None, :], b_g, mask=m_t[:, None] & (o_c < D)[None, :],
-                      sem="relaxed")
+        _add_cols(p_dx, o_t, m_t, D, J0, b_g, BI * BJ)
     else:
-        b_xi = _kron_cols(p_x, o_t, m_t, D, I0, -1, BI)  # [BT, BI]
-        b_xj = _kron_cols(p_x, o_t, m_t, D, J0, -1, BJ)  # [BT, BJ]
+        b_xi, b_xj = _kron_factors(p_x, o_t, m_t, D, I0, J0, BI, BJ)
         b_g3 = tl.reshape(b_g, (BT, BI, BJ))
-        o_i = I0 + tl.arange(0, BI)
-        o_j = J0 + tl.arange(0, BJ)
-        tl.atomic_add(p_dx + o_t[:, None] * D + o_i[None, :], tl.sum(b_g3 * b_xj[:, None, :], 2),
-                      mask=m_t[:, None] & (o_i < D)[None, :], sem="relaxed")
-        tl.atomic_add(p_dx + o_t[:, None] * D + o_j[None, :], tl.sum(b_g3 * b_xi[:, :, None], 1),
-                      mask=m_t[:, None] & (o_j < D)[None, :], sem="relaxed")
+        _add_cols(p_dx, o_t, m_t, D, I0, tl.sum(b_g3 * b_xj[:, None, :], 2), BI)
+        _add_cols(p_dx, o_t, m_t, D, J0, tl.sum(b_g3 * b_xi[:, :, None], 1), BJ)
 
 
 @triton.jit
@@ -225,6 +232,23 @@ def _accumulate(p, b, mask, ATOMIC: tl.constexpr):
         tl.atomic_add(p, b, mask=mask, sem="relaxed")
     else:
         tl.store(p, tl.load(p, mask=mask, other=0.0) + b, mask=mask)
+
+
+@triton.jit
+def _carried_state(S0, Z0, o_seg, F_PAD, DV, o_f, o_v, m_v, m_z, BF: tl.constexpr, BV: tl.constexpr,
+                   USE_SEG: tl.constexpr, NORMALIZE: tl.constexpr):
+    # the [BF, BV] state slice and [BF] normaliser state a walk starts from: the state carried in
+    # from the other segments (row o_seg of S0, Z0; Z0 only where m_z), else zeros. Z0 is read only
+    # when normalising: otherwise the host passes a placeholder buffer.
+    if USE_SEG:
+        b_S = tl.load(S0 + (o_seg * F_PAD + o_f[:, None]) * DV + o_v[None, :], mask=m_v[None, :], other=0.0)
+    else:
+        b_S = tl.zeros([BF, BV], dtype=tl.float32)
+    if USE_SEG and NORMALIZE:
+        b_zs = tl.load(Z0 + o_seg * F_PAD + o_f, mask=m_z, other=0.0)
+    else:
+        b_zs = tl.zeros([BF], dtype=tl.float32)
+    return b_S, b_zs
 
 
 @triton.jit
@@ -329,13 +353,8 @@ def _inter_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, ktab, T, D, DV, 
     p_k = k + i_bh64 * T * D
     p_v = v + i_bh64 * T * DV
     p_o = o + i_bh64 * T * DV
-    if USE_SEG:
-        o_seg = i_bh64 * NSEG + i_s
-        b_S = tl.load(S0 + (o_seg * F_PAD + o_f[:, None]) * DV + o_v[None, :], mask=m_v[None, :], other=0.0)
-        b_zs = tl.load(Z0 + o_seg * F_PAD + o_f)
-    else:
-        b_S = tl.zeros([BF, BV], dtype=tl.float32)
-        b_zs = tl.zeros([BF], dtype=tl.float32)
+    b_S, b_zs = _carried_state(S0, Z0, i_bh64 * NSEG + i_s, F_PAD, DV, o_f, o_v, m_v, o_f >= 0, BF, BV, USE_SEG,
+                               NORMALIZE)
     c_lo = i_s * CPS
     c_hi = tl.minimum(c_lo + CPS, NC)
     if not CAUSAL:
@@ -442,13 +461,8 @@ def _inter_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, S0, Z0, dS0, dZ0, idx, 
     # (o_t * 0 + i_v) == 0 because the interpreter rejects a scalar bool in a mask
     if PASS == 0:
         # dq_i = J_phi(q_i)^T (S dn_i + z_S dz_i), S = sum over keys visible to i
-        if USE_SEG:
-            o_seg = i_bh64 * NSEG + i_s
-            b_S = tl.load(S0 + (o_seg * F_PAD + o_f[:, None]) * DV + o_v[None, :], mask=m_v[None, :], other=0.0)
-            b_zs = tl.load(Z0 + o_seg * F_PAD + o_f)
-        else:
-            b_S = tl.zeros([BF, BV], dtype=tl.float32)
-            b_zs = tl.zeros([BF], dtype=tl.float32)
+        b_S, b_zs = _carried_state(S0, Z0, i_bh64 * NSEG + i_s, F_PAD, DV, o_f, o_v, m_v, o_f >= 0, BF, BV,
+                                   USE_SEG, NORMALIZE)
         if not CAUSAL:
             for i_c in range(NC):
                 o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
@@ -478,14 +492,9 @@ def _inter_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, S0, Z0, dS0, dZ0, idx, 
     else:
         # dS = sum over queries that see key j of phi(q_i) dn_i^T (and phi(q_i) dz_i):
         # dv_j = dS^T psi(k_j), dk_j = J_psi(k_j)^T (dS v_j + dz_S)
-        if USE_SEG:
-            # dzeta belongs to the first v tile only (dk sums over v tiles)
-            o_seg = i_bh64 * NSEG + i_s
-            b_dS = tl.load(dS0 + (o_seg * F_PAD + o_f[:, None]) * DV + o_v[None, :], mask=m_v[None, :], other=0.0)
-            b_dzs = tl.load(dZ0 + o_seg * F_PAD + o_f, mask=(o_f * 0 + i_v) == 0, other=0.0)
-        else:
-            b_dS = tl.zeros([BF, BV], dtype=tl.float32)
-            b_dzs = tl.zeros([BF], dtype=tl.float32)
+        # dzeta belongs to the first v tile only (dk sums over v tiles)
+        b_dS, b_dzs = _carried_state(dS0, dZ0, i_bh64 * NSEG + i_s, F_PAD, DV, o_f, o_v, m_v, (o_f * 0 + i_v) == 0,
+                                     BF, BV, USE_SEG, NORMALIZE)
         if not CAUSAL:
             for i_c in range(NC):
                 o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
@@ -555,15 +564,8 @@ def _fused_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, scale, eps, T, D
     p_k = k + i_bh64 * T * D
     p_v = v + i_bh64 * T * DV
     p_o = o + i_bh64 * T * DV
-    if USE_SEG:
-        o_seg = i_bh64 * NSEG + i_s
-        b_S = tl.load(S0 + (o_seg * F_PAD + o_f[:, None]) * DV + o_v[None, :], mask=m_v[None, :], other=0.0)
-    else:
-        b_S = tl.zeros([BF, BV], dtype=tl.float32)
-    if USE_SEG and NORMALIZE:
-        b_zs = tl.load(Z0 + o_seg * F_PAD + o_f)
-    else:
-        b_zs = tl.zeros([BF], dtype=tl.float32)
+    b_S, b_zs = _carried_state(S0, Z0, i_bh64 * NSEG + i_s, F_PAD, DV, o_f, o_v, m_v, o_f >= 0, BF, BV, USE_SEG,
+                               NORMALIZE)
     c_lo = i_s * CPS
     c_hi = tl.minimum(c_lo + CPS, NC)
     for i_c in range(c_lo, c_hi):
@@ -587,11 +589,7 @@ def _fused_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, scale, eps, T, D
         b_o = tl.dot(b_phi.to(DT), b_S.to(DT), b_o, input_precision=PRECISION)  # [BT, BV]
         if NORMALIZE:
             b_z = tl.sum(b_a, 1) + tl.sum(b_phi * b_zs[None, :], 1)  # [BT]
-            if FIX_ABS:
-                b_den = tl.abs(b_z) + eps
-            else:
-                b_den = b_z
-            b_o = b_o / b_den[:, None]
+            b_o = b_o / _den(b_z, eps, FIX_ABS)[:, None]
             tl.store(z + i_bh64 * T + o_t, b_z, mask=m_t)
         tl.store(p_o + o_t[:, None] * DV + o_v[None, :], b_o.to(DT), mask=m_vv)
         # chunk i_c enters the state after its own queries used it
@@ -651,13 +649,19 @@ def _chunk_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, ktab, scale, eps, T, D,
             if NORMALIZE:
                 b_z += tl.sum(b_phi.to(tl.float32) * tl.load(Z0 + o_seg * F_PAD + o_f)[None, :], 1)
     if NORMALIZE:
-        if FIX_ABS:
-            b_o = b_o / (tl.abs(b_z) + eps)[:, None]
-        else:
-            b_o = b_o / b_z[:, None]
+        b_o = b_o / _den(b_z, eps, FIX_ABS)[:, None]
         # every v tile computes the same z
         tl.store(z + i_bh64 * T + o_t, b_z, mask=m_t)
     tl.store(o + i_bh64 * T * DV + o_t[:, None] * DV + o_v[None, :], b_o.to(DT), mask=m_t[:, None] & m_v[None, :])
+
+
+@triton.jit
+def _den(b_z, eps, FIX_ABS: tl.constexpr):
+    # the normaliser's denominator: z, or |z| + eps with normalizer_fix="abs" (the host's _denominator)
+    if FIX_ABS:
+        return tl.abs(b_z) + eps
+    else:
+        return b_z
 
 
 @triton.jit
@@ -674,12 +678,10 @@ def _bwd_prep_kernel(o, do, z, rden, dz, eps, T, DV,
     b_o = tl.load(o + p, mask=m_vv, other=0.0).to(tl.float32)
     b_do = tl.load(do + p, mask=m_vv, other=0.0).to(tl.float32)
     b_z = tl.load(z + i_bh64 * T + o_t, mask=m_t, other=1.0)
+    b_r = 1.0 / _den(b_z, eps, FIX_ABS)
+    b_dz = -tl.sum(b_do * b_o, 1) * b_r
     if FIX_ABS:
-        b_r = 1.0 / (tl.abs(b_z) + eps)
-        b_dz = -tl.sum(b_do * b_o, 1) * b_r * tl.where(b_z > 0, 1.0, tl.where(b_z < 0, -1.0, 0.0))
-    else:
-        b_r = 1.0 / b_z
-        b_dz = -tl.sum(b_do * b_o, 1) * b_r
+        b_dz = b_dz * tl.where(b_z > 0, 1.0, tl.where(b_z < 0, -1.0, 0.0))
     tl.store(rden + i_bh64 * T + o_t, b_r, mask=m_t)
     tl.store(dz + i_bh64 * T + o_t, b_dz, mask=m_t)
 
@@ -705,15 +707,8 @@ def _fused_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, S0, Z0, idx, w_phi, w_p
     b_wk = tl.load(w_psi + o_f)  # [BF]
     p_q = q + i_bh64 * T * D
     p_k = k + i_bh64 * T * D
-    if USE_SEG:
-        o_seg = i_bh64 * NSEG + i_s
-        b_S = tl.load(S0 + (o_seg * F_PAD + o_f[:, None]) * DV + o_v[None, :], mask=m_v[None, :], other=0.0)
-    else:
-        b_S = tl.zeros([BF, BV], dtype=tl.float32)
-    if USE_SEG and NORMALIZE:
-        b_zs = tl.load(Z0 + o_seg * F_PAD + o_f)
-    else:
-        b_zs = tl.zeros([BF], dtype=tl.float32)
+    b_S, b_zs = _carried_state(S0, Z0, i_bh64 * NSEG + i_s, F_PAD, DV, o_f, o_v, m_v, o_f >= 0, BF, BV, USE_SEG,
+                               NORMALIZE)
     c_lo = i_s * CPS
     c_hi = tl.minimum(c_lo + CPS, NC)
     for i in range(0, c_hi - c_lo):
@@ -915,17 +910,22 @@ def _empty(shape, device):
     return torch.empty(shape, dtype=torch.float32, device=device)
 
 
-def _blocks(q, v, block_f, block_v, kron=None):
-    """Tile sizes: BD (head dim, padded), BV (v head dim, padded), BVs (v tile of the scan),
-    the dot precision, and the warps of the scan kernels."""
-    D, DV = q.shape[-1], v.shape[-1]
-    # at least 32: triton 3.6 miscompiles the [BT, BF] x [BF, 16] scatter dot of _phi_vjp on
+def _dims(q, v):
+    """BD (head dim, padded), BV (v head dim, padded) and the dot precision, shared by every path."""
+    # BD at least 32: triton 3.6 miscompiles the [BT, BF] x [BF, 16] scatter dot of _phi_vjp on
     # sm_90 (compute-sanitizer: out-of-bounds shared-memory read, then an illegal address)
-    BD = max(32, triton.next_power_of_2(D))
-    BV = max(16, triton.next_power_of_2(DV))
-    BVs = BV if block_v is None else min(BV, block_v)
+    BD = max(32, triton.next_power_of_2(q.shape[-1]))
+    BV = max(16, triton.next_power_of_2(v.shape[-1]))
     # fp32 inputs keep fp32 accuracy through three tf32 passes; 16-bit inputs use their own MMA
     precision = "tf32x3" if q.dtype == torch.float32 else "tf32"
+    return BD, BV, precision
+
+
+def _blocks(q, v, block_f, block_v, kron=None):
+    """Tile sizes: BD, BV and the dot precision (:func:`_dims`), BVs (v tile of the scan), and the
+    warps of the scan kernels."""
+    BD, BV, precision = _dims(q, v)
+    BVs = BV if block_v is None else min(BV, block_v)
     # the scan holds a [BF, BV] fp32 state plus feature tiles; 8 warps keep a 64x64 state
     # out of local memory on sm_90 (ptxas: 4 warps spill ~600 bytes per thread)
     # the Kronecker tiles build features from two narrow slices instead of one-hot matmuls, and
@@ -1093,8 +1093,7 @@ def _fused_fwd(q, k, v, scale, normalize, fix_abs, eps, chunk, segments, BF, BV)
     DV = v.shape[-1]
     idx, w_phi, w_psi, _ = feature_tables(D, scale, q.device, BF)
     F_PAD = idx.shape[1]
-    BD = max(32, triton.next_power_of_2(D))
-    precision = "tf32x3" if q.dtype == torch.float32 else "tf32"
+    BD, _, precision = _dims(q, v)
     NC = triton.cdiv(T, chunk)
     NSEG, CPS = _segments(NC, B * H, segments, int(_knob("FASTATTN_FUSED_WAVES", _FUSED_WAVES) * _sm_count(q.device)))
     warps = 8 if BF * BV >= 64 * 64 else 4
@@ -1119,8 +1118,7 @@ def _fused_bwd(q, k, v, o, z, do, scale, normalize, fix_abs, eps, chunk, segment
     DV = v.shape[-1]
     idx, w_phi, w_psi, _ = feature_tables(D, scale, q.device, BF)
     F_PAD = idx.shape[1]
-    BD = max(32, triton.next_power_of_2(D))
-    precision = "tf32x3" if q.dtype == torch.float32 else "tf32"
+    BD, _, precision = _dims(q, v)
     NC = triton.cdiv(T, chunk)
     NSEG, CPS = _segments(NC, B * H, segments, int(_knob("FASTATTN_FUSED_WAVES", _FUSED_WAVES) * _sm_count(q.device)))
     if state is not None:
@@ -1168,11 +1166,11 @@ _CHUNK_FWD_MIB = 256
 _CHUNK_FWD_CPS = 4
 
 
-def _chunk_fwd(q, k, v, scale, normalize, fix_abs, eps, chunk, block_f):
-    """Causal forward by _chunk_fwd_kernel: (o in q.dtype, z or None, state for the fused backward or None)."""
+def _chunk_fwd(q, k, v, scale, normalize, fix_abs, eps, chunk, block_f, tiles):
+    """Causal forward by _chunk_fwd_kernel: (o in q.dtype, z or None, state for the fused backward or None);
+    ``tiles`` as :func:`_fused_tiles` gives them."""
     B, H, T, D = q.shape
     DV = v.shape[-1]
-    tiles = _fused_tiles(q, v, True)
     if tiles is not None:
         # one symmetric table: segment states built as one [F_pad, DV] tile, read back 64 rows at a time
         BFs = tiles[0]
@@ -1182,9 +1180,7 @@ def _chunk_fwd(q, k, v, scale, normalize, fix_abs, eps, chunk, block_f):
         idx, w_phi, w_psi, ktab, BFs, kron = _layout(q, v, scale, True, block_f)
         BF = BFs
     F_PAD = w_phi.numel()
-    BD = max(32, triton.next_power_of_2(D))
-    BV = max(16, triton.next_power_of_2(DV))
-    precision = "tf32x3" if q.dtype == torch.float32 else "tf32"
+    BD, BV, _, precision, warps = _blocks(q, v, BFs, None, kron)
     NC = triton.cdiv(T, chunk)
     seg_bytes = B * H * F_PAD * BV * 4
     CPS = max(_knob("FASTATTN_CHUNK_FWD_CPS", _CHUNK_FWD_CPS),
@@ -1195,7 +1191,6 @@ def _chunk_fwd(q, k, v, scale, normalize, fix_abs, eps, chunk, block_f):
     z = _empty((B, H, T), q.device) if normalize else o
     S0 = Z0 = o
     if NSEG > 1:
-        warps = 4 if kron or BFs * BV < 64 * 64 else 8
         S0, Z0 = _segment_prefix(k, v, z, z, idx, w_psi, T, D, DV, F_PAD, NC, CPS, NSEG, F_PAD // BFs, 1, B * H,
                                  chunk, BFs, BV, BD, normalize, False, precision, warps, reverse=False, ktab=ktab,
                                  kron=kron)
@@ -1218,7 +1213,7 @@ def _poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, 
     """(o, z, saved scan state or None); the fused path when all features fit one tile."""
     tiles = _fused_tiles(q, v, causal)
     if causal and _knob("FASTATTN_CHUNK_FWD", int(tiles is None and not uses_kron(q.shape[-1], True, v.shape[-1]))):
-        return _chunk_fwd(q, k, v, scale, normalize, fix_abs, eps, chunk or _CHUNK, block_f)
+        return _chunk_fwd(q, k, v, scale, normalize, fix_abs, eps, chunk or _CHUNK, block_f, tiles)
     if chunk is None:
         chunk = _auto_chunk(tiles)
     if tiles is not None:
