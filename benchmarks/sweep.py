@@ -2,7 +2,10 @@
 
 Each config is a JSON object {"env": {knob: value}, "kw": {poly_attention tiling kwargs}}.
 Every config is first checked against the first one on the same inputs (T = 2048: output
-and gradients, relative RMS < 2e-2); a config that fails or errors is not timed.
+and gradients, relative RMS < 2e-2); a config that fails or errors is not timed. With
+``--reference`` the default config is first checked against the fp32 quadratic reference
+(``check_gpu.run``, bf16, T = 4096) and the run stops if it fails; ``--regs`` prints the
+registers and spills of every kernel compiled for the row.
 
     python benchmarks/sweep.py --row "1 + x + x**2/2:64:64:1" --T 32768 \\
         --configs '[{"kw": {"block_f": 256}}, {"env": {"FASTATTN_SCAN_WARPS": "4"}, "kw": {"block_f": 128}}]'
@@ -10,11 +13,25 @@ and gradients, relative RMS < 2e-2); a config that fails or errors is not timed.
 import argparse
 import json
 import os
+import sys
 
 import torch
 from triton.testing import do_bench
 
-from fastattn.kernels.poly import poly_attention, polynomial
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import check_gpu  # noqa: E402
+from fastattn.kernels.codegen import load_module  # noqa: E402
+from fastattn.kernels.poly import poly_attention, polynomial  # noqa: E402
+
+
+def kernel_stats(mod):
+    """(kernel, last constexprs, registers, spills) of every kernel the module has compiled."""
+    out = []
+    for name in sorted(n for n in dir(mod) if n.endswith("_kernel")):
+        for cache in getattr(getattr(mod, name), "device_caches", {}).values():
+            for key, k in cache[0].items():
+                out.append((name, str(key)[-160:], getattr(k, "n_regs", "?"), getattr(k, "n_spills", "?")))
+    return out
 
 
 def main():
@@ -23,18 +40,24 @@ def main():
     ap.add_argument("--T", type=int, nargs="+", default=[8192])
     ap.add_argument("--configs", required=True)
     ap.add_argument("--rep", type=int, default=30)
+    ap.add_argument("--reference", action="store_true", help="check the default config against the fp32 reference")
+    ap.add_argument("--regs", action="store_true", help="print registers and spills of the compiled kernels")
     a = ap.parse_args()
     spec, D, DV, norm = a.row.split(":")
     D, DV, norm = int(D), int(DV), bool(int(norm))
     poly = polynomial(spec)  # parsed once: a spec string would be parsed on every timed call
     configs = json.loads(a.configs)
+    if a.reference:
+        rows = check_gpu.run(spec, D, DV, norm, 4096, torch.bfloat16, 1, 2, causal=True)
+        print("reference check:", [(n, f"{e['rel_rms']:.2e}", ok) for n, e, ok in rows], flush=True)
+        if not all(ok for *_, ok in rows):
+            return 1
+    knobs = {name for cfg in configs for name in cfg.get("env", {})}
     g = torch.Generator(device="cuda").manual_seed(0)
     mk = lambda *s: torch.randn(*s, device="cuda", generator=g).bfloat16()  # noqa: E731
 
     def call(q, k, v, cfg):
-        for name in ("FASTATTN_SCAN_WARPS", "FASTATTN_FUSED_WAVES", "FASTATTN_FUSED_FWD_BV", "FASTATTN_FUSED_FWD_WARPS",
-                     "FASTATTN_KRON", "FASTATTN_BWD_STREAMS", "FASTATTN_CHUNK_FWD",
-                     "FASTATTN_CHUNK_FWD_CPS", "FASTATTN_CHUNK_FWD_MIB"):
+        for name in knobs:
             os.environ.pop(name, None)
         os.environ.update(cfg.get("env", {}))
         return poly_attention(q, k, v, poly, causal=True, normalize=norm, backend="triton", **cfg.get("kw", {}))
@@ -57,6 +80,9 @@ def main():
                 good.append(cfg)
         except Exception as exc:  # noqa: BLE001
             print(f"check {cfg}: error {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+    if a.regs:
+        for row in kernel_stats(load_module(poly)):
+            print("regs", *row, flush=True)
     print(f"\n{spec} D{D} DV{DV} norm={norm}\n| T | config | fwd ms | fwd+bwd ms |\n|---|---|---|---|")
     for T in a.T:
         q, k, v, do = mk(2, 16, T, D), mk(2, 16, T, D), mk(2, 16, T, DV), mk(2, 16, T, DV)
@@ -73,4 +99,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
