@@ -121,38 +121,61 @@ def test_feature_dim_degree2_d64_is_2145():
     assert n == 2145 and idx.shape == (2, 2176) and bool((w_phi[n:] == 0).all())
 
 
-def _kron_features(x, ktab, w, block_f, BI, BJ):
+def _kron_features(x, ktab, w, block_f, KG, KA):
     """The block-Kronecker features of the rows of x (float64), built from the kernel's tables
     by plain indexing: the independent reading of what _kron_phi computes."""
     n, dim = x.shape
     xp = torch.cat([x, torch.ones(n, 1, dtype=x.dtype), torch.zeros(n, 2 * block_f, dtype=x.dtype)], 1)
+    width = 2 + 2 * KG * KA
+    flat = ktab.reshape(-1).tolist()
     tiles = []
-    for i0, j0 in ktab.tolist():
+    for t, (i0, j0) in enumerate(ktab[:, :2].tolist()):
         if i0 < 0:
             tiles.append(xp[:, j0:j0 + block_f])
-        else:
-            xi = torch.where(torch.arange(i0, i0 + BI) < dim, xp[:, i0:i0 + BI], 0.0)
-            xj = torch.where(torch.arange(j0, j0 + BJ) < dim, xp[:, j0:j0 + BJ], 0.0)
-            tiles.append((xi[:, :, None] * xj[:, None, :]).reshape(n, BI * BJ))
+            continue
+        assert i0 == t * width + 2  # the offset of the tile's own column lists
+        left, right = flat[i0:i0 + KG * KA], flat[i0 + KG * KA:i0 + 2 * KG * KA]
+        # in a Kronecker tile the 1 sits in the first group-aligned column past dim
+        one = -(-dim // KA) * KA
+        xg = torch.cat([x, torch.zeros(n, one - dim + 2 * block_f, dtype=x.dtype)], 1)
+        xg[:, one] = 1.0
+        assert all(c % KA == g % KA and c - g % KA == left[g - g % KA] for g, c in enumerate(left)), \
+            "a group's columns are one aligned run (the kernel's load hints)"
+        for g in range(KG):
+            xl = xg[:, left[g * KA:(g + 1) * KA]]
+            xr = xg[:, right[g * KA:(g + 1) * KA]]
+            tiles.append((xl[:, :, None] * xr[:, None, :]).reshape(n, KA * KA))
     return torch.cat(tiles, 1) * w.double()
 
 
-@pytest.mark.parametrize("spec", ["1 + x + x**2/2", "x**2", "1 - x + 3*x**2", "2*x - x**2"])
-@pytest.mark.parametrize("dim, block_f", [(1, 16), (7, 32), (13, 64), (24, 128), (33, 256), (64, 128)])
-def test_kron_features_reproduce_f(spec, dim, block_f):
+@pytest.mark.parametrize("spec", ["1 + x + x**2/2", "x**2", "1 - x + 3*x**2", "2*x - x**2", "3 + x**2"])
+@pytest.mark.parametrize("dim, block_f, group", [(1, 16, 4), (7, 32, 4), (13, 64, 4), (24, 128, 4), (33, 256, 4),
+                                                 (64, 64, 4), (64, 64, 8), (20, 256, 16)])
+def test_kron_features_reproduce_f(spec, dim, block_f, group):
     poly = polynomial(spec)
     mod = load_module(poly)
-    ktab, w_phi, w_psi, (BI, BJ) = mod.kron_tables(dim, 0.7, "cpu", block_f)
-    assert BI * BJ == block_f and w_phi.numel() == ktab.shape[0] * block_f
+    ktab, w_phi, w_psi, (KG, KA) = mod.kron_tables(dim, 0.7, "cpu", block_f, group)
+    assert KG * KA * KA == block_f and KA == group and w_phi.numel() == ktab.shape[0] * block_f
     g = torch.Generator().manual_seed(dim)
     x, y = torch.randn(2, 9, dim, generator=g, dtype=torch.float64)
-    phi = _kron_features(x, ktab, w_phi, block_f, BI, BJ)
-    psi = _kron_features(y, ktab, w_psi, block_f, BI, BJ)
+    phi = _kron_features(x, ktab, w_phi, block_f, KG, KA)
+    psi = _kron_features(y, ktab, w_psi, block_f, KG, KA)
     # the kernel's weight tables are float32, so the products agree to float32 rounding
     assert_close("phi.psi", naive.horner(0.7 * x @ y.T, poly), phi @ psi.T, torch.float32)
-    # the block triangle: no more than Dp^2/2 + Dp*BJ/2 degree-2 features for D padded to Dp = BJ * blocks
-    dp = -(-dim // BJ) * BJ
-    assert (ktab[:, 0] >= 0).sum().item() * block_f <= dp * dp / 2 + dp * BJ / 2
+    # the packing: one group per pair of blocks h1 <= h2, (+ the constant), padded to whole tiles
+    nb = -(-dim // KA)
+    groups = nb * (nb + 1) // 2 + 1
+    assert (ktab[:, 0] >= 0).sum().item() <= -(-groups // KG)
+
+
+def test_kron_layout_at_d64():
+    # the bench's degree-2 d64 row: 136 block pairs + the constant in 35 tiles of 4 groups, one
+    # low tile for x (the layout of 8 x 8 products per tile had 36 + 2)
+    mod = load_module(polynomial("1 + x + x**2/2"))
+    ktab, _, _, (KG, KA) = mod.kron_tables(64, 0.125, "cpu", 64, 4)
+    assert (KG, KA) == (4, 4) and ktab.shape[0] == 36 and (ktab[:, 0] < 0).sum().item() == 1
+    ktab8, _, _, _ = mod.kron_tables(64, 0.125, "cpu", 64, 8)
+    assert ktab8.shape[0] == 38
 
 
 @pytest.mark.parametrize("spec", SPECS)
@@ -366,12 +389,18 @@ def test_non_analytic_spec_is_refused():
     (dict(chunk=8), "chunk=8"),
     (dict(block_f=48), "block_f=48"),
     (dict(block_v=4), "block_v=4"),
-    (dict(block_f=512, causal=False), "block_f=512 has no Kronecker split"),
 ])
 def test_bad_tiling_names_the_value(kw, match):
     q = k = v = torch.randn(1, 1, 4, 2)
     with pytest.raises(KernelError, match=match):
         poly_attention(q, k, v, "1 + x + x**2/2", backend="triton", **kw)
+
+
+def test_kron_group_that_does_not_fit_block_f_is_named(monkeypatch):
+    monkeypatch.setenv("FASTATTN_KRON_GROUP", "8")
+    q = k = v = torch.randn(1, 1, 4, 2)
+    with pytest.raises(KernelError, match="block_f=32 cannot hold groups of 8 x 8"):
+        poly_attention(q, k, v, "1 + x + x**2/2", backend="triton", causal=False, block_f=32)
 
 
 @pytest.mark.parametrize("value", ["abc", "1.5"])

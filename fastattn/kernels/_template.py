@@ -86,72 +86,101 @@ def _phi_ld(p_x, o_t, m_t, D, p_idx, o_f, F_PAD, b_w):
 # ----------------------------------------------------------------------------------------
 # Block-Kronecker features for polynomials of degree 2 (shared by every f; the host picks
 # them when the feature map is too large for the fused path). With x' = [x, 1],
-#   a0 + a1 s (q.k) + a2 s^2 (q.k)^2 = sum over tiles of <phi_tile(q), psi_tile(k)>:
-# a "low" tile (ktab row (-1, c0)) holds columns c0 .. c0+BF of x' (degree <= 1), and a
-# Kronecker tile (ktab row (I0, J0)) holds x[I0:I0+BI] (x) x[J0:J0+BJ], built by one broadcast
-# product instead of gathers. Tiles cover the block triangle I <= J of the [D, D] square; the
-# off-diagonal blocks carry weight 2 (set in the host's weight table), so the basis has
-# ~D^2/2 features like the symmetric one but costs no one-hot matmuls.
+#   a0 + a1 s (q.k) + a2 s^2 (q.k)^2 = sum over tiles of <phi_tile(q), psi_tile(k)>.
+# The head dim is cut into blocks of KA columns; every pair of blocks h1 <= h2 is a "group" of
+# KA x KA products x[h1] (x) x[h2] (weight 2 off the diagonal, since (q.k)^2 = sum over all
+# pairs), and a tile packs KG groups: its ktab row lists the KG * KA columns of its left
+# factors, then those of its right ones, so a tile is one broadcast product of two gathered
+# [BT, KG * KA] slices (no one-hot matmuls). Columns from D on read as 0, except the first
+# KA-aligned one past D, which reads as 1: the constant a0 is the group [1] (x) [1], and the
+# padding groups sit past it. Every list is KG aligned runs of KA (the loads stay vectorised). Degree <= 1 terms ride on "low" tiles
+# (ktab row (-1, c0)): columns c0 .. c0+BF of x'. Packing groups of 4 instead of one 8 x 8
+# product per tile fills the diagonal blocks' slots too: at D = 64, 36 tiles instead of 38.
 # ----------------------------------------------------------------------------------------
 @triton.jit
-def _kron_cols(p_x, o_t, m_t, D, c0, one_col, BC: tl.constexpr):
-    # columns c0 .. c0+BC of the rows o_t of x (fp32, 0 beyond D), with 1 in column one_col
-    o_c = c0 + tl.arange(0, BC)
+def _cols(p_x, o_t, m_t, D, o_c, one):
+    # columns o_c of the rows o_t of x (fp32): column `one` reads as 1, columns from D on as 0
     b_x = tl.load(p_x + o_t[:, None] * D + o_c[None, :], mask=m_t[:, None] & (o_c < D)[None, :],
-                  other=0.0).to(tl.float32)  # [BT, BC]
-    return tl.where(m_t[:, None] & (o_c == one_col)[None, :], 1.0, b_x)
+                  other=0.0).to(tl.float32)  # [BT, len(o_c)]
+    return tl.where(m_t[:, None] & (o_c == one)[None, :], 1.0, b_x)
 
 
 @triton.jit
-def _kron_factors(p_x, o_t, m_t, D, I0, J0, BI: tl.constexpr, BJ: tl.constexpr):
-    # the two slices x[I0:I0+BI], x[J0:J0+BJ] of a Kronecker tile (fp32, 0 beyond D)
-    return _kron_cols(p_x, o_t, m_t, D, I0, -1, BI), _kron_cols(p_x, o_t, m_t, D, J0, -1, BJ)
+def _group_cols(ktab, off, KG: tl.constexpr, KA: tl.constexpr):
+    # the KG * KA columns listed at ktab[off]: KG aligned runs of KA, which the hints tell the
+    # compiler so the loads stay vectorised (one group: the run's start plus an arange)
+    if KG == 1:
+        c = tl.load(ktab + off) + tl.arange(0, KA)
+    else:
+        c = tl.max_contiguous(tl.multiple_of(tl.load(ktab + off + tl.arange(0, KG * KA)), KA), KA)
+    return c
 
 
 @triton.jit
-def _add_cols(p_dx, o_t, m_t, D, c0, b_g, BC: tl.constexpr):
-    # p_dx[o_t, c0:c0+BC] += b_g by relaxed atomics (several tiles add into the same columns, and
-    # the sums are read only after the kernel), columns beyond D dropped
-    o_c = c0 + tl.arange(0, BC)
+def _kron_factors(p_x, ktab, o_t, m_t, D, I0, KG: tl.constexpr, KA: tl.constexpr):
+    # the two [BT, KG * KA] factor slices of the Kronecker tile whose column lists start at
+    # ktab[I0], and the lists themselves; the constant's column is the first aligned one past D
+    c_l = _group_cols(ktab, I0, KG, KA)
+    c_r = _group_cols(ktab, I0 + KG * KA, KG, KA)
+    one = (D + KA - 1) // KA * KA
+    return _cols(p_x, o_t, m_t, D, c_l, one), _cols(p_x, o_t, m_t, D, c_r, one), c_l, c_r
+
+
+@triton.jit
+def _add_cols(p_dx, o_t, m_t, D, o_c, b_g):
+    # p_dx[o_t, o_c] += b_g by relaxed atomics (several tiles, and several groups of one tile, add
+    # into the same columns; the sums are read only after the kernel), columns from D on dropped
     tl.atomic_add(p_dx + o_t[:, None] * D + o_c[None, :], b_g, mask=m_t[:, None] & (o_c < D)[None, :],
                   sem="relaxed")
 
 
 @triton.jit
-def _kron_phi(p_x, o_t, m_t, D, I0, J0, b_w, BT: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr):
+def _kron_phi(p_x, ktab, o_t, m_t, D, I0, J0, b_w, BT: tl.constexpr, KG: tl.constexpr, KA: tl.constexpr):
     # in the input dtype (the dot operand): products are formed in fp32 and rounded once, and
     # the 16-bit tile takes half the registers of an fp32 one
     DT = p_x.dtype.element_ty
     if I0 < 0:
-        b_phi = (_kron_cols(p_x, o_t, m_t, D, J0, D, BI * BJ) * b_w[None, :]).to(DT)  # [BT, BF]
+        b_phi = (_cols(p_x, o_t, m_t, D, J0 + tl.arange(0, KG * KA * KA), D) * b_w[None, :]).to(DT)  # [BT, BF]
     else:
-        b_xi, b_xj = _kron_factors(p_x, o_t, m_t, D, I0, J0, BI, BJ)
-        b_phi = (tl.reshape(b_xi[:, :, None] * b_xj[:, None, :], (BT, BI * BJ)) * b_w[None, :]).to(DT)
+        b_l, b_r, c_l, c_r = _kron_factors(p_x, ktab, o_t, m_t, D, I0, KG, KA)
+        if KG == 1:
+            b_p = b_l[:, :, None] * b_r[:, None, :]
+        else:
+            b_p = tl.reshape(b_l, (BT, KG, KA))[:, :, :, None] * tl.reshape(b_r, (BT, KG, KA))[:, :, None, :]
+        b_phi = (tl.reshape(b_p, (BT, KG * KA * KA)) * b_w[None, :]).to(DT)
     return b_phi
 
 
 @triton.jit
-def _kron_vjp_add(p_x, p_dx, o_t, m_t, D, I0, J0, b_w, b_dphi, BT: tl.constexpr, BI: tl.constexpr,
-                  BJ: tl.constexpr):
+def _kron_vjp_add(p_x, p_dx, ktab, o_t, m_t, D, I0, J0, b_w, b_dphi, BT: tl.constexpr, KG: tl.constexpr,
+                  KA: tl.constexpr):
     # dx += J_phi(x)^T dphi for one tile, added by atomics into the fp32 rows of p_dx: a low
-    # tile is the identity on its columns; a Kronecker tile gives d/dx_i = sum_j g_ij x_j and
-    # d/dx_j = sum_i g_ij x_i (the two column blocks may overlap on the diagonal)
+    # tile is the identity on its columns; in a group, d/dl_i = sum_j g_ij r_j and
+    # d/dr_j = sum_i g_ij l_i (the two column lists may share columns)
     b_g = b_dphi * b_w[None, :]  # [BT, BF]
     if I0 < 0:
-        _add_cols(p_dx, o_t, m_t, D, J0, b_g, BI * BJ)
+        _add_cols(p_dx, o_t, m_t, D, J0 + tl.arange(0, KG * KA * KA), b_g)
     else:
-        b_xi, b_xj = _kron_factors(p_x, o_t, m_t, D, I0, J0, BI, BJ)
-        b_g3 = tl.reshape(b_g, (BT, BI, BJ))
-        _add_cols(p_dx, o_t, m_t, D, I0, tl.sum(b_g3 * b_xj[:, None, :], 2), BI)
-        _add_cols(p_dx, o_t, m_t, D, J0, tl.sum(b_g3 * b_xi[:, :, None], 1), BJ)
+        b_l, b_r, c_l, c_r = _kron_factors(p_x, ktab, o_t, m_t, D, I0, KG, KA)
+        if KG == 1:
+            b_g3 = tl.reshape(b_g, (BT, KA, KA))
+            _add_cols(p_dx, o_t, m_t, D, c_l, tl.sum(b_g3 * b_r[:, None, :], 2))
+            _add_cols(p_dx, o_t, m_t, D, c_r, tl.sum(b_g3 * b_l[:, :, None], 1))
+        else:
+            b_g4 = tl.reshape(b_g, (BT, KG, KA, KA))
+            b_dl = tl.sum(b_g4 * tl.reshape(b_r, (BT, KG, KA))[:, :, None, :], 3)  # [BT, KG, KA]
+            b_dr = tl.sum(b_g4 * tl.reshape(b_l, (BT, KG, KA))[:, :, :, None], 2)
+            _add_cols(p_dx, o_t, m_t, D, c_l, tl.reshape(b_dl, (BT, KG * KA)))
+            _add_cols(p_dx, o_t, m_t, D, c_r, tl.reshape(b_dr, (BT, KG * KA)))
 
 
 @triton.jit
-def _tile_origin(ktab, i_f, KRON: tl.constexpr):
-    # (I0, J0) of feature tile i_f on the Kronecker layout (unused otherwise)
+def _tile_origin(ktab, i_f, KRON: tl.constexpr, KG: tl.constexpr, KA: tl.constexpr):
+    # (I0, J0) of feature tile i_f on the Kronecker layout: (-1, c0) for a low tile, else the
+    # offset in ktab of the tile's column lists (rows are 2 + 2 * KG * KA long); 0s otherwise
     if KRON:
-        I0 = tl.load(ktab + 2 * i_f)
-        J0 = tl.load(ktab + 2 * i_f + 1)
+        I0 = tl.load(ktab + (2 + 2 * KG * KA) * i_f)
+        J0 = tl.load(ktab + (2 + 2 * KG * KA) * i_f + 1)
     else:
         I0 = i_f * 0
         J0 = i_f * 0
@@ -160,10 +189,10 @@ def _tile_origin(ktab, i_f, KRON: tl.constexpr):
 
 @triton.jit
 def _feat(p_x, o_t, m_t, D, idx, o_f, F_PAD, b_w, I0, J0, BT: tl.constexpr, BD: tl.constexpr,
-          PRECISION: tl.constexpr, KRON: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr):
+          PRECISION: tl.constexpr, KRON: tl.constexpr, KG: tl.constexpr, KA: tl.constexpr):
     # the [BT, BF] feature tile of rows o_t: Kronecker tiles, or the symmetric basis (_phi)
     if KRON:
-        return _kron_phi(p_x, o_t, m_t, D, I0, J0, b_w, BT, BI, BJ)
+        return _kron_phi(p_x, idx, o_t, m_t, D, I0, J0, b_w, BT, KG, KA)
     else:
         o_d = tl.arange(0, BD)
         b_x = tl.load(p_x + o_t[:, None] * D + o_d[None, :], mask=m_t[:, None] & (o_d < D)[None, :], other=0.0)
@@ -173,10 +202,10 @@ def _feat(p_x, o_t, m_t, D, idx, o_f, F_PAD, b_w, I0, J0, BT: tl.constexpr, BD: 
 @triton.jit
 def _feat_vjp_add(p_x, p_dx, o_t, m_t, D, idx, o_f, F_PAD, b_w, b_dphi, I0, J0, ATOMIC: tl.constexpr,
                   BT: tl.constexpr, BD: tl.constexpr, PRECISION: tl.constexpr, KRON: tl.constexpr,
-                  BI: tl.constexpr, BJ: tl.constexpr):
+                  KG: tl.constexpr, KA: tl.constexpr):
     # dx (fp32 rows at p_dx) += J_feat(x)^T dphi for the tile of _feat
     if KRON:
-        _kron_vjp_add(p_x, p_dx, o_t, m_t, D, I0, J0, b_w, b_dphi, BT, BI, BJ)
+        _kron_vjp_add(p_x, p_dx, idx, o_t, m_t, D, I0, J0, b_w, b_dphi, BT, KG, KA)
     else:
         o_d = tl.arange(0, BD)
         m_x = m_t[:, None] & (o_d < D)[None, :]
@@ -235,6 +264,41 @@ def _accumulate(p, b, mask, ATOMIC: tl.constexpr):
 
 
 @triton.jit
+def _chunk_rows(i_c, BT: tl.constexpr, WIDE: tl.constexpr):
+    # the token rows of chunk i_c: int32 unless T * max(D, DV) reaches 2^31 (WIDE). int32 rows
+    # halve the registers of every [BT, n] offset tile (ptxas, triton 3.6, sm_90: the Kronecker
+    # backward's dk / dv walk spilled 448 bytes per thread with int64 rows, 104 with int32)
+    if WIDE:
+        o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
+    else:
+        o_t = i_c * BT + tl.arange(0, BT)
+    return o_t
+
+
+@triton.jit
+def _ld_rows(p, desc, i_bh, t0, c0, o_t, m_t, o_v, m_v, DV, BT: tl.constexpr, BV: tl.constexpr, TMA: tl.constexpr):
+    # the [BT, BV] tile (rows o_t = t0.., columns o_v = c0..) of one sequence's [T, DV] rows at p:
+    # by a TMA descriptor over [batch*head, T, DV] (zeros past T), or by masked pointer loads.
+    # TMA keeps no [BT, BV] tile of 64-bit addresses in registers: ptxas (triton 3.6, sm_90)
+    # put the Kronecker forward scan at 776 bytes of spills per thread with pointer loads and
+    # atomics, 0 with descriptors
+    if TMA:
+        b = tl.reshape(desc.load([i_bh, t0, c0]), (BT, BV))
+    else:
+        b = tl.load(p + o_t[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
+    return b
+
+
+@triton.jit
+def _add_rows(p, desc, i_bh, t0, c0, o_t, m_t, o_v, m_v, DV, b, ATOMIC: tl.constexpr, TMA: tl.constexpr):
+    # the fp32 rows at p (as _ld_rows) += b: a TMA reduce-add (rows past T dropped), else _accumulate
+    if TMA:
+        desc.atomic_add([i_bh, t0, c0], b[None, :, :])
+    else:
+        _accumulate(p + o_t[:, None] * DV + o_v[None, :], b, m_t[:, None] & m_v[None, :], ATOMIC)
+
+
+@triton.jit
 def _carried_state(S0, Z0, o_seg, F_PAD, DV, o_f, o_v, m_v, m_z, BF: tl.constexpr, BV: tl.constexpr,
                    USE_SEG: tl.constexpr, NORMALIZE: tl.constexpr):
     # the [BF, BV] state slice and [BF] normaliser state a walk starts from: the state carried in
@@ -252,11 +316,12 @@ def _carried_state(S0, Z0, o_seg, F_PAD, DV, o_f, o_v, m_v, m_z, BF: tl.constexp
 
 
 @triton.jit
-def _segment_state_kernel(x, y, rden, cz, S, Z, idx, w, ktab, T, D, DV, F_PAD, NC, CPS, NF,
+def _segment_state_kernel(x, y, yd, rden, cz, S, Z, idx, w, ktab, T, D, DV, F_PAD, NC, CPS, NF,
                           BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr,
                           NORMALIZE: tl.constexpr, SCALE_Y: tl.constexpr, PRECISION: tl.constexpr,
-                          LD: tl.constexpr = False, KRON: tl.constexpr = False, BI: tl.constexpr = 1,
-                          BJ: tl.constexpr = 1):
+                          LD: tl.constexpr = False, KRON: tl.constexpr = False, KG: tl.constexpr = 1,
+                          KA: tl.constexpr = 1, TMA_LD: tl.constexpr = False, TMA_ADD: tl.constexpr = False,
+                      WIDE: tl.constexpr = True):
     # the first level of the two-level scan (TFLA): the sequence is cut into segments of CPS
     # chunks, and each program sums its segment's contribution to one [BF, BV] slice of a
     # state, S_seg = sum_t feat(x_t)^T y_t and Z_seg = sum_t feat(x_t) c_t, with
@@ -275,7 +340,7 @@ def _segment_state_kernel(x, y, rden, cz, S, Z, idx, w, ktab, T, D, DV, F_PAD, N
     m_v = o_v < DV
     m_d = o_d < D
     b_w = tl.load(w + o_f)  # [BF]
-    I0, J0 = _tile_origin(ktab, i_f, KRON)
+    I0, J0 = _tile_origin(ktab, i_f, KRON, KG, KA)
     p_x = x + i_bh64 * T * D
     p_y = y + i_bh64 * T * DV
     b_S = tl.zeros([BF, BV], dtype=tl.float32)
@@ -283,14 +348,14 @@ def _segment_state_kernel(x, y, rden, cz, S, Z, idx, w, ktab, T, D, DV, F_PAD, N
     c_lo = i_s * CPS
     c_hi = tl.minimum(c_lo + CPS, NC)
     for i_c in range(c_lo, c_hi):
-        o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
+        o_t = _chunk_rows(i_c, BT, WIDE)
         m_t = o_t < T
         if LD:
             # the fused path's gather from memory (see _phi_ld)
             b_feat = _phi_ld(p_x, o_t, m_t, D, idx, o_f, F_PAD, b_w)  # [BT, BF]
         else:
-            b_feat = _feat(p_x, o_t, m_t, D, idx, o_f, F_PAD, b_w, I0, J0, BT, BD, PRECISION, KRON, BI, BJ)
-        b_y = tl.load(p_y + o_t[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
+            b_feat = _feat(p_x, o_t, m_t, D, idx, o_f, F_PAD, b_w, I0, J0, BT, BD, PRECISION, KRON, KG, KA)
+        b_y = _ld_rows(p_y, yd, i_bh, i_c * BT, i_v * BV, o_t, m_t, o_v, m_v, DV, BT, BV, TMA_LD)
         if SCALE_Y:
             b_y = (b_y.to(tl.float32) * tl.load(rden + i_bh64 * T + o_t, mask=m_t, other=0.0)[:, None]).to(DT)
         b_S += tl.dot(tl.trans(b_feat).to(DT), b_y, input_precision=PRECISION)  # [BF, BV]
@@ -327,11 +392,12 @@ def _segment_scan_kernel(S, N, NSEG, REVERSE: tl.constexpr, BLOCK: tl.constexpr)
 
 
 @triton.jit
-def _inter_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, ktab, T, D, DV, F_PAD, NC, CPS, NF,
+def _inter_fwd_kernel(q, k, v, vd, o, od, z, S0, Z0, idx, w_phi, w_psi, ktab, T, D, DV, F_PAD, NC, CPS, NF,
                       BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr,
                       CAUSAL: tl.constexpr, NORMALIZE: tl.constexpr, ATOMIC: tl.constexpr,
                       USE_SEG: tl.constexpr, PRECISION: tl.constexpr, KRON: tl.constexpr = False,
-                      BI: tl.constexpr = 1, BJ: tl.constexpr = 1):
+                      KG: tl.constexpr = 1, KA: tl.constexpr = 1, TMA_LD: tl.constexpr = False,
+                      TMA_ADD: tl.constexpr = False, WIDE: tl.constexpr = True):
     # batch*head is the slowest grid axis, so the programs running together share one
     # sequence's q, k, v in L2; axis 0 is (feature tile, segment): each program walks the
     # CPS chunks of its segment from the prefix state S0 of the segments before it
@@ -348,7 +414,7 @@ def _inter_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, ktab, T, D, DV, 
     m_d = o_d < D
     b_wq = tl.load(w_phi + o_f)  # [BF]
     b_wk = tl.load(w_psi + o_f)  # [BF]
-    I0, J0 = _tile_origin(ktab, i_f, KRON)
+    I0, J0 = _tile_origin(ktab, i_f, KRON, KG, KA)
     p_q = q + i_bh64 * T * D
     p_k = k + i_bh64 * T * D
     p_v = v + i_bh64 * T * DV
@@ -360,18 +426,18 @@ def _inter_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, ktab, T, D, DV, 
     if not CAUSAL:
         # every query sees every key: build the whole state first
         for i_c in range(NC):
-            o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
+            o_t = _chunk_rows(i_c, BT, WIDE)
             m_t = o_t < T
-            b_psi = _feat(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk, I0, J0, BT, BD, PRECISION, KRON, BI, BJ)
-            b_v = tl.load(p_v + o_t[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
+            b_psi = _feat(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk, I0, J0, BT, BD, PRECISION, KRON, KG, KA)
+            b_v = _ld_rows(p_v, vd, i_bh, i_c * BT, i_v * BV, o_t, m_t, o_v, m_v, DV, BT, BV, TMA_LD)
             b_S += tl.dot(tl.trans(b_psi).to(DT), b_v, input_precision=PRECISION)  # [BF, BV]
             b_zs += tl.sum(b_psi.to(tl.float32), 0)
     for i_c in range(c_lo, c_hi):
-        o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
+        o_t = _chunk_rows(i_c, BT, WIDE)
         m_t = o_t < T
-        b_phi = _feat(p_q, o_t, m_t, D, idx, o_f, F_PAD, b_wq, I0, J0, BT, BD, PRECISION, KRON, BI, BJ)
+        b_phi = _feat(p_q, o_t, m_t, D, idx, o_f, F_PAD, b_wq, I0, J0, BT, BD, PRECISION, KRON, KG, KA)
         b_o = tl.dot(b_phi.to(DT), b_S.to(DT), input_precision=PRECISION)  # [BT, BV]
-        _accumulate(p_o + o_t[:, None] * DV + o_v[None, :], b_o, m_t[:, None] & m_v[None, :], ATOMIC)
+        _add_rows(p_o, od, i_bh, i_c * BT, i_v * BV, o_t, m_t, o_v, m_v, DV, b_o, ATOMIC, TMA_ADD)
         if NORMALIZE:
             # the normaliser is one column, owned by the first v tile (the mask is a tensor
             # op because the interpreter rejects a scalar bool in a mask)
@@ -379,8 +445,8 @@ def _inter_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, ktab, T, D, DV, 
                         ATOMIC)
         if CAUSAL:
             # chunk i_c enters the state only after its own queries used it
-            b_psi = _feat(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk, I0, J0, BT, BD, PRECISION, KRON, BI, BJ)
-            b_v = tl.load(p_v + o_t[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
+            b_psi = _feat(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk, I0, J0, BT, BD, PRECISION, KRON, KG, KA)
+            b_v = _ld_rows(p_v, vd, i_bh, i_c * BT, i_v * BV, o_t, m_t, o_v, m_v, DV, BT, BV, TMA_LD)
             b_S += tl.dot(tl.trans(b_psi).to(DT), b_v, input_precision=PRECISION)  # [BF, BV]
             b_zs += tl.sum(b_psi.to(tl.float32), 0)
 
@@ -423,13 +489,15 @@ def _intra_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, scale, T, D, DV,
 
 
 @triton.jit
-def _inter_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, S0, Z0, dS0, dZ0, idx, w_phi, w_psi, ktab, T, D, DV,
+def _inter_bwd_kernel(q, k, v, vd, do, dod, rden, dz, dq, dk, dv, dvd, S0, Z0, dS0, dZ0, idx, w_phi, w_psi, ktab,
+                      T, D, DV,
                       F_PAD, NC, CPS, NF,
                       BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr,
                       CAUSAL: tl.constexpr, NORMALIZE: tl.constexpr, ATOMIC_QK: tl.constexpr,
                       ATOMIC_V: tl.constexpr, USE_SEG: tl.constexpr, PASS: tl.constexpr,
-                      PRECISION: tl.constexpr, KRON: tl.constexpr = False, BI: tl.constexpr = 1,
-                      BJ: tl.constexpr = 1):
+                      PRECISION: tl.constexpr, KRON: tl.constexpr = False, KG: tl.constexpr = 1,
+                      KA: tl.constexpr = 1, TMA_LD: tl.constexpr = False, TMA_ADD: tl.constexpr = False,
+                      WIDE: tl.constexpr = True):
     # PASS 0 walks forward for dq, PASS 1 walks backward for dk and dv; the two share nothing,
     # so they are separate launches (each compiled with only its own registers). Axis 0 is
     # (feature tile, segment): pass 0 starts from the prefix state S0 of the earlier
@@ -449,7 +517,7 @@ def _inter_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, S0, Z0, dS0, dZ0, idx, 
     m_d = o_d < D
     b_wq = tl.load(w_phi + o_f)  # [BF]
     b_wk = tl.load(w_psi + o_f)  # [BF]
-    I0, J0 = _tile_origin(ktab, i_f, KRON)
+    I0, J0 = _tile_origin(ktab, i_f, KRON, KG, KA)
     p_q = q + i_bh64 * T * D
     p_k = k + i_bh64 * T * D
     p_v = v + i_bh64 * T * DV
@@ -465,17 +533,17 @@ def _inter_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, S0, Z0, dS0, dZ0, idx, 
                                    USE_SEG, NORMALIZE)
         if not CAUSAL:
             for i_c in range(NC):
-                o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
+                o_t = _chunk_rows(i_c, BT, WIDE)
                 m_t = o_t < T
-                b_psi = _feat(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk, I0, J0, BT, BD, PRECISION, KRON, BI, BJ)
-                b_v = tl.load(p_v + o_t[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
+                b_psi = _feat(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk, I0, J0, BT, BD, PRECISION, KRON, KG, KA)
+                b_v = _ld_rows(p_v, vd, i_bh, i_c * BT, i_v * BV, o_t, m_t, o_v, m_v, DV, BT, BV, TMA_LD)
                 b_S += tl.dot(tl.trans(b_psi).to(DT), b_v, input_precision=PRECISION)  # [BF, BV]
                 b_zs += tl.sum(b_psi.to(tl.float32), 0)
         for i_c in range(c_lo, c_hi):
-            o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
+            o_t = _chunk_rows(i_c, BT, WIDE)
             m_t = o_t < T
-            b_dn = tl.load(p_do + o_t[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
-                           other=0.0).to(tl.float32)  # [BT, BV]
+            b_dn = _ld_rows(p_do, dod, i_bh, i_c * BT, i_v * BV, o_t, m_t, o_v, m_v, DV, BT, BV,
+                            TMA_LD).to(tl.float32)  # [BT, BV]
             if NORMALIZE:
                 b_dn = b_dn * tl.load(rden + i_bh64 * T + o_t, mask=m_t, other=0.0)[:, None]
             b_dphi = tl.dot(b_dn.to(DT), tl.trans(b_S.to(DT)), input_precision=PRECISION)  # [BT, BF]
@@ -483,10 +551,10 @@ def _inter_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, S0, Z0, dS0, dZ0, idx, 
                 b_dz = tl.load(dz + i_bh64 * T + o_t, mask=m_t & ((o_t * 0 + i_v) == 0), other=0.0)  # [BT]
                 b_dphi += b_dz[:, None] * b_zs[None, :]
             _feat_vjp_add(p_q, p_dq, o_t, m_t, D, idx, o_f, F_PAD, b_wq, b_dphi, I0, J0, ATOMIC_QK, BT, BD, PRECISION,
-                          KRON, BI, BJ)
+                          KRON, KG, KA)
             if CAUSAL:
-                b_psi = _feat(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk, I0, J0, BT, BD, PRECISION, KRON, BI, BJ)
-                b_v = tl.load(p_v + o_t[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
+                b_psi = _feat(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk, I0, J0, BT, BD, PRECISION, KRON, KG, KA)
+                b_v = _ld_rows(p_v, vd, i_bh, i_c * BT, i_v * BV, o_t, m_t, o_v, m_v, DV, BT, BV, TMA_LD)
                 b_S += tl.dot(tl.trans(b_psi).to(DT), b_v, input_precision=PRECISION)  # [BF, BV]
                 b_zs += tl.sum(b_psi.to(tl.float32), 0)
     else:
@@ -497,11 +565,11 @@ def _inter_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, S0, Z0, dS0, dZ0, idx, 
                                      BF, BV, USE_SEG, NORMALIZE)
         if not CAUSAL:
             for i_c in range(NC):
-                o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
+                o_t = _chunk_rows(i_c, BT, WIDE)
                 m_t = o_t < T
-                b_phi = _feat(p_q, o_t, m_t, D, idx, o_f, F_PAD, b_wq, I0, J0, BT, BD, PRECISION, KRON, BI, BJ)
-                b_dn = tl.load(p_do + o_t[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
-                               other=0.0).to(tl.float32)  # [BT, BV]
+                b_phi = _feat(p_q, o_t, m_t, D, idx, o_f, F_PAD, b_wq, I0, J0, BT, BD, PRECISION, KRON, KG, KA)
+                b_dn = _ld_rows(p_do, dod, i_bh, i_c * BT, i_v * BV, o_t, m_t, o_v, m_v, DV, BT, BV,
+                                TMA_LD).to(tl.float32)  # [BT, BV]
                 if NORMALIZE:
                     b_dn = b_dn * tl.load(rden + i_bh64 * T + o_t, mask=m_t, other=0.0)[:, None]
                     b_dz = tl.load(dz + i_bh64 * T + o_t, mask=m_t & ((o_t * 0 + i_v) == 0), other=0.0)  # [BT]
@@ -512,23 +580,23 @@ def _inter_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, S0, Z0, dS0, dZ0, idx, 
                 i_c = c_hi - 1 - i
             else:
                 i_c = c_lo + i
-            o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
+            o_t = _chunk_rows(i_c, BT, WIDE)
             m_t = o_t < T
-            b_psi = _feat(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk, I0, J0, BT, BD, PRECISION, KRON, BI, BJ)
-            b_v = tl.load(p_v + o_t[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
+            b_psi = _feat(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk, I0, J0, BT, BD, PRECISION, KRON, KG, KA)
+            b_v = _ld_rows(p_v, vd, i_bh, i_c * BT, i_v * BV, o_t, m_t, o_v, m_v, DV, BT, BV, TMA_LD)
             b_dv = tl.dot(b_psi.to(DT), b_dS.to(DT), input_precision=PRECISION)  # [BT, BV]
-            _accumulate(p_dv + o_t[:, None] * DV + o_v[None, :], b_dv, m_t[:, None] & m_v[None, :], ATOMIC_V)
+            _add_rows(p_dv, dvd, i_bh, i_c * BT, i_v * BV, o_t, m_t, o_v, m_v, DV, b_dv, ATOMIC_V, TMA_ADD)
             b_dpsi = tl.dot(b_v, tl.trans(b_dS.to(DT)), input_precision=PRECISION)  # [BT, BF]
             if NORMALIZE:
                 b_dpsi += b_dzs[None, :]
             _feat_vjp_add(p_k, p_dk, o_t, m_t, D, idx, o_f, F_PAD, b_wk, b_dpsi, I0, J0, ATOMIC_QK, BT, BD, PRECISION,
-                          KRON, BI, BJ)
+                          KRON, KG, KA)
             if CAUSAL:
                 # chunk i_c's queries see this chunk's keys through the intra kernel, and
                 # every earlier chunk's keys through dS
-                b_phi = _feat(p_q, o_t, m_t, D, idx, o_f, F_PAD, b_wq, I0, J0, BT, BD, PRECISION, KRON, BI, BJ)
-                b_dn = tl.load(p_do + o_t[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
-                               other=0.0).to(tl.float32)  # [BT, BV]
+                b_phi = _feat(p_q, o_t, m_t, D, idx, o_f, F_PAD, b_wq, I0, J0, BT, BD, PRECISION, KRON, KG, KA)
+                b_dn = _ld_rows(p_do, dod, i_bh, i_c * BT, i_v * BV, o_t, m_t, o_v, m_v, DV, BT, BV,
+                                TMA_LD).to(tl.float32)  # [BT, BV]
                 if NORMALIZE:
                     b_dn = b_dn * tl.load(rden + i_bh64 * T + o_t, mask=m_t, other=0.0)[:, None]
                     b_dz = tl.load(dz + i_bh64 * T + o_t, mask=m_t & ((o_t * 0 + i_v) == 0), other=0.0)  # [BT]
@@ -548,7 +616,7 @@ def _inter_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, S0, Z0, dS0, dZ0, idx, 
 def _fused_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, scale, eps, T, D, DV, F_PAD, NC, CPS,
                       BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr,
                       NORMALIZE: tl.constexpr, FIX_ABS: tl.constexpr, USE_SEG: tl.constexpr,
-                      PRECISION: tl.constexpr, LD: tl.constexpr):
+                      PRECISION: tl.constexpr, LD: tl.constexpr, WIDE: tl.constexpr = True):
     i_s, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     NSEG = tl.num_programs(0)
     i_bh64 = i_bh.to(tl.int64)
@@ -569,7 +637,7 @@ def _fused_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, scale, eps, T, D
     c_lo = i_s * CPS
     c_hi = tl.minimum(c_lo + CPS, NC)
     for i_c in range(c_lo, c_hi):
-        o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
+        o_t = _chunk_rows(i_c, BT, WIDE)
         m_t = o_t < T
         m_qk = m_t[:, None] & m_d[None, :]
         m_vv = m_t[:, None] & m_v[None, :]
@@ -605,7 +673,7 @@ def _fused_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, scale, eps, T, D
 def _chunk_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, ktab, scale, eps, T, D, DV, F_PAD, NC, CPS, NSEG, NF,
                       BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr,
                       NORMALIZE: tl.constexpr, FIX_ABS: tl.constexpr, PRECISION: tl.constexpr,
-                      KRON: tl.constexpr = False, BI: tl.constexpr = 1, BJ: tl.constexpr = 1):
+                      KRON: tl.constexpr = False, KG: tl.constexpr = 1, KA: tl.constexpr = 1):
     # The chunk-parallel causal forward: one program per (query chunk, v tile, batch*head), no
     # walk carried from chunk to chunk. Keys of the query's own segment (CPS chunks) enter
     # exactly, f on [BT, BT] score tiles; every earlier segment enters through the exclusive
@@ -641,9 +709,9 @@ def _chunk_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, ktab, scale, eps, T, D,
         o_seg = i_bh64 * NSEG + i_s
         for i_f in range(NF):
             o_f = i_f * BF + tl.arange(0, BF)
-            I0, J0 = _tile_origin(ktab, i_f, KRON)
+            I0, J0 = _tile_origin(ktab, i_f, KRON, KG, KA)
             b_phi = _feat(p_q, o_t, m_t, D, idx, o_f, F_PAD, tl.load(w_phi + o_f), I0, J0, BT, BD, PRECISION, KRON,
-                          BI, BJ)  # [BT, BF]
+                          KG, KA)  # [BT, BF]
             b_S = tl.load(S0 + (o_seg * F_PAD + o_f[:, None]) * DV + o_v[None, :], mask=m_v[None, :], other=0.0)
             b_o = tl.dot(b_phi.to(DT), b_S.to(DT), b_o, input_precision=PRECISION)  # [BT, BV]
             if NORMALIZE:
@@ -690,7 +758,7 @@ def _bwd_prep_kernel(o, do, z, rden, dz, eps, T, DV,
 def _fused_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, S0, Z0, idx, w_phi, w_psi, scale, T, D, DV, F_PAD, NC,
                       CPS, BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr,
                       NORMALIZE: tl.constexpr, USE_SEG: tl.constexpr, PASS: tl.constexpr,
-                      PRECISION: tl.constexpr, LD: tl.constexpr):
+                      PRECISION: tl.constexpr, LD: tl.constexpr, WIDE: tl.constexpr = True):
     # PASS 0 walks forward from the prefix state (S0, Z0) of the earlier segments: dq.
     # PASS 1 walks backward from the suffix (S0, Z0) = (sum phi(q)^T dn, sum phi(q) dz) of
     # the later segments: dk and dv. Both add the chunk's own (intra) gradient.
@@ -716,7 +784,7 @@ def _fused_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, S0, Z0, idx, w_phi, w_p
             i_c = c_lo + i
         else:
             i_c = c_hi - 1 - i
-        o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
+        o_t = _chunk_rows(i_c, BT, WIDE)
         m_t = o_t < T
         m_qk = m_t[:, None] & m_d[None, :]
         m_vv = m_t[:, None] & m_v[None, :]
@@ -829,7 +897,11 @@ def feature_tables(dim, scale, device, block_f=64):
     return out
 
 
-_KRON_SPLIT = {16: (4, 4), 32: (4, 8), 64: (8, 8), 128: (8, 16), 256: (16, 16)}
+def _kron_group(block_f):
+    """Default group width: 8 (one 8 x 8 product per 64-feature tile) from block_f 64 on. Groups of 4
+    pack the diagonal blocks' slots too (36 tiles instead of 38 at D = 64), but the 4-D broadcast
+    they need made the scans slower (H100, d64 16K fwd+bwd 38.1 vs 27.9 ms, benchmarks/RESULTS.md)."""
+    return 8 if block_f >= 64 else 4
 
 
 def uses_kron(dim, causal=True, dim_v=None):
@@ -843,46 +915,77 @@ def uses_kron(dim, causal=True, dim_v=None):
     return not causal or _fused_tiles_dims(dim, dim if dim_v is None else dim_v) is None
 
 
-def kron_tables(dim, scale, device, block_f=128):
+def kron_tables(dim, scale, device, block_f=64, group=None):
     """Tile and weight tables of the block-Kronecker basis of a degree-2 f(scale * q.k).
 
-    With (BI, BJ) the split of ``block_f`` (128 -> 8 x 16), the [dim, dim] square of products
-    x_i x_j is cut into BJ-wide column blocks; every pair of blocks I <= J gives tiles
-    x[I0:I0+BI] (x) x[J0:J0+BJ] (BJ / BI of them per pair), weighted a2 s^2 on the diagonal
-    pairs and 2 a2 s^2 off it, since (q.k)^2 = sum_I sum_{i,j in I} + 2 sum_{I<J} sum_{i in I,
-    j in J} q_i q_j k_i k_j. The terms of degree <= 1 ride on "low" tiles: columns of x' =
-    [x, 1] with weights a1 s and a0. Weights are split as in :func:`feature_tables`.
+    The head dim is cut into blocks of ``group`` columns (None: the FASTATTN_KRON_GROUP knob, else
+    8 from block_f 64 on and 4 below). Every pair of blocks h1 <= h2 gives a group of group x group products
+    x[h1] (x) x[h2], weighted a2 s^2 on the diagonal pairs and 2 a2 s^2 off it, since
+    (q.k)^2 = sum over all pairs of blocks of sum_{i in h1, j in h2} q_i q_j k_i k_j. A tile of
+    ``block_f`` features packs KG = block_f / group^2 groups. The constant a0 is the group
+    [1] (x) [1] (column ``dim`` reads as 1), unless a low tile has a free column for it. The
+    linear terms ride on "low" tiles: columns of x' = [x, 1] with weights a1 s (and a0).
+    Weights are split as in :func:`feature_tables`.
 
     Returns
     -------
-    ktab : int32 tensor [NF, 2]
-        (I0, J0) per tile; (-1, c0) for a low tile holding columns c0 .. c0 + block_f of x'.
+    ktab : int32 tensor [NF, 2 + 2 KG group]
+        per tile (-1, c0, 0...) for a low tile holding columns c0 .. c0 + block_f of x', else
+        (offset, 0, left columns, right columns), offset being the flat index in ktab of the
+        left column list: aligned runs of ``group`` columns; columns from dim on read as 0 except
+        the first aligned one past dim, which reads as 1 (the constant's group).
     w_phi, w_psi : float32 tensors [NF * block_f]
-    (BI, BJ) : the tile's factor widths.
+    (KG, KA) : groups per tile and the group width.
+
+    Examples
+    --------
+    >>> ktab, w_phi, _, (KG, KA) = kron_tables(64, 0.125, "cpu", 64, group=4)  # doctest: +SKIP
+    >>> ktab.shape[0], (KG, KA)  # 34 tiles of degree 2 + the constant, + one low tile  # doctest: +SKIP
+    (36, (4, 4))
     """
-    if block_f not in _KRON_SPLIT:
-        raise ValueError(f"block_f={block_f} has no Kronecker split; use one of {sorted(_KRON_SPLIT)}")
-    key = ("kron", int(dim), float(scale), str(device), int(block_f))
+    KA = _knob("FASTATTN_KRON_GROUP", _kron_group(block_f)) if group is None else int(group)
+    if KA < 1 or KA & (KA - 1) or block_f % (KA * KA):
+        raise ValueError(f"block_f={block_f} cannot hold groups of {KA} x {KA} products; use a power-of-two "
+                         f"group width whose square divides block_f (e.g. 4 for block_f >= 16)")
+    key = ("kron", int(dim), float(scale), str(device), int(block_f), KA)
     if key in _TABLES:
         return _TABLES[key]
-    BI, BJ = _KRON_SPLIT[block_f]
+    KG = block_f // (KA * KA)
+    width = 2 + 2 * KG * KA
     a0, a1, a2 = (float(COEFFS.get(j, 0.0)) for j in (0, 1, 2))
     rows, ws = [], []
-    if a0 != 0.0 or a1 != 0.0:
-        for c0 in range(0, dim + 1, block_f):
-            rows.append((-1, c0))
-            ws.append([a1 * scale if c < dim else (a0 if c == dim else 0.0) for c in range(c0, c0 + block_f)])
-    nb = -(-dim // BJ)
-    for ib in range(nb):
-        for jb in range(ib, nb):
-            for i0 in range(ib * BJ, min(dim, (ib + 1) * BJ), BI):
-                rows.append((i0, jb * BJ))
-                ws.append([a2 * scale ** 2 * (1.0 if ib == jb else 2.0)] * block_f)
+    # the constant sits in the last low tile's free column when there is one
+    const_low = a0 != 0.0 and a1 != 0.0 and dim % block_f != 0
+    if a1 != 0.0:
+        for c0 in range(0, dim, block_f):
+            rows.append([-1, c0] + [0] * (width - 2))
+            ws.append([a1 * scale if c < dim else (a0 if c == dim and const_low else 0.0)
+                       for c in range(c0, c0 + block_f)])
+    groups = []  # (left columns, right columns, weights)
+    nb = -(-dim // KA)
+    one = nb * KA  # the kernel reads this column as 1 in a Kronecker tile, and those after it as 0
+    if a2 != 0.0:
+        for h1 in range(nb):
+            for h2 in range(h1, nb):
+                wt = a2 * scale ** 2 * (1.0 if h1 == h2 else 2.0)
+                # aligned runs (the kernel's load hints); columns from dim on read as 0
+                groups.append((list(range(h1 * KA, h1 * KA + KA)), list(range(h2 * KA, h2 * KA + KA)),
+                               [wt] * (KA * KA)))
+        if a0 != 0.0 and not const_low:
+            groups.append((list(range(one, one + KA)), list(range(one, one + KA)), [a0] + [0.0] * (KA * KA - 1)))
+    pad = (list(range(one + KA, one + 2 * KA)),) * 2 + ([0.0] * (KA * KA),)
+    while len(groups) % KG:
+        groups.append(pad)
+    for t in range(0, len(groups), KG):
+        tile = groups[t:t + KG]
+        offset = len(rows) * width + 2
+        rows.append([offset, 0] + [c for g in tile for c in g[0]] + [c for g in tile for c in g[1]])
+        ws.append([x for g in tile for x in g[2]])
     w = torch.tensor(ws, dtype=torch.float64).reshape(-1)
     w_psi = w.abs().sqrt()
     w_phi = torch.sign(w) * w_psi
     out = (torch.tensor(rows, dtype=torch.int32).to(device), w_phi.to(torch.float32).to(device),
-           w_psi.to(torch.float32).to(device), (BI, BJ))
+           w_psi.to(torch.float32).to(device), (KG, KA))
     _TABLES[key] = out
     return out
 
@@ -891,9 +994,10 @@ def _layout(q, v, scale, causal, block_f):
     """The general path's features: (idx, w_phi, w_psi, ktab, block_f, kron kwargs)."""
     D = q.shape[-1]
     if uses_kron(D, causal, v.shape[-1]):
-        bf = block_f or 128
-        ktab, w_phi, w_psi, (BI, BJ) = kron_tables(D, scale, q.device, bf)
-        return w_phi, w_phi, w_psi, ktab, bf, dict(KRON=True, BI=BI, BJ=BJ)
+        bf = block_f or 64
+        ktab, w_phi, w_psi, (KG, KA) = kron_tables(D, scale, q.device, bf)
+        # the kernels read the Kronecker tiles' column lists through their idx argument
+        return ktab, w_phi, w_psi, ktab, bf, dict(KRON=True, KG=KG, KA=KA)
     bf = block_f or 64
     idx, w_phi, w_psi, _ = feature_tables(D, scale, q.device, bf)
     return idx, w_phi, w_psi, idx, bf, {}
@@ -975,6 +1079,55 @@ def _sm_count(device):
     return _SM_COUNT[key]
 
 
+def _wide(T, D, DV):
+    """True when a sequence's row offsets need int64 (see _chunk_rows)."""
+    return T * max(D, DV, 1) >= 2**31 - 2**20
+
+
+def _tma_ok(*ts):
+    """True when the general path's scans can move [chunk, v tile] rows by TMA: CUDA sm_90+,
+    not the interpreter (it has no TMA reduce), and 16-byte aligned rows."""
+    t = ts[0]
+    if not t.is_cuda or os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        return False
+    if torch.cuda.get_device_capability(t.device)[0] < 9:
+        return False
+    return all(x.is_contiguous() and x.data_ptr() % 16 == 0 and (x.shape[-1] * x.element_size()) % 16 == 0
+               for x in ts)
+
+
+# which [chunk, v tile] row moves of the general path's scans go by TMA: bit 0 the v / do loads,
+# bit 1 the o / dv reduce-adds. H100, degree 2 at d64, 64K fwd+bwd (benchmarks/RESULTS.md, one run):
+# pointers 75.2-77.4 ms, dv adds by TMA 71.4-72.3, loads too 75.2; in the forward TMA was neutral
+# (o adds) or slower (v loads: 20.9 vs 20.3 ms)
+_TMA_FWD = 0
+_TMA_BWD = 2
+
+
+def _regs():
+    """Launch options of the general path's scans: FASTATTN_MAXNREG caps their registers (for sweeps)."""
+    n = _knob("FASTATTN_MAXNREG", 0)
+    return {"maxnreg": n} if n else {}
+
+
+def _tma_bits(name, default, *ts):
+    """(loads, adds) by TMA for one pass: the bits of knob ``name`` (else ``default``), where
+    :func:`_tma_ok` allows it."""
+    bits = _knob(name, default)
+    ok = bool(bits) and _tma_ok(*ts)
+    return ok and bool(bits & 1), ok and bool(bits & 2)
+
+
+def _descs(tma, BT, BV, *ts):
+    """TMA descriptors over the [batch*head, T, C] rows of each [B, H, T, C] tensor, with
+    [1, BT, BV] boxes (``tma`` from :func:`_tma_ok`), else Nones."""
+    if not tma:
+        return [None] * len(ts)
+    from triton.tools.tensor_descriptor import TensorDescriptor
+    return [TensorDescriptor(x, [x.shape[0] * x.shape[1], x.shape[2], x.shape[3]],
+                             [x.shape[2] * x.shape[3], x.shape[3], 1], [1, BT, BV]) for x in ts]
+
+
 def _segments(NC, programs, segments, target=None):
     """(number of segments, chunks per segment) for a causal scan of NC chunks.
 
@@ -990,15 +1143,17 @@ def _segments(NC, programs, segments, target=None):
 
 
 def _segment_prefix(x, y, rden, cz, idx, w, T, D, DV, F_PAD, NC, CPS, NSEG, NF, NV, BH, chunk, block_f, BVs, BD,
-                    normalize, scale_y, precision, warps, reverse, ld=False, ktab=None, kron=None):
+                    normalize, scale_y, precision, warps, reverse, ld=False, ktab=None, kron=None, tma=False):
     """Prefix (``reverse=False``) or suffix sums over segments of the per-segment states:
     S0[bh, s] = sum over segments before s (after s) of sum_t feat(x_t)^T y_t, and Z0 likewise."""
     S = torch.empty((BH, NSEG, F_PAD, DV), dtype=torch.float32, device=x.device)
     Z = torch.empty((BH, NSEG, F_PAD), dtype=torch.float32, device=x.device) if normalize else S
-    _segment_state_kernel[(NF * NSEG, NV, BH)](x, y, rden, cz, S, Z, idx, w, idx if ktab is None else ktab, T, D,
+    yd, = _descs(tma, chunk, BVs, y)
+    _segment_state_kernel[(NF * NSEG, NV, BH)](x, y, yd, rden, cz, S, Z, idx, w, idx if ktab is None else ktab, T, D,
                                                DV, F_PAD, NC, CPS, NF, BT=chunk, BF=block_f, BV=BVs, BD=BD,
                                                NORMALIZE=normalize, SCALE_Y=scale_y, PRECISION=precision, LD=ld,
-                                               num_warps=warps, **(kron or {}))
+                                               TMA_LD=tma, WIDE=_wide(T, D, DV), num_warps=warps, **_regs(),
+                                               **(kron or {}))
 
     def exclusive(t):
         # in-place exclusive scan over the segment axis (dim 1), forward or backward
@@ -1072,6 +1227,9 @@ _FUSED_LD_BWD = os.environ.get("FASTATTN_FUSED_LD_BWD", "1" if _FUSED_LD else "0
 
 
 def _fused_tiles_dims(D, DV):
+    # FASTATTN_FUSED=0 sends every shape down the general path (for A/B sweeps)
+    if not _knob("FASTATTN_FUSED", 1):
+        return None
     BF = max(16, triton.next_power_of_2(feature_dim(D)))
     BV = max(16, triton.next_power_of_2(DV))
     return (BF, BV) if BF * BV <= _FUSED_MAX_STATE else None
@@ -1109,7 +1267,7 @@ def _fused_fwd(q, k, v, scale, normalize, fix_abs, eps, chunk, segments, BF, BV)
     _fused_fwd_kernel[(NSEG, BV // BVt, B * H)](q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, float(scale), float(eps), T, D, DV,
                                      F_PAD, NC, CPS, BT=chunk, BF=BF, BV=BVt, BD=BD, NORMALIZE=normalize,
                                      FIX_ABS=fix_abs, USE_SEG=NSEG > 1, PRECISION=precision, LD=_FUSED_LD,
-                                     num_warps=_knob("FASTATTN_FUSED_FWD_WARPS", 0) or (8 if BF * BVt > 64 * 64 else 4))
+                                     WIDE=_wide(T, D, DV), num_warps=_knob("FASTATTN_FUSED_FWD_WARPS", 0) or (8 if BF * BVt > 64 * 64 else 4))
     return o, (z if normalize else None), ((S0, Z0, CPS * chunk) if NSEG > 1 else None)
 
 
@@ -1150,7 +1308,7 @@ def _fused_bwd(q, k, v, o, z, do, scale, normalize, fix_abs, eps, chunk, segment
         _fused_bwd_kernel[(NSEG, B * H)](q, k, v, do, rden, dz, dq, dk, dv, s0, z0, idx, w_phi, w_psi, float(scale),
                                          T, D, DV, F_PAD, NC, CPS, BT=chunk, BF=BF, BV=BV, BD=BD,
                                          NORMALIZE=normalize, USE_SEG=NSEG > 1, PASS=pass_, PRECISION=precision,
-                                         LD=_FUSED_LD_BWD, num_warps=warps)
+                                         LD=_FUSED_LD_BWD, WIDE=_wide(T, D, DV), num_warps=warps)
     _side_by_side(lambda: walk(0, S0, Z0), lambda: walk(1, dS0, dZ0), q.device, worth=BF * BV > 64 * 64)
     return dq, dk, dv
 
@@ -1236,15 +1394,20 @@ def _poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, 
     NF, NV = F_PAD // block_f, triton.cdiv(DV, BVs)
     NSEG, CPS = _segments(NC, NF * NV * B * H, segments) if causal else (1, NC)
     S0 = Z0 = o
+    tma, tma_add = _tma_bits("FASTATTN_TMA_FWD", _TMA_FWD, v, o)
+    (vd,), (od,) = _descs(tma, chunk, BVs, v), _descs(tma_add, chunk, BVs, o)
     if NSEG > 1:
         S0, Z0 = _segment_prefix(k, v, z, z, idx, w_psi, T, D, DV, F_PAD, NC, CPS, NSEG, NF, NV, B * H, chunk,
                                  block_f, BVs, BD, normalize, False, precision, warps, reverse=False, ktab=ktab,
-                                 kron=kron)
+                                 kron=kron, tma=tma)
         Z0 = o if Z0 is None else Z0
-    _inter_fwd_kernel[(NF * NSEG, NV, B * H)](q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, ktab, T, D, DV, F_PAD, NC,
+    _inter_fwd_kernel[(NF * NSEG, NV, B * H)](q, k, v, vd, o, od, z, S0, Z0, idx, w_phi, w_psi, ktab, T, D, DV,
+                                              F_PAD, NC,
                                               CPS, NF, BT=chunk, BF=block_f, BV=BVs, BD=BD, CAUSAL=causal,
                                               NORMALIZE=normalize, ATOMIC=NF > 1, USE_SEG=NSEG > 1,
-                                              PRECISION=precision, num_warps=warps, **kron)
+                                              PRECISION=precision, TMA_LD=tma, TMA_ADD=tma_add, WIDE=_wide(T, D, DV),
+                                              num_warps=warps, **_regs(),
+                                              **kron)
     if normalize:
         o = o / _denominator(z, fix_abs, eps)[..., None]
         return o.to(q.dtype), z, None
@@ -1283,23 +1446,27 @@ def poly_attention_bwd(q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps
     NF, NV = F_PAD // block_f, triton.cdiv(DV, BVs)
     NSEG, CPS = _segments(NC, NF * NV * B * H, segments) if causal else (1, NC)
     S0 = Z0 = dS0 = dZ0 = dq
+    tma, tma_add = _tma_bits("FASTATTN_TMA_BWD", _TMA_BWD, v, do, dv)
+    (vd, dod), (dvd,) = _descs(tma, chunk, BVs, v, do), _descs(tma_add, chunk, BVs, dv)
     if NSEG > 1:
         # pass 0 (dq) starts from the forward's prefix state; pass 1 (dk, dv) from the suffix
         # of sum phi(q)^T dn over later segments
         S0, Z0 = _segment_prefix(k, v, dq, dq, idx, w_psi, T, D, DV, F_PAD, NC, CPS, NSEG, NF, NV, B * H, chunk,
                                  block_f, BVs, BD, normalize, False, precision, warps, reverse=False, ktab=ktab,
-                                 kron=kron)
+                                 kron=kron, tma=tma)
         dS0, dZ0 = _segment_prefix(q, do, rden, dz, idx, w_phi, T, D, DV, F_PAD, NC, CPS, NSEG, NF, NV, B * H,
                                    chunk, block_f, BVs, BD, normalize, normalize, precision, warps, reverse=True,
-                                   ktab=ktab, kron=kron)
+                                   ktab=ktab, kron=kron, tma=tma)
         Z0 = dq if Z0 is None else Z0
         dZ0 = dq if dZ0 is None else dZ0
     def walk(pass_):
-        _inter_bwd_kernel[(NF * NSEG, NV, B * H)](q, k, v, do, rden, dz, dq, dk, dv, S0, Z0, dS0, dZ0, idx, w_phi,
-                                                  w_psi, ktab, T, D, DV, F_PAD, NC, CPS, NF, BT=chunk, BF=block_f,
-                                                  BV=BVs, BD=BD, CAUSAL=causal, NORMALIZE=normalize,
+        _inter_bwd_kernel[(NF * NSEG, NV, B * H)](q, k, v, vd, do, dod, rden, dz, dq, dk, dv, dvd, S0, Z0, dS0, dZ0,
+                                                  idx, w_phi, w_psi, ktab, T, D, DV, F_PAD, NC, CPS, NF, BT=chunk,
+                                                  BF=block_f, BV=BVs, BD=BD, CAUSAL=causal, NORMALIZE=normalize,
                                                   ATOMIC_QK=NF * NV > 1, ATOMIC_V=NF > 1, USE_SEG=NSEG > 1,
-                                                  PASS=pass_, PRECISION=precision, num_warps=warps, **kron)
+                                                  PASS=pass_, PRECISION=precision, TMA_LD=tma, TMA_ADD=tma_add,
+                                                  WIDE=_wide(T, D, DV), **_regs(),
+                                                  num_warps=warps, **kron)
     _side_by_side(lambda: walk(0), lambda: walk(1), q.device)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 

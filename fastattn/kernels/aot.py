@@ -36,8 +36,11 @@ def _resources(cubin: bytes) -> str:
 
 
 def compile_kernels(spec, *, dtype="bf16", head_dim=64, head_dim_v=64, chunk=64, block_f=64, block_v=None,
-                    causal=True, normalize=True, arch=90, degree=None):
-    """Compile the five kernels of ``spec`` for ``sm_<arch>``; returns {kernel: "REG:n STACK:n SHARED:n"}."""
+                    causal=True, normalize=True, arch=90, degree=None, dump=None, tma=None):
+    """Compile the five kernels of ``spec`` for ``sm_<arch>``; returns {kernel: "REG:n STACK:n SHARED:n"}.
+    ``dump``: a folder to write each kernel's TTGIR and PTX into (to read its layouts and MMA kind).
+    ``tma``: the general path's backward adds dv rows by TMA (None: on for sm_90+, as the host's
+    default on the GPU)."""
     import torch
     import triton
     from triton.backends.compiler import GPUTarget
@@ -51,37 +54,50 @@ def compile_kernels(spec, *, dtype="bf16", head_dim=64, head_dim_v=64, chunk=64,
     tdt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
     q = torch.empty(1, 1, 1, head_dim, dtype=tdt)
     v = torch.empty(1, 1, 1, head_dim_v, dtype=tdt)
-    kron = dict(KRON=False, BI=1, BJ=1)
+    kron = dict(KRON=False, KG=1, KA=1)
     nf = -(-mod.feature_dim(head_dim) // block_f)
     if mod.uses_kron(head_dim, causal, head_dim_v):
         # degree 2 through the block-Kronecker tiles (see the template's kron_tables)
-        ktab, _, _, (BI, BJ) = mod.kron_tables(head_dim, 1.0, "cpu", block_f)
-        kron, nf = dict(KRON=True, BI=BI, BJ=BJ), ktab.shape[0]
+        ktab, _, _, (KG, KA) = mod.kron_tables(head_dim, 1.0, "cpu", block_f)
+        kron, nf = dict(KRON=True, KG=KG, KA=KA), ktab.shape[0]
     BD, BV, BVs, precision, warps = mod._blocks(q, v, block_f, block_v, kron["KRON"])
     nv = -(-head_dim_v // BVs)
+    tma = arch >= 90 if tma is None else tma
+
+    def desc(dtype, name):
+        # a TMA descriptor argument, or the None the host passes when TMA is off
+        return {name: f"tensordesc<{dtype}[1,{chunk},{BVs}]>"} if tma else {}
+
+    def off(*names):
+        return {} if tma else {n: None for n in names}
     dims = {"T": "i32", "D": "i32", "DV": "i32"}
     f32 = "*fp32"
     jobs = [
         (mod._intra_fwd_kernel, dict(q=ptr, k=ptr, v=ptr, o=f32, z=f32, scale="fp32", **dims),
          dict(BT=chunk, BD=BD, BV=BV, NORMALIZE=normalize, PRECISION=precision), mod._intra_warps(chunk, BD, BV)),
-        (mod._segment_state_kernel, dict(x=ptr, y=ptr, rden=f32, cz=f32, S=f32, Z=f32, idx="*i32", w=f32, ktab="*i32",
-                                         **dims, F_PAD="i32", NC="i32", CPS="i32", NF="i32"),
+        (mod._segment_state_kernel, dict(x=ptr, y=ptr, rden=f32, cz=f32, S=f32, Z=f32, idx="*i32",
+                                         w=f32, ktab="*i32", **dims, F_PAD="i32", NC="i32", CPS="i32", NF="i32"),
          dict(BT=chunk, BF=block_f, BV=BVs, BD=BD, NORMALIZE=normalize, SCALE_Y=normalize, PRECISION=precision,
-              LD=False, **kron),
+              LD=False, TMA_LD=False, WIDE=False, yd=None, **kron),
          warps),
-        (mod._inter_fwd_kernel, dict(q=ptr, k=ptr, v=ptr, o=f32, z=f32, S0=f32, Z0=f32, idx="*i32", w_phi=f32,
-                                     w_psi=f32, ktab="*i32", **dims, F_PAD="i32", NC="i32", CPS="i32", NF="i32"),
+        (mod._inter_fwd_kernel, dict(q=ptr, k=ptr, v=ptr, o=f32, z=f32,
+                                     S0=f32, Z0=f32, idx="*i32", w_phi=f32, w_psi=f32, ktab="*i32", **dims,
+                                     F_PAD="i32", NC="i32", CPS="i32", NF="i32"),
          dict(BT=chunk, BF=block_f, BV=BVs, BD=BD, CAUSAL=causal, NORMALIZE=normalize, ATOMIC=nf > 1,
-              USE_SEG=causal, PRECISION=precision, **kron), warps),
+              USE_SEG=causal, PRECISION=precision, TMA_LD=False, TMA_ADD=False, WIDE=False, vd=None, od=None,
+              **kron), warps),
         (mod._intra_bwd_kernel, dict(q=ptr, k=ptr, v=ptr, do=ptr, rden=f32, dz=f32, dq=f32, dk=f32, dv=f32,
                                      scale="fp32", **dims),
          dict(BT=chunk, BD=BD, BV=BV, NORMALIZE=normalize, PRECISION=precision), mod._intra_warps(chunk, BD, BV)),
     ] + [
-        (mod._inter_bwd_kernel, dict(q=ptr, k=ptr, v=ptr, do=ptr, rden=f32, dz=f32, dq=f32, dk=f32, dv=f32,
-                                     S0=f32, Z0=f32, dS0=f32, dZ0=f32, idx="*i32", w_phi=f32, w_psi=f32, ktab="*i32",
+        (mod._inter_bwd_kernel, dict(q=ptr, k=ptr, v=ptr, do=ptr, rden=f32,
+                                     dz=f32, dq=f32, dk=f32, dv=f32, **desc("fp32", "dvd"), S0=f32, Z0=f32, dS0=f32,
+                                     dZ0=f32, idx="*i32", w_phi=f32, w_psi=f32, ktab="*i32",
                                      **dims, F_PAD="i32", NC="i32", CPS="i32", NF="i32"),
          dict(BT=chunk, BF=block_f, BV=BVs, BD=BD, CAUSAL=causal, NORMALIZE=normalize, ATOMIC_QK=nf * nv > 1,
-              ATOMIC_V=nf > 1, USE_SEG=causal, PASS=p, PRECISION=precision, **kron), warps)
+              ATOMIC_V=nf > 1, USE_SEG=causal, PASS=p, PRECISION=precision, TMA_LD=False, TMA_ADD=tma, WIDE=False, vd=None, dod=None,
+              **off("dvd"),
+              **kron), warps)
         for p in (0, 1)
     ]
     tiles = mod._fused_tiles(q, v, causal)
@@ -102,16 +118,16 @@ def compile_kernels(spec, *, dtype="bf16", head_dim=64, head_dim_v=64, chunk=64,
             (mod._segment_state_kernel, dict(x=ptr, y=ptr, rden=f32, cz=f32, S=f32, Z=f32, idx="*i32", w=f32,
                                              ktab="*i32", **dims2, NF="i32"),
              dict(BT=chunk, BF=BF, BV=BVf, BD=BD, NORMALIZE=normalize, SCALE_Y=normalize, PRECISION=precision,
-                  LD=mod._FUSED_LD, **kron), fw),
+                  LD=mod._FUSED_LD, yd=None, WIDE=False, **kron), fw),
             (mod._fused_fwd_kernel, dict(q=ptr, k=ptr, v=ptr, o=ptr, z=f32, S0=f32, Z0=f32, idx="*i32", w_phi=f32,
                                          w_psi=f32, scale="fp32", eps="fp32", **dims2),
              dict(BT=chunk, BF=BF, BV=BVf, BD=BD, NORMALIZE=normalize, FIX_ABS=False, USE_SEG=True,
-                  PRECISION=precision, LD=mod._FUSED_LD), fw),
+                  PRECISION=precision, LD=mod._FUSED_LD, WIDE=False), fw),
         ] + [
             (mod._fused_bwd_kernel, dict(q=ptr, k=ptr, v=ptr, do=ptr, rden=f32, dz=f32, dq=ptr, dk=ptr, dv=ptr,
                                          S0=f32, Z0=f32, idx="*i32", w_phi=f32, w_psi=f32, scale="fp32", **dims2),
              dict(BT=chunk, BF=BF, BV=BVf, BD=BD, NORMALIZE=normalize, USE_SEG=True, PASS=p, PRECISION=precision,
-                  LD=mod._FUSED_LD),
+                  LD=mod._FUSED_LD, WIDE=False),
              fw)
             for p in (0, 1)
         ]
@@ -123,6 +139,11 @@ def compile_kernels(spec, *, dtype="bf16", head_dim=64, head_dim_v=64, chunk=64,
                               options={"num_warps": nw})
         name = fn.__name__ + (f"[PASS={consts['PASS']}]" if "PASS" in consts else "")
         report[name] = f"{_resources(kern.asm['cubin'])} warps:{nw} ({time.perf_counter() - t0:.1f} s)"
+        if dump:
+            os.makedirs(dump, exist_ok=True)
+            for ext in ("ttgir", "ptx"):
+                with open(os.path.join(dump, f"{name}.{ext}"), "w") as fh:
+                    fh.write(kern.asm[ext])
     return report
 
 
@@ -138,10 +159,12 @@ def main(argv=None) -> int:
     ap.add_argument("--block-v", type=int, default=None)
     ap.add_argument("--non-causal", action="store_true")
     ap.add_argument("--arch", type=int, default=90)
+    ap.add_argument("--dump", default=None, help="folder for each kernel's TTGIR and PTX")
+    ap.add_argument("--no-tma", action="store_true", help="the general path's pointer loads and atomics instead of TMA")
     a = ap.parse_args(argv)
     rep = compile_kernels(a.spec, dtype=a.dtype, head_dim=a.head_dim, head_dim_v=a.head_dim_v, chunk=a.chunk,
                           block_f=a.block_f, block_v=a.block_v, causal=not a.non_causal, arch=a.arch,
-                          degree=a.degree)
+                          degree=a.degree, dump=a.dump, tma=False if a.no_tma else None)
     for name, line in rep.items():
         print(f"{name:30s} {line}")
     return 0
