@@ -94,8 +94,9 @@ def _phi_ld(p_x, o_t, m_t, D, p_idx, o_f, F_PAD, b_w):
 # [BT, KG * KA] slices (no one-hot matmuls). Columns from D on read as 0, except the first
 # KA-aligned one past D, which reads as 1: the constant a0 is the group [1] (x) [1], and the
 # padding groups sit past it. Every list is KG aligned runs of KA (the loads stay vectorised). Degree <= 1 terms ride on "low" tiles
-# (ktab row (-1, c0)): columns c0 .. c0+BF of x'. Packing groups of 4 instead of one 8 x 8
-# product per tile fills the diagonal blocks' slots too: at D = 64, 36 tiles instead of 38.
+# (ktab row (-1, c0)): columns c0 .. c0+BF of x'. The default group is 8 (one 8 x 8 product per
+# 64-feature tile); groups of 4 fill the diagonal blocks' slots too (36 tiles instead of 38 at
+# D = 64) but their 4-D broadcast costs as much as it saves (see _kron_group).
 # ----------------------------------------------------------------------------------------
 @triton.jit
 def _cols(p_x, o_t, m_t, D, o_c, one):
@@ -152,20 +153,31 @@ def _kron_phi(p_x, ktab, o_t, m_t, D, I0, J0, b_w, BT: tl.constexpr, KG: tl.cons
 
 
 @triton.jit
-def _kron_vjp_add(p_x, p_dx, ktab, o_t, m_t, D, I0, J0, b_w, b_dphi, BT: tl.constexpr, KG: tl.constexpr,
-                  KA: tl.constexpr):
+def _kron_vjp_add(p_x, p_dx, ktab, o_t, m_t, D, I0, J0, b_w, b_dphi, dxg, dxl, i_bh, t0, BT: tl.constexpr,
+                  KG: tl.constexpr, KA: tl.constexpr, TMA_ADD: tl.constexpr):
     # dx += J_phi(x)^T dphi for one tile, added by atomics into the fp32 rows of p_dx: a low
     # tile is the identity on its columns; in a group, d/dl_i = sum_j g_ij r_j and
-    # d/dr_j = sum_i g_ij l_i (the two column lists may share columns)
+    # d/dr_j = sum_i g_ij l_i (the two column lists may share columns). With TMA_ADD (one group
+    # per tile) the adds are TMA reduces through dxl ([1, BT, BF] boxes) and dxg ([1, BT, KA]):
+    # columns from D on (the constant's, the padding's) fall outside the descriptor and drop
     b_g = b_dphi * b_w[None, :]  # [BT, BF]
     if I0 < 0:
-        _add_cols(p_dx, o_t, m_t, D, J0 + tl.arange(0, KG * KA * KA), b_g)
+        if TMA_ADD:
+            dxl.atomic_add([i_bh, t0, J0], b_g[None, :, :])
+        else:
+            _add_cols(p_dx, o_t, m_t, D, J0 + tl.arange(0, KG * KA * KA), b_g)
     else:
         b_l, b_r, c_l, c_r = _kron_factors(p_x, ktab, o_t, m_t, D, I0, KG, KA)
         if KG == 1:
             b_g3 = tl.reshape(b_g, (BT, KA, KA))
-            _add_cols(p_dx, o_t, m_t, D, c_l, tl.sum(b_g3 * b_r[:, None, :], 2))
-            _add_cols(p_dx, o_t, m_t, D, c_r, tl.sum(b_g3 * b_l[:, :, None], 1))
+            b_dl = tl.sum(b_g3 * b_r[:, None, :], 2)  # [BT, KA]
+            b_dr = tl.sum(b_g3 * b_l[:, :, None], 1)
+            if TMA_ADD:
+                dxg.atomic_add([i_bh, t0, tl.load(ktab + I0)], b_dl[None, :, :])
+                dxg.atomic_add([i_bh, t0, tl.load(ktab + I0 + KA)], b_dr[None, :, :])
+            else:
+                _add_cols(p_dx, o_t, m_t, D, c_l, b_dl)
+                _add_cols(p_dx, o_t, m_t, D, c_r, b_dr)
         else:
             b_g4 = tl.reshape(b_g, (BT, KG, KA, KA))
             b_dl = tl.sum(b_g4 * tl.reshape(b_r, (BT, KG, KA))[:, :, None, :], 3)  # [BT, KG, KA]
@@ -200,12 +212,13 @@ def _feat(p_x, o_t, m_t, D, idx, o_f, F_PAD, b_w, I0, J0, BT: tl.constexpr, BD: 
 
 
 @triton.jit
-def _feat_vjp_add(p_x, p_dx, o_t, m_t, D, idx, o_f, F_PAD, b_w, b_dphi, I0, J0, ATOMIC: tl.constexpr,
+def _feat_vjp_add(p_x, p_dx, o_t, m_t, D, idx, o_f, F_PAD, b_w, b_dphi, I0, J0, dxg, dxl, i_bh, t0,
+                  ATOMIC: tl.constexpr, TMA_ADD: tl.constexpr,
                   BT: tl.constexpr, BD: tl.constexpr, PRECISION: tl.constexpr, KRON: tl.constexpr,
                   KG: tl.constexpr, KA: tl.constexpr):
     # dx (fp32 rows at p_dx) += J_feat(x)^T dphi for the tile of _feat
     if KRON:
-        _kron_vjp_add(p_x, p_dx, idx, o_t, m_t, D, I0, J0, b_w, b_dphi, BT, KG, KA)
+        _kron_vjp_add(p_x, p_dx, idx, o_t, m_t, D, I0, J0, b_w, b_dphi, dxg, dxl, i_bh, t0, BT, KG, KA, TMA_ADD)
     else:
         o_d = tl.arange(0, BD)
         m_x = m_t[:, None] & (o_d < D)[None, :]
@@ -489,7 +502,8 @@ def _intra_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, scale, T, D, DV,
 
 
 @triton.jit
-def _inter_bwd_kernel(q, k, v, vd, do, dod, rden, dz, dq, dk, dv, dvd, S0, Z0, dS0, dZ0, idx, w_phi, w_psi, ktab,
+def _inter_bwd_kernel(q, k, v, vd, do, dod, rden, dz, dq, dk, dv, dvd, dxg, dxl, S0, Z0, dS0, dZ0, idx, w_phi, w_psi,
+                      ktab,
                       T, D, DV,
                       F_PAD, NC, CPS, NF,
                       BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr,
@@ -497,7 +511,7 @@ def _inter_bwd_kernel(q, k, v, vd, do, dod, rden, dz, dq, dk, dv, dvd, S0, Z0, d
                       ATOMIC_V: tl.constexpr, USE_SEG: tl.constexpr, PASS: tl.constexpr,
                       PRECISION: tl.constexpr, KRON: tl.constexpr = False, KG: tl.constexpr = 1,
                       KA: tl.constexpr = 1, TMA_LD: tl.constexpr = False, TMA_ADD: tl.constexpr = False,
-                      WIDE: tl.constexpr = True):
+                      WIDE: tl.constexpr = True, TMA_DX: tl.constexpr = False):
     # PASS 0 walks forward for dq, PASS 1 walks backward for dk and dv; the two share nothing,
     # so they are separate launches (each compiled with only its own registers). Axis 0 is
     # (feature tile, segment): pass 0 starts from the prefix state S0 of the earlier
@@ -550,7 +564,8 @@ def _inter_bwd_kernel(q, k, v, vd, do, dod, rden, dz, dq, dk, dv, dvd, S0, Z0, d
             if NORMALIZE:
                 b_dz = tl.load(dz + i_bh64 * T + o_t, mask=m_t & ((o_t * 0 + i_v) == 0), other=0.0)  # [BT]
                 b_dphi += b_dz[:, None] * b_zs[None, :]
-            _feat_vjp_add(p_q, p_dq, o_t, m_t, D, idx, o_f, F_PAD, b_wq, b_dphi, I0, J0, ATOMIC_QK, BT, BD, PRECISION,
+            _feat_vjp_add(p_q, p_dq, o_t, m_t, D, idx, o_f, F_PAD, b_wq, b_dphi, I0, J0, dxg, dxl, i_bh, i_c * BT,
+                          ATOMIC_QK, TMA_DX, BT, BD, PRECISION,
                           KRON, KG, KA)
             if CAUSAL:
                 b_psi = _feat(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk, I0, J0, BT, BD, PRECISION, KRON, KG, KA)
@@ -589,7 +604,8 @@ def _inter_bwd_kernel(q, k, v, vd, do, dod, rden, dz, dq, dk, dv, dvd, S0, Z0, d
             b_dpsi = tl.dot(b_v, tl.trans(b_dS.to(DT)), input_precision=PRECISION)  # [BT, BF]
             if NORMALIZE:
                 b_dpsi += b_dzs[None, :]
-            _feat_vjp_add(p_k, p_dk, o_t, m_t, D, idx, o_f, F_PAD, b_wk, b_dpsi, I0, J0, ATOMIC_QK, BT, BD, PRECISION,
+            _feat_vjp_add(p_k, p_dk, o_t, m_t, D, idx, o_f, F_PAD, b_wk, b_dpsi, I0, J0, dxg, dxl, i_bh, i_c * BT,
+                          ATOMIC_QK, TMA_DX, BT, BD, PRECISION,
                           KRON, KG, KA)
             if CAUSAL:
                 # chunk i_c's queries see this chunk's keys through the intra kernel, and
@@ -1097,11 +1113,11 @@ def _tma_ok(*ts):
 
 
 # which [chunk, v tile] row moves of the general path's scans go by TMA: bit 0 the v / do loads,
-# bit 1 the o / dv reduce-adds. H100, degree 2 at d64, 64K fwd+bwd (benchmarks/RESULTS.md, one run):
-# pointers 75.2-77.4 ms, dv adds by TMA 71.4-72.3, loads too 75.2; in the forward TMA was neutral
-# (o adds) or slower (v loads: 20.9 vs 20.3 ms)
+# bit 1 the o / dv reduce-adds, bit 2 (backward, Kronecker tiles of one group) the dq / dk adds. H100, degree 2 at d64, 64K fwd+bwd (benchmarks/RESULTS.md, one run):
+# pointers 75.2-77.4 ms, dv adds by TMA 70.0-72.3, loads too 75.2, dv + dq/dk adds 66.3 (16K: 17.2 ->
+# 16.4); in the forward TMA was neutral (o adds) or slower (v loads: 20.9 vs 20.3 ms)
 _TMA_FWD = 0
-_TMA_BWD = 2
+_TMA_BWD = 6
 
 
 def _regs():
@@ -1111,11 +1127,11 @@ def _regs():
 
 
 def _tma_bits(name, default, *ts):
-    """(loads, adds) by TMA for one pass: the bits of knob ``name`` (else ``default``), where
-    :func:`_tma_ok` allows it."""
+    """(loads, row adds, dq/dk adds) by TMA for one pass: the bits of knob ``name`` (else ``default``),
+    where :func:`_tma_ok` allows it."""
     bits = _knob(name, default)
     ok = bool(bits) and _tma_ok(*ts)
-    return ok and bool(bits & 1), ok and bool(bits & 2)
+    return tuple(ok and bool(bits & b) for b in (1, 2, 4))
 
 
 def _descs(tma, BT, BV, *ts):
@@ -1394,7 +1410,7 @@ def _poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, 
     NF, NV = F_PAD // block_f, triton.cdiv(DV, BVs)
     NSEG, CPS = _segments(NC, NF * NV * B * H, segments) if causal else (1, NC)
     S0 = Z0 = o
-    tma, tma_add = _tma_bits("FASTATTN_TMA_FWD", _TMA_FWD, v, o)
+    tma, tma_add, _ = _tma_bits("FASTATTN_TMA_FWD", _TMA_FWD, v, o)
     (vd,), (od,) = _descs(tma, chunk, BVs, v), _descs(tma_add, chunk, BVs, o)
     if NSEG > 1:
         S0, Z0 = _segment_prefix(k, v, z, z, idx, w_psi, T, D, DV, F_PAD, NC, CPS, NSEG, NF, NV, B * H, chunk,
@@ -1446,8 +1462,11 @@ def poly_attention_bwd(q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps
     NF, NV = F_PAD // block_f, triton.cdiv(DV, BVs)
     NSEG, CPS = _segments(NC, NF * NV * B * H, segments) if causal else (1, NC)
     S0 = Z0 = dS0 = dZ0 = dq
-    tma, tma_add = _tma_bits("FASTATTN_TMA_BWD", _TMA_BWD, v, do, dv)
+    tma, tma_add, tma_dx = _tma_bits("FASTATTN_TMA_BWD", _TMA_BWD, v, do, dv)
     (vd, dod), (dvd,) = _descs(tma, chunk, BVs, v, do), _descs(tma_add, chunk, BVs, dv)
+    tma_dx = tma_dx and kron.get("KG") == 1 and _tma_ok(dq, dk)
+    dxg = _descs(tma_dx, chunk, kron.get("KA"), dq, dk)
+    dxl = _descs(tma_dx, chunk, block_f, dq, dk)
     if NSEG > 1:
         # pass 0 (dq) starts from the forward's prefix state; pass 1 (dk, dv) from the suffix
         # of sum phi(q)^T dn over later segments
@@ -1460,12 +1479,13 @@ def poly_attention_bwd(q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps
         Z0 = dq if Z0 is None else Z0
         dZ0 = dq if dZ0 is None else dZ0
     def walk(pass_):
-        _inter_bwd_kernel[(NF * NSEG, NV, B * H)](q, k, v, vd, do, dod, rden, dz, dq, dk, dv, dvd, S0, Z0, dS0, dZ0,
+        _inter_bwd_kernel[(NF * NSEG, NV, B * H)](q, k, v, vd, do, dod, rden, dz, dq, dk, dv, dvd, dxg[pass_],
+                                                  dxl[pass_], S0, Z0, dS0, dZ0,
                                                   idx, w_phi, w_psi, ktab, T, D, DV, F_PAD, NC, CPS, NF, BT=chunk,
                                                   BF=block_f, BV=BVs, BD=BD, CAUSAL=causal, NORMALIZE=normalize,
                                                   ATOMIC_QK=NF * NV > 1, ATOMIC_V=NF > 1, USE_SEG=NSEG > 1,
                                                   PASS=pass_, PRECISION=precision, TMA_LD=tma, TMA_ADD=tma_add,
-                                                  WIDE=_wide(T, D, DV), **_regs(),
+                                                  WIDE=_wide(T, D, DV), TMA_DX=tma_dx, **_regs(),
                                                   num_warps=warps, **kron)
     _side_by_side(lambda: walk(0), lambda: walk(1), q.device)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)

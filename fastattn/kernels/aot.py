@@ -68,6 +68,10 @@ def compile_kernels(spec, *, dtype="bf16", head_dim=64, head_dim_v=64, chunk=64,
         # a TMA descriptor argument, or the None the host passes when TMA is off
         return {name: f"tensordesc<{dtype}[1,{chunk},{BVs}]>"} if tma else {}
 
+    # the backward's dq / dk adds of one-group Kronecker tiles: [1, chunk, KA] and [1, chunk, block_f] boxes
+    dx_descs = ({"dxg": f"tensordesc<fp32[1,{chunk},{kron['KA']}]>", "dxl": f"tensordesc<fp32[1,{chunk},{block_f}]>"}
+                if tma and kron["KRON"] and kron["KG"] == 1 else {})
+
     def off(*names):
         return {} if tma else {n: None for n in names}
     dims = {"T": "i32", "D": "i32", "DV": "i32"}
@@ -91,11 +95,12 @@ def compile_kernels(spec, *, dtype="bf16", head_dim=64, head_dim_v=64, chunk=64,
          dict(BT=chunk, BD=BD, BV=BV, NORMALIZE=normalize, PRECISION=precision), mod._intra_warps(chunk, BD, BV)),
     ] + [
         (mod._inter_bwd_kernel, dict(q=ptr, k=ptr, v=ptr, do=ptr, rden=f32,
-                                     dz=f32, dq=f32, dk=f32, dv=f32, **desc("fp32", "dvd"), S0=f32, Z0=f32, dS0=f32,
+                                     dz=f32, dq=f32, dk=f32, dv=f32, **desc("fp32", "dvd"), **dx_descs, S0=f32, Z0=f32, dS0=f32,
                                      dZ0=f32, idx="*i32", w_phi=f32, w_psi=f32, ktab="*i32",
                                      **dims, F_PAD="i32", NC="i32", CPS="i32", NF="i32"),
          dict(BT=chunk, BF=block_f, BV=BVs, BD=BD, CAUSAL=causal, NORMALIZE=normalize, ATOMIC_QK=nf * nv > 1,
-              ATOMIC_V=nf > 1, USE_SEG=causal, PASS=p, PRECISION=precision, TMA_LD=False, TMA_ADD=tma, WIDE=False, vd=None, dod=None,
+              ATOMIC_V=nf > 1, USE_SEG=causal, PASS=p, PRECISION=precision, TMA_LD=False, TMA_ADD=tma, WIDE=False,
+              vd=None, dod=None, TMA_DX=bool(dx_descs), **({} if dx_descs else {"dxg": None, "dxl": None}),
               **off("dvd"),
               **kron), warps)
         for p in (0, 1)
