@@ -312,6 +312,31 @@ def _add_rows(p, desc, i_bh, t0, c0, o_t, m_t, o_v, m_v, DV, b, ATOMIC: tl.const
 
 
 @triton.jit
+def _hilo16(x, BR: tl.constexpr, DT):
+    # [BR] fp32 -> [BR, 16] in the dot dtype: column 0 its rounding to DT, column 1 the remainder,
+    # zeros elsewhere, so a row sum of an MMA against it keeps ~fp32 precision in 16-bit dots
+    col = tl.arange(0, 16)[None, :]
+    hi = x.to(DT).to(tl.float32)
+    b = tl.where(col == 0, hi[:, None], tl.where(col == 1, (x - hi)[:, None], 0.0))
+    return b.to(DT)
+
+
+@triton.jit
+def _colsum_mma(b_feat, b_acc, BT: tl.constexpr, PRECISION: tl.constexpr):
+    # b_acc [BF, 16] += feat^T 1: the column sums of a [BT, BF] feature tile (every column of
+    # b_acc the same), by an MMA on the operand the state update already holds. A tl.sum of the
+    # tile wants it in a second layout, and the compiler then built the Kronecker product twice
+    return tl.dot(tl.trans(b_feat), tl.full([BT, 16], 1.0, b_feat.dtype), b_acc, input_precision=PRECISION)
+
+
+@triton.jit
+def _rowdot_mma(b_feat, b_acc, BF: tl.constexpr, PRECISION: tl.constexpr):
+    # feat @ zs for a [BT, BF] tile and zs = column 0 of b_acc [BF, 16], by one MMA
+    b_z = tl.sum(tl.where(tl.arange(0, 16)[None, :] == 0, b_acc, 0.0), 1)  # [BF]
+    return tl.sum(tl.dot(b_feat, _hilo16(b_z, BF, b_feat.dtype), input_precision=PRECISION), 1)
+
+
+@triton.jit
 def _carried_state(S0, Z0, o_seg, F_PAD, DV, o_f, o_v, m_v, m_z, BF: tl.constexpr, BV: tl.constexpr,
                    USE_SEG: tl.constexpr, NORMALIZE: tl.constexpr):
     # the [BF, BV] state slice and [BF] normaliser state a walk starts from: the state carried in
@@ -434,6 +459,7 @@ def _inter_fwd_kernel(q, k, v, vd, o, od, z, S0, Z0, idx, w_phi, w_psi, ktab, T,
     p_o = o + i_bh64 * T * DV
     b_S, b_zs = _carried_state(S0, Z0, i_bh64 * NSEG + i_s, F_PAD, DV, o_f, o_v, m_v, o_f >= 0, BF, BV, USE_SEG,
                                NORMALIZE)
+    b_zs = b_zs[:, None] + tl.zeros([BF, 16], dtype=tl.float32)  # every column the normaliser state
     c_lo = i_s * CPS
     c_hi = tl.minimum(c_lo + CPS, NC)
     if not CAUSAL:
@@ -444,7 +470,7 @@ def _inter_fwd_kernel(q, k, v, vd, o, od, z, S0, Z0, idx, w_phi, w_psi, ktab, T,
             b_psi = _feat(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk, I0, J0, BT, BD, PRECISION, KRON, KG, KA)
             b_v = _ld_rows(p_v, vd, i_bh, i_c * BT, i_v * BV, o_t, m_t, o_v, m_v, DV, BT, BV, TMA_LD)
             b_S += tl.dot(tl.trans(b_psi).to(DT), b_v, input_precision=PRECISION)  # [BF, BV]
-            b_zs += tl.sum(b_psi.to(tl.float32), 0)
+            b_zs = _colsum_mma(b_psi.to(DT), b_zs, BT, PRECISION)
     for i_c in range(c_lo, c_hi):
         o_t = _chunk_rows(i_c, BT, WIDE)
         m_t = o_t < T
@@ -454,14 +480,14 @@ def _inter_fwd_kernel(q, k, v, vd, o, od, z, S0, Z0, idx, w_phi, w_psi, ktab, T,
         if NORMALIZE:
             # the normaliser is one column, owned by the first v tile (the mask is a tensor
             # op because the interpreter rejects a scalar bool in a mask)
-            _accumulate(z + i_bh64 * T + o_t, tl.sum(b_phi * b_zs[None, :], 1), m_t & ((o_t * 0 + i_v) == 0),
-                        ATOMIC)
+            _accumulate(z + i_bh64 * T + o_t, _rowdot_mma(b_phi.to(DT), b_zs, BF, PRECISION),
+                        m_t & ((o_t * 0 + i_v) == 0), ATOMIC)
         if CAUSAL:
             # chunk i_c enters the state only after its own queries used it
             b_psi = _feat(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk, I0, J0, BT, BD, PRECISION, KRON, KG, KA)
             b_v = _ld_rows(p_v, vd, i_bh, i_c * BT, i_v * BV, o_t, m_t, o_v, m_v, DV, BT, BV, TMA_LD)
             b_S += tl.dot(tl.trans(b_psi).to(DT), b_v, input_precision=PRECISION)  # [BF, BV]
-            b_zs += tl.sum(b_psi.to(tl.float32), 0)
+            b_zs = _colsum_mma(b_psi.to(DT), b_zs, BT, PRECISION)
 
 
 @triton.jit
@@ -545,6 +571,7 @@ def _inter_bwd_kernel(q, k, v, vd, do, dod, rden, dz, dq, dk, dv, dvd, dxg, dxl,
         # dq_i = J_phi(q_i)^T (S dn_i + z_S dz_i), S = sum over keys visible to i
         b_S, b_zs = _carried_state(S0, Z0, i_bh64 * NSEG + i_s, F_PAD, DV, o_f, o_v, m_v, o_f >= 0, BF, BV,
                                    USE_SEG, NORMALIZE)
+        b_zs = b_zs[:, None] + tl.zeros([BF, 16], dtype=tl.float32)  # every column the normaliser state
         if not CAUSAL:
             for i_c in range(NC):
                 o_t = _chunk_rows(i_c, BT, WIDE)
@@ -552,7 +579,7 @@ def _inter_bwd_kernel(q, k, v, vd, do, dod, rden, dz, dq, dk, dv, dvd, dxg, dxl,
                 b_psi = _feat(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk, I0, J0, BT, BD, PRECISION, KRON, KG, KA)
                 b_v = _ld_rows(p_v, vd, i_bh, i_c * BT, i_v * BV, o_t, m_t, o_v, m_v, DV, BT, BV, TMA_LD)
                 b_S += tl.dot(tl.trans(b_psi).to(DT), b_v, input_precision=PRECISION)  # [BF, BV]
-                b_zs += tl.sum(b_psi.to(tl.float32), 0)
+                b_zs = _colsum_mma(b_psi.to(DT), b_zs, BT, PRECISION)
         for i_c in range(c_lo, c_hi):
             o_t = _chunk_rows(i_c, BT, WIDE)
             m_t = o_t < T
@@ -563,7 +590,7 @@ def _inter_bwd_kernel(q, k, v, vd, do, dod, rden, dz, dq, dk, dv, dvd, dxg, dxl,
             b_dphi = tl.dot(b_dn.to(DT), tl.trans(b_S.to(DT)), input_precision=PRECISION)  # [BT, BF]
             if NORMALIZE:
                 b_dz = tl.load(dz + i_bh64 * T + o_t, mask=m_t & ((o_t * 0 + i_v) == 0), other=0.0)  # [BT]
-                b_dphi += b_dz[:, None] * b_zs[None, :]
+                b_dphi += b_dz[:, None] * tl.sum(tl.where(tl.arange(0, 16)[None, :] == 0, b_zs, 0.0), 1)[None, :]
             _feat_vjp_add(p_q, p_dq, o_t, m_t, D, idx, o_f, F_PAD, b_wq, b_dphi, I0, J0, dxg, dxl, i_bh, i_c * BT,
                           ATOMIC_QK, TMA_DX, BT, BD, PRECISION,
                           KRON, KG, KA)
@@ -571,13 +598,15 @@ def _inter_bwd_kernel(q, k, v, vd, do, dod, rden, dz, dq, dk, dv, dvd, dxg, dxl,
                 b_psi = _feat(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk, I0, J0, BT, BD, PRECISION, KRON, KG, KA)
                 b_v = _ld_rows(p_v, vd, i_bh, i_c * BT, i_v * BV, o_t, m_t, o_v, m_v, DV, BT, BV, TMA_LD)
                 b_S += tl.dot(tl.trans(b_psi).to(DT), b_v, input_precision=PRECISION)  # [BF, BV]
-                b_zs += tl.sum(b_psi.to(tl.float32), 0)
+                b_zs = _colsum_mma(b_psi.to(DT), b_zs, BT, PRECISION)
     else:
         # dS = sum over queries that see key j of phi(q_i) dn_i^T (and phi(q_i) dz_i):
         # dv_j = dS^T psi(k_j), dk_j = J_psi(k_j)^T (dS v_j + dz_S)
         # dzeta belongs to the first v tile only (dk sums over v tiles)
         b_dS, b_dzs = _carried_state(dS0, dZ0, i_bh64 * NSEG + i_s, F_PAD, DV, o_f, o_v, m_v, (o_f * 0 + i_v) == 0,
                                      BF, BV, USE_SEG, NORMALIZE)
+        # dzeta as an MMA accumulator whose row sums are the state (see _colsum_mma)
+        b_dzs = tl.where(tl.arange(0, 16)[None, :] == 0, b_dzs[:, None], 0.0)  # [BF, 16]
         if not CAUSAL:
             for i_c in range(NC):
                 o_t = _chunk_rows(i_c, BT, WIDE)
@@ -588,7 +617,7 @@ def _inter_bwd_kernel(q, k, v, vd, do, dod, rden, dz, dq, dk, dv, dvd, dxg, dxl,
                 if NORMALIZE:
                     b_dn = b_dn * tl.load(rden + i_bh64 * T + o_t, mask=m_t, other=0.0)[:, None]
                     b_dz = tl.load(dz + i_bh64 * T + o_t, mask=m_t & ((o_t * 0 + i_v) == 0), other=0.0)  # [BT]
-                    b_dzs += tl.sum(b_phi * b_dz[:, None], 0)
+                    b_dzs = tl.dot(tl.trans(b_phi.to(DT)), _hilo16(b_dz, BT, DT), b_dzs, input_precision=PRECISION)
                 b_dS += tl.dot(tl.trans(b_phi).to(DT), b_dn.to(DT), input_precision=PRECISION)  # [BF, BV]
         for i in range(0, c_hi - c_lo):
             if CAUSAL:
@@ -603,7 +632,7 @@ def _inter_bwd_kernel(q, k, v, vd, do, dod, rden, dz, dq, dk, dv, dvd, dxg, dxl,
             _add_rows(p_dv, dvd, i_bh, i_c * BT, i_v * BV, o_t, m_t, o_v, m_v, DV, b_dv, ATOMIC_V, TMA_ADD)
             b_dpsi = tl.dot(b_v, tl.trans(b_dS.to(DT)), input_precision=PRECISION)  # [BT, BF]
             if NORMALIZE:
-                b_dpsi += b_dzs[None, :]
+                b_dpsi += tl.sum(b_dzs, 1)[None, :]
             _feat_vjp_add(p_k, p_dk, o_t, m_t, D, idx, o_f, F_PAD, b_wk, b_dpsi, I0, J0, dxg, dxl, i_bh, i_c * BT,
                           ATOMIC_QK, TMA_DX, BT, BD, PRECISION,
                           KRON, KG, KA)
@@ -616,7 +645,7 @@ def _inter_bwd_kernel(q, k, v, vd, do, dod, rden, dz, dq, dk, dv, dvd, dxg, dxl,
                 if NORMALIZE:
                     b_dn = b_dn * tl.load(rden + i_bh64 * T + o_t, mask=m_t, other=0.0)[:, None]
                     b_dz = tl.load(dz + i_bh64 * T + o_t, mask=m_t & ((o_t * 0 + i_v) == 0), other=0.0)  # [BT]
-                    b_dzs += tl.sum(b_phi * b_dz[:, None], 0)
+                    b_dzs = tl.dot(tl.trans(b_phi.to(DT)), _hilo16(b_dz, BT, DT), b_dzs, input_precision=PRECISION)
                 b_dS += tl.dot(tl.trans(b_phi).to(DT), b_dn.to(DT), input_precision=PRECISION)  # [BF, BV]
 
 
@@ -1115,8 +1144,9 @@ def _tma_ok(*ts):
 # which [chunk, v tile] row moves of the general path's scans go by TMA: bit 0 the v / do loads,
 # bit 1 the o / dv reduce-adds, bit 2 (backward, Kronecker tiles of one group) the dq / dk adds. H100, degree 2 at d64, 64K fwd+bwd (benchmarks/RESULTS.md, one run):
 # pointers 75.2-77.4 ms, dv adds by TMA 70.0-72.3, loads too 75.2, dv + dq/dk adds 66.3 (16K: 17.2 ->
-# 16.4); in the forward TMA was neutral (o adds) or slower (v loads: 20.9 vs 20.3 ms)
-_TMA_FWD = 0
+# 16.4); in the forward TMA v loads were slower (20.9 vs 20.3 ms) and o adds neutral until the
+# normaliser sums moved onto MMAs (_colsum_mma), then faster (64K 18.3 -> 17.6 ms, 16K 4.47 -> 4.30)
+_TMA_FWD = 2
 _TMA_BWD = 6
 
 
