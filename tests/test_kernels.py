@@ -269,6 +269,29 @@ def test_chunk_forward_over_many_segments(spec, D, DV, block_f, monkeypatch):
     run_case(spec, torch.float32, 1, 2, 150, D, DV, 16, block_f, None, True, polynomial(spec).positive)
 
 
+@pytest.mark.parametrize("fwd, bwd", [("0", "1"), ("1", "0")])
+def test_fused_and_general_passes_mix(fwd, bwd, monkeypatch):
+    # a degree-2 f that fits the fused path takes the general Kronecker scans on long sequences,
+    # the forward and the backward each by its own length threshold: every mix must agree with
+    # the reference (the fused backward then rebuilds the segment states the general forward
+    # does not save)
+    monkeypatch.setenv("FASTATTN_FUSED_FWD", fwd)
+    monkeypatch.setenv("FASTATTN_FUSED_BWD", bwd)
+    mod = load_module(polynomial("1 + x + x**2/2"))
+    assert mod.uses_kron(4, True, 8, "fwd") == (fwd == "0") and mod.uses_kron(4, True, 8, "bwd") == (bwd == "0")
+    run_case("1 + x + x**2/2", torch.float32, 1, 2, 100, 4, 8, 16, 16, None, True, True)
+
+
+def test_degree2_routing_by_length():
+    # the defaults: fused below the thresholds, general Kronecker scans from them on
+    mod = load_module(polynomial("1 + x + x**2/2"))
+    for part, below in mod._FUSED_DEG2_BELOW.items():
+        assert mod._fused_tiles_dims(16, 64, part, below - 1) is not None
+        assert mod._fused_tiles_dims(16, 64, part, below) is None
+    # a degree-1 f keeps the fused path at every length
+    assert load_module(polynomial("x"))._fused_tiles_dims(64, 64, "bwd", 1 << 20) is not None
+
+
 @st.composite
 def cases(draw):
     spec = draw(st.sampled_from(SPECS))

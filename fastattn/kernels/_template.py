@@ -949,15 +949,20 @@ def _kron_group(block_f):
     return 8 if block_f >= 64 else 4
 
 
-def uses_kron(dim, causal=True, dim_v=None):
-    """True when f has degree 2 and its features go through the block-Kronecker layout
-    (every degree-2 f whose symmetric basis is too large for the fused path, and
-    FASTATTN_KRON is not 0)."""
+def _kron_degree():
+    """True when f has degree 2 and FASTATTN_KRON is not 0: the block-Kronecker layout is available."""
     if os.environ.get("FASTATTN_KRON", "1") == "0":
         return False
-    if max((j for j, a in COEFFS.items() if a != 0), default=0) != 2:
+    return max((j for j, a in COEFFS.items() if a != 0), default=0) == 2
+
+
+def uses_kron(dim, causal=True, dim_v=None, part="fwd", T=0):
+    """True when f has degree 2 and the features of this pass (``part``: "fwd" or "bwd", on ``T``
+    tokens) go through the block-Kronecker layout: every degree-2 f that does not take the fused
+    path (see :func:`_fused_tiles_dims`), and FASTATTN_KRON is not 0."""
+    if not _kron_degree():
         return False
-    return not causal or _fused_tiles_dims(dim, dim if dim_v is None else dim_v) is None
+    return not causal or _fused_tiles_dims(dim, dim if dim_v is None else dim_v, part, T) is None
 
 
 def kron_tables(dim, scale, device, block_f=64, group=None):
@@ -1035,10 +1040,10 @@ def kron_tables(dim, scale, device, block_f=64, group=None):
     return out
 
 
-def _layout(q, v, scale, causal, block_f):
+def _layout(q, v, scale, causal, block_f, part="fwd"):
     """The general path's features: (idx, w_phi, w_psi, ktab, block_f, kron kwargs)."""
     D = q.shape[-1]
-    if uses_kron(D, causal, v.shape[-1]):
+    if uses_kron(D, causal, v.shape[-1], part, q.shape[2]):
         bf = block_f or 64
         ktab, w_phi, w_psi, (KG, KA) = kron_tables(D, scale, q.device, bf)
         # the kernels read the Kronecker tiles' column lists through their idx argument
@@ -1150,10 +1155,17 @@ _TMA_FWD = 2
 _TMA_BWD = 6
 
 
-def _regs():
-    """Launch options of the general path's scans: FASTATTN_MAXNREG caps their registers (for sweeps)."""
-    n = _knob("FASTATTN_MAXNREG", 0)
-    return {"maxnreg": n} if n else {}
+def _regs(name, default, device):
+    """Launch options of a general-path scan: knob ``name`` (else ``default``) caps its registers
+    per thread (ptxas maxnreg; not in the interpreter)."""
+    n = _knob(name, default)
+    return {"maxnreg": n} if n and torch.device(device).type == "cuda" else {}
+
+
+# the Kronecker forward scan capped at 168 registers: three 4-warp programs share an SM instead of
+# two. H100, d64 degree 2 forward 16K 4.32 -> 3.87 ms, 64K 17.5 -> 15.3 (the backward walks
+# slowed down with the cap: 63.1 vs 59.0 ms fwd+bwd at 64K with both capped)
+_MAXNREG_FWD = 168
 
 
 def _tma_bits(name, default, *ts):
@@ -1198,7 +1210,8 @@ def _segment_prefix(x, y, rden, cz, idx, w, T, D, DV, F_PAD, NC, CPS, NSEG, NF, 
     _segment_state_kernel[(NF * NSEG, NV, BH)](x, y, yd, rden, cz, S, Z, idx, w, idx if ktab is None else ktab, T, D,
                                                DV, F_PAD, NC, CPS, NF, BT=chunk, BF=block_f, BV=BVs, BD=BD,
                                                NORMALIZE=normalize, SCALE_Y=scale_y, PRECISION=precision, LD=ld,
-                                               TMA_LD=tma, WIDE=_wide(T, D, DV), num_warps=warps, **_regs(),
+                                               TMA_LD=tma, WIDE=_wide(T, D, DV), num_warps=warps,
+                                               **_regs("FASTATTN_MAXNREG_SEG", 0, x.device),
                                                **(kron or {}))
 
     def exclusive(t):
@@ -1272,18 +1285,27 @@ def _auto_chunk(tiles):
 _FUSED_LD_BWD = os.environ.get("FASTATTN_FUSED_LD_BWD", "1" if _FUSED_LD else "0") == "1"
 
 
-def _fused_tiles_dims(D, DV):
-    # FASTATTN_FUSED=0 sends every shape down the general path (for A/B sweeps)
-    if not _knob("FASTATTN_FUSED", 1):
+# a degree-2 f whose features fit one tile takes the fused path below these lengths, the general
+# Kronecker scans from them on. H100, Based d16/v64, same run (benchmarks/RESULTS.md v9): forward
+# 2K 0.47 fused vs 0.56 general ms, 8K 0.62 vs 0.52, 32K 2.27 vs 1.86; backward (fwd+bwd minus fwd)
+# 8K 1.36 vs 1.97, 32K 5.26 vs 3.82, 64K 9.9 vs 7.4
+_FUSED_DEG2_BELOW = {"fwd": 8192, "bwd": 16384}
+
+
+def _fused_tiles_dims(D, DV, part="fwd", T=0):
+    # FASTATTN_FUSED=0 sends every shape down the general path; FASTATTN_FUSED_FWD / _BWD = 1 or 0
+    # force one pass either way (default: by T for a degree-2 f, fused otherwise)
+    default = int(T < _FUSED_DEG2_BELOW[part]) if _kron_degree() else 1
+    if not _knob("FASTATTN_FUSED", 1) or not _knob(f"FASTATTN_FUSED_{part.upper()}", default):
         return None
     BF = max(16, triton.next_power_of_2(feature_dim(D)))
     BV = max(16, triton.next_power_of_2(DV))
     return (BF, BV) if BF * BV <= _FUSED_MAX_STATE else None
 
 
-def _fused_tiles(q, v, causal):
-    """(BF, BV) of the fused causal path when all features fit one tile, else None."""
-    return _fused_tiles_dims(q.shape[-1], v.shape[-1]) if causal else None
+def _fused_tiles(q, v, causal, part="fwd"):
+    """(BF, BV) of the fused causal path for this pass when all features fit one tile, else None."""
+    return _fused_tiles_dims(q.shape[-1], v.shape[-1], part, q.shape[2]) if causal else None
 
 
 def _empty_like_dtype(shape, dtype, device):
@@ -1416,7 +1438,8 @@ def poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, b
 def _poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v, segments=None):
     """(o, z, saved scan state or None); the fused path when all features fit one tile."""
     tiles = _fused_tiles(q, v, causal)
-    if causal and _knob("FASTATTN_CHUNK_FWD", int(tiles is None and not uses_kron(q.shape[-1], True, v.shape[-1]))):
+    kron = uses_kron(q.shape[-1], True, v.shape[-1], "fwd", q.shape[2])
+    if causal and _knob("FASTATTN_CHUNK_FWD", int(tiles is None and not kron)):
         return _chunk_fwd(q, k, v, scale, normalize, fix_abs, eps, chunk or _CHUNK, block_f, tiles)
     if chunk is None:
         chunk = _auto_chunk(tiles)
@@ -1452,7 +1475,8 @@ def _poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, 
                                               CPS, NF, BT=chunk, BF=block_f, BV=BVs, BD=BD, CAUSAL=causal,
                                               NORMALIZE=normalize, ATOMIC=NF > 1, USE_SEG=NSEG > 1,
                                               PRECISION=precision, TMA_LD=tma, TMA_ADD=tma_add, WIDE=_wide(T, D, DV),
-                                              num_warps=warps, **_regs(),
+                                              num_warps=warps,
+                                              **_regs("FASTATTN_MAXNREG_FWD", _MAXNREG_FWD if kron else 0, q.device),
                                               **kron)
     if normalize:
         o = o / _denominator(z, fix_abs, eps)[..., None]
@@ -1464,7 +1488,7 @@ def poly_attention_bwd(q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps
                        segments=None, state=None):
     """Backward pass: (dq, dk, dv) in the input dtypes, from the saved output ``o`` and normaliser ``z``
     (and, on the fused path, the forward's segment prefix states ``state``)."""
-    tiles = _fused_tiles(q, v, causal)
+    tiles = _fused_tiles(q, v, causal, "bwd")
     if chunk is None:
         chunk = _auto_chunk(tiles)
     if tiles is not None:
@@ -1472,7 +1496,7 @@ def poly_attention_bwd(q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps
                           state)
     B, H, T, D = q.shape
     DV = v.shape[-1]
-    idx, w_phi, w_psi, ktab, block_f, kron = _layout(q, v, scale, causal, block_f)
+    idx, w_phi, w_psi, ktab, block_f, kron = _layout(q, v, scale, causal, block_f, "bwd")
     F_PAD = w_phi.numel()
     BD, BV, BVs, precision, warps = _blocks(q, v, block_f, block_v, kron)
     NC = triton.cdiv(T, chunk)
@@ -1515,7 +1539,8 @@ def poly_attention_bwd(q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps
                                                   BF=block_f, BV=BVs, BD=BD, CAUSAL=causal, NORMALIZE=normalize,
                                                   ATOMIC_QK=NF * NV > 1, ATOMIC_V=NF > 1, USE_SEG=NSEG > 1,
                                                   PASS=pass_, PRECISION=precision, TMA_LD=tma, TMA_ADD=tma_add,
-                                                  WIDE=_wide(T, D, DV), TMA_DX=tma_dx, **_regs(),
+                                                  WIDE=_wide(T, D, DV), TMA_DX=tma_dx,
+                                                  **_regs("FASTATTN_MAXNREG_BWD", 0, q.device),
                                                   num_warps=warps, **kron)
     _side_by_side(lambda: walk(0), lambda: walk(1), q.device)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)

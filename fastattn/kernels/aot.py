@@ -54,100 +54,111 @@ def compile_kernels(spec, *, dtype="bf16", head_dim=64, head_dim_v=64, chunk=64,
     tdt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
     q = torch.empty(1, 1, 1, head_dim, dtype=tdt)
     v = torch.empty(1, 1, 1, head_dim_v, dtype=tdt)
-    kron = dict(KRON=False, KG=1, KA=1)
-    nf = -(-mod.feature_dim(head_dim) // block_f)
-    if mod.uses_kron(head_dim, causal, head_dim_v):
-        # degree 2 through the block-Kronecker tiles (see the template's kron_tables)
-        ktab, _, _, (KG, KA) = mod.kron_tables(head_dim, 1.0, "cpu", block_f)
-        kron, nf = dict(KRON=True, KG=KG, KA=KA), ktab.shape[0]
-    BD, BV, BVs, precision, warps = mod._blocks(q, v, block_f, block_v, kron["KRON"])
-    nv = -(-head_dim_v // BVs)
     tma = arch >= 90 if tma is None else tma
-
-    def desc(dtype, name):
-        # a TMA descriptor argument, or the None the host passes when TMA is off
-        return {name: f"tensordesc<{dtype}[1,{chunk},{BVs}]>"} if tma else {}
-
-    # the backward's dq / dk adds of one-group Kronecker tiles: [1, chunk, KA] and [1, chunk, block_f] boxes
-    dx_descs = ({"dxg": f"tensordesc<fp32[1,{chunk},{kron['KA']}]>", "dxl": f"tensordesc<fp32[1,{chunk},{block_f}]>"}
-                if tma and kron["KRON"] and kron["KG"] == 1 else {})
-
-    def off(*names):
-        return {} if tma else {n: None for n in names}
     dims = {"T": "i32", "D": "i32", "DV": "i32"}
     f32 = "*fp32"
-    jobs = [
-        (mod._intra_fwd_kernel, dict(q=ptr, k=ptr, v=ptr, o=f32, z=f32, scale="fp32", **dims),
-         dict(BT=chunk, BD=BD, BV=BV, NORMALIZE=normalize, PRECISION=precision), mod._intra_warps(chunk, BD, BV)),
-        (mod._segment_state_kernel, dict(x=ptr, y=ptr, rden=f32, cz=f32, S=f32, Z=f32, idx="*i32",
-                                         w=f32, ktab="*i32", **dims, F_PAD="i32", NC="i32", CPS="i32", NF="i32"),
-         dict(BT=chunk, BF=block_f, BV=BVs, BD=BD, NORMALIZE=normalize, SCALE_Y=normalize, PRECISION=precision,
-              LD=False, TMA_LD=False, WIDE=False, yd=None, **kron),
-         warps),
-        (mod._inter_fwd_kernel, dict(q=ptr, k=ptr, v=ptr, o=f32, z=f32,
-                                     S0=f32, Z0=f32, idx="*i32", w_phi=f32, w_psi=f32, ktab="*i32", **dims,
-                                     F_PAD="i32", NC="i32", CPS="i32", NF="i32"),
-         dict(BT=chunk, BF=block_f, BV=BVs, BD=BD, CAUSAL=causal, NORMALIZE=normalize, ATOMIC=nf > 1,
-              USE_SEG=causal, PRECISION=precision, TMA_LD=False, TMA_ADD=False, WIDE=False, vd=None, od=None,
-              **kron), warps),
-        (mod._intra_bwd_kernel, dict(q=ptr, k=ptr, v=ptr, do=ptr, rden=f32, dz=f32, dq=f32, dk=f32, dv=f32,
-                                     scale="fp32", **dims),
-         dict(BT=chunk, BD=BD, BV=BV, NORMALIZE=normalize, PRECISION=precision), mod._intra_warps(chunk, BD, BV)),
-    ] + [
-        (mod._inter_bwd_kernel, dict(q=ptr, k=ptr, v=ptr, do=ptr, rden=f32,
-                                     dz=f32, dq=f32, dk=f32, dv=f32, **desc("fp32", "dvd"), **dx_descs, S0=f32, Z0=f32, dS0=f32,
-                                     dZ0=f32, idx="*i32", w_phi=f32, w_psi=f32, ktab="*i32",
-                                     **dims, F_PAD="i32", NC="i32", CPS="i32", NF="i32"),
-         dict(BT=chunk, BF=block_f, BV=BVs, BD=BD, CAUSAL=causal, NORMALIZE=normalize, ATOMIC_QK=nf * nv > 1,
-              ATOMIC_V=nf > 1, USE_SEG=causal, PASS=p, PRECISION=precision, TMA_LD=False, TMA_ADD=tma, WIDE=False,
-              vd=None, dod=None, TMA_DX=bool(dx_descs), **({} if dx_descs else {"dxg": None, "dxl": None}),
-              **off("dvd"),
-              **kron), warps)
-        for p in (0, 1)
-    ]
-    tiles = mod._fused_tiles(q, v, causal)
-    if causal and tiles is None and not kron["KRON"]:
-        # the chunk-parallel forward replaces the intra and inter forward kernels (see _poly_attention_fwd)
-        jobs = [j for j in jobs if j[0] not in (mod._intra_fwd_kernel, mod._inter_fwd_kernel)] + [
-            (mod._chunk_fwd_kernel, dict(q=ptr, k=ptr, v=ptr, o=ptr, z=f32, S0=f32, Z0=f32, idx="*i32", w_phi=f32,
-                                         ktab="*i32", scale="fp32", eps="fp32", **dims, F_PAD="i32", NC="i32",
-                                         CPS="i32", NSEG="i32", NF="i32"),
-             dict(BT=chunk, BF=block_f, BV=BV, BD=BD, NORMALIZE=normalize, FIX_ABS=False, PRECISION=precision,
-                  **kron), 4)]
-    if tiles is not None:
-        # the fused causal path (all features in one tile) replaces the five kernels above
+
+    def general(part):
+        # the general path's kernels of one pass ("fwd" or "bwd"), as the host launches them
+        kron = dict(KRON=False, KG=1, KA=1)
+        nf = -(-mod.feature_dim(head_dim) // block_f)
+        if mod.uses_kron(head_dim, causal, head_dim_v, part):
+            # degree 2 through the block-Kronecker tiles (see the template's kron_tables)
+            ktab, _, _, (KG, KA) = mod.kron_tables(head_dim, 1.0, "cpu", block_f)
+            kron, nf = dict(KRON=True, KG=KG, KA=KA), ktab.shape[0]
+        BD, BV, BVs, precision, warps = mod._blocks(q, v, block_f, block_v, kron["KRON"])
+        nv = -(-head_dim_v // BVs)
+
+        def desc(dtype, name):
+            # a TMA descriptor argument (the host's default bits), or the None it passes when TMA is off
+            return {name: f"tensordesc<{dtype}[1,{chunk},{BVs}]>"} if tma else {name: None}
+        # the backward's dq / dk adds of one-group Kronecker tiles: [1, chunk, KA] and [1, chunk, block_f] boxes
+        dx = tma and kron["KRON"] and kron["KG"] == 1
+        dx_descs = ({"dxg": f"tensordesc<fp32[1,{chunk},{kron['KA']}]>", "dxl": f"tensordesc<fp32[1,{chunk},{block_f}]>"}
+                    if dx else {"dxg": None, "dxl": None})
+        seg = (mod._segment_state_kernel, dict(x=ptr, y=ptr, yd=None, rden=f32, cz=f32, S=f32, Z=f32, idx="*i32",
+                                               w=f32, ktab="*i32", **dims, F_PAD="i32", NC="i32", CPS="i32", NF="i32"),
+               dict(BT=chunk, BF=block_f, BV=BVs, BD=BD, NORMALIZE=normalize, SCALE_Y=part == "bwd" and normalize,
+                    PRECISION=precision, LD=False, TMA_LD=False, WIDE=False, **kron), warps)
+        if part == "fwd":
+            if causal and not kron["KRON"] and mod._fused_tiles(q, v, causal, "fwd") is None:
+                # the chunk-parallel forward (see _poly_attention_fwd)
+                return [seg, (mod._chunk_fwd_kernel, dict(q=ptr, k=ptr, v=ptr, o=ptr, z=f32, S0=f32, Z0=f32, idx="*i32",
+                                                          w_phi=f32, ktab="*i32", scale="fp32", eps="fp32", **dims,
+                                                          F_PAD="i32", NC="i32", CPS="i32", NSEG="i32", NF="i32"),
+                              dict(BT=chunk, BF=block_f, BV=BV, BD=BD, NORMALIZE=normalize, FIX_ABS=False,
+                                   PRECISION=precision, **kron), 4)]
+            return [
+                (mod._intra_fwd_kernel, dict(q=ptr, k=ptr, v=ptr, o=f32, z=f32, scale="fp32", **dims),
+                 dict(BT=chunk, BD=BD, BV=BV, NORMALIZE=normalize, PRECISION=precision),
+                 mod._intra_warps(chunk, BD, BV)),
+                seg,
+                (mod._inter_fwd_kernel, dict(q=ptr, k=ptr, v=ptr, vd=None, o=f32, **desc("fp32", "od"), z=f32,
+                                             S0=f32, Z0=f32, idx="*i32", w_phi=f32, w_psi=f32, ktab="*i32", **dims,
+                                             F_PAD="i32", NC="i32", CPS="i32", NF="i32"),
+                 dict(BT=chunk, BF=block_f, BV=BVs, BD=BD, CAUSAL=causal, NORMALIZE=normalize, ATOMIC=nf > 1,
+                      USE_SEG=causal, PRECISION=precision, TMA_LD=False, TMA_ADD=tma, WIDE=False, **kron), warps,
+                 mod._MAXNREG_FWD if kron["KRON"] else None)]
+        return [
+            (mod._intra_bwd_kernel, dict(q=ptr, k=ptr, v=ptr, do=ptr, rden=f32, dz=f32, dq=f32, dk=f32, dv=f32,
+                                         scale="fp32", **dims),
+             dict(BT=chunk, BD=BD, BV=BV, NORMALIZE=normalize, PRECISION=precision), mod._intra_warps(chunk, BD, BV)),
+            seg,
+        ] + [
+            (mod._inter_bwd_kernel, dict(q=ptr, k=ptr, v=ptr, vd=None, do=ptr, dod=None, rden=f32, dz=f32, dq=f32,
+                                         dk=f32, dv=f32, **desc("fp32", "dvd"), **dx_descs, S0=f32, Z0=f32, dS0=f32,
+                                         dZ0=f32, idx="*i32", w_phi=f32, w_psi=f32, ktab="*i32",
+                                         **dims, F_PAD="i32", NC="i32", CPS="i32", NF="i32"),
+             dict(BT=chunk, BF=block_f, BV=BVs, BD=BD, CAUSAL=causal, NORMALIZE=normalize, ATOMIC_QK=nf * nv > 1,
+                  ATOMIC_V=nf > 1, USE_SEG=causal, PASS=p, PRECISION=precision, TMA_LD=False, TMA_ADD=tma, WIDE=False,
+                  TMA_DX=dx, **kron), warps)
+            for p in (0, 1)
+        ]
+
+    def fused(part, tiles):
+        # the fused causal path (all features in one tile) of one pass
         BF, BVf = tiles
+        BD, _, precision = mod._dims(q, v)
         fw = 8 if BF * BVf >= 64 * 64 else 4
         dims2 = dict(dims, F_PAD="i32", NC="i32", CPS="i32")
-        jobs = [
-            (mod._segment_state_kernel, dict(x=ptr, y=ptr, rden=f32, cz=f32, S=f32, Z=f32, idx="*i32", w=f32,
-                                             ktab="*i32", **dims2, NF="i32"),
-             dict(BT=chunk, BF=BF, BV=BVf, BD=BD, NORMALIZE=normalize, SCALE_Y=normalize, PRECISION=precision,
-                  LD=mod._FUSED_LD, yd=None, WIDE=False, **kron), fw),
-            (mod._fused_fwd_kernel, dict(q=ptr, k=ptr, v=ptr, o=ptr, z=f32, S0=f32, Z0=f32, idx="*i32", w_phi=f32,
-                                         w_psi=f32, scale="fp32", eps="fp32", **dims2),
-             dict(BT=chunk, BF=BF, BV=BVf, BD=BD, NORMALIZE=normalize, FIX_ABS=False, USE_SEG=True,
-                  PRECISION=precision, LD=mod._FUSED_LD, WIDE=False), fw),
-        ] + [
+        seg = (mod._segment_state_kernel, dict(x=ptr, y=ptr, yd=None, rden=f32, cz=f32, S=f32, Z=f32, idx="*i32",
+                                               w=f32, ktab="*i32", **dims2, NF="i32"),
+               dict(BT=chunk, BF=BF, BV=BVf, BD=BD, NORMALIZE=normalize, SCALE_Y=part == "bwd" and normalize,
+                    PRECISION=precision, LD=mod._FUSED_LD, WIDE=False, KRON=False, KG=1, KA=1), fw)
+        if part == "fwd":
+            return [seg, (mod._fused_fwd_kernel, dict(q=ptr, k=ptr, v=ptr, o=ptr, z=f32, S0=f32, Z0=f32, idx="*i32",
+                                                      w_phi=f32, w_psi=f32, scale="fp32", eps="fp32", **dims2),
+                          dict(BT=chunk, BF=BF, BV=BVf, BD=BD, NORMALIZE=normalize, FIX_ABS=False, USE_SEG=True,
+                               PRECISION=precision, LD=mod._FUSED_LD, WIDE=False), fw)]
+        return [seg] + [
             (mod._fused_bwd_kernel, dict(q=ptr, k=ptr, v=ptr, do=ptr, rden=f32, dz=f32, dq=ptr, dk=ptr, dv=ptr,
                                          S0=f32, Z0=f32, idx="*i32", w_phi=f32, w_psi=f32, scale="fp32", **dims2),
              dict(BT=chunk, BF=BF, BV=BVf, BD=BD, NORMALIZE=normalize, USE_SEG=True, PASS=p, PRECISION=precision,
-                  LD=mod._FUSED_LD, WIDE=False),
-             fw)
+                  LD=mod._FUSED_LD, WIDE=False), fw)
             for p in (0, 1)
         ]
+
+    jobs = []
+    for part in ("fwd", "bwd"):
+        tiles = mod._fused_tiles(q, v, causal, part)
+        jobs += [(part,) + j for j in (general(part) if tiles is None else fused(part, tiles))]
     report = {}
-    for fn, sig, consts, nw in jobs:
+    for part, fn, sig, consts, nw, *maxnreg in jobs:
+        # an argument the host passes as None (a descriptor with TMA off) is a constexpr None
+        consts = dict(consts, **{k: None for k, v in sig.items() if v is None})
+        sig = {k: v for k, v in sig.items() if v is not None}
         sig = dict(sig, **{k: "constexpr" for k in consts})
         t0 = time.perf_counter()
-        kern = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", arch, 32),
-                              options={"num_warps": nw})
-        name = fn.__name__ + (f"[PASS={consts['PASS']}]" if "PASS" in consts else "")
+        opts = {"num_warps": nw}
+        if maxnreg and maxnreg[0]:
+            opts["maxnreg"] = maxnreg[0]
+        kern = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", arch, 32), options=opts)
+        name = f"{part} " + fn.__name__ + (f"[PASS={consts['PASS']}]" if "PASS" in consts else "")
         report[name] = f"{_resources(kern.asm['cubin'])} warps:{nw} ({time.perf_counter() - t0:.1f} s)"
         if dump:
             os.makedirs(dump, exist_ok=True)
             for ext in ("ttgir", "ptx"):
-                with open(os.path.join(dump, f"{name}.{ext}"), "w") as fh:
+                with open(os.path.join(dump, f"{part}_{name.split()[1]}.{ext}"), "w") as fh:
                     fh.write(kern.asm[ext])
     return report
 
