@@ -770,11 +770,26 @@ def _chunk_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, ktab, scale, eps, T, D,
 
 @triton.jit
 def _den(b_z, eps, FIX_ABS: tl.constexpr):
-    # the normaliser's denominator: z, or |z| + eps with normalizer_fix="abs" (the host's _denominator)
+    # the normaliser's denominator: z, or |z| + eps with normalizer_fix="abs" (naive._denominator)
     if FIX_ABS:
         return tl.abs(b_z) + eps
     else:
         return b_z
+
+
+@triton.jit
+def _finalize_kernel(o, z, out, eps, N, DV, NORMALIZE: tl.constexpr, FIX_ABS: tl.constexpr, BR: tl.constexpr,
+                     BV: tl.constexpr):
+    # out = o / den(z) in out's dtype, over the [N, DV] rows of the general path's fp32 o: one
+    # pass instead of torch's division and cast (two reads and two writes of an fp32 o)
+    o_r = (tl.program_id(0) * BR + tl.arange(0, BR)).to(tl.int64)
+    o_v = tl.arange(0, BV)
+    m_r = o_r < N
+    m = m_r[:, None] & (o_v < DV)[None, :]
+    b_o = tl.load(o + o_r[:, None] * DV + o_v[None, :], mask=m, other=0.0)
+    if NORMALIZE:
+        b_o = b_o / _den(tl.load(z + o_r, mask=m_r, other=1.0), eps, FIX_ABS)[:, None]
+    tl.store(out + o_r[:, None] * DV + o_v[None, :], b_o.to(out.dtype.element_ty), mask=m)
 
 
 @triton.jit
@@ -1168,10 +1183,17 @@ def _regs(name, default, device):
 _MAXNREG_FWD = 168
 
 
-def _tma_bits(name, default, *ts):
+# below this much scan work (batch*head x tokens x feature tiles) the scans keep pointer loads and
+# atomics: each TMA descriptor costs host time at every launch (the driver encodes it), which short
+# calls do not hide. H100 (benchmarks/RESULTS.md v10): Based general forward at 8K (2^20) 0.51 ms with
+# pointers vs 0.79 with a descriptor; d64 degree 2 at 2K (2.4 * 2^20) fwd+bwd 1.80 with TMA vs 2.09
+_TMA_MIN_WORK = 2**21
+
+
+def _tma_bits(name, default, work, *ts):
     """(loads, row adds, dq/dk adds) by TMA for one pass: the bits of knob ``name`` (else ``default``),
-    where :func:`_tma_ok` allows it."""
-    bits = _knob(name, default)
+    where :func:`_tma_ok` allows it and the pass has ``work`` >= FASTATTN_TMA_MIN_WORK."""
+    bits = _knob(name, default) if work >= _knob("FASTATTN_TMA_MIN_WORK", _TMA_MIN_WORK) else 0
     ok = bool(bits) and _tma_ok(*ts)
     return tuple(ok and bool(bits & b) for b in (1, 2, 4))
 
@@ -1255,10 +1277,6 @@ def _bwd_prep(q, o, do, z, normalize, fix_abs, eps, chunk):
                                                      BV=max(16, triton.next_power_of_2(DV)), FIX_ABS=fix_abs,
                                                      num_warps=4)
     return rden, dz
-
-
-def _denominator(z, fix_abs, eps):
-    return z.abs() + eps if fix_abs else z
 
 
 # the fused path keeps the whole [F_pad, DV_pad] fp32 state of a sequence in one program
@@ -1463,7 +1481,7 @@ def _poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, 
     NF, NV = F_PAD // block_f, triton.cdiv(DV, BVs)
     NSEG, CPS = _segments(NC, NF * NV * B * H, segments) if causal else (1, NC)
     S0 = Z0 = o
-    tma, tma_add, _ = _tma_bits("FASTATTN_TMA_FWD", _TMA_FWD, v, o)
+    tma, tma_add, _ = _tma_bits("FASTATTN_TMA_FWD", _TMA_FWD, B * H * T * NF, v, o)
     (vd,), (od,) = _descs(tma, chunk, BVs, v), _descs(tma_add, chunk, BVs, o)
     if NSEG > 1:
         S0, Z0 = _segment_prefix(k, v, z, z, idx, w_psi, T, D, DV, F_PAD, NC, CPS, NSEG, NF, NV, B * H, chunk,
@@ -1478,10 +1496,11 @@ def _poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, 
                                               num_warps=warps,
                                               **_regs("FASTATTN_MAXNREG_FWD", _MAXNREG_FWD if kron else 0, q.device),
                                               **kron)
-    if normalize:
-        o = o / _denominator(z, fix_abs, eps)[..., None]
-        return o.to(q.dtype), z, None
-    return o.to(q.dtype), None, None
+    out = _empty_like_dtype((B, H, T, DV), q.dtype, q.device)
+    N, BR = B * H * T, max(16, 4096 // BV)
+    _finalize_kernel[(triton.cdiv(N, BR),)](o, z, out, float(eps), N, DV, NORMALIZE=normalize, FIX_ABS=fix_abs, BR=BR,
+                                            BV=BV, num_warps=4)
+    return out, (z if normalize else None), None
 
 
 def poly_attention_bwd(q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v,
@@ -1516,7 +1535,7 @@ def poly_attention_bwd(q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps
     NF, NV = F_PAD // block_f, triton.cdiv(DV, BVs)
     NSEG, CPS = _segments(NC, NF * NV * B * H, segments) if causal else (1, NC)
     S0 = Z0 = dS0 = dZ0 = dq
-    tma, tma_add, tma_dx = _tma_bits("FASTATTN_TMA_BWD", _TMA_BWD, v, do, dv)
+    tma, tma_add, tma_dx = _tma_bits("FASTATTN_TMA_BWD", _TMA_BWD, B * H * T * NF, v, do, dv)
     (vd, dod), (dvd,) = _descs(tma, chunk, BVs, v, do), _descs(tma_add, chunk, BVs, dv)
     tma_dx = tma_dx and kron.get("KG") == 1 and _tma_ok(dq, dk)
     dxg = _descs(tma_dx, chunk, kron.get("KA"), dq, dk)
@@ -1540,7 +1559,8 @@ def poly_attention_bwd(q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps
                                                   ATOMIC_QK=NF * NV > 1, ATOMIC_V=NF > 1, USE_SEG=NSEG > 1,
                                                   PASS=pass_, PRECISION=precision, TMA_LD=tma, TMA_ADD=tma_add,
                                                   WIDE=_wide(T, D, DV), TMA_DX=tma_dx,
-                                                  **_regs("FASTATTN_MAXNREG_BWD", 0, q.device),
+                                                  **_regs(f"FASTATTN_MAXNREG_BWD{pass_}",
+                                                          _knob("FASTATTN_MAXNREG_BWD", 0), q.device),
                                                   num_warps=warps, **kron)
     _side_by_side(lambda: walk(0), lambda: walk(1), q.device)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
