@@ -93,10 +93,11 @@ def _phi_ld(p_x, o_t, m_t, D, p_idx, o_f, F_PAD, b_w):
 # factors, then those of its right ones, so a tile is one broadcast product of two gathered
 # [BT, KG * KA] slices (no one-hot matmuls). Columns from D on read as 0, except the first
 # KA-aligned one past D, which reads as 1: the constant a0 is the group [1] (x) [1], and the
-# padding groups sit past it. Every list is KG aligned runs of KA (the loads stay vectorised). Degree <= 1 terms ride on "low" tiles
-# (ktab row (-1, c0)): columns c0 .. c0+BF of x'. The default group is 8 (one 8 x 8 product per
-# 64-feature tile); groups of 4 fill the diagonal blocks' slots too (36 tiles instead of 38 at
-# D = 64) but their 4-D broadcast costs as much as it saves (see _kron_group).
+# padding groups sit past it. Every list is KG aligned runs of KA (the loads stay vectorised).
+# Degree <= 1 terms ride on "low" tiles (ktab row (-1, c0)): columns c0 .. c0+BF of x'. The
+# default group is 8 (one 8 x 8 product per 64-feature tile); groups of 4 fill the diagonal blocks'
+# slots too (36 tiles instead of 38 at D = 64) but their 4-D broadcast costs as much as it saves
+# (see _kron_group).
 # ----------------------------------------------------------------------------------------
 @triton.jit
 def _cols(p_x, o_t, m_t, D, o_c, one):
@@ -1162,10 +1163,11 @@ def _tma_ok(*ts):
 
 
 # which [chunk, v tile] row moves of the general path's scans go by TMA: bit 0 the v / do loads,
-# bit 1 the o / dv reduce-adds, bit 2 (backward, Kronecker tiles of one group) the dq / dk adds. H100, degree 2 at d64, 64K fwd+bwd (benchmarks/RESULTS.md, one run):
-# pointers 75.2-77.4 ms, dv adds by TMA 70.0-72.3, loads too 75.2, dv + dq/dk adds 66.3 (16K: 17.2 ->
-# 16.4); in the forward TMA v loads were slower (20.9 vs 20.3 ms) and o adds neutral until the
-# normaliser sums moved onto MMAs (_colsum_mma), then faster (64K 18.3 -> 17.6 ms, 16K 4.47 -> 4.30)
+# bit 1 the o / dv reduce-adds, bit 2 (backward, Kronecker tiles of one group) the dq / dk adds.
+# H100, degree 2 at d64, 64K fwd+bwd (benchmarks/RESULTS.md, one run): pointers 75.2-77.4 ms, dv
+# adds by TMA 70.0-72.3, loads too 75.2, dv + dq/dk adds 66.3 (16K: 17.2 -> 16.4); in the forward
+# TMA v loads were slower (20.9 vs 20.3 ms) and o adds neutral until the normaliser sums moved onto
+# MMAs (_colsum_mma), then faster (64K 18.3 -> 17.6 ms, 16K 4.47 -> 4.30)
 _TMA_FWD = 2
 _TMA_BWD = 6
 
@@ -1350,10 +1352,12 @@ def _fused_fwd(q, k, v, scale, normalize, fix_abs, eps, chunk, segments, BF, BV)
         Z0 = o if Z0 is None else Z0
     fwd_bv = _knob("FASTATTN_FUSED_FWD_BV", 0)
     BVt = BV if fwd_bv <= 0 else min(BV, max(16, fwd_bv))
-    _fused_fwd_kernel[(NSEG, BV // BVt, B * H)](q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, float(scale), float(eps), T, D, DV,
-                                     F_PAD, NC, CPS, BT=chunk, BF=BF, BV=BVt, BD=BD, NORMALIZE=normalize,
-                                     FIX_ABS=fix_abs, USE_SEG=NSEG > 1, PRECISION=precision, LD=_FUSED_LD,
-                                     WIDE=_wide(T, D, DV), num_warps=_knob("FASTATTN_FUSED_FWD_WARPS", 0) or (8 if BF * BVt > 64 * 64 else 4))
+    warps = _knob("FASTATTN_FUSED_FWD_WARPS", 0) or (8 if BF * BVt > 64 * 64 else 4)
+    _fused_fwd_kernel[(NSEG, BV // BVt, B * H)](q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, float(scale), float(eps), T,
+                                                D, DV, F_PAD, NC, CPS, BT=chunk, BF=BF, BV=BVt, BD=BD,
+                                                NORMALIZE=normalize, FIX_ABS=fix_abs, USE_SEG=NSEG > 1,
+                                                PRECISION=precision, LD=_FUSED_LD, WIDE=_wide(T, D, DV),
+                                                num_warps=warps)
     return o, (z if normalize else None), ((S0, Z0, CPS * chunk) if NSEG > 1 else None)
 
 

@@ -74,8 +74,8 @@ def compile_kernels(spec, *, dtype="bf16", head_dim=64, head_dim_v=64, chunk=64,
             return {name: f"tensordesc<{dtype}[1,{chunk},{BVs}]>"} if tma else {name: None}
         # the backward's dq / dk adds of one-group Kronecker tiles: [1, chunk, KA] and [1, chunk, block_f] boxes
         dx = tma and kron["KRON"] and kron["KG"] == 1
-        dx_descs = ({"dxg": f"tensordesc<fp32[1,{chunk},{kron['KA']}]>", "dxl": f"tensordesc<fp32[1,{chunk},{block_f}]>"}
-                    if dx else {"dxg": None, "dxl": None})
+        dx_descs = ({"dxg": f"tensordesc<fp32[1,{chunk},{kron['KA']}]>",
+                     "dxl": f"tensordesc<fp32[1,{chunk},{block_f}]>"} if dx else {"dxg": None, "dxl": None})
         seg = (mod._segment_state_kernel, dict(x=ptr, y=ptr, yd=None, rden=f32, cz=f32, S=f32, Z=f32, idx="*i32",
                                                w=f32, ktab="*i32", **dims, F_PAD="i32", NC="i32", CPS="i32", NF="i32"),
                dict(BT=chunk, BF=block_f, BV=BVs, BD=BD, NORMALIZE=normalize, SCALE_Y=part == "bwd" and normalize,
