@@ -1005,9 +1005,14 @@ def kron_tables(dim, scale, device, block_f=64, group=None):
 
     Examples
     --------
-    >>> ktab, w_phi, _, (KG, KA) = kron_tables(64, 0.125, "cpu", 64, group=4)  # doctest: +SKIP
-    >>> ktab.shape[0], (KG, KA)  # 34 tiles of degree 2 + the constant, + one low tile  # doctest: +SKIP
-    (36, (4, 4))
+    >>> from fastattn.kernels.codegen import load_module
+    >>> from fastattn.kernels.poly import polynomial
+    >>> mod = load_module(polynomial("1 + x + x**2/2"))
+    >>> ktab, w_phi, _, (KG, KA) = mod.kron_tables(64, 0.125, "cpu", 64)
+    >>> ktab.shape[0], (KG, KA)  # 36 block pairs + the constant's group, + one low tile for x
+    (38, (1, 8))
+    >>> mod.kron_tables(64, 0.125, "cpu", 64, group=4)[0].shape[0]  # 136 pairs + 1 in 35 tiles, + 1
+    36
     """
     KA = _knob("FASTATTN_KRON_GROUP", _kron_group(block_f)) if group is None else int(group)
     if KA < 1 or KA & (KA - 1) or block_f % (KA * KA):
