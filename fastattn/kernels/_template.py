@@ -965,11 +965,23 @@ def _kron_group(block_f):
     return 8 if block_f >= 64 else 4
 
 
+# the degree of f (the highest power with a nonzero coefficient)
+_DEGREE = max((j for j, a in COEFFS.items() if a != 0), default=0)
+
+
+def _cdiv(a, b):
+    # host-side ceil division: triton.cdiv is a constexpr function whose wrapper costs ~5 us a call
+    return -(-a // b)
+
+
+def _pow2(n):
+    # host-side next power of two (as triton.next_power_of_2, without its wrapper's cost)
+    return 1 << (int(n) - 1).bit_length() if n > 0 else 0
+
+
 def _kron_degree():
     """True when f has degree 2 and FASTATTN_KRON is not 0: the block-Kronecker layout is available."""
-    if os.environ.get("FASTATTN_KRON", "1") == "0":
-        return False
-    return max((j for j, a in COEFFS.items() if a != 0), default=0) == 2
+    return _DEGREE == 2 and os.environ.get("FASTATTN_KRON", "1") != "0"
 
 
 def uses_kron(dim, causal=True, dim_v=None, part="fwd", T=0):
@@ -1061,10 +1073,11 @@ def kron_tables(dim, scale, device, block_f=64, group=None):
     return out
 
 
-def _layout(q, v, scale, causal, block_f, part="fwd"):
-    """The general path's features: (idx, w_phi, w_psi, ktab, block_f, kron kwargs)."""
+def _layout(q, v, scale, causal, block_f, part="fwd", kron=None):
+    """The general path's features: (idx, w_phi, w_psi, ktab, block_f, kron kwargs); ``kron``: the
+    caller's :func:`uses_kron` for this pass, when it has it."""
     D = q.shape[-1]
-    if uses_kron(D, causal, v.shape[-1], part, q.shape[2]):
+    if uses_kron(D, causal, v.shape[-1], part, q.shape[2]) if kron is None else kron:
         bf = block_f or 64
         ktab, w_phi, w_psi, (KG, KA) = kron_tables(D, scale, q.device, bf)
         # the kernels read the Kronecker tiles' column lists through their idx argument
@@ -1089,8 +1102,8 @@ def _dims(q, v):
     """BD (head dim, padded), BV (v head dim, padded) and the dot precision, shared by every path."""
     # BD at least 32: triton 3.6 miscompiles the [BT, BF] x [BF, 16] scatter dot of _phi_vjp on
     # sm_90 (compute-sanitizer: out-of-bounds shared-memory read, then an illegal address)
-    BD = max(32, triton.next_power_of_2(q.shape[-1]))
-    BV = max(16, triton.next_power_of_2(v.shape[-1]))
+    BD = max(32, _pow2(q.shape[-1]))
+    BV = max(16, _pow2(v.shape[-1]))
     # fp32 inputs keep fp32 accuracy through three tf32 passes; 16-bit inputs use their own MMA
     precision = "tf32x3" if q.dtype == torch.float32 else "tf32"
     return BD, BV, precision
@@ -1246,8 +1259,8 @@ def _segment_prefix(x, y, rden, cz, idx, w, T, D, DV, F_PAD, NC, CPS, NSEG, NF, 
     def exclusive(t):
         # in-place exclusive scan over the segment axis (dim 1), forward or backward
         n = t[0, 0].numel()
-        block = min(1024, triton.next_power_of_2(n))
-        _segment_scan_kernel[(triton.cdiv(n, block), BH)](t, n, NSEG, REVERSE=reverse, BLOCK=block, num_warps=4)
+        block = min(1024, _pow2(n))
+        _segment_scan_kernel[(_cdiv(n, block), BH)](t, n, NSEG, REVERSE=reverse, BLOCK=block, num_warps=4)
         return t
     return exclusive(S), (exclusive(Z) if normalize else None)
 
@@ -1280,8 +1293,8 @@ def _bwd_prep(q, o, do, z, normalize, fix_abs, eps, chunk):
     B, H, T, DV = o.shape
     rden = _empty((B, H, T), q.device)
     dz = _empty((B, H, T), q.device)
-    _bwd_prep_kernel[(triton.cdiv(T, chunk), B * H)](o, do, z, rden, dz, float(eps), T, DV, BT=chunk,
-                                                     BV=max(16, triton.next_power_of_2(DV)), FIX_ABS=fix_abs,
+    _bwd_prep_kernel[(_cdiv(T, chunk), B * H)](o, do, z, rden, dz, float(eps), T, DV, BT=chunk,
+                                                     BV=max(16, _pow2(DV)), FIX_ABS=fix_abs,
                                                      num_warps=4)
     return rden, dz
 
@@ -1323,8 +1336,8 @@ def _fused_tiles_dims(D, DV, part="fwd", T=0):
     default = int(T < _FUSED_DEG2_BELOW[part]) if _kron_degree() else 1
     if not _knob("FASTATTN_FUSED", 1) or not _knob(f"FASTATTN_FUSED_{part.upper()}", default):
         return None
-    BF = max(16, triton.next_power_of_2(feature_dim(D)))
-    BV = max(16, triton.next_power_of_2(DV))
+    BF = max(16, _pow2(feature_dim(D)))
+    BV = max(16, _pow2(DV))
     return (BF, BV) if BF * BV <= _FUSED_MAX_STATE else None
 
 
@@ -1345,7 +1358,7 @@ def _fused_fwd(q, k, v, scale, normalize, fix_abs, eps, chunk, segments, BF, BV)
     idx, w_phi, w_psi, _ = feature_tables(D, scale, q.device, BF)
     F_PAD = idx.shape[1]
     BD, _, precision = _dims(q, v)
-    NC = triton.cdiv(T, chunk)
+    NC = _cdiv(T, chunk)
     NSEG, CPS = _segments(NC, B * H, segments, int(_knob("FASTATTN_FUSED_WAVES", _FUSED_WAVES) * _sm_count(q.device)))
     warps = 8 if BF * BV >= 64 * 64 else 4
     o = _empty_like_dtype((B, H, T, DV), q.dtype, q.device)
@@ -1372,14 +1385,14 @@ def _fused_bwd(q, k, v, o, z, do, scale, normalize, fix_abs, eps, chunk, segment
     idx, w_phi, w_psi, _ = feature_tables(D, scale, q.device, BF)
     F_PAD = idx.shape[1]
     BD, _, precision = _dims(q, v)
-    NC = triton.cdiv(T, chunk)
+    NC = _cdiv(T, chunk)
     NSEG, CPS = _segments(NC, B * H, segments, int(_knob("FASTATTN_FUSED_WAVES", _FUSED_WAVES) * _sm_count(q.device)))
     if state is not None:
         # the forward's prefix states: segments of seg_tokens tokens, re-cut into this pass's chunks
         S0, Z0, seg_tokens = state
-        if seg_tokens % chunk == 0 and triton.cdiv(NC, seg_tokens // chunk) == S0.shape[1]:
+        if seg_tokens % chunk == 0 and _cdiv(NC, seg_tokens // chunk) == S0.shape[1]:
             CPS = seg_tokens // chunk
-            NSEG = triton.cdiv(NC, CPS)
+            NSEG = _cdiv(NC, CPS)
             state = (S0, Z0)
         else:
             state = None
@@ -1434,12 +1447,12 @@ def _chunk_fwd(q, k, v, scale, normalize, fix_abs, eps, chunk, block_f, tiles):
         BF = BFs
     F_PAD = w_phi.numel()
     BD, BV, _, precision, warps = _blocks(q, v, BFs, None, kron)
-    NC = triton.cdiv(T, chunk)
+    NC = _cdiv(T, chunk)
     seg_bytes = B * H * F_PAD * BV * 4
     CPS = max(_knob("FASTATTN_CHUNK_FWD_CPS", _CHUNK_FWD_CPS),
               -(-NC * seg_bytes // (_knob("FASTATTN_CHUNK_FWD_MIB", _CHUNK_FWD_MIB) * 2**20)))
     CPS = min(CPS, NC)
-    NSEG = triton.cdiv(NC, CPS)
+    NSEG = _cdiv(NC, CPS)
     o = _empty_like_dtype((B, H, T, DV), q.dtype, q.device)
     z = _empty((B, H, T), q.device) if normalize else o
     S0 = Z0 = o
@@ -1465,7 +1478,8 @@ def poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, b
 def _poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v, segments=None):
     """(o, z, saved scan state or None); the fused path when all features fit one tile."""
     tiles = _fused_tiles(q, v, causal)
-    kron = uses_kron(q.shape[-1], True, v.shape[-1], "fwd", q.shape[2])
+    # uses_kron for this pass, from the tiles already found (one read of each routing knob per call)
+    kron = _kron_degree() and (not causal or tiles is None)
     if causal and _knob("FASTATTN_CHUNK_FWD", int(tiles is None and not kron)):
         return _chunk_fwd(q, k, v, scale, normalize, fix_abs, eps, chunk or _CHUNK, block_f, tiles)
     if chunk is None:
@@ -1474,10 +1488,10 @@ def _poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, 
         return _fused_fwd(q, k, v, scale, normalize, fix_abs, eps, chunk, segments, *tiles)
     B, H, T, D = q.shape
     DV = v.shape[-1]
-    idx, w_phi, w_psi, ktab, block_f, kron = _layout(q, v, scale, causal, block_f)
+    idx, w_phi, w_psi, ktab, block_f, kron = _layout(q, v, scale, causal, block_f, "fwd", kron)
     F_PAD = w_phi.numel()
     BD, BV, BVs, precision, warps = _blocks(q, v, block_f, block_v, kron)
-    NC = triton.cdiv(T, chunk)
+    NC = _cdiv(T, chunk)
     o = _empty((B, H, T, DV), q.device)
     z = _empty((B, H, T), q.device) if normalize else o
     if causal:
@@ -1487,7 +1501,7 @@ def _poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, 
     else:
         o.zero_()
         z.zero_()
-    NF, NV = F_PAD // block_f, triton.cdiv(DV, BVs)
+    NF, NV = F_PAD // block_f, _cdiv(DV, BVs)
     NSEG, CPS = _segments(NC, NF * NV * B * H, segments) if causal else (1, NC)
     S0 = Z0 = o
     tma, tma_add, _ = _tma_bits("FASTATTN_TMA_FWD", _TMA_FWD, B * H * T * NF, v, o)
@@ -1507,7 +1521,7 @@ def _poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, 
                                               **kron)
     out = _empty_like_dtype((B, H, T, DV), q.dtype, q.device)
     N, BR = B * H * T, max(16, 4096 // BV)
-    _finalize_kernel[(triton.cdiv(N, BR),)](o, z, out, float(eps), N, DV, NORMALIZE=normalize, FIX_ABS=fix_abs, BR=BR,
+    _finalize_kernel[(_cdiv(N, BR),)](o, z, out, float(eps), N, DV, NORMALIZE=normalize, FIX_ABS=fix_abs, BR=BR,
                                             BV=BV, num_warps=4)
     return out, (z if normalize else None), None
 
@@ -1524,10 +1538,10 @@ def poly_attention_bwd(q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps
                           state)
     B, H, T, D = q.shape
     DV = v.shape[-1]
-    idx, w_phi, w_psi, ktab, block_f, kron = _layout(q, v, scale, causal, block_f, "bwd")
+    idx, w_phi, w_psi, ktab, block_f, kron = _layout(q, v, scale, causal, block_f, "bwd", _kron_degree())
     F_PAD = w_phi.numel()
     BD, BV, BVs, precision, warps = _blocks(q, v, block_f, block_v, kron)
-    NC = triton.cdiv(T, chunk)
+    NC = _cdiv(T, chunk)
     do = do.contiguous()
     rden, dz = _bwd_prep(q, o, do, z, normalize, fix_abs, eps, chunk)
     dq = _empty((B, H, T, D), q.device)
@@ -1541,7 +1555,7 @@ def poly_attention_bwd(q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps
         dq.zero_()
         dk.zero_()
         dv.zero_()
-    NF, NV = F_PAD // block_f, triton.cdiv(DV, BVs)
+    NF, NV = F_PAD // block_f, _cdiv(DV, BVs)
     NSEG, CPS = _segments(NC, NF * NV * B * H, segments) if causal else (1, NC)
     S0 = Z0 = dS0 = dZ0 = dq
     tma, tma_add, tma_dx = _tma_bits("FASTATTN_TMA_BWD", _TMA_BWD, B * H * T * NF, v, do, dv)
