@@ -323,6 +323,18 @@ def _hilo16(x, BR: tl.constexpr, DT):
 
 
 @triton.jit
+def _zs_acc(b_zs, BF: tl.constexpr):
+    # the [BF] normaliser state as the [BF, 16] MMA accumulator of _colsum_mma (every column the state)
+    return b_zs[:, None] + tl.zeros([BF, 16], dtype=tl.float32)
+
+
+@triton.jit
+def _zs_of(b_acc):
+    # the [BF] normaliser state held in column 0 of a _zs_acc accumulator
+    return tl.sum(tl.where(tl.arange(0, 16)[None, :] == 0, b_acc, 0.0), 1)
+
+
+@triton.jit
 def _colsum_mma(b_feat, b_acc, BT: tl.constexpr, PRECISION: tl.constexpr):
     # b_acc [BF, 16] += feat^T 1: the column sums of a [BT, BF] feature tile (every column of
     # b_acc the same), by an MMA on the operand the state update already holds. A tl.sum of the
@@ -333,8 +345,7 @@ def _colsum_mma(b_feat, b_acc, BT: tl.constexpr, PRECISION: tl.constexpr):
 @triton.jit
 def _rowdot_mma(b_feat, b_acc, BF: tl.constexpr, PRECISION: tl.constexpr):
     # feat @ zs for a [BT, BF] tile and zs = column 0 of b_acc [BF, 16], by one MMA
-    b_z = tl.sum(tl.where(tl.arange(0, 16)[None, :] == 0, b_acc, 0.0), 1)  # [BF]
-    return tl.sum(tl.dot(b_feat, _hilo16(b_z, BF, b_feat.dtype), input_precision=PRECISION), 1)
+    return tl.sum(tl.dot(b_feat, _hilo16(_zs_of(b_acc), BF, b_feat.dtype), input_precision=PRECISION), 1)
 
 
 @triton.jit
@@ -359,8 +370,7 @@ def _segment_state_kernel(x, y, yd, rden, cz, S, Z, idx, w, ktab, T, D, DV, F_PA
                           BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr,
                           NORMALIZE: tl.constexpr, SCALE_Y: tl.constexpr, PRECISION: tl.constexpr,
                           LD: tl.constexpr = False, KRON: tl.constexpr = False, KG: tl.constexpr = 1,
-                          KA: tl.constexpr = 1, TMA_LD: tl.constexpr = False, TMA_ADD: tl.constexpr = False,
-                      WIDE: tl.constexpr = True):
+                          KA: tl.constexpr = 1, TMA_LD: tl.constexpr = False, WIDE: tl.constexpr = True):
     # the first level of the two-level scan (TFLA): the sequence is cut into segments of CPS
     # chunks, and each program sums its segment's contribution to one [BF, BV] slice of a
     # state, S_seg = sum_t feat(x_t)^T y_t and Z_seg = sum_t feat(x_t) c_t, with
@@ -375,9 +385,7 @@ def _segment_state_kernel(x, y, yd, rden, cz, S, Z, idx, w, ktab, T, D, DV, F_PA
     DT = x.dtype.element_ty
     o_f = i_f * BF + tl.arange(0, BF)
     o_v = i_v * BV + tl.arange(0, BV)
-    o_d = tl.arange(0, BD)
     m_v = o_v < DV
-    m_d = o_d < D
     b_w = tl.load(w + o_f)  # [BF]
     I0, J0 = _tile_origin(ktab, i_f, KRON, KG, KA)
     p_x = x + i_bh64 * T * D
@@ -448,9 +456,7 @@ def _inter_fwd_kernel(q, k, v, vd, o, od, z, S0, Z0, idx, w_phi, w_psi, ktab, T,
     DT = v.dtype.element_ty
     o_f = i_f * BF + tl.arange(0, BF)
     o_v = i_v * BV + tl.arange(0, BV)
-    o_d = tl.arange(0, BD)
     m_v = o_v < DV
-    m_d = o_d < D
     b_wq = tl.load(w_phi + o_f)  # [BF]
     b_wk = tl.load(w_psi + o_f)  # [BF]
     I0, J0 = _tile_origin(ktab, i_f, KRON, KG, KA)
@@ -460,7 +466,7 @@ def _inter_fwd_kernel(q, k, v, vd, o, od, z, S0, Z0, idx, w_phi, w_psi, ktab, T,
     p_o = o + i_bh64 * T * DV
     b_S, b_zs = _carried_state(S0, Z0, i_bh64 * NSEG + i_s, F_PAD, DV, o_f, o_v, m_v, o_f >= 0, BF, BV, USE_SEG,
                                NORMALIZE)
-    b_zs = b_zs[:, None] + tl.zeros([BF, 16], dtype=tl.float32)  # every column the normaliser state
+    b_zs = _zs_acc(b_zs, BF)
     c_lo = i_s * CPS
     c_hi = tl.minimum(c_lo + CPS, NC)
     if not CAUSAL:
@@ -553,9 +559,7 @@ def _inter_bwd_kernel(q, k, v, vd, do, dod, rden, dz, dq, dk, dv, dvd, dxg, dxl,
     DT = v.dtype.element_ty
     o_f = i_f * BF + tl.arange(0, BF)
     o_v = i_v * BV + tl.arange(0, BV)
-    o_d = tl.arange(0, BD)
     m_v = o_v < DV
-    m_d = o_d < D
     b_wq = tl.load(w_phi + o_f)  # [BF]
     b_wk = tl.load(w_psi + o_f)  # [BF]
     I0, J0 = _tile_origin(ktab, i_f, KRON, KG, KA)
@@ -572,7 +576,7 @@ def _inter_bwd_kernel(q, k, v, vd, do, dod, rden, dz, dq, dk, dv, dvd, dxg, dxl,
         # dq_i = J_phi(q_i)^T (S dn_i + z_S dz_i), S = sum over keys visible to i
         b_S, b_zs = _carried_state(S0, Z0, i_bh64 * NSEG + i_s, F_PAD, DV, o_f, o_v, m_v, o_f >= 0, BF, BV,
                                    USE_SEG, NORMALIZE)
-        b_zs = b_zs[:, None] + tl.zeros([BF, 16], dtype=tl.float32)  # every column the normaliser state
+        b_zs = _zs_acc(b_zs, BF)
         if not CAUSAL:
             for i_c in range(NC):
                 o_t = _chunk_rows(i_c, BT, WIDE)
@@ -591,7 +595,7 @@ def _inter_bwd_kernel(q, k, v, vd, do, dod, rden, dz, dq, dk, dv, dvd, dxg, dxl,
             b_dphi = tl.dot(b_dn.to(DT), tl.trans(b_S.to(DT)), input_precision=PRECISION)  # [BT, BF]
             if NORMALIZE:
                 b_dz = tl.load(dz + i_bh64 * T + o_t, mask=m_t & ((o_t * 0 + i_v) == 0), other=0.0)  # [BT]
-                b_dphi += b_dz[:, None] * tl.sum(tl.where(tl.arange(0, 16)[None, :] == 0, b_zs, 0.0), 1)[None, :]
+                b_dphi += b_dz[:, None] * _zs_of(b_zs)[None, :]
             _feat_vjp_add(p_q, p_dq, o_t, m_t, D, idx, o_f, F_PAD, b_wq, b_dphi, I0, J0, dxg, dxl, i_bh, i_c * BT,
                           ATOMIC_QK, TMA_DX, BT, BD, PRECISION,
                           KRON, KG, KA)
@@ -997,13 +1001,14 @@ def kron_tables(dim, scale, device, block_f=64, group=None):
     """Tile and weight tables of the block-Kronecker basis of a degree-2 f(scale * q.k).
 
     The head dim is cut into blocks of ``group`` columns (None: the FASTATTN_KRON_GROUP knob, else
-    8 from block_f 64 on and 4 below). Every pair of blocks h1 <= h2 gives a group of group x group products
-    x[h1] (x) x[h2], weighted a2 s^2 on the diagonal pairs and 2 a2 s^2 off it, since
+    8 from block_f 64 on and 4 below). Every pair of blocks h1 <= h2 gives a group of group x group
+    products x[h1] (x) x[h2], weighted a2 s^2 on the diagonal pairs and 2 a2 s^2 off it, since
     (q.k)^2 = sum over all pairs of blocks of sum_{i in h1, j in h2} q_i q_j k_i k_j. A tile of
     ``block_f`` features packs KG = block_f / group^2 groups. The constant a0 is the group
-    [1] (x) [1] (column ``dim`` reads as 1), unless a low tile has a free column for it. The
-    linear terms ride on "low" tiles: columns of x' = [x, 1] with weights a1 s (and a0).
-    Weights are split as in :func:`feature_tables`.
+    [1] (x) [1] (the first group-aligned column past ``dim`` reads as 1 in a Kronecker tile), unless
+    a low tile has a free column for it (column ``dim`` of x'). The linear terms ride on "low"
+    tiles: columns of x' = [x, 1] with weights a1 s (and a0). Weights are split as in
+    :func:`feature_tables`.
 
     Returns
     -------
@@ -1077,12 +1082,11 @@ def _layout(q, v, scale, causal, block_f, part="fwd", kron=None):
     """The general path's features: (idx, w_phi, w_psi, ktab, block_f, kron kwargs); ``kron``: the
     caller's :func:`uses_kron` for this pass, when it has it."""
     D = q.shape[-1]
+    bf = block_f or 64
     if uses_kron(D, causal, v.shape[-1], part, q.shape[2]) if kron is None else kron:
-        bf = block_f or 64
         ktab, w_phi, w_psi, (KG, KA) = kron_tables(D, scale, q.device, bf)
         # the kernels read the Kronecker tiles' column lists through their idx argument
         return ktab, w_phi, w_psi, ktab, bf, dict(KRON=True, KG=KG, KA=KA)
-    bf = block_f or 64
     idx, w_phi, w_psi, _ = feature_tables(D, scale, q.device, bf)
     return idx, w_phi, w_psi, idx, bf, {}
 
