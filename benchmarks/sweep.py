@@ -25,12 +25,14 @@ from fastattn.kernels.poly import poly_attention, polynomial  # noqa: E402
 
 
 def kernel_stats(mod):
-    """(kernel, last constexprs, registers, spills) of every kernel the module has compiled."""
+    """(kernel, last constexprs, registers, spills, shared bytes, warps) of every kernel the module has compiled."""
     out = []
     for name in sorted(n for n in dir(mod) if n.endswith("_kernel")):
         for cache in getattr(getattr(mod, name), "device_caches", {}).values():
             for key, k in cache[0].items():
-                out.append((name, str(key)[-160:], getattr(k, "n_regs", "?"), getattr(k, "n_spills", "?")))
+                md = getattr(k, "metadata", None)
+                out.append((name, str(key)[-160:], getattr(k, "n_regs", "?"), getattr(k, "n_spills", "?"),
+                            getattr(md, "shared", "?"), getattr(md, "num_warps", "?")))
     return out
 
 
@@ -80,9 +82,6 @@ def main():
                 good.append(cfg)
         except Exception as exc:  # noqa: BLE001
             print(f"check {cfg}: error {type(exc).__name__}: {str(exc)[:200]}", flush=True)
-    if a.regs:
-        for row in kernel_stats(load_module(poly)):
-            print("regs", *row, flush=True)
     print(f"\n{spec} D{D} DV{DV} norm={norm}\n| T | config | fwd ms | fwd+bwd ms |\n|---|---|---|---|")
     for T in a.T:
         q, k, v, do = mk(2, 16, T, D), mk(2, 16, T, D), mk(2, 16, T, DV), mk(2, 16, T, DV)
@@ -96,6 +95,9 @@ def main():
                 print(f"| {T} | {json.dumps(cfg)} | {f:.3f} | {fb:.3f} |", flush=True)
             except Exception as exc:  # noqa: BLE001
                 print(f"| {T} | {json.dumps(cfg)} | error {type(exc).__name__}: {str(exc)[:100]} |", flush=True)
+    if a.regs:
+        for row in kernel_stats(load_module(poly)):
+            print("regs", *row, flush=True)
 
 
 if __name__ == "__main__":

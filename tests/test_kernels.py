@@ -258,6 +258,27 @@ def test_triton_kron_rows_float32(row):
     run_case(spec, torch.float32, B, H, T, D, DV, chunk, block_f, block_v, causal, normalize)
 
 
+@pytest.mark.parametrize("spec, D, DV, T, normalize", [("1 + x + x**2/2", 16, 12, 70, True),
+                                                       ("1 + x + x**2/2", 16, 12, 70, False),
+                                                       ("3 + x**2", 8, 5, 33, True),
+                                                       ("3 + x**2", 8, 20, 64, False)])
+def test_kron_constant_outside_the_scans(spec, D, DV, T, normalize, monkeypatch):
+    # where the constant would take a Kronecker tile of its own, the causal scans leave it out and
+    # the intra / finalize kernels add a0 times prefix sums of v (and counts to z), the backward a0
+    # times suffix sums of dn to dv: forward and gradients still match the reference, with segments
+    # (several chunks each), a ragged last chunk and one v tile narrower than DV
+    monkeypatch.setenv("FASTATTN_FUSED", "0")
+    mod = load_module(polynomial(spec))
+    assert mod.kron_const_out(D, 16)
+    with_const = mod.kron_tables(D, 0.5, "cpu", 16)[0].shape[0]
+    assert mod.kron_tables(D, 0.5, "cpu", 16, const_out=True)[0].shape[0] == with_const - 1
+    run_case(spec, torch.float32, 1, 2, T, D, DV, 16, 16, 16, True, normalize)
+    # the same rows with the constant's tile kept agree too (the knob turns the split off)
+    monkeypatch.setenv("FASTATTN_CONST_OUT", "0")
+    assert not mod.kron_const_out(D, 16)
+    run_case(spec, torch.float32, 1, 2, T, D, DV, 16, 16, 16, True, normalize)
+
+
 @pytest.mark.parametrize("spec, D, DV, block_f", [("1 + x + x**2/2", 4, 8, 16), ("(1+x)**3", 3, 5, 16),
                                                   ("x", 6, 4, 16), ("1 + x + x**2/2", 24, 64, 64)])
 def test_chunk_forward_over_many_segments(spec, D, DV, block_f, monkeypatch):

@@ -238,9 +238,9 @@ def _feat_vjp_add(p_x, p_dx, o_t, m_t, D, idx, o_f, F_PAD, b_w, b_dphi, I0, J0, 
 #          partial outputs from several feature tiles meet in an fp32 buffer by atomic adds.
 # ----------------------------------------------------------------------------------------
 @triton.jit
-def _intra_fwd_kernel(q, k, v, o, z, scale, T, D, DV,
+def _intra_fwd_kernel(q, k, v, o, z, vs, scale, T, D, DV, NC,
                       BT: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
-                      NORMALIZE: tl.constexpr, PRECISION: tl.constexpr):
+                      NORMALIZE: tl.constexpr, PRECISION: tl.constexpr, CONST: tl.constexpr = False):
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
     i_bh64 = i_bh.to(tl.int64)
     o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
@@ -263,6 +263,9 @@ def _intra_fwd_kernel(q, k, v, o, z, scale, T, D, DV,
     tl.store(p_o, b_o, mask=m_t[:, None] & m_v[None, :])
     if NORMALIZE:
         tl.store(z + i_bh64 * T + o_t, tl.sum(b_a, 1), mask=m_t)
+    if CONST:
+        # the chunk's sum of v, for the constant term the scans leave out (kron_const_out)
+        tl.store(vs + (i_bh64 * NC + i_c) * DV + o_v, tl.sum(b_v.to(tl.float32), 0), mask=m_v)  # [BV]
 
 
 @triton.jit
@@ -366,7 +369,7 @@ def _carried_state(S0, Z0, o_seg, F_PAD, DV, o_f, o_v, m_v, m_z, BF: tl.constexp
 
 
 @triton.jit
-def _segment_state_kernel(x, y, yd, rden, cz, S, Z, idx, w, ktab, T, D, DV, F_PAD, NC, CPS, NF,
+def _segment_state_kernel(x, y, yd, rden, cz, S, Z, idx, w, ktab, T, D, DV, F_PAD, NC, CPS, NF, NSEG, S_LO,
                           BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr,
                           NORMALIZE: tl.constexpr, SCALE_Y: tl.constexpr, PRECISION: tl.constexpr,
                           LD: tl.constexpr = False, KRON: tl.constexpr = False, KG: tl.constexpr = 1,
@@ -376,11 +379,11 @@ def _segment_state_kernel(x, y, yd, rden, cz, S, Z, idx, w, ktab, T, D, DV, F_PA
     # state, S_seg = sum_t feat(x_t)^T y_t and Z_seg = sum_t feat(x_t) c_t, with
     # (x, y, c) = (k, v, 1) for the forward state and (q, do / den, dz) for the backward one.
     # The host turns the segment sums into prefix (or suffix) states; the scan kernels then
-    # walk the segments in parallel from them.
+    # walk the segments in parallel from them. Axis 0 covers segments S_LO .. S_LO + NSEG - 2 of
+    # NSEG: a prefix never needs the last segment's sum, a suffix never the first.
     i_fs, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_f = i_fs % NF
-    i_s = i_fs // NF
-    NSEG = tl.num_programs(0) // NF
+    i_s = i_fs // NF + S_LO
     i_bh64 = i_bh.to(tl.int64)
     DT = x.dtype.element_ty
     o_f = i_f * BF + tl.arange(0, BF)
@@ -422,7 +425,8 @@ def _segment_state_kernel(x, y, yd, rden, cz, S, Z, idx, w, ktab, T, D, DV, F_PA
 @triton.jit
 def _segment_scan_kernel(S, N, NSEG, REVERSE: tl.constexpr, BLOCK: tl.constexpr):
     # in place, per batch*head: S[s] <- sum of S[s'] over the segments s' before s (after s
-    # when REVERSE), i.e. the exclusive scan that turns segment sums into carried states
+    # when REVERSE), i.e. the exclusive scan that turns segment sums into carried states; the
+    # last segment visited was never summed (see _segment_state_kernel) and is only written
     i_n, i_bh = tl.program_id(0), tl.program_id(1)
     o_n = i_n * BLOCK + tl.arange(0, BLOCK)
     m_n = o_n < N
@@ -433,7 +437,7 @@ def _segment_scan_kernel(S, N, NSEG, REVERSE: tl.constexpr, BLOCK: tl.constexpr)
             i_s = NSEG - 1 - i
         else:
             i_s = i
-        b_x = tl.load(p_s + i_s * N, mask=m_n, other=0.0)
+        b_x = tl.load(p_s + i_s * N, mask=m_n & ((o_n * 0 + i) < NSEG - 1), other=0.0)
         tl.store(p_s + i_s * N, b_acc, mask=m_n)
         b_acc += b_x
 
@@ -498,9 +502,9 @@ def _inter_fwd_kernel(q, k, v, vd, o, od, z, S0, Z0, idx, w_phi, w_psi, ktab, T,
 
 
 @triton.jit
-def _intra_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, scale, T, D, DV,
+def _intra_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, dns, a0, scale, T, D, DV, NC,
                       BT: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
-                      NORMALIZE: tl.constexpr, PRECISION: tl.constexpr):
+                      NORMALIZE: tl.constexpr, PRECISION: tl.constexpr, CONST: tl.constexpr = False):
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
     i_bh64 = i_bh.to(tl.int64)
     o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
@@ -529,6 +533,13 @@ def _intra_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, scale, T, D, DV,
     b_dq = tl.dot(b_ds.to(DT), b_k, input_precision=PRECISION)  # [BT, BD]
     b_dk = tl.dot(tl.trans(b_ds).to(DT), b_q, input_precision=PRECISION)  # [BT, BD]
     b_dv = tl.dot(tl.trans(b_a).to(DT), b_dn.to(DT), input_precision=PRECISION)  # [BT, BV]
+    if CONST:
+        # the constant term a0 of the later chunks' queries: a0 times their sum of dn, the total
+        # less this chunk's inclusive prefix (dns holds the prefix sums over chunks)
+        m_v = o_v < DV
+        p_dns = dns + i_bh64 * NC * DV + o_v
+        b_dv += a0 * (tl.load(p_dns + (NC - 1) * DV, mask=m_v, other=0.0)
+                      - tl.load(p_dns + i_c * DV, mask=m_v, other=0.0))[None, :]
     tl.store(dq + o_qk, b_dq, mask=m_qk)
     tl.store(dk + o_qk, b_dk, mask=m_qk)
     tl.store(dv + o_vv, b_dv, mask=m_vv)
@@ -783,40 +794,60 @@ def _den(b_z, eps, FIX_ABS: tl.constexpr):
 
 
 @triton.jit
-def _finalize_kernel(o, z, out, eps, N, DV, NORMALIZE: tl.constexpr, FIX_ABS: tl.constexpr, BR: tl.constexpr,
-                     BV: tl.constexpr):
+def _finalize_kernel(o, z, out, vs, a0, eps, N, T, DV, NC, NORMALIZE: tl.constexpr, FIX_ABS: tl.constexpr,
+                     BR: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr = 1, CONST: tl.constexpr = False):
     # out = o / den(z) in out's dtype, over the [N, DV] rows of the general path's fp32 o: one
-    # pass instead of torch's division and cast (two reads and two writes of an fp32 o)
+    # pass instead of torch's division and cast (two reads and two writes of an fp32 o). With
+    # CONST, first the constant term a0 of the earlier chunks' keys (kron_const_out): o += a0 times
+    # their sum of v (the prefix sums over chunks in vs), z += a0 times their count (z written back,
+    # the backward reads it)
     o_r = (tl.program_id(0) * BR + tl.arange(0, BR)).to(tl.int64)
     o_v = tl.arange(0, BV)
     m_r = o_r < N
     m = m_r[:, None] & (o_v < DV)[None, :]
     b_o = tl.load(o + o_r[:, None] * DV + o_v[None, :], mask=m, other=0.0)
     if NORMALIZE:
-        b_o = b_o / _den(tl.load(z + o_r, mask=m_r, other=1.0), eps, FIX_ABS)[:, None]
+        b_z = tl.load(z + o_r, mask=m_r, other=1.0)
+    if CONST:
+        o_c = (o_r % T) // BT  # the row's chunk
+        m_c = m_r & (o_c > 0)
+        b_o += a0 * tl.load(vs + ((o_r // T) * NC + o_c - 1)[:, None] * DV + o_v[None, :],
+                            mask=m_c[:, None] & m, other=0.0)
+        if NORMALIZE:
+            b_z += a0 * (o_c * BT).to(tl.float32)
+            tl.store(z + o_r, b_z, mask=m_r)
+    if NORMALIZE:
+        b_o = b_o / _den(b_z, eps, FIX_ABS)[:, None]
     tl.store(out + o_r[:, None] * DV + o_v[None, :], b_o.to(out.dtype.element_ty), mask=m)
 
 
 @triton.jit
-def _bwd_prep_kernel(o, do, z, rden, dz, eps, T, DV,
-                     BT: tl.constexpr, BV: tl.constexpr, FIX_ABS: tl.constexpr):
-    # o = n / den(z): rden = 1 / den, dz = -(do . o) den'(z) / den, one row per token
+def _bwd_prep_kernel(o, do, z, rden, dz, dns, eps, T, DV, NC,
+                     BT: tl.constexpr, BV: tl.constexpr, FIX_ABS: tl.constexpr, NORMALIZE: tl.constexpr = True,
+                     CONST: tl.constexpr = False):
+    # o = n / den(z): rden = 1 / den, dz = -(do . o) den'(z) / den, one row per token; with CONST
+    # also the chunk's sum of dn = do / den (do when not normalised) for the constant term
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
     i_bh64 = i_bh.to(tl.int64)
     o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
     m_t = o_t < T
     o_v = tl.arange(0, BV)
-    m_vv = m_t[:, None] & (o_v < DV)[None, :]
+    m_v = o_v < DV
+    m_vv = m_t[:, None] & m_v[None, :]
     p = i_bh64 * T * DV + o_t[:, None] * DV + o_v[None, :]
-    b_o = tl.load(o + p, mask=m_vv, other=0.0).to(tl.float32)
     b_do = tl.load(do + p, mask=m_vv, other=0.0).to(tl.float32)
-    b_z = tl.load(z + i_bh64 * T + o_t, mask=m_t, other=1.0)
-    b_r = 1.0 / _den(b_z, eps, FIX_ABS)
-    b_dz = -tl.sum(b_do * b_o, 1) * b_r
-    if FIX_ABS:
-        b_dz = b_dz * tl.where(b_z > 0, 1.0, tl.where(b_z < 0, -1.0, 0.0))
-    tl.store(rden + i_bh64 * T + o_t, b_r, mask=m_t)
-    tl.store(dz + i_bh64 * T + o_t, b_dz, mask=m_t)
+    if NORMALIZE:
+        b_o = tl.load(o + p, mask=m_vv, other=0.0).to(tl.float32)
+        b_z = tl.load(z + i_bh64 * T + o_t, mask=m_t, other=1.0)
+        b_r = 1.0 / _den(b_z, eps, FIX_ABS)
+        b_dz = -tl.sum(b_do * b_o, 1) * b_r
+        if FIX_ABS:
+            b_dz = b_dz * tl.where(b_z > 0, 1.0, tl.where(b_z < 0, -1.0, 0.0))
+        tl.store(rden + i_bh64 * T + o_t, b_r, mask=m_t)
+        tl.store(dz + i_bh64 * T + o_t, b_dz, mask=m_t)
+        b_do = b_do * b_r[:, None]
+    if CONST:
+        tl.store(dns + (i_bh64 * NC + i_c) * DV + o_v, tl.sum(b_do, 0), mask=m_v)  # [BV]
 
 
 @triton.jit
@@ -997,7 +1028,35 @@ def uses_kron(dim, causal=True, dim_v=None, part="fwd", T=0):
     return not causal or _fused_tiles_dims(dim, dim if dim_v is None else dim_v, part, T) is None
 
 
-def kron_tables(dim, scale, device, block_f=64, group=None):
+def kron_const_out(dim, block_f=64, group=None):
+    """True when the constant a0 of a degree-2 f would take a Kronecker tile of its own (no free
+    column in a low tile) and leaving it out saves that tile: the causal scans then leave it to
+    the intra and finalize kernels: o += a0 times the prefix sum of v over the earlier chunks, z += a0
+    times their token count, and in the backward dv += a0 times the suffix sum of dn = do / den.
+
+    At head dim 64 and block_f 64 the scans walk 37 tiles instead of 38, and B * H = 32 sequences
+    give 1184 programs: three waves of 3 programs on 132 SMs, where 1216 needed a fourth wave
+    for 28 programs (benchmarks/RESULTS.md, the H200 wave probe).
+
+    Examples
+    --------
+    >>> from fastattn.kernels.codegen import load_module
+    >>> from fastattn.kernels.poly import polynomial
+    >>> mod = load_module(polynomial("1 + x + x**2/2"))
+    >>> mod.kron_const_out(64), mod.kron_const_out(24)  # at 24 the low tile of [x, 1] has room for it
+    (True, False)
+    """
+    KA = _knob("FASTATTN_KRON_GROUP", _kron_group(block_f)) if group is None else int(group)
+    a0, a1, a2 = (float(COEFFS.get(j, 0.0)) for j in (0, 1, 2))
+    if a0 == 0.0 or a2 == 0.0 or (a1 != 0.0 and dim % block_f != 0):
+        return False
+    KG = max(1, block_f // (KA * KA))
+    nb = -(-dim // KA)
+    pairs = nb * (nb + 1) // 2
+    return _knob("FASTATTN_CONST_OUT", 1) != 0 and -(-pairs // KG) < -(-(pairs + 1) // KG)
+
+
+def kron_tables(dim, scale, device, block_f=64, group=None, const_out=False):
     """Tile and weight tables of the block-Kronecker basis of a degree-2 f(scale * q.k).
 
     The head dim is cut into blocks of ``group`` columns (None: the FASTATTN_KRON_GROUP knob, else
@@ -1006,7 +1065,8 @@ def kron_tables(dim, scale, device, block_f=64, group=None):
     (q.k)^2 = sum over all pairs of blocks of sum_{i in h1, j in h2} q_i q_j k_i k_j. A tile of
     ``block_f`` features packs KG = block_f / group^2 groups. The constant a0 is the group
     [1] (x) [1] (the first group-aligned column past ``dim`` reads as 1 in a Kronecker tile), unless
-    a low tile has a free column for it (column ``dim`` of x'). The linear terms ride on "low"
+    a low tile has a free column for it (column ``dim`` of x'), or ``const_out`` and
+    :func:`kron_const_out` leave it to the caller. The linear terms ride on "low"
     tiles: columns of x' = [x, 1] with weights a1 s (and a0). Weights are split as in
     :func:`feature_tables`.
 
@@ -1030,12 +1090,15 @@ def kron_tables(dim, scale, device, block_f=64, group=None):
     (38, (1, 8))
     >>> mod.kron_tables(64, 0.125, "cpu", 64, group=4)[0].shape[0]  # 136 pairs + 1 in 35 tiles, + 1
     36
+    >>> mod.kron_tables(64, 0.125, "cpu", 64, const_out=True)[0].shape[0]  # a0 left to the caller
+    37
     """
     KA = _knob("FASTATTN_KRON_GROUP", _kron_group(block_f)) if group is None else int(group)
     if KA < 1 or KA & (KA - 1) or block_f % (KA * KA):
         raise ValueError(f"block_f={block_f} cannot hold groups of {KA} x {KA} products; use a power-of-two "
                          f"group width whose square divides block_f (e.g. 4 for block_f >= 16)")
-    key = ("kron", int(dim), float(scale), str(device), int(block_f), KA)
+    const_out = bool(const_out) and kron_const_out(dim, block_f, KA)
+    key = ("kron", int(dim), float(scale), str(device), int(block_f), KA, const_out)
     if key in _TABLES:
         return _TABLES[key]
     KG = block_f // (KA * KA)
@@ -1059,7 +1122,7 @@ def kron_tables(dim, scale, device, block_f=64, group=None):
                 # aligned runs (the kernel's load hints); columns from dim on read as 0
                 groups.append((list(range(h1 * KA, h1 * KA + KA)), list(range(h2 * KA, h2 * KA + KA)),
                                [wt] * (KA * KA)))
-        if a0 != 0.0 and not const_low:
+        if a0 != 0.0 and not const_low and not const_out:
             groups.append((list(range(one, one + KA)), list(range(one, one + KA)), [a0] + [0.0] * (KA * KA - 1)))
     pad = (list(range(one + KA, one + 2 * KA)),) * 2 + ([0.0] * (KA * KA),)
     while len(groups) % KG:
@@ -1078,17 +1141,22 @@ def kron_tables(dim, scale, device, block_f=64, group=None):
     return out
 
 
-def _layout(q, v, scale, causal, block_f, part="fwd", kron=None):
-    """The general path's features: (idx, w_phi, w_psi, ktab, block_f, kron kwargs); ``kron``: the
-    caller's :func:`uses_kron` for this pass, when it has it."""
+def _layout(q, v, scale, causal, block_f, part="fwd", kron=None, const_out=False):
+    """The general path's features: (idx, w_phi, w_psi, ktab, block_f, kron kwargs, a0 left out);
+    ``kron``: the caller's :func:`uses_kron` for this pass, when it has it; ``const_out``: the caller
+    adds the constant term itself (see :func:`kron_const_out`) where :func:`kron_const_out` says it pays,
+    and then a0 is returned (else 0.0)."""
     D = q.shape[-1]
     bf = block_f or 64
     if uses_kron(D, causal, v.shape[-1], part, q.shape[2]) if kron is None else kron:
-        ktab, w_phi, w_psi, (KG, KA) = kron_tables(D, scale, q.device, bf)
+        KA = _knob("FASTATTN_KRON_GROUP", _kron_group(bf))
+        const_out = const_out and kron_const_out(D, bf, KA)
+        ktab, w_phi, w_psi, (KG, KA) = kron_tables(D, scale, q.device, bf, KA, const_out)
         # the kernels read the Kronecker tiles' column lists through their idx argument
-        return ktab, w_phi, w_psi, ktab, bf, dict(KRON=True, KG=KG, KA=KA)
+        a0 = float(COEFFS.get(0, 0.0)) if const_out else 0.0
+        return ktab, w_phi, w_psi, ktab, bf, dict(KRON=True, KG=KG, KA=KA), a0
     idx, w_phi, w_psi, _ = feature_tables(D, scale, q.device, bf)
-    return idx, w_phi, w_psi, idx, bf, {}
+    return idx, w_phi, w_psi, idx, bf, {}, 0.0
 
 
 # ----------------------------------------------------------------------------------------
@@ -1133,10 +1201,12 @@ def _intra_warps(chunk, BD, BV):
     return 8 if chunk * max(BD, BV) >= 64 * 64 else 4
 
 
-# programs the scan kernels should fill the GPU with: an H100 has 132 SMs and holds about two
-# 8-warp scan programs per SM, so ~1000 programs is four waves; fewer leaves SMs idle while
-# each program walks its chunks one after another
-_TARGET_PROGRAMS = 1024
+# the general path's causal scans choose their segments by waves (_wave_segments): a walk
+# program's time is its chunk count whether or not it shares its SM (the walks are latency-bound),
+# so the cost of a cut is (waves of walk programs) x (chunks per segment), plus the segment-sum
+# pass at _SEG_STEP of a walk step per chunk (H200, Based d16/v64 forward: 2.05 vs 4.8 us)
+_SEG_STEP = 0.45
+_WAVE_CUTS = {}
 
 
 _SM_COUNT = {}
@@ -1232,15 +1302,52 @@ def _descs(tma, BT, BV, *ts):
                              [x.shape[2] * x.shape[3], x.shape[3], 1], [1, BT, BV]) for x in ts]
 
 
-def _segments(NC, programs, segments, target=None):
+def _slots(device, warps, maxnreg=0):
+    """Scan programs the GPU runs at once: SMs x programs per SM by registers (the scan kernels sit
+    at their register cap, ptxas ``maxnreg`` or 255 per thread, allocated 8 at a time)."""
+    regs = -(-(maxnreg or 255) // 8) * 8
+    return _sm_count(device) * max(1, 65536 // (regs * 32 * warps))
+
+
+def _wave_segments(NC, programs, walk_slots, seg_slots, passes=1, shared=True):
+    """Segments for ``passes`` causal walks of NC chunks with ``programs`` programs per segment (on the
+    GPU together when ``shared``, else one after the other): the fewest that minimise waves x chunks
+    per segment over the walks and the segment-sum passes (all but one segment each), with
+    ``walk_slots`` / ``seg_slots`` programs at once.
+
+    H200, Based d16/v64 (benchmarks/RESULTS.md v11): the forward's 128 programs per segment fill 396
+    slots at 3 segments (8K fwd 0.38 ms against 0.47 at 8), and the backward's two walks fill 264
+    at one segment (32K backward 2.9 ms against 3.6 at 8); degree 2 at d64 (1184 programs) keeps one.
+    """
+    key = (NC, programs, walk_slots, seg_slots, passes, shared)
+    if key not in _WAVE_CUTS:
+        best, seen = None, set()
+        for n in range(1, min(NC, 64) + 1):
+            cps = _cdiv(NC, n)
+            n = _cdiv(NC, cps)
+            if n in seen:
+                continue
+            seen.add(n)
+            walk = _cdiv(passes * n * programs, walk_slots) if shared else passes * _cdiv(n * programs, walk_slots)
+            cost = (walk + _SEG_STEP * _cdiv(passes * (n - 1) * programs, seg_slots)) * cps
+            if best is None or cost < best[0]:
+                best = (cost, n)
+        _WAVE_CUTS[key] = best[1]
+    return _WAVE_CUTS[key]
+
+
+def _segments(NC, programs, segments, target=None, slots=None, passes=1, shared=True):
     """(number of segments, chunks per segment) for a causal scan of NC chunks.
 
     ``programs`` is the number of scan programs per segment (feature tiles x v tiles x
-    batch*head); ``segments=None`` picks enough segments for about ``_TARGET_PROGRAMS``
-    programs in all.
+    batch*head); ``segments=None`` picks them by waves (:func:`_wave_segments`) when ``slots``
+    = (walk slots, segment-pass slots) is given, else enough for about ``target`` programs.
     """
     if segments is None:
-        segments = -(-(target or _TARGET_PROGRAMS) // max(1, programs))
+        if slots is not None:
+            segments = _wave_segments(NC, max(1, programs), *slots, passes, shared)
+        else:
+            segments = -(-target // max(1, programs))
     segments = max(1, min(int(segments), NC))
     cps = -(-NC // segments)
     return -(-NC // cps), cps
@@ -1253,8 +1360,10 @@ def _segment_prefix(x, y, rden, cz, idx, w, T, D, DV, F_PAD, NC, CPS, NSEG, NF, 
     S = torch.empty((BH, NSEG, F_PAD, DV), dtype=torch.float32, device=x.device)
     Z = torch.empty((BH, NSEG, F_PAD), dtype=torch.float32, device=x.device) if normalize else S
     yd, = _descs(tma, chunk, BVs, y)
-    _segment_state_kernel[(NF * NSEG, NV, BH)](x, y, yd, rden, cz, S, Z, idx, w, idx if ktab is None else ktab, T, D,
-                                               DV, F_PAD, NC, CPS, NF, BT=chunk, BF=block_f, BV=BVs, BD=BD,
+    # the segments whose sums a prefix (suffix) uses: all but the last (first)
+    _segment_state_kernel[(NF * (NSEG - 1), NV, BH)](x, y, yd, rden, cz, S, Z, idx, w, idx if ktab is None else ktab,
+                                                     T, D, DV, F_PAD, NC, CPS, NF, NSEG, int(reverse),
+                                                     BT=chunk, BF=block_f, BV=BVs, BD=BD,
                                                NORMALIZE=normalize, SCALE_Y=scale_y, PRECISION=precision, LD=ld,
                                                TMA_LD=tma, WIDE=_wide(T, D, DV), num_warps=warps,
                                                **_regs("FASTATTN_MAXNREG_SEG", 0, x.device),
@@ -1289,18 +1398,21 @@ def _side_by_side(first, second, device, worth=True):
     main.wait_stream(side)
 
 
-def _bwd_prep(q, o, do, z, normalize, fix_abs, eps, chunk):
-    """(1 / den, dz) per token for a normalised output o = n / den(z) (one pass over o and do),
-    or (q, q) as unused placeholders when not normalised."""
-    if not normalize:
-        return q, q
-    B, H, T, DV = o.shape
-    rden = _empty((B, H, T), q.device)
-    dz = _empty((B, H, T), q.device)
-    _bwd_prep_kernel[(_cdiv(T, chunk), B * H)](o, do, z, rden, dz, float(eps), T, DV, BT=chunk,
-                                                     BV=max(16, _pow2(DV)), FIX_ABS=fix_abs,
-                                                     num_warps=4)
-    return rden, dz
+def _bwd_prep(q, o, do, z, normalize, fix_abs, eps, chunk, const=False):
+    """(1 / den, dz, dns) for an output o = n / den(z), in one pass over o and do: 1 / den and dz per
+    token when normalised (else q, q as unused placeholders), and with ``const`` the prefix sums over
+    chunks of each chunk's sum of dn = do / den, fp32 [B * H, NC, DV] (else None)."""
+    if not normalize and not const:
+        return q, q, None
+    B, H, T, DV = do.shape
+    NC = _cdiv(T, chunk)
+    rden = _empty((B, H, T), q.device) if normalize else q
+    dz = _empty((B, H, T), q.device) if normalize else q
+    dns = _empty((B * H, NC, DV), q.device) if const else q
+    _bwd_prep_kernel[(NC, B * H)](o, do, z if normalize else q, rden, dz, dns, float(eps), T, DV, NC, BT=chunk,
+                                  BV=max(16, _pow2(DV)), FIX_ABS=fix_abs, NORMALIZE=normalize, CONST=const,
+                                  num_warps=4)
+    return rden, dz, (dns.cumsum_(1) if const else None)
 
 
 # the fused path keeps the whole [F_pad, DV_pad] fp32 state of a sequence in one program
@@ -1328,10 +1440,10 @@ _FUSED_LD_BWD = os.environ.get("FASTATTN_FUSED_LD_BWD", "1" if _FUSED_LD else "0
 
 
 # a degree-2 f whose features fit one tile takes the fused path below these lengths, the general
-# Kronecker scans from them on. H100, Based d16/v64, same run (benchmarks/RESULTS.md v9): forward
-# 2K 0.47 fused vs 0.56 general ms, 8K 0.62 vs 0.52, 32K 2.27 vs 1.86; backward (fwd+bwd minus fwd)
-# 8K 1.36 vs 1.97, 32K 5.26 vs 3.82, 64K 9.9 vs 7.4
-_FUSED_DEG2_BELOW = {"fwd": 8192, "bwd": 16384}
+# Kronecker scans from them on. H200, Based d16/v64, same run, segments by waves (benchmarks/RESULTS.md
+# v11): forward 4K 0.35 fused vs 0.52 general ms, 8K 0.53 vs 0.38; fwd+bwd 4K 1.51 vs 1.70, 8K 1.92
+# vs 1.74 (on the H100 before the wave cuts the general backward won only from 16K on)
+_FUSED_DEG2_BELOW = {"fwd": 8192, "bwd": 8192}
 
 
 def _fused_tiles_dims(D, DV, part="fwd", T=0):
@@ -1401,7 +1513,7 @@ def _fused_bwd(q, k, v, o, z, do, scale, normalize, fix_abs, eps, chunk, segment
         else:
             state = None
     warps = 8 if BF * BV >= 64 * 64 else 4
-    rden, dz = _bwd_prep(q, o, do, z, normalize, fix_abs, eps, chunk)
+    rden, dz, _ = _bwd_prep(q, o, do, z, normalize, fix_abs, eps, chunk)
     dq = _empty_like_dtype(q.shape, q.dtype, q.device)
     dk = _empty_like_dtype(k.shape, k.dtype, q.device)
     dv = _empty_like_dtype(v.shape, v.dtype, q.device)
@@ -1447,7 +1559,7 @@ def _chunk_fwd(q, k, v, scale, normalize, fix_abs, eps, chunk, block_f, tiles):
         idx, w_phi, w_psi, _ = feature_tables(D, scale, q.device, BFs)
         ktab, kron, BF = idx, {}, min(64, BFs)
     else:
-        idx, w_phi, w_psi, ktab, BFs, kron = _layout(q, v, scale, True, block_f)
+        idx, w_phi, w_psi, ktab, BFs, kron, _ = _layout(q, v, scale, True, block_f)
         BF = BFs
     F_PAD = w_phi.numel()
     BD, BV, _, precision, warps = _blocks(q, v, BFs, None, kron)
@@ -1492,21 +1604,26 @@ def _poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, 
         return _fused_fwd(q, k, v, scale, normalize, fix_abs, eps, chunk, segments, *tiles)
     B, H, T, D = q.shape
     DV = v.shape[-1]
-    idx, w_phi, w_psi, ktab, block_f, kron = _layout(q, v, scale, causal, block_f, "fwd", kron)
+    idx, w_phi, w_psi, ktab, block_f, kron, a0 = _layout(q, v, scale, causal, block_f, "fwd", kron, causal)
     F_PAD = w_phi.numel()
     BD, BV, BVs, precision, warps = _blocks(q, v, block_f, block_v, kron)
     NC = _cdiv(T, chunk)
     o = _empty((B, H, T, DV), q.device)
     z = _empty((B, H, T), q.device) if normalize else o
+    # the constant term outside the scans: each chunk's sum of v, turned into prefix sums below
+    vs = _empty((B * H, NC, DV), q.device) if a0 else o
     if causal:
-        _intra_fwd_kernel[(NC, B * H)](q, k, v, o, z, float(scale), T, D, DV,
+        _intra_fwd_kernel[(NC, B * H)](q, k, v, o, z, vs, float(scale), T, D, DV, NC,
                                        BT=chunk, BD=BD, BV=BV, NORMALIZE=normalize, PRECISION=precision,
-                                       num_warps=_intra_warps(chunk, BD, BV))
+                                       CONST=bool(a0), num_warps=_intra_warps(chunk, BD, BV))
     else:
         o.zero_()
         z.zero_()
     NF, NV = F_PAD // block_f, _cdiv(DV, BVs)
-    NSEG, CPS = _segments(NC, NF * NV * B * H, segments) if causal else (1, NC)
+    maxnreg = _regs("FASTATTN_MAXNREG_FWD", _MAXNREG_FWD if kron else 0, q.device)
+    slots = (_slots(q.device, warps, maxnreg.get("maxnreg", 0)),
+             _slots(q.device, warps, _knob("FASTATTN_MAXNREG_SEG", 0)))
+    NSEG, CPS = _segments(NC, NF * NV * B * H, segments, slots=slots) if causal else (1, NC)
     S0 = Z0 = o
     tma, tma_add, _ = _tma_bits("FASTATTN_TMA_FWD", _TMA_FWD, B * H * T * NF, v, o)
     (vd,), (od,) = _descs(tma, chunk, BVs, v), _descs(tma_add, chunk, BVs, o)
@@ -1520,13 +1637,13 @@ def _poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, 
                                               CPS, NF, BT=chunk, BF=block_f, BV=BVs, BD=BD, CAUSAL=causal,
                                               NORMALIZE=normalize, ATOMIC=NF > 1, USE_SEG=NSEG > 1,
                                               PRECISION=precision, TMA_LD=tma, TMA_ADD=tma_add, WIDE=_wide(T, D, DV),
-                                              num_warps=warps,
-                                              **_regs("FASTATTN_MAXNREG_FWD", _MAXNREG_FWD if kron else 0, q.device),
-                                              **kron)
+                                              num_warps=warps, **maxnreg, **kron)
     out = _empty_like_dtype((B, H, T, DV), q.dtype, q.device)
     N, BR = B * H * T, max(16, 4096 // BV)
-    _finalize_kernel[(_cdiv(N, BR),)](o, z, out, float(eps), N, DV, NORMALIZE=normalize, FIX_ABS=fix_abs, BR=BR,
-                                            BV=BV, num_warps=4)
+    if a0:
+        vs.cumsum_(1)
+    _finalize_kernel[(_cdiv(N, BR),)](o, z, out, vs, a0, float(eps), N, T, DV, NC, NORMALIZE=normalize,
+                                      FIX_ABS=fix_abs, BR=BR, BV=BV, BT=chunk, CONST=bool(a0), num_warps=4)
     return out, (z if normalize else None), None
 
 
@@ -1542,25 +1659,30 @@ def poly_attention_bwd(q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps
                           state)
     B, H, T, D = q.shape
     DV = v.shape[-1]
-    idx, w_phi, w_psi, ktab, block_f, kron = _layout(q, v, scale, causal, block_f, "bwd", _kron_degree())
+    idx, w_phi, w_psi, ktab, block_f, kron, a0 = _layout(q, v, scale, causal, block_f, "bwd", _kron_degree(),
+                                                          causal)
     F_PAD = w_phi.numel()
     BD, BV, BVs, precision, warps = _blocks(q, v, block_f, block_v, kron)
     NC = _cdiv(T, chunk)
     do = do.contiguous()
-    rden, dz = _bwd_prep(q, o, do, z, normalize, fix_abs, eps, chunk)
+    rden, dz, dns = _bwd_prep(q, o, do, z, normalize, fix_abs, eps, chunk, bool(a0))
     dq = _empty((B, H, T, D), q.device)
     dk = _empty((B, H, T, D), q.device)
     dv = _empty((B, H, T, DV), q.device)
     if causal:
-        _intra_bwd_kernel[(NC, B * H)](q, k, v, do, rden, dz, dq, dk, dv, float(scale), T, D, DV,
-                                       BT=chunk, BD=BD, BV=BV, NORMALIZE=normalize, PRECISION=precision,
-                                       num_warps=_intra_warps(chunk, BD, BV))
+        _intra_bwd_kernel[(NC, B * H)](q, k, v, do, rden, dz, dq, dk, dv, dq if dns is None else dns, a0,
+                                       float(scale), T, D, DV, NC, BT=chunk, BD=BD, BV=BV, NORMALIZE=normalize,
+                                       PRECISION=precision, CONST=bool(a0), num_warps=_intra_warps(chunk, BD, BV))
     else:
         dq.zero_()
         dk.zero_()
         dv.zero_()
     NF, NV = F_PAD // block_f, _cdiv(DV, BVs)
-    NSEG, CPS = _segments(NC, NF * NV * B * H, segments) if causal else (1, NC)
+    # the two walks share the GPU when the second runs on a side stream (_side_by_side)
+    regs = max(_knob(f"FASTATTN_MAXNREG_BWD{p}", _knob("FASTATTN_MAXNREG_BWD", 0)) or 255 for p in (0, 1))
+    slots = (_slots(q.device, warps, regs), _slots(q.device, warps, _knob("FASTATTN_MAXNREG_SEG", 0)))
+    shared = q.is_cuda and bool(_knob("FASTATTN_BWD_STREAMS", 1))
+    NSEG, CPS = _segments(NC, NF * NV * B * H, segments, slots=slots, passes=2, shared=shared) if causal else (1, NC)
     S0 = Z0 = dS0 = dZ0 = dq
     tma, tma_add, tma_dx = _tma_bits("FASTATTN_TMA_BWD", _TMA_BWD, B * H * T * NF, v, do, dv)
     (vd, dod), (dvd,) = _descs(tma, chunk, BVs, v, do), _descs(tma_add, chunk, BVs, dv)

@@ -60,11 +60,13 @@ def compile_kernels(spec, *, dtype="bf16", head_dim=64, head_dim_v=64, chunk=64,
 
     def general(part):
         # the general path's kernels of one pass ("fwd" or "bwd"), as the host launches them
-        kron = dict(KRON=False, KG=1, KA=1)
+        kron, const = dict(KRON=False, KG=1, KA=1), False
         nf = -(-mod.feature_dim(head_dim) // block_f)
         if mod.uses_kron(head_dim, causal, head_dim_v, part):
-            # degree 2 through the block-Kronecker tiles (see the template's kron_tables)
-            ktab, _, _, (KG, KA) = mod.kron_tables(head_dim, 1.0, "cpu", block_f)
+            # degree 2 through the block-Kronecker tiles (see the template's kron_tables), the
+            # constant outside the causal scans where kron_const_out says so
+            const = causal and mod.kron_const_out(head_dim, block_f)
+            ktab, _, _, (KG, KA) = mod.kron_tables(head_dim, 1.0, "cpu", block_f, const_out=const)
             kron, nf = dict(KRON=True, KG=KG, KA=KA), ktab.shape[0]
         BD, BV, BVs, precision, warps = mod._blocks(q, v, block_f, block_v, kron["KRON"])
         nv = -(-head_dim_v // BVs)
@@ -77,7 +79,8 @@ def compile_kernels(spec, *, dtype="bf16", head_dim=64, head_dim_v=64, chunk=64,
         dx_descs = ({"dxg": f"tensordesc<fp32[1,{chunk},{kron['KA']}]>",
                      "dxl": f"tensordesc<fp32[1,{chunk},{block_f}]>"} if dx else {"dxg": None, "dxl": None})
         seg = (mod._segment_state_kernel, dict(x=ptr, y=ptr, yd=None, rden=f32, cz=f32, S=f32, Z=f32, idx="*i32",
-                                               w=f32, ktab="*i32", **dims, F_PAD="i32", NC="i32", CPS="i32", NF="i32"),
+                                               w=f32, ktab="*i32", **dims, F_PAD="i32", NC="i32", CPS="i32", NF="i32",
+                                               NSEG="i32", S_LO="i32"),
                dict(BT=chunk, BF=block_f, BV=BVs, BD=BD, NORMALIZE=normalize, SCALE_Y=part == "bwd" and normalize,
                     PRECISION=precision, LD=False, TMA_LD=False, WIDE=False, **kron), warps)
         if part == "fwd":
@@ -89,8 +92,9 @@ def compile_kernels(spec, *, dtype="bf16", head_dim=64, head_dim_v=64, chunk=64,
                               dict(BT=chunk, BF=block_f, BV=BV, BD=BD, NORMALIZE=normalize, FIX_ABS=False,
                                    PRECISION=precision, **kron), 4)]
             return [
-                (mod._intra_fwd_kernel, dict(q=ptr, k=ptr, v=ptr, o=f32, z=f32, scale="fp32", **dims),
-                 dict(BT=chunk, BD=BD, BV=BV, NORMALIZE=normalize, PRECISION=precision),
+                (mod._intra_fwd_kernel, dict(q=ptr, k=ptr, v=ptr, o=f32, z=f32, vs=f32, scale="fp32", **dims,
+                                             NC="i32"),
+                 dict(BT=chunk, BD=BD, BV=BV, NORMALIZE=normalize, PRECISION=precision, CONST=const),
                  mod._intra_warps(chunk, BD, BV)),
                 seg,
                 (mod._inter_fwd_kernel, dict(q=ptr, k=ptr, v=ptr, vd=None, o=f32, **desc("fp32", "od"), z=f32,
@@ -101,8 +105,9 @@ def compile_kernels(spec, *, dtype="bf16", head_dim=64, head_dim_v=64, chunk=64,
                  mod._MAXNREG_FWD if kron["KRON"] else None)]
         return [
             (mod._intra_bwd_kernel, dict(q=ptr, k=ptr, v=ptr, do=ptr, rden=f32, dz=f32, dq=f32, dk=f32, dv=f32,
-                                         scale="fp32", **dims),
-             dict(BT=chunk, BD=BD, BV=BV, NORMALIZE=normalize, PRECISION=precision), mod._intra_warps(chunk, BD, BV)),
+                                         dns=f32, a0="fp32", scale="fp32", **dims, NC="i32"),
+             dict(BT=chunk, BD=BD, BV=BV, NORMALIZE=normalize, PRECISION=precision, CONST=const),
+             mod._intra_warps(chunk, BD, BV)),
             seg,
         ] + [
             (mod._inter_bwd_kernel, dict(q=ptr, k=ptr, v=ptr, vd=None, do=ptr, dod=None, rden=f32, dz=f32, dq=f32,
@@ -122,7 +127,7 @@ def compile_kernels(spec, *, dtype="bf16", head_dim=64, head_dim_v=64, chunk=64,
         fw = 8 if BF * BVf >= 64 * 64 else 4
         dims2 = dict(dims, F_PAD="i32", NC="i32", CPS="i32")
         seg = (mod._segment_state_kernel, dict(x=ptr, y=ptr, yd=None, rden=f32, cz=f32, S=f32, Z=f32, idx="*i32",
-                                               w=f32, ktab="*i32", **dims2, NF="i32"),
+                                               w=f32, ktab="*i32", **dims2, NF="i32", NSEG="i32", S_LO="i32"),
                dict(BT=chunk, BF=BF, BV=BVf, BD=BD, NORMALIZE=normalize, SCALE_Y=part == "bwd" and normalize,
                     PRECISION=precision, LD=mod._FUSED_LD, WIDE=False, KRON=False, KG=1, KA=1), fw)
         if part == "fwd":
