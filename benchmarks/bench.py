@@ -145,6 +145,11 @@ def time_row(name, T, seed, warmup, rep, tiling=None):
     out = {}
     try:
         with torch.no_grad():
+            # the first call compiles the row's kernels; the GPU idles (and clocks down) meanwhile,
+            # which a short warm-up did not always undo: H200, Based 8K fwd read 0.49-0.53 ms as
+            # the first timing after a compile and 0.38 ms in every later one (benchmarks/out/sweep26)
+            fn(*ins)
+            torch.cuda.synchronize()
             out["fwd"] = do_bench(lambda: fn(*ins), warmup=warmup, rep=rep, return_mode="median")
 
         def fb():
@@ -304,7 +309,7 @@ def main(argv=None):
                     help="'all', 'ours', 'peers', or row names / prefixes (e.g. 'sdpa', 'fla', 'ours x')")
     ap.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
     ap.add_argument("--json", default=None, help="also write the raw numbers here")
-    ap.add_argument("--warmup", type=int, default=25)
+    ap.add_argument("--warmup", type=int, default=100, help="ms of warm-up before each timing")
     ap.add_argument("--rep", type=int, default=100)
     ap.add_argument("--skip-check", action="store_true")
     ap.add_argument("--sweep", type=int, default=0,

@@ -1206,14 +1206,29 @@ def _intra_warps(chunk, BD, BV):
 # so the cost of a cut is (waves of walk programs) x (chunks per segment), plus the segment-sum
 # pass at _SEG_STEP of a walk step per chunk (H200, Based d16/v64 forward: 2.05 vs 4.8 us)
 _SEG_STEP = 0.45
+# and each program costs about this many chunk steps more (its carried state read and written, the
+# pipeline filled): without it the fused f = x forward at 32K took 57 segments of 9 chunks and ran
+# 0.60 ms against 0.41 at 17 (H200, benchmarks/out/sweep29_x.txt)
+_PROGRAM_STEPS = 2
 _WAVE_CUTS = {}
 
 
 _SM_COUNT = {}
-# fused path: segments for about this many programs per SM (one 8-warp program fits an SM, and
-# every segment adds one [F_pad, DV] fp32 state written, scanned and read; H100 sweep 1, 2, 4, 8:
-# 4 was best for Based d16/v64 and x d64 at 8K and 32K, benchmarks/RESULTS.md)
-_FUSED_WAVES = 4.0
+# fused path: FASTATTN_FUSED_WAVES = programs per SM to cut segments for (the H100 default before
+# the wave cuts was 4: 17 segments for B * H = 32, 544 programs, just over 4 waves of the 8-warp
+# backward at one program per SM); unset, the fused path cuts by waves too (_fused_segments)
+_FUSED_WAVES = 0.0
+
+
+def _fused_segments(NC, BH, segments, device, walk_warps, seg_warps, passes=1, shared=True):
+    """(segments, chunks per segment) of the fused path: by waves (:func:`_wave_segments`) with the
+    walks' and the segment passes' warps, or for FASTATTN_FUSED_WAVES programs per SM when set.
+    H200, f = x at d64: 8 segments instead of 17 took fwd+bwd at 64K from 3.41 to 2.92 ms."""
+    waves = _knob("FASTATTN_FUSED_WAVES", _FUSED_WAVES)
+    if waves:
+        return _segments(NC, BH, segments, int(waves * _sm_count(device)))
+    return _segments(NC, BH, segments, slots=(_slots(device, walk_warps), _slots(device, seg_warps)), passes=passes,
+                     shared=shared)
 
 
 def _knob(name, default):
@@ -1329,7 +1344,7 @@ def _wave_segments(NC, programs, walk_slots, seg_slots, passes=1, shared=True):
                 continue
             seen.add(n)
             walk = _cdiv(passes * n * programs, walk_slots) if shared else passes * _cdiv(n * programs, walk_slots)
-            cost = (walk + _SEG_STEP * _cdiv(passes * (n - 1) * programs, seg_slots)) * cps
+            cost = (walk + _SEG_STEP * _cdiv(passes * (n - 1) * programs, seg_slots)) * (cps + _PROGRAM_STEPS)
             if best is None or cost < best[0]:
                 best = (cost, n)
         _WAVE_CUTS[key] = best[1]
@@ -1378,14 +1393,19 @@ def _segment_prefix(x, y, rden, cz, idx, w, T, D, DV, F_PAD, NC, CPS, NSEG, NF, 
     return exclusive(S), (exclusive(Z) if normalize else None)
 
 
-def _side_by_side(first, second, device, worth=True):
-    """Run two independent launches, ``second`` on a side stream on CUDA (FASTATTN_BWD_STREAMS=1, the
-    default, where ``worth``), so the last wave of one pass shares the GPU with the other instead of
-    idling it. The backward's two walks write disjoint gradients (dq; dk and dv) from the same inputs.
+def _streams(device, worth=True):
+    """True when a backward's two walks go side by side (:func:`_side_by_side`): CUDA, and the knob
+    FASTATTN_BWD_STREAMS (default: ``worth``)."""
+    return torch.device(device).type == "cuda" and bool(_knob("FASTATTN_BWD_STREAMS", int(worth)))
+
+
+def _side_by_side(first, second, device, together=True):
+    """Run two independent launches, ``second`` on a side stream when ``together`` (from :func:`_streams`),
+    so the last wave of one pass shares the GPU with the other instead of idling it. The backward's two walks write disjoint gradients (dq; dk and dv) from the same inputs.
     H100: degree 2 at d64 64K fwd+bwd 77 -> 75 ms; f = x at d64 (short walks) 8K 1.0 -> 1.2 ms, so the
-    fused path passes ``worth`` only for states above 64 x 64 (benchmarks/RESULTS.md, v5/v6)."""
+    fused path puts them together only for states above 64 x 64 (benchmarks/RESULTS.md, v5/v6)."""
     dev = torch.device(device)
-    if dev.type != "cuda" or not _knob("FASTATTN_BWD_STREAMS", int(worth)):
+    if not together:
         first()
         second()
         return
@@ -1475,8 +1495,11 @@ def _fused_fwd(q, k, v, scale, normalize, fix_abs, eps, chunk, segments, BF, BV)
     F_PAD = idx.shape[1]
     BD, _, precision = _dims(q, v)
     NC = _cdiv(T, chunk)
-    NSEG, CPS = _segments(NC, B * H, segments, int(_knob("FASTATTN_FUSED_WAVES", _FUSED_WAVES) * _sm_count(q.device)))
     warps = 8 if BF * BV >= 64 * 64 else 4
+    fwd_bv = _knob("FASTATTN_FUSED_FWD_BV", 0)
+    BVt = BV if fwd_bv <= 0 else min(BV, max(16, fwd_bv))
+    fwd_warps = _knob("FASTATTN_FUSED_FWD_WARPS", 0) or (8 if BF * BVt > 64 * 64 else 4)
+    NSEG, CPS = _fused_segments(NC, B * H * (BV // BVt), segments, q.device, fwd_warps, warps)
     o = _empty_like_dtype((B, H, T, DV), q.dtype, q.device)
     z = _empty((B, H, T), q.device) if normalize else o
     S0 = Z0 = o
@@ -1484,14 +1507,11 @@ def _fused_fwd(q, k, v, scale, normalize, fix_abs, eps, chunk, segments, BF, BV)
         S0, Z0 = _segment_prefix(k, v, z, z, idx, w_psi, T, D, DV, F_PAD, NC, CPS, NSEG, 1, 1, B * H, chunk,
                                  BF, BV, BD, normalize, False, precision, warps, reverse=False, ld=_FUSED_LD)
         Z0 = o if Z0 is None else Z0
-    fwd_bv = _knob("FASTATTN_FUSED_FWD_BV", 0)
-    BVt = BV if fwd_bv <= 0 else min(BV, max(16, fwd_bv))
-    warps = _knob("FASTATTN_FUSED_FWD_WARPS", 0) or (8 if BF * BVt > 64 * 64 else 4)
     _fused_fwd_kernel[(NSEG, BV // BVt, B * H)](q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, float(scale), float(eps), T,
                                                 D, DV, F_PAD, NC, CPS, BT=chunk, BF=BF, BV=BVt, BD=BD,
                                                 NORMALIZE=normalize, FIX_ABS=fix_abs, USE_SEG=NSEG > 1,
                                                 PRECISION=precision, LD=_FUSED_LD, WIDE=_wide(T, D, DV),
-                                                num_warps=warps)
+                                                num_warps=fwd_warps)
     return o, (z if normalize else None), ((S0, Z0, CPS * chunk) if NSEG > 1 else None)
 
 
@@ -1502,7 +1522,11 @@ def _fused_bwd(q, k, v, o, z, do, scale, normalize, fix_abs, eps, chunk, segment
     F_PAD = idx.shape[1]
     BD, _, precision = _dims(q, v)
     NC = _cdiv(T, chunk)
-    NSEG, CPS = _segments(NC, B * H, segments, int(_knob("FASTATTN_FUSED_WAVES", _FUSED_WAVES) * _sm_count(q.device)))
+    warps = 8 if BF * BV >= 64 * 64 else 4
+    # side by side for large states, and for long walks: H200, f = x at d64 (64 x 64 state), 32K fwd+bwd
+    # 1.73 -> 1.67 ms and 64K 3.41 -> 3.25 with them, 8K 1.00 -> 1.18 and 16K 0.96 -> 1.29 (sweep28_x)
+    streams = _streams(q.device, BF * BV > 64 * 64 or NC >= 512)
+    NSEG, CPS = _fused_segments(NC, B * H, segments, q.device, warps, warps, passes=2, shared=streams)
     if state is not None:
         # the forward's prefix states: segments of seg_tokens tokens, re-cut into this pass's chunks
         S0, Z0, seg_tokens = state
@@ -1533,7 +1557,7 @@ def _fused_bwd(q, k, v, o, z, do, scale, normalize, fix_abs, eps, chunk, segment
                                          T, D, DV, F_PAD, NC, CPS, BT=chunk, BF=BF, BV=BV, BD=BD,
                                          NORMALIZE=normalize, USE_SEG=NSEG > 1, PASS=pass_, PRECISION=precision,
                                          LD=_FUSED_LD_BWD, WIDE=_wide(T, D, DV), num_warps=warps)
-    _side_by_side(lambda: walk(0, S0, Z0), lambda: walk(1, dS0, dZ0), q.device, worth=BF * BV > 64 * 64)
+    _side_by_side(lambda: walk(0, S0, Z0), lambda: walk(1, dS0, dZ0), q.device, streams)
     return dq, dk, dv
 
 
@@ -1681,8 +1705,8 @@ def poly_attention_bwd(q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps
     # the two walks share the GPU when the second runs on a side stream (_side_by_side)
     regs = max(_knob(f"FASTATTN_MAXNREG_BWD{p}", _knob("FASTATTN_MAXNREG_BWD", 0)) or 255 for p in (0, 1))
     slots = (_slots(q.device, warps, regs), _slots(q.device, warps, _knob("FASTATTN_MAXNREG_SEG", 0)))
-    shared = q.is_cuda and bool(_knob("FASTATTN_BWD_STREAMS", 1))
-    NSEG, CPS = _segments(NC, NF * NV * B * H, segments, slots=slots, passes=2, shared=shared) if causal else (1, NC)
+    streams = _streams(q.device)
+    NSEG, CPS = _segments(NC, NF * NV * B * H, segments, slots=slots, passes=2, shared=streams) if causal else (1, NC)
     S0 = Z0 = dS0 = dZ0 = dq
     tma, tma_add, tma_dx = _tma_bits("FASTATTN_TMA_BWD", _TMA_BWD, B * H * T * NF, v, do, dv)
     (vd, dod), (dvd,) = _descs(tma, chunk, BVs, v, do), _descs(tma_add, chunk, BVs, dv)
@@ -1711,7 +1735,7 @@ def poly_attention_bwd(q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps
                                                   **_regs(f"FASTATTN_MAXNREG_BWD{pass_}",
                                                           _knob("FASTATTN_MAXNREG_BWD", 0), q.device),
                                                   num_warps=warps, **kron)
-    _side_by_side(lambda: walk(0), lambda: walk(1), q.device)
+    _side_by_side(lambda: walk(0), lambda: walk(1), q.device, streams)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
