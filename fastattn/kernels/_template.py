@@ -1028,6 +1028,11 @@ def uses_kron(dim, causal=True, dim_v=None, part="fwd", T=0):
     return not causal or _fused_tiles_dims(dim, dim if dim_v is None else dim_v, part, T) is None
 
 
+def _group_width(block_f, group=None):
+    """Kronecker group width: ``group``, else the FASTATTN_KRON_GROUP knob, else :func:`_kron_group`."""
+    return _knob("FASTATTN_KRON_GROUP", _kron_group(block_f)) if group is None else int(group)
+
+
 def kron_const_out(dim, block_f=64, group=None):
     """True when the constant a0 of a degree-2 f would take a Kronecker tile of its own (no free
     column in a low tile) and leaving it out saves that tile: the causal scans then leave it to
@@ -1046,7 +1051,7 @@ def kron_const_out(dim, block_f=64, group=None):
     >>> mod.kron_const_out(64), mod.kron_const_out(24)  # at 24 the low tile of [x, 1] has room for it
     (True, False)
     """
-    KA = _knob("FASTATTN_KRON_GROUP", _kron_group(block_f)) if group is None else int(group)
+    KA = _group_width(block_f, group)
     a0, a1, a2 = (float(COEFFS.get(j, 0.0)) for j in (0, 1, 2))
     if a0 == 0.0 or a2 == 0.0 or (a1 != 0.0 and dim % block_f != 0):
         return False
@@ -1093,7 +1098,7 @@ def kron_tables(dim, scale, device, block_f=64, group=None, const_out=False):
     >>> mod.kron_tables(64, 0.125, "cpu", 64, const_out=True)[0].shape[0]  # a0 left to the caller
     37
     """
-    KA = _knob("FASTATTN_KRON_GROUP", _kron_group(block_f)) if group is None else int(group)
+    KA = _group_width(block_f, group)
     if KA < 1 or KA & (KA - 1) or block_f % (KA * KA):
         raise ValueError(f"block_f={block_f} cannot hold groups of {KA} x {KA} products; use a power-of-two "
                          f"group width whose square divides block_f (e.g. 4 for block_f >= 16)")
@@ -1144,14 +1149,13 @@ def kron_tables(dim, scale, device, block_f=64, group=None, const_out=False):
 def _layout(q, v, scale, causal, block_f, part="fwd", kron=None, const_out=False):
     """The general path's features: (idx, w_phi, w_psi, ktab, block_f, kron kwargs, a0 left out);
     ``kron``: the caller's :func:`uses_kron` for this pass, when it has it; ``const_out``: the caller
-    adds the constant term itself (see :func:`kron_const_out`) where :func:`kron_const_out` says it pays,
-    and then a0 is returned (else 0.0)."""
+    adds the constant term itself where :func:`kron_const_out` says it pays, and then a0 is returned
+    (else 0.0)."""
     D = q.shape[-1]
     bf = block_f or 64
     if uses_kron(D, causal, v.shape[-1], part, q.shape[2]) if kron is None else kron:
-        KA = _knob("FASTATTN_KRON_GROUP", _kron_group(bf))
-        const_out = const_out and kron_const_out(D, bf, KA)
-        ktab, w_phi, w_psi, (KG, KA) = kron_tables(D, scale, q.device, bf, KA, const_out)
+        const_out = const_out and kron_const_out(D, bf)
+        ktab, w_phi, w_psi, (KG, KA) = kron_tables(D, scale, q.device, bf, None, const_out)
         # the kernels read the Kronecker tiles' column lists through their idx argument
         a0 = float(COEFFS.get(0, 0.0)) if const_out else 0.0
         return ktab, w_phi, w_psi, ktab, bf, dict(KRON=True, KG=KG, KA=KA), a0
@@ -1379,10 +1383,10 @@ def _segment_prefix(x, y, rden, cz, idx, w, T, D, DV, F_PAD, NC, CPS, NSEG, NF, 
     _segment_state_kernel[(NF * (NSEG - 1), NV, BH)](x, y, yd, rden, cz, S, Z, idx, w, idx if ktab is None else ktab,
                                                      T, D, DV, F_PAD, NC, CPS, NF, NSEG, int(reverse),
                                                      BT=chunk, BF=block_f, BV=BVs, BD=BD,
-                                               NORMALIZE=normalize, SCALE_Y=scale_y, PRECISION=precision, LD=ld,
-                                               TMA_LD=tma, WIDE=_wide(T, D, DV), num_warps=warps,
-                                               **_regs("FASTATTN_MAXNREG_SEG", 0, x.device),
-                                               **(kron or {}))
+                                                     NORMALIZE=normalize, SCALE_Y=scale_y, PRECISION=precision,
+                                                     LD=ld, TMA_LD=tma, WIDE=_wide(T, D, DV), num_warps=warps,
+                                                     **_regs("FASTATTN_MAXNREG_SEG", 0, x.device),
+                                                     **(kron or {}))
 
     def exclusive(t):
         # in-place exclusive scan over the segment axis (dim 1), forward or backward
@@ -1400,8 +1404,9 @@ def _streams(device, worth=True):
 
 
 def _side_by_side(first, second, device, together=True):
-    """Run two independent launches, ``second`` on a side stream when ``together`` (from :func:`_streams`),
-    so the last wave of one pass shares the GPU with the other instead of idling it. The backward's two walks write disjoint gradients (dq; dk and dv) from the same inputs.
+    """Run two independent launches, ``second`` on a side stream when ``together`` (from
+    :func:`_streams`), so the last wave of one pass shares the GPU with the other instead of idling
+    it. The backward's two walks write disjoint gradients (dq; dk and dv) from the same inputs.
     H100: degree 2 at d64 64K fwd+bwd 77 -> 75 ms; f = x at d64 (short walks) 8K 1.0 -> 1.2 ms, so the
     fused path puts them together only for states above 64 x 64 (benchmarks/RESULTS.md, v5/v6)."""
     dev = torch.device(device)
@@ -1536,7 +1541,6 @@ def _fused_bwd(q, k, v, o, z, do, scale, normalize, fix_abs, eps, chunk, segment
             state = (S0, Z0)
         else:
             state = None
-    warps = 8 if BF * BV >= 64 * 64 else 4
     rden, dz, _ = _bwd_prep(q, o, do, z, normalize, fix_abs, eps, chunk)
     dq = _empty_like_dtype(q.shape, q.dtype, q.device)
     dk = _empty_like_dtype(k.shape, k.dtype, q.device)
