@@ -27,6 +27,7 @@ inputs; the run stops if a check fails.
     python benchmarks/bench.py                       # T = 2K, 8K, 32K, 64K, every row
     python benchmarks/bench.py --T 8192 --rows ours  # a subset
     python benchmarks/bench.py --results benchmarks/RESULTS.md
+    python benchmarks/bench.py --json out.json --plot out.png   # also the raw numbers and a plot
 
 The table replaces the block between the ``bench:begin`` / ``bench:end`` markers of the
 results file (the notes outside it are kept).
@@ -309,6 +310,7 @@ def main(argv=None):
                     help="'all', 'ours', 'peers', or row names / prefixes (e.g. 'sdpa', 'fla', 'ours x')")
     ap.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
     ap.add_argument("--json", default=None, help="also write the raw numbers here")
+    ap.add_argument("--plot", default=None, help="also draw the run here (benchmarks/plot.py; .png, .svg, .pdf)")
     ap.add_argument("--warmup", type=int, default=100, help="ms of warm-up before each timing")
     ap.add_argument("--rep", type=int, default=100)
     ap.add_argument("--skip-check", action="store_true")
@@ -358,9 +360,13 @@ def main(argv=None):
     tgt = targets(res, args.T)
     block = render(meta, res, args.T, rows, check_lines, tgt)
     write_results(args.results, block)
+    data = dict(meta=meta, results={n: {str(t): v for t, v in r.items()} for n, r in res.items()})
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(meta=meta, results={n: {str(t): v for t, v in r.items()}
-                                                                        for n, r in res.items()}), indent=1))
+        Path(args.json).write_text(json.dumps(data, indent=1))
+    if args.plot and res:
+        import plot
+
+        plot.figure(data).savefig(args.plot, dpi=120)
     if args.sweep:
         print(f"\nsweep at T={args.sweep} (chunk, block_f, block_v, segments): fwd / fwd+bwd ms")
         for row in [r for r in rows if r.startswith("ours")]:

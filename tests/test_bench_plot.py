@@ -1,0 +1,62 @@
+"""benchmarks/plot.py: the figure of a bench.py run (CPU only; the GPU run writes the JSON it reads)."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _plot():
+    spec = importlib.util.spec_from_file_location("bench_plot", ROOT / "benchmarks" / "plot.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_a_recorded_run_draws_every_row_and_each_floor():
+    plot = _plot()
+    data = json.loads((ROOT / "benchmarks" / "out" / "v12.json").read_text())
+    fig = plot.figure(data)
+    rows = list(data["results"])
+    ours = [r for r in rows if r.startswith("ours")]
+    for ax in fig.axes[:2]:
+        labels = [line.get_label() for line in ax.get_lines()]
+        assert labels == [x for r in rows for x in ([r, f"{r}: floor"] if r in ours else [r])]
+    # the drawn points are the recorded ones, T ascending
+    line = fig.axes[1].get_lines()[0]
+    cells = data["results"][rows[0]]
+    Ts = sorted(int(t) for t in cells)
+    assert list(line.get_xdata()) == Ts
+    assert list(line.get_ydata()) == [cells[str(t)]["fwdbwd"] for t in Ts]
+
+
+def test_out_of_memory_cells_leave_gaps():
+    plot = _plot()
+    data = {"results": {"sdpa d64": {"2048": {"fwd": 0.1, "fwdbwd": 0.4}, "65536": {"fwd": None, "fwdbwd": None},
+                                     "8192": {"fwd": 1.0, "fwdbwd": 3.8}}}}
+    assert plot.series(data, "sdpa d64", "fwd") == ([2048, 8192], [0.1, 1.0])
+    fig = plot.figure(data)
+    assert list(fig.axes[0].get_lines()[0].get_xdata()) == [2048, 8192]
+
+
+def test_bad_input_is_an_error_not_an_empty_figure(tmp_path, capsys):
+    plot = _plot()
+    with pytest.raises(ValueError, match="results"):
+        plot.figure({"meta": {}})
+    with pytest.raises(ValueError, match="not in this run"):
+        plot.figure({"results": {"a": {}}}, rows=["b"])
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    assert plot.main([str(bad), "-o", str(tmp_path / "x.png")]) == 2
+    assert "plot.py: error" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_the_command_writes_an_image(tmp_path):
+    plot = _plot()
+    out = tmp_path / "run.png"
+    assert plot.main([str(ROOT / "benchmarks" / "out" / "v12.json"), "-o", str(out),
+                      "--rows", "ours x d64", "fla chunk_linear_attn"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
