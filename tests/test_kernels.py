@@ -46,14 +46,15 @@ def _inputs(seed, B, H, T, D, DV, dtype, positive):
     return [x.to(dtype) for x in (q, k, v, do)]
 
 
-def run_case(spec, dtype, B, H, T, D, DV, chunk, block_f, block_v, causal, normalize, seed=0):
-    """Triton (interpreter) against the float64 quadratic reference: o, dq, dk, dv."""
+def run_case(spec, dtype, B, H, T, D, DV, chunk, block_f, block_v, causal, normalize, seed=0, **kw):
+    """Triton (interpreter) against the float64 quadratic reference: o, dq, dk, dv (``kw``: more
+    poly_attention arguments, e.g. segments)."""
     poly = polynomial(spec)
     fix = "abs" if normalize and not poly.positive else None
     q, k, v, do = _inputs(seed, B, H, T, D, DV, dtype, positive=fix is not None)
     q, k, v = (x.clone().requires_grad_() for x in (q, k, v))
     o = poly_attention(q, k, v, poly, causal=causal, normalize=normalize, normalizer_fix=fix, chunk=chunk,
-                       block_f=block_f, block_v=block_v, backend="triton")
+                       block_f=block_f, block_v=block_v, backend="triton", **kw)
     o.backward(do)
     rq, rk, rv = (x.detach().double().requires_grad_() for x in (q, k, v))
     ref = naive.quadratic_attention(rq, rk, rv, poly, causal=causal, normalize=normalize, normalizer_fix=fix)
@@ -277,6 +278,32 @@ def test_kron_constant_outside_the_scans(spec, D, DV, T, normalize, monkeypatch)
     monkeypatch.setenv("FASTATTN_CONST_OUT", "0")
     assert not mod.kron_const_out(D, 16)
     run_case(spec, torch.float32, 1, 2, T, D, DV, 16, 16, 16, True, normalize)
+
+
+@pytest.mark.parametrize("fused", ["0", "1"])
+@pytest.mark.parametrize("rows", ["1", "2", "4"])
+def test_segment_pass_steps_over_several_chunks(rows, fused, monkeypatch):
+    # the segment-sum pass over k, v takes FASTATTN_SEG_ROWS chunks per step (segments cut into whole
+    # groups of them; the pass over q, dn / den keeps one): forward and gradients match the
+    # reference, and the pass really ran with the wider step
+    monkeypatch.setenv("FASTATTN_SEG_ROWS", rows)
+    monkeypatch.setenv("FASTATTN_FUSED", fused)
+    mod = load_module(polynomial("1 + x + x**2/2"))
+    steps, kernel = [], mod._segment_state_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            def launch(*args, **kw):
+                steps.append((kw["SCALE_Y"], kw["BT"]))
+                return kernel[grid](*args, **kw)
+            return launch
+    monkeypatch.setattr(mod, "_segment_state_kernel", Spy())
+    # 19 chunks of 16 in 4 segments: 5 chunks each, rounded up to a multiple of the step
+    g = int(rows)
+    assert mod._segments(19, 8, 4) == (-(-19 // (-(-5 // g) * g)), -(-5 // g) * g)
+    run_case("1 + x + x**2/2", torch.float32, 1, 2, 300, 12, 20, 16, 16, None, True, True, segments=4)
+    assert {bt for scaled, bt in steps if not scaled} == {16 * g}
+    assert {bt for scaled, bt in steps if scaled} <= {16}
 
 
 @pytest.mark.parametrize("spec, D, DV, block_f", [("1 + x + x**2/2", 4, 8, 16), ("(1+x)**3", 3, 5, 16),
