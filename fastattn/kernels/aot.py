@@ -82,8 +82,8 @@ def compile_kernels(spec, *, dtype="bf16", head_dim=64, head_dim_v=64, chunk=64,
                                                w=f32, ktab="*i32", **dims, F_PAD="i32", NC="i32", CPS="i32", NF="i32",
                                                NSEG="i32", S_LO="i32"),
                dict(BT=chunk * (1 if part == "bwd" and normalize else mod._seg_group(chunk, block_f, BVs)), BF=block_f,
-                    BV=BVs, BD=BD, NORMALIZE=normalize, SCALE_Y=part == "bwd" and normalize,
-                    PRECISION=precision, LD=False, TMA_LD=False, WIDE=False, **kron), warps)
+                    BV=BVs, BD=BD, NORMALIZE=normalize, SCALE_Y=part == "bwd" and normalize, PRECISION=precision,
+                    LD=False, TMA_LD=False, WIDE=False, **kron), warps)
         if part == "fwd":
             if causal and not kron["KRON"] and mod._fused_tiles(q, v, causal, "fwd") is None:
                 # the chunk-parallel forward (see _poly_attention_fwd)
@@ -130,9 +130,8 @@ def compile_kernels(spec, *, dtype="bf16", head_dim=64, head_dim_v=64, chunk=64,
         seg = (mod._segment_state_kernel, dict(x=ptr, y=ptr, yd=None, rden=f32, cz=f32, S=f32, Z=f32, idx="*i32",
                                                w=f32, ktab="*i32", **dims2, NF="i32", NSEG="i32", S_LO="i32"),
                dict(BT=chunk * (1 if part == "bwd" and normalize else mod._seg_group(chunk, BF, BVf)), BF=BF, BV=BVf,
-                    BD=BD, NORMALIZE=normalize,
-                    SCALE_Y=part == "bwd" and normalize, PRECISION=precision, LD=mod._FUSED_LD, WIDE=False, KRON=False,
-                    KG=1, KA=1), fw)
+                    BD=BD, NORMALIZE=normalize, SCALE_Y=part == "bwd" and normalize, PRECISION=precision,
+                    LD=mod._FUSED_LD, TMA_LD=False, WIDE=False, KRON=False, KG=1, KA=1), fw)
         if part == "fwd":
             return [seg, (mod._fused_fwd_kernel, dict(q=ptr, k=ptr, v=ptr, o=ptr, z=f32, S0=f32, Z0=f32, idx="*i32",
                                                       w_phi=f32, w_psi=f32, scale="fp32", eps="fp32", **dims2),
