@@ -6,6 +6,7 @@ and small-T rows jump between runs. For each case: host ms per call (100 calls e
 minus the matmuls' own time: the calls run back to back on the GPU).
 
     python benchmarks/host_overhead.py --cases "x:64:64:0:8192" "1 + x + x**2/2:16:64:1:8192"
+    python benchmarks/host_overhead.py --cases "x:64:64:0:2048" --cprofile 30   # where the host time goes
 """
 import argparse
 import time
@@ -20,6 +21,7 @@ def main():
     ap.add_argument("--cases", nargs="+", required=True, help="spec:D:DV:normalize:T")
     ap.add_argument("--calls", type=int, default=100)
     ap.add_argument("--queue", type=int, default=80, help="8192^2 bf16 matmuls queued ahead of the calls")
+    ap.add_argument("--cprofile", type=int, default=0, help="also print the top N host functions of fwd+bwd")
     a = ap.parse_args()
     print("| case | host ms/call fwd | GPU ms/call fwd | host ms/call fwd+bwd | GPU ms/call fwd+bwd |")
     print("|---|---|---|---|---|")
@@ -66,6 +68,19 @@ def main():
             note = "" if host < t_mm else " (queue drained: GPU time includes host gaps)"
             row += [f"{host / a.calls:.3f}", f"{gpu / a.calls:.3f}{note}"]
         print("| " + " | ".join(row) + " |", flush=True)
+        if a.cprofile:
+            import cProfile
+            import pstats
+
+            prof = cProfile.Profile()
+            prof.enable()
+            for _ in range(a.calls):
+                fwdbwd()
+            prof.disable()
+            torch.cuda.synchronize()
+            print(f"cProfile of {a.calls} fwd+bwd calls of {case} (cumulative, top {a.cprofile}):")
+            pstats.Stats(prof).sort_stats("cumulative").print_stats(a.cprofile)
+            pstats.Stats(prof).sort_stats("tottime").print_stats(a.cprofile)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,75 @@
+"""Short sequences: one fwd+bwd call of ours eager against the same call replayed from a CUDA graph.
+
+Below ~8K tokens a forward+backward call is host-bound (benchmarks/RESULTS.md: ~1.1-1.5 ms of
+Python and launches per call against 0.3-0.7 ms of GPU work at 2K). A CUDA graph replays the
+launches without the host path. This checks that the graph gives the eager call's output and
+gradients, then times both (median of do_bench), B = 2, H = 16, bf16, causal.
+
+    python benchmarks/graphs.py --cases "1 + x + x**2/2:16:64:1:2048" "x:64:64:0:2048"
+"""
+import argparse
+
+import torch
+from triton.testing import do_bench
+
+from fastattn.kernels.poly import poly_attention, polynomial
+
+
+def graphed_step(poly, norm, q, k, v, do):
+    """(replay, static outputs): fwd+bwd captured once; replay() reruns it on the current q, k, v, do."""
+    q, k, v = (x.detach().clone().requires_grad_() for x in (q, k, v))
+    do = do.clone()
+
+    def step():
+        for x in (q, k, v):
+            x.grad = None
+        o = poly_attention(q, k, v, poly, causal=True, normalize=norm, backend="triton")
+        o.backward(do)
+        return o
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):  # compile and warm up outside the capture
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    for x in (q, k, v):
+        x.grad = None
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        o = step()
+    return g.replay, (q, k, v, do, o)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cases", nargs="+", required=True, help="spec:D:DV:normalize:T")
+    ap.add_argument("--rep", type=int, default=200)
+    a = ap.parse_args()
+    print("| case | eager fwd+bwd ms | graph replay ms | max rel diff (o, dq, dk, dv) |")
+    print("|---|---|---|---|")
+    for case in a.cases:
+        spec, D, DV, norm, T = case.split(":")
+        D, DV, norm, T = int(D), int(DV), bool(int(norm)), int(T)
+        poly = polynomial(spec)
+        g = torch.Generator(device="cuda").manual_seed(0)
+        mk = lambda d: torch.randn(2, 16, T, d, device="cuda", generator=g).bfloat16()  # noqa: E731
+        q, k, v, do = mk(D), mk(D), mk(DV), mk(DV)
+        eq, ek, ev = (x.clone().requires_grad_() for x in (q, k, v))
+        eo = poly_attention(eq, ek, ev, poly, causal=True, normalize=norm, backend="triton")
+        eo.backward(do)
+        replay, (sq, sk, sv, sdo, so) = graphed_step(poly, norm, q, k, v, do)
+        replay()
+        torch.cuda.synchronize()
+        rel = max(((a.float() - b.float()).norm() / b.float().norm()).item()
+                  for a, b in ((so, eo), (sq.grad, eq.grad), (sk.grad, ek.grad), (sv.grad, ev.grad)))
+
+        def eager():
+            poly_attention(eq, ek, ev, poly, causal=True, normalize=norm, backend="triton").backward(do)
+        t_e = do_bench(eager, warmup=50, rep=a.rep, grad_to_none=(eq, ek, ev), return_mode="median")
+        t_g = do_bench(replay, warmup=50, rep=a.rep, return_mode="median")
+        print(f"| {case} | {t_e:.3f} | {t_g:.3f} | {rel:.1e} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
