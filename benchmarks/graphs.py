@@ -12,6 +12,7 @@ import argparse
 import torch
 from triton.testing import do_bench
 
+from cases import parse_case
 from fastattn.kernels.poly import poly_attention, polynomial
 
 
@@ -49,8 +50,7 @@ def main():
     print("| case | eager fwd+bwd ms | graph replay ms | max rel diff (o, dq, dk, dv) |")
     print("|---|---|---|---|")
     for case in a.cases:
-        spec, D, DV, norm, T = case.split(":")
-        D, DV, norm, T = int(D), int(DV), bool(int(norm)), int(T)
+        spec, D, DV, norm, T = parse_case(case)
         poly = polynomial(spec)
         g = torch.Generator(device="cuda").manual_seed(0)
         mk = lambda d: torch.randn(2, 16, T, d, device="cuda", generator=g).bfloat16()  # noqa: E731

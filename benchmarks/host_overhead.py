@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from cases import parse_case
 from fastattn.kernels.poly import poly_attention, polynomial
 
 
@@ -26,8 +27,7 @@ def main():
     print("| case | host ms/call fwd | GPU ms/call fwd | host ms/call fwd+bwd | GPU ms/call fwd+bwd |")
     print("|---|---|---|---|---|")
     for case in a.cases:
-        spec, D, DV, norm, T = case.split(":")
-        D, DV, norm, T = int(D), int(DV), bool(int(norm)), int(T)
+        spec, D, DV, norm, T = parse_case(case)
         poly = polynomial(spec)
         mk = lambda d: torch.randn(2, 16, T, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)  # noqa
         q, k, v = mk(D), mk(D), mk(DV)

@@ -8,6 +8,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from cases import parse_case
 from fastattn.kernels.poly import poly_attention, polynomial
 
 
@@ -17,8 +18,7 @@ def main():
     ap.add_argument("--iters", type=int, default=5)
     args = ap.parse_args()
     for case in args.cases:
-        spec, D, DV, norm, T = case.split(":")
-        D, DV, norm, T = int(D), int(DV), bool(int(norm)), int(T)
+        spec, D, DV, norm, T = parse_case(case)
         poly = polynomial(spec)
         q = torch.randn(2, 16, T, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
         k = torch.randn(2, 16, T, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)

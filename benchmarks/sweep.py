@@ -21,6 +21,7 @@ from triton.testing import do_bench
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import check_gpu  # noqa: E402
+from cases import parse_case  # noqa: E402
 from fastattn.kernels.codegen import load_module  # noqa: E402
 from fastattn.kernels.poly import poly_attention, polynomial  # noqa: E402
 
@@ -46,8 +47,7 @@ def main():
     ap.add_argument("--reference", action="store_true", help="check the default config against the fp32 reference")
     ap.add_argument("--regs", action="store_true", help="print registers and spills of the compiled kernels")
     a = ap.parse_args()
-    spec, D, DV, norm = a.row.split(":")
-    D, DV, norm = int(D), int(DV), bool(int(norm))
+    spec, D, DV, norm = parse_case(a.row, with_T=False)
     poly = polynomial(spec)  # parsed once: a spec string would be parsed on every timed call
     configs = json.loads(a.configs)
     if a.reference:

@@ -13,6 +13,7 @@ import torch
 from triton.testing import do_bench
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from cases import parse_case  # noqa: E402
 from fastattn.kernels.poly import poly_attention, polynomial  # noqa: E402
 
 
@@ -23,8 +24,7 @@ def main():
     ap.add_argument("--bh", type=int, nargs="+", required=True, help="batch*head counts (H = bh, B = 1)")
     ap.add_argument("--rep", type=int, default=30)
     a = ap.parse_args()
-    spec, D, DV, norm = a.row.split(":")
-    D, DV, norm = int(D), int(DV), bool(int(norm))
+    spec, D, DV, norm = parse_case(a.row, with_T=False)
     poly = polynomial(spec)
     g = torch.Generator(device="cuda").manual_seed(0)
     print(f"{spec} D{D} DV{DV} T={a.T}\n| bh | fwd ms | fwd+bwd ms | fwd ms / bh | fwd+bwd ms / bh |\n|---|---|---|---|---|")

@@ -1,4 +1,5 @@
-"""benchmarks/plot.py: the figure of a bench.py run (CPU only; the GPU run writes the JSON it reads)."""
+"""The benchmark scripts' CPU-side helpers: plot.py (the figure of a bench.py run; the GPU run writes
+the JSON it reads) and cases.py (the spec:D:DV:normalize:T strings)."""
 import importlib.util
 import json
 from pathlib import Path
@@ -8,11 +9,29 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _plot():
-    spec = importlib.util.spec_from_file_location("bench_plot", ROOT / "benchmarks" / "plot.py")
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def _plot():
+    return _load("plot")
+
+
+@pytest.mark.parametrize("text, with_T, want", [
+    ("1 + x + x**2/2:16:64:1:8192", True, ("1 + x + x**2/2", 16, 64, True, 8192)),
+    ("(1+x)**3:16:64:0", False, ("(1+x)**3", 16, 64, False)),
+])
+def test_cases_parse(text, with_T, want):
+    assert _load("cases").parse_case(text, with_T) == want
+
+
+@pytest.mark.parametrize("text", ["x:64:64:2:8192", "x:64:64:1", "x:d64:64:1:8192", "x"])
+def test_cases_reject_malformed_strings_with_the_expected_form(text):
+    with pytest.raises(SystemExit, match="expected spec:D:DV:normalize:T"):
+        _load("cases").parse_case(text)
 
 
 def test_a_recorded_run_draws_every_row_and_each_floor():
