@@ -28,6 +28,7 @@ inputs; the run stops if a check fails.
     python benchmarks/bench.py --T 8192 --rows ours  # a subset
     python benchmarks/bench.py --results benchmarks/RESULTS.md
     python benchmarks/bench.py --json out.json --plot out.png   # also the raw numbers and a plot
+    python benchmarks/bench.py --graphs   # also fwd+bwd replayed from a CUDA graph (no host launch path)
 
 The table replaces the block between the ``bench:begin`` / ``bench:end`` markers of the
 results file (the notes outside it are kept).
@@ -136,8 +137,10 @@ def make_fn(name, T, gen, tiling=None):
     raise KeyError(name)
 
 
-def time_row(name, T, seed, warmup, rep, tiling=None):
-    """{"fwd", "fwdbwd", "peak_mib"} for one row at length T (None where it ran out of memory)."""
+def time_row(name, T, seed, warmup, rep, tiling=None, graphs=False):
+    """{"fwd", "fwdbwd", "peak_mib"} for one row at length T (None where it ran out of memory); with
+    ``graphs`` also "fwdbwd_graph": the fwd+bwd captured once in a CUDA graph and replayed (None where
+    the row cannot be captured), which takes the host's launch path out of the time."""
     from triton.testing import do_bench
 
     gen = torch.Generator(device="cuda").manual_seed(seed)
@@ -165,13 +168,37 @@ def time_row(name, T, seed, warmup, rep, tiling=None):
         torch.cuda.synchronize()
         out["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
         out["fwdbwd"] = do_bench(fb, warmup=warmup, rep=rep, grad_to_none=ins, return_mode="median")
+        if graphs:
+            out["fwdbwd_graph"] = time_graph(fn, ins, do, warmup, rep)
     except torch.OutOfMemoryError:
         out.setdefault("fwd", None)
         out.setdefault("fwdbwd", None)
         out.setdefault("peak_mib", None)
+        out.setdefault("fwdbwd_graph", None)
     del fn, ins, do
     torch.cuda.empty_cache()
     return out
+
+
+def time_graph(fn, ins, do, warmup, rep):
+    """Median ms of one fwd+bwd replayed from a CUDA graph (graphs.capture), None if it cannot be captured."""
+    from triton.testing import do_bench
+
+    import graphs
+
+    graph = None
+    try:
+        graph, *_ = graphs.capture(fn, ins, do)
+        ms = do_bench(graph.replay, warmup=warmup, rep=rep, return_mode="median")
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001  a library that syncs with the host cannot be captured: a gap
+        print(f"  (no CUDA graph: {type(exc).__name__}: {str(exc)[:120]})", flush=True)
+        ms = None
+    del graph
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    return ms
 
 
 def check_row(row, T=4096):
@@ -271,22 +298,27 @@ def targets(res, Ts):
 
 
 def render(meta, res, Ts, rows, check_lines, tgt):
+    graphs = any("fwdbwd_graph" in r for row in res.values() for r in row.values())
     L = [BEGIN, "", f"Card: {meta['card']}; {meta['date']}; torch {meta['torch']}, triton {meta['triton']}, "
          f"fla {meta['fla']}. Command: `{meta['command']}`.",
          f"Ceilings measured in this run: bf16 matmul {meta['rate'] / 1e12:.0f} TFLOP/s, device copy "
          f"{meta['bw'] / 1e12:.2f} TB/s. B = {B}, H = {H}, bf16, causal; median ms of do_bench; peak = max "
-         "allocated during one fwd+bwd (inputs and grads included).", "",
+         "allocated during one fwd+bwd (inputs and grads included)."
+         + (" Graph: the same fwd+bwd captured once in a CUDA graph and replayed, without the host's launch path "
+            "(n/a: the row could not be captured)." if graphs else ""), "",
          "Correctness before timing (bf16 against the fp32 quadratic reference; Based against fla): "
          + ("passed" if meta["check_ok"] else "FAILED (failing rows are not timed; see the log)") + ".", ""]
-    L += ["| row | T | fwd ms | fwd+bwd ms | peak MiB | floor fwd / fwd+bwd ms |", "|---|---|---|---|---|---|"]
+    L += ["| row | T | fwd ms | fwd+bwd ms | " + ("fwd+bwd graph ms | " if graphs else "")
+          + "peak MiB | floor fwd / fwd+bwd ms |", "|---|---|---|---|" + ("---|" if graphs else "") + "---|---|"]
     for name in rows:
         for T in Ts:
             r = res.get(name, {}).get(T)
             if r is None:
                 continue
             floor = (f"{r['floor_fwd']:.3f} / {r['floor_fwdbwd']:.3f}" if "floor_fwd" in r else "")
-            L.append(f"| {name} | {T // 1024}K | {fmt(r['fwd'])} | {fmt(r['fwdbwd'])} | {fmt(r['peak_mib'], 0)} | "
-                     f"{floor} |")
+            graph = (("n/a" if r.get("fwdbwd_graph") is None else fmt(r["fwdbwd_graph"])) + " | ") if graphs else ""
+            L.append(f"| {name} | {T // 1024}K | {fmt(r['fwd'])} | {fmt(r['fwdbwd'])} | {graph}"
+                     f"{fmt(r['peak_mib'], 0)} | {floor} |")
     L += ["", "Targets (issue 6), on this run's numbers:", "", "| target | measured | need | met |", "|---|---|---|---|"]
     L += [f"| {n} | {v:.2f} | {need} | {'yes' if ok else 'no'} |" for n, v, need, ok in tgt]
     L += ["", "<details><summary>correctness log</summary>", "", "```", *check_lines, "```", "", "</details>", "", END]
@@ -314,6 +346,8 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=100, help="ms of warm-up before each timing")
     ap.add_argument("--rep", type=int, default=100)
     ap.add_argument("--skip-check", action="store_true")
+    ap.add_argument("--graphs", action="store_true",
+                    help="also time each row's fwd+bwd replayed from a CUDA graph (no host launch path)")
     ap.add_argument("--sweep", type=int, default=0,
                     help="after the table, time ours over the SWEEP tilings at this T (printed, not written)")
     args = ap.parse_args(argv)
@@ -347,7 +381,7 @@ def main(argv=None):
     res = {}
     for name in rows:
         for T in args.T:
-            r = time_row(name, T, seed=T, warmup=args.warmup, rep=args.rep)
+            r = time_row(name, T, seed=T, warmup=args.warmup, rep=args.rep, graphs=args.graphs)
             for row, spec, D, DV, norm in OURS:
                 if row == name:
                     r["floor_fwd"], r["floor_fwdbwd"] = floor_ms(spec, D, DV, norm, T, rate, bw)

@@ -16,30 +16,32 @@ from cases import parse_case
 from fastattn.kernels.poly import poly_attention, polynomial
 
 
-def graphed_step(poly, norm, q, k, v, do):
-    """(replay, static outputs): fwd+bwd captured once; replay() reruns it on the current q, k, v, do."""
-    q, k, v = (x.detach().clone().requires_grad_() for x in (q, k, v))
+def capture(fn, ins, do):
+    """(graph, inputs, do, output): ``fn(*inputs).backward(do)`` captured once in a CUDA graph, on
+    clones of ``ins`` (leaves needing grad) and ``do``; ``graph.replay()`` reruns it on them and leaves
+    the gradients in ``inputs[i].grad``. Warmed up (compiled, autotuned) on a side stream first."""
+    ins = [x.detach().clone().requires_grad_() for x in ins]
     do = do.clone()
 
     def step():
-        for x in (q, k, v):
+        for x in ins:
             x.grad = None
-        o = poly_attention(q, k, v, poly, causal=True, normalize=norm, backend="triton")
-        o.backward(do)
-        return o
+        out = fn(*ins)
+        out.backward(do)
+        return out
 
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        for _ in range(3):  # compile and warm up outside the capture
+        for _ in range(3):
             step()
     torch.cuda.current_stream().wait_stream(side)
-    for x in (q, k, v):
+    for x in ins:
         x.grad = None
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        o = step()
-    return g.replay, (q, k, v, do, o)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = step()
+    return graph, ins, do, out
 
 
 def main():
@@ -58,8 +60,9 @@ def main():
         eq, ek, ev = (x.clone().requires_grad_() for x in (q, k, v))
         eo = poly_attention(eq, ek, ev, poly, causal=True, normalize=norm, backend="triton")
         eo.backward(do)
-        replay, (sq, sk, sv, sdo, so) = graphed_step(poly, norm, q, k, v, do)
-        replay()
+        fn = lambda q, k, v: poly_attention(q, k, v, poly, causal=True, normalize=norm, backend="triton")  # noqa
+        graph, (sq, sk, sv), _, so = capture(fn, (q, k, v), do)
+        graph.replay()
         torch.cuda.synchronize()
         rel = max(((a.float() - b.float()).norm() / b.float().norm()).item()
                   for a, b in ((so, eo), (sq.grad, eq.grad), (sk.grad, ek.grad), (sv.grad, ev.grad)))
@@ -67,7 +70,7 @@ def main():
         def eager():
             poly_attention(eq, ek, ev, poly, causal=True, normalize=norm, backend="triton").backward(do)
         t_e = do_bench(eager, warmup=50, rep=a.rep, grad_to_none=(eq, ek, ev), return_mode="median")
-        t_g = do_bench(replay, warmup=50, rep=a.rep, return_mode="median")
+        t_g = do_bench(graph.replay, warmup=50, rep=a.rep, return_mode="median")
         print(f"| {case} | {t_e:.3f} | {t_g:.3f} | {rel:.1e} |", flush=True)
 
 

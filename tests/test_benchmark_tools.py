@@ -79,3 +79,17 @@ def test_the_command_writes_an_image(tmp_path):
     assert plot.main([str(ROOT / "benchmarks" / "out" / "v12.json"), "-o", str(out),
                       "--rows", "ours x d64", "fla chunk_linear_attn"]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_table_has_a_graph_column_only_when_timed():
+    bench = _load("bench")
+    meta = dict(card="H200", date="2026-11-30", torch="2", triton="3", fla="0", command="c", rate=7e14, bw=4e12,
+                check_ok=True)
+    cell = {"fwd": 0.3, "fwdbwd": 1.0, "peak_mib": 100.0}
+    plain = bench.render(meta, {"sdpa d64": {2048: dict(cell)}}, [2048], ["sdpa d64"], [], [])
+    assert "| sdpa d64 | 2K | 0.30 | 1.00 | 100 |  |" in plain and "graph" not in plain
+    res = {"sdpa d64": {2048: dict(cell, fwdbwd_graph=0.25)}, "fla x": {2048: dict(cell, fwdbwd_graph=None)}}
+    both = bench.render(meta, res, [2048], ["sdpa d64", "fla x"], [], [])
+    assert "| row | T | fwd ms | fwd+bwd ms | fwd+bwd graph ms | peak MiB |" in both
+    assert "| sdpa d64 | 2K | 0.30 | 1.00 | 0.25 | 100 |  |" in both
+    assert "| fla x | 2K | 0.30 | 1.00 | n/a | 100 |  |" in both
