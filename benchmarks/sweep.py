@@ -22,6 +22,7 @@ from triton.testing import do_bench
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import check_gpu  # noqa: E402
 from cases import parse_case  # noqa: E402
+import graphs  # noqa: E402
 from fastattn.kernels.codegen import load_module  # noqa: E402
 from fastattn.kernels.poly import poly_attention, polynomial  # noqa: E402
 
@@ -46,6 +47,8 @@ def main():
     ap.add_argument("--rep", type=int, default=30)
     ap.add_argument("--reference", action="store_true", help="check the default config against the fp32 reference")
     ap.add_argument("--regs", action="store_true", help="print registers and spills of the compiled kernels")
+    ap.add_argument("--graphs", action="store_true",
+                    help="also time fwd+bwd replayed from a CUDA graph (device time, no host launch path)")
     a = ap.parse_args()
     spec, D, DV, norm = parse_case(a.row, with_T=False)
     poly = polynomial(spec)  # parsed once: a spec string would be parsed on every timed call
@@ -84,7 +87,8 @@ def main():
                 good.append(cfg)
         except Exception as exc:  # noqa: BLE001
             print(f"check {cfg}: error {type(exc).__name__}: {str(exc)[:200]}", flush=True)
-    print(f"\n{spec} D{D} DV{DV} norm={norm}\n| T | config | fwd ms | fwd+bwd ms |\n|---|---|---|---|")
+    extra = (" fwd+bwd graph ms |", "---|") if a.graphs else ("", "")
+    print(f"\n{spec} D{D} DV{DV} norm={norm}\n| T | config | fwd ms | fwd+bwd ms |{extra[0]}\n|---|---|---|---|{extra[1]}")
     for T in a.T:
         q, k, v, do = mk(2, 16, T, D), mk(2, 16, T, D), mk(2, 16, T, DV), mk(2, 16, T, DV)
         q, k, v = (x.requires_grad_() for x in (q, k, v))
@@ -94,7 +98,12 @@ def main():
                     f = do_bench(lambda: call(q, k, v, cfg), warmup=5, rep=a.rep, return_mode="median")
                 fb = do_bench(lambda: call(q, k, v, cfg).backward(do), warmup=5, rep=a.rep, grad_to_none=(q, k, v),
                               return_mode="median")
-                print(f"| {T} | {json.dumps(cfg)} | {f:.3f} | {fb:.3f} |", flush=True)
+                g = ""
+                if a.graphs:
+                    graph, *_ = graphs.capture(lambda q, k, v: call(q, k, v, cfg), (q, k, v), do)
+                    g = f" {do_bench(graph.replay, warmup=5, rep=a.rep, return_mode='median'):.3f} |"
+                    del graph
+                print(f"| {T} | {json.dumps(cfg)} | {f:.3f} | {fb:.3f} |{g}", flush=True)
             except Exception as exc:  # noqa: BLE001
                 print(f"| {T} | {json.dumps(cfg)} | error {type(exc).__name__}: {str(exc)[:100]} |", flush=True)
     if a.regs:
