@@ -98,12 +98,12 @@ def main():
                     f = do_bench(lambda: call(q, k, v, cfg), warmup=5, rep=a.rep, return_mode="median")
                 fb = do_bench(lambda: call(q, k, v, cfg).backward(do), warmup=5, rep=a.rep, grad_to_none=(q, k, v),
                               return_mode="median")
-                g = ""
+                col = ""  # (not g: that is the inputs' generator)
                 if a.graphs:
                     graph, *_ = graphs.capture(lambda q, k, v: call(q, k, v, cfg), (q, k, v), do)
-                    g = f" {do_bench(graph.replay, warmup=5, rep=a.rep, return_mode='median'):.3f} |"
+                    col = f" {do_bench(graph.replay, warmup=5, rep=a.rep, return_mode='median'):.3f} |"
                     del graph
-                print(f"| {T} | {json.dumps(cfg)} | {f:.3f} | {fb:.3f} |{g}", flush=True)
+                print(f"| {T} | {json.dumps(cfg)} | {f:.3f} | {fb:.3f} |{col}", flush=True)
             except Exception as exc:  # noqa: BLE001
                 print(f"| {T} | {json.dumps(cfg)} | error {type(exc).__name__}: {str(exc)[:100]} |", flush=True)
     if a.regs:
