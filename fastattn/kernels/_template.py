@@ -1355,7 +1355,7 @@ def _wave_segments(NC, programs, walk_slots, seg_slots, passes=1, shared=True):
     return _WAVE_CUTS[key]
 
 
-def _segments(NC, programs, segments, target=None, slots=None, passes=1, shared=True, align=None):
+def _segments(NC, programs, segments, target=None, slots=None, passes=1, shared=True):
     """(number of segments, chunks per segment) for a causal scan of NC chunks.
 
     ``programs`` is the number of scan programs per segment (feature tiles x v tiles x
@@ -1369,10 +1369,10 @@ def _segments(NC, programs, segments, target=None, slots=None, passes=1, shared=
             segments = -(-target // max(1, programs))
     segments = max(1, min(int(segments), NC))
     cps = -(-NC // segments)
-    # chunks per segment a multiple of the segment pass's rows per step (_seg_rows), so that
-    # pass steps over whole groups of chunks
-    align = _seg_rows() if align is None else align
-    cps = -(-cps // align) * align if segments > 1 else cps
+    # chunks per segment a multiple of the segment pass's chunks per step (_seg_rows), so that
+    # the pass steps over whole groups of chunks
+    if segments > 1:
+        cps = -(-cps // _seg_rows()) * _seg_rows()
     return -(-NC // cps), cps
 
 
@@ -1388,11 +1388,14 @@ def _seg_rows():
     return max(1, _knob("FASTATTN_SEG_ROWS", _SEG_ROWS))
 
 
-def _seg_group(chunk, block_f, block_v, cps=None):
+def _seg_group(chunk, block_f, block_v, cps=None, scale_y=False):
     """The chunks one step of the segment-sum pass covers: :func:`_seg_rows`, halved until it divides
     ``cps`` (chunks per segment; None: any) and the step fits, tiles up to 64 x 64 and steps up to
     128 rows (x d64's fused pass at 256 rows asked for 237 KB of shared memory on sm_90,
-    benchmarks/out/sweep31_x.txt)."""
+    benchmarks/out/sweep31_x.txt). The sums of dn / den (``scale_y``) keep one chunk a step: ptxas
+    spilled 192 bytes there at two."""
+    if scale_y:
+        return 1
     g = _seg_rows()
     while g > 1 and ((cps is not None and cps % g) or chunk * g > _SEG_MAX_ROWS or block_f * block_v > 64 * 64):
         g //= 2
@@ -1405,8 +1408,7 @@ def _segment_prefix(x, y, rden, cz, idx, w, T, D, DV, F_PAD, NC, CPS, NSEG, NF, 
     S0[bh, s] = sum over segments before s (after s) of sum_t feat(x_t)^T y_t, and Z0 likewise."""
     S = torch.empty((BH, NSEG, F_PAD, DV), dtype=torch.float32, device=x.device)
     Z = torch.empty((BH, NSEG, F_PAD), dtype=torch.float32, device=x.device) if normalize else S
-    # sums of dn / den (scale_y) keep one chunk a step: ptxas spilled 192 bytes there at two
-    g = 1 if scale_y else _seg_group(chunk, block_f, BVs, CPS)
+    g = _seg_group(chunk, block_f, BVs, CPS, scale_y)
     chunk, NC, CPS = chunk * g, _cdiv(T, chunk * g), CPS // g
     warps = _knob("FASTATTN_SEG_WARPS", warps)
     yd, = _descs(tma, chunk, BVs, y)

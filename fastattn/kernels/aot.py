@@ -81,7 +81,7 @@ def compile_kernels(spec, *, dtype="bf16", head_dim=64, head_dim_v=64, chunk=64,
         seg = (mod._segment_state_kernel, dict(x=ptr, y=ptr, yd=None, rden=f32, cz=f32, S=f32, Z=f32, idx="*i32",
                                                w=f32, ktab="*i32", **dims, F_PAD="i32", NC="i32", CPS="i32", NF="i32",
                                                NSEG="i32", S_LO="i32"),
-               dict(BT=chunk * (1 if part == "bwd" and normalize else mod._seg_group(chunk, block_f, BVs)), BF=block_f,
+               dict(BT=chunk * mod._seg_group(chunk, block_f, BVs, scale_y=part == "bwd" and normalize), BF=block_f,
                     BV=BVs, BD=BD, NORMALIZE=normalize, SCALE_Y=part == "bwd" and normalize, PRECISION=precision,
                     LD=False, TMA_LD=False, WIDE=False, **kron), warps)
         if part == "fwd":
@@ -129,7 +129,7 @@ def compile_kernels(spec, *, dtype="bf16", head_dim=64, head_dim_v=64, chunk=64,
         dims2 = dict(dims, F_PAD="i32", NC="i32", CPS="i32")
         seg = (mod._segment_state_kernel, dict(x=ptr, y=ptr, yd=None, rden=f32, cz=f32, S=f32, Z=f32, idx="*i32",
                                                w=f32, ktab="*i32", **dims2, NF="i32", NSEG="i32", S_LO="i32"),
-               dict(BT=chunk * (1 if part == "bwd" and normalize else mod._seg_group(chunk, BF, BVf)), BF=BF, BV=BVf,
+               dict(BT=chunk * mod._seg_group(chunk, BF, BVf, scale_y=part == "bwd" and normalize), BF=BF, BV=BVf,
                     BD=BD, NORMALIZE=normalize, SCALE_Y=part == "bwd" and normalize, PRECISION=precision,
                     LD=mod._FUSED_LD, TMA_LD=False, WIDE=False, KRON=False, KG=1, KA=1), fw)
         if part == "fwd":
