@@ -28,5 +28,8 @@ def test_every_kernel_compiles_for_sm90(spec, D, DV, fused, kernels):
     rows = [line.split() for line in p.stdout.splitlines() if "REG:" in line]
     assert {r[1] for r in rows} == kernels, p.stdout
     for r in rows:
-        regs = int(re.search(r"REG:(\d+)", " ".join(r)).group(1))
+        line = " ".join(r)
+        regs = int(re.search(r"REG:(\d+)", line).group(1))
         assert 0 < regs <= 255, r
+        # the dynamic shared memory a launch asks for fits an sm_90 block (227 KB)
+        assert 0 < int(re.search(r"SMEM:(\d+)", line).group(1)) <= 232448, r

@@ -161,7 +161,9 @@ def compile_kernels(spec, *, dtype="bf16", head_dim=64, head_dim_v=64, chunk=64,
             opts["maxnreg"] = maxnreg[0]
         kern = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", arch, 32), options=opts)
         name = f"{part} " + fn.__name__ + (f"[PASS={consts['PASS']}]" if "PASS" in consts else "")
-        report[name] = f"{_resources(kern.asm['cubin'])} warps:{nw} ({time.perf_counter() - t0:.1f} s)"
+        # SMEM: the dynamic shared memory the launch asks for (SHARED is the cubin's static part)
+        report[name] = (f"{_resources(kern.asm['cubin'])} SMEM:{kern.metadata.shared} warps:{nw} "
+                        f"({time.perf_counter() - t0:.1f} s)")
         if dump:
             os.makedirs(dump, exist_ok=True)
             for ext in ("ttgir", "ptx"):
