@@ -93,3 +93,21 @@ def test_bench_table_has_a_graph_column_only_when_timed():
     assert "| row | T | fwd ms | fwd+bwd ms | fwd+bwd graph ms | peak MiB |" in both
     assert "| sdpa d64 | 2K | 0.30 | 1.00 | 0.25 | 100 |  |" in both
     assert "| fla x | 2K | 0.30 | 1.00 | n/a | 100 |  |" in both
+
+
+def test_targets_read_the_graph_column_beside_the_eager_one():
+    bench = _load("bench")
+    data = json.loads((ROOT / "benchmarks" / "out" / "v14.json").read_text())
+    res = {name: {int(t): cell for t, cell in cells.items()} for name, cells in data["results"].items()}
+    tgt = {name: (value, ok) for name, value, _, ok in bench.targets(res, sorted({t for c in res.values() for t in c}))}
+    # the recorded run: x d64 fwd+bwd is within 1.15x of chunk_linear_attn eagerly at 8K, not on device time
+    eager, graph = tgt["3. x d64 fwdbwd time / chunk_linear_attn at 8K"], tgt[
+        "3. x d64 fwdbwd (graph) time / chunk_linear_attn at 8K"]
+    x, fla = res["ours x d64"][8192], res["fla chunk_linear_attn"][8192]
+    assert eager == (pytest.approx(x["fwdbwd"] / fla["fwdbwd"]), True)
+    assert graph == (pytest.approx(x["fwdbwd_graph"] / fla["fwdbwd_graph"]), False)
+    assert tgt["2. d64 degree 2 fwd+bwd (graph) vs SDPA d64 at 16K"][1]
+    # a run without the graph column has no graph rows
+    plain = {n: {t: {k: v for k, v in c.items() if k != "fwdbwd_graph"} for t, c in cells.items()}
+             for n, cells in res.items()}
+    assert not any("graph" in name for name, *_ in bench.targets(plain, [8192, 16384, 32768, 65536]))
