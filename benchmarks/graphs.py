@@ -64,8 +64,8 @@ def main():
         graph, (sq, sk, sv), _, so = capture(fn, (q, k, v), do)
         graph.replay()
         torch.cuda.synchronize()
-        rel = max(((a.float() - b.float()).norm() / b.float().norm()).item()
-                  for a, b in ((so, eo), (sq.grad, eq.grad), (sk.grad, ek.grad), (sv.grad, ev.grad)))
+        rel = max(((got.float() - want.float()).norm() / want.float().norm()).item()
+                  for got, want in ((so, eo), (sq.grad, eq.grad), (sk.grad, ek.grad), (sv.grad, ev.grad)))
 
         def eager():
             poly_attention(eq, ek, ev, poly, causal=True, normalize=norm, backend="triton").backward(do)

@@ -1372,7 +1372,8 @@ def _segments(NC, programs, segments, target=None, slots=None, passes=1, shared=
     # chunks per segment a multiple of the segment pass's chunks per step (_seg_rows), so that
     # the pass steps over whole groups of chunks
     if segments > 1:
-        cps = -(-cps // _seg_rows()) * _seg_rows()
+        g = _seg_rows()
+        cps = -(-cps // g) * g
     return -(-NC // cps), cps
 
 
