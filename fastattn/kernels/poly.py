@@ -22,9 +22,12 @@ from fastattn.errors import KernelError
 from fastattn.kernels import naive
 from fastattn.kernels.codegen import Polynomial, load_module
 
-__all__ = ["polynomial", "check_normalizer", "choose_backend", "poly_attention"]
+__all__ = ["polynomial", "check_normalizer", "check_feature_count", "choose_backend", "poly_attention", "MAX_FEATURES"]
 
 _ERROR_RADII = (1.0, 2.0, 4.0)
+#: Largest symmetric-basis feature count a layer or generated module is built for: (1+x)**3 at
+#: head dim 128 is 366,145; beyond ~1M the index tables alone take seconds and the state GBs.
+MAX_FEATURES = 1 << 20
 
 
 def _truncation_note(sp, degree: int) -> str:
@@ -109,6 +112,30 @@ def check_normalizer(poly: Polynomial, normalize: bool, normalizer_fix: str | No
         raise KernelError(f"normalize=True divides by sum_j f(s q.k_j), but f(x) = {poly.text} is not positive "
                           f"on the reals ({poly.positivity_reason}), so the denominator can be 0 or negative; "
                           "pass normalize=False, or normalizer_fix='abs' to divide by |sum_j f| + eps")
+
+
+def check_feature_count(poly: Polynomial, head_dim: int, head_dim_v: int | None = None) -> int:
+    """The feature count of ``poly`` at ``head_dim``, or a KernelError naming it when it is above :data:`MAX_FEATURES`.
+
+    Counted from binomials before anything is built, so a hostile head dim costs nothing.
+
+    >>> check_feature_count(polynomial("1 + x + x**2/2"), 64)
+    2145
+    >>> check_feature_count(polynomial("(1+x)**8"), 64)
+    Traceback (most recent call last):
+    ...
+    fastattn.errors.KernelError: f(x) = 1 + 8*x + 28*x**2 + 56*x**3 + 70*x**4 + 56*x**5 + 28*x**6 + 8*x**7 + x**8 needs 11,969,016,345 features at head dim 64 (symmetric basis, sum_j C(d + j - 1, j)); the limit is 1,048,576: lower the degree or the head dim
+    """
+    for name, value in (("head_dim", head_dim), ("head_dim_v", head_dim_v)):
+        if value is None and name == "head_dim_v":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise KernelError(f"{name}={value!r} must be a positive int")
+    n = poly.feature_dim(head_dim)
+    if n > MAX_FEATURES:
+        raise KernelError(f"f(x) = {poly.text} needs {n:,} features at head dim {head_dim} (symmetric basis, "
+                          f"sum_j C(d + j - 1, j)); the limit is {MAX_FEATURES:,}: lower the degree or the head dim")
+    return n
 
 
 def choose_backend(q, backend: str = "auto") -> str:
