@@ -1,18 +1,21 @@
-"""Speed of the generated kernels against torch SDPA (flash) and flash-linear-attention, one run on one GPU.
+"""Speed of the generated kernels against their peers at their best, one run on one GPU.
 
-Batch 2, 16 heads, bf16, causal. For each T: forward and forward+backward (median ms of
-``triton.testing.do_bench``) and the peak memory of one forward+backward (inputs, outputs
-and gradients included), for
+bf16, causal, B = 2 and H = 16 unless a row says otherwise (``h8``: H = 8; ``b8``: B = 8 at
+2K and 4K). For each T: forward and forward+backward (median ms of ``triton.testing.do_bench``)
+and the peak memory of one forward+backward (inputs, outputs and gradients included), for
 
 * ours, generated from a spec (``fastattn.kernels.poly.poly_attention``, layout [B, H, T, D]):
-  ``1 + x + x**2/2`` at q/k dim 16, v dim 64 (fla's Based shape, normalised: o / sum f) and at
-  q/k/v dim 64 (2145 features, normalised); ``x`` at dim 64 (not normalised); ``(1+x)**3`` at
-  q/k dim 16, v dim 64 (not normalised: f < 0 somewhere). Scale s = D**-0.5 everywhere.
-* torch SDPA with the flash backend at head dim 64 and 128 (softmax, causal).
-* fla ``fused_chunk_based`` and ``parallel_based`` (q/k 16, v 64; f = 1 + x + x^2/2 with
-  s = 16**-0.5, normalised by default: o / (sum f + 1e-6), the same map as our Based row) and
-  ``chunk_linear_attn`` (dim 64, ``normalize=False``: the same map as our ``x`` row). fla takes
-  [B, T, H, D]; its inputs are made contiguous in that layout before timing.
+  ``1 + x + x**2/2`` at q/k dim 16, v dim 64 (fla's Based shape), at dim 64 (2145 features) and
+  at dim 128 (8385 features, H = 8), all normalised; ``x**2`` at dim 64 normalised (power
+  attention's map); ``x`` at dim 64 and ``(1+x)**3`` at q/k 16, v 64, not normalised. Scale
+  s = D**-0.5 everywhere.
+* the peers, each at its best (ROWS): torch SDPA with no backend pinned (cuDNN on Hopper; the
+  backend that ran is read from the profiler and printed), at d64 and at d128 (H = 8);
+  power-attention ``power_full(deg=2)`` at d64, best of chunk 128 / 256 / 1024 and its
+  quadratic path (up to 16K); fla ``fused_chunk_based`` and ``parallel_based`` (Based shape,
+  the same map as ours) and the faster of fla's ``chunk_linear_attn`` / ``fused_chunk_linear_attn``
+  (d64, ``normalize=False``: the same map as our ``x`` row). fla and power-attention take
+  [B, T, H, D]; their inputs are made contiguous in that layout before timing.
 * the floor of each of ours: max(FLOPs / bf16 matmul rate, bytes / copy bandwidth), both
   ceilings measured at the start of this run. FLOPs per token (forward) are those of the
   chunkwise form with chunk C = 64: C (D + DV) for the causal half of the diagonal tile and
@@ -20,11 +23,11 @@ and gradients included), for
   counts 2.5x. Bytes: q, k, v read and o written once (forward); q, k, v, o, do read and
   dq, dk, dv written once (backward), all bf16, plus the fp32 normaliser.
 
-Before timing, ours is checked against the fp32 quadratic reference (``check_gpu.run``:
-o, dq, dk, dv at T = 4096, bf16 tolerance) and against fla's Based output on the same
-inputs; the run stops if a check fails.
+Before timing, each of ours is checked against the fp32 quadratic reference (``check_gpu.run``:
+o, dq, dk, dv at T = 4096, bf16 tolerance), and against the peers that compute the same map on
+the same inputs (Based vs fla, x² vs power-attention); a row that fails is not timed.
 
-    python benchmarks/bench.py                       # T = 2K, 8K, 32K, 64K, every row
+    python benchmarks/bench.py                       # T = 2K, 4K, 8K, 16K, 32K, 64K, every row
     python benchmarks/bench.py --T 8192 --rows ours  # a subset
     python benchmarks/bench.py --results benchmarks/RESULTS.md
     python benchmarks/bench.py --json out.json --plot out.png   # also the raw numbers and a plot
@@ -43,6 +46,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -54,14 +58,50 @@ import check_gpu  # noqa: E402
 from fastattn.kernels.poly import poly_attention, polynomial  # noqa: E402
 
 B, H = 2, 16
-# name, spec, D, DV, normalize
-OURS = [
-    ("ours 1+x+x²/2 d16 v64", "1 + x + x**2/2", 16, 64, True),
-    ("ours 1+x+x²/2 d64", "1 + x + x**2/2", 64, 64, True),
-    ("ours x d64", "x", 64, 64, False),
-    ("ours (1+x)³ d16 v64", "(1+x)**3", 16, 64, False),
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the table: ours (a spec) or a peer, with its batch, heads and the lengths it runs at.
+
+    A peer with several documented settings (``variants``: chunk sizes, kernels) is timed at each and
+    reports the fastest per column, naming the setting, so that no peer is pinned to a slower path.
+    """
+
+    name: str
+    D: int
+    DV: int
+    spec: str | None = None  # ours only
+    normalize: bool = True
+    B: int = B
+    H: int = H
+    Ts: tuple | None = None  # None: every --T
+    variants: tuple = ("",)
+
+
+ROWS = [
+    Row("ours 1+x+x²/2 d16 v64", 16, 64, "1 + x + x**2/2"),
+    Row("ours 1+x+x²/2 d64", 64, 64, "1 + x + x**2/2"),
+    Row("ours 1+x+x²/2 d128 h8", 128, 128, "1 + x + x**2/2", H=8),
+    Row("ours x² d64", 64, 64, "x**2"),
+    Row("ours x d64", 64, 64, "x", normalize=False),
+    Row("ours (1+x)³ d16 v64", 16, 64, "(1+x)**3", normalize=False),
+    Row("ours 1+x+x²/2 d16 v64 b8", 16, 64, "1 + x + x**2/2", B=8, Ts=(2048, 4096)),
+    # SDPA at its default backend (cuDNN on Hopper): the backend that ran is recorded per cell
+    Row("sdpa d64", 64, 64),
+    Row("sdpa d128 h8", 128, 128, H=8),
+    # power-attention's documented chunk sizes, and no chunking (its quadratic path) where it fits
+    Row("power_full deg2 d64", 64, 64, variants=("chunk 128", "chunk 256", "chunk 1024", "quadratic")),
+    Row("fla fused_chunk_based", 16, 64),
+    Row("fla parallel_based", 16, 64),
+    Row("fla parallel_based b8", 16, 64, B=8, Ts=(2048, 4096)),
+    Row("fla linear_attn d64", 64, 64, normalize=False, variants=("chunk", "fused_chunk")),
 ]
-PEERS = ["sdpa d64", "sdpa d128", "fla fused_chunk_based", "fla parallel_based", "fla chunk_linear_attn"]
+ROW = {r.name: r for r in ROWS}
+OURS = [r for r in ROWS if r.spec is not None]
+PEERS = [r.name for r in ROWS if r.spec is None]
+# power-attention's quadratic path materialises T x T scores: only where that fits comfortably
+_QUADRATIC_MAX_T = 16384
 # tilings tried by --sweep: (chunk, block_f, block_v, segments); None = the default choice
 SWEEP = [(64, 64, None, None), (32, 64, None, None), (64, 64, 32, None), (64, 32, None, None),
          (64, 128, 32, None), (128, 64, 32, None), (64, 64, None, 1)]
@@ -85,13 +125,14 @@ def ceilings():
     return rate, bw
 
 
-def floor_ms(spec, D, DV, normalize, T, rate, bw, chunk=64):
-    """(forward, forward+backward) floors in ms for B x H sequences of T tokens."""
-    F = polynomial(spec).feature_dim(D)
-    n = B * H * T
+def floor_ms(row, T, rate, bw, chunk=64):
+    """(forward, forward+backward) floors in ms for one of ours: the row's B x H sequences of T tokens."""
+    D, DV = row.D, row.DV
+    F = polynomial(row.spec).feature_dim(D)
+    n = row.B * row.H * T
     fl_f = n * (chunk * (D + DV) + 4 * F * DV)
     fl_b = 2.5 * fl_f
-    zb = 4 if normalize else 0
+    zb = 4 if row.normalize else 0
     by_f = n * (2 * (2 * D + DV) + 2 * DV + zb)
     by_b = n * (2 * (2 * D + 3 * DV) + 2 * (2 * D + DV) + zb)
     f = max(fl_f / rate, by_f / bw) * 1e3
@@ -99,59 +140,122 @@ def floor_ms(spec, D, DV, normalize, T, rate, bw, chunk=64):
     return f, fb
 
 
-def make_fn(name, T, gen, tiling=None):
-    """(fn, inputs needing grad, upstream grad) for one row at length T (``tiling``: kwargs for ours)."""
+def make_fn(name, T, gen, tiling=None, variant=""):
+    """(fn, inputs needing grad, upstream grad) for one row (at one of its settings) at length T.
+
+    ``tiling``: kwargs for ours. Ours and SDPA take [B, H, T, D]; fla and power-attention take
+    [B, T, H, D], and their inputs are made contiguous in that layout before timing.
+    """
     import torch.nn.functional as Fn
+
+    row = ROW[name]
+    Bn, Hn = row.B, row.H
 
     def rnd(*shape):
         return torch.randn(*shape, device="cuda", generator=gen, dtype=torch.float32).to(torch.bfloat16)
 
-    for row, spec, D, DV, norm in OURS:
-        if name == row:
-            poly = polynomial(spec)
-            q, k, v, do = rnd(B, H, T, D), rnd(B, H, T, D), rnd(B, H, T, DV), rnd(B, H, T, DV)
-            kw = tiling or {}
-            fn = lambda q, k, v: poly_attention(q, k, v, poly, causal=True, normalize=norm, backend="triton", **kw)  # noqa
-            return fn, (q, k, v), do
-    if name.startswith("sdpa"):
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        D = int(name.split("d")[-1])
-        q, k, v, do = (rnd(B, H, T, D) for _ in range(4))
-
-        def fn(q, k, v):
-            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-                return Fn.scaled_dot_product_attention(q, k, v, is_causal=True)
+    if row.spec is not None:
+        poly = polynomial(row.spec)
+        q, k, v, do = rnd(Bn, Hn, T, row.D), rnd(Bn, Hn, T, row.D), rnd(Bn, Hn, T, row.DV), rnd(Bn, Hn, T, row.DV)
+        kw = tiling or {}
+        fn = lambda q, k, v: poly_attention(q, k, v, poly, causal=True, normalize=row.normalize,  # noqa: E731
+                                            backend="triton", **kw)
         return fn, (q, k, v), do
-    if name in ("fla fused_chunk_based", "fla parallel_based"):
+    if name.startswith("sdpa"):
+        q, k, v, do = (rnd(Bn, Hn, T, row.D) for _ in range(4))
+        return (lambda q, k, v: Fn.scaled_dot_product_attention(q, k, v, is_causal=True)), (q, k, v), do
+    if name.startswith("power_full"):
+        from power_attention import power_full
+
+        chunk = None if variant == "quadratic" else int(variant.split()[-1])
+        q, k, v, do = (rnd(Bn, T, Hn, row.D) for _ in range(4))
+        return (lambda q, k, v: power_full(q, k, v, deg=2, chunk_size=chunk)), (q, k, v), do
+    if name.startswith("fla") and "based" in name:
         from fla.ops.based import fused_chunk_based, parallel_based
 
-        op = fused_chunk_based if name.endswith("fused_chunk_based") else parallel_based
-        q, k, v, do = rnd(B, T, H, 16), rnd(B, T, H, 16), rnd(B, T, H, 64), rnd(B, T, H, 64)
+        op = fused_chunk_based if "fused_chunk" in name else parallel_based
+        q, k, v, do = rnd(Bn, T, Hn, 16), rnd(Bn, T, Hn, 16), rnd(Bn, T, Hn, 64), rnd(Bn, T, Hn, 64)
         return (lambda q, k, v: op(q, k, v)), (q, k, v), do
-    if name == "fla chunk_linear_attn":
-        from fla.ops.linear_attn import chunk_linear_attn
+    if name.startswith("fla linear_attn"):
+        from fla.ops.linear_attn import chunk_linear_attn, fused_chunk_linear_attn
 
-        q, k, v, do = (rnd(B, T, H, 64) for _ in range(4))
-        return (lambda q, k, v: chunk_linear_attn(q, k, v, normalize=False)[0]), (q, k, v), do
+        op = chunk_linear_attn if variant == "chunk" else fused_chunk_linear_attn
+        q, k, v, do = (rnd(Bn, T, Hn, 64) for _ in range(4))
+        return (lambda q, k, v: op(q, k, v, normalize=False)[0]), (q, k, v), do
     raise KeyError(name)
 
 
+def sdpa_backend(name, T, gen):
+    """Which SDPA backend ran for this row (forward / backward), read from the CUDA kernel names."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn, ins, do = make_fn(name, T, gen)
+    ins = [x.requires_grad_() for x in ins]
+    found = []
+    for part in ("fwd", "bwd"):
+        o = fn(*ins)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            if part == "fwd":
+                fn(*ins)
+            else:
+                o.backward(do)
+            torch.cuda.synchronize()
+        names = " ".join(e.key.lower() for e in prof.key_averages())
+        label = next((lab for tag, lab in (("cudnn", "cuDNN"), ("flash", "FLASH_ATTENTION"),
+                                           ("fmha", "EFFICIENT_ATTENTION"), ("efficient", "EFFICIENT_ATTENTION"))
+                      if tag in names), "MATH/other")
+        found.append(label)
+    del fn, ins, do
+    torch.cuda.empty_cache()
+    return found[0] if found[0] == found[1] else f"{found[0]} fwd / {found[1]} bwd"
+
+
 def time_row(name, T, seed, warmup, rep, tiling=None, graphs=False):
-    """{"fwd", "fwdbwd", "peak_mib"} for one row at length T (None where it ran out of memory); with
-    ``graphs`` also "fwdbwd_graph": the fwd+bwd captured once in a CUDA graph and replayed (None where
-    the row cannot be captured), which takes the host's launch path out of the time."""
+    """One row at length T: each of its settings timed, the fastest kept per column (with the setting's name).
+
+    Returns {"fwd", "fwdbwd", "peak_mib"} (None where it ran out of memory), "setting" / "fwd_setting"
+    (the winners of fwd+bwd and of fwd), "sdpa_backend" for SDPA rows, and with ``graphs`` "fwdbwd_graph".
+    """
+    row = ROW[name]
+    best = None
+    for variant in row.variants:
+        if variant == "quadratic" and T > _QUADRATIC_MAX_T:
+            continue
+        try:
+            r = _time_setting(name, T, seed, warmup, rep, tiling, graphs, variant)
+        except Exception as exc:  # noqa: BLE001  a peer setting that fails is a gap in the table, said out loud
+            print(f"  {name} [{variant}] T={T}: FAILED {type(exc).__name__}: {str(exc)[:160]}", flush=True)
+            r = {"fwd": None, "fwdbwd": None, "peak_mib": None, "error": f"{type(exc).__name__}"}
+        if variant:
+            print(f"  {name} [{variant}] T={T}: fwd {fmt(r['fwd'])} fwd+bwd {fmt(r['fwdbwd'])}", flush=True)
+        if best is None:
+            best = dict(r, setting=variant, fwd_setting=variant)
+            continue
+        for key in ("fwd", "fwdbwd", "fwdbwd_graph"):
+            if r.get(key) is not None and (best.get(key) is None or r[key] < best[key]):
+                best[key] = r[key]
+                if key == "fwdbwd":
+                    best["setting"], best["peak_mib"] = variant, r["peak_mib"]
+                if key == "fwd":
+                    best["fwd_setting"] = variant
+    if name.startswith("sdpa"):
+        best["sdpa_backend"] = sdpa_backend(name, T, torch.Generator(device="cuda").manual_seed(seed))
+        best["setting"] = best["fwd_setting"] = best["sdpa_backend"] + " (default)"
+    return best
+
+
+def _time_setting(name, T, seed, warmup, rep, tiling, graphs, variant):
     from triton.testing import do_bench
 
     gen = torch.Generator(device="cuda").manual_seed(seed)
-    fn, ins, do = make_fn(name, T, gen, tiling)
+    fn, ins, do = make_fn(name, T, gen, tiling, variant)
     ins = [x.requires_grad_() for x in ins]
     out = {}
     try:
         with torch.no_grad():
             # the first call compiles the row's kernels; the GPU idles (and clocks down) meanwhile,
-            # which a short warm-up did not always undo: H200, Based 8K fwd read 0.49-0.53 ms as
-            # the first timing after a compile and 0.38 ms in every later one (benchmarks/out/sweep26)
+            # which a short warm-up did not always undo (RESULTS.md, decision log)
             fn(*ins)
             torch.cuda.synchronize()
             out["fwd"] = do_bench(lambda: fn(*ins), warmup=warmup, rep=rep, return_mode="median")
@@ -171,10 +275,8 @@ def time_row(name, T, seed, warmup, rep, tiling=None, graphs=False):
         if graphs:
             out["fwdbwd_graph"] = time_graph(fn, ins, do, warmup, rep)
     except torch.OutOfMemoryError:
-        out.setdefault("fwd", None)
-        out.setdefault("fwdbwd", None)
-        out.setdefault("peak_mib", None)
-        out.setdefault("fwdbwd_graph", None)
+        for key in ("fwd", "fwdbwd", "peak_mib", "fwdbwd_graph"):
+            out.setdefault(key, None)
     del fn, ins, do
     torch.cuda.empty_cache()
     return out
@@ -201,24 +303,29 @@ def time_graph(fn, ins, do, warmup, rep):
     return ms
 
 
-def check_row(row, T=4096):
+def check_row(name, T=4096):
     """One of ours against the fp32 quadratic reference (check_gpu.run: o, dq, dk, dv, bf16)."""
-    for name, spec, D, DV, norm in OURS:
-        if name == row:
-            rows = check_gpu.run(spec, D, DV, norm, T, torch.bfloat16, 1, 4, causal=True)
-            return all(good for _, _, good in rows), [
-                f"{row} T={T} {t}: max-rel {e['max_rel']:.2e} rel-RMS {e['rel_rms']:.2e} {'ok' if good else 'FAIL'}"
-                for t, e, good in rows]
-    raise KeyError(row)
+    row = ROW[name]
+    rows = check_gpu.run(row.spec, row.D, row.DV, row.normalize, T, torch.bfloat16, 1, 4, causal=True)
+    return all(good for _, _, good in rows), [
+        f"{name} T={T} {t}: max-rel {e['max_rel']:.2e} rel-RMS {e['rel_rms']:.2e} {'ok' if good else 'FAIL'}"
+        for t, e, good in rows]
+
+
+def _same_inputs(lines, label, ours, theirs, tol=2e-2):
+    rel = ((ours - theirs).norm() / theirs.norm()).item()
+    lines.append(f"{label}: rel-RMS {rel:.2e} {'ok' if rel < tol else 'FAIL'}")
+    return rel < tol
 
 
 def check_ours(rows):
-    """Each of ours in its own process (a kernel fault poisons the CUDA context), then our Based
-    row against fla's on the same inputs. Returns (all ok, log lines, rows that failed)."""
+    """Each of ours in its own process (a kernel fault poisons the CUDA context), then ours against the
+    peers computing the same map on the same inputs (Based vs fla, x² vs power-attention). Returns
+    (all ok, log lines, rows that failed)."""
     import subprocess
 
     lines, ok, failed = [], True, []
-    for row in [r for r in rows if r.startswith("ours")]:
+    for row in [r for r in rows if r in ROW and ROW[r].spec is not None]:
         code = ("import sys, json; sys.path.insert(0, 'benchmarks'); import bench; "
                 f"ok, lines = bench.check_row({row!r}); print(json.dumps([ok, lines]))")
         p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -231,93 +338,108 @@ def check_ours(rows):
         lines += out
         if not good:
             failed.append(row)
+    g = torch.Generator(device="cuda").manual_seed(1)
     try:
         from fla.ops.based import fused_chunk_based, parallel_based
 
-        g = torch.Generator(device="cuda").manual_seed(1)
         q, k = (torch.randn(1, 4, 2048, 16, device="cuda", generator=g).bfloat16() for _ in range(2))
         v = torch.randn(1, 4, 2048, 64, device="cuda", generator=g).bfloat16()
         ours = poly_attention(q, k, v, "1 + x + x**2/2", normalize=True, backend="triton").float()
         for name, op in (("fused_chunk_based", fused_chunk_based), ("parallel_based", parallel_based)):
             theirs = op(*(x.transpose(1, 2).contiguous() for x in (q, k, v))).transpose(1, 2).float()
-            rel = ((ours - theirs).norm() / theirs.norm()).item()
-            good = rel < 2e-2
-            ok &= good
-            lines.append(f"ours Based vs fla {name} (same inputs, T=2048): rel-RMS {rel:.2e} "
-                         f"{'ok' if good else 'FAIL'}")
+            ok &= _same_inputs(lines, f"ours Based vs fla {name} (same inputs, T=2048)", ours, theirs)
     except ImportError as exc:
         lines.append(f"fla not importable ({exc}); fla rows skipped")
+    try:
+        from power_attention import power_full
+
+        q, k, v = (torch.randn(1, 4, 4096, 64, device="cuda", generator=g).bfloat16() for _ in range(3))
+        ours = poly_attention(q, k, v, "x**2", normalize=True, backend="triton").float()
+        for chunk in (None, 1024):
+            theirs = power_full(*(x.transpose(1, 2).contiguous() for x in (q, k, v)), deg=2, chunk_size=chunk)
+            ok &= _same_inputs(lines, f"ours x² vs power_full deg 2 chunk {chunk} (same inputs, T=4096)",
+                               ours, theirs.transpose(1, 2).float())
+    except ImportError as exc:
+        lines.append(f"power-attention not importable ({exc}); power rows skipped")
     return ok, lines, failed
 
 
 def fmt(x, nd=2):
     if x is None:
-        return "OOM"
+        return "n/a"
     return f"{x:.{nd}f}" if x < 100 else f"{x:.0f}"
 
 
 # the timings a target compares; "graph" rows (bench --graphs) read device time without the host's
 # launch path, beside the issue's eager ones
-LABEL = {"fwd": "fwd", "fwdbwd": "fwdbwd", "fwdbwd_graph": "fwdbwd (graph)"}
+LABEL = {"fwd": "fwd", "fwdbwd": "fwd+bwd", "fwdbwd_graph": "fwd+bwd (graph)"}
+BASED, D64, D128, X2, X1, BASED_B8 = ("ours 1+x+x²/2 d16 v64", "ours 1+x+x²/2 d64", "ours 1+x+x²/2 d128 h8",
+                                      "ours x² d64", "ours x d64", "ours 1+x+x²/2 d16 v64 b8")
 
 
 def targets(res, Ts):
-    """The issue's targets, checked on this run's numbers (and on the graph column where it was timed)."""
+    """Issue 14's targets on this run's numbers (speed-ups are peer time / our time; the graph column,
+    where it was timed, is read beside the eager one). Returns (name, value, need, met) rows."""
     def get(name, T, key):
         r = res.get(name, {}).get(T)
         return None if r is None else r.get(key)
 
     out = []
-    based, fcb = OURS[0][0], "fla fused_chunk_based"
-    for T in (8192, 32768):
-        for key, need in (("fwdbwd", 4), ("fwd", 4), ("fwdbwd_graph", 4)):
-            a, b = get(based, T, key), get(fcb, T, key)
+
+    def speedup(label, ours, peer, T, need, keys=("fwdbwd", "fwdbwd_graph")):
+        for key in keys:
+            a, b = get(ours, T, key), get(peer, T, key)
             if a and b:
-                out.append((f"1. Based {LABEL[key]} vs fused_chunk_based at {T // 1024}K", b / a, f">= {need}x",
-                            b / a >= need))
-    d64 = OURS[1][0]
+                out.append((f"{label} {LABEL[key]} at {T // 1024}K", b / a, f">= {need}x", b / a >= need))
+
+    for T, need in ((8192, 1), (32768, 4), (65536, 8)):
+        speedup("1. 1+x+x²/2 d64 vs SDPA d64", D64, "sdpa d64", T, need)
+    for T, need in ((32768, 1), (65536, 2)):
+        speedup("2. 1+x+x²/2 d128 vs SDPA d128 (B2 H8)", D128, "sdpa d128 h8", T, need)
     for T in Ts:
-        for key in ("fwdbwd", "fwdbwd_graph"):
-            a, b = get(d64, T, key), get("sdpa d64", T, key)
-            if a and b and T >= 16384:
-                need = 3 if T >= 65536 else 1
-                label = "fwd+bwd" + (" (graph)" if key.endswith("graph") else "")
-                out.append((f"2. d64 degree 2 {label} vs SDPA d64 at {T // 1024}K", b / a, f"> {need}x"
-                            if need == 1 else f">= {need}x", b / a > need if need == 1 else b / a >= need))
+        if T >= 8192:
+            speedup("3. x² d64 vs power_full deg 2 (best setting)", X2, "power_full deg2 d64", T, 2)
+    for row in (D64, D128, X2, BASED):
+        for T in Ts:
+            a, fl = get(row, T, "fwdbwd"), get(row, T, "floor_fwdbwd")
+            if a and fl and T >= 8192 and (row != BASED or T == 32768):
+                need = 3 if row != BASED else None
+                out.append((f"4. {row} fwd+bwd / own floor at {T // 1024}K", a / fl,
+                            "<= 3" if need else "report", a / fl <= 3))
     for T in Ts:
-        for key in ("fwd", "fwdbwd", "fwdbwd_graph"):
-            a, b = get(OURS[2][0], T, key), get("fla chunk_linear_attn", T, key)
-            if a and b and T >= 8192:
-                out.append((f"3. x d64 {LABEL[key]} time / chunk_linear_attn at {T // 1024}K", a / b, "<= 1.15",
-                            a / b <= 1.15))
-    a, fl = get(based, 32768, "fwdbwd"), get(based, 32768, "floor_fwdbwd")
-    if a and fl:
-        out.append(("4. Based fwd+bwd / own floor at 32K", a / fl, "<= 3", a / fl <= 3))
-    for row in (based, d64):
-        a, b = get(row, 65536, "peak_mib"), get("sdpa d64", 65536, "peak_mib")
+        if T >= 8192:
+            speedup("5. x d64 vs fla linear_attn (best kernel)", X1, "fla linear_attn d64", T, 1.25,
+                    keys=("fwd", "fwdbwd", "fwdbwd_graph"))
+    speedup("5. Based vs fla fused_chunk_based", BASED, "fla fused_chunk_based", 32768, 15)
+    for T in (2048, 4096):
+        speedup("5. Based B8 vs fla parallel_based B8", BASED_B8, "fla parallel_based b8", T, 1.5)
+    for row in (r.name for r in OURS):
+        peer = "sdpa d128 h8" if ROW[row].D == 128 else "sdpa d64"
+        a, b = get(row, 65536, "peak_mib"), get(peer, 65536, "peak_mib")
         if a and b:
-            out.append((f"4. peak memory at 64K, {row} / SDPA d64", a / b, "<= 1.25", a / b <= 1.25))
-    for row, *_ in OURS:
-        for key in ("fwd", "fwdbwd"):
-            a, b = get(row, 65536, key), get(row, 8192, key)
-            if a and b:
-                out.append((f"5. {row} {key} 64K / 8K", a / b, "<= 9", a / b <= 9))
+            out.append((f"6. peak memory at 64K, {row} / {peer}", a / b, "<= 1.25", a / b <= 1.25))
+        a, b = get(row, 65536, "fwdbwd"), get(row, 8192, "fwdbwd")
+        if a and b:
+            out.append((f"6. {row} fwd+bwd 64K / 8K", a / b, "<= 9", a / b <= 9))
     return out
 
 
 def render(meta, res, Ts, rows, check_lines, tgt):
     graphs = any("fwdbwd_graph" in r for row in res.values() for r in row.values())
     L = [BEGIN, "", f"Card: {meta['card']}; {meta['date']}; torch {meta['torch']}, triton {meta['triton']}, "
-         f"fla {meta['fla']}. Command: `{meta['command']}`.",
+         f"fla {meta['fla']}, power-attention {meta.get('power', '?')}. Command: `{meta['command']}`.",
          f"Ceilings measured in this run: bf16 matmul {meta['rate'] / 1e12:.0f} TFLOP/s, device copy "
-         f"{meta['bw'] / 1e12:.2f} TB/s. B = {B}, H = {H}, bf16, causal; median ms of do_bench; peak = max "
-         "allocated during one fwd+bwd (inputs and grads included)."
+         f"{meta['bw'] / 1e12:.2f} TB/s. B = {B}, H = {H} unless the row says (h8: H = 8, b8: B = 8), bf16, causal; "
+         "median ms of do_bench; peak = max allocated during one fwd+bwd (inputs and grads included). "
+         "Setting: the peer's setting that was fastest for fwd+bwd (each documented setting is timed; SDPA runs "
+         "its default backend, named as the profiler saw it)."
          + (" Graph: the same fwd+bwd captured once in a CUDA graph and replayed, without the host's launch path "
             "(n/a: the row could not be captured)." if graphs else ""), "",
-         "Correctness before timing (bf16 against the fp32 quadratic reference; Based against fla): "
-         + ("passed" if meta["check_ok"] else "FAILED (failing rows are not timed; see the log)") + ".", ""]
+         "Correctness before timing (bf16 against the fp32 quadratic reference; ours against the peers that "
+         "compute the same map): " + ("passed" if meta["check_ok"] else "FAILED (see the log)") + ".", ""]
     L += ["| row | T | fwd ms | fwd+bwd ms | " + ("fwd+bwd graph ms | " if graphs else "")
-          + "peak MiB | floor fwd / fwd+bwd ms |", "|---|---|---|---|" + ("---|" if graphs else "") + "---|---|"]
+          + "peak MiB | floor fwd / fwd+bwd ms | setting |",
+          "|---|---|---|---|" + ("---|" if graphs else "") + "---|---|---|"]
     for name in rows:
         for T in Ts:
             r = res.get(name, {}).get(T)
@@ -325,9 +447,13 @@ def render(meta, res, Ts, rows, check_lines, tgt):
                 continue
             floor = (f"{r['floor_fwd']:.3f} / {r['floor_fwdbwd']:.3f}" if "floor_fwd" in r else "")
             graph = (("n/a" if r.get("fwdbwd_graph") is None else fmt(r["fwdbwd_graph"])) + " | ") if graphs else ""
+            setting = r.get("setting") or ""
+            if r.get("fwd_setting") and r.get("fwd_setting") != setting:
+                setting += f" (fwd: {r['fwd_setting']})"
             L.append(f"| {name} | {T // 1024}K | {fmt(r['fwd'])} | {fmt(r['fwdbwd'])} | {graph}"
-                     f"{fmt(r['peak_mib'], 0)} | {floor} |")
-    L += ["", "Targets (issue 6), on this run's numbers:", "", "| target | measured | need | met |", "|---|---|---|---|"]
+                     f"{fmt(r['peak_mib'], 0)} | {floor} | {setting} |")
+    L += ["", "Targets (issue 14), on this run's numbers:", "", "| target | measured | need | met |",
+          "|---|---|---|---|"]
     L += [f"| {n} | {v:.2f} | {need} | {'yes' if ok else 'no'} |" for n, v, need, ok in tgt]
     L += ["", "<details><summary>correctness log</summary>", "", "```", *check_lines, "```", "", "</details>", "", END]
     return "\n".join(L) + "\n"
@@ -345,7 +471,7 @@ def write_results(path, block):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--T", type=int, nargs="+", default=[2048, 8192, 32768, 65536])
+    ap.add_argument("--T", type=int, nargs="+", default=[2048, 4096, 8192, 16384, 32768, 65536])
     ap.add_argument("--rows", nargs="+", default=["all"],
                     help="'all', 'ours', 'peers', or row names / prefixes (e.g. 'sdpa', 'fla', 'ours x')")
     ap.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
@@ -362,7 +488,7 @@ def main(argv=None):
     if not torch.cuda.is_available():
         print("bench.py needs a CUDA GPU", file=sys.stderr)
         return 2
-    names = [r[0] for r in OURS] + PEERS
+    names = [r.name for r in ROWS]
     if args.rows == ["all"]:
         rows = names
     else:
@@ -370,6 +496,8 @@ def main(argv=None):
         for r in args.rows:
             sel += [n for n in names if (r == "ours" and n.startswith("ours")) or (r == "peers" and n in PEERS)
                     or n.startswith(r)]
+        if not sel:
+            ap.error(f"--rows {args.rows}: no row matches; rows are {names}")
         rows = [n for n in names if n in sel]
     try:
         import fla
@@ -377,6 +505,13 @@ def main(argv=None):
     except ImportError:
         fla_version = "not installed"
         rows = [n for n in rows if not n.startswith("fla")]
+    try:
+        from importlib.metadata import version
+
+        power_version = version("power-attention")
+    except Exception:  # noqa: BLE001  not installed: its rows are dropped, and the table says so
+        power_version = "not installed"
+        rows = [n for n in rows if not n.startswith("power")]
     t0 = time.time()
     check_ok, check_lines, failed = (True, ["skipped"], []) if args.skip_check else check_ours(rows)
     print("\n".join(check_lines), flush=True)
@@ -389,15 +524,16 @@ def main(argv=None):
     res = {}
     for name in rows:
         for T in args.T:
+            if ROW[name].Ts is not None and T not in ROW[name].Ts:
+                continue
             r = time_row(name, T, seed=T, warmup=args.warmup, rep=args.rep, graphs=args.graphs)
-            for row, spec, D, DV, norm in OURS:
-                if row == name:
-                    r["floor_fwd"], r["floor_fwdbwd"] = floor_ms(spec, D, DV, norm, T, rate, bw)
+            if ROW[name].spec is not None:
+                r["floor_fwd"], r["floor_fwdbwd"] = floor_ms(ROW[name], T, rate, bw)
             res.setdefault(name, {})[T] = r
             print(f"{name:28s} T={T:6d} fwd {fmt(r['fwd'])} ms  fwd+bwd {fmt(r['fwdbwd'])} ms  "
                   f"peak {fmt(r['peak_mib'], 0)} MiB", flush=True)
     meta = dict(card=torch.cuda.get_device_name(), date=datetime.date.today().isoformat(), torch=torch.__version__,
-                triton=triton.__version__, fla=fla_version, rate=rate, bw=bw, check_ok=check_ok,
+                triton=triton.__version__, fla=fla_version, power=power_version, rate=rate, bw=bw, check_ok=check_ok,
                 command="python benchmarks/bench.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     tgt = targets(res, args.T)
     block = render(meta, res, args.T, rows, check_lines, tgt)
@@ -411,7 +547,7 @@ def main(argv=None):
         plot.figure(data).savefig(args.plot, dpi=120)
     if args.sweep:
         print(f"\nsweep at T={args.sweep} (chunk, block_f, block_v, segments): fwd / fwd+bwd ms")
-        for row in [r for r in rows if r.startswith("ours")]:
+        for row in [r for r in rows if ROW[r].spec is not None]:
             for chunk, bf, bv, seg in SWEEP:
                 tl_ = dict(chunk=chunk, block_f=bf, block_v=bv, segments=seg)
                 try:
