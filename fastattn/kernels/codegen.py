@@ -5,8 +5,17 @@ replaces two marked blocks of it: the header (docstring, coefficients, positivit
 device functions that depend on f: ``_f`` and ``_df`` (Horner on the score tile, literal
 coefficients), ``_phi`` (the symmetric-basis features of a row tile, one gathered factor
 per degree slot) and ``_phi_vjp`` (their transposed Jacobian). The source is written to a
-cache directory under a hash of its own text and imported from there, so a reader can open
-the exact file that runs.
+cache directory under a hash of its own text, so a reader can open the exact file that
+runs, and executed from memory (see :func:`load_module`).
+
+No text of a spec ever becomes code. The numbers in the generated source are ``repr`` of
+checked finite floats and ints; every piece of free text (the formula, origin, error note,
+positivity reason, defaults) goes through one sanitiser, :func:`_inert`, which keeps
+printable ASCII except ``"`` and ``\\`` and shows any other character as ``?``. Inside the
+triple-quoted docstring such text can neither close the string nor start an escape, in a
+``#`` comment it cannot start a new line, and in an assignment it is written as ``repr()``
+of the sanitised text. (Keeping a character set, rather than escaping, also keeps the
+docstring readable and free of bidirectional-text tricks.)
 
 >>> from fastattn.kernels.codegen import Polynomial, render
 >>> src = render(Polynomial.from_coefficients({0: 1, 1: 1, 2: 0.5}))
@@ -16,13 +25,16 @@ True
 
 from __future__ import annotations
 
+import ast
 import hashlib
-import importlib.util
+import linecache
 import math
 import os
 import re
+import stat
 import sys
 import tempfile
+import types
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -30,11 +42,58 @@ from typing import Mapping
 
 from fastattn.errors import KernelError
 
-__all__ = ["Polynomial", "render", "load_module", "cache_dir", "TEMPLATE_PATH"]
+__all__ = ["Polynomial", "render", "load_module", "cache_dir", "exec_source", "TEMPLATE_PATH"]
 
 TEMPLATE_PATH = Path(__file__).with_name("_template.py")
 _MODULES: dict = {}
 _BY_POLY: dict = {}
+#: Longest free text (origin, reason, ...) copied into a generated docstring, in characters.
+MAX_TEXT = 300
+_SAFE_CHARS = frozenset(chr(c) for c in range(0x20, 0x7F)) - {'"', "\\"}
+
+
+def _inert(text, limit: int = MAX_TEXT) -> str:
+    """``text`` made safe to place anywhere in generated source: inside the docstring, a comment or a repr.
+
+    Printable ASCII except ``"`` and backslash is kept; every other character (quotes,
+    backslashes, newlines, NUL, non-ASCII, bidirectional controls) becomes ``?``. Text past
+    ``limit`` characters is cut and marked with ``...``. The result is a plain ``str``
+    built here, so a ``str`` subclass cannot smuggle in its own ``__repr__``.
+
+    >>> _inert("x # " + 3 * chr(34) + " + open(" + chr(34) + "m" + chr(34) + ")" + chr(0x202E))
+    'x # ??? + open(?m?)?'
+    """
+    text = "".join(ch if ch in _SAFE_CHARS else "?" for ch in str(text))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _literal(value) -> str:
+    """Source text of a default value: None, a bool, an int, a finite float or (sanitised) text."""
+    if value is None or isinstance(value, bool):
+        return repr(value)
+    if isinstance(value, int):
+        return repr(int(value))
+    if isinstance(value, float) and math.isfinite(value):
+        return repr(float(value))
+    if isinstance(value, str):
+        return repr(_inert(value))
+    raise KernelError(f"default value {_inert(repr(value))} of type {type(value).__name__} cannot be written "
+                      "into a generated module; use None, a bool, a number or a string")
+
+
+def _checked_coeffs(poly: "Polynomial") -> dict:
+    """``{j: a_j}`` as plain ints and finite floats, or KernelError (a hand-built Polynomial is not trusted)."""
+    out = {}
+    for item in poly.coeffs:
+        j, a = item
+        if isinstance(j, bool) or not isinstance(j, int) or not 0 <= j <= 8:
+            raise KernelError(f"coefficient index {_inert(repr(j))} must be an int in 0..8")
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a):
+            raise KernelError(f"coefficient a_{j} = {_inert(repr(a))} must be a finite float")
+        out[int(j)] = float(a)
+    if not out:
+        raise KernelError("f has no coefficients; build the Polynomial with Polynomial.from_coefficients")
+    return out
 
 
 def _fmt_coef(a) -> str:
@@ -166,7 +225,7 @@ class Polynomial:
 
 # ---------------------------------------------------------------------------- generation
 def _horner(name: str, coeffs: dict, what: str) -> list[str]:
-    lines = ["@triton.jit", f"def {name}(x):", f"    # {what} by Horner on the tile"]
+    lines = ["@triton.jit", f"def {name}(x):", f"    # {_inert(what)} by Horner on the tile"]
     if not coeffs:
         return lines + ["    return x * 0.0"]
     p = max(coeffs)
@@ -189,9 +248,9 @@ def _gathers(slots: int) -> list[str]:
 
 
 def _device_functions(poly: Polynomial) -> str:
-    c = poly.as_dict()
+    c = _checked_coeffs(poly)
     dc = {j - 1: j * a for j, a in c.items() if j > 0}
-    slots = max(1, poly.degree)
+    slots = max(1, max(c))
     lines = _horner("_f", c, f"f(x) = {poly.text}")
     lines += ["", ""]
     lines += _horner("_df", dc, f"f'(x) = {_formula(dc) if dc else '0'}")
@@ -238,26 +297,38 @@ def _device_functions(poly: Polynomial) -> str:
 
 
 def _header(poly: Polynomial, defaults: dict | None = None, head_dims: tuple | None = None) -> str:
-    terms = ", ".join(f"a_{j} = {a}" for j, a in poly.exact)
-    origin = f"\nOrigin: {poly.origin}." if poly.origin else ""
+    coeffs = _checked_coeffs(poly)
+    # free text reaches the source only through _inert (see the module docstring)
+    text = _inert(poly.text)
+    terms = _inert(", ".join(f"a_{j} = {a}" for j, a in poly.exact) or
+                   ", ".join(f"a_{j} = {a!r}" for j, a in coeffs.items()))
+    origin = f"\nOrigin: {_inert(poly.origin)}." if poly.origin else ""
+    if head_dims is not None:
+        if len(head_dims) != 2 or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in head_dims):
+            raise KernelError(f"head_dims={_inert(repr(head_dims))} must be two positive ints (D, DV)")
+        head_dims = (int(head_dims[0]), int(head_dims[1]))
     dims = sorted({16, 32, 64, 128} | ({head_dims[0]} if head_dims else set()))
     fdims = ", ".join(f"{d}: {poly.feature_dim(d)}" for d in dims)
     if defaults is None:
         defaults = {"causal": True, "normalize": bool(poly.positive), "scale": None, "normalizer_fix": None}
+    for key in defaults:
+        if not (isinstance(key, str) and key.isidentifier() and key == _inert(key)):
+            raise KernelError(f"default name {_inert(repr(key))} must be an ASCII identifier")
+    defaults_src = "{" + ", ".join(f"{_inert(k)!r}: {_literal(v)}" for k, v in defaults.items()) + "}"
     layer = ""
     if head_dims:
         layer = (f"\nGenerated for q/k head dim {head_dims[0]} ({poly.feature_dim(head_dims[0])} features) and v "
                  f"head dim {head_dims[1]}; the kernels accept any head dims up to 256.")
-    doc = f'''"""Polynomial linear attention for f(x) = {poly.text}  (generated by fastattn; edit freely).
+    doc = f'''"""Polynomial linear attention for f(x) = {text}  (generated by fastattn; edit freely).
 
     o_i = sum_{{j in M(i)}} f(s q_i.k_j) v_j   [ / sum_{{j in M(i)}} f(s q_i.k_j) when normalised ]
 
 with M(i) = {{j <= i}} (causal) or all j, and s the scale (default 1/sqrt(head dim)).
 Coefficients: {terms}.{origin}
-Error of the feature map against f: {poly.error_note}.
+Error of the feature map against f: {_inert(poly.error_note)}.
 Feature dimension (symmetric-tensor basis, sum_j C(d + j - 1, j)) by head dim d: {fdims}.
-Normaliser: {"safe, f > 0 on R" if poly.positive else "refused unless normalizer_fix='abs'"} ({poly.positivity_reason}).{layer}
-Defaults of PolyAttention: {", ".join(f"{k}={v!r}" for k, v in defaults.items())}.
+Normaliser: {"safe, f > 0 on R" if poly.positive else "refused unless normalizer_fix='abs'"} ({_inert(poly.positivity_reason)}).{layer}
+Defaults of PolyAttention: {_inert(", ".join(f"{k}={_literal(v)}" for k, v in defaults.items()))}.
 
 Kernels (read top-down): inside a chunk of BT tokens f is evaluated on the [BT, BT] score
 tile by Horner; across chunks the state S = sum_j psi(k_j) v_j^T is carried in the
@@ -271,12 +342,44 @@ Example (on a GPU, or on the CPU with TRITON_INTERPRET=1):
 """'''
     return "\n".join([
         doc,
-        f"COEFFS = {{{', '.join(f'{j}: {a!r}' for j, a in poly.coeffs)}}}",
-        f"COEFFS_TEXT = {poly.text!r}",
+        f"COEFFS = {{{', '.join(f'{j}: {a!r}' for j, a in coeffs.items())}}}",
+        f"COEFFS_TEXT = {text!r}",
         f"POSITIVE_ON_REALS = {bool(poly.positive)}",
-        f"POSITIVITY_REASON = {poly.positivity_reason!r}",
-        f"DEFAULTS = {defaults!r}",
+        f"POSITIVITY_REASON = {_inert(poly.positivity_reason)!r}",
+        f"DEFAULTS = {defaults_src}",
     ]) + "\n"
+
+
+_HEADER_NAMES = ("COEFFS", "COEFFS_TEXT", "POSITIVE_ON_REALS", "POSITIVITY_REASON", "DEFAULTS")
+
+
+def _check_generated(header: str, functions: str) -> None:
+    """Refuse generated blocks that are anything but a docstring, literal assignments and jit functions.
+
+    A second line of defence behind :func:`_inert`: if some text ever slipped through, the
+    module would not parse into this shape and nothing would be written or run.
+    """
+    try:
+        head, funcs = ast.parse(header).body, ast.parse(functions).body
+    except SyntaxError as exc:
+        raise KernelError(f"generated source does not parse ({_inert(exc.msg)}); this is a bug in fastattn") from exc
+    names = []
+    for node in head[1:]:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            raise KernelError(f"generated header has a statement {_inert(ast.dump(node)[:80])}; this is a bug")
+        try:
+            ast.literal_eval(node.value)
+        except ValueError as exc:
+            raise KernelError(f"generated {node.targets[0].id} is not a literal; this is a bug") from exc
+        names.append(node.targets[0].id)
+    docstring = head[0] if head else None
+    if not (isinstance(docstring, ast.Expr) and isinstance(docstring.value, ast.Constant)
+            and isinstance(docstring.value.value, str)) or tuple(names) != _HEADER_NAMES:
+        raise KernelError(f"generated header defines {names} instead of a docstring and {_HEADER_NAMES}; this is a bug")
+    for node in funcs:
+        jit = [ast.unparse(d) for d in getattr(node, "decorator_list", [])] == ["triton.jit"]
+        if not (isinstance(node, ast.FunctionDef) and jit and not node.args.defaults and not node.args.kw_defaults):
+            raise KernelError(f"generated device code has a statement {_inert(ast.dump(node)[:80])}; this is a bug")
 
 
 def _replace_block(src: str, name: str, body: str) -> str:
@@ -291,33 +394,116 @@ def render(poly: Polynomial, defaults: dict | None = None, head_dims: tuple | No
 
     ``defaults`` (causal, normalize, scale, normalizer_fix) become the defaults of the
     module's ``PolyAttention``; ``head_dims`` = (D, DV) are documented in its docstring.
+    Every free text of ``poly`` is sanitised (:func:`_inert`) and the generated blocks are
+    checked to be only a docstring, literal assignments and ``@triton.jit`` functions.
     """
+    header, functions = _header(poly, defaults, head_dims), _device_functions(poly)
+    _check_generated(header, functions)
     src = TEMPLATE_PATH.read_text()
-    src = _replace_block(src, "header", _header(poly, defaults, head_dims))
-    src = _replace_block(src, "device_functions", _device_functions(poly))
+    src = _replace_block(src, "header", header)
+    src = _replace_block(src, "device_functions", functions)
     return src
 
 
+def _owner(uid: int) -> str:
+    try:
+        import pwd
+
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
 def cache_dir() -> Path:
-    """``$FASTATTN_CACHE`` if set, else ``~/.cache/fastattn``."""
-    return Path(os.environ.get("FASTATTN_CACHE") or Path.home() / ".cache" / "fastattn")
+    """The kernel cache: ``$FASTATTN_CACHE`` if set, else ``~/.cache/fastattn``; created with mode 0700.
+
+    Generated modules are executed from memory, never imported from here, but the
+    directory is still refused (KernelError) when it is not a directory, is owned by
+    another user, or is writable by group or others.
+
+    >>> cache_dir().is_dir()
+    True
+    """
+    raw = os.environ.get("FASTATTN_CACHE")
+    path = Path(raw) if raw else Path.home() / ".cache" / "fastattn"
+    where = f"the kernel cache {str(path)!r}" + (" (FASTATTN_CACHE)" if raw else "")
+    try:
+        path.mkdir(mode=0o700, parents=True)
+        # mkdir's mode is masked by the umask; make it exactly 0700
+        os.chmod(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise KernelError(f"cannot create {where}: {exc.strerror}; set FASTATTN_CACHE to a writable directory") from exc
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise KernelError(f"cannot read {where}: {exc.strerror}; set FASTATTN_CACHE to a directory") from exc
+    if not stat.S_ISDIR(st.st_mode):
+        raise KernelError(f"{where} is not a directory; set FASTATTN_CACHE to a directory (it is created if missing)")
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        raise KernelError(f"{where} is owned by {_owner(st.st_uid)}, not by you ({_owner(os.getuid())}); "
+                          "fastattn keeps generated code there, so it must be your own: set FASTATTN_CACHE "
+                          "to a directory you own")
+    if st.st_mode & 0o022:
+        raise KernelError(f"{where} (owner {_owner(st.st_uid)}) is writable by group or others "
+                          f"(mode {stat.S_IMODE(st.st_mode):o}); run chmod 700 {str(path)!r} or set "
+                          "FASTATTN_CACHE to a private directory")
+    return path
 
 
 def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same directory, which never stays behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+class _SourceLoader:
+    """The in-memory source of a generated module, for ``inspect`` and ``linecache`` (Triton reads it there)."""
+
+    def __init__(self, src: str):
+        self._src = src
+
+    def get_source(self, name: str) -> str:
+        return self._src
+
+
+def exec_source(src: str, path, name: str) -> types.ModuleType:
+    """Run ``src`` as a fresh module ``name`` whose ``__file__`` is ``path``; the file itself is never read.
+
+    The text is compiled from memory, so a file swapped on disk or a planted
+    ``__pycache__/*.pyc`` cannot run in its place; it is registered in ``linecache``
+    under ``path`` (``inspect.getsource``, which ``triton.jit`` uses, reads it there).
+    """
+    path = str(path)
+    mod = types.ModuleType(name)
+    mod.__file__ = path
+    mod.__loader__ = _SourceLoader(src)
+    # mtime None: linecache.checkcache keeps the entry instead of re-reading the file
+    linecache.cache[path] = (len(src), None, src.splitlines(keepends=True), path)
+    code = compile(src, path, "exec", dont_inherit=True)
+    sys.modules[name] = mod
+    try:
+        exec(code, mod.__dict__)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return mod
 
 
 def import_path(path: Path, name: str):
-    """Import the file ``path`` as module ``name`` (registered in sys.modules, so Triton can find its source)."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    """Import the file ``path`` as module ``name``: its bytes are read once and run by :func:`exec_source`."""
+    return exec_source(Path(path).read_text(encoding="utf-8"), path, name)
 
 
 def _check_interpreter_ready() -> None:
@@ -334,18 +520,20 @@ def _check_interpreter_ready() -> None:
 
 
 def load_module(poly: Polynomial):
-    """Generate (or find in the cache) and import the module for ``poly``.
+    """Generate and run the module for ``poly``, keeping a copy in the cache for readers.
 
-    The file name is the hash of the source, so a cached file is always the one that this
-    version of fastattn would write. Modules are memoised per process and per interpreter
-    mode, since ``triton.jit`` picks the interpreter when a module is imported.
+    The source is rendered here, written to ``cache_dir()/poly_<sha256 of the text>.py`` when
+    that file is missing or differs, and executed from the rendered text in memory
+    (:func:`exec_source`): what runs is exactly what was just generated, whatever is on disk.
+    Modules are memoised per process and per interpreter mode, since ``triton.jit`` picks
+    the interpreter when a module is executed.
     """
     mode = os.environ.get("TRITON_INTERPRET", "0")
     if mode not in ("", "0"):
         _check_interpreter_ready()
     # rendering and hashing take ~0.3 ms, more than a whole forward at 2K tokens on an H100:
-    # memoise by the polynomial's identity (render depends on nothing else)
-    fast = (tuple(poly.coeffs), poly.text, bool(poly.positive), poly.positivity_reason, mode)
+    # memoise by the polynomial (render depends on nothing else)
+    fast = (poly, mode)
     if fast in _BY_POLY:
         return _BY_POLY[fast]
     src = render(poly)
@@ -355,9 +543,13 @@ def load_module(poly: Polynomial):
         _BY_POLY[fast] = _MODULES[key]
         return _MODULES[key]
     path = cache_dir() / f"poly_{digest}.py"
-    if not path.exists() or path.read_text() != src:
-        _write_atomic(path, src)
-    mod = import_path(path, f"fastattn_generated_poly_{digest}_{key[1]}")
+    try:
+        if not (path.is_file() and path.read_bytes() == src.encode()):
+            _write_atomic(path, src)
+    except OSError as exc:
+        raise KernelError(f"cannot write the generated module {str(path)!r}: {exc.strerror}; set FASTATTN_CACHE "
+                          "to a writable directory of your own") from exc
+    mod = exec_source(src, path, f"fastattn_generated_poly_{digest}_{_inert(mode)}")
     _MODULES[key] = mod
     _BY_POLY[fast] = mod
     return mod
