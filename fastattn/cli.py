@@ -4,8 +4,9 @@ Each subcommand is one entry of :data:`COMMANDS`: ``(name, add_arguments, run)``
 ``add_arguments(parser)`` declares its options and ``run(args) -> int`` does the work
 and returns the exit code. Add one with :func:`register_command`.
 
-Exit codes: 0 success; 1 a claim did not verify; 2 bad input (a one-line error, no
-traceback).
+Exit codes: 0 success; 1 a claim did not verify; 2 bad input or a bad path (a one-line
+error on stderr, no traceback; with ``--json``, ``{"error": ..., "kind": ...}`` on stdout
+instead). A reader that closes the pipe early (``| head``) ends the command quietly.
 
 Examples
 --------
@@ -18,10 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
-__all__ = ["main", "COMMANDS", "register_command", "build_parser"]
+from fastattn.errors import FastAttnError
+
+__all__ = ["main", "COMMANDS", "register_command", "build_parser", "UsageError", "PathError"]
 
 #: Registered subcommands, in help order: (name, add_arguments(parser), run(args) -> exit code).
 COMMANDS: list[tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = []
@@ -33,6 +38,24 @@ def register_command(name: str, add_arguments: Callable, run: Callable, *, help:
     doc = (run.__doc__ or "").strip()
     run.__cli_help__ = help or (doc.splitlines()[0] if doc else "")
     COMMANDS.append((name, add_arguments, run))
+
+
+class UsageError(FastAttnError):
+    """A command line argparse rejected; ``prog`` is the (sub)command."""
+
+    def __init__(self, prog: str, message: str):
+        super().__init__(f"{message} (see {prog} --help)")
+        self.prog = prog
+
+
+class PathError(FastAttnError):
+    """An output path that cannot be written, found before any work is done."""
+
+
+class _Parser(argparse.ArgumentParser):
+    # argparse prints the whole usage and exits; raise instead, so main reports one line (or JSON)
+    def error(self, message):
+        raise UsageError(self.prog, message)
 
 
 def _params(items) -> dict:
@@ -63,10 +86,20 @@ def _add_analyze(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
+def _check_parent(path: str, option: str) -> None:
+    """Refuse an output path whose directory does not exist, before any work is done."""
+    parent = Path(path).parent
+    if not parent.is_dir():
+        raise PathError(f"{option} {path!r}: the directory {str(parent)!r} does not exist; create it or "
+                        "choose another path")
+
+
 def _run_analyze(args) -> int:
     """Analyse f: class, rank, certificate, positivity, PD/metric class, feature map, cost."""
     from fastattn.analysis import analyze
 
+    if args.plot:
+        _check_parent(args.plot, "--plot")
     a = analyze(args.spec, dim=args.dim, radius=args.radius, eps=args.eps, degree=args.degree, seq_lens=args.seq_lens,
                 n_witness=args.n_witness, certify=not args.no_certify, params=_params(args.param) or None,
                 progress=not args.json and sys.stderr.isatty())
@@ -173,7 +206,7 @@ register_command("generate", _add_generate, _run_generate)
 
 # -- entry point ------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastattn", description="Which entrywise f keep f(QK^T) low rank, with proofs.")
+    parser = _Parser(prog="fastattn", description="Which entrywise f keep f(QK^T) low rank, with proofs.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, add_arguments, run in COMMANDS:
         p = sub.add_parser(name, help=getattr(run, "__cli_help__", ""), description=getattr(run, "__cli_help__", ""))
@@ -182,23 +215,58 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _describe(exc: BaseException) -> str:
+    """One line for an expected error: an OSError names its path and reason."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename!r}: " if exc.filename is not None else ""
+        return f"{where}{exc.strerror}"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _report(command: str, exc: BaseException, as_json: bool) -> int:
+    """Print the error (JSON on stdout with --json, else one line on stderr) and return exit code 2."""
+    if as_json:
+        print(json.dumps({"error": _describe(exc), "kind": type(exc).__name__}))
+    else:
+        print(f"{command}: error: {_describe(exc)}", file=sys.stderr)
+    return 2
+
+
+def _silence_stdout() -> None:
+    # the reader went away: send what is still buffered to devnull so the exit flush cannot fail
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv=None) -> int:
-    """Run the CLI; returns the exit code (0 ok, 1 a claim did not verify, 2 bad input)."""
+    """Run the CLI; returns the exit code (0 ok, 1 a claim did not verify, 2 bad input or path)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse already printed its one-line usage error
+    except UsageError as exc:
+        return _report(exc.prog, exc, "--json" in argv)
+    except SystemExit as exc:  # --help
         return int(exc.code or 0)
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return 2
-    from fastattn.errors import FastAttnError
-
+    command = f"fastattn {args.command}"
     try:
-        return args._run(args)
-    except (FastAttnError, ValueError) as exc:
-        print(f"fastattn {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        try:
+            code = args._run(args)
+        except BrokenPipeError:
+            raise
+        # the user's fault (a spec, a value, a path): one line; anything else is a bug and tracebacks
+        except (FastAttnError, ValueError, OSError) as exc:
+            code = _report(command, exc, getattr(args, "json", False))
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        _silence_stdout()
+        return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

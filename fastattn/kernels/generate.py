@@ -16,14 +16,17 @@ from pathlib import Path
 
 from fastattn.errors import KernelError
 from fastattn.kernels.codegen import _write_atomic, render
-from fastattn.kernels.poly import check_normalizer, polynomial
+from fastattn.kernels.poly import check_feature_count, check_normalizer, polynomial
 
-__all__ = ["write_module", "add_generate_arguments", "run_generate"]
+__all__ = ["write_module", "add_generate_arguments", "run_generate", "MAX_HEAD_DIM"]
+
+#: Largest q/k or v head dim the generated kernels accept (``poly_attention`` refuses more).
+MAX_HEAD_DIM = 256
 
 
 def write_module(spec, path, head_dim_qk: int = 64, head_dim_v: int | None = None, causal: bool = True,
                  normalize: bool = True, degree: int | None = None, scale: float | None = None,
-                 normalizer_fix: str | None = None) -> Path:
+                 normalizer_fix: str | None = None, force: bool = False) -> Path:
     """Write the standalone module for ``spec`` to ``path`` and return the path.
 
     Parameters
@@ -31,34 +34,63 @@ def write_module(spec, path, head_dim_qk: int = 64, head_dim_v: int | None = Non
     spec : str, Spec, dict or Polynomial
         f (see :func:`fastattn.kernels.polynomial`).
     path : str or Path
-        Output file (``.py``); parent directories are created.
+        Output file (``.py``); parent directories are created. An existing file is refused
+        unless ``force``.
     head_dim_qk, head_dim_v : int
-        Head dims the module is documented for (its kernels accept any up to 256).
+        Head dims the module is documented for, at most :data:`MAX_HEAD_DIM` (its kernels
+        accept any up to that); the feature count at ``head_dim_qk`` must be within
+        :data:`fastattn.kernels.poly.MAX_FEATURES`.
     causal, normalize, scale, normalizer_fix
         Defaults of the module's ``PolyAttention``; a normaliser that f cannot make safe is
         refused here, as in the layer.
     degree : int, optional
         Truncation degree for a non-polynomial f.
+    force : bool
+        Overwrite ``path`` if it exists.
 
     Returns
     -------
     Path
+
+    Raises
+    ------
+    KernelError
+        A bad spec, head dim, scale or path (a directory, an existing file without ``force``,
+        a name not ending in ``.py``), too many features, or a file that could not be written.
+        Nothing is written then, and no temporary file is left behind.
     """
     poly = polynomial(spec, degree)
     check_normalizer(poly, normalize, normalizer_fix)
-    if not isinstance(head_dim_qk, int) or head_dim_qk < 1:
-        raise KernelError(f"head_dim_qk={head_dim_qk!r} must be a positive int")
     head_dim_v = head_dim_qk if head_dim_v is None else head_dim_v
-    if not isinstance(head_dim_v, int) or head_dim_v < 1:
-        raise KernelError(f"head_dim_v={head_dim_v!r} must be a positive int")
-    if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale)):
+    for name, value in (("head_dim_qk", head_dim_qk), ("head_dim_v", head_dim_v)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise KernelError(f"{name}={value!r} must be a positive int")
+        if value > MAX_HEAD_DIM:
+            raise KernelError(f"{name}={value} is above {MAX_HEAD_DIM}, the largest head dim the generated kernels "
+                              f"accept; use a head dim of at most {MAX_HEAD_DIM}")
+    check_feature_count(poly, head_dim_qk, head_dim_v)
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
+                              or not math.isfinite(scale)):
         raise KernelError(f"scale={scale!r} must be a finite number or None")
     path = Path(path)
     if path.suffix != ".py":
         raise KernelError(f"output path {str(path)!r} must end in .py so that it can be imported")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise KernelError(f"output path {str(path)!r} lies under {str(ancestor)!r}, which is not a directory")
+    if path.is_dir():
+        raise KernelError(f"output path {str(path)!r} is a directory; give a file name such as {str(path / 'layer.py')!r}")
+    if path.exists() and not force:
+        raise KernelError(f"output path {str(path)!r} exists; pass force=True (--force) to overwrite it")
     defaults = {"causal": bool(causal), "normalize": bool(normalize),
                 "scale": None if scale is None else float(scale), "normalizer_fix": normalizer_fix}
-    _write_atomic(path, render(poly, defaults=defaults, head_dims=(head_dim_qk, head_dim_v)))
+    src = render(poly, defaults=defaults, head_dims=(head_dim_qk, head_dim_v))
+    try:
+        _write_atomic(path, src)
+    except OSError as exc:
+        raise KernelError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from exc
     return path
 
 
@@ -74,14 +106,15 @@ def add_generate_arguments(p):
     p.add_argument("--normalizer-fix", choices=["abs"], default=None,
                    help="divide by |sum_j f| + eps (needed to normalise an f that can be <= 0)")
     p.add_argument("--scale", type=float, default=None, help="s in f(s q.k) (default 1/sqrt(head dim))")
+    p.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
 
 
 def run_generate(args) -> int:
     """Write one standalone .py (Triton kernels + autograd Function + nn.Module) for a spec."""
-    path = write_module(args.spec, args.output, head_dim_qk=args.head_dim, head_dim_v=args.head_dim_v,
-                        causal=not args.non_causal, normalize=not args.no_normalize, degree=args.degree,
-                        scale=args.scale, normalizer_fix=args.normalizer_fix)
     poly = polynomial(args.spec, args.degree)
+    path = write_module(poly, args.output, head_dim_qk=args.head_dim, head_dim_v=args.head_dim_v,
+                        causal=not args.non_causal, normalize=not args.no_normalize, scale=args.scale,
+                        normalizer_fix=args.normalizer_fix, force=args.force)
     print(f"wrote {path}: f(x) = {poly.text}, {poly.feature_dim(args.head_dim)} features at head dim "
           f"{args.head_dim}; {poly.error_note}")
     return 0
