@@ -4,8 +4,11 @@ sympy's ``sympify`` / ``parse_expr`` run ``eval`` on the text, so a spec string 
 never handed to them. Instead the text is parsed by Python's ``ast`` module (which
 only builds a tree and executes nothing), every node is checked against a small
 whitelist, and the sympy expression is built from the tree by this module. Limits on
-the length of the text, the number of nodes, the nesting depth and the size of
-exponents and constants keep a hostile spec from hanging the process.
+the length of the text, the number of nodes, the nesting depth, the total degree after
+nesting and the size of exponents and constants keep a hostile spec from hanging the
+process. A spec is one line of printable ASCII with no comment (``#``) and no backslash:
+anything else could hide text that the tree never shows (Python's ``ast`` drops comments
+and folds NFKC lookalikes such as ``ｘ`` into ``x``).
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import sympy as sp
 
 from fastattn.errors import SpecError
 
-__all__ = ["X", "FUNCTIONS", "CONSTANTS", "parse_spec", "MAX_SPEC_LENGTH", "MAX_EXPONENT"]
+__all__ = ["X", "FUNCTIONS", "CONSTANTS", "parse_spec", "MAX_SPEC_LENGTH", "MAX_EXPONENT", "MAX_DEGREE",
+           "MAX_CONSTANT", "degree_bound"]
 
 #: The variable of every spec: the score x = s·q·k, a real number.
 X = sp.Symbol("x", real=True)
@@ -31,6 +35,11 @@ MAX_DEPTH = 40
 MAX_EXPONENT = 64
 #: Largest number of decimal digits a constant may reach while the tree is built.
 MAX_DIGITS = 400
+#: Largest total degree in x after nesting: ((1+x)**8)**8 is 64, ((1+x)**64)**64 (4096) is refused.
+MAX_DEGREE = 64
+#: Largest magnitude of a number in the built expression (offsets, scales, coefficients): exp(10**6*x)
+#: and sigmoid(x - 1e10) are refused; 1/40320 and 0.001 are fine.
+MAX_CONSTANT = 10**4
 
 
 def _relu(a):
@@ -90,6 +99,49 @@ def _where(text: str, node: ast.AST) -> str:
 def _suggest(name: str, candidates) -> str:
     close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
     return f"; did you mean {close[0]}?" if close else ""
+
+
+def _check_characters(text: str) -> None:
+    """Refuse anything but one line of printable ASCII without comments or backslashes."""
+    for i, ch in enumerate(text):
+        where = f"at column {i + 1} of spec {text!r}"
+        if ch == "#":
+            raise SpecError(f"'#' {where}: comments are not allowed; a spec is one expression")
+        if ch == "\\":
+            raise SpecError(f"backslash {where} is not allowed; a spec is one ASCII expression on one line")
+        if not (" " <= ch <= "~"):
+            raise SpecError(
+                f"character {ch!r} (U+{ord(ch):04X}) {where} is not printable ASCII; "
+                "write the spec in plain ASCII (x, exp, digits 0-9)"
+            )
+
+
+def degree_bound(expr: sp.Expr, _memo: dict | None = None) -> int:
+    """An upper bound on the total degree in x, counting x inside functions as well.
+
+    Sums add their degrees as a maximum, products add them, integer powers multiply them;
+    exp(x**3) counts 3. It bounds the size of everything later expanded from the tree.
+
+    >>> degree_bound(((1 + X)**8)**2 * sp.exp(X**3))
+    19
+    """
+    memo = {} if _memo is None else _memo
+    if expr in memo:
+        return memo[expr]
+    if expr == X:
+        out = 1
+    elif not expr.has(X):
+        out = 0
+    elif isinstance(expr, sp.Add):
+        out = max(degree_bound(a, memo) for a in expr.args)
+    elif isinstance(expr, sp.Mul):
+        out = sum(degree_bound(a, memo) for a in expr.args)
+    elif isinstance(expr, sp.Pow) and expr.args[1].is_number:
+        out = degree_bound(expr.args[0], memo) * max(1, int(sp.ceiling(abs(expr.args[1]))))
+    else:
+        out = sum(degree_bound(a, memo) for a in expr.args)
+    memo[expr] = out
+    return out
 
 
 class _Builder:
@@ -187,15 +239,27 @@ class _Builder:
                     raise self.fail(f"exponent {right} is not real", node)
                 if abs(float(right)) > MAX_EXPONENT:
                     raise self.fail(f"exponent {right} is too large (|exponent| <= {MAX_EXPONENT})", node)
+            if left.is_number and right.has(X) and not left.is_positive:
+                raise self.fail(f"({left})**(a function of x) is not real for every real x; the base of a "
+                                "power with x in the exponent must be a positive number", node)
             if left == 0 and right.is_number and bool(right <= 0):
                 raise self.fail("0 raised to a non-positive power", node)
+            if right.is_number and left.has(X):
+                self._check_degree(degree_bound(left) * max(1, int(sp.ceiling(abs(right)))), node)
             return self._check_size(left**right, node)
         op = _BINOPS.get(type(node.op))
         if op is None:
             raise self.fail(f"operator {type(node.op).__name__} is not allowed", node)
         if isinstance(node.op, ast.Div) and right == 0:
             raise self.fail("division by zero", node)
+        if isinstance(node.op, (ast.Mult, ast.Div)):
+            self._check_degree(degree_bound(left) + degree_bound(right), node)
         return self._check_size(op(left, right), node)
+
+    def _check_degree(self, degree: int, node: ast.AST) -> None:
+        # checked before sympy builds (and later expands) the power: ((1+x)**64)**64 costs seconds
+        if degree > MAX_DEGREE:
+            raise self.fail(f"total degree {degree} after nesting is above the limit {MAX_DEGREE}", node)
 
     def _call(self, node: ast.Call, depth: int) -> sp.Expr:
         if not isinstance(node.func, ast.Name):
@@ -268,6 +332,7 @@ def parse_spec(text: str, params: Mapping[str, object] | None = None) -> sp.Expr
         raise SpecError("spec is empty; write a function of x such as 'exp(x)'")
     if "\n" in text or ";" in text:
         raise SpecError(f"a spec is one expression on one line, got {text!r}")
+    _check_characters(text)
     sym_params = _params_to_sympy(params)
     try:
         tree = ast.parse(text.strip(), mode="eval")
@@ -280,4 +345,29 @@ def parse_spec(text: str, params: Mapping[str, object] | None = None) -> sp.Expr
         raise SpecError(f"spec {text!r} does not give a number-valued expression")
     if expr.has(sp.zoo, sp.oo, -sp.oo, sp.nan):
         raise SpecError(f"spec {text!r} is undefined or infinite (gives {expr})")
+    _check_real_and_small(expr, text)
     return expr
+
+
+def _constant_parts(expr: sp.Expr):
+    """The maximal subexpressions of expr free of x (numbers, sqrt(2), exp(3), log(-1), ...)."""
+    if not expr.has(X):
+        yield expr
+        return
+    for arg in expr.args:
+        yield from _constant_parts(arg)
+
+
+def _check_real_and_small(expr: sp.Expr, text: str) -> None:
+    """Refuse complex or undefined constants (sqrt(-1), log(-1)) and numbers above MAX_CONSTANT."""
+    for c in _constant_parts(expr):
+        if c.has(sp.I) or c.is_real is False or c.is_finite is False:
+            raise SpecError(f"spec {text!r} is not real: its constant {c} is not a finite real number")
+        value = c if c.is_Rational else sp.N(c, 15)
+        if not value.is_real:
+            raise SpecError(f"spec {text!r} is not real: its constant {c} evaluates to {value}")
+        if abs(value) > MAX_CONSTANT:
+            raise SpecError(
+                f"constant {c} in spec {text!r} is larger in magnitude than the limit {MAX_CONSTANT}; "
+                "rescale x or f so that every constant stays within that limit"
+            )
