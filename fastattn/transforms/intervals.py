@@ -16,7 +16,7 @@ from mpmath import iv
 
 from fastattn.transforms.parse import X
 
-__all__ = ["NotExact", "interval_eval", "iv_of_fraction", "erf_enclosure", "mpf_to_fraction"]
+__all__ = ["NotExact", "interval_eval", "constant_enclosure", "iv_of_fraction", "erf_enclosure", "mpf_to_fraction"]
 
 
 class NotExact(Exception):
@@ -39,7 +39,9 @@ def interval_eval(e: sp.Expr, x):
             return iv.pi
         if e == sp.E:
             return iv.e
-        return interval_eval(e.func(*[a for a in e.args]), x) if e.args else _iv_const(e)
+        if not e.args:
+            return _iv_const(e)
+        # a compound constant (sqrt(2), exp(1/3)) goes through the rules below, node by node
     if isinstance(e, sp.Add):
         out = iv.mpf(0)
         for a in e.args:
@@ -100,7 +102,25 @@ def interval_eval(e: sp.Expr, x):
         if a.b < 0:
             return iv.mpf(0 if isinstance(e, sp.Heaviside) else -1)
         raise NotExact("Heaviside/sign at an interval containing 0")
+    if not e.has(X):
+        return _iv_const(e)
     raise NotExact(f"{type(e).__name__} has no interval rule")
+
+
+def constant_enclosure(e: sp.Expr):
+    """An interval containing the real constant e (sqrt(2), exp(pi), 1/3), at the current iv precision.
+
+    >>> from mpmath import iv
+    >>> c = constant_enclosure(sp.sqrt(2))
+    >>> bool(c.a**2 <= 2 <= c.b**2)
+    True
+    """
+    if e.has(X):
+        raise NotExact(f"{e} is not a constant")
+    try:
+        return interval_eval(e, None)
+    except (NotExact, ZeroDivisionError, ValueError):
+        return _iv_const(e)
 
 
 def _erf_series_bounds(t: Fraction, W: int) -> tuple[int, int]:

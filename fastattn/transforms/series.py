@@ -21,7 +21,7 @@ import sympy as sp
 
 from fastattn.transforms.parse import X
 
-__all__ = ["NotAnalyticAtZero", "taylor_coefficients", "disc_bound", "NON_ANALYTIC_FUNCS"]
+__all__ = ["NotAnalyticAtZero", "taylor_coefficients", "enclosed_coefficients", "disc_bound", "NON_ANALYTIC_FUNCS"]
 
 #: sympy classes whose presence (applied to something that depends on x) makes f not analytic.
 NON_ANALYTIC_FUNCS = (sp.Abs, sp.Heaviside, sp.Max, sp.Min, sp.sign, sp.floor, sp.ceiling, sp.Piecewise)
@@ -36,164 +36,286 @@ class NotAnalyticAtZero(Exception):
         self.why = why
 
 
-def _zero(n):
-    return [sp.Integer(0)] * (n + 1)
+class _Exact:
+    """Coefficients as exact sympy numbers."""
+
+    zero, one = sp.Integer(0), sp.Integer(1)
+
+    @staticmethod
+    def const(e):
+        return e
+
+    @staticmethod
+    def at(fn, g0, arg):
+        return fn(g0)
+
+    @staticmethod
+    def power(g0, alpha, arg):
+        return g0**alpha
+
+    @staticmethod
+    def is_zero(c, arg):
+        return c == 0
+
+    two_over_sqrt_pi = 2 / sp.sqrt(sp.pi)
 
 
-def _mul(a, b, n):
-    out = _zero(n)
-    for i, ai in enumerate(a):
-        if ai == 0:
-            continue
-        for j in range(n + 1 - i):
-            if b[j] != 0:
-                out[i + j] += ai * b[j]
-    return out
+class _Enclosed:
+    """Coefficients as mpmath.iv intervals that contain the exact ones (for bounds, not for display)."""
+
+    def __init__(self):
+        from mpmath import iv
+
+        from fastattn.transforms.intervals import constant_enclosure
+
+        self.iv = iv
+        self.zero, self.one = iv.mpf(0), iv.mpf(1)
+        self.const = constant_enclosure
+        self.two_over_sqrt_pi = 2 / iv.sqrt(iv.pi)
+
+    def at(self, fn, g0, arg):
+        # the value of fn at the exact constant term of arg, enclosed (cheap: a sympy number)
+        return self.const(fn(taylor_coefficients(arg, 0)[0]))
+
+    def power(self, g0, alpha, arg):
+        return self.const(taylor_coefficients(arg, 0)[0] ** alpha)
+
+    def is_zero(self, c, arg):
+        # an interval that excludes 0 is nonzero; otherwise ask the exact constant term
+        if not c.a <= 0 <= c.b:
+            return False
+        return taylor_coefficients(arg, 0)[0] == 0
 
 
-def _div(f, g, n, node):
-    if g[0] == 0:
-        raise NotAnalyticAtZero(node, "division by an expression that vanishes at x = 0")
-    out = _zero(n)
-    for m in range(n + 1):
-        acc = f[m] - sum((g[k] * out[m - k] for k in range(1, m + 1)), sp.Integer(0))
-        out[m] = acc / g[0]
-    return out
+class _Walk:
+    """Formal power series of each node of an expression, to the order each caller needs."""
 
+    def __init__(self, arith):
+        self.A = arith
+        self.cache: dict[sp.Expr, list] = {}
 
-def _integrate_product(g, h, c0, n):
-    """Coefficients of F with F(0) = c0 and F' = h·g' (chain rule for erf, atan)."""
-    out = _zero(n)
-    out[0] = c0
-    for m in range(1, n + 1):
-        out[m] = sum((k * g[k] * h[m - k] for k in range(1, m + 1)), sp.Integer(0)) / m
-    return out
+    def zeros(self, n):
+        return [self.A.zero] * (n + 1)
 
+    def series(self, e: sp.Expr, n: int) -> list:
+        got = self.cache.get(e)
+        if got is None or len(got) <= n:
+            got = self._walk(e, n)
+            self.cache[e] = got
+        return got[: n + 1]
 
-def _exp(g, n):
-    out = _zero(n)
-    out[0] = sp.exp(g[0])
-    for m in range(1, n + 1):
-        out[m] = sum((k * g[k] * out[m - k] for k in range(1, m + 1)), sp.Integer(0)) / m
-    return out
-
-
-def _sin_cos(g, n, hyperbolic: bool):
-    s, c = _zero(n), _zero(n)
-    s[0], c[0] = (sp.sinh(g[0]), sp.cosh(g[0])) if hyperbolic else (sp.sin(g[0]), sp.cos(g[0]))
-    sign = 1 if hyperbolic else -1
-    for m in range(1, n + 1):
-        s[m] = sum((k * g[k] * c[m - k] for k in range(1, m + 1)), sp.Integer(0)) / m
-        c[m] = sign * sum((k * g[k] * s[m - k] for k in range(1, m + 1)), sp.Integer(0)) / m
-    return s, c
-
-
-def _log(g, n, node):
-    if g[0] == 0:
-        raise NotAnalyticAtZero(node, "log of an expression that vanishes at x = 0")
-    out = _zero(n)
-    out[0] = sp.log(g[0])
-    for m in range(1, n + 1):
-        acc = g[m] - sum((k * out[k] * g[m - k] for k in range(1, m)), sp.Integer(0)) / m
-        out[m] = acc / g[0]
-    return out
-
-
-def _pow(g, alpha, n, node):
-    if alpha.is_Integer and alpha >= 0:
-        out = _zero(n)
-        out[0] = sp.Integer(1)
-        base, e = g, int(alpha)
-        while e:
-            if e & 1:
-                out = _mul(out, base, n)
-            e >>= 1
-            if e:
-                base = _mul(base, base, n)
+    # -- arithmetic on truncated series -----------------------------------------------------------
+    def mul(self, a, b, n):
+        out = self.zeros(n)
+        for i in range(min(n + 1, len(a))):
+            if self.A is _Exact and a[i] == 0:
+                continue
+            for j in range(min(n + 1 - i, len(b))):
+                out[i + j] += a[i] * b[j]
         return out
-    if g[0] == 0:
-        raise NotAnalyticAtZero(node, f"power {alpha} of an expression that vanishes at x = 0")
-    out = _zero(n)
-    out[0] = g[0] ** alpha
-    for m in range(1, n + 1):
-        acc = sum(((alpha * k - (m - k)) * g[k] * out[m - k] for k in range(1, m + 1)), sp.Integer(0))
-        out[m] = acc / (m * g[0])
-    return out
+
+    def div(self, f, g, n, node, arg):
+        # arg is None where g[0] is known to be nonzero
+        if arg is not None and self.A.is_zero(g[0], arg):
+            raise NotAnalyticAtZero(node, "division by an expression that vanishes at x = 0")
+        out = self.zeros(n)
+        for m in range(n + 1):
+            acc = f[m]
+            for k in range(1, m + 1):
+                acc -= g[k] * out[m - k]
+            out[m] = acc / g[0]
+        return out
+
+    def integrate_product(self, g, h, c0, n):
+        """Coefficients of F with F(0) = c0 and F' = h·g' (chain rule for erf, atan)."""
+        out = self.zeros(n)
+        out[0] = c0
+        for m in range(1, n + 1):
+            acc = self.A.zero
+            for k in range(1, m + 1):
+                acc += k * g[k] * h[m - k]
+            out[m] = acc / m
+        return out
+
+    def exp(self, g, n, arg):
+        out = self.zeros(n)
+        out[0] = self.A.at(sp.exp, g[0], arg)
+        for m in range(1, n + 1):
+            acc = self.A.zero
+            for k in range(1, m + 1):
+                acc += k * g[k] * out[m - k]
+            out[m] = acc / m
+        return out
+
+    def sin_cos(self, g, n, hyperbolic: bool, arg):
+        s, c = self.zeros(n), self.zeros(n)
+        s[0] = self.A.at(sp.sinh if hyperbolic else sp.sin, g[0], arg)
+        c[0] = self.A.at(sp.cosh if hyperbolic else sp.cos, g[0], arg)
+        sign = 1 if hyperbolic else -1
+        for m in range(1, n + 1):
+            acc_s, acc_c = self.A.zero, self.A.zero
+            for k in range(1, m + 1):
+                acc_s += k * g[k] * c[m - k]
+                acc_c += k * g[k] * s[m - k]
+            s[m] = acc_s / m
+            c[m] = sign * acc_c / m
+        return s, c
+
+    def log(self, g, n, node, arg):
+        if self.A.is_zero(g[0], arg):
+            raise NotAnalyticAtZero(node, "log of an expression that vanishes at x = 0")
+        out = self.zeros(n)
+        out[0] = self.A.at(sp.log, g[0], arg)
+        for m in range(1, n + 1):
+            acc = self.A.zero
+            for k in range(1, m):
+                acc += k * out[k] * g[m - k]
+            out[m] = (g[m] - acc / m) / g[0]
+        return out
+
+    def pow(self, g, alpha, n, node, arg):
+        if alpha.is_Integer and alpha >= 0:
+            out = self.zeros(n)
+            out[0] = self.A.one
+            base, e = g, int(alpha)
+            while e:
+                if e & 1:
+                    out = self.mul(out, base, n)
+                e >>= 1
+                if e:
+                    base = self.mul(base, base, n)
+            return out
+        if self.A.is_zero(g[0], arg):
+            raise NotAnalyticAtZero(node, f"power {alpha} of an expression that vanishes at x = 0")
+        a = self.A.const(alpha)
+        out = self.zeros(n)
+        out[0] = self.A.power(g[0], alpha, arg)
+        for m in range(1, n + 1):
+            acc = self.A.zero
+            for k in range(1, m + 1):
+                acc += (a * k - (m - k)) * g[k] * out[m - k]
+            out[m] = acc / (m * g[0])
+        return out
+
+    # -- the tree walk ------------------------------------------------------------------------------
+    def _walk(self, e: sp.Expr, n: int) -> list:
+        A = self.A
+        if not e.has(X):
+            out = self.zeros(n)
+            out[0] = A.const(e)
+            return out
+        if e == X:
+            out = self.zeros(n)
+            if n >= 1:
+                out[1] = A.one
+            return out
+        if isinstance(e, sp.Add):
+            out = self.zeros(n)
+            for arg in e.args:
+                out = [a + b for a, b in zip(out, self.series(arg, n))]
+            return out
+        if isinstance(e, sp.Mul):
+            return self._product(e, n)
+        if isinstance(e, sp.Pow):
+            base, expo = e.args
+            if not expo.has(X):
+                return self.pow(self.series(base, n), expo, n, e, base)
+            return self.series(sp.exp(expo * sp.log(base)), n)
+        if isinstance(e, sp.exp):
+            return self.exp(self.series(e.args[0], n), n, e.args[0])
+        if isinstance(e, sp.log):
+            return self.log(self.series(e.args[0], n), n, e, e.args[0])
+        if isinstance(e, (sp.sin, sp.cos)):
+            s, c = self.sin_cos(self.series(e.args[0], n), n, False, e.args[0])
+            return s if isinstance(e, sp.sin) else c
+        if isinstance(e, (sp.sinh, sp.cosh)):
+            s, c = self.sin_cos(self.series(e.args[0], n), n, True, e.args[0])
+            return s if isinstance(e, sp.sinh) else c
+        if isinstance(e, (sp.tan, sp.tanh)):
+            hyperbolic = isinstance(e, sp.tanh)
+            s, c = self.sin_cos(self.series(e.args[0], n), n, hyperbolic, e.args[0])
+            return self.div(s, c, n, e, (sp.cosh if hyperbolic else sp.cos)(e.args[0]))
+        if isinstance(e, sp.erf):
+            g = self.series(e.args[0], n)
+            h = [A.two_over_sqrt_pi * t for t in self.exp([-t for t in self.mul(g, g, n)], n, -e.args[0] ** 2)]
+            return self.integrate_product(g, h, A.at(sp.erf, g[0], e.args[0]), n)
+        if isinstance(e, sp.atan):
+            g = self.series(e.args[0], n)
+            one_plus_g2 = self.mul(g, g, n)
+            one_plus_g2[0] += 1
+            one = self.zeros(n)
+            one[0] = A.one
+            h = self.div(one, one_plus_g2, n, e, 1 + e.args[0] ** 2)
+            return self.integrate_product(g, h, A.at(sp.atan, g[0], e.args[0]), n)
+        if isinstance(e, NON_ANALYTIC_FUNCS):
+            raise NotAnalyticAtZero(e, f"{type(e).__name__} is not analytic")
+        raise NotAnalyticAtZero(e, f"no power-series rule for {type(e).__name__}")
+
+    def _product(self, e: sp.Mul, n: int) -> list:
+        """A product, dividing by factors that vanish at 0 when the numerator vanishes as fast.
+
+        sin(x)/x and x/(exp(x)-1) have removable singularities at 0: the numerator N and the
+        denominator D both vanish there, and N/D is the quotient of N/x^v and D/x^v (v the order
+        of the zero of D), a power series as soon as N vanishes to order >= v.
+        """
+        num, den = [], []
+        for arg in e.args:
+            base, expo = arg.as_base_exp()
+            if expo.is_Integer and expo < 0 and base.has(X) and _Exact.is_zero(taylor_coefficients(base, 0)[0], base):
+                den.append(base ** (-expo))
+            else:
+                num.append(arg)
+        if not den:
+            out = None
+            for arg in e.args:
+                out = self.series(arg, n) if out is None else self.mul(out, self.series(arg, n), n)
+            return out
+        D, N = sp.Mul(*den), sp.Mul(*num)
+        v = _order_of_zero(D, e)
+        exact_num = taylor_coefficients(N, v - 1)
+        if any(c != 0 for c in exact_num):
+            k = next(i for i, c in enumerate(exact_num) if c != 0)
+            raise NotAnalyticAtZero(e, f"pole of order {v - k} at x = 0 (the denominator vanishes to order {v})")
+        d = self.series(D, n + v)[v:]
+        top = self.series(N, n + v)[v:]
+        return self.div(top, d, n, e, None)
+
+
+def _order_of_zero(D: sp.Expr, node: sp.Expr, limit: int = 64) -> int:
+    """The order v of the zero of D at x = 0 (its first nonzero exact Taylor coefficient)."""
+    coeffs = taylor_coefficients(D, limit)
+    for v, c in enumerate(coeffs):
+        if c != 0:
+            return v
+    raise NotAnalyticAtZero(node, f"the denominator vanishes to order above {limit} at x = 0")
 
 
 def taylor_coefficients(expr: sp.Expr, n: int) -> list[sp.Expr]:
     """Exact Taylor coefficients a_0..a_n of ``expr`` at x = 0.
 
     Raises :class:`NotAnalyticAtZero` for a node without a power series at 0
-    (Abs, Heaviside, log(x), 1/x, ...).
+    (Abs, Heaviside, log(x), 1/x, ...). Removable singularities are handled:
+    sin(x)/x has the series 1 - x²/6 + ...
 
     >>> taylor_coefficients(sp.exp(X), 3)
     [1, 1, 1/2, 1/6]
+    >>> taylor_coefficients(sp.sin(X) / X, 2)
+    [1, 0, -1/6]
     """
-    cache: dict[sp.Expr, list[sp.Expr]] = {}
+    return list(_Walk(_Exact).series(expr, n))
 
-    def walk(e: sp.Expr) -> list[sp.Expr]:
-        if e in cache:
-            return cache[e]
-        out = _walk(e)
-        cache[e] = out
-        return out
 
-    def _walk(e: sp.Expr) -> list[sp.Expr]:
-        if not e.has(X):
-            out = _zero(n)
-            out[0] = e
-            return out
-        if e == X:
-            out = _zero(n)
-            if n >= 1:
-                out[1] = sp.Integer(1)
-            return out
-        if isinstance(e, sp.Add):
-            out = _zero(n)
-            for arg in e.args:
-                out = [a + b for a, b in zip(out, walk(arg))]
-            return out
-        if isinstance(e, sp.Mul):
-            out = None
-            for arg in e.args:
-                out = walk(arg) if out is None else _mul(out, walk(arg), n)
-            return out
-        if isinstance(e, sp.Pow):
-            base, expo = e.args
-            if not expo.has(X):
-                return _pow(walk(base), expo, n, e)
-            return walk(sp.exp(expo * sp.log(base)))
-        if isinstance(e, sp.exp):
-            return _exp(walk(e.args[0]), n)
-        if isinstance(e, sp.log):
-            return _log(walk(e.args[0]), n, e)
-        if isinstance(e, (sp.sin, sp.cos)):
-            s, c = _sin_cos(walk(e.args[0]), n, hyperbolic=False)
-            return s if isinstance(e, sp.sin) else c
-        if isinstance(e, (sp.sinh, sp.cosh)):
-            s, c = _sin_cos(walk(e.args[0]), n, hyperbolic=True)
-            return s if isinstance(e, sp.sinh) else c
-        if isinstance(e, (sp.tan, sp.tanh)):
-            s, c = _sin_cos(walk(e.args[0]), n, hyperbolic=isinstance(e, sp.tanh))
-            return _div(s, c, n, e)
-        if isinstance(e, sp.erf):
-            g = walk(e.args[0])
-            h = [2 / sp.sqrt(sp.pi) * t for t in _exp([-t for t in _mul(g, g, n)], n)]
-            return _integrate_product(g, h, sp.erf(g[0]), n)
-        if isinstance(e, sp.atan):
-            g = walk(e.args[0])
-            one_plus_g2 = _mul(g, g, n)
-            one_plus_g2[0] += 1
-            one = _zero(n)
-            one[0] = sp.Integer(1)
-            h = _div(one, one_plus_g2, n, e)
-            return _integrate_product(g, h, sp.atan(g[0]), n)
-        if isinstance(e, NON_ANALYTIC_FUNCS):
-            raise NotAnalyticAtZero(e, f"{type(e).__name__} is not analytic")
-        raise NotAnalyticAtZero(e, f"no power-series rule for {type(e).__name__}")
+def enclosed_coefficients(expr: sp.Expr, n: int) -> list:
+    """Intervals (mpmath.iv, at the current iv precision) containing a_0..a_n.
 
-    return list(walk(expr))
+    The same recurrences as :func:`taylor_coefficients` in interval arithmetic: the cost
+    stays linear in the size of the numbers where exact coefficients of nested functions
+    (erf(erf(erf(x))), exp(exp(exp(x)))) grow into huge symbolic expressions.
+
+    >>> [float(c.mid) for c in enclosed_coefficients(sp.exp(X), 2)]
+    [1.0, 1.0, 0.5]
+    """
+    return list(_Walk(_Enclosed()).series(expr, n))
 
 
 # ----------------------------------------------------------------------------------------------
