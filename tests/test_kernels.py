@@ -368,12 +368,12 @@ def test_triton_drawn_float16(case):
 
 
 # ------------------------------------------------------------------ normaliser safety
-@pytest.mark.parametrize("spec", ["x", "(1+x)**3", "x**2 + x**4"])
-def test_unsafe_normalizer_refused(spec):
+@pytest.mark.parametrize("spec", ["x", "(1+x)**3", "x**3", "1 - x**2", "x**2 - x**4"])
+def test_normalizer_of_an_f_negative_somewhere_is_refused(spec):
     q = k = v = torch.randn(1, 1, 4, 2)
-    with pytest.raises(KernelError, match="normalizer_fix='abs'"):
+    with pytest.raises(KernelError, match="negative somewhere on the reals .*normalizer_fix='abs'"):
         poly_attention(q, k, v, spec, normalize=True, backend="torch")
-    with pytest.raises(KernelError, match="normalizer_fix='abs'"):
+    with pytest.raises(KernelError, match="negative somewhere on the reals .*normalizer_fix='abs'"):
         poly_attention(q, k, v, spec, normalize=True, backend="triton")
 
 

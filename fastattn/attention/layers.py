@@ -20,9 +20,18 @@ from torch import nn
 from fastattn.errors import KernelError
 from fastattn.kernels.codegen import Polynomial
 from fastattn.kernels.naive import symmetric_tables
-from fastattn.kernels.poly import check_normalizer, choose_backend, poly_attention, polynomial
+from fastattn.kernels.poly import check_feature_count, check_normalizer, choose_backend, poly_attention, polynomial
 
 __all__ = ["FastAttention", "FastMultiheadAttention"]
+
+
+def _finite_real(x) -> bool:
+    if isinstance(x, (bool, complex)):
+        return False
+    try:
+        return math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
 
 
 class FastAttention(nn.Module):
@@ -46,12 +55,22 @@ class FastAttention(nn.Module):
     scale : float, optional
         s in f(s q.k); default 1/sqrt(head_dim).
     normalizer_fix : None or "abs"
-        Required for ``normalize=True`` when f can be <= 0 on R; "abs" divides by
-        |sum_j f| + eps.
+        The denominator (:func:`fastattn.kernels.poly.check_normalizer`): for f > 0 on R it is
+        sum_j f; for f >= 0 with real zeros (x**2, x**4: power attention) sum_j f + eps; an f
+        negative somewhere is refused unless "abs", which divides by |sum_j f| + eps. A
+        denominator that comes out <= 0 or not finite at run time raises KernelError.
     eps : float
+        Finite and > 0.
     chunk, block_f, block_v : int
         Kernel tiling (tokens per chunk, features per tile, v columns per tile).
     backend : "auto", "triton" or "torch"
+
+    Raises
+    ------
+    KernelError
+        At construction: a bad head dim, scale, eps, chunk or backend, an f that cannot be
+        normalised, or a feature map above ``fastattn.kernels.poly.MAX_FEATURES`` (checked before
+        anything is built).
 
     Examples
     --------
@@ -71,7 +90,15 @@ class FastAttention(nn.Module):
             raise KernelError(f"head_dim_v={head_dim_v!r} must be a positive int or None")
         if backend not in ("auto", "triton", "torch"):
             raise KernelError(f"backend={backend!r}; use 'auto', 'triton' or 'torch'")
+        if scale is not None and not _finite_real(scale):
+            raise KernelError(f"scale={scale!r} must be a finite real number (or None for 1/sqrt(head_dim))")
+        if not (_finite_real(eps) and float(eps) > 0):
+            raise KernelError(f"eps={eps!r} must be a finite real number > 0")
+        if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+            raise KernelError(f"chunk={chunk!r} must be None or an int >= 1 (tokens per chunk)")
         check_normalizer(poly, normalize, normalizer_fix)
+        # before any table is built: (1+x)**8 at head dim 64 would be 1.2e10 features
+        check_feature_count(poly, head_dim, head_dim_v)
         self.poly = poly
         self.head_dim, self.head_dim_v = head_dim, head_dim_v or head_dim
         self.causal, self.normalize = bool(causal), bool(normalize)

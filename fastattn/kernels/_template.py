@@ -1166,6 +1166,33 @@ def _layout(q, v, scale, causal, block_f, part="fwd", kron=None, const_out=False
 # ----------------------------------------------------------------------------------------
 # Host side.
 # ----------------------------------------------------------------------------------------
+#: Every route the host code can take, by name: pass / path (fused, chunk-parallel forward,
+#: scans) / causal or full / feature layout (symmetric table, Kronecker tiles) / variant
+#: (const: a0 outside the scans; segments: the fused path's segment states, saved by the
+#: forward or rebuilt by the backward). tests/test_routes.py runs each one.
+ROUTES = (
+    "empty",
+    "fwd/fused", "fwd/fused/segments",
+    "fwd/chunk/fused-table", "fwd/chunk/symmetric", "fwd/chunk/kron",
+    "fwd/scan/causal/symmetric", "fwd/scan/causal/kron", "fwd/scan/causal/kron/const",
+    "fwd/scan/full/symmetric", "fwd/scan/full/kron",
+    "bwd/fused", "bwd/fused/segments/saved", "bwd/fused/segments/rebuilt",
+    "bwd/scan/causal/symmetric", "bwd/scan/causal/kron", "bwd/scan/causal/kron/const",
+    "bwd/scan/full/symmetric", "bwd/scan/full/kron",
+)
+#: The routes taken in this process (a set of at most len(ROUTES) names: one add per call).
+routes_taken = set()
+
+
+def _took(route):
+    # the route recorder: a set add per call, nothing on the GPU
+    routes_taken.add(route)
+
+
+def _interpreting():
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
 def _empty(shape, device):
     # FASTATTN_NAN_FILL=1 (the tests) makes every fresh fp32 buffer NaN, so a row a kernel
     # forgot to write shows up as NaN instead of as stale memory
@@ -1265,7 +1292,7 @@ def _tma_ok(*ts):
     """True when the general path's scans can move [chunk, v tile] rows by TMA: CUDA sm_90+,
     not the interpreter (it has no TMA reduce), and 16-byte aligned rows."""
     t = ts[0]
-    if not t.is_cuda or os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    if not t.is_cuda or _interpreting():
         return False
     if torch.cuda.get_device_capability(t.device)[0] < 9:
         return False
@@ -1539,6 +1566,7 @@ def _fused_fwd(q, k, v, scale, normalize, fix_abs, eps, chunk, segments, BF, BV)
     BVt = BV if fwd_bv <= 0 else min(BV, max(16, fwd_bv))
     fwd_warps = _knob("FASTATTN_FUSED_FWD_WARPS", 0) or (8 if BF * BVt > 64 * 64 else 4)
     NSEG, CPS = _fused_segments(NC, B * H * (BV // BVt), segments, q.device, fwd_warps, warps)
+    _took("fwd/fused/segments" if NSEG > 1 else "fwd/fused")
     o = _empty_like_dtype((B, H, T, DV), q.dtype, q.device)
     z = _empty((B, H, T), q.device) if normalize else o
     S0 = Z0 = o
@@ -1575,6 +1603,8 @@ def _fused_bwd(q, k, v, o, z, do, scale, normalize, fix_abs, eps, chunk, segment
             state = (S0, Z0)
         else:
             state = None
+    _took("bwd/fused" if NSEG == 1 else "bwd/fused/segments/rebuilt" if state is None else
+          "bwd/fused/segments/saved")
     rden, dz, _ = _bwd_prep(q, o, do, z, normalize, fix_abs, eps, chunk)
     dq = _empty_like_dtype(q.shape, q.dtype, q.device)
     dk = _empty_like_dtype(k.shape, k.dtype, q.device)
@@ -1623,6 +1653,7 @@ def _chunk_fwd(q, k, v, scale, normalize, fix_abs, eps, chunk, block_f, tiles):
     else:
         idx, w_phi, w_psi, ktab, BFs, kron, _ = _layout(q, v, scale, True, block_f)
         BF = BFs
+    _took("fwd/chunk/fused-table" if tiles is not None else "fwd/chunk/kron" if kron else "fwd/chunk/symmetric")
     F_PAD = w_phi.numel()
     BD, BV, _, precision, warps = _blocks(q, v, BFs, None, kron)
     NC = _cdiv(T, chunk)
@@ -1667,6 +1698,8 @@ def _poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, 
     B, H, T, D = q.shape
     DV = v.shape[-1]
     idx, w_phi, w_psi, ktab, block_f, kron, a0 = _layout(q, v, scale, causal, block_f, "fwd", kron, causal)
+    _took(("fwd/scan/causal/kron/const" if a0 else "fwd/scan/causal/kron") if kron and causal else
+          "fwd/scan/full/kron" if kron else "fwd/scan/causal/symmetric" if causal else "fwd/scan/full/symmetric")
     F_PAD = w_phi.numel()
     BD, BV, BVs, precision, warps = _blocks(q, v, block_f, block_v, kron)
     NC = _cdiv(T, chunk)
@@ -1723,6 +1756,8 @@ def poly_attention_bwd(q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps
     DV = v.shape[-1]
     idx, w_phi, w_psi, ktab, block_f, kron, a0 = _layout(q, v, scale, causal, block_f, "bwd", _kron_degree(),
                                                           causal)
+    _took(("bwd/scan/causal/kron/const" if a0 else "bwd/scan/causal/kron") if kron and causal else
+          "bwd/scan/full/kron" if kron else "bwd/scan/causal/symmetric" if causal else "bwd/scan/full/symmetric")
     F_PAD = w_phi.numel()
     BD, BV, BVs, precision, warps = _blocks(q, v, block_f, block_v, kron)
     NC = _cdiv(T, chunk)
@@ -1777,6 +1812,36 @@ def poly_attention_bwd(q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
+def _check_normalized(o, z, fix_abs, q, k, v):
+    """ValueError where a normalised output cannot be right, instead of returning it: the normaliser
+    z = sum_j f(s q_i.k_j) <= 0 or not finite where the denominator is z (f > 0 on R, so the feature
+    sums lost it to 16-bit rounding or f overflowed), z not finite where it is |z| + eps, or o not
+    finite (16-bit features that overflowed in the numerator). Non-finite inputs are the caller's
+    (they propagate as in SDPA): nothing is raised then. Two reductions and one host sync, skipped
+    while a CUDA graph is captured (fastattn.kernels.naive.check_normalized is the same rule)."""
+    if not z.numel() or (z.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return
+    lo, hi = torch.aminmax(z)
+    lo, hi, o_ok = torch.stack([lo.double(), hi.double(), torch.isfinite(o).all().double()]).tolist()
+    # NaN fails both comparisons
+    z_ok = (lo > -math.inf if fix_abs else lo > 0) and hi < math.inf
+    if (z_ok and o_ok) or not all(bool(torch.isfinite(x).all()) for x in (q, k, v)):
+        return
+    if not z_ok:
+        bad = ~torch.isfinite(z) if fix_abs else ~(z > 0) | ~torch.isfinite(z)
+        where = tuple(bad.nonzero()[0].tolist())
+        what, fix = ("not finite", "") if fix_abs else ("<= 0 or not finite", ", or normalizer_fix='abs'")
+        raise ValueError(f"normalize=True: the normaliser sum_j f(s q_i.k_j) is {z[where].item():.6g} at [b, h, t] "
+                         f"= {list(where)} ({int(bad.sum())} of {z.numel()} rows {what}) although q, k, v are finite "
+                         f"({q.dtype}): f(x) = {COEFFS_TEXT} overflowed or rounding lost the sum; use float32 inputs, "
+                         f"a smaller scale or smaller inputs{fix}")
+    bad = ~torch.isfinite(o)
+    where = tuple(bad.nonzero()[0].tolist())
+    raise ValueError(f"the output is {o[where].item()} at [b, h, t, c] = {list(where)} ({int(bad.sum())} of "
+                     f"{o.numel()} entries not finite) although q, k, v are finite ({q.dtype}): the features of "
+                     f"f(x) = {COEFFS_TEXT} overflowed the dtype; use float32 inputs, a smaller scale or smaller inputs")
+
+
 class PolyAttentionFunction(torch.autograd.Function):
     """Autograd wrapper of :func:`poly_attention_fwd` / :func:`poly_attention_bwd`."""
 
@@ -1785,6 +1850,8 @@ class PolyAttentionFunction(torch.autograd.Function):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         o, z, state = _poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v,
                                           segments)
+        if normalize:
+            _check_normalized(o, z, fix_abs, q, k, v)
         empty = o.new_empty(0)
         S0, Z0, ctx.seg_tokens = state if state is not None else (empty, empty, 0)
         ctx.has_state = state is not None
@@ -1802,6 +1869,15 @@ class PolyAttentionFunction(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None, None, None, None, None, None
 
 
+def _finite(x):
+    if isinstance(x, (bool, complex)):
+        return False
+    try:
+        return math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
 def _check_pow2(name, value, lo):
     if not isinstance(value, int) or value < lo or value & (value - 1):
         raise ValueError(f"{name}={value!r} must be a power of two >= {lo}")
@@ -1815,7 +1891,8 @@ def poly_attention(q, k, v, scale=None, causal=True, normalize=True, normalizer_
     ----------
     q, k : tensor [B, H, T, D]
     v : tensor [B, H, T, DV]
-        fp32, fp16 or bf16, on a CUDA device (or on the CPU under TRITON_INTERPRET=1).
+        fp32, fp16 or bf16 (one dtype, one device), on a CUDA device (or on the CPU under
+        TRITON_INTERPRET=1, fp32 or fp16 only).
     scale : float, optional
         s in f(s q.k); default 1/sqrt(D) like torch SDPA.
     causal : bool
@@ -1833,7 +1910,15 @@ def poly_attention(q, k, v, scale=None, causal=True, normalize=True, normalizer_
 
     Returns
     -------
-    tensor [B, H, T, DV] in q's dtype.
+    tensor [B, H, T, DV] in q's dtype; T = 0 gives an empty one.
+
+    Raises
+    ------
+    ValueError
+        Bad arguments (shape, dtype, device, tiling, scale, eps; bfloat16 under
+        TRITON_INTERPRET=1, whose bf16 dot is wrong), a normaliser f cannot make safe, or a
+        denominator that comes out <= 0 or not finite from finite inputs (fp16 rounding of the
+        feature sums, or f overflowing): raised, never returned as a quotient.
 
     Examples
     --------
@@ -1847,8 +1932,14 @@ def poly_attention(q, k, v, scale=None, causal=True, normalize=True, normalizer_
     if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"q, k, v must share one dtype of float32/float16/bfloat16; got {q.dtype}, {k.dtype}, "
                          f"{v.dtype}")
-    if q.shape[2] == 0:
-        raise ValueError("sequence length T must be >= 1; got 0")
+    if q.dtype == torch.bfloat16 and _interpreting():
+        raise ValueError("bfloat16 under TRITON_INTERPRET=1 is refused: the interpreter's bf16 dot gives wrong "
+                         "results without an error; pass float32 or float16, run on a GPU, or use the pure-torch "
+                         "path (fastattn.kernels.poly_attention(..., backend='torch'))")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device; got {q.device}, {k.device}, {v.device}")
+    if q.shape[-1] < 1 or v.shape[-1] < 1:
+        raise ValueError(f"head dims must be >= 1; got D={q.shape[-1]}, DV={v.shape[-1]}")
     if q.shape[-1] > 256 or v.shape[-1] > 256:
         raise ValueError(f"head dims up to 256 are supported; got D={q.shape[-1]}, DV={v.shape[-1]}")
     if chunk is not None:
@@ -1863,6 +1954,14 @@ def poly_attention(q, k, v, scale=None, causal=True, normalize=True, normalizer_
     if normalize and not POSITIVE_ON_REALS and normalizer_fix is None:
         raise ValueError(f"normalize=True needs f > 0 on the reals, but {POSITIVITY_REASON}; pass "
                          "normalize=False, or normalizer_fix='abs' to divide by |sum_j f| + eps")
+    if scale is not None and not _finite(scale):
+        raise ValueError(f"scale={scale!r} must be a finite real number (or None for 1/sqrt(D))")
+    if not (_finite(eps) and float(eps) > 0):
+        raise ValueError(f"eps={eps!r} must be a finite real number > 0")
+    if q.shape[2] == 0:
+        # T = 0: an empty [B, H, 0, DV], still a function of q, k, v (zero gradients), as on the torch path
+        _took("empty")
+        return v[:, :, :0] + (q.sum() + k.sum()) * 0
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     return PolyAttentionFunction.apply(q, k, v, scale, bool(causal), bool(normalize), normalizer_fix == "abs",
                                        float(eps), chunk, block_f, block_v, segments)

@@ -15,14 +15,17 @@ torch.Size([1, 2, 10, 4])
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+from fractions import Fraction
 
 from fastattn.errors import KernelError
 from fastattn.kernels import naive
 from fastattn.kernels.codegen import Polynomial, load_module
 
-__all__ = ["polynomial", "check_normalizer", "check_feature_count", "choose_backend", "poly_attention", "MAX_FEATURES"]
+__all__ = ["polynomial", "nonnegative", "check_normalizer", "check_feature_count", "choose_backend", "poly_attention",
+           "MAX_FEATURES"]
 
 _ERROR_RADII = (1.0, 2.0, 4.0)
 #: Largest symmetric-basis feature count a layer or generated module is built for: (1+x)**3 at
@@ -99,19 +102,73 @@ def polynomial(f, degree: int | None = None) -> Polynomial:
                                         positivity_reason=verdict.reason, origin=origin, error_note=note)
 
 
-def check_normalizer(poly: Polynomial, normalize: bool, normalizer_fix: str | None) -> None:
-    """Refuse a normaliser sum_j f that can vanish, unless the caller opted into a fix.
+def nonnegative(poly: Polynomial) -> tuple[bool, str]:
+    """Whether f >= 0 on all of R, decided exactly, and why in words.
 
-    ``normalizer_fix="abs"`` divides by |sum_j f(s q.k_j)| + eps instead, which is never 0;
-    it is a different (stated) map, not the normalised attention of f.
+    From f's exact rational coefficients (``poly.exact``): f >= 0 on R iff every real root of
+    odd multiplicity is absent (each factor of odd multiplicity in ``sympy.sqf_list`` has no real
+    root, so f never changes sign) and the leading coefficient is positive. Cached per f.
+
+    >>> nonnegative(polynomial("x**2 + x**4"))
+    (True, 'f >= 0 on R, with zeros at x = 0')
+    >>> nonnegative(polynomial("1 - x**2"))[0], nonnegative(polynomial("x**3"))[0]
+    (False, False)
+    """
+    exact = poly.exact or tuple((j, str(Fraction(a))) for j, a in poly.coeffs)
+    return _nonnegative(exact)
+
+
+@functools.lru_cache(maxsize=256)
+def _nonnegative(exact: tuple) -> tuple[bool, str]:
+    import sympy
+
+    x = sympy.Symbol("x")
+    f = sympy.Poly(sum(sympy.Rational(a) * x**j for j, a in exact), x)
+    if f.LC() < 0:
+        return False, f"its leading coefficient {f.LC()} is negative, so f < 0 for large |x|"
+    zeros = []
+    for g, m in sympy.sqf_list(f)[1]:
+        roots = sympy.Poly(g, x).real_roots()
+        if roots and m % 2:
+            return False, f"f changes sign at its real root x = {roots[0]} (multiplicity {m})"
+        zeros += roots
+    if not zeros:
+        return True, "f > 0 on R"
+    return True, "f >= 0 on R, with zeros at x = " + ", ".join(str(r) for r in sorted(set(zeros)))
+
+
+def check_normalizer(poly: Polynomial, normalize: bool, normalizer_fix: str | None) -> str | None:
+    """The denominator the kernels divide by, as the ``normalizer_fix`` they run with; KernelError for
+    a normaliser that f cannot make safe.
+
+    * f > 0 on R (``poly.positive``, an exact Sturm count): None, the denominator is
+      z = sum_j f(s q.k_j) itself. A z that comes out <= 0 or not finite at run time (16-bit
+      rounding, overflow) raises KernelError.
+    * f >= 0 on R with real zeros (x**2, x**4, x**2 + x**4: the power-attention family,
+      :func:`nonnegative`): "abs", the denominator is z + eps, computed as |z| + eps (the same
+      number, as z >= 0; rounding just below 0 near a zero of f cannot make it vanish). Every
+      path (Triton, torch) divides by this same |z| + eps.
+    * f < 0 somewhere on R (x, x**3, 1 - x**2): refused, unless the caller passes
+      ``normalizer_fix="abs"`` to divide by |z| + eps, a different (stated) map, not the
+      normalised attention of f.
+    * ``normalize=False``: ``normalizer_fix`` as given (unused).
+
+    >>> check_normalizer(polynomial("1 + x + x**2/2"), True, None) is None
+    True
+    >>> check_normalizer(polynomial("x**2"), True, None)
+    'abs'
     """
     if normalizer_fix not in (None, "abs"):
         raise KernelError(f"normalizer_fix={normalizer_fix!r} is not known; use None or 'abs' "
                           "(divide by |sum_j f| + eps)")
-    if normalize and normalizer_fix is None and not poly.positive:
-        raise KernelError(f"normalize=True divides by sum_j f(s q.k_j), but f(x) = {poly.text} is not positive "
-                          f"on the reals ({poly.positivity_reason}), so the denominator can be 0 or negative; "
-                          "pass normalize=False, or normalizer_fix='abs' to divide by |sum_j f| + eps")
+    if not normalize or normalizer_fix is not None or poly.positive:
+        return normalizer_fix
+    ok, why = nonnegative(poly)
+    if ok:
+        return "abs"
+    raise KernelError(f"normalize=True divides by sum_j f(s q.k_j), but f(x) = {poly.text} is negative somewhere "
+                      f"on the reals ({why}), so the denominator can be 0 or negative; "
+                      "pass normalize=False, or normalizer_fix='abs' to divide by |sum_j f| + eps")
 
 
 def check_feature_count(poly: Polynomial, head_dim: int, head_dim_v: int | None = None) -> int:
@@ -160,19 +217,27 @@ def poly_attention(q, k, v, f, *, degree=None, scale=None, causal=True, normaliz
     ----------
     q, k : tensor [B, H, T, D]
     v : tensor [B, H, T, DV]
-        Layout of ``torch.nn.functional.scaled_dot_product_attention``; fp32, fp16 or bf16
-        (any float dtype on the torch backend).
+        Layout of ``torch.nn.functional.scaled_dot_product_attention``, one dtype and one device:
+        fp32 or fp16 on the Triton backend, bf16 too on a GPU (the interpreter's bf16 dot is wrong,
+        so it is refused under ``TRITON_INTERPRET=1``); any real float dtype on the torch backend,
+        where 16-bit inputs are computed in fp32 and cast back. T = 0 gives an empty
+        [B, H, 0, DV] on both backends.
     f : str, Spec, dict or Polynomial
         See :func:`polynomial`.
     degree : int, optional
         Truncation degree for a non-polynomial f.
     scale : float, optional
-        s; default 1/sqrt(D).
+        s (finite); default 1/sqrt(D).
     causal, normalize : bool
     normalizer_fix : None or "abs"
-        See :func:`check_normalizer`.
+        The denominator: see :func:`check_normalizer` (f >= 0 with zeros divides by sum_j f + eps).
+        A denominator that comes out <= 0 or not finite from finite inputs raises KernelError on
+        every backend (it is never returned as a quotient).
+    eps : float
+        > 0 and finite; added to the denominator by the "abs" rule.
     chunk, block_f, block_v : int
-        Kernel tiling: tokens per chunk (None: the kernel's choice), features per tile, v columns per tile.
+        Kernel tiling: tokens per chunk (None: the kernel's choice; the Triton backend needs a power
+        of two >= 16, the torch backend any int >= 1), features per tile, v columns per tile.
     segments : int, optional
         Causal kernels: segments scanned in parallel (None: enough to fill the GPU).
     backend : "auto", "triton" or "torch"
@@ -182,21 +247,33 @@ def poly_attention(q, k, v, f, *, degree=None, scale=None, causal=True, normaliz
     Returns
     -------
     tensor [B, H, T, DV]
+
+    Raises
+    ------
+    KernelError
+        A bad argument (shape, dtype, device, chunk, scale, eps, a feature map above
+        :data:`MAX_FEATURES`), an f that cannot be normalised, or a denominator lost at run time.
+
+    Examples
+    --------
+    >>> import torch
+    >>> q = k = v = torch.randn(1, 1, 6, 2)
+    >>> poly_attention(q, k, v, "x**2", backend="torch").shape  # f >= 0, zero at 0: divides by sum_j f + eps
+    torch.Size([1, 1, 6, 2])
     """
     poly = polynomial(f, degree)
-    check_normalizer(poly, normalize, normalizer_fix)
-    if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
-        raise KernelError(f"expected q, k of shape [B, H, T, D] and v [B, H, T, DV]; got q {tuple(q.shape)}, "
-                          f"k {tuple(k.shape)}, v {tuple(v.shape)}")
+    fix = check_normalizer(poly, normalize, normalizer_fix)
+    naive.check_inputs(q, k, v, chunk=chunk, scale=scale, eps=eps)
+    check_feature_count(poly, q.shape[-1], v.shape[-1])
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if choose_backend(q, backend) == "torch":
         return naive.chunk_attention(q, k, v, poly, scale=scale, causal=causal, normalize=normalize,
-                                     normalizer_fix=normalizer_fix, eps=eps, chunk=64 if chunk is None else chunk,
+                                     normalizer_fix=fix, eps=eps, chunk=64 if chunk is None else chunk,
                                      tables=tables)
     mod = load_module(poly)
     try:
         return mod.poly_attention(q, k, v, scale=scale, causal=causal, normalize=normalize,
-                                  normalizer_fix=normalizer_fix, eps=eps, chunk=chunk, block_f=block_f,
+                                  normalizer_fix=fix, eps=eps, chunk=chunk, block_f=block_f,
                                   block_v=block_v, segments=segments)
     except ValueError as exc:
         if isinstance(exc, KernelError):
