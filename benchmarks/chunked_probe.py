@@ -189,17 +189,41 @@ def time_row(B, H, D, T, tuning=None):
     return row
 
 
+def time_passes(B, H, D, T, tuning=None):
+    """ms of each pass (do_bench): fwd walk, fwd out, bwd walk, bwd dq + dk/dv; and the model's."""
+    from triton.testing import do_bench
+    torch.manual_seed(0)
+    q, k, v, do = (torch.randn(B * H, T, D, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+    p = chunked.plan(T, D, D, q.dtype, tuning=tuning)
+    o, z, S, Z = chunked._forward(q, k, v, COEFFS, D ** -0.5, True, True, p)
+    walk = do_bench(lambda: chunked._walk(k, v, None, p, causal=True, reverse=False, normalize=True))
+    fwd = do_bench(lambda: chunked._forward(q, k, v, COEFFS, D ** -0.5, True, True, p))
+    dl = torch.randn(B * H, T, device="cuda")
+    bwalk = do_bench(lambda: chunked._walk(q, do, dl, p, causal=True, reverse=True, normalize=True))
+    bwd = do_bench(lambda: chunked._backward(do, q, k, v, o, z, S, Z, COEFFS, D ** -0.5, True, True, p))
+    m = model(B, H, T, D, D, tuning)["ms"]
+    return {"fwd walk": (walk, m["fwd walk"]), "fwd out": (fwd - walk, m["fwd out"]),
+            "bwd walk": (bwalk, m["bwd walk"]), "bwd dq+dkv": (bwd - bwalk, m["bwd dq"] + m["bwd dkv"])}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="d64 8K and d128 16K only")
     ap.add_argument("--json", default=None, help="write the full results here")
     ap.add_argument("--model", action="store_true", help="print the cost model's table and exit")
     ap.add_argument("--aot", action="store_true", help="compile for sm_90 on the host and print resources")
+    ap.add_argument("--passes", action="store_true", help="per-pass ms at d64 8K and d128 16K, and exit")
     ap.add_argument("--tuning", default=None, help="a JSON dict of plan overrides, e.g. '{\"chunk\": 256}'")
     a = ap.parse_args(argv)
     tuning = json.loads(a.tuning) if a.tuning else None
     if a.model:
         print_model(ROWS, tuning)
+        return 0
+    if a.passes:
+        for B, H, D, T in QUICK:
+            print(f"d{D} {T // 1024}K {tuning or {}}: " + ", ".join(
+                f"{k} {got:.2f} ms (model {want:.2f})" for k, (got, want) in time_passes(B, H, D, T, tuning).items()),
+                flush=True)
         return 0
     if a.aot:
         for D in (64, 128):
