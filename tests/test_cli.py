@@ -77,3 +77,133 @@ def test_module_entry_point():
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["rank_bound"] == 3
+
+
+# -- errors, paths and pipes (issue 13, section 6) ---------------------------------------------------
+def _one_line(err):
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def test_plot_into_a_missing_directory_exits_2_before_the_analysis(capsys, tmp_path):
+    png = tmp_path / "nodir" / "p.png"
+    code, out, err = run(capsys, "analyze", "exp(x)", "--plot", str(png))
+    assert (code, out) == (2, "") and not png.parent.exists()
+    assert f"--plot '{png}': the directory '{png.parent}' does not exist" in _one_line(err)
+
+
+@pytest.mark.parametrize("argv, kind, needle", [
+    (["analyze", "expp(x)", "--json"], "SpecError", "did you mean exp"),
+    (["analyze", "x", "--dim", "abc", "--json"], "UsageError", "invalid int value: 'abc'"),
+    (["analyze", "x", "--plot", "nodir/p.png", "--json"], "PathError", "'nodir' does not exist"),
+    (["check", "exp(x)", "--n", "0", "--json"], "CertificateError", "n=0"),
+])
+def test_json_errors_are_an_object_on_stdout(capsys, argv, kind, needle):
+    code, out, err = run(capsys, *argv)
+    d = json.loads(out)
+    assert code == 2 and err == "" and set(d) == {"error", "kind"}
+    assert needle in d["error"] and d["kind"] == kind
+
+
+def test_usage_errors_are_one_line(capsys):
+    code, out, err = run(capsys, "analyze", "x", "--dim", "abc")
+    assert code == 2 and out == ""
+    assert "argument --dim: invalid int value: 'abc' (see fastattn analyze --help)" in _one_line(err)
+
+
+def test_generate_refuses_a_directory_and_a_path_under_a_file(capsys, tmp_path):
+    (tmp_path / "pkg.py").mkdir()
+    code, _, err = run(capsys, "generate", "1 + x + x**2/2", "-o", str(tmp_path / "pkg.py"), "--force")
+    assert code == 2 and "is a directory" in _one_line(err) and str(tmp_path / "pkg.py") in err
+    code, _, err = run(capsys, "generate", "1 + x + x**2/2", "-o", str(tmp_path))
+    assert code == 2 and "must end in .py" in _one_line(err)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, _, err = run(capsys, "generate", "1 + x + x**2/2", "-o", str(blocker / "sub" / "g.py"))
+    assert code == 2 and f"lies under '{blocker}', which is not a directory" in _one_line(err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "pkg.py"]
+
+
+def test_generate_unwritable_path_exits_2_and_leaves_no_tmp(capsys, tmp_path, monkeypatch):
+    from fastattn.kernels import codegen
+
+    def fail(src, dst):
+        raise PermissionError(13, "Permission denied", str(dst))
+
+    monkeypatch.setattr(codegen.os, "replace", fail)
+    out = tmp_path / "g.py"
+    code, _, err = run(capsys, "generate", "1 + x + x**2/2", "-o", str(out))
+    assert code == 2 and f"cannot write '{out}': Permission denied" in _one_line(err)
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its .tmp
+
+
+def test_generate_refuses_to_overwrite_without_force(capsys, tmp_path):
+    out = tmp_path / "g.py"
+    out.write_text("# mine\n")
+    code, _, err = run(capsys, "generate", "1 + x + x**2/2", "-o", str(out))
+    assert code == 2 and "exists; pass force=True (--force)" in _one_line(err)
+    assert out.read_text() == "# mine\n"
+    code, _, _ = run(capsys, "generate", "1 + x + x**2/2", "-o", str(out), "--force")
+    assert code == 0 and "COEFFS = {0: 1.0, 1: 1.0, 2: 0.5}" in out.read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.py"]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--head-dim", "100000"], "head_dim_qk=100000 is above 256"),
+    (["--head-dim", "64", "--head-dim-v", "512"], "head_dim_v=512 is above 256"),
+    (["--head-dim", "0"], "head_dim_qk=0 must be a positive int"),
+])
+def test_generate_refuses_head_dims_the_kernels_cannot_serve(capsys, tmp_path, argv, needle):
+    out = tmp_path / "g.py"
+    code, _, err = run(capsys, "generate", "1 + x + x**2/2", "-o", str(out), *argv)
+    assert code == 2 and needle in _one_line(err) and not out.exists()
+
+
+def test_generate_refuses_too_many_features(capsys, tmp_path):
+    out = tmp_path / "g.py"
+    code, _, err = run(capsys, "generate", "(1+x)**8", "-o", str(out), "--head-dim", "64")
+    assert code == 2 and not out.exists()
+    assert "needs 11,969,016,345 features at head dim 64" in _one_line(err) and "the limit is 1,048,576" in err
+
+
+def test_a_cache_that_is_a_file_exits_2(capsys, tmp_path, monkeypatch):
+    from fastattn.kernels.codegen import cache_dir
+
+    a_file = tmp_path / "cache"
+    a_file.write_text("")
+    monkeypatch.setenv("FASTATTN_CACHE", str(a_file))
+
+    def go(args):
+        """Touch the kernel cache."""
+        cache_dir()
+        return 0
+
+    register_command("cachetouch", lambda p: None, go)
+    try:
+        code, _, err = run(capsys, "cachetouch")
+    finally:
+        COMMANDS[:] = [c for c in COMMANDS if c[0] != "cachetouch"]
+    assert code == 2 and f"the kernel cache '{a_file}' (FASTATTN_CACHE) is not a directory" in _one_line(err)
+
+
+def test_a_bug_still_tracebacks(capsys):
+    def go(args):
+        """Fail like a bug."""
+        raise KeyError("bug")
+
+    register_command("buggy", lambda p: None, go)
+    try:
+        with pytest.raises(KeyError, match="bug"):
+            main(["buggy"])
+    finally:
+        COMMANDS[:] = [c for c in COMMANDS if c[0] != "buggy"]
+
+
+def test_broken_pipe_exits_quietly():
+    """`fastattn analyze x | head -c 0`: the reader is gone before anything is written."""
+    p = subprocess.Popen([sys.executable, "-m", "fastattn.cli", "analyze", "x", "--no-certify"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 0
+    assert "Traceback" not in err and "BrokenPipeError" not in err and err == ""

@@ -86,3 +86,22 @@ def test_cli_generate_writes_the_file(tmp_path, capsys):
     assert main(["generate", "exp(x)", "--degree", "2", "--head-dim", "16", "-o", str(out)]) == 0
     assert out.exists() and "exp(x) truncated at degree 2" in out.read_text()
     assert "153 features at head dim 16" in capsys.readouterr().out
+
+
+def test_write_atomic_leaves_no_tmp_when_writing_fails(tmp_path):
+    from fastattn.kernels.codegen import _write_atomic
+
+    target = tmp_path / "g.py"
+    target.write_text("old\n")
+    with pytest.raises(UnicodeEncodeError):
+        _write_atomic(target, "x = '\udc00'\n")  # a lone surrogate cannot be encoded
+    assert [p.name for p in tmp_path.iterdir()] == ["g.py"] and target.read_text() == "old\n"
+
+
+def test_write_module_overwrites_only_with_force(tmp_path):
+    path = write_module("1 + x + x**2/2", tmp_path / "g.py", head_dim_qk=4)
+    with pytest.raises(KernelError, match="exists; pass force=True"):
+        write_module("(1+x)**3", path, head_dim_qk=4, normalizer_fix="abs")
+    assert "COEFFS = {0: 1.0, 1: 1.0, 2: 0.5}" in path.read_text()
+    write_module("(1+x)**3", path, head_dim_qk=4, normalizer_fix="abs", force=True)
+    assert "COEFFS = {0: 1.0, 1: 3.0, 2: 3.0, 3: 1.0}" in path.read_text()
