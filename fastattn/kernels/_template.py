@@ -1169,10 +1169,13 @@ def _layout(q, v, scale, causal, block_f, part="fwd", kron=None, const_out=False
 #: Every route the host code can take, by name: pass / path (fused, chunk-parallel forward,
 #: scans) / causal or full / feature layout (symmetric table, Kronecker tiles) / variant
 #: (const: a0 outside the scans; segments: the fused path's segment states, saved by the
-#: forward or rebuilt by the backward). tests/test_routes.py runs each one.
+#: forward or rebuilt by the backward; ld: the fused path's features gathered by loads,
+#: FASTATTN_FUSED_LD; v-tiles: the fused forward split over v, FASTATTN_FUSED_FWD_BV). A fused
+#: call records its variants beside its route. tests/test_routes.py runs each one. The GPU-only
+#: variants (TMA row moves, side streams) are checked on the device by benchmarks/check_gpu.py.
 ROUTES = (
     "empty",
-    "fwd/fused", "fwd/fused/segments",
+    "fwd/fused", "fwd/fused/segments", "fwd/fused/ld", "fwd/fused/v-tiles", "bwd/fused/ld",
     "fwd/chunk/fused-table", "fwd/chunk/symmetric", "fwd/chunk/kron",
     "fwd/scan/causal/symmetric", "fwd/scan/causal/kron", "fwd/scan/causal/kron/const",
     "fwd/scan/full/symmetric", "fwd/scan/full/kron",
@@ -1567,6 +1570,10 @@ def _fused_fwd(q, k, v, scale, normalize, fix_abs, eps, chunk, segments, BF, BV)
     fwd_warps = _knob("FASTATTN_FUSED_FWD_WARPS", 0) or (8 if BF * BVt > 64 * 64 else 4)
     NSEG, CPS = _fused_segments(NC, B * H * (BV // BVt), segments, q.device, fwd_warps, warps)
     _took("fwd/fused/segments" if NSEG > 1 else "fwd/fused")
+    if _FUSED_LD:
+        _took("fwd/fused/ld")
+    if BVt < BV:
+        _took("fwd/fused/v-tiles")
     o = _empty_like_dtype((B, H, T, DV), q.dtype, q.device)
     z = _empty((B, H, T), q.device) if normalize else o
     S0 = Z0 = o
@@ -1605,6 +1612,8 @@ def _fused_bwd(q, k, v, o, z, do, scale, normalize, fix_abs, eps, chunk, segment
             state = None
     _took("bwd/fused" if NSEG == 1 else "bwd/fused/segments/rebuilt" if state is None else
           "bwd/fused/segments/saved")
+    if _FUSED_LD_BWD:
+        _took("bwd/fused/ld")
     rden, dz, _ = _bwd_prep(q, o, do, z, normalize, fix_abs, eps, chunk)
     dq = _empty_like_dtype(q.shape, q.dtype, q.device)
     dk = _empty_like_dtype(k.shape, k.dtype, q.device)
