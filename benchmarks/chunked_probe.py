@@ -99,10 +99,11 @@ def aot_report(D=64, DV=64, dtype="bf16", causal=True, normalize=True, arch=90, 
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     report = {}
     for name, fn, sig, cst, warps in jobs:
+        stages = p["walk_stages"] if name.startswith("walk") else p["stages"]
         cst = {k: v for k, v in cst.items() if k in fn.arg_names}
         full = dict(sig, **{k: "constexpr" for k in cst})
         kern = triton.compile(ASTSource(fn, full, cst), target=GPUTarget("cuda", arch, 32),
-                              options=dict(num_warps=warps, num_stages=p["stages"]))
+                              options=dict(num_warps=warps, num_stages=stages))
         with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as fh:
             fh.write(kern.asm["cubin"])
         try:

@@ -426,10 +426,10 @@ def plan(T: int, D: int, DV: int, dtype: torch.dtype, *, tuning: dict | None = N
     kb = 8 if BD >= 16 else BD
     # 8 warps at head dim 128: the low tile's [128, 128] fp32 state spilled ~1.6 KB per thread at 4 (sm_90)
     big = max(BD, BV) >= 128
-    # d128 (H200, triton 3.6): 3 stages and 128-token steps took the walk from 9.0 to 7.1 ms each, 128-row
-    # blocks the output pass from 8.8 to 6.5 ms (B2 H8 16K); at d64 they were no faster or slower
-    p = dict(chunk=512, block=128 if big else 64, kb=kb, step=128 if big else 64, warps=8 if big else 4,
-             walk_warps=8 if big else 4, stages=3 if big else 2)
+    # d128 (H200, triton 3.6, B2 H8 16K): 3 stages took the walk from 9.0 to 7.1 ms, 128-row blocks the
+    # output pass from 8.8 to 6.5 ms; at d64 neither was faster. 128-row blocks at 3 stages ask 256 KB of smem.
+    p = dict(chunk=512, block=128 if big else 64, kb=kb, step=64, warps=8 if big else 4,
+             walk_warps=8 if big else 4, stages=2, walk_stages=3 if big else 2)
     p.update(tuning or {})
     nb = BD // p["kb"]
     if BD % p["kb"] or p["chunk"] % p["block"] or p["chunk"] % p["step"]:
@@ -453,7 +453,7 @@ def _walk(x, y, c, p, *, causal, reverse, normalize):
         x=x, y=y, c=x if c is None else c, S=S, Z=Z, pairs=_pairs(p["BD"] // p["kb"], x.device), T=T, D=D, DV=DV,
         NC=nc, NS=ns, NP=p["npairs"], F_ROWS=p["feature_rows"], CHUNK=p["chunk"], BT=p["step"], KB=p["kb"],
         BD=p["BD"], BV=p["BV"], CAUSAL=causal, REVERSE=reverse, HAS_C=c is not None, NORMALIZE=normalize,
-        PRECISION=p["precision"], num_warps=p["walk_warps"], num_stages=p["stages"])
+        PRECISION=p["precision"], num_warps=p["walk_warps"], num_stages=p["walk_stages"])
     return S, Z, ns
 
 

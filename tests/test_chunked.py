@@ -1,0 +1,114 @@
+"""fastattn.kernels.chunked: the chunk-parallel degree-2 kernels against a float64 quadratic reference.
+
+The feature map is checked exactly in float64 (φ(q)·ψ(k) = f(s q·k)); the kernels (under the
+interpreter, tiny chunks so that several chunks, ragged tails and the intra/inter split are all
+exercised) on o, dq, dk, dv with a random upstream gradient; the sm_90 compile of every kernel
+in a subprocess (the interpreter checks no layouts, shared memory or registers).
+"""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fastattn.kernels.checks import assert_close
+from fastattn.kernels.chunked import chunked_poly_attention, feature_map, plan
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# chunk 32 with 16-row blocks: T = 130 spans 5 chunks and ends in a partial block
+SMALL = dict(chunk=32, block=16, step=16)
+
+
+def reference(q, k, v, coeffs, scale, causal, normalize, detach_z=False):
+    """f(s QKᵀ) [⊙ causal mask] @ V [/ row sums] in float64; with detach_z the normaliser is a constant."""
+    x = scale * q @ k.transpose(-1, -2)
+    a = coeffs[0] + x * (coeffs[1] + coeffs[2] * x)
+    if causal:
+        T = q.shape[-2]
+        a = a * torch.ones(T, T, dtype=torch.bool).tril()
+    o = a @ v
+    if normalize:
+        z = a.sum(-1, keepdim=True)
+        o = o / (z.detach() if detach_z else z)
+    return o
+
+
+@pytest.mark.parametrize("D", [1, 4, 16, 60])
+@pytest.mark.parametrize("coeffs", [(1.0, 1.0, 0.5), (0.0, 0.0, 1.0), (-0.3, 2.0, -1.5)], ids=["exp2", "x2", "mixed"])
+def test_feature_map_is_exact(D, coeffs):
+    g = torch.Generator().manual_seed(D)
+    q, k = torch.randn(7, D, generator=g, dtype=torch.float64), torch.randn(5, D, generator=g, dtype=torch.float64)
+    scale = 0.37
+    x = scale * q @ k.T
+    want = coeffs[0] + coeffs[1] * x + coeffs[2] * x * x
+    got = feature_map(q, coeffs, scale, "q") @ feature_map(k, coeffs, scale, "k").T
+    assert (got - want).abs().max().item() <= 1e-12 * max(1.0, want.abs().max().item())
+    assert feature_map(q, coeffs, scale, "q").shape[-1] == plan(64, D, 8, torch.float32)["feature_rows"]
+
+
+def test_plan_counts_the_d64_basis():
+    p = plan(8192, 64, 64, torch.bfloat16)
+    # 36 pair tiles of 8 x 8, the 64 linear rows and the constant
+    assert (p["npairs"], p["feature_rows"]) == (36, 36 * 64 + 64 + 1)
+    with pytest.raises(ValueError, match="must divide chunk"):
+        plan(8192, 64, 64, torch.bfloat16, tuning=dict(chunk=96))
+
+
+@pytest.mark.parametrize("T, D, DV, causal, normalize, dtype", [
+    (130, 16, 8, True, True, torch.float32),
+    (63, 4, 16, True, False, torch.float32),
+    (1, 16, 8, True, True, torch.float32),
+    (130, 16, 16, False, True, torch.float32),
+    (63, 4, 8, False, False, torch.float32),
+    (130, 16, 8, True, True, torch.float16),
+    (63, 4, 16, True, False, torch.float16),
+], ids=["T130-d16-causal-norm", "T63-d4-causal", "T1-norm", "T130-noncausal-norm", "T63-noncausal",
+        "fp16-T130-norm", "fp16-T63"])
+def test_kernels_match_quadratic_reference(kernel_env, T, D, DV, causal, normalize, dtype):
+    g = torch.Generator().manual_seed(T * 100 + D)
+    q, k = (torch.randn(1, 2, T, D, generator=g) for _ in range(2))
+    v, do = (torch.randn(1, 2, T, DV, generator=g) for _ in range(2))
+    coeffs, scale = (1.0, 1.0, 0.5), D ** -0.5
+    qt, kt, vt = (x.to(dtype).requires_grad_() for x in (q, k, v))
+    o = chunked_poly_attention(qt, kt, vt, coeffs, causal=causal, normalize=normalize, tuning=SMALL)
+    got = (o, *torch.autograd.grad(o, (qt, kt, vt), do.to(dtype)))
+    # the reference from the same rounded inputs, in float64
+    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (qt, kt, vt))
+    ref_o = reference(q64, k64, v64, coeffs, scale, causal, normalize)
+    ref = (ref_o, *torch.autograd.grad(ref_o, (q64, k64, v64), do.double()))
+    # a normalised gradient is two paths that cancel (T = 1: exactly); errors are relative to one path
+    num_o = reference(q64, k64, v64, coeffs, scale, causal, normalize, detach_z=True)
+    terms = (None, *torch.autograd.grad(num_o, (q64, k64, v64), do.double()))
+    for name, r, g_, t in zip(("o", "dq", "dk", "dv"), ref, got, terms):
+        assert g_.dtype == dtype, name
+        assert_close(name, r, g_, dtype, terms=t)
+
+
+def test_bad_inputs_are_refused():
+    q = torch.randn(1, 1, 8, 16)
+    with pytest.raises(ValueError, match="a2 = 0"):
+        chunked_poly_attention(q, q, q, (1.0, 1.0, 0.0))
+    with pytest.raises(ValueError, match="up to 128"):
+        big = torch.randn(1, 1, 8, 256)
+        chunked_poly_attention(big, big, big)
+    with pytest.raises(ValueError, match=r"got q \(1, 1, 8, 16\), k \(1, 1, 9, 16\)"):
+        chunked_poly_attention(q, torch.randn(1, 1, 9, 16), q)
+    with pytest.raises(TypeError, match="share one of"):
+        chunked_poly_attention(q, q.double(), q)
+
+
+@pytest.mark.slow
+def test_every_kernel_compiles_for_sm90():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "chunked_probe.py"), "--aot"],
+                       capture_output=True, text=True, env=env, timeout=900, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = [line for line in p.stdout.splitlines() if "REG:" in line]
+    names = {" ".join(r.split()[:2]) for r in rows}
+    assert names == {f"d{d} {n}" for d in (64, 128) for n in ("walk fwd", "walk bwd", "out", "dq", "dkv")}, p.stdout
+    for line in rows:
+        assert 0 < int(re.search(r"REG:(\d+)", line).group(1)) <= 255, line
+        # the dynamic shared memory a launch asks for fits an sm_90 block (227 KB)
+        assert 0 < int(re.search(r"SMEM:(\d+)", line).group(1)) <= 232448, line
