@@ -15,17 +15,44 @@ __all__ = ["decide"]
 
 _DIGITS = 50
 _MAX_PIECES = 4096
+_MAX_SLOW_POINTS = 400  # grid points evaluated by mpmath where float64 gives NaN
 
 
 def decide(f, lo, hi):
+    """Positivity of f on [lo, hi]; ends are exact sympy reals (rationals, or constants such as pi)."""
     from fastattn.transforms.spec import Positivity
 
+    if not all(e.is_Rational or e.is_infinite for e in (lo, hi)):
+        return _decide_irrational_ends(f, lo, hi, Positivity)
+    return _decide(f, lo, hi, Positivity)
+
+
+def _decide_irrational_ends(f, lo, hi, Positivity):
+    """Decide on rational intervals around [lo, hi]: positive on a wider one, or a counterpoint inside."""
+    def outward(e, up):
+        if not e.is_finite or e.is_Rational:
+            return e
+        q = sp.Rational(str(sp.N(e, 40)))
+        return q + (1 if up else -1) * sp.Rational(1, 10**30)
+
+    wide = _decide(f, outward(lo, False), outward(hi, True), Positivity)
+    if wide.positive is True:
+        return Positivity(True, (lo, hi), f"{wide.reason} (on a rational interval containing [{lo}, {hi}])")
+    narrow = _decide(f, outward(lo, True), outward(hi, False), Positivity)
+    c = narrow.counterpoint if narrow.positive is False else wide.counterpoint
+    if c is not None and bool(lo <= c) and bool(c <= hi):
+        res = narrow if narrow.positive is False else wide
+        return Positivity(False, (lo, hi), res.reason, c, res.value)
+    return Positivity(None, (lo, hi), f"undecided: no certified answer with the irrational ends of [{lo}, {hi}] ({narrow.reason})")
+
+
+def _decide(f, lo, hi, Positivity):
     interval = (lo, hi)
     poly = _rational_poly(f.expr)
     if poly is not None:
         return _decide_poly(poly, lo, hi, Positivity)
 
-    counter = _find_counterpoint(f.expr, lo, hi)
+    counter = _find_counterpoint(f, lo, hi)
     if counter is not None:
         point, value = counter
         return Positivity(False, interval, f"f({point}) = {sp.N(value, 12)} <= 0 (50-digit evaluation)", point, value)
@@ -94,34 +121,48 @@ def _grid(lo, hi, n=4001):
     return _grid(a, b, n)
 
 
-def _find_counterpoint(expr, lo, hi):
+def _find_counterpoint(f, lo, hi):
+    """A grid point where f <= 0, certified by exact substitution and 50-digit evaluation, or None.
+
+    The grid is scanned in float64 (numpy), points where that gives NaN at 30 digits (mpmath);
+    only the lowest few candidates are evaluated exactly.
+    """
     import numpy as np
 
-    fn = sp.lambdify(X, expr, modules=["mpmath"])
+    expr = f.expr
     pts = _grid(lo, hi)
-    with mpmath.workdps(30):
-        values = []
-        for t in pts:
-            try:
-                v = fn(mpmath.mpf(sp.N(t, 30)))
-                values.append(float(mpmath.re(v)) if mpmath.isfinite(v) else np.inf)
-            except (ValueError, ZeroDivisionError, TypeError):
-                values.append(np.inf)
-    order = np.argsort(values)
+    with np.errstate(all="ignore"):
+        values = np.asarray(f(np.array([float(t) for t in pts])), dtype=np.float64)
+    # +-inf in float64 keep their sign (exp(exp(60)) is large, not unknown); NaN points get mpmath
+    bad = np.isnan(values)
+    if bad.any():
+        fn = sp.lambdify(X, expr, modules=["mpmath"])
+        with mpmath.workdps(30):
+            slow = np.flatnonzero(bad)
+            for i in slow[np.unique(np.linspace(0, len(slow) - 1, min(len(slow), _MAX_SLOW_POINTS)).astype(int))]:
+                try:
+                    v = fn(mpmath.mpf(sp.N(pts[i], 30)))
+                    values[i] = float(mpmath.re(v)) if mpmath.isfinite(v) else np.inf
+                except (ValueError, ZeroDivisionError, TypeError, OverflowError):
+                    values[i] = np.inf
+    order = np.argsort(values, kind="stable")
     for i in order[:5]:
-        if values[i] > 1e-20:
+        if values[i] > 1e-12:
             break
         point = pts[int(i)]
-        exact = sp.simplify(expr.subs(X, point))
+        exact = expr.subs(X, point)
+        if exact == 0:
+            return point, exact
         value = sp.N(exact, _DIGITS)
-        if exact == 0 or (value.is_real and value <= 0):
+        # a value within 1e-40 of 0 is not a certificate: it may be an unsimplified exact zero
+        if value.is_real and value < 0 and abs(value) > sp.Float("1e-40"):
             return point, exact if exact.is_Rational else value
     return None
 
 
 def _enclose(t):
     """An interval containing the rational t (outward rounded)."""
-    return iv_of_fraction(Fraction(int(t.p), int(t.q)))
+    return iv_of_fraction(Fraction(int(t.p), int(t.q)))  # ends are rational here: decide() sees to it
 
 
 def _interval_proof(expr, lo, hi):
