@@ -106,7 +106,7 @@ def test_every_kernel_compiles_for_sm90():
                        capture_output=True, text=True, env=env, timeout=900, cwd=ROOT)
     assert p.returncode == 0, p.stderr[-2000:]
     rows = [line for line in p.stdout.splitlines() if "REG:" in line]
-    names = {" ".join(r.split()[:2]) for r in rows}
+    names = {re.match(r"(d\d+ .+?)\s+REG:", r).group(1) for r in rows}
     assert names == {f"d{d} {n}" for d in (64, 128) for n in ("walk fwd", "walk bwd", "out", "dq", "dkv")}, p.stdout
     for line in rows:
         assert 0 < int(re.search(r"REG:(\d+)", line).group(1)) <= 255, line
