@@ -242,7 +242,7 @@ def main(argv=None) -> int:
             # bf16 against fp32: rounding of inputs to the dots (~4e-3 relative) bounds these
             good = bad == 0 and rms < 2e-2 and mx < 5e-2
             ok &= good
-            print(f"check d{D} T4K {name:2s}: max-rel {mx:.2e} rel-RMS {rms:.2e} " + ("ok" if good else "FAIL"), flush=True)
+            print(f"check d{D} T4K {name:2s}: max-rel {mx:.2e} rel-RMS {rms:.2e} " + ("ok" if good else "FAIL"))
     for B, H, D, T in (QUICK if a.quick else ROWS):
         row = time_row(B, H, D, T, tuning)
         results["rows"].append(row)
