@@ -532,6 +532,9 @@ def main(argv=None):
             if ROW[name].spec is not None:
                 r["floor_fwd"], r["floor_fwdbwd"] = floor_ms(ROW[name], T, rate, bw)
             res.setdefault(name, {})[T] = r
+            if args.json:  # a run cut short by a time limit still leaves every finished cell
+                Path(args.json).write_text(json.dumps(dict(partial=True, results={
+                    n: {str(t): v for t, v in c.items()} for n, c in res.items()}), indent=1))
             print(f"{name:28s} T={T:6d} fwd {fmt(r['fwd'])} ms  fwd+bwd {fmt(r['fwdbwd'])} ms  "
                   f"peak {fmt(r['peak_mib'], 0)} MiB  {r.get('setting') or ''}", flush=True)
     meta = dict(card=torch.cuda.get_device_name(), date=datetime.date.today().isoformat(), torch=torch.__version__,
