@@ -31,6 +31,8 @@ from fastattn.kernels.codegen import TEMPLATE_PATH, Polynomial, cache_dir, load_
 from fastattn.kernels.generate import write_module
 
 pytestmark = pytest.mark.usefixtures("kernel_env")
+# layers reach the kernel cache on CUDA tensors, or on the CPU under TRITON_INTERPRET=1 (conftest)
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 #: The spec of issue 13, verbatim: the comment hid a payload that closed the docstring's quotes.
 ISSUE_SPEC = '1 + x + x**2/2 # """ + str(open("/tmp/m","w").write("x")) + """'
@@ -160,7 +162,7 @@ def test_issue_13_reproduction_through_a_layer_runs_nothing(tmp_path, monkeypatc
     outcomes = [_try(lambda: FastAttention.from_spec(hostile, head_dim=4)),
                 _try(lambda: FastAttention.from_spec(named, head_dim=4))]
     assert outcomes[1][0] == "ok" and {kind for kind, _ in outcomes} <= {"ok", "refused"}
-    q = k = v = torch.randn(1, 1, 3, 4)
+    q = k = v = torch.randn(1, 1, 3, 4, device=DEVICE)
     for layer in [layer for kind, layer in outcomes if kind == "ok"]:
         assert layer(q, k, v).shape == (1, 1, 3, 4)
     assert not marker.exists() and sorted(tmp_path.iterdir()) == []
@@ -269,8 +271,8 @@ def test_cache_runs_the_rendered_text_not_what_is_on_disk(tmp_path, monkeypatch)
     assert inspect.getsource(mod) == src and "ran" not in inspect.getsource(mod._f.fn)
     q = k = v = torch.randn(1, 1, 5, 4, dtype=torch.float64)
     ref = fastattn.kernels.naive.quadratic_attention(q, k, v, poly, scale=0.5, causal=True, normalize=True)
-    torch.testing.assert_close(mod.poly_attention(q.float(), k.float(), v.float(), scale=0.5).double(), ref,
-                               rtol=1e-4, atol=1e-5)
+    got = mod.poly_attention(*(x.float().to(DEVICE) for x in (q, k, v)), scale=0.5)
+    torch.testing.assert_close(got.double().cpu(), ref, rtol=1e-4, atol=1e-5)
     assert not marker.exists()
 
 
@@ -309,7 +311,7 @@ def test_a_bad_cache_is_a_kernel_error_from_the_layer(tmp_path, monkeypatch):
     a_file.write_text("")
     monkeypatch.setenv("FASTATTN_CACHE", str(a_file))
     _forget_modules(monkeypatch)
-    layer = FastAttention.from_spec("1 + 2*x**2", head_dim=4)
-    q = k = v = torch.randn(1, 1, 3, 4)
+    layer = FastAttention.from_spec("1 + 2*x**2", head_dim=4).to(DEVICE)
+    q = k = v = torch.randn(1, 1, 3, 4, device=DEVICE)
     with pytest.raises(KernelError, match="is not a directory"):
         layer(q, k, v)
