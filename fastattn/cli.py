@@ -235,7 +235,9 @@ def _report(command: str, exc: BaseException, as_json: bool) -> int:
 def _silence_stdout() -> None:
     # the reader went away: send what is still buffered to devnull so the exit flush cannot fail
     try:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
     except (OSError, ValueError):
         pass
 

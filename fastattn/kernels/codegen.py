@@ -484,6 +484,10 @@ def exec_source(src: str, path, name: str) -> types.ModuleType:
     The text is compiled from memory, so a file swapped on disk or a planted
     ``__pycache__/*.pyc`` cannot run in its place; it is registered in ``linecache``
     under ``path`` (``inspect.getsource``, which ``triton.jit`` uses, reads it there).
+
+    >>> mod = exec_source("X = 1", "/nonexistent/x.py", "fastattn_exec_source_example")
+    >>> mod.X, mod.__file__
+    (1, '/nonexistent/x.py')
     """
     path = str(path)
     mod = types.ModuleType(name)
