@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -90,6 +92,56 @@ def test_unsafe_normalizer_refused_by_the_layer(spec):
         FastAttention.from_spec(spec, head_dim=4)
     FastAttention.from_spec(spec, head_dim=4, normalizer_fix="abs")
     FastAttention.from_spec(spec, head_dim=4, normalize=False)
+
+
+@pytest.mark.parametrize("spec", ["x**2", "x**4", "x**2 + x**4"])
+def test_power_attention_layer_divides_by_sum_f_plus_eps(spec):
+    # f >= 0 with a zero at 0 (power attention) builds without a fix, and divides by sum_j f + eps
+    attn = FastAttention.from_spec(spec, head_dim=4, backend="torch", chunk=8)
+    q, k, v, _ = _qkv(1, 2, 30, 4, 4, torch.float64)
+    q[:, :, 3] = 0.0
+    ref = quadratic_attention(q, k, v, attn.poly, scale=attn.scale, causal=True, normalizer_fix="abs", eps=attn.eps)
+    got = attn(q, k, v)
+    assert bool((got[:, :, 3] == 0).all())
+    assert_close("o", ref, got, torch.float64)
+
+
+def test_feature_count_is_refused_before_anything_is_built():
+    # (1+x)**8 at head dim 64 is 1.2e10 features: refused from the binomials, not after building them
+    start = time.perf_counter()
+    with pytest.raises(KernelError, match="needs 11,969,016,345 features at head dim 64"):
+        FastAttention.from_spec("(1+x)**8", head_dim=64)
+    with pytest.raises(KernelError, match="needs 11,969,016,345 features at head dim 64"):
+        FastMultiheadAttention(128, 2, spec="(1+x)**8")
+    assert time.perf_counter() - start < 5.0
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(scale=float("nan")), "scale=nan must be a finite real number"),
+    (dict(scale=float("-inf")), "scale=-inf must be a finite real number"),
+    (dict(eps=float("nan")), "eps=nan must be a finite real number > 0"),
+    (dict(eps=0), "eps=0 must be a finite real number > 0"),
+    (dict(eps=float("inf")), "eps=inf must be a finite real number > 0"),
+    (dict(chunk=0), "chunk=0 must be None or an int >= 1"),
+    (dict(chunk=-64), "chunk=-64 must be None or an int >= 1"),
+])
+def test_layer_refuses_bad_numbers_at_construction(kw, match):
+    with pytest.raises(KernelError, match=match):
+        FastAttention.from_spec("1 + x + x**2/2", head_dim=4, **kw)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_layer_on_an_empty_sequence(backend):
+    attn = FastAttention.from_spec("1 + x + x**2/2", head_dim=4, head_dim_v=3, backend=backend)
+    o = attn(torch.randn(2, 2, 0, 4), torch.randn(2, 2, 0, 4), torch.randn(2, 2, 0, 3))
+    assert o.shape == (2, 2, 0, 3)
+
+
+def test_bf16_layer_under_the_interpreter_is_refused():
+    attn = FastAttention.from_spec("1 + x + x**2/2", head_dim=4)
+    q = k = v = torch.randn(1, 1, 8, 4, dtype=torch.bfloat16)
+    with pytest.raises(KernelError, match="bfloat16 under TRITON_INTERPRET=1 is refused"):
+        attn(q, k, v)
 
 
 @pytest.mark.parametrize("shape_q, shape_v, match", [

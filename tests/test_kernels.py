@@ -20,7 +20,7 @@ from fastattn.errors import KernelError
 from fastattn.kernels import naive
 from fastattn.kernels.checks import assert_close
 from fastattn.kernels.codegen import Polynomial, cache_dir, load_module, render
-from fastattn.kernels.poly import poly_attention, polynomial
+from fastattn.kernels.poly import check_normalizer, nonnegative, poly_attention, polynomial
 
 SPECS = ["x", "1 + x + x**2/2", "(1+x)**3", "x**2 + x**4"]
 # largest head dim per degree that keeps the interpreter quick (features: 17, 153, 455, 147)
@@ -129,23 +129,25 @@ def _kron_features(x, ktab, w, block_f, KG, KA):
     xp = torch.cat([x, torch.ones(n, 1, dtype=x.dtype), torch.zeros(n, 2 * block_f, dtype=x.dtype)], 1)
     width = 2 + 2 * KG * KA
     flat = ktab.reshape(-1).tolist()
-    tiles = []
-    for t, (i0, j0) in enumerate(ktab[:, :2].tolist()):
-        if i0 < 0:
-            tiles.append(xp[:, j0:j0 + block_f])
-            continue
+    # in a Kronecker tile the 1 sits in the first group-aligned column past dim
+    one = -(-dim // KA) * KA
+    xg = torch.cat([x, torch.zeros(n, one - dim + 2 * block_f, dtype=x.dtype)], 1)
+    xg[:, one] = 1.0
+
+    def low_tile(t, c0):
+        # a low tile: columns c0 .. c0 + block_f of [x, 1], the rest of its row unused
+        assert c0 % block_f == 0 and 0 <= c0 < dim and ktab[t, 2:].abs().sum().item() == 0
+        return xp[:, c0:c0 + block_f]
+
+    def kron_tile(t, i0):
         assert i0 == t * width + 2  # the offset of the tile's own column lists
         left, right = flat[i0:i0 + KG * KA], flat[i0 + KG * KA:i0 + 2 * KG * KA]
-        # in a Kronecker tile the 1 sits in the first group-aligned column past dim
-        one = -(-dim // KA) * KA
-        xg = torch.cat([x, torch.zeros(n, one - dim + 2 * block_f, dtype=x.dtype)], 1)
-        xg[:, one] = 1.0
         assert all(c % KA == g % KA and c - g % KA == left[g - g % KA] for g, c in enumerate(left)), \
             "a group's columns are one aligned run (the kernel's load hints)"
-        for g in range(KG):
-            xl = xg[:, left[g * KA:(g + 1) * KA]]
-            xr = xg[:, right[g * KA:(g + 1) * KA]]
-            tiles.append((xl[:, :, None] * xr[:, None, :]).reshape(n, KA * KA))
+        return torch.cat([(xg[:, left[g * KA:(g + 1) * KA], None] * xg[:, None, right[g * KA:(g + 1) * KA]])
+                          .reshape(n, KA * KA) for g in range(KG)], 1)
+
+    tiles = [low_tile(t, j0) if i0 < 0 else kron_tile(t, i0) for t, (i0, j0) in enumerate(ktab[:, :2].tolist())]
     return torch.cat(tiles, 1) * w.double()
 
 
@@ -395,6 +397,202 @@ def test_abs_fix_gives_finite_output_where_sum_f_is_zero(backend):
     for name, t in [("o", o), ("dq", q.grad), ("dk", k.grad), ("dv", v.grad)]:
         assert bool(torch.isfinite(t).all()), f"{name} has non-finite entries"
     assert_close("o", torch.zeros_like(o), o, torch.float32)
+
+
+@pytest.mark.parametrize("spec, want", [
+    ("x**2", True), ("x**4", True), ("x**2 + x**4", True), ("(x - 1/3)**2", True), ("(1+x)**4", True),
+    ("1 + x + x**2/2", True), ("(x**2 - 2)**2", True),
+    ("x", False), ("x**3", False), ("(1+x)**3", False), ("1 - x**2", False), ("x**2 - x**4", False),
+    ("x**2 - 2*x + 1 - 1/10**9", False),
+])
+def test_nonnegative_is_decided_exactly(spec, want):
+    ok, why = nonnegative(polynomial(spec))
+    assert ok is want, why
+    # a dense float64 look at f, away from the zeros, agrees with the verdict
+    import sympy
+
+    f = sympy.lambdify(sympy.Symbol("x"), fastattn.spec(spec).expr, "math")
+    lo = min(f(t / 1000) for t in range(-5000, 5001))
+    assert (lo >= 0) is want or abs(lo) < 1e-8
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("spec", ["x**2", "x**4", "x**2 + x**4"])
+def test_power_attention_divides_by_sum_f_plus_eps(spec, backend):
+    # f >= 0 with a zero at 0 is accepted: o = sum_j f v_j / (sum_j f + eps) on both paths. Small q
+    # make sum_j f comparable to eps or below it (so dividing by sum_j f alone would differ), and the
+    # rows with q = 0 have sum_j f = 0 exactly: o = 0 there, finite
+    g = torch.Generator().manual_seed(5)
+    q = 1e-3 * torch.randn(1, 2, 40, 4, generator=g, dtype=torch.float64)
+    q[:, :, ::7] = 0.0
+    k, v = torch.randn(2, 1, 2, 40, 4, generator=g, dtype=torch.float64)
+    poly = polynomial(spec)
+    assert poly.positive is False and check_normalizer(poly, True, None) == "abs"
+    got = poly_attention(q.float(), k.float(), v.float(), spec, chunk=16, backend=backend)
+    ref = naive.quadratic_attention(q, k, v, poly, normalizer_fix="abs", eps=1e-6)
+    rows = [t for t in range(40) if t % 7]
+    without_eps = naive.quadratic_attention(q, k, v, poly)[:, :, rows]
+    assert (without_eps - ref[:, :, rows]).abs().max() > 1e-2  # eps matters at these sizes
+    assert bool((got[:, :, ::7] == 0).all())
+    assert_close("o", ref, got, torch.float32)
+
+
+@pytest.mark.parametrize("bad", [float("inf"), 1e30], ids=["inf", "1e30"])
+@pytest.mark.parametrize("dtype, normalize", [(torch.float32, False), (torch.float64, False),
+                                              (torch.float64, True)])
+def test_chunk_path_rows_never_see_a_later_key(bad, dtype, normalize):
+    # key T - 1 (in the same chunk as rows 32 .. 38) set to inf or 1e30: every earlier row is
+    # bit for bit the run without it (the exclusive prefix is shift-then-sum, never cumsum - kv)
+    g = torch.Generator().manual_seed(2)
+    q, k, v = torch.randn(3, 1, 2, 40, 4, generator=g, dtype=dtype)
+    k2 = k.clone()
+    k2[:, :, -1] = bad
+    kw = dict(chunk=16, normalize=normalize, normalizer_fix=None)
+    want = naive.chunk_attention(q, k, v, {0: 1, 1: 1, 2: 0.5}, **kw)
+    got = naive.chunk_attention(q, k2, v, {0: 1, 1: 1, 2: 0.5}, **kw)
+    assert torch.equal(got[:, :, :-1], want[:, :, :-1])
+    assert not torch.equal(got[:, :, -1], want[:, :, -1])
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_infinite_key_reaches_only_its_own_row_normalised(backend):
+    # inf inputs are the caller's: no error, NaN in the row that sees the key, earlier rows untouched
+    g = torch.Generator().manual_seed(3)
+    q, k, v = torch.randn(3, 1, 1, 40, 4, generator=g)
+    k2 = k.clone()
+    k2[:, :, -1] = float("inf")
+    want = poly_attention(q, k, v, "1 + x + x**2/2", chunk=16, backend=backend)
+    got = poly_attention(q, k2, v, "1 + x + x**2/2", chunk=16, backend=backend)
+    assert torch.equal(got[:, :, :-1], want[:, :, :-1])
+    assert bool(got[:, :, -1].isnan().all())
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_overflowing_normaliser_from_finite_inputs_raises(backend):
+    # a finite 1e30 in the last key overflows f in fp32: that row's sum_j f is inf, and the call says so
+    q, k, v = torch.randn(3, 1, 1, 40, 4, generator=torch.Generator().manual_seed(3))
+    k[:, :, -1] = 1e30
+    with pytest.raises(KernelError, match=r"normaliser .* is inf at \[b, h, t\] = \[0, 0, 39\] \(1 of 40 rows"):
+        poly_attention(q, k, v, "1 + x + x**2/2", chunk=16, backend=backend)
+
+
+@pytest.mark.parametrize("backend, knobs", [("torch", {}), ("triton", {}), ("triton", {"FASTATTN_FUSED": "0"})],
+                         ids=["torch", "triton-fused", "triton-kron"])
+def test_fp16_large_inputs_keep_the_normaliser(backend, knobs, monkeypatch):
+    # sigma = 8 inputs in fp16 with f = 1 + x + x**2/2 (>= 1/2): the torch path once summed the
+    # features in fp16 (sum_j f negative, 14 % of outputs not finite); every path now matches the
+    # float64 reference on the same rounded inputs
+    for name, value in knobs.items():
+        monkeypatch.setenv(name, value)
+    g = torch.Generator().manual_seed(8)
+    q, k, v = torch.randn(3, 2, 2, 100, 16, generator=g, dtype=torch.float64)
+    q, k, v = (8 * q).half(), (8 * k).half(), v.half()
+    got = poly_attention(q, k, v, "1 + x + x**2/2", chunk=16, backend=backend)
+    ref = naive.quadratic_attention(q.double(), k.double(), v.double(), polynomial("1 + x + x**2/2"))
+    assert got.dtype == torch.float16
+    assert_close("o", ref, got, torch.float16)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
+@pytest.mark.parametrize("knobs", [{}, {"FASTATTN_FUSED": "0"}], ids=["fused", "kron"])
+def test_fp16_features_that_overflow_raise(knobs, monkeypatch):
+    # sigma = 300 in fp16: the degree-2 features pass 65504 in the kernels' 16-bit dots. The fused path
+    # loses the numerator (o not finite), the Kronecker scans the normaliser; both raise instead of
+    # returning it. The torch path computes in fp32 and is right
+    for name, value in knobs.items():
+        monkeypatch.setenv(name, value)
+    g = torch.Generator().manual_seed(8)
+    q, k, v = torch.randn(3, 1, 2, 64, 16, generator=g, dtype=torch.float64)
+    q, k, v = (300 * q).half(), (300 * k).half(), v.half()
+    with pytest.raises(KernelError, match="although q, k, v are finite \\(torch.float16\\)"):
+        poly_attention(q, k, v, "1 + x + x**2/2", chunk=16, backend="triton")
+    got = poly_attention(q, k, v, "1 + x + x**2/2", chunk=16, backend="torch")
+    ref = naive.quadratic_attention(q.double(), k.double(), v.double(), polynomial("1 + x + x**2/2"))
+    assert_close("o", ref, got, torch.float16)
+
+
+def test_bf16_is_refused_under_the_interpreter():
+    q = k = v = torch.randn(1, 1, 8, 4, dtype=torch.bfloat16)
+    with pytest.raises(KernelError, match="bfloat16 under TRITON_INTERPRET=1 is refused.*backend='torch'"):
+        poly_attention(q, k, v, "1 + x + x**2/2", backend="triton")
+    # the torch path computes bf16 inputs in fp32: one bf16 rounding of o (2^-9 relative) from the reference
+    got = poly_attention(q, k, v, "1 + x + x**2/2", backend="torch")
+    ref = naive.quadratic_attention(q.double(), k.double(), v.double(), polynomial("1 + x + x**2/2"))
+    assert got.dtype == torch.bfloat16
+    assert (got.double() - ref).abs().max().item() <= 2**-8 * ref.abs().max().item()
+
+
+# ------------------------------------------------------------------ inputs, the same on both paths
+BACKENDS = ["torch", "triton"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.int32, torch.int64, torch.bool])
+def test_complex_and_integer_dtypes_are_refused(dtype, backend):
+    q = k = v = torch.ones(1, 1, 4, 2, dtype=dtype)
+    with pytest.raises(KernelError, match=f"one real floating dtype .*got {dtype}"):
+        poly_attention(q, k, v, "1 + x + x**2/2", backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mixed_dtypes_and_devices_are_refused(backend):
+    q = k = torch.randn(1, 1, 4, 2)
+    with pytest.raises(KernelError, match="one real floating dtype .*got torch.float32, torch.float32, torch.float64"):
+        poly_attention(q, k, torch.randn(1, 1, 4, 2, dtype=torch.float64), "x", normalize=False, backend=backend)
+    with pytest.raises(KernelError, match="one device; got cpu, cpu, meta"):
+        poly_attention(q, k, torch.randn(1, 1, 4, 2, device="meta"), "x", normalize=False, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("chunk", [0, -16, 2.5, True])
+def test_chunk_below_one_or_not_an_int_is_refused(chunk, backend):
+    q = k = v = torch.randn(1, 1, 4, 2)
+    with pytest.raises(KernelError, match=f"chunk={chunk!r} must be an int >= 1"):
+        poly_attention(q, k, v, "1 + x + x**2/2", chunk=chunk, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kw, match", [
+    (dict(scale=float("nan")), "scale=nan must be a finite real"),
+    (dict(scale=float("inf")), "scale=inf must be a finite real"),
+    (dict(eps=float("nan")), "eps=nan must be a finite real number > 0"),
+    (dict(eps=0.0), "eps=0.0 must be a finite real number > 0"),
+    (dict(eps=-1e-6), "eps=-1e-06 must be a finite real number > 0"),
+])
+def test_non_finite_scale_and_eps_are_refused(kw, match, backend):
+    q = k = v = torch.randn(1, 1, 4, 2)
+    with pytest.raises(KernelError, match=match):
+        poly_attention(q, k, v, "1 + x + x**2/2", backend=backend, **kw)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("q_shape, v_shape, match", [
+    ((1, 1, 4, 0), (1, 1, 4, 2), "head dims must be >= 1; got D=0, DV=2"),
+    ((1, 1, 4, 2), (1, 1, 4, 0), "head dims must be >= 1; got D=2, DV=0"),
+    ((1, 4, 2), (1, 4, 2), "got q \\(1, 4, 2\\)"),
+])
+def test_bad_head_dims_and_ranks_are_refused(q_shape, v_shape, match, backend):
+    q = k = torch.randn(q_shape)
+    with pytest.raises(KernelError, match=match):
+        poly_attention(q, k, torch.randn(v_shape), "1 + x + x**2/2", backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_sequence_gives_an_empty_output_on_both_paths(backend):
+    q, k = (torch.randn(2, 3, 0, 4, requires_grad=True) for _ in range(2))
+    v = torch.randn(2, 3, 0, 5, requires_grad=True)
+    o = poly_attention(q, k, v, "1 + x + x**2/2", backend=backend)
+    assert o.shape == (2, 3, 0, 5) and o.dtype == torch.float32
+    o.sum().backward()
+    assert q.grad.shape == q.shape and k.grad.shape == k.shape and v.grad.shape == v.shape
+
+
+def test_feature_count_is_checked_before_any_table():
+    q = k = v = torch.randn(1, 1, 2, 64)
+    with pytest.raises(KernelError, match="needs 11,969,016,345 features at head dim 64"):
+        poly_attention(q, k, v, "(1+x)**8", backend="torch")
 
 
 def test_fresh_buffers_are_nan_under_the_fill_flag():
