@@ -21,6 +21,10 @@ import sympy as sp
 
 from fastattn.transforms import X
 
+#: Largest numerator or denominator, in bits, of one exactly evaluated entry: beyond it the
+#: exact route gives up (NotExact) instead of building (j+2)^(a·10^16·i).
+MAX_EXACT_BITS = 1 << 14
+
 #: Primes for modular certificates. Those below 2^31 run vectorised in numpy int64
 #: (products stay below 2^62); the large ones in Python ints.
 PRIMES = (2147483647, 2147483629, 2**61 - 1, 2305843009213693921)
@@ -213,7 +217,8 @@ def _ev(e, x, base):
     if e.is_Number:
         raise NotExact(f"constant {e} is not rational")
     if not e.has(X):
-        v = sp.nsimplify(e)
+        # expand, never nsimplify: nsimplify guesses a rational from digits, a silent wrong answer
+        v = sp.expand(e)
         if v.is_Rational:
             return _const(Fraction(int(v.p), int(v.q)))
         raise NotExact(f"constant {e} is not rational")
@@ -225,7 +230,7 @@ def _ev(e, x, base):
     if isinstance(e, sp.Mul):
         out = _const(1)
         for a in e.args:
-            out = _mul(out, _ev(a, x, base))
+            out = _guard(_mul(out, _ev(a, x, base)))
         return out
     if isinstance(e, sp.Pow):
         b, ex = e.args
@@ -242,14 +247,14 @@ def _ev(e, x, base):
         if k >= 0:
             out = _const(1)
             for _ in range(k):
-                out = _mul(out, bv)
+                out = _guard(_mul(out, bv))
             return out
         if len(bv) != 1:
             raise NotExact("reciprocal of a zero or multi-term value")
         ((pw, c),) = bv.items()
         if pw != 0:
             raise NotExact("negative power of a value in log(b)")
-        return {0: c**k}
+        return _guard({0: c**k})
     if isinstance(e, sp.exp):
         a = _ev(e.args[0], x, base)
         if not a:
@@ -257,6 +262,8 @@ def _ev(e, x, base):
         if set(a) == {1} and base:
             c = a[1]
             if c.denominator == 1:
+                if abs(c.numerator) * base.bit_length() > MAX_EXACT_BITS:
+                    raise NotExact(f"{base}^{c} has more than {MAX_EXACT_BITS} bits")
                 return _const(Fraction(base) ** int(c))
         raise NotExact("exp of a value that is not an integer multiple of log(b)")
     if isinstance(e, (sp.sinh, sp.cosh, sp.tanh)):
@@ -283,14 +290,21 @@ def _ev(e, x, base):
     raise NotExact(f"{type(e).__name__} is not handled exactly")
 
 
+def _guard(a: dict) -> dict:
+    for c in a.values():
+        if max(c.numerator.bit_length(), c.denominator.bit_length()) > MAX_EXACT_BITS:
+            raise NotExact(f"an exact value has more than {MAX_EXACT_BITS} bits")
+    return a
+
+
 def _rational_root(v: Fraction, q: int) -> Fraction:
     if v < 0:
         raise NotExact("root of a negative number")
-    for part in (v.numerator, v.denominator):
-        r = round(part ** (1.0 / q))
-        if r**q != part:
-            raise NotExact("irrational root")
-    return Fraction(round(v.numerator ** (1.0 / q)), round(v.denominator ** (1.0 / q)))
+    # integer roots: a float root of a big integer overflows or rounds wrong
+    roots = [sp.integer_nthroot(part, q) for part in (v.numerator, v.denominator)]
+    if not all(exact for _, exact in roots):
+        raise NotExact("irrational root")
+    return Fraction(int(roots[0][0]), int(roots[1][0]))
 
 
 # -- fixed point approximate inverse ------------------------------------------------------------

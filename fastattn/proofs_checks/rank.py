@@ -2,10 +2,9 @@
 
 * :func:`low_rank_certificate` — for f = Σ_{j∈S} a_j x^j and head dim d:
   rank f(QKᵀ) ≤ Σ_{j∈S} C(d+j-1, j) for every Q, K (the factorisation through
-  monomials), and integer Q, K on which the rank is exactly that bound.
-* :func:`full_rank_witness` — for a non-polynomial f and any n: Q, K with f(QKᵀ)
-  n×n non-singular. Exact when the entries are rational (an integer determinant
-  non-zero modulo a prime), otherwise a rigorous lower bound on σ_min.
+  monomials), and integer Q, K on which the rank is exactly that bound (f ≡ 0: rank 0).
+* :func:`full_rank_witness` (in :mod:`fastattn.proofs_checks.witness`, re-exported) —
+  for a non-polynomial f and any n: Q, K with f(QKᵀ) n×n non-singular.
 * :func:`low_rank_preservation` — f maps every rank ≤ ⌈log₂ n⌉+1 matrix to rank < n,
   or a rank-r input whose image has full rank n.
 """
@@ -18,13 +17,10 @@ import random
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-import mpmath
 import numpy as np
 import sympy as sp
-from mpmath import iv
 
 from fastattn.proofs_checks import _arith
-from fastattn.proofs_checks._arith import NotExact
 from fastattn.proofs_checks.certificates import Certificate, CertificateError
 from fastattn.transforms import X, spec as make_spec
 
@@ -34,13 +30,8 @@ __all__ = [
     "MAX_BOUND", "MAX_N",
 ]
 
-# only the hyperbolic functions become exponentials (a blanket rewrite turns Max(x,0)**2 into exp(2 log Max))
-_HYPERBOLIC = [sp.sinh, sp.cosh, sp.tanh]
-
 #: Largest rank bound attained explicitly (an n×n exact rank computation with n = bound).
 MAX_BOUND = 400
-#: Largest n for a full-rank witness.
-MAX_N = 256
 
 
 def rank_bound(f, d: int) -> int | None:
@@ -228,7 +219,7 @@ def low_rank_certificate(f, d: int, *, seed: int = 0) -> LowRankCertificate:
         )
     support = _support(f)
     if not support:
-        raise CertificateError(f"{f.source!r} is identically zero: rank 0, nothing to certify")
+        return _zero_cert(f, d)
     bound = sum(math.comb(d + j - 1, j) for j in support)
     if bound > MAX_BOUND:
         raise CertificateError(
@@ -260,6 +251,16 @@ def low_rank_certificate(f, d: int, *, seed: int = 0) -> LowRankCertificate:
     raise CertificateError(f"no integer Q, K attaining the bound {bound} for {f.source!r} at d={d} in 8 tries; try another seed")
 
 
+def _zero_cert(f, d: int) -> LowRankCertificate:
+    """f ≡ 0: f(QKᵀ) = 0 has rank 0; the witness is one point, whose empty minor has determinant 1."""
+    return LowRankCertificate(
+        spec=f.source, check="low-rank", holds=True, method="modular",
+        claim=f"f is identically zero, so f(QK^T) = 0 has rank 0 for all n x {d} Q, K",
+        d=d, support=[], coefficients=[], bound=0, Q=[[1] * d], K=[[1] * d], pivot_rows=[], pivot_cols=[],
+        prime=_arith.PRIMES[0], det_mod_p=1, target="matrix", _expr=f.expr,
+    )
+
+
 def _poly_int_matrix(coeffs, support, Q, K) -> list[list[int]]:
     """L·f(QKᵀ) as Python ints, L the lcm of the coefficient denominators (integer Q, K)."""
     L = 1
@@ -287,370 +288,6 @@ def _low_rank_cert(f, d, support, coeffs, bound, Q, K, rows, cols, p, det, targe
         d=d, support=support, coefficients=[str(coeffs[j]) for j in support], bound=bound, Q=Q, K=K,
         pivot_rows=rows, pivot_cols=cols, prime=p, det_mod_p=det, target=target, _expr=f.expr,
     )
-
-
-# ---------------------------------------------------------------------------------------------
-@dataclass(eq=False)
-class FullRankCertificate(Certificate):
-    """f(QKᵀ) is n×n non-singular for the stored Q, K (n×d).
-
-    ``method == "modular"``: entries are exact rationals; the row-scaled integer matrix
-    has determinant ``det_mod_p`` ≠ 0 modulo ``prime``.
-    ``method == "interval"`` / ``"high-precision"``: A = A_mid + E with |E_ij| ≤ delta;
-    B is an approximate inverse; ‖I - B A_mid‖_F ≤ rho < 1 (exact integers) gives
-    σ_min(A) ≥ (1 - rho)/‖B‖_F - n·delta = ``sigma_min_lower`` > 0.
-    """
-
-    n: int = 0
-    d: int = 1
-    construction: str = ""
-    q: list = field(default_factory=list)
-    k: list = field(default_factory=list)
-    prime: int = 0
-    det_mod_p: int = 0
-    bits: int = 0
-    A_mid: list = field(default_factory=list)
-    B: list = field(default_factory=list)
-    delta: Fraction = Fraction(0)
-    rho: Fraction = Fraction(0)
-    sigma_min_lower: Fraction = Fraction(0)
-    _expr: sp.Expr | None = None
-    _xs: list | None = None
-
-    def numbers(self) -> dict:
-        out = {"n": self.n, "d": self.d, "construction": self.construction, "q": _short(self.q), "k": _short(self.k)}
-        if self.method == "modular":
-            out.update(prime=self.prime, det_mod_prime=self.det_mod_p)
-        else:
-            out.update(
-                working_bits=self.bits,
-                entry_error_bound=_arith.fraction_str_down(self.delta) if self.delta else "0",
-                residual_bound=_arith.fraction_str_down(self.rho),
-                sigma_min_lower_bound=_arith.fraction_str_down(self.sigma_min_lower),
-            )
-        return out
-
-    def witness(self) -> dict:
-        out = {"q": self.q, "k": self.k}
-        if self.method != "modular":
-            out.update(bits=self.bits, A_mid=self.A_mid, B=self.B, delta=self.delta)
-        return out
-
-    def _scores(self) -> list[list[sp.Expr]]:
-        return [[sum((a * b for a, b in zip(qi, kj)), sp.Integer(0)) for kj in self.k] for qi in self.q]
-
-    def _verify(self) -> None:
-        expr = self._expr if self._expr is not None else make_spec(self.spec).expr
-        if len(self.q) != self.n or len(self.k) != self.n:
-            self._fail(f"{len(self.q)} query and {len(self.k)} key points for n={self.n}")
-        S = self._scores()
-        if self.method == "modular":
-            # entries recomputed by sympy's own evaluation (exp(3 log 2) -> 8), not by the fast evaluator
-            # lambdify to sympy functions: exp(3*log(2)) evaluates to 8 on construction
-            fn = _sympy_exact_fn(expr.rewrite(_HYPERBOLIC, sp.exp))
-            memo: dict = {}
-            rows = []
-            for r in S:
-                row = []
-                for s in r:
-                    if s not in memo:
-                        v = sp.sympify(fn(s))
-                        v = v if v.is_Rational else sp.nsimplify(sp.simplify(v))
-                        if not v.is_Rational:
-                            self._fail(f"f({s}) = {v} is not rational; the modular method does not apply")
-                        memo[s] = _fr(v)
-                    row.append(memo[s])
-                rows.append(row)
-            Mi, _ = _arith.integer_rows(rows)
-            if _arith.nonzero_det_prime(Mi, skip=self.prime) is None:
-                self._fail("the determinant is zero modulo every prime tried")
-            return
-        # numeric: entries recomputed with mpmath (plain, not interval) at more digits
-        P = self.bits
-        scale = Fraction(1, 1 << P)
-        fn = sp.lambdify(X, expr, modules=["mpmath"])
-        with mpmath.workprec(P + 64):
-            memo = {}
-            for i, r in enumerate(S):
-                for j, s in enumerate(r):
-                    if s not in memo:
-                        fs = Fraction(int(s.p), int(s.q))
-                        memo[s] = _arith.mpf_to_fraction(mpmath.mpf(fn(mpmath.mpf(fs.numerator) / fs.denominator)))
-                    if abs(memo[s] - self.A_mid[i][j] * scale) > self.delta:
-                        self._fail(f"f({s}) = {float(memo[s])!r} lies outside the stored entry ± {float(self.delta):.3g}")
-        rho, nb = _residual(self.A_mid, self.B, P)
-        if not rho < 1:
-            self._fail(f"residual bound {float(rho):.3g} is not < 1")
-        lower = (1 - rho) / nb - self.n * self.delta
-        if not lower > 0 or lower < self.sigma_min_lower:
-            self._fail(f"recomputed sigma_min lower bound {_arith.fraction_str_down(lower)} vs claimed "
-                       f"{_arith.fraction_str_down(self.sigma_min_lower)}")
-
-
-def _sympy_exact_fn(e):
-    """e as a Python function on sympy numbers that keeps rationals exact (lambdify prints 1/2 as a float)."""
-    from sympy.printing.pycode import SymPyPrinter
-
-    class _ExactPrinter(SymPyPrinter):
-        def _print_Rational(self, r):
-            return f"Rational({r.p}, {r.q})"
-
-        _print_Half = _print_Rational
-
-    return sp.lambdify(X, e, modules=[{"Rational": sp.Rational, "sympy": sp}, "sympy"], printer=_ExactPrinter)
-
-
-def _short(pts: list) -> list:
-    if len(pts) <= 6:
-        return [[str(v) for v in p] for p in pts]
-    return [[str(v) for v in p] for p in pts[:3]] + ["..."] + [[str(v) for v in p] for p in pts[-2:]]
-
-
-def _residual(A: list[list[int]], B: list[list[int]], P: int) -> tuple[Fraction, Fraction]:
-    """(upper bound on ‖I - B A‖_F, upper bound on ‖B‖_F) for A, B scaled by 2^-P; exact integers."""
-    n = len(A)
-    BA = np.array(B, dtype=object).dot(np.array(A, dtype=object))
-    one = 1 << (2 * P)
-    NR = 0
-    for i in range(n):
-        for j in range(n):
-            r = (one if i == j else 0) - int(BA[i, j])
-            NR += r * r
-    NB = sum(int(v) * int(v) for row in B for v in row)
-    return Fraction(_arith.isqrt_ceil(NR), one), Fraction(_arith.isqrt_ceil(NB), 1 << P)
-
-
-def _exp_denominator(expr) -> int | None:
-    """lcm of the denominators of a in the exp(a·x) nodes (after rewriting sinh/cosh/tanh), None if some arg is not a·x."""
-    e = expr.rewrite(_HYPERBOLIC, sp.exp)
-    L = 1
-    for node in e.atoms(sp.exp) | {p for p in e.atoms(sp.Pow) if p.base == sp.E}:
-        arg = node.args[0] if isinstance(node, sp.exp) else node.exp
-        a = sp.simplify(arg / X)
-        if a.has(X) or not a.is_Rational:
-            return None
-        L = L * int(a.q) // math.gcd(L, int(a.q))
-    return L
-
-
-def _kinks(expr) -> list[Fraction]:
-    out = []
-    for node in expr.atoms(sp.Abs, sp.Heaviside, sp.sign, sp.Max, sp.Min):
-        g = node.args[0] - node.args[1] if isinstance(node, (sp.Max, sp.Min)) and len(node.args) == 2 else node.args[0]
-        try:
-            if g.has(X) and g.is_polynomial(X):
-                for r in sp.Poly(g, X).real_roots():
-                    if r.is_Rational:
-                        out.append(_fr(r))
-        except (sp.PolynomialError, NotImplementedError):
-            pass
-    return sorted(set(out))
-
-
-def _constructions(f, n: int):
-    """Candidate (name, d, q, k, xs) with xs[i][j] = (t, base): x = t (base None) or t·log(base)."""
-    expr = f.expr
-    analytic = f.kind != "not-analytic"
-    out = []
-    D = _exp_denominator(expr)
-    if analytic and D is not None and expr.rewrite(_HYPERBOLIC, sp.exp).has(sp.exp):
-        # start at q = 1 and k = log 2: an odd f (tanh) vanishes on a zero row or column
-        q = [[sp.Integer(D * (i + 1))] for i in range(n)]
-        k = [[sp.log(j + 2)] for j in range(n)]
-        xs = [[(Fraction(D * (i + 1)), j + 2) for j in range(n)] for i in range(n)]
-        out.append((f"log-vandermonde: q_i = {D}i, k_j = log(j+1), i, j = 1..n; exp(a q_i k_j) = (j+1)^(a {D} i)", 1, q, k, xs))
-    if analytic:
-        # q = k = T(i+1)/n: a symmetric matrix with few distinct products (i+1)(j+1), so few evaluations
-        T = _point_scale(f)
-        pts = [T * Fraction(i + 1, n) for i in range(n)]
-        q = [[sp.Rational(v.numerator, v.denominator)] for v in pts]
-        out.append((f"rational points q_i = k_i = {T}(i+1)/n", 1, q, q, [[(a * b, None) for b in pts] for a in pts]))
-    else:
-        # c = n + 1/2 keeps every score positive, for f defined only there (sqrt(x), x**x)
-        for c in [Fraction(0)] + _kinks(expr) + [Fraction(2 * n + 1, 2)]:
-            for h, delta in ((Fraction(1), Fraction(1, 2)), (Fraction(1), Fraction(0)), (Fraction(1, 3), Fraction(1, 2)),
-                             (Fraction(1), Fraction(-1, 2))):
-                q = [[sp.Rational(c + h * i), sp.Integer(1)] for i in range(n)]
-                k = [[sp.Integer(1), -sp.Rational(h * (j + delta))] for j in range(n)]
-                xs = [[(c + h * (i - j - delta), None) for j in range(n)] for i in range(n)]
-                where = "all scores > 0" if c > n else "across the kink"
-                out.append((f"translates x_ij = {c} + {h}(i - j - ({delta})), {where}", 2, q, k, xs))
-        if expr.rewrite(_HYPERBOLIC, sp.exp).has(sp.exp):
-            for t0 in (0, 1):
-                q = [[sp.Integer(2 * i + t0) * sp.log(2), sp.Integer(1)] for i in range(n)]
-                k = [[sp.Integer(1), -sp.Integer(2 * j) * sp.log(2)] for j in range(n)]
-                xs = [[(Fraction(2 * (i - j) + t0), 2) for j in range(n)] for i in range(n)]
-                out.append((f"log-translates x_ij = (2(i - j) + {t0}) log 2", 2, q, k, xs))
-    return out
-
-
-def _point_scale(f) -> Fraction:
-    """Largest |q| = |k| used: products stay inside the radius of convergence, up to 4 for entire f."""
-    if f.radius is None or f.radius == sp.oo:
-        return Fraction(2)
-    r = math.sqrt(float(f.radius) * 0.9)
-    return Fraction(max(1, math.floor(r * 64)), 64)
-
-
-def full_rank_witness(f, n: int, *, max_bits: int = 4096, progress: bool = False) -> FullRankCertificate:
-    """Certified Q, K (n×d, d ≤ 2) with f(QKᵀ) of full rank n.
-
-    Tries exact constructions first (entries rational: a non-zero determinant modulo
-    a prime), then rational points with interval arithmetic and an exactly
-    recomputed residual (σ_min lower bound), doubling the working precision up to
-    ``max_bits``. d = 1 for analytic f; non-analytic f get translates
-    x_ij = c + h(i - j - δ) across the kink (d = 2: for homogeneous f such as |x|,
-    every d = 1 matrix has rank ≤ 2).
-
-    Parameters
-    ----------
-    f : spec
-    n : int
-        Size of the witness (up to :data:`MAX_N`).
-    max_bits : int
-        Cap on the working precision of the numeric route.
-    progress : bool
-        Show a tqdm bar over the constructions and precisions tried.
-
-    Examples
-    --------
-    >>> cert = full_rank_witness("exp(x)", 8)
-    >>> cert.method, cert.verify()
-    ('modular', True)
-    """
-    f = make_spec(f)
-    n = _check_pos_int(n, "n")
-    if n > MAX_N:
-        raise CertificateError(f"n={n} is above {MAX_N}; a smaller witness proves the same theorem")
-    if f.is_polynomial:
-        cap = max(rank_bound(f, 1), rank_bound(f, 2))
-        if n > cap:
-            raise CertificateError(
-                f"{f.source!r} is a polynomial of degree {f.degree}: rank f(QK^T) <= {rank_bound(f, 1)} for d=1 and "
-                f"<= {rank_bound(f, 2)} for d=2, so no {n}x{n} witness exists; see low_rank_certificate"
-            )
-    tried = []
-    cands = _constructions(f, n)
-    for name, d, q, k, xs in _progress(cands, progress, "exact constructions"):
-        try:
-            rows = _exact_rows(f.expr, xs)
-        except (NotExact, ZeroDivisionError) as exc:
-            tried.append(f"{name}: not exact ({exc})")
-            continue
-        Mi, _ = _arith.integer_rows(rows)
-        got = _arith.nonzero_det_prime(Mi)
-        if got is None:
-            tried.append(f"{name}: singular")
-            continue
-        p, det = got
-        return FullRankCertificate(
-            spec=f.source, check="full-rank", holds=True, method="modular",
-            claim=f"f(QK^T) is a non-singular {n}x{n} matrix for the stored {n}x{d} Q, K, so f keeps no rank below n",
-            n=n, d=d, construction=name, q=q, k=k, prime=p, det_mod_p=det, _expr=f.expr, _xs=xs,
-        )
-    for name, d, q, k, xs in _progress(cands, progress, "interval constructions"):
-        if any(b is not None for row in xs for _, b in row):
-            continue
-        cert = _numeric_witness(f, n, d, name, q, k, xs, max_bits, tried, progress)
-        if cert is not None:
-            return cert
-    raise CertificateError(f"no certified {n}x{n} witness for {f.source!r}; tried: " + "; ".join(tried))
-
-
-def _progress(it, on: bool, desc: str):
-    if not on:
-        return it
-    from tqdm.auto import tqdm
-
-    return tqdm(it, desc=desc, leave=False)
-
-
-def _exact_rows(expr, xs) -> list[list[Fraction]]:
-    memo: dict = {}
-    rows = []
-    for r in xs:
-        row = []
-        for key in r:
-            if key not in memo:
-                memo[key] = _arith.exact_eval(expr, key[0], key[1])
-            row.append(memo[key])
-        rows.append(row)
-    return rows
-
-
-def _numeric_witness(f, n, d, name, q, k, xs, max_bits, tried, progress):
-    expr = f.expr
-    bits = 256
-    method = "interval"
-    while bits <= max_bits:
-        try:
-            A, delta, method = _enclose(expr, xs, bits)
-        except (NotExact, ZeroDivisionError, ValueError) as exc:
-            tried.append(f"{name}: no enclosure ({exc})")
-            return None
-        try:
-            B = _arith.approx_inverse_fixed(A, bits)
-        except ZeroDivisionError:
-            tried.append(f"{name}: singular at {bits} bits")
-            bits *= 2
-            continue
-        rho, nb = _residual(A, B, bits)
-        lower = (1 - rho) / nb - n * delta if rho < 1 else Fraction(-1)
-        if lower > 0:
-            kind = "interval arithmetic" if method == "interval" else "high-precision evaluation (margin 2^-bits)"
-            return FullRankCertificate(
-                spec=f.source, check="full-rank", holds=True, method=method,
-                claim=(f"f(QK^T) is a non-singular {n}x{n} matrix for the stored {n}x{d} Q, K: "
-                       f"sigma_min >= {_arith.fraction_str_down(lower)} ({kind}, exact residual)"),
-                n=n, d=d, construction=name, q=q, k=k, bits=bits, A_mid=A, B=B, delta=delta, rho=rho,
-                sigma_min_lower=lower, _expr=expr, _xs=xs,
-            )
-        tried.append(f"{name}: residual {float(rho):.2g} at {bits} bits")
-        # the residual grows like cond(A)·2^-bits: ask for the missing bits at once
-        short = math.ceil(math.log2(float(rho))) if 0 < rho < Fraction(2) ** 1000 else bits
-        bits = max(bits + short + 64, bits * 3 // 2)
-    return None
-
-
-def _enclose(expr, xs, bits):
-    """Integer matrix A (scaled 2^-bits) and a uniform bound delta on |f(x_ij) - A_ij 2^-bits|."""
-    memo: dict = {}
-    method = "interval"
-    scale = 1 << bits
-    fn = None
-    old = iv.prec
-    iv.prec = bits + 40
-    try:
-        for row in xs:
-            for t, _ in row:
-                if t in memo:
-                    continue
-                try:
-                    enc = _arith.interval_eval(expr, _arith.iv_of_fraction(t))
-                    lo, hi = (_arith.mpf_to_fraction(e) for e in enc._mpi_)
-                except NotExact:
-                    # no interval rule (e.g. atan): high precision with a stated margin
-                    method = "high-precision"
-                    if fn is None:
-                        fn = sp.lambdify(X, expr, modules=["mpmath"])
-                    with mpmath.workprec(bits + 80):
-                        try:
-                            v = mpmath.mpf(fn(mpmath.mpf(t.numerator) / t.denominator))
-                        except (TypeError, ValueError, ZeroDivisionError) as exc:
-                            raise NotExact(f"f({t}) is not a finite real number ({exc})") from None
-                    if not mpmath.isfinite(v):
-                        raise ValueError(f"f({t}) is not finite")
-                    c = _arith.mpf_to_fraction(v)
-                    margin = Fraction(1, 1 << (bits + 8)) * max(1, abs(c))
-                    lo, hi = c - margin, c + margin
-                mid = (lo + hi) / 2
-                a = round(mid * scale)
-                memo[t] = (a, max(hi - Fraction(a, scale), Fraction(a, scale) - lo))
-    finally:
-        iv.prec = old
-    A = [[memo[t][0] for t, _ in row] for row in xs]
-    delta = max(v[1] for v in memo.values())
-    return A, delta, method
 
 
 # ---------------------------------------------------------------------------------------------
@@ -769,3 +406,7 @@ class _FullPoly(LowRankCertificate):
         Fi = [[int(scaled.eval(sp.Integer(int(s)))) for s in row] for row in S]
         if len(Fi) != self.bound or _arith.nonzero_det_prime(Fi, skip=self.prime) is None:
             self._fail("the matrix is singular modulo every prime tried")
+
+
+# the full-rank witness imports rank_bound from here, so it is re-exported after the definitions above
+from fastattn.proofs_checks.witness import MAX_N, FullRankCertificate, full_rank_witness  # noqa: E402
