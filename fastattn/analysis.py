@@ -14,10 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from fastattn.errors import FastAttnError
+import sympy as sp
+
+from fastattn.errors import FastAttnError, FeatureMapError
 from fastattn.transforms import Spec, spec as make_spec, symmetric_dim
 
-__all__ = ["analyze", "Analysis", "CostModel"]
+__all__ = ["analyze", "Analysis", "CostModel", "ANALYSIS_SECONDS", "STEP_SECONDS"]
 
 _DEFAULT_SEQ_LENS = (2048, 8192, 32768, 65536)
 
@@ -97,7 +99,8 @@ class Analysis:
     radius: float
     kind: str
     reason: str
-    low_rank: bool
+    #: True (polynomial), False (a verified full-rank certificate), None (undecided: see low_rank_reason).
+    low_rank: bool | None
     rank_bound: int | None
     certificate: object | None
     positivity: object
@@ -109,12 +112,22 @@ class Analysis:
     error_bound: float | None
     cost: CostModel
     notes: list = field(default_factory=list)
+    low_rank_reason: str = ""
+    #: The suggested map has more than MAX_FEATURES features (counted, never built).
+    feature_too_large: bool = False
 
     # -- derived -------------------------------------------------------------------------------
     def feature_map(self):
-        """Build the suggested :class:`~fastattn.transforms.FeatureMap` (None for non-analytic f)."""
+        """Build the suggested :class:`~fastattn.transforms.FeatureMap` (None for non-analytic f).
+
+        A map marked too large (:attr:`feature_too_large`) raises FeatureMapError instead of being built.
+        """
         if self.feature_method is None:
             return None
+        if self.feature_too_large:
+            count = "more than the limit" if self.feature_dim is None else f"{self.feature_dim:,}"
+            raise FeatureMapError(f"the feature map of {self.spec.source!r} at head dim {self.dim} needs {count} "
+                                  "features; it is not built (lower the head dim, the degree or the accuracy)")
         from fastattn.transforms import feature_map
 
         return feature_map(self.spec, self.dim, method=self.feature_method,
@@ -140,6 +153,7 @@ class Analysis:
             "dim": self.dim,
             "radius": self.radius,
             "low_rank": self.low_rank,
+            "low_rank_reason": self.low_rank_reason,
             "rank_bound": self.rank_bound,
             "certificate": cert(self.certificate),
             "positivity": {"interval": [str(v) for v in p.interval], "positive": p.positive, "reason": p.reason,
@@ -147,7 +161,8 @@ class Analysis:
             "positive_definite": cert(self.positive_definite),
             "metric_transform": cert(self.metric_transform),
             "feature_map": {"method": self.feature_method, "degree": self.feature_degree, "dim": self.feature_dim,
-                            "error_bound": self.error_bound, "at_radius": self.radius},
+                            "error_bound": self.error_bound, "at_radius": self.radius,
+                            "too_large": self.feature_too_large},
             "feature_dim": self.feature_dim,
             "cost": self.cost.to_dict(),
             "notes": list(self.notes),
@@ -161,7 +176,7 @@ class Analysis:
         if self.low_rank:
             rows.append(("low rank", f"yes: rank f(QK^T) <= {self.rank_bound} at head dim {self.dim}"))
         else:
-            rows.append(("low rank", "no: for every n some Q, K give a full-rank n x n f(QK^T)"))
+            rows.append(("low rank", f"{_yes(self.low_rank)}: {self.low_rank_reason}"))
         c = self.certificate
         rows.append(("certificate", "not computed" if c is None else
                      f"{c.claim} [{c.method}{', verified' if getattr(c, '_verified', False) else ''}]"))
@@ -170,7 +185,10 @@ class Analysis:
         for name, c in (("PD of f(|x-y|^2)", self.positive_definite), ("metric transform", self.metric_transform)):
             if c is not None:
                 rows.append((name, f"{_yes(c.holds)}: {getattr(c, 'claim', None) or getattr(c, 'reason', '')}"))
-        if self.feature_dim is None:
+        if self.feature_too_large:
+            size = "" if self.feature_dim is None else f"{self.feature_dim:,} features, "
+            rows.append(("feature map", f"{self.feature_method}: {size}too large, not built (see the note below)"))
+        elif self.feature_dim is None:
             rows.append(("feature map", "none (see the note below)"))
         else:
             err = "exact" if not self.error_bound else f"error <= {self.error_bound:.3g} for |score| <= {self.radius}"
@@ -208,11 +226,142 @@ def _yes(v) -> str:
     return {True: "yes", False: "no", None: "undecided"}[v]
 
 
+#: Wall-clock budget of a whole :func:`analyze` call, in seconds; each step gets at most what is left.
+ANALYSIS_SECONDS = 8.0
+#: Budgets of the steps, in seconds (each also capped by what is left of :data:`ANALYSIS_SECONDS`).
+STEP_SECONDS = {"certificate": 4.0, "positive-definite": 1.5, "metric-transform": 1.5, "feature map": 2.0}
+#: The Taylor degree search stops here even where the feature count would allow more.
+MAX_TAYLOR_DEGREE = 40
+_WEIERSTRASS = ("f has no Taylor series at 0 ({reason}), so there is no Taylor feature map; where f is continuous a "
+                "uniform polynomial approximation on a bounded range exists (Weierstrass), but it is not built here")
+
+
+class _Clock:
+    """The analysis budget: ``step(seconds, what)`` runs a step within min(seconds, what is left)."""
+
+    def __init__(self, total: float):
+        import time
+
+        self._now = time.monotonic
+        self.deadline = self._now() + total
+        self.total = total
+
+    def left(self) -> float:
+        return self.deadline - self._now()
+
+    def step(self, seconds: float, what: str):
+        from fastattn.budget import limited
+
+        left = self.left()
+        if left <= 0:
+            from fastattn.errors import SpecError
+
+            raise SpecError(f"{what} was skipped: the analysis budget of {self.total:g} s ran out")
+        return limited(min(seconds, left), what)
+
+
+def _certify(f, dim: int, low: bool, bound, n_witness: int, verify: bool, clock: _Clock, progress: bool):
+    """(certificate or None, note or None)."""
+    from fastattn.errors import SpecError
+    from fastattn.proofs_checks import CertificateError, full_rank_witness, low_rank_certificate
+    from fastattn.proofs_checks.rank import MAX_BOUND
+
+    if low and bound > MAX_BOUND:
+        return None, (f"rank bound {bound} > {MAX_BOUND}: attainment not certified explicitly at d={dim} "
+                      "(the bound itself is the multinomial identity)")
+    try:
+        with clock.step(STEP_SECONDS["certificate"], f"the rank certificate of {f.source!r}"):
+            if low:
+                cert = low_rank_certificate(f, dim)
+            else:
+                cert = full_rank_witness(f, n_witness, progress=progress, budget=max(clock.left(), 0.01))
+            if verify:
+                cert.verify()
+                cert._verified = True
+        return cert, None
+    except (CertificateError, SpecError) as exc:
+        return None, f"certificate: {exc}"
+
+
+def _low_rank_verdict(f, low: bool, bound, cert, certify: bool, why_not: str | None) -> tuple[bool | None, str]:
+    """low_rank (True / False / None = undecided) and the sentence that says why."""
+    if low:
+        return True, f"f is a polynomial: rank f(QK^T) <= {bound} by the multinomial identity"
+    if cert is not None and getattr(cert, "_verified", False):
+        return False, (f"f is not a polynomial ({f.reason}), and the verified certificate gives a non-singular "
+                       f"{cert.n}x{cert.n} f(QK^T)")
+    if not certify:
+        return None, f"f is not a polynomial ({f.reason}), but no full-rank witness was asked for (certify=False)"
+    if cert is not None:
+        return None, f"f is not a polynomial ({f.reason}); its full-rank witness was built but not verified (verify=False)"
+    return None, f"f is not a polynomial ({f.reason}), but no full-rank witness was certified ({why_not})"
+
+
+def _taylor_degree_cap(dim: int) -> int:
+    """Largest p whose top block alone, C(dim+p-1, p) features, stays within MAX_FEATURES (at most MAX_TAYLOR_DEGREE)."""
+    from fastattn.kernels.poly import MAX_FEATURES
+
+    p = 0
+    while p < MAX_TAYLOR_DEGREE and symmetric_dim(dim, p + 1) <= MAX_FEATURES:
+        p += 1
+    return p
+
+
+def _feature_plan(f, dim: int, radius: float, R, eps: float, degree, bound, notes: list):
+    """(method, degree, feature count, error bound, too_large); counts come from the formula, nothing is built."""
+    from fastattn.kernels.poly import MAX_FEATURES
+    from fastattn.lowrank.numeric import taylor_rank
+
+    if f.is_polynomial:
+        fdim = bound
+        return "exact", f.degree, fdim, 0.0, fdim > MAX_FEATURES
+    if f.kind == "not-analytic":
+        notes.append("no feature map: " + _WEIERSTRASS.format(reason=f.reason))
+        return None, None, None, None, False
+    if f.radius is not None and f.radius != sp.oo and not radius < float(f.radius):
+        notes.append(f"no feature map: radius {radius} is not inside the radius of convergence {f.radius}")
+        return None, None, None, None, False
+    cap = _taylor_degree_cap(dim)
+    if degree is None:
+        try:
+            tr = taylor_rank(f, dim, eps=eps, radius=radius, max_degree=cap)
+        except FastAttnError as exc:
+            if "vanishes" not in str(exc):
+                return _beyond_cap(f, dim, cap, eps, radius, exc, notes)
+            # f vanishes somewhere on the interval (tanh at 0): fall back to absolute error
+            try:
+                tr = taylor_rank(f, dim, eps=eps, radius=radius, relative=False, max_degree=cap)
+            except FastAttnError as exc2:
+                return _beyond_cap(f, dim, cap, eps, radius, exc2, notes)
+            notes.append(f"f vanishes on [-{radius}, {radius}]: the Taylor degree targets absolute error {eps}")
+        fdeg = tr.degree
+    else:
+        fdeg = int(degree)
+    coeffs = f.coefficients(fdeg)
+    fdim = sum(symmetric_dim(dim, j) for j, c in enumerate(coeffs) if c != 0)
+    return "taylor", fdeg, fdim, float(f.remainder_bound(fdeg, R)), fdim > MAX_FEATURES
+
+
+def _beyond_cap(f, dim, cap, eps, radius, exc, notes):
+    from fastattn.kernels.poly import MAX_FEATURES
+
+    if cap >= MAX_TAYLOR_DEGREE:
+        notes.append(f"no feature map: {exc}")
+        return None, None, None, None, False
+    notes.append(f"feature map too large: no Taylor degree <= {cap} reaches error {eps} on |x| <= {radius}, and a degree-"
+                 f"{cap + 1} map at head dim {dim} has at least {symmetric_dim(dim, cap + 1):,} features (limit "
+                 f"{MAX_FEATURES:,}); not built")
+    return "taylor", None, None, None, True
+
+
 def analyze(f, dim: int = 16, *, radius: float = 1.0, eps: float = 1e-3, degree: int | None = None,
             value_dim: int | None = None, seq_lens: Sequence[int] = _DEFAULT_SEQ_LENS, n_witness: int = 16,
             certify: bool = True, verify: bool = True, definiteness: bool = True, params=None,
-            progress: bool = False) -> Analysis:
+            progress: bool = False, budget: float = ANALYSIS_SECONDS) -> Analysis:
     """Analyse an entrywise attention function f of the score x = q·k.
+
+    Every verdict comes from a certificate: a step that cannot build one (or runs past its
+    budget) reports "undecided" with the reason, never "yes" or "no".
 
     Parameters
     ----------
@@ -241,6 +390,8 @@ def analyze(f, dim: int = 16, *, radius: float = 1.0, eps: float = 1e-3, degree:
         Constants of a string spec, e.g. ``{"tau": 8}``.
     progress : bool
         Show progress bars on the long steps.
+    budget : float
+        Wall-clock seconds for the whole analysis (:data:`STEP_SECONDS` per step within it).
 
     Examples
     --------
@@ -249,19 +400,20 @@ def analyze(f, dim: int = 16, *, radius: float = 1.0, eps: float = 1e-3, degree:
     (False, None, 'full-rank')
     >>> a.feature_method, a.feature_degree, a.feature_dim
     ('taylor', 6, 74613)
+    >>> analyze("exp(x)", dim=16, certify=False).low_rank is None  # "no" needs a certificate
+    True
     """
-    from fastattn.lowrank.numeric import taylor_rank
-    from fastattn.proofs_checks import (
-        CertificateError, full_rank_witness, low_rank_certificate, metric_transform, positive_definite, rank_bound,
-    )
+    from fastattn.errors import SpecError
     from fastattn.lowrank.numeric import _pos_float
-    from fastattn.proofs_checks.rank import MAX_BOUND
+    from fastattn.proofs_checks import Undecided, metric_transform, positive_definite, rank_bound
 
     f = make_spec(f, params=params) if isinstance(f, str) else make_spec(f)
     if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
         raise FastAttnError(f"dim={dim!r} must be an integer >= 1 (the head dimension)")
     radius = _pos_float(radius, "radius")
+    budget = _pos_float(budget, "budget")
     value_dim = dim if value_dim is None else value_dim
+    clock = _Clock(budget)
     notes: list[str] = []
     steps = ["class", "certificate", "positivity", "definiteness", "feature map"]
     bar = None
@@ -279,22 +431,10 @@ def analyze(f, dim: int = 16, *, radius: float = 1.0, eps: float = 1e-3, degree:
     bound = rank_bound(f, dim) if low else None
     step("class")
 
-    cert = None
-    if certify:
-        try:
-            if low:
-                if bound > MAX_BOUND:
-                    notes.append(f"rank bound {bound} > {MAX_BOUND}: attainment not certified explicitly at d={dim} "
-                                 "(the bound itself is the multinomial identity)")
-                else:
-                    cert = low_rank_certificate(f, dim)
-            else:
-                cert = full_rank_witness(f, n_witness, progress=progress)
-            if cert is not None and verify:
-                cert.verify()
-                cert._verified = True
-        except CertificateError as exc:
-            notes.append(f"certificate: {exc}")
+    cert, why_not = _certify(f, dim, low, bound, n_witness, verify, clock, progress) if certify else (None, None)
+    if why_not:
+        notes.append(why_not)
+    low_rank, low_rank_reason = _low_rank_verdict(f, low, bound, cert, certify, why_not)
     step("certificate")
 
     R = Fraction(radius).limit_denominator(10**6)
@@ -303,42 +443,37 @@ def analyze(f, dim: int = 16, *, radius: float = 1.0, eps: float = 1e-3, degree:
 
     pd = mt = None
     if definiteness:
-        pd, mt = positive_definite(f), metric_transform(f)
+        checks = []
+        for check, fn in (("positive-definite", positive_definite), ("metric-transform", metric_transform)):
+            try:
+                with clock.step(STEP_SECONDS[check], f"the {check} check of {f.source!r}"):
+                    checks.append(fn(f))
+            except SpecError as exc:
+                checks.append(Undecided(f.source, check, str(exc)))
+        pd, mt = checks
     step("definiteness")
 
     method = fdeg = fdim = err = None
-    if low:
-        method, fdeg, fdim, err = "exact", f.degree, bound, 0.0
-    elif f.kind == "not-analytic":
-        notes.append(f"no feature map: {f.reason}; no finite feature map approximates f uniformly near the kink")
-    else:
-        if f.radius is not None and str(f.radius) != "oo" and not radius < float(f.radius):
-            notes.append(f"no feature map: radius {radius} is not inside the radius of convergence {f.radius}")
-        else:
-            try:
-                if degree is None:
-                    try:
-                        tr = taylor_rank(f, dim, eps=eps, radius=radius)
-                    except FastAttnError:
-                        # f vanishes somewhere on the interval (tanh at 0): fall back to absolute error
-                        tr = taylor_rank(f, dim, eps=eps, radius=radius, relative=False)
-                        notes.append(f"f vanishes on [-{radius}, {radius}]: the Taylor degree targets absolute error {eps}")
-                    fdeg = tr.degree
-                else:
-                    fdeg = int(degree)
-                coeffs = f.coefficients(fdeg)
-                fdim = sum(symmetric_dim(dim, j) for j, c in enumerate(coeffs) if c != 0)
-                err = float(f.remainder_bound(fdeg, R))
-                method = "taylor"
-            except FastAttnError as exc:
-                notes.append(f"no feature map: {exc}")
+    too_large = False
+    try:
+        with clock.step(STEP_SECONDS["feature map"], f"the feature map of {f.source!r}"):
+            method, fdeg, fdim, err, too_large = _feature_plan(f, dim, radius, R, eps, degree, bound, notes)
+    except FastAttnError as exc:
+        method = fdeg = fdim = err = None
+        notes.append(f"no feature map: {exc}")
+    if too_large and fdim is not None:
+        from fastattn.kernels.poly import MAX_FEATURES
+
+        notes.append(f"feature map too large: {fdim:,} features at head dim {dim} (limit {MAX_FEATURES:,}); not built")
     step("feature map")
     if bar is not None:
         bar.close()
 
-    cost = CostModel(head_dim=dim, value_dim=value_dim, feature_dim=fdim, degree=fdeg or 0, seq_lens=tuple(seq_lens))
+    cost_dim = None if too_large else fdim
+    cost = CostModel(head_dim=dim, value_dim=value_dim, feature_dim=cost_dim, degree=fdeg or 0, seq_lens=tuple(seq_lens))
     return Analysis(
-        spec=f, dim=dim, radius=radius, kind=f.kind, reason=f.reason, low_rank=low, rank_bound=bound, certificate=cert,
-        positivity=positivity, positive_definite=pd, metric_transform=mt, feature_method=method, feature_degree=fdeg,
-        feature_dim=fdim, error_bound=err, cost=cost, notes=notes,
+        spec=f, dim=dim, radius=radius, kind=f.kind, reason=f.reason, low_rank=low_rank, rank_bound=bound,
+        certificate=cert, positivity=positivity, positive_definite=pd, metric_transform=mt, feature_method=method,
+        feature_degree=fdeg, feature_dim=fdim, error_bound=err, cost=cost, notes=notes,
+        low_rank_reason=low_rank_reason, feature_too_large=too_large,
     )

@@ -11,6 +11,7 @@ from fastattn.proofs_checks.certificates import METHODS, Certificate, Certificat
 from fastattn.proofs_checks.definite import (
     DerivationCertificate,
     QuadraticFormCertificate,
+    ValueAtZeroCertificate,
     bernstein_derivation,
     completely_monotone_derivation,
     metric_transform,
@@ -29,7 +30,7 @@ from fastattn.proofs_checks.rank import (
 __all__ = [
     "Certificate", "CertificateError", "Undecided", "METHODS",
     "LowRankCertificate", "FullRankCertificate", "PreservationCertificate",
-    "DerivationCertificate", "QuadraticFormCertificate",
+    "DerivationCertificate", "QuadraticFormCertificate", "ValueAtZeroCertificate",
     "low_rank_certificate", "full_rank_witness", "low_rank_preservation", "rank_bound",
     "completely_monotone_derivation", "bernstein_derivation", "positive_definite", "metric_transform",
     "rank_check",

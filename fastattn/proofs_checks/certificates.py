@@ -12,9 +12,10 @@ import json
 from dataclasses import dataclass, field
 from fractions import Fraction
 
+from fastattn.budget import limited
 from fastattn.errors import FastAttnError
 
-__all__ = ["Certificate", "CertificateError", "Undecided", "METHODS"]
+__all__ = ["Certificate", "CertificateError", "Undecided", "METHODS", "VERIFY_SECONDS"]
 
 #: How a certificate's numbers were obtained.
 METHODS = {
@@ -23,7 +24,11 @@ METHODS = {
     "interval": "interval arithmetic (mpmath.iv) on exact rational inputs; residuals recomputed in exact integers",
     "high-precision": "high-precision floating point with a stated error margin (not interval)",
     "symbolic": "symbolic derivation from closure rules",
+    "limit": "a one-sided limit computed by sympy, its growth checked in mpmath",
 }
+
+#: Wall-clock budget of one verify(), in seconds; beyond it SpecError names the certificate.
+VERIFY_SECONDS = 6.0
 
 
 class CertificateError(FastAttnError):
@@ -59,8 +64,12 @@ class Certificate:
         return {}
 
     def verify(self) -> bool:
-        """Recompute the decisive numbers independently; True, or :class:`CertificateError` with the numbers."""
-        self._verify()
+        """Recompute the decisive numbers independently; True, or :class:`CertificateError` with the numbers.
+
+        Runs within :data:`VERIFY_SECONDS` of wall time, else :class:`~fastattn.errors.SpecError`.
+        """
+        with limited(VERIFY_SECONDS, f"verifying the {self.check} certificate of {self.spec!r}"):
+            self._verify()
         return True
 
     def _verify(self) -> None:

@@ -5,6 +5,11 @@
 * f maps ℓ₁ / negative-type metrics to negative-type metrics iff f is a Bernstein
   function (f ≥ 0 with f' completely monotone).
 
+Both theorems are about f finite and continuous on [0, ∞): f(0) sits on the diagonal of
+f(‖x−y‖²) and of f(D). A derivation is accepted only when f(0+) is finite and f(0) (where
+defined) equals it; f(0+) = ±∞ (1/x, x^(-1/2)) is a counter-example by itself
+(:class:`ValueAtZeroCertificate`).
+
 Proofs are symbolic derivations from closure rules (sums and products of CM
 functions are CM; exp(−g) and g^(−β) are CM for g Bernstein; x^α (0<α≤1),
 log(c+g) (c≥1), c − h (h CM, c ≥ h(0)) and compositions of Bernstein functions are
@@ -26,6 +31,8 @@ import numpy as np
 import sympy as sp
 from mpmath import iv
 
+from fastattn.budget import limited
+from fastattn.errors import SpecError
 from fastattn.proofs_checks import _arith
 from fastattn.proofs_checks._arith import NotExact
 from fastattn.proofs_checks.certificates import Certificate, Undecided
@@ -33,8 +40,12 @@ from fastattn.transforms import X, spec as make_spec
 
 __all__ = [
     "completely_monotone_derivation", "bernstein_derivation", "DerivationCertificate",
-    "QuadraticFormCertificate", "positive_definite", "metric_transform",
+    "QuadraticFormCertificate", "ValueAtZeroCertificate", "positive_definite", "metric_transform",
+    "CHECK_SECONDS",
 ]
+
+#: Wall-clock budget of one positive-definiteness or metric-transform check, in seconds.
+CHECK_SECONDS = 3.0
 
 
 # -- closure rules ----------------------------------------------------------------------------
@@ -178,6 +189,9 @@ class DerivationCertificate(Certificate):
         if derive(self.spec) is None:
             self._fail(f"the closure rules do not derive '{self.property}' for the spec")
         expr = make_spec(self.spec).expr
+        zero = _at_zero(expr)
+        if zero.problem:
+            self._fail(f"the theorem needs f finite and continuous at 0: {zero.problem}")
         shift = 0 if self.property == "completely monotone" else 1
         old = iv.prec
         iv.prec = 120
@@ -203,6 +217,66 @@ def _lo(v):
 
 def _hi(v):
     return _arith.mpf_to_fraction(v._mpi_[1])
+
+
+@dataclass(frozen=True)
+class _Zero:
+    """f near 0: the one-sided limit f(0+), the value f(0), and what is wrong for the theorems (None: nothing)."""
+
+    limit: sp.Expr
+    value: sp.Expr
+    problem: str | None = None
+
+    @property
+    def infinite(self) -> bool:
+        return self.limit in (sp.oo, -sp.oo)
+
+
+def _at_zero(expr) -> _Zero:
+    lim = sp.limit(expr, X, 0, "+")
+    val = expr.subs(X, 0)
+    if lim in (sp.oo, -sp.oo):
+        return _Zero(lim, val, f"f(0+) = {lim}")
+    if not (lim.is_extended_real and lim.is_finite):
+        return _Zero(lim, val, f"f(0+) is {lim}, not a finite number")
+    if val.is_finite and val.is_extended_real and sp.simplify(val - lim) != 0:
+        return _Zero(lim, val, f"f is not continuous at 0: f(0) = {val}, f(0+) = {lim}")
+    return _Zero(lim, val)
+
+
+@dataclass(eq=False)
+class ValueAtZeroCertificate(Certificate):
+    """f(0+) = ±∞: f(‖x−y‖²) (or f(D)) is infinite on the diagonal, so the kernel property fails.
+
+    ``verify`` recomputes the one-sided limit with sympy and checks, in mpmath at 50 digits,
+    that |f(2^-k)| grows along k = 8, 16, 32, 64 past |f(2^-8)|.
+    """
+
+    limit: str = ""
+
+    def numbers(self) -> dict:
+        return {"f(0+)": self.limit}
+
+    def _verify(self) -> None:
+        expr = make_spec(self.spec).expr
+        lim = sp.limit(expr, X, 0, "+")
+        if str(lim) != self.limit or lim not in (sp.oo, -sp.oo):
+            self._fail(f"sympy gives f(0+) = {lim}, the certificate says {self.limit}")
+        fn = sp.lambdify(X, expr, modules=["mpmath"])
+        with mpmath.workdps(50):
+            mags = [abs(fn(mpmath.mpf(2) ** -k)) for k in (8, 16, 32, 64)]
+        if not all(a < b for a, b in zip(mags, mags[1:])):
+            self._fail(f"|f(2^-k)| for k = 8, 16, 32, 64 is {[mpmath.nstr(m, 6) for m in mags]}, not growing")
+
+
+def _infinite_at_zero(f, check: str, zero: _Zero) -> ValueAtZeroCertificate:
+    what = ("f(|x-y|^2) is infinite on the diagonal x = y, so it is not a positive-definite kernel"
+            if check == "positive-definite" else "f(D) is infinite on the diagonal of every metric D, so it is not a metric")
+    return ValueAtZeroCertificate(
+        spec=f.source, check=check, holds=False, method="limit",
+        claim=f"f(0+) = {zero.limit}: {what} (the theorem needs f finite and continuous on [0, inf))",
+        limit=str(zero.limit),
+    )
 
 
 @dataclass(eq=False)
@@ -345,11 +419,12 @@ def _corner_sets():
 
 
 def positive_definite(f) -> Certificate | Undecided:
-    """Is f(‖x−y‖²) positive (semi)definite in every dimension? (Schoenberg: iff f is CM.)
+    """Is f(‖x−y‖²) positive (semi)definite in every dimension? (Schoenberg: iff f is CM and continuous on [0, ∞).)
 
-    Returns a :class:`DerivationCertificate` (CM by closure rules; holds) or a
-    :class:`QuadraticFormCertificate` (points with cᵀKc < 0 certified; does not hold),
-    or :class:`Undecided`.
+    Returns a :class:`DerivationCertificate` (CM by closure rules; holds), a
+    :class:`QuadraticFormCertificate` (points with cᵀKc < 0 certified; does not hold), a
+    :class:`ValueAtZeroCertificate` (f(0+) infinite; does not hold), or :class:`Undecided`,
+    also when the check runs past :data:`CHECK_SECONDS`.
 
     Examples
     --------
@@ -358,16 +433,11 @@ def positive_definite(f) -> Certificate | Undecided:
     >>> c = positive_definite("1 - x")
     >>> c.holds, c.verify()
     (False, True)
+    >>> positive_definite("1/x").claim.startswith("f(0+) = oo")
+    True
     """
     f = make_spec(f)
-    steps = completely_monotone_derivation(f)
-    if steps is not None:
-        return DerivationCertificate(
-            spec=f.source, check="positive-definite", holds=True, method="symbolic",
-            claim="f is completely monotone, so f(|x-y|^2) is positive semi-definite in every dimension (Schoenberg)",
-            property="completely monotone", steps=steps,
-        )
-    return _counterexample(f, "gram", "positive-definite", _gram_point_sets())
+    return _budgeted(f, "positive-definite", lambda: _decide(f, "positive-definite"))
 
 
 def metric_transform(f) -> Certificate | Undecided:
@@ -380,16 +450,45 @@ def metric_transform(f) -> Certificate | Undecided:
     >>> c = metric_transform("x**2")
     >>> c.holds, c.numbers()["l1_distance_matrix_rank"], c.verify()
     (False, 3, True)
+    >>> metric_transform("x**(-1/2)").holds
+    False
     """
     f = make_spec(f)
-    steps = bernstein_derivation(f)
-    if steps is not None:
-        return DerivationCertificate(
-            spec=f.source, check="metric-transform", holds=True, method="symbolic",
-            claim="f is a Bernstein function, so it maps metrics of negative type to metrics of negative type",
-            property="Bernstein", steps=steps,
-        )
-    return _counterexample(f, "l1", "metric-transform", _corner_sets())
+    return _budgeted(f, "metric-transform", lambda: _decide(f, "metric-transform"))
+
+
+def _budgeted(f, check: str, run):
+    try:
+        with limited(CHECK_SECONDS, f"the {check} check of {f.source!r}"):
+            return run()
+    except SpecError as exc:
+        return Undecided(f.source, check, str(exc))
+
+
+def _decide(f, check: str):
+    pd = check == "positive-definite"
+    zero = _at_zero(f.expr)
+    if zero.infinite:
+        return _infinite_at_zero(f, check, zero)
+    if zero.problem is None:
+        steps = completely_monotone_derivation(f) if pd else bernstein_derivation(f)
+        if steps is not None:
+            cert = DerivationCertificate(
+                spec=f.source, check=check, holds=True, method="symbolic",
+                claim=("f is completely monotone and continuous at 0, so f(|x-y|^2) is positive semi-definite in "
+                       "every dimension (Schoenberg)" if pd else
+                       "f is a Bernstein function, so it maps metrics of negative type to metrics of negative type"),
+                property="completely monotone" if pd else "Bernstein", steps=steps,
+            )
+            if not zero.value.is_finite:
+                cert.notes.append(f"f(0) is undefined; the claim is about its continuous extension f(0) = {zero.limit}")
+            return cert
+    found = _counterexample(f, "gram" if pd else "l1", check, _gram_point_sets() if pd else _corner_sets())
+    if zero.problem is not None and isinstance(found, Undecided):
+        theorem = "Schoenberg's" if pd else "Bernstein's"
+        return Undecided(f.source, check, f"{zero.problem}: {theorem} theorem needs f finite and continuous on [0, inf), "
+                                          "and no certified counter-example was found")
+    return found
 
 
 def _counterexample(f, form, check, sets):

@@ -143,7 +143,10 @@ class FullRankCertificate(Certificate):
             for i, r in enumerate(S):
                 for j, s in enumerate(r):
                     if s not in memo:
-                        memo[s] = _arith.mpf_to_fraction(mpmath.mpf(fn(_mp_value(s, P + 64))))
+                        v = mpmath.mpf(fn(_mp_value(s, P + 64)))
+                        if not mpmath.isfinite(v):
+                            self._fail(f"f({s}) = {v} is not finite")
+                        memo[s] = _to_fraction(v._mpf_, s, P, 1)
                     if abs(memo[s] - self.A_mid[i][j] * scale) > self.delta:
                         self._fail(f"f({s}) = {float(memo[s])!r} lies outside the stored entry ± {float(self.delta):.3g}")
         rho, nb = _residual(self.A_mid, self.B, P)
