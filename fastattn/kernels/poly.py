@@ -4,8 +4,11 @@
 coefficient dict) into the :class:`~fastattn.kernels.codegen.Polynomial` the code generator
 reads: exact coefficients, positivity on R (from ``Spec.is_positive``), and, for a
 non-polynomial f truncated at ``degree``, the truncation error bound.
+:func:`check_normalizer` picks the denominator a normalised attention divides by (sum_j f for
+f > 0, sum_j f + eps for f >= 0 with real zeros, decided exactly by :func:`nonnegative`).
 :func:`poly_attention` runs it: the generated Triton kernels on CUDA tensors (or on CPU
-tensors under ``TRITON_INTERPRET=1``), the pure-torch chunkwise form otherwise.
+tensors under ``TRITON_INTERPRET=1``), the pure-torch chunkwise form otherwise, with the same
+argument checks and the same denominator on both.
 
 >>> import torch
 >>> q = k = v = torch.randn(1, 2, 10, 4)
