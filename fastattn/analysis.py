@@ -297,14 +297,18 @@ def _low_rank_verdict(f, low: bool, bound, cert, certify: bool, why_not: str | N
     return None, f"f is not a polynomial ({f.reason}), but no full-rank witness was certified ({why_not})"
 
 
-def _taylor_degree_cap(dim: int) -> int:
-    """Largest p whose top block alone, C(dim+p-1, p) features, stays within MAX_FEATURES (at most MAX_TAYLOR_DEGREE)."""
+def _taylor_degree_cap(f, dim: int) -> tuple[int, int | None]:
+    """(p, n): p the largest degree <= MAX_TAYLOR_DEGREE whose Taylor map of f fits MAX_FEATURES; n the feature
+    count at degree p + 1, which every map of higher degree has at least (None when the cap is the degree limit)."""
     from fastattn.kernels.poly import MAX_FEATURES
 
-    p = 0
-    while p < MAX_TAYLOR_DEGREE and symmetric_dim(dim, p + 1) <= MAX_FEATURES:
-        p += 1
-    return p
+    count = 0
+    for p in range(MAX_TAYLOR_DEGREE + 1):
+        if f.coefficients(p)[p] != 0:
+            count += symmetric_dim(dim, p)
+        if count > MAX_FEATURES:
+            return p - 1, count
+    return MAX_TAYLOR_DEGREE, None
 
 
 def _feature_plan(f, dim: int, radius: float, R, eps: float, degree, bound, notes: list):
@@ -321,18 +325,18 @@ def _feature_plan(f, dim: int, radius: float, R, eps: float, degree, bound, note
     if f.radius is not None and f.radius != sp.oo and not radius < float(f.radius):
         notes.append(f"no feature map: radius {radius} is not inside the radius of convergence {f.radius}")
         return None, None, None, None, False
-    cap = _taylor_degree_cap(dim)
+    cap, over = _taylor_degree_cap(f, dim) if degree is None else (None, None)
     if degree is None:
         try:
             tr = taylor_rank(f, dim, eps=eps, radius=radius, max_degree=cap)
         except FastAttnError as exc:
             if "vanishes" not in str(exc):
-                return _beyond_cap(f, dim, cap, eps, radius, exc, notes)
+                return _beyond_cap(dim, cap, over, eps, radius, exc, notes)
             # f vanishes somewhere on the interval (tanh at 0): fall back to absolute error
             try:
                 tr = taylor_rank(f, dim, eps=eps, radius=radius, relative=False, max_degree=cap)
             except FastAttnError as exc2:
-                return _beyond_cap(f, dim, cap, eps, radius, exc2, notes)
+                return _beyond_cap(dim, cap, over, eps, radius, exc2, notes)
             notes.append(f"f vanishes on [-{radius}, {radius}]: the Taylor degree targets absolute error {eps}")
         fdeg = tr.degree
     else:
@@ -342,15 +346,15 @@ def _feature_plan(f, dim: int, radius: float, R, eps: float, degree, bound, note
     return "taylor", fdeg, fdim, float(f.remainder_bound(fdeg, R)), fdim > MAX_FEATURES
 
 
-def _beyond_cap(f, dim, cap, eps, radius, exc, notes):
+def _beyond_cap(dim, cap, over, eps, radius, exc, notes):
     from fastattn.kernels.poly import MAX_FEATURES
 
-    if cap >= MAX_TAYLOR_DEGREE:
+    if over is None:
         notes.append(f"no feature map: {exc}")
         return None, None, None, None, False
-    notes.append(f"feature map too large: no Taylor degree <= {cap} reaches error {eps} on |x| <= {radius}, and a degree-"
-                 f"{cap + 1} map at head dim {dim} has at least {symmetric_dim(dim, cap + 1):,} features (limit "
-                 f"{MAX_FEATURES:,}); not built")
+    notes.append(f"feature map too large: no Taylor degree <= {cap} reaches error {eps} on |x| <= {radius}, and every "
+                 f"map of degree >= {cap + 1} at head dim {dim} has at least {over:,} features (limit {MAX_FEATURES:,}); "
+                 "not built")
     return "taylor", None, None, None, True
 
 

@@ -371,13 +371,15 @@ def _float_fn(g):
 
 
 def _moderate(fn, ys: np.ndarray) -> bool:
-    """g is finite and below 2^_MAX_LOG2 in float64 at ys (nested exp overflows here, cheaply, not in mpmath)."""
-    with np.errstate(all="ignore"):
+    """g is finite and within 2^±_MAX_LOG2 (or 0) in float64 at ys (nested exp overflows here, cheaply, not in mpmath)."""
+    # an underflow (exp(-4^64) is 0.0 in float64) is an entry no working precision resolves
+    with np.errstate(all="ignore", under="raise"):
         try:
             v = np.asarray(fn(ys), dtype=float)
-        except (TypeError, ValueError, ZeroDivisionError, OverflowError):
+        except (TypeError, ValueError, ZeroDivisionError, OverflowError, FloatingPointError):
             return False
-    return bool(np.all(np.isfinite(v)) and np.all(np.abs(v) < 2.0**_MAX_LOG2))
+    a = np.abs(v)
+    return bool(np.all(np.isfinite(v)) and np.all(a < 2.0**_MAX_LOG2) and not np.any((a > 0) & (a < 2.0**-_MAX_LOG2)))
 
 
 # -- the search ---------------------------------------------------------------------------------

@@ -42,7 +42,6 @@ __all__ = [
 ]
 
 FEATURE_MAPS: dict[str, Callable[..., "FeatureMap"]] = {}
-_MAX_FEATURES = 1 << 22
 
 
 def register_feature_map(name: str):
@@ -211,7 +210,10 @@ def _taylor(f: Spec, dim: int, *, scale: float = 1.0, degree: int | None = None)
     if isinstance(degree, bool) or not isinstance(degree, int) or degree < 0:
         raise FeatureMapError(f"degree={degree!r} must be an integer >= 0")
     if f.kind == "not-analytic":
-        raise FeatureMapError(f"{f.source!r} has no Taylor series ({f.reason}); no finite feature map approximates it uniformly")
+        raise FeatureMapError(
+            f"{f.source!r} has no Taylor series at 0 ({f.reason}), so there is no Taylor feature map; where f is "
+            "continuous a uniform polynomial approximation on a bounded range exists (Weierstrass), but it is not built here"
+        )
     coeffs = dict(enumerate(f.coefficients(degree)))
     truncated = f if not (f.is_polynomial and degree >= f.degree) else None
     return _poly_map(f, dim, coeffs, scale, "taylor", truncated, degree)
@@ -221,13 +223,22 @@ def _poly_map(f, dim, coeffs, scale, method, truncated_from, degree):
     bad = [k for k, c in coeffs.items() if not (c.is_real and c.is_finite)]
     if bad:
         raise FeatureMapError(f"coefficient of x^{bad[0]} in {f.source!r} is not a finite real number")
-    dim_out = sum(symmetric_dim(dim, j) for j, c in coeffs.items() if c != 0)
-    if dim_out > _MAX_FEATURES:
-        raise FeatureMapError(f"{f.source!r} at dim={dim} needs {dim_out} features, above the limit {_MAX_FEATURES}")
+    dim_out = _check_count(f, dim, [symmetric_dim(dim, j) for j, c in coeffs.items() if c != 0], degree)
     return PolynomialFeatureMap(
         spec=f, dim=dim, dim_out=dim_out, method=method, scale=scale, exact=truncated_from is None,
         coefficients=coeffs, truncated_from=truncated_from, degree=degree,
     )
+
+
+def _check_count(f, dim: int, blocks: list[int], degree: int) -> int:
+    """The feature count sum(blocks), or FeatureMapError when it is above MAX_FEATURES (checked before anything is built)."""
+    from fastattn.kernels.poly import MAX_FEATURES
+
+    n = sum(blocks)
+    if n > MAX_FEATURES:
+        raise FeatureMapError(f"{f.source!r} at degree {degree} and dim={dim} needs {n:,} features (symmetric "
+                              f"basis, sum_j C(dim + j - 1, j)); the limit is {MAX_FEATURES:,}: lower the degree or the dim")
+    return n
 
 
 @dataclass(eq=False, repr=False)
