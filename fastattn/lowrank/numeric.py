@@ -194,7 +194,8 @@ def taylor_rank(f, d: int, *, eps: float = 1e-3, radius: float = 1.0, max_degree
     if f.kind == "not-analytic":
         raise FastAttnError(f"{f.source!r} is not analytic ({f.reason}): no Taylor truncation converges uniformly")
     grid = np.linspace(-radius, radius, 2001)
-    fmin = float(np.min(np.abs(f(grid)))) if relative else 1.0
+    with np.errstate(all="ignore"):  # overflow to inf only makes |f| large, which the minimum ignores
+        fmin = float(np.min(np.abs(f(grid)))) if relative else 1.0
     if fmin == 0:
         raise FastAttnError(f"{f.source!r} vanishes on [-{radius}, {radius}]: relative error is undefined; use an absolute "
                             "tolerance with Spec.remainder_bound")

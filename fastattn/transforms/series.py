@@ -382,6 +382,20 @@ def sup_on_disc(expr: sp.Expr, r, max_pieces: int = 512):
         return best
 
 
+#: Above this, exp(t) is taken as infinite: mpmath would spend minutes on exp(1e9) (an unusable bound anyway).
+_EXP_ARGUMENT_LIMIT = 10**6
+
+
+def _exp_up(t):
+    """exp(t) for real t, or +inf once t is too large to give a usable bound."""
+    return mpmath.exp(t) if t < _EXP_ARGUMENT_LIMIT else mpmath.inf
+
+
+def _too_large(c) -> bool:
+    # a centre value this large makes exp/sin/cosh of it an mpmath marathon
+    return abs(mpmath.re(c)) > _EXP_ARGUMENT_LIMIT or abs(mpmath.im(c)) > _EXP_ARGUMENT_LIMIT
+
+
 def _bound(e, r, cache):
     if e in cache:
         return cache[e]
@@ -424,10 +438,14 @@ def _bound_walk(e, r, cache):
         return cb**alpha, abs(cb) ** alpha.real * ((1 - u) ** (-abs(alpha)) - 1)
     if isinstance(e, sp.exp):
         c, d = _bound(e.args[0], r, cache)
+        if _too_large(c) or not d < _EXP_ARGUMENT_LIMIT:
+            raise NotAnalyticAtZero(e, "the bound on the disc is too large to be useful")
         ec = mpmath.exp(c)
         return ec, abs(ec) * mpmath.expm1(d)
     if isinstance(e, (sp.sin, sp.cos, sp.sinh, sp.cosh)):
         c, d = _bound(e.args[0], r, cache)
+        if _too_large(c) or not d < _EXP_ARGUMENT_LIMIT:
+            raise NotAnalyticAtZero(e, "the bound on the disc is too large to be useful")
         if isinstance(e, (sp.sin, sp.cos)):
             s0, c0 = mpmath.sin(c), mpmath.cos(c)
         else:
@@ -447,7 +465,9 @@ def _bound_walk(e, r, cache):
     if isinstance(e, sp.erf):
         c, d = _bound(e.args[0], r, cache)
         # erf' = 2/sqrt(pi) exp(-t^2) and |exp(-t^2)| <= exp(|t|^2) on the segment.
-        return mpmath.erf(c), 2 / mpmath.sqrt(mpmath.pi) * d * mpmath.exp((abs(c) + d) ** 2)
+        if _too_large(c):
+            raise NotAnalyticAtZero(e, "the bound on the disc is too large to be useful")
+        return mpmath.erf(c), 2 / mpmath.sqrt(mpmath.pi) * d * _exp_up((abs(c) + d) ** 2)
     if isinstance(e, sp.atan):
         c, d = _bound(e.args[0], r, cache)
         reach = abs(c) + d

@@ -229,19 +229,11 @@ class Spec:
             return self._cauchy_bound_unlimited(p, R)
 
     def _cauchy_bound_unlimited(self, p: int, R) -> float:
-        from mpmath import iv
-
         extra = 30
         G, c = self._classification[3]
         with mpmath.workdps(50):
-            old, iv.dps = iv.dps, 50
-            try:
-                # |a_k| from interval enclosures: exact coefficients of nested functions grow huge
-                enclosed = enclosed_coefficients(G, p + extra if c is None else 2 * (p + extra))
-            finally:
-                iv.dps = old
+            coeffs = self._enclosed_series(p + extra)
             scale = 1 if c is None else mpmath.mpf(sp.N(abs(c), 50))
-            coeffs = enclosed if c is None else [enclosed[2 * n] for n in range(p + extra + 1)]
             Rm = mpmath.mpf(sp.N(R, 50))
             head = mpmath.fsum(max(abs(mpmath.mpf(coeffs[k].a)), abs(mpmath.mpf(coeffs[k].b))) * (scale * Rm) ** k
                                for k in range(p + 1, p + extra + 1))
@@ -251,8 +243,7 @@ class Spec:
                 r = Rm * (1 + t) if Rm > 0 else mpmath.mpf(t)
                 if not r < limit:
                     continue
-                # |f| on |x| <= r is |G| on |t| <= sqrt(|c| r) in the even-root form
-                M = sup_on_disc(G, r if c is None else mpmath.sqrt(scale * r))
+                M = self._sup_on_disc(r)
                 if M is None:
                     continue
                 tail = M * (Rm / r) ** (p + extra + 1) / (1 - Rm / r)
@@ -260,6 +251,34 @@ class Spec:
             if best == mpmath.inf:
                 raise SpecError(f"could not bound |{self.source}| on a complex disc around |x| <= {R}")
             return _round_up(head + best)
+
+    def _enclosed_series(self, n: int) -> list:
+        """Intervals (50 digits) containing a_0..a_n; cached, since taylor_rank asks for every p in turn."""
+        from mpmath import iv
+
+        cached = self.__dict__.get("_enclosed_cache")
+        if cached is None or len(cached) <= n:
+            G, c = self._classification[3]
+            want = max(n, 2 * len(cached or [])) if cached else n
+            old, iv.dps = iv.dps, 50
+            try:
+                # |a_k| from interval enclosures: exact coefficients of nested functions grow huge
+                enclosed = enclosed_coefficients(G, want if c is None else 2 * want)
+            finally:
+                iv.dps = old
+            cached = enclosed if c is None else [enclosed[2 * k] for k in range(want + 1)]
+            object.__setattr__(self, "_enclosed_cache", cached)
+        return cached
+
+    def _sup_on_disc(self, r):
+        """Upper bound on |f| over |x| <= r (mpmath), or None; cached per radius."""
+        cache = self.__dict__.setdefault("_sup_cache", {})
+        key = mpmath.nstr(r, 40)
+        if key not in cache:
+            G, c = self._classification[3]
+            # |f| on |x| <= r is |G| on |t| <= sqrt(|c| r) in the even-root form
+            cache[key] = sup_on_disc(G, r if c is None else mpmath.sqrt(mpmath.mpf(sp.N(abs(c), 50)) * r))
+        return cache[key]
 
     # -- positivity --------------------------------------------------------------------------------
     def is_positive(self, interval=(-sp.oo, sp.oo)) -> Positivity:
