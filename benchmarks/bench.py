@@ -471,6 +471,24 @@ def write_results(path, block):
     path.write_text(new)
 
 
+def render_saved(path, results):
+    """Write the table and targets of a saved ``--json`` run into ``results`` (a cut-short run says so)."""
+    data = json.loads(Path(path).read_text())
+    if "meta" not in data or "results" not in data:
+        print(f"{path}: not a bench.py --json run (needs 'meta' and 'results')", file=sys.stderr)
+        return 2
+    res = {n: {int(t): c for t, c in cells.items()} for n, cells in data["results"].items()}
+    Ts = sorted({t for cells in res.values() for t in cells})
+    rows = [r.name for r in ROWS if r.name in res]
+    lines = list(data.get("check_lines", []))
+    if data.get("partial"):
+        missing = [r.name for r in ROWS if r.name not in res]
+        lines.append(f"this run was cut short by its time limit; rows not timed: {', '.join(missing) or 'none'}")
+    write_results(results, render(data["meta"], res, Ts, rows, lines, targets(res, Ts)))
+    print(f"wrote {results} from {path}")
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--T", type=int, nargs="+", default=[2048, 4096, 8192, 16384, 32768, 65536])
@@ -486,7 +504,11 @@ def main(argv=None):
                     help="also time each row's fwd+bwd replayed from a CUDA graph (no host launch path)")
     ap.add_argument("--sweep", type=int, default=0,
                     help="after the table, time ours over the SWEEP tilings at this T (printed, not written)")
+    ap.add_argument("--from-json", default=None, metavar="RUN.json",
+                    help="no timing: render a saved run (a cut-short one too) into --results, with its targets")
     args = ap.parse_args(argv)
+    if args.from_json:
+        return render_saved(args.from_json, args.results)
     if not torch.cuda.is_available():
         print("bench.py needs a CUDA GPU", file=sys.stderr)
         return 2
@@ -523,6 +545,9 @@ def main(argv=None):
         rows = [r for r in rows if r not in failed]
     rate, bw = ceilings()
     print(f"ceilings: {rate / 1e12:.0f} TFLOP/s bf16 matmul, {bw / 1e12:.2f} TB/s copy", flush=True)
+    meta = dict(card=torch.cuda.get_device_name(), date=datetime.date.today().isoformat(), torch=torch.__version__,
+                triton=triton.__version__, fla=fla_version, power=power_version, rate=rate, bw=bw, check_ok=check_ok,
+                command="python benchmarks/bench.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     res = {}
     for name in rows:
         for T in args.T:
@@ -533,17 +558,14 @@ def main(argv=None):
                 r["floor_fwd"], r["floor_fwdbwd"] = floor_ms(ROW[name], T, rate, bw)
             res.setdefault(name, {})[T] = r
             if args.json:  # a run cut short by a time limit still leaves every finished cell
-                Path(args.json).write_text(json.dumps(dict(partial=True, results={
+                Path(args.json).write_text(json.dumps(dict(partial=True, meta=meta, check_lines=check_lines, results={
                     n: {str(t): v for t, v in c.items()} for n, c in res.items()}), indent=1))
             print(f"{name:28s} T={T:6d} fwd {fmt(r['fwd'])} ms  fwd+bwd {fmt(r['fwdbwd'])} ms  "
                   f"peak {fmt(r['peak_mib'], 0)} MiB  {r.get('setting') or ''}", flush=True)
-    meta = dict(card=torch.cuda.get_device_name(), date=datetime.date.today().isoformat(), torch=torch.__version__,
-                triton=triton.__version__, fla=fla_version, power=power_version, rate=rate, bw=bw, check_ok=check_ok,
-                command="python benchmarks/bench.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     tgt = targets(res, args.T)
     block = render(meta, res, args.T, rows, check_lines, tgt)
     write_results(args.results, block)
-    data = dict(meta=meta, results={n: {str(t): v for t, v in r.items()} for n, r in res.items()})
+    data = dict(meta=meta, check_lines=check_lines, results={n: {str(t): v for t, v in r.items()} for n, r in res.items()})
     if args.json:
         Path(args.json).write_text(json.dumps(data, indent=1))
     if args.plot and res:

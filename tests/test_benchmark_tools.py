@@ -154,3 +154,20 @@ def test_every_row_names_a_known_kind_and_ours_have_a_feature_count():
     for row in bench.OURS:
         assert polynomial(row.spec).feature_dim(row.D) >= 1
     assert {r.name.split()[0] for r in bench.ROWS} == {"ours", "sdpa", "power_full", "fla"}
+
+
+def test_a_saved_run_cut_short_renders_with_the_missing_rows_named(tmp_path):
+    bench = _load("bench")
+    meta = dict(card="H200", date="2026-12-01", torch="2", triton="3", fla="0", power="1.4.4", command="c",
+                rate=7e14, bw=4e12, check_ok=True)
+    run = tmp_path / "run.json"
+    run.write_text(json.dumps({"partial": True, "meta": meta, "check_lines": ["ours x d64 T=4096 o: ok"],
+                               "results": {"sdpa d64": {"8192": _cells(2.3, setting="cuDNN (default)")}}}))
+    out = tmp_path / "RESULTS.md"
+    assert bench.main(["--from-json", str(run), "--results", str(out)]) == 0
+    text = out.read_text()
+    assert "| sdpa d64 | 8K | 0.77 | 2.30 | 100 |  | cuDNN (default) |" in text
+    assert "rows not timed: ours 1+x+x²/2 d16 v64," in text and "ours x d64 T=4096 o: ok" in text
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    assert bench.main(["--from-json", str(bad), "--results", str(out)]) == 2
