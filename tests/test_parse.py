@@ -1,5 +1,6 @@
 """The spec parser: what it accepts, and that no string can run code or hang it."""
 
+import re
 import time
 
 import pytest
@@ -126,3 +127,64 @@ def test_fuzzed_text_either_parses_or_raises_spec_error(text):
         assert isinstance(f.expr, sp.Expr)
         assert f.expr.free_symbols <= {X}
     assert time.perf_counter() - start < 2.0
+
+
+# -- issue 13: one ASCII expression, bounded sizes, real values ------------------------------------
+@pytest.mark.parametrize("text, char, column", [
+    ("\uff58", "\uff58", 1),                # full-width x, NFKC-folded to x by Python's parser
+    ("\u212fxp(x)", "\u212f", 1),           # script e
+    ("x + \uff11", "\uff11", 5),            # full-width digit one
+    ("exp(x)\u00a0+ 1", "\u00a0", 7),       # no-break space
+])
+def test_non_ascii_characters_are_refused_with_their_position(text, char, column):
+    with pytest.raises(SpecError, match=rf"U\+{ord(char):04X}\) at column {column}\b"):
+        fastattn.spec(text)
+
+
+@pytest.mark.parametrize("text, what", [
+    ('1 + x # """ + str(open("/tmp/m","w"))', r"'#' at column 7 of spec .*: comments are not allowed"),
+    ("x # a note", r"'#' at column 3"),
+    ("x \\\n+ 1", r"one expression on one line"),
+    ("x \\ + 1", r"backslash at column 3"),
+    ("x\t+ 1", r"U\+0009\) at column 2"),
+])
+def test_comments_backslashes_and_control_characters_are_refused(text, what):
+    with pytest.raises(SpecError, match=what):
+        fastattn.spec(text)
+
+
+def test_total_degree_after_nesting_is_limited_before_expansion():
+    start = time.perf_counter()
+    with pytest.raises(SpecError, match=r"total degree 4096 after nesting is above the limit 64"):
+        fastattn.spec("((1+x)**64)**64")
+    with pytest.raises(SpecError, match=r"total degree 65 after nesting is above the limit 64"):
+        fastattn.spec("x**64 * x")
+    assert time.perf_counter() - start < 1.0
+    assert fastattn.spec("((1+x)**8)**8").degree == 64
+
+
+@pytest.mark.parametrize("text, constant", [
+    ("sigmoid(x-1e10)", "10000000000"),
+    ("exp(1000000*x)", "1000000"),
+    ("exp(20)*x", "exp(20)"),
+])
+def test_constants_and_offsets_are_limited(text, constant):
+    with pytest.raises(SpecError, match=rf"constant {re.escape(constant)} .* larger in magnitude than the limit 10000"):
+        fastattn.spec(text)
+
+
+def test_small_and_factorial_constants_are_fine():
+    assert parse_spec("x**8/40320") == X**8 / 40320
+    assert parse_spec("1e-6 + x**2") == sp.Rational(1, 10**6) + X**2
+
+
+@pytest.mark.parametrize("text, what", [
+    ("sqrt(-1)*x", r"not real: its constant I"),
+    ("log(-1)+x", r"not real: its constant I\*pi"),
+    ("(-1)**x", r"\(-1\)\*\*\(a function of x\) is not real"),
+    ("0**x", r"\(0\)\*\*\(a function of x\) is not real"),
+    ("I*x", r"unknown name 'I'"),
+])
+def test_non_real_or_undefined_specs_are_refused(text, what):
+    with pytest.raises(SpecError, match=what):
+        fastattn.spec(text)
