@@ -58,12 +58,16 @@ class FastAttention(nn.Module):
         The denominator (:func:`fastattn.kernels.poly.check_normalizer`): for f > 0 on R it is
         sum_j f; for f >= 0 with real zeros (x**2, x**4: power attention) sum_j f + eps; an f
         negative somewhere is refused unless "abs", which divides by |sum_j f| + eps. A
-        denominator that comes out <= 0 or not finite at run time raises KernelError.
+        denominator that comes out <= 0 or not finite at run time raises KernelError (``check_output``).
     eps : float
         Finite and > 0.
     chunk, block_f, block_v : int
         Kernel tiling (tokens per chunk, features per tile, v columns per tile).
     backend : "auto", "triton" or "torch"
+    check_output : bool
+        Raise KernelError where a normalised forward's denominator or output comes out wrong
+        (see :func:`fastattn.kernels.poly.poly_attention`; one host sync per call); False skips
+        the check.
 
     Raises
     ------
@@ -82,7 +86,7 @@ class FastAttention(nn.Module):
     def __init__(self, poly: Polynomial, head_dim: int, head_dim_v: int | None = None, causal: bool = True,
                  normalize: bool = True, scale: float | None = None, normalizer_fix: str | None = None,
                  eps: float = 1e-6, chunk: int | None = None, block_f: int = 64, block_v: int | None = None,
-                 backend: str = "auto"):
+                 backend: str = "auto", check_output: bool = True):
         super().__init__()
         if not isinstance(head_dim, int) or head_dim < 1:
             raise KernelError(f"head_dim={head_dim!r} must be a positive int")
@@ -105,6 +109,7 @@ class FastAttention(nn.Module):
         self.scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
         self.normalizer_fix, self.eps = normalizer_fix, float(eps)
         self.chunk, self.block_f, self.block_v, self.backend = chunk, block_f, block_v, backend
+        self.check_output = bool(check_output)
         # the torch path's feature tables, built once; buffers so that .to(device) moves them
         idx, w_phi, w_psi = symmetric_tables(poly, head_dim, self.scale)
         self.register_buffer("_idx", idx, persistent=False)
@@ -143,7 +148,8 @@ class FastAttention(nn.Module):
         tables = (self._idx, self._w_phi, self._w_psi) if choose_backend(q, self.backend) == "torch" else None
         return poly_attention(q, k, v, self.poly, scale=self.scale, causal=self.causal, normalize=self.normalize,
                               normalizer_fix=self.normalizer_fix, eps=self.eps, chunk=self.chunk,
-                              block_f=self.block_f, block_v=self.block_v, backend=self.backend, tables=tables)
+                              block_f=self.block_f, block_v=self.block_v, backend=self.backend, tables=tables,
+                              check_output=self.check_output)
 
     def extra_repr(self) -> str:
         return (f"f(x)={self.poly.text}, head_dim={self.head_dim}, head_dim_v={self.head_dim_v}, "
