@@ -2,6 +2,7 @@
 
 import copy
 import math
+import time
 from fractions import Fraction
 
 import mpmath
@@ -11,9 +12,11 @@ import sympy as sp
 from hypothesis import given, settings, strategies as st
 
 import fastattn
+from fastattn.errors import SpecError
 from fastattn.proofs_checks import (
     CertificateError,
     Undecided,
+    ValueAtZeroCertificate,
     full_rank_witness,
     low_rank_certificate,
     low_rank_preservation,
@@ -33,18 +36,27 @@ def _sympy_rank_of_witness(cert):
 
 
 # -- polynomial => low rank ------------------------------------------------------------------------
+coefficients = st.lists(st.fractions(-3, 3, max_denominator=4).filter(bool), min_size=3, max_size=3)
+
+
 @settings(max_examples=6, deadline=None)
-@given(degrees=st.sets(st.integers(0, 4), min_size=1, max_size=3), d=st.integers(1, 4),
-       coeffs=st.lists(st.fractions(-3, 3, max_denominator=4).filter(bool), min_size=3, max_size=3))
+@given(degrees=st.sets(st.integers(0, 4), min_size=1, max_size=3), d=st.integers(1, 4), coeffs=coefficients)
 def test_exact_rank_equals_bound_for_drawn_polynomials(degrees, d, coeffs):
     text = " + ".join(f"({c})*x**{j}" for j, c in zip(sorted(degrees), coeffs))
     cert = low_rank_certificate(text, d)
     want = sum(math.comb(d + j - 1, j) for j in degrees)
     assert cert.bound == want == rank_bound(text, d)
     assert cert.verify() is True
-    if want <= 20:
-        # an independent exact rank: sympy over Q, not the modular elimination
-        assert _sympy_rank_of_witness(cert) == want
+
+
+# small enough (bound <= 1 + 2 + 3 = 6 at d <= 2, degrees <= 2) for sympy's exact rank on every draw
+@settings(max_examples=6, deadline=None)
+@given(degrees=st.sets(st.integers(0, 2), min_size=1, max_size=3), d=st.integers(1, 2), coeffs=coefficients)
+def test_witness_rank_is_the_bound_by_sympy(degrees, d, coeffs):
+    text = " + ".join(f"({c})*x**{j}" for j, c in zip(sorted(degrees), coeffs))
+    cert = low_rank_certificate(text, d)
+    # an independent exact rank: sympy over Q, not the modular elimination
+    assert _sympy_rank_of_witness(cert) == cert.bound == sum(math.comb(d + j - 1, j) for j in degrees) <= 6
 
 
 @pytest.mark.parametrize("text,d,bound", [("x**2", 4, 10), ("1 + x + x**2/2", 16, 153), ("(1 + x)**4", 4, 70), ("x**3 + x", 3, 13)])
@@ -93,26 +105,102 @@ def test_low_rank_refuses_non_polynomials(text):
 
 
 # -- non-polynomial => full rank ---------------------------------------------------------------------
-@pytest.mark.parametrize("text,method", [
-    ("exp(x)", "modular"), ("tanh(x)", "modular"), ("1/(1-x)", "modular"), ("cosh(x)", "modular"),
-    ("sigmoid(x)", "modular"), ("Abs(x)", "modular"), ("relu(x)", "modular"), ("Heaviside(x)", "modular"),
-    ("exp(-Abs(x))", "modular"), ("erf(x)", "interval"), ("sin(x)", "interval"), ("atan(x)", "high-precision"),
-    ("sqrt(x)", "interval"),
-])
-def test_full_rank_witness_small(text, method):
-    cert = full_rank_witness(text, 8)
-    assert cert.method == method
-    assert cert.verify()
-    # independent: mpmath determinant / smallest singular value at 60 digits
-    f = fastattn.spec(text)
+def _mpmath_sigma_min(cert, params=None):
+    """Smallest singular value of f(QK^T) from the stored q, k, at 60 digits: an independent check of a witness."""
+    f = fastattn.spec(cert.spec, params=params)
     fn = sp.lambdify(fastattn.transforms.X, f.expr, modules=["mpmath"])
     with mpmath.workdps(60):
         S = [[sum(mpmath.mpf(sp.N(a * b, 80)) for a, b in zip(qi, kj)) for kj in cert.k] for qi in cert.q]
         A = mpmath.matrix([[fn(s) for s in row] for row in S])
-        smin = min(mpmath.svd_r(A, compute_uv=False))
-    assert smin > 0
-    if method != "modular":
-        assert smin >= mpmath.mpf(cert.sigma_min_lower.numerator) / cert.sigma_min_lower.denominator
+        return min(mpmath.svd_r(A, compute_uv=False))
+
+
+@pytest.mark.parametrize("text", ["exp(x)", "tanh(x)", "1/(1-x)", "cosh(x)", "sigmoid(x)", "Abs(x)", "relu(x)",
+                                  "Heaviside(x)", "exp(-Abs(x))"])
+def test_full_rank_witness_exact(text):
+    cert = full_rank_witness(text, 8)
+    assert cert.method == "modular" and cert.verify()
+    assert _mpmath_sigma_min(cert) > 0
+
+
+@pytest.mark.parametrize("text,method", [("erf(x)", "interval"), ("sin(x)", "interval"), ("atan(x)", "high-precision"),
+                                         ("sqrt(x)", "interval")])
+def test_full_rank_witness_numeric(text, method):
+    cert = full_rank_witness(text, 8)
+    assert cert.method == method and cert.verify()
+    # the claimed lower bound is below the independently computed smallest singular value
+    smin = _mpmath_sigma_min(cert)
+    assert smin >= mpmath.mpf(cert.sigma_min_lower.numerator) / cert.sigma_min_lower.denominator > 0
+
+
+# the 1/sqrt(d) scale of d = 32 written as a float: its exact value has a 16-digit denominator
+TAU = 5.656854249492381
+
+
+@pytest.mark.parametrize("text,params", [
+    ("exp(x/8)", None), ("exp(x/sqrt(2))", None), ("exp(0.1234567*x)", None), ("exp(x/tau)", {"tau": TAU}),
+    ("tanh(x/tau)", {"tau": TAU}), ("sigmoid(x/tau - 2)", {"tau": TAU}),
+])
+def test_witness_size_does_not_grow_with_a_constant(text, params):
+    f = fastattn.spec(text, params=params)
+    start = time.monotonic()
+    cert = full_rank_witness(f, 16)
+    assert time.monotonic() - start < 3.0
+    assert cert.method == "modular" and cert.verify()
+    # the points are scaled instead: every entry is (j+2)^(+-k i) with k = 1, the size of exp(x)'s own witness
+    S = cert._scores()
+    entries = [sp.simplify(f.expr.rewrite(sp.exp).subs(fastattn.transforms.X, S[i][j])) for i in (0, 15) for j in (0, 15)]
+    assert all(e.is_Rational for e in entries)
+    # 17^16 (tanh: 17^32) and neighbours, where exp(x/tau) on the points of exp(x) would need 10^16-bit exponents
+    assert max(max(int(e.p).bit_length(), int(e.q).bit_length()) for e in entries) <= 140
+    assert _mpmath_sigma_min(cert, params) > 0
+
+
+def test_irrational_exponent_ratio_takes_the_numeric_route():
+    cert = full_rank_witness("exp(x) + exp(sqrt(2)*x)", 8)
+    assert cert.method in ("interval", "high-precision") and cert.verify()
+    assert _mpmath_sigma_min(cert) >= mpmath.mpf(cert.sigma_min_lower.numerator) / cert.sigma_min_lower.denominator
+
+
+@pytest.mark.parametrize("text", ["0", "0*x", "x-x"])
+def test_the_zero_function_has_a_rank_zero_certificate(text):
+    cert = low_rank_certificate(text, 16)
+    assert (cert.bound, rank_bound(text, 16), rank_check(text, d=16).bound) == (0, 0, 0)
+    assert cert.verify()
+    bad = copy.copy(cert)
+    bad.spec, bad._expr = "x", None
+    with pytest.raises(CertificateError, match="degrees"):
+        bad.verify()
+
+
+@pytest.mark.parametrize("text", ["exp(exp(exp(exp(x))))", "erf(erf(erf(x)))", "tanh(tanh(tanh(tanh(tanh(tanh(x))))))",
+                                  "exp(-x**64)", "x**exp(x)"])
+def test_hostile_specs_get_a_witness_within_budget(text):
+    start = time.monotonic()
+    cert = full_rank_witness(text, 16)
+    assert cert.verify()
+    assert time.monotonic() - start < 10.0
+    assert _mpmath_sigma_min(cert) > 0
+
+
+def test_the_search_budget_raises_spec_error():
+    with pytest.raises(SpecError, match="full-rank witness search .* budget of 0.001 s"):
+        full_rank_witness("erf(erf(erf(x)))", 64, budget=0.001)
+
+
+def test_exact_evaluation_refuses_huge_entries():
+    # exp(x) at x = 10^5 log 3 is 3^100000: refused, not built
+    with pytest.raises(_arith.NotExact, match="bits"):
+        _arith.exact_eval(fastattn.spec("exp(x)").expr, Fraction(10**5), 3)
+    assert _arith.exact_eval(fastattn.spec("exp(x)").expr, Fraction(5), 3) == 243
+
+
+def test_exact_roots_of_big_integers():
+    # a float root of a 400-digit integer overflows; the exact root does not
+    big = Fraction(3**840, 7**420)
+    assert _arith._rational_root(big, 2) == Fraction(3**420, 7**210)
+    with pytest.raises(_arith.NotExact, match="irrational"):
+        _arith._rational_root(big * 3, 2)
 
 
 def test_exp_witness_is_a_vandermonde_matrix():
@@ -239,6 +327,27 @@ def test_not_a_metric_transform_on_hyperrectangle_corners(text):
     assert c.holds is False and c.verify()
     assert c.distance_rank == c.dim + 1
     assert sum(c.c) == 0
+
+
+@pytest.mark.parametrize("text", ["1/x", "x**(-1/2)"])
+@pytest.mark.parametrize("check", [positive_definite, metric_transform])
+def test_infinite_at_zero_is_neither_positive_definite_nor_a_metric_transform(text, check):
+    # both are completely monotone on (0, oo), but f(0) sits on the diagonal of f(|x-y|^2) and f(D)
+    c = check(text)
+    assert isinstance(c, ValueAtZeroCertificate)
+    assert c.holds is False and c.limit == "oo" and c.verify()
+    bad = copy.copy(c)
+    bad.spec = "exp(-x)"
+    with pytest.raises(CertificateError, match="f\\(0\\+\\) = 1"):
+        bad.verify()
+
+
+def test_a_derivation_does_not_verify_for_a_spec_infinite_at_zero():
+    c = positive_definite("exp(-x)")
+    bad = copy.copy(c)
+    bad.spec = "1/x"  # CM on (0, oo) by the same rules, but f(0+) = oo
+    with pytest.raises(CertificateError, match="finite and continuous at 0"):
+        bad.verify()
 
 
 def test_tampered_quadratic_form_fails():
