@@ -1,6 +1,7 @@
 """Spec: classification, exact series against sympy, rigorous remainders, positivity."""
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -148,3 +149,144 @@ def test_numeric_evaluation_matches_sympy():
     xs = np.array([-1.0, -0.25, 0.5, 2.0])
     ref = [float(sp.N(f.expr.subs(X, sp.Rational(str(v))), 20)) for v in xs]
     np.testing.assert_allclose(f(xs), ref, rtol=1e-13)
+
+
+# -- issue 13: bounded work, ordinary constants, verdicts from the mathematics ---------------------
+@pytest.mark.parametrize("text", ["sin(x)**2 + cos(x)**2", "cosh(x)**2 - sinh(x)**2"])
+def test_identities_are_the_constant_one(text):
+    f = fastattn.spec(text)
+    assert (f.kind, f.degree, f.coefficients()) == ("polynomial", 0, [1])
+    assert f.is_positive().positive is True
+
+
+@pytest.mark.parametrize("text, expr", [
+    ("Max(x,0) + Min(x,0)", X),
+    ("x**2*Heaviside(x) + x**2*Heaviside(-x)", X**2),
+    ("Abs(x)**2", X**2),
+])
+def test_kinks_whose_sides_agree_are_removed(text, expr):
+    f = fastattn.spec(text)
+    assert f.kind == "polynomial", f.reason
+    assert sp.expand(f.expr - expr) == 0
+
+
+def test_a_real_kink_stays_not_analytic():
+    assert fastattn.spec("Max(x,0) + x").kind == "not-analytic"
+    assert fastattn.spec("x*Heaviside(x) + x**2*Heaviside(-x)").kind == "not-analytic"
+
+
+@pytest.mark.parametrize("text, kind, radius, series", [
+    ("sin(x)/x", "entire", sp.oo, sp.sin(X) / X),
+    ("(exp(2*x)-1)/(exp(x)-1)", "entire", sp.oo, sp.exp(X) + 1),
+    ("x/(exp(x)-1)", "analytic", 2 * sp.pi, X / (sp.exp(X) - 1)),
+    ("cosh(sqrt(x))", "entire", sp.oo, sp.cosh(sp.sqrt(X))),
+    ("sinh(sqrt(2*x))/sqrt(2*x)", "entire", sp.oo, sp.sinh(sp.sqrt(2 * X)) / sp.sqrt(2 * X)),
+])
+def test_removable_singularities_are_analytic(text, kind, radius, series):
+    f = fastattn.spec(text)
+    assert f.kind == kind, f.reason
+    assert f.radius == radius
+    t = sp.Symbol("t", positive=True)
+    # reference: sympy's series (through t**2 = x for the square roots, so sympy sees a power series)
+    ref = sp.series(series.subs(X, t**2), t, 0, 16).removeO()
+    want = [sp.nsimplify(ref.coeff(t, 2 * k)) for k in range(8)]
+    assert f.coefficients(7) == want
+
+
+def test_cosh_sqrt_is_evaluated_for_negative_x_too():
+    f = fastattn.spec("cosh(sqrt(x))")
+    np.testing.assert_allclose(f(np.array([-4.0, 0.0, 4.0])), [math.cos(2), 1.0, math.cosh(2)], rtol=1e-14)
+
+
+def test_a_pole_is_not_removable():
+    f = fastattn.spec("sin(x)/x**2")
+    assert f.kind == "not-analytic"
+    assert "pole of order 1" in f.reason
+
+
+@pytest.mark.parametrize("text", ["0", "0*x", "x-x"])
+def test_the_zero_function_is_a_polynomial_of_degree_zero(text):
+    f = fastattn.spec(text)
+    assert (f.kind, f.degree, f.coefficients(), f.coefficients(3)) == ("polynomial", 0, [0], [0, 0, 0, 0])
+    assert f.remainder_bound(0, 1) == 0
+    res = f.is_positive((-1, 1))
+    assert res.positive is False and res.value == 0
+
+
+@pytest.mark.parametrize("text, params, a1", [
+    ("exp(x/sqrt(2))", None, 1 / sp.sqrt(2)),
+    ("exp(0.1234567*x)", None, sp.Rational(1234567, 10**7)),
+    ("exp(x/tau)", {"tau": 5.656854249492381}, 1 / sp.Rational("5.656854249492381")),
+])
+def test_irrational_and_float_constants_stay_exact(text, params, a1):
+    f = fastattn.spec(text, params=params)
+    assert f.kind == "entire"
+    assert sp.simplify(f.coefficients(2)[1] - a1) == 0
+    assert f.is_positive().positive is True
+    bound = float(f.remainder_bound(3, 1))
+    assert float(a1) ** 4 / 24 <= bound < float(a1) ** 4 / 24 * 2
+
+
+def test_polynomial_with_an_irrational_constant():
+    f = fastattn.spec("x**2 + sqrt(2)")
+    assert f.coefficients() == [sp.sqrt(2), 0, 1]
+    assert f.is_positive().positive is True
+    assert f.is_positive((-3, 3)).positive is True
+    assert fastattn.spec("x**2 - sqrt(2)").is_positive((0, 3)).positive is False
+
+
+def test_irrational_interval_ends():
+    assert fastattn.spec("x**2 + 1").is_positive((0, sp.pi)).positive is True
+    res = fastattn.spec("x - 3").is_positive((0, sp.pi))
+    assert res.positive is False and 0 <= res.counterpoint <= sp.pi and res.counterpoint - 3 <= 0
+    assert fastattn.spec("x - 3").is_positive((sp.pi, 4)).positive is True
+    assert fastattn.spec("exp(x) - 1").is_positive((sp.pi / 4, sp.pi)).positive is True
+
+
+@pytest.mark.parametrize("text, radius", [
+    ("sigmoid(x)", sp.pi), ("softplus(x)", sp.pi), ("tanh(x/2)", sp.pi), ("tan(x)", sp.pi / 2),
+    ("1/(2 - exp(x))", sp.log(2)),
+])
+def test_radius_of_exp_and_trig_families_without_solve(text, radius):
+    f = fastattn.spec(text)
+    assert f.kind == "analytic"
+    assert sp.simplify(f.radius - radius) == 0
+
+
+def test_unlocated_singularities_give_a_certified_lower_bound():
+    f = fastattn.spec("tanh(tanh(tanh(tanh(tanh(tanh(x))))))")
+    assert f.kind == "analytic"
+    assert "certified lower bound" in f.reason
+    # the innermost tanh has a pole at i*pi/2: nothing nested can be analytic beyond it
+    assert 0 < f.radius <= sp.pi / 2
+
+
+def _outcome(call):
+    """The value of call(), or the SpecError it raised: both are answers; anything else fails the test."""
+    try:
+        return call()
+    except SpecError as exc:
+        return exc
+
+
+@pytest.mark.parametrize("text, kind", [
+    ("exp(exp(exp(exp(x))))", "entire"), ("erf(erf(erf(x)))", "entire"), ("exp(-x**64)", "entire"),
+    ("tanh(tanh(tanh(tanh(tanh(tanh(x))))))", "analytic"),
+])
+def test_nested_specs_answer_within_budget(text, kind):
+    start = time.perf_counter()
+    f = fastattn.spec(text)
+    assert f.kind == kind
+    assert len(f.coefficients(8)) == 9
+    bound = _outcome(lambda: f.remainder_bound(4, sp.Rational(1, 4)))
+    assert isinstance(bound, (float, SpecError)), bound
+    assert f.is_positive().reason
+    assert time.perf_counter() - start < 10
+
+
+def test_x_to_the_exp_x_is_not_analytic_quickly():
+    start = time.perf_counter()
+    f = fastattn.spec("x**exp(x)")
+    assert f.kind == "not-analytic" and "log" in f.reason
+    assert f.is_positive((1, 2)).positive is True
+    assert time.perf_counter() - start < 10
