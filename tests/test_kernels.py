@@ -408,12 +408,12 @@ def test_abs_fix_gives_finite_output_where_sum_f_is_zero(backend):
 def test_nonnegative_is_decided_exactly(spec, want):
     ok, why = nonnegative(polynomial(spec))
     assert ok is want, why
-    # a dense float64 look at f, away from the zeros, agrees with the verdict
+    # a float64 look at f on a grid agrees with the verdict (the grid misses the zeros at 1/3 and
+    # sqrt(2) and catches the 1e-9 dip of the last spec at x = 1)
     import sympy
 
     f = sympy.lambdify(sympy.Symbol("x"), fastattn.spec(spec).expr, "math")
-    lo = min(f(t / 1000) for t in range(-5000, 5001))
-    assert (lo >= 0) is want or abs(lo) < 1e-8
+    assert (min(f(t / 1000) for t in range(-5000, 5001)) >= 0) is want
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
