@@ -108,6 +108,17 @@ def test_random_features_error_falls_with_m():
     assert torch.equal(a.phi(Q), b.phi(Q))
 
 
+def test_a_sparse_series_is_counted_by_its_non_zero_coefficients():
+    # cosh at degree 9 has only even terms: 548,591 features at d=16, within the limit (C(24, 9) alone is not)
+    assert fastattn.feature_map("cosh(x)", dim=16, degree=9).dim_out == sum(symmetric_dim(16, j) for j in (0, 2, 4, 6, 8))
+
+
+def test_the_not_analytic_error_does_not_deny_weierstrass():
+    with pytest.raises(FeatureMapError) as info:
+        fastattn.feature_map("relu(x)", dim=2, degree=4)
+    assert "no finite feature map approximates" not in str(info.value)
+
+
 @pytest.mark.parametrize(
     "call, match",
     [
@@ -115,7 +126,10 @@ def test_random_features_error_falls_with_m():
         (lambda: fastattn.feature_map("x**2", dim=2.5), "dim=2.5"),
         (lambda: fastattn.feature_map("exp(x)", dim=4), "degree=p"),
         (lambda: fastattn.feature_map("exp(x)", dim=4, degree=-1), "degree=-1"),
-        (lambda: fastattn.feature_map("Abs(x)", dim=4, degree=3), "no Taylor series"),
+        (lambda: fastattn.feature_map("Abs(x)", dim=4, degree=3), "no Taylor series at 0 .*Weierstrass"),
+        # 1,373,701 features: above the kernels' limit of 2^20, counted before anything is built
+        (lambda: fastattn.feature_map("(1+x)**3", dim=200), "needs 1,373,701 features.*limit is 1,048,576"),
+        (lambda: fastattn.feature_map("exp(x)", dim=16, degree=30), "needs 991,493,848,554 features"),
         (lambda: fastattn.feature_map("x**2", dim=4, method="magic"), "unknown feature-map method"),
         (lambda: fastattn.feature_map("x**2", dim=4, method="random"), "exp\\(x\\) only"),
         (lambda: fastattn.feature_map("x**2", dim=4, scale=float("nan")), "scale=nan"),
