@@ -156,6 +156,16 @@ def test_witness_size_does_not_grow_with_a_constant(text, params):
     assert _mpmath_sigma_min(cert, params) > 0
 
 
+@settings(max_examples=8, deadline=None)
+@given(tau=st.floats(0.01, 100.0), shift=st.sampled_from([0.0, 1.5, -2.25]))
+def test_drawn_float_scales_keep_the_exact_witness(tau, shift):
+    f = fastattn.spec("sigmoid(x/tau + shift)", params={"tau": tau, "shift": shift})
+    start = time.monotonic()
+    cert = full_rank_witness(f, 12)
+    assert cert.method == "modular" and cert.d == (1 if shift == 0 else 2)
+    assert cert.verify() and time.monotonic() - start < 3.0
+
+
 def test_irrational_exponent_ratio_takes_the_numeric_route():
     cert = full_rank_witness("exp(x) + exp(sqrt(2)*x)", 8)
     assert cert.method in ("interval", "high-precision") and cert.verify()

@@ -63,3 +63,19 @@ def test_strategy_options_are_validated():
         qk_matrices(n=0)
     with pytest.raises(ValueError, match="methods"):
         feature_maps(methods=("random",))
+
+
+def test_a_witness_search_past_its_budget_is_an_assertion_failure(monkeypatch):
+    import fastattn.proofs_checks as pc
+    from fastattn.errors import SpecError
+
+    def overrun(f, n):
+        raise SpecError("the 5x5 full-rank witness search took longer than its budget of 4 s")
+
+    monkeypatch.setattr(pc, "full_rank_witness", overrun)
+    with pytest.raises(AssertionError, match="no verified 5x5 full-rank witness .* budget"):
+        assert_full_rank_witness("exp(x)", 5)
+
+
+def test_the_zero_polynomial_passes_assert_low_rank():
+    assert_low_rank("x - x", 3)
