@@ -47,3 +47,22 @@ def test_plots_return_figures(tmp_path):
     assert (tmp_path / "s.png").stat().st_size > 0
     fig = plot_rank_profile(rank_profile("x**2", 2, ns=[4, 8]))
     assert fig.axes[0].get_xlabel() == "n"
+
+
+def test_taylor_rank_search_has_a_budget(monkeypatch):
+    import time
+
+    import fastattn.lowrank.numeric as numeric
+    from fastattn.errors import SpecError
+    from fastattn.transforms.spec import Spec
+
+    monkeypatch.setattr(numeric, "_TAYLOR_RANK_SECONDS", 0.2)
+    slow = Spec.remainder_bound
+
+    def slow_bound(self, p, R, method="best"):
+        time.sleep(0.05)
+        return slow(self, p, R, method)
+
+    monkeypatch.setattr(Spec, "remainder_bound", slow_bound)
+    with pytest.raises(SpecError, match=r"Taylor degree search for '1/\(1-x\)' .* budget of 0.2 s"):
+        taylor_rank("1/(1-x)", 2, eps=1e-12, radius=0.9)

@@ -290,3 +290,13 @@ def test_x_to_the_exp_x_is_not_analytic_quickly():
     assert f.kind == "not-analytic" and "log" in f.reason
     assert f.is_positive((1, 2)).positive is True
     assert time.perf_counter() - start < 10
+
+
+def test_sympy_input_meets_the_parser_limits():
+    with pytest.raises(SpecError, match="total degree 128 after nesting is above the limit 64"):
+        fastattn.spec((1 + X) ** 128)
+    with pytest.raises(SpecError, match="not real"):
+        fastattn.spec(sp.I * X)
+    with pytest.raises(SpecError, match="limit 10000"):
+        fastattn.spec(sp.exp(10**6 * X))
+    assert fastattn.spec(sp.sin(X) ** 2 + sp.cos(X) ** 2).degree == 0

@@ -176,6 +176,10 @@ class TaylorRank:
                 f"on |x| <= {self.radius}, relative error <= {self.eps:g}")
 
 
+#: Budget (s) of the whole degree search: each remainder bound has its own, the search must stay bounded too.
+_TAYLOR_RANK_SECONDS = 6.0
+
+
 def taylor_rank(f, d: int, *, eps: float = 1e-3, radius: float = 1.0, max_degree: int = 40,
                 relative: bool = True) -> TaylorRank:
     """The Taylor-truncation rank needed for error eps on |x| ≤ radius.
@@ -201,7 +205,14 @@ def taylor_rank(f, d: int, *, eps: float = 1e-3, radius: float = 1.0, max_degree
                             "tolerance with Spec.remainder_bound")
     from fractions import Fraction
 
+    from fastattn.budget import limited
+
     R = Fraction(radius).limit_denominator(10**6)
+    with limited(_TAYLOR_RANK_SECONDS, f"the Taylor degree search for {f.source!r} (degrees 0..{max_degree})"):
+        return _taylor_rank(f, d, eps, radius, R, max_degree, fmin)
+
+
+def _taylor_rank(f, d, eps, radius, R, max_degree, fmin) -> TaylorRank:
     for p in range(max_degree + 1):
         rem = float(f.remainder_bound(p, R))
         if rem <= eps * fmin:

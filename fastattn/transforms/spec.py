@@ -720,6 +720,18 @@ def _resolve_kinks(expr: sp.Expr) -> sp.Expr:
     return first
 
 
+def _check_limits(expr: sp.Expr) -> None:
+    """The parser's limits for a spec given as a sympy expression: degree, constants, real values."""
+    from fastattn.transforms.parse import MAX_DEGREE, _check_real_and_small, degree_bound
+
+    if expr.has(sp.zoo, sp.oo, -sp.oo, sp.nan):
+        raise SpecError(f"spec {expr} is undefined or infinite")
+    degree = degree_bound(expr)
+    if degree > MAX_DEGREE:
+        raise SpecError(f"spec {expr}: total degree {degree} after nesting is above the limit {MAX_DEGREE}")
+    _check_real_and_small(expr, str(expr))
+
+
 def spec(f, *, params: Mapping[str, object] | None = None, name: str | None = None,
          coefficients: Sequence | Callable[[int], object] | None = None) -> Spec:
     """Build a :class:`Spec` from a string, a sympy expression or a callable.
@@ -761,7 +773,9 @@ def spec(f, *, params: Mapping[str, object] | None = None, name: str | None = No
         others = sorted(s.name for s in free if s.name != "x")
         if others:
             raise SpecError(f"spec {f} has variables {others} besides x; substitute numbers for them first")
-        expr = _canonical(f.subs(xs[0], X) if xs else f)
+        expr = f.subs(xs[0], X) if xs else f
+        _check_limits(expr)
+        expr = _canonical(expr)
         return Spec(expr, name or str(expr), {})
     if callable(f):
         if coefficients is None:
