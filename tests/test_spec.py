@@ -300,3 +300,11 @@ def test_sympy_input_meets_the_parser_limits():
     with pytest.raises(SpecError, match="limit 10000"):
         fastattn.spec(sp.exp(10**6 * X))
     assert fastattn.spec(sp.sin(X) ** 2 + sp.cos(X) ** 2).degree == 0
+
+
+def test_a_kink_verdict_names_the_two_sides_or_says_undecided():
+    f = fastattn.spec("relu(x) + x")
+    assert f.kind == "not-analytic"
+    assert "not analytic at x = 0: f is x just below x = 0 and 2*x just above" in f.reason
+    g = fastattn.spec("Max(sin(x),0) + Min(sin(x),0)")  # sin(x), but the kink argument is not a polynomial
+    assert g.kind == "not-analytic" and "not decided" in g.reason

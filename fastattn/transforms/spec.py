@@ -362,7 +362,7 @@ def _classify(e: sp.Expr) -> tuple[str, str, sp.Expr | None, tuple | None]:
     bad = [a for a in e.atoms(*NON_ANALYTIC_FUNCS) if a.has(X)]
     if bad:
         node = min(bad, key=lambda a: len(str(a)))
-        return "not-analytic", f"{node} is not analytic{_kink_text(node)}", None, None
+        return "not-analytic", _kink_reason(e, node), None, None
     if e.is_polynomial(X):
         if e == 0:
             return "polynomial", "the zero function (a polynomial of degree 0, rank 0)", sp.oo, (e, None)
@@ -677,26 +677,25 @@ def _branch(node: sp.Expr, t: sp.Rational) -> sp.Expr:
     return sp.Integer(1 if positive else -1)  # sign
 
 
-def _resolve_kinks(expr: sp.Expr) -> sp.Expr:
-    """The single analytic expression expr equals on every side of its kinks, or expr itself.
+def _kink_pieces(expr: sp.Expr) -> tuple[list, list, list] | None:
+    """(cuts, samples, pieces): the real line cut at the kinks of expr, and expr without kinks near each sample.
 
-    Handles Abs, Heaviside, Max, Min, sign with polynomial arguments: the real line is cut at
-    the real roots of the arguments, each kink is replaced by its branch on each piece, and the
-    pieces must be one function (checked numerically, then exactly) that also takes the value of
-    expr at each cut.
+    Handles Abs, Heaviside, Max, Min, sign with polynomial arguments (degree <= 8): the cuts are
+    the real roots of the arguments, and each kink is replaced by its branch on each piece.
+    None when expr has another kind of kink.
     """
     nodes = [a for a in expr.atoms(*_KINKS) if a.has(X)]
     if not nodes or expr.has(sp.Piecewise, sp.floor, sp.ceiling):
-        return expr
+        return None
     with limited(_SIMPLIFY_SECONDS, "locating the kinks of the spec"):
         cuts = set()
         for node in nodes:
             for g in _kink_arguments(node):
-                if not g.is_polynomial(X) or any(n.has(*_KINKS) for n in [g]):
-                    return expr
+                if not g.is_polynomial(X) or g.has(*_KINKS):
+                    return None
                 poly = sp.Poly(g, X)
                 if poly.degree() > 8:
-                    return expr
+                    return None
                 cuts.update(poly.real_roots())
         cuts = sorted(cuts, key=lambda r: float(r))
         if not cuts:
@@ -704,11 +703,22 @@ def _resolve_kinks(expr: sp.Expr) -> sp.Expr:
         else:
             floats = [sp.Rational(str(sp.N(r, 20))) for r in cuts]
             samples = [floats[0] - 1] + [(a + b) / 2 for a, b in zip(floats, floats[1:])] + [floats[-1] + 1]
-        pieces = []
-        for t in samples:
-            pieces.append(expr.replace(lambda n: isinstance(n, _KINKS) and n.has(X), lambda n: _branch(n, t)))
+        pieces = [expr.replace(lambda n: isinstance(n, _KINKS) and n.has(X), lambda n: _branch(n, t)) for t in samples]
+    return cuts, samples, pieces
+
+
+def _resolve_kinks(expr: sp.Expr) -> sp.Expr:
+    """The single analytic expression expr equals on every side of its kinks, or expr itself.
+
+    The pieces of :func:`_kink_pieces` must be one function (checked numerically, then exactly)
+    that also takes the value of expr at each cut.
+    """
+    found = _kink_pieces(expr)
+    if found is None:
+        return expr
+    cuts, _, pieces = found
     first = pieces[0]
-    if any(first.has(*_KINKS) for _ in [0]) or any(_same_function(p, first) is not True for p in pieces[1:]):
+    if first.has(*_KINKS) or any(_same_function(p, first) is not True for p in pieces[1:]):
         return expr
     for r in cuts:
         try:
@@ -718,6 +728,22 @@ def _resolve_kinks(expr: sp.Expr) -> sp.Expr:
         except SpecError:
             return expr
     return first
+
+
+def _kink_reason(expr: sp.Expr, node: sp.Expr) -> str:
+    """Why f is not analytic: the two different functions it equals on either side of a cut, or 'undecided'."""
+    try:
+        found = _kink_pieces(expr)
+    except SpecError:
+        found = None
+    if found is not None:
+        cuts, _, pieces = found
+        for r, left, right in zip(cuts, pieces, pieces[1:]):
+            if _same_function(left, right) is False:
+                return (f"{node} is not analytic at x = {r}: f is {left} just below x = {r} and {right} just above "
+                        "(two different analytic functions cannot join analytically)")
+    return (f"{node} is not analytic{_kink_text(node)}, and it was not decided whether f's pieces on either side "
+            "are one analytic function; treated as not analytic")
 
 
 def _check_limits(expr: sp.Expr) -> None:
