@@ -697,3 +697,22 @@ def test_mismatched_shapes_are_refused():
     q = k = torch.randn(1, 1, 4, 2)
     with pytest.raises(KernelError, match="v \\(1, 1, 5, 2\\)"):
         poly_attention(q, k, torch.randn(1, 1, 5, 2), "x", normalize=False)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
+def test_unchecked_denominators_that_are_not_positive_give_nan_rows(monkeypatch):
+    # the kernels' own guard (_den), which is all that runs on CUDA without check_output: sigma = 300
+    # fp16 on the Kronecker scans loses the normaliser of some rows to rounding (z <= 0); those rows
+    # come back NaN, the others as the forward computed them (overflowed numerators stay +-inf: not finite
+    # either, and check_output raises on both kinds)
+    monkeypatch.setenv("FASTATTN_FUSED", "0")
+    g = torch.Generator().manual_seed(8)
+    q, k, v = torch.randn(3, 1, 2, 64, 16, generator=g, dtype=torch.float64)
+    q, k, v = (300 * q).half(), (300 * k).half(), v.half()
+    mod = load_module(polynomial("1 + x + x**2/2"))
+    o, z, _ = mod._poly_attention_fwd(q, k, v, 0.25, True, True, False, 1e-6, 16, 64, None)
+    bad = ~((z > 0) & torch.isfinite(z))
+    assert bool(bad.any()), "the case must hit a denominator <= 0"
+    got = poly_attention(q, k, v, "1 + x + x**2/2", chunk=16, backend="triton", check_output=False)
+    assert bool(torch.isnan(got[bad]).all())
+    torch.testing.assert_close(got[~bad], o.to(got.dtype)[~bad], rtol=0, atol=0, equal_nan=True)

@@ -64,10 +64,10 @@ class FastAttention(nn.Module):
     chunk, block_f, block_v : int
         Kernel tiling (tokens per chunk, features per tile, v columns per tile).
     backend : "auto", "triton" or "torch"
-    check_output : bool
+    check_output : bool or None
         Raise KernelError where a normalised forward's denominator or output comes out wrong
-        (see :func:`fastattn.kernels.poly.poly_attention`; one host sync per call); False skips
-        the check.
+        (see :func:`fastattn.kernels.poly.poly_attention`: None checks on the CPU, and on CUDA
+        under ``torch.autograd.detect_anomaly()``, where unchecked bad rows come back NaN).
 
     Raises
     ------
@@ -86,7 +86,7 @@ class FastAttention(nn.Module):
     def __init__(self, poly: Polynomial, head_dim: int, head_dim_v: int | None = None, causal: bool = True,
                  normalize: bool = True, scale: float | None = None, normalizer_fix: str | None = None,
                  eps: float = 1e-6, chunk: int | None = None, block_f: int = 64, block_v: int | None = None,
-                 backend: str = "auto", check_output: bool = True):
+                 backend: str = "auto", check_output: bool | None = None):
         super().__init__()
         if not isinstance(head_dim, int) or head_dim < 1:
             raise KernelError(f"head_dim={head_dim!r} must be a positive int")
@@ -109,7 +109,7 @@ class FastAttention(nn.Module):
         self.scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
         self.normalizer_fix, self.eps = normalizer_fix, float(eps)
         self.chunk, self.block_f, self.block_v, self.backend = chunk, block_f, block_v, backend
-        self.check_output = bool(check_output)
+        self.check_output = None if check_output is None else bool(check_output)
         # the torch path's feature tables, built once; buffers so that .to(device) moves them
         idx, w_phi, w_psi = symmetric_tables(poly, head_dim, self.scale)
         self.register_buffer("_idx", idx, persistent=False)

@@ -786,11 +786,13 @@ def _chunk_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, ktab, scale, eps, T, D,
 
 @triton.jit
 def _den(b_z, eps, FIX_ABS: tl.constexpr):
-    # the normaliser's denominator: z, or |z| + eps with normalizer_fix="abs" (naive._denominator)
+    # the normaliser's denominator: z, or |z| + eps with normalizer_fix="abs" (naive._denominator); one
+    # that is <= 0 or not finite becomes NaN, so no finite wrong quotient leaves a kernel
     if FIX_ABS:
-        return tl.abs(b_z) + eps
+        b_d = tl.abs(b_z) + eps
     else:
-        return b_z
+        b_d = b_z
+    return tl.where((b_d > 0.0) & (b_d < float("inf")), b_d, float("nan"))
 
 
 @triton.jit
@@ -1857,11 +1859,11 @@ class PolyAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v, segments,
-                check_output=True):
+                check_output=None):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         o, z, state = _poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v,
                                           segments)
-        if normalize and check_output:
+        if normalize and (check_output or (check_output is None and (not q.is_cuda or torch.is_anomaly_enabled()))):
             _check_normalized(o, z, fix_abs, q, k, v)
         empty = o.new_empty(0)
         S0, Z0, ctx.seg_tokens = state if state is not None else (empty, empty, 0)
@@ -1895,7 +1897,7 @@ def _check_pow2(name, value, lo):
 
 
 def poly_attention(q, k, v, scale=None, causal=True, normalize=True, normalizer_fix=None, eps=1e-6,
-                   chunk=None, block_f=64, block_v=None, segments=None, check_output=True):
+                   chunk=None, block_f=64, block_v=None, segments=None, check_output=None):
     """Linear attention with the polynomial f of this module (see the module docstring).
 
     Parameters
@@ -1918,11 +1920,12 @@ def poly_attention(q, k, v, scale=None, causal=True, normalize=True, normalizer_
     segments : int, optional
         Causal only: segments of the sequence scanned in parallel (None: enough to fill the
         GPU, see ``_segments``).
-    check_output : bool
-        With ``normalize``, read the normaliser and the output back after the forward and raise
-        where they cannot be right (see Raises). It costs one reduction and one host sync per call
-        (H200, B * H = 32, bf16 fwd+bwd: +0.2-0.35 ms at d16/v64 2K, +0.75 ms at d64 4K, where
-        the call is host-bound); False skips it where the inputs are known to be safe.
+    check_output : bool or None
+        With ``normalize``: the kernels always turn a denominator that is <= 0 or not finite into a
+        NaN row, never a finite wrong one. ``check_output`` also reads the normaliser and the output
+        back and raises where they cannot be right (see Raises), at the price of a host sync per
+        call. None (default): on the CPU (the interpreter), and on CUDA only under
+        ``torch.autograd.detect_anomaly()``; True: always; False: never.
 
     Returns
     -------
@@ -1932,10 +1935,10 @@ def poly_attention(q, k, v, scale=None, causal=True, normalize=True, normalizer_
     ------
     ValueError
         Bad arguments (shape, dtype, device, tiling, scale, eps; bfloat16 under
-        TRITON_INTERPRET=1, whose bf16 dot is wrong), a normaliser f cannot make safe, or (with
-        ``check_output``) a denominator that comes out <= 0 or not finite, or an output that is
-        not finite, from finite inputs (16-bit rounding of the feature sums, or f overflowing):
-        raised, never returned as a quotient.
+        TRITON_INTERPRET=1, whose bf16 dot is wrong), a normaliser f cannot make safe, or (when
+        the output is checked) a denominator that comes out <= 0 or not finite, or an output
+        that is not finite, from finite inputs (16-bit rounding of the feature sums, or f
+        overflowing). Unchecked, such rows come back NaN.
 
     Examples
     --------
@@ -1981,7 +1984,7 @@ def poly_attention(q, k, v, scale=None, causal=True, normalize=True, normalizer_
         return v[:, :, :0] + (q.sum() + k.sum()) * 0
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     return PolyAttentionFunction.apply(q, k, v, scale, bool(causal), bool(normalize), normalizer_fix == "abs",
-                                       float(eps), chunk, block_f, block_v, segments, bool(check_output))
+                                       float(eps), chunk, block_f, block_v, segments, check_output)
 
 
 class PolyAttention(torch.nn.Module):
@@ -1997,7 +2000,7 @@ class PolyAttention(torch.nn.Module):
 
     def __init__(self, causal=DEFAULTS["causal"], normalize=DEFAULTS["normalize"], scale=DEFAULTS["scale"],
                  normalizer_fix=DEFAULTS["normalizer_fix"], eps=1e-6, chunk=None, block_f=64, block_v=None,
-                 check_output=True):
+                 check_output=None):
         super().__init__()
         self.causal, self.normalize, self.scale = causal, normalize, scale
         self.normalizer_fix, self.eps = normalizer_fix, eps

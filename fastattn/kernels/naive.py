@@ -232,7 +232,7 @@ def _exclusive_cumsum(x, dim):
 
 
 def chunk_attention(q, k, v, coeffs, scale=None, causal=True, normalize=True, normalizer_fix=None, eps=1e-6,
-                    chunk=64, tables=None, check_output=True):
+                    chunk=64, tables=None, check_output=None):
     """The chunkwise linear form of :func:`quadratic_attention` (same arguments, plus ``chunk``
     and optional precomputed ``tables`` from :func:`symmetric_tables`).
 
@@ -288,7 +288,10 @@ def chunk_attention(q, k, v, coeffs, scale=None, causal=True, normalize=True, no
         z = (a.sum(-1) + (phic @ z_prev[..., None])[..., 0]).reshape(B, H, N * C)[:, :, :T]
     if not normalize:
         return n.to(out_dtype)
-    o = (n / _denominator(z, normalizer_fix, eps)[..., None]).to(out_dtype)
-    if check_output:
+    d = _denominator(z, normalizer_fix, eps)
+    # as in the kernels (_den): a denominator <= 0 or not finite gives a NaN row, never a finite wrong one
+    d = torch.where((d > 0) & torch.isfinite(d), d, torch.full_like(d, math.nan))
+    o = (n / d[..., None]).to(out_dtype)
+    if check_output is not False:
         check_normalized(o, z, normalizer_fix, q, k, v)
     return o

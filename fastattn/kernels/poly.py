@@ -214,7 +214,7 @@ def choose_backend(q, backend: str = "auto") -> str:
 
 def poly_attention(q, k, v, f, *, degree=None, scale=None, causal=True, normalize=True, normalizer_fix=None,
                    eps=1e-6, chunk=None, block_f=64, block_v=None, segments=None, backend="auto", tables=None,
-                   check_output=True):
+                   check_output=None):
     """o_i = sum_{j in M(i)} f(s q_i.k_j) v_j [/ sum_{j in M(i)} f(s q_i.k_j)] in linear time.
 
     Parameters
@@ -245,11 +245,12 @@ def poly_attention(q, k, v, f, *, degree=None, scale=None, causal=True, normaliz
     backend : "auto", "triton" or "torch"
     tables : tuple, optional
         Precomputed :func:`fastattn.kernels.naive.symmetric_tables` for the torch backend.
-    check_output : bool
-        With ``normalize``: read the normaliser and the output back after the forward and raise
-        KernelError where they cannot be right (below). One reduction and one host sync per call
-        (H200, B * H = 32, bf16 fwd+bwd: +0.2-0.35 ms at d16/v64 2K, +0.75 ms at d64 4K, where the
-        call is host-bound); False skips it where the inputs are known to be safe.
+    check_output : bool or None
+        With ``normalize``: the Triton kernels turn a denominator that is <= 0 or not finite into a
+        NaN row, never a finite wrong one; ``check_output`` also reads the normaliser and the output
+        back and raises KernelError where they cannot be right (below), at the price of a host
+        sync per call. None (default): on the torch path and the CPU, and on CUDA only under
+        ``torch.autograd.detect_anomaly()``; True: always; False: never.
 
     Returns
     -------
