@@ -386,7 +386,7 @@ def _classify(e: sp.Expr) -> tuple[str, str, sp.Expr | None, tuple | None]:
         return "entire", f"built from entire functions (exp, sin, cos, sinh, cosh, erf, polynomials){via}", sp.oo, form
     radius, how = _radius(G, singular)
     if radius is sp.oo:
-        return "entire", f"every zero of a denominator is removable ({how}){via}", sp.oo, form
+        return "entire", f"its singularities are removable: {how}{via}", sp.oo, form
     if c is not None:
         radius = radius**2 / abs(c)
         how = f"{how} in t = sqrt({c}*x)"
@@ -528,7 +528,8 @@ def _radius(e: sp.Expr, singular: list) -> tuple[sp.Expr, str]:
         zeros, complete = found
         for r in sorted(zeros, key=lambda r: float(abs(sp.N(r, 30)))):
             if r == 0 or (r.is_Float and abs(r) < 1e-25):
-                continue  # f is analytic at 0: its Taylor walk succeeded
+                skipped += 1  # f is analytic at 0: its Taylor walk succeeded
+                continue
             if _removable(g, cofactor, r):
                 skipped += 1
                 continue
@@ -548,7 +549,7 @@ def _radius(e: sp.Expr, singular: list) -> tuple[sp.Expr, str]:
         if best is sp.oo or lower < best:
             return lower, f">= {lower} (certified lower bound; no singularity located exactly)"
     if best is sp.oo:
-        return sp.oo, f"{skipped} zero(s) of denominators checked"
+        return sp.oo, f"{skipped} zero(s) of denominators, each cancelled by a zero of the numerator"
     return best, best_text
 
 
