@@ -64,6 +64,20 @@ def test_written_module_is_standalone_and_matches_reference(tmp_path, spec, degr
         assert_close(name, want, got, torch.float32)
 
 
+def test_written_power_attention_module_normalises_by_sum_f_plus_eps(tmp_path):
+    # f = x**2 >= 0 with a zero: the module is written with the rule check_normalizer picks
+    path = write_module("x**2", tmp_path / "power.py", head_dim_qk=6, head_dim_v=5, normalize=True)
+    mod = import_path(path, "gen_power_eps")
+    assert mod.DEFAULTS["normalizer_fix"] == "abs"
+    g = torch.Generator().manual_seed(1)
+    q, k = torch.randn(2, 1, 2, 40, 6, generator=g)
+    v = torch.randn(1, 2, 40, 5, generator=g)
+    got = mod.PolyAttention(chunk=16, block_f=32)(q, k, v)
+    ref = naive.quadratic_attention(q.double(), k.double(), v.double(), polynomial("x**2"), causal=True,
+                                    normalize=True, normalizer_fix="abs")
+    assert_close("o", ref, got, torch.float32)
+
+
 def test_written_module_refuses_unsafe_normalizer_itself(tmp_path):
     path = write_module("x", tmp_path / "lin.py", normalize=False)
     mod = import_path(path, "gen_lin_refuse")

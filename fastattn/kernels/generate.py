@@ -60,7 +60,8 @@ def write_module(spec, path, head_dim_qk: int = 64, head_dim_v: int | None = Non
         Nothing is written then, and no temporary file is left behind.
     """
     poly = polynomial(spec, degree)
-    check_normalizer(poly, normalize, normalizer_fix)
+    # the rule the module will run: f >= 0 with real zeros (x**2) divides by |sum f| + eps
+    normalizer_fix = check_normalizer(poly, normalize, normalizer_fix)
     head_dim_v = head_dim_qk if head_dim_v is None else head_dim_v
     for name, value in (("head_dim_qk", head_dim_qk), ("head_dim_v", head_dim_v)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

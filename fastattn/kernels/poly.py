@@ -46,6 +46,18 @@ def _truncation_note(sp, degree: int) -> str:
     return f"Taylor truncation at degree {degree}: |f - f_p| <= {parts}"
 
 
+def sympy_text(expr) -> str:
+    """``expr`` printed by sympy (``sstr``): text derived from the parsed expression alone.
+
+    >>> import sympy
+    >>> sympy_text(sympy.exp(sympy.Symbol("x") / 8))
+    'exp(x/8)'
+    """
+    import sympy
+
+    return sympy.sstr(expr)
+
+
 def polynomial(f, degree: int | None = None) -> Polynomial:
     """The polynomial kernel of ``f``.
 
@@ -79,18 +91,20 @@ def polynomial(f, degree: int | None = None) -> Polynomial:
     import fastattn
 
     sp = fastattn.spec(f) if isinstance(f, str) else f
+    # the origin the generated source documents is printed from the parsed expression, never the raw text
+    name = sympy_text(sp.expr)
     if sp.kind == "polynomial":
         p = sp.degree if degree is None else min(int(degree), sp.degree)
         if p < sp.degree:
-            origin, note = f"{sp} truncated at degree {p}", _truncation_note(sp, p)
+            origin, note = f"{name} truncated at degree {p}", _truncation_note(sp, p)
         else:
-            origin, note = str(sp), "exact: f is a polynomial"
+            origin, note = name, "exact: f is a polynomial"
     elif sp.kind in ("entire", "analytic"):
         if degree is None:
             raise KernelError(f"f = {sp} is not a polynomial ({sp.kind}); pass degree=p to use its Taylor "
                               "polynomial of degree p (e.g. degree=2)")
         p = int(degree)
-        origin, note = f"{sp} truncated at degree {p}", _truncation_note(sp, p)
+        origin, note = f"{name} truncated at degree {p}", _truncation_note(sp, p)
     else:
         raise KernelError(f"f = {sp} is {sp.kind}: it has no finite feature map (f(QK^T) is not low rank); "
                           "use a polynomial or an analytic f with degree=p")
