@@ -1,6 +1,7 @@
 """Spec: classification, exact series against sympy, rigorous remainders, positivity."""
 
 import math
+import re
 import time
 
 import numpy as np
@@ -308,3 +309,10 @@ def test_a_kink_verdict_names_the_two_sides_or_says_undecided():
     assert "not analytic at x = 0: f is x just below x = 0 and 2*x just above" in f.reason
     g = fastattn.spec("Max(sin(x),0) + Min(sin(x),0)")  # sin(x), but the kink argument is not a polynomial
     assert g.kind == "not-analytic" and "not decided" in g.reason
+
+
+@pytest.mark.parametrize("text, value", [("sqrt(x-1)", "I"), ("log(x-2)", "log(2) + I*pi"),
+                                         ("log(log(log(2+x)))", "I*pi")])
+def test_a_spec_complex_at_zero_is_refused(text, value):
+    with pytest.raises(SpecError, match=rf"not real near x = 0: f\(0\) = .*{re.escape(value)}"):
+        fastattn.spec(text)

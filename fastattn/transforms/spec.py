@@ -747,6 +747,19 @@ def _kink_reason(expr: sp.Expr, node: sp.Expr) -> str:
             "are one analytic function; treated as not analytic")
 
 
+def _check_real_at_zero(expr: sp.Expr, text: str) -> None:
+    """Refuse f whose value at x = 0 is not real (sqrt(x-1), log(x-2)): its Taylor series would be complex."""
+    try:
+        with limited(_SIMPLIFY_SECONDS, "evaluating f at x = 0"):
+            a0 = taylor_coefficients(expr, 0)[0]
+            value = complex(sp.N(a0, 30))
+    except (NotAnalyticAtZero, SpecError, TypeError, ValueError):
+        return  # no value at 0 (log(x), 1/x): classified as not analytic later
+    if a0.has(sp.I) or abs(value.imag) > 1e-20 * max(1.0, abs(value.real)):
+        raise SpecError(f"spec {text!r} is not real near x = 0: f(0) = {a0}; write a function that is real "
+                        "for real scores")
+
+
 def _check_limits(expr: sp.Expr) -> None:
     """The parser's limits for a spec given as a sympy expression: degree, constants, real values."""
     from fastattn.transforms.parse import MAX_DEGREE, _check_real_and_small, degree_bound
@@ -791,6 +804,7 @@ def spec(f, *, params: Mapping[str, object] | None = None, name: str | None = No
         return f
     if isinstance(f, str):
         expr = _canonical(parse_spec(f, params))
+        _check_real_at_zero(expr, f.strip())
         return Spec(expr, name or f.strip(), dict(params or {}))
     if isinstance(f, sp.Basic):
         if not isinstance(f, sp.Expr):
@@ -803,6 +817,7 @@ def spec(f, *, params: Mapping[str, object] | None = None, name: str | None = No
         expr = f.subs(xs[0], X) if xs else f
         _check_limits(expr)
         expr = _canonical(expr)
+        _check_real_at_zero(expr, str(expr))
         return Spec(expr, name or str(expr), {})
     if callable(f):
         if coefficients is None:
