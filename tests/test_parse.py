@@ -188,3 +188,25 @@ def test_small_and_factorial_constants_are_fine():
 def test_non_real_or_undefined_specs_are_refused(text, what):
     with pytest.raises(SpecError, match=what):
         fastattn.spec(text)
+
+
+def _accepted(text: str) -> bool:
+    try:
+        fastattn.spec(text)
+    except SpecError:
+        return False
+    return True
+
+
+def _plain(text: str) -> bool:
+    return all(" " <= ch <= "~" for ch in text) and "#" not in text and "\\" not in text
+
+
+@given(st.text(alphabet=st.sampled_from(list("x+*()1e.'\"#\\N{} ") + ["\uff58", "\u212f", "\u00a0", "\t", "\u0000", "\u202e"]),
+               max_size=30))
+def test_only_plain_ascii_without_comments_or_backslashes_gets_through(text):
+    assert _accepted(text) <= _plain(text), text  # accepted implies plain
+
+
+def test_plain_ascii_is_accepted():
+    assert _accepted("x*(1+x) + 1e-1") and not _accepted("x*(1+x) + 1e-1 # note")
