@@ -412,9 +412,12 @@ def _even_root_form(e: sp.Expr) -> tuple[sp.Expr, sp.Expr] | None:
     G = e.subs(X, t**2 / c)
     if any(p.args[0].has(t) and not p.args[1].is_Integer for p in G.atoms(sp.Pow)):
         return None
-    with limited(_SIMPLIFY_SECONDS, "checking that f is even in sqrt(x)"):
-        if sp.expand(G.subs(t, -t) - G) != 0:
-            return None
+    try:
+        with limited(_SIMPLIFY_SECONDS, "checking that f is even in sqrt(x)"):
+            if sp.expand(G.subs(t, -t) - G) != 0:
+                return None
+    except SpecError:
+        return None  # undecided: f stays not analytic, with the reason of its Taylor walk
     return G.subs(t, X), c
 
 
@@ -507,10 +510,13 @@ def _removable(g: sp.Expr, cofactor: sp.Expr | None, r: sp.Expr) -> bool:
     """True when r is provably a removable zero: a simple zero of g where the cofactor vanishes exactly."""
     if cofactor is None:
         return False
-    with limited(_SIMPLIFY_SECONDS, "checking a removable singularity"):
-        if sp.simplify(cofactor.subs(X, r)) != 0:
-            return False
-        return sp.simplify(sp.diff(g, X).subs(X, r)) != 0
+    try:
+        with limited(_SIMPLIFY_SECONDS, "checking a removable singularity"):
+            if sp.simplify(cofactor.subs(X, r)) != 0:
+                return False
+            return sp.simplify(sp.diff(g, X).subs(X, r)) != 0
+    except SpecError:
+        return False  # undecided: keep it as a singularity, which can only understate the radius
 
 
 def _radius(e: sp.Expr, singular: list) -> tuple[sp.Expr, str]:
