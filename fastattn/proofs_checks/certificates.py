@@ -28,7 +28,7 @@ METHODS = {
 }
 
 #: Wall-clock budget of one verify(), in seconds; beyond it SpecError names the certificate.
-VERIFY_SECONDS = 6.0
+VERIFY_SECONDS = 4.0
 
 
 class CertificateError(FastAttnError):

@@ -338,7 +338,7 @@ def _candidates(f, n: int) -> list[_Candidate]:
             ys = [[(c + h * (i - j - delta), None) for j in range(n)] for i in range(n)]
             where = "all scores > 0" if c - h * (n - 1 + delta) > 0 else "across the kink"
             out.append(_Candidate(f"translates x_ij = {c} + {h}(i - j - ({delta})), {where}", q, k, ys, expr))
-    if expr.rewrite(_HYPERBOLIC, sp.exp).has(sp.exp):
+    if expr.has(sp.exp, *_HYPERBOLIC):
         for t0 in (0, 1):
             q = [[sp.Integer(2 * i + t0) * sp.log(2), sp.Integer(1)] for i in range(n)]
             k = [[sp.Integer(1), -sp.Integer(2 * j) * sp.log(2)] for j in range(n)]
