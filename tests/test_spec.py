@@ -316,3 +316,8 @@ def test_a_kink_verdict_names_the_two_sides_or_says_undecided():
 def test_a_spec_complex_at_zero_is_refused(text, value):
     with pytest.raises(SpecError, match=rf"not real near x = 0: f\(0\) = .*{re.escape(value)}"):
         fastattn.spec(text)
+
+
+def test_the_reason_shows_the_spec_as_written_when_it_was_simplified():
+    assert fastattn.spec("sin(x)**2 + cos(x)**2").reason.endswith("(written as sin(x)**2 + cos(x)**2, which simplifies to 1)")
+    assert "written as" not in fastattn.spec("exp(x)").reason

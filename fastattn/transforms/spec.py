@@ -94,6 +94,8 @@ class Spec:
     expr: sp.Expr
     source: str
     params: Mapping[str, sp.Expr] = field(default_factory=dict)
+    #: The expression as written, when canonicalisation changed it (sin(x)**2 + cos(x)**2 became 1).
+    written: sp.Expr | None = None
 
     # -- classification ------------------------------------------------------------------------
     @cached_property
@@ -109,6 +111,8 @@ class Spec:
     @property
     def reason(self) -> str:
         """One line saying why :attr:`kind` is what it is."""
+        if self.written is not None:
+            return f"{self._classification[1]} (written as {self.written}, which simplifies to {self.expr})"
         return self._classification[1]
 
     @property
@@ -809,9 +813,10 @@ def spec(f, *, params: Mapping[str, object] | None = None, name: str | None = No
     if isinstance(f, Spec):
         return f
     if isinstance(f, str):
-        expr = _canonical(parse_spec(f, params))
+        written = parse_spec(f, params)
+        expr = _canonical(written)
         _check_real_at_zero(expr, f.strip())
-        return Spec(expr, name or f.strip(), dict(params or {}))
+        return Spec(expr, name or f.strip(), dict(params or {}), None if expr == written else written)
     if isinstance(f, sp.Basic):
         if not isinstance(f, sp.Expr):
             raise SpecError(f"a sympy spec must be an expression, got {type(f).__name__}")
@@ -822,9 +827,9 @@ def spec(f, *, params: Mapping[str, object] | None = None, name: str | None = No
             raise SpecError(f"spec {f} has variables {others} besides x; substitute numbers for them first")
         expr = f.subs(xs[0], X) if xs else f
         _check_limits(expr)
-        expr = _canonical(expr)
+        written, expr = expr, _canonical(expr)
         _check_real_at_zero(expr, str(expr))
-        return Spec(expr, name or str(expr), {})
+        return Spec(expr, name or str(written), {}, None if expr == written else written)
     if callable(f):
         if coefficients is None:
             raise SpecError(
