@@ -204,6 +204,23 @@ def _run_generate(args: argparse.Namespace) -> int:
 register_command("generate", _add_generate, _run_generate)
 
 
+# -- bench --------------------------------------------------------------------------------------
+def _add_bench(p: argparse.ArgumentParser) -> None:
+    from fastattn.bench import add_arguments
+
+    add_arguments(p)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    """GPU benchmarks: table (ours vs peers, RESULTS.md), check, sweep, plot."""
+    from fastattn.bench import run
+
+    return run(args)
+
+
+register_command("bench", _add_bench, _run_bench)
+
+
 # -- entry point ------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fastattn", description="Which entrywise f keep f(QK^T) low rank, with proofs.")

@@ -1,30 +1,42 @@
-"""The benchmark scripts' CPU-side helpers: plot.py (the figure of a bench.py run; the GPU run writes
-the JSON it reads), cases.py (the spec:D:DV:normalize:T strings) and bench.py's rows, targets and table."""
+"""The benchmark package's CPU side (``fastattn.bench``): rows, floors, targets and the markdown table,
+the plot of a saved run, the case strings, ``fastattn bench table --from-json`` / ``plot`` on a saved
+run, and the scripts in benchmarks/ that forward to it. The GPU run writes the JSON these read."""
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from fastattn.bench import cases, plot, table
+from fastattn.cli import main
+
 ROOT = Path(__file__).resolve().parent.parent
+V15 = ROOT / "benchmarks" / "out" / "v15.json"
+META = dict(card="H200", date="2026-12-01", torch="2", triton="3", fla="0", power="1.4.4", command="c",
+            rate=7e14, bw=4e12, check_ok=True)
 
 
-def _load(name):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+def _script(name):
+    """A wrapper script of benchmarks/, loaded as a module."""
+    spec = importlib.util.spec_from_file_location(f"bench_script_{name}", ROOT / "benchmarks" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
-    # bench.py imports its neighbours (check_gpu) and defines dataclasses, which look their module up
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    sys.modules[spec.name] = mod
-    try:
-        spec.loader.exec_module(mod)
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    spec.loader.exec_module(mod)
     return mod
 
 
-def _plot():
-    return _load("plot")
+def _cells(fwdbwd, graph=None, **extra):
+    cell = {"fwd": fwdbwd / 3, "fwdbwd": fwdbwd, "peak_mib": 100.0, **extra}
+    if graph is not None:
+        cell["fwdbwd_graph"] = graph
+    return cell
+
+
+def _run(rows):
+    """A saved run of ``rows`` ({name: {T: cell}}), as ``fastattn bench table --json`` writes it."""
+    return {"meta": META, "check_lines": [], "results": {n: {str(t): c for t, c in cells.items()}
+                                                         for n, cells in rows.items()}}
 
 
 @pytest.mark.parametrize("text, with_T, want", [
@@ -32,21 +44,22 @@ def _plot():
     ("(1+x)**3:16:64:0", False, ("(1+x)**3", 16, 64, False)),
 ])
 def test_cases_parse(text, with_T, want):
-    assert _load("cases").parse_case(text, with_T) == want
+    assert cases.parse_case(text, with_T) == want
+    assert _script("cases").parse_case(text, with_T) == want
 
 
 @pytest.mark.parametrize("text", ["x:64:64:2:8192", "x:64:64:1", "x:d64:64:1:8192", "x"])
 def test_cases_reject_malformed_strings_with_the_expected_form(text):
     with pytest.raises(SystemExit, match="expected spec:D:DV:normalize:T"):
-        _load("cases").parse_case(text)
+        cases.parse_case(text)
 
 
 def test_a_recorded_run_draws_every_row_and_each_floor():
-    plot = _plot()
-    data = json.loads((ROOT / "benchmarks" / "out" / "v12.json").read_text())
+    data = json.loads(V15.read_text())
     fig = plot.figure(data)
     rows = list(data["results"])
     ours = [r for r in rows if r.startswith("ours")]
+    assert ours and len(ours) < len(rows)
     for ax in fig.axes[:2]:
         labels = [line.get_label() for line in ax.get_lines()]
         assert labels == [x for r in rows for x in ([r, f"{r}: floor"] if r in ours else [r])]
@@ -59,7 +72,6 @@ def test_a_recorded_run_draws_every_row_and_each_floor():
 
 
 def test_out_of_memory_cells_leave_gaps():
-    plot = _plot()
     data = {"results": {"sdpa d64": {"2048": {"fwd": 0.1, "fwdbwd": 0.4}, "65536": {"fwd": None, "fwdbwd": None},
                                      "8192": {"fwd": 1.0, "fwdbwd": 3.8}}}}
     assert plot.series(data, "sdpa d64", "fwd") == ([2048, 8192], [0.1, 1.0])
@@ -68,52 +80,66 @@ def test_out_of_memory_cells_leave_gaps():
 
 
 def test_bad_input_is_an_error_not_an_empty_figure(tmp_path, capsys):
-    plot = _plot()
     with pytest.raises(ValueError, match="results"):
         plot.figure({"meta": {}})
     with pytest.raises(ValueError, match="not in this run"):
         plot.figure({"results": {"a": {}}}, rows=["b"])
     bad = tmp_path / "bad.json"
     bad.write_text("{")
-    assert plot.main([str(bad), "-o", str(tmp_path / "x.png")]) == 2
-    assert "plot.py: error" in capsys.readouterr().err
+    assert main(["bench", "plot", str(bad), "-o", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert "fastattn bench: error" in err and "not JSON" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x.png").exists()
 
 
-def test_the_command_writes_an_image(tmp_path):
-    plot = _plot()
+def test_fastattn_bench_plot_writes_a_png(tmp_path, capsys):
     out = tmp_path / "run.png"
-    assert plot.main([str(ROOT / "benchmarks" / "out" / "v12.json"), "-o", str(out),
-                      "--rows", "ours x d64", "fla chunk_linear_attn"]) == 0
+    assert main(["bench", "plot", str(V15), "-o", str(out), "--rows", "ours x d64", "sdpa d64"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"wrote {out}" in capsys.readouterr().out
+
+
+def test_the_old_plot_script_still_draws(tmp_path):
+    out = tmp_path / "run.png"
+    assert _script("plot").main([str(V15), "-o", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_from_json_renders_the_recorded_run_with_its_targets(tmp_path, capsys):
+    out = tmp_path / "RESULTS.md"
+    out.write_text("# results\n\n<!-- bench:begin -->\nold\n<!-- bench:end -->\n\nthe decision log stays\n")
+    assert main(["bench", "table", "--from-json", str(V15), "--results", str(out)]) == 0
+    text = out.read_text()
+    assert "| ours x d64 | 8K | 0.25 | 1.23 | 296 | 0.032 / 0.095 |  |" in text
+    assert "| 1. 1+x+x²/2 d64 vs SDPA d64 fwd+bwd at 8K | 0.30 | >= 1x | no |" in text
+    assert "rows not timed: fla linear_attn d64" in text
+    assert "old" not in text and text.endswith("the decision log stays\n")
+
+
+def test_the_results_file_is_what_the_code_renders_from_v15(tmp_path):
+    # RESULTS.md's table is the v15 run as this code writes it, not a hand edit
+    out = tmp_path / "RESULTS.md"
+    text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    out.write_text(text)
+    assert table.render_saved(V15, out) == 0
+    assert out.read_text() == text
+
+
 def test_bench_table_has_a_graph_column_only_when_timed():
-    bench = _load("bench")
-    meta = dict(card="H200", date="2026-11-30", torch="2", triton="3", fla="0", command="c", rate=7e14, bw=4e12,
-                check_ok=True)
     cell = {"fwd": 0.3, "fwdbwd": 1.0, "peak_mib": 100.0}
-    plain = bench.render(meta, {"sdpa d64": {2048: dict(cell)}}, [2048], ["sdpa d64"], [], [])
+    plain = table.render(META, {"sdpa d64": {2048: dict(cell)}}, [2048], ["sdpa d64"], [], [])
     assert "| sdpa d64 | 2K | 0.30 | 1.00 | 100 |  |  |" in plain and "graph" not in plain
     res = {"sdpa d64": {2048: dict(cell, fwdbwd_graph=0.25)}, "fla x": {2048: dict(cell, fwdbwd_graph=None)}}
-    both = bench.render(meta, res, [2048], ["sdpa d64", "fla x"], [], [])
+    both = table.render(META, res, [2048], ["sdpa d64", "fla x"], [], [])
     assert "| row | T | fwd ms | fwd+bwd ms | fwd+bwd graph ms | peak MiB |" in both
     assert "| sdpa d64 | 2K | 0.30 | 1.00 | 0.25 | 100 |  |  |" in both
     assert "| fla x | 2K | 0.30 | 1.00 | n/a | 100 |  |  |" in both
 
 
-def _cells(fwdbwd, graph=None, **extra):
-    cell = {"fwd": fwdbwd / 3, "fwdbwd": fwdbwd, "peak_mib": 100.0, **extra}
-    if graph is not None:
-        cell["fwdbwd_graph"] = graph
-    return cell
-
-
 def test_targets_read_the_graph_column_beside_the_eager_one():
-    bench = _load("bench")
     res = {"ours 1+x+x²/2 d64": {8192: _cells(2.0, graph=1.9), 32768: _cells(10.0, graph=9.0)},
            "sdpa d64": {8192: _cells(2.3, graph=2.2), 32768: _cells(35.6, graph=35.5)}}
-    tgt = {name: (value, ok) for name, value, _, ok in bench.targets(res, [8192, 32768])}
+    tgt = {name: (value, ok) for name, value, _, ok in table.targets(res, [8192, 32768])}
     assert tgt["1. 1+x+x²/2 d64 vs SDPA d64 fwd+bwd at 8K"] == (pytest.approx(2.3 / 2.0), True)
     assert tgt["1. 1+x+x²/2 d64 vs SDPA d64 fwd+bwd (graph) at 8K"] == (pytest.approx(2.2 / 1.9), True)
     # 4x is needed at 32K: 3.56x misses it
@@ -121,53 +147,72 @@ def test_targets_read_the_graph_column_beside_the_eager_one():
     # a run without the graph column has no graph rows
     plain = {n: {t: {k: v for k, v in c.items() if k != "fwdbwd_graph"} for t, c in cells.items()}
              for n, cells in res.items()}
-    assert not any("graph" in name for name, *_ in bench.targets(plain, [8192, 32768]))
+    assert not any("graph" in name for name, *_ in table.targets(plain, [8192, 32768]))
 
 
 def test_targets_compare_with_the_peer_at_its_best_and_the_floor():
-    bench = _load("bench")
     res = {"ours x² d64": {8192: _cells(3.0, floor_fwdbwd=0.5)},
            "power_full deg2 d64": {8192: _cells(7.5, setting="chunk 1024")},
            "ours x d64": {8192: _cells(1.0)}, "fla linear_attn d64": {8192: _cells(1.2, setting="chunk")}}
-    tgt = {name: (value, need, ok) for name, value, need, ok in bench.targets(res, [8192])}
+    tgt = {name: (value, need, ok) for name, value, need, ok in table.targets(res, [8192])}
     assert tgt["3. x² d64 vs power_full deg 2 (best setting) fwd+bwd at 8K"] == (pytest.approx(2.5), ">= 2x", True)
     assert tgt["4. ours x² d64 fwd+bwd / own floor at 8K"] == (pytest.approx(6.0), "<= 3", False)
     assert tgt["5. x d64 vs fla linear_attn (best kernel) fwd+bwd at 8K"] == (pytest.approx(1.2), ">= 1.25x", False)
 
 
 def test_the_table_names_the_setting_each_peer_won_with():
-    bench = _load("bench")
-    meta = dict(card="H200", date="2026-12-01", torch="2", triton="3", fla="0", power="1.4.4", command="c",
-                rate=7e14, bw=4e12, check_ok=True)
     res = {"power_full deg2 d64": {8192: _cells(7.5, setting="chunk 1024", fwd_setting="chunk 256")},
            "sdpa d64": {8192: _cells(2.3, setting="cuDNN (default)", fwd_setting="cuDNN (default)")}}
-    text = bench.render(meta, res, [8192], list(res), [], [])
+    text = table.render(META, res, [8192], list(res), [], [])
     assert "| power_full deg2 d64 | 8K | 2.50 | 7.50 | 100 |  | chunk 1024 (fwd: chunk 256) |" in text
     assert "| sdpa d64 | 8K | 0.77 | 2.30 | 100 |  | cuDNN (default) |" in text
 
 
 def test_every_row_names_a_known_kind_and_ours_have_a_feature_count():
-    bench = _load("bench")
     from fastattn.kernels.poly import polynomial
 
-    assert len({r.name for r in bench.ROWS}) == len(bench.ROWS)
-    for row in bench.OURS:
+    assert len({r.name for r in table.ROWS}) == len(table.ROWS)
+    for row in table.OURS:
         assert polynomial(row.spec).feature_dim(row.D) >= 1
-    assert {r.name.split()[0] for r in bench.ROWS} == {"ours", "sdpa", "power_full", "fla"}
+    assert {r.name.split()[0] for r in table.ROWS} == {"ours", "sdpa", "power_full", "fla"}
 
 
-def test_a_saved_run_cut_short_renders_with_the_missing_rows_named(tmp_path):
-    bench = _load("bench")
-    meta = dict(card="H200", date="2026-12-01", torch="2", triton="3", fla="0", power="1.4.4", command="c",
-                rate=7e14, bw=4e12, check_ok=True)
+def test_floors_are_those_of_the_recorded_run():
+    data = json.loads(V15.read_text())
+    rate, bw = data["meta"]["rate"], data["meta"]["bw"]
+    for row in table.OURS:
+        for t, cell in data["results"].get(row.name, {}).items():
+            got = table.floor_ms(row, int(t), rate, bw)
+            # v15's meta holds the ceilings rounded to the log's 3 digits: 0.2 % slack
+            assert got == (pytest.approx(cell["floor_fwd"], rel=2e-3), pytest.approx(cell["floor_fwdbwd"], rel=2e-3))
+
+
+def test_a_saved_run_cut_short_renders_with_the_missing_rows_named(tmp_path, capsys):
     run = tmp_path / "run.json"
-    run.write_text(json.dumps({"partial": True, "meta": meta, "check_lines": ["ours x d64 T=4096 o: ok"],
-                               "results": {"sdpa d64": {"8192": _cells(2.3, setting="cuDNN (default)")}}}))
+    data = dict(_run({"sdpa d64": {8192: _cells(2.3, setting="cuDNN (default)")}}), partial=True,
+                check_lines=["ours x d64 T=4096 o: ok"])
+    run.write_text(json.dumps(data))
     out = tmp_path / "RESULTS.md"
-    assert bench.main(["--from-json", str(run), "--results", str(out)]) == 0
+    # the old script forwards to the command and writes the same file
+    assert _script("bench").main(["--from-json", str(run), "--results", str(out)]) == 0
     text = out.read_text()
     assert "| sdpa d64 | 8K | 0.77 | 2.30 | 100 |  | cuDNN (default) |" in text
     assert "rows not timed: ours 1+x+x²/2 d16 v64," in text and "ours x d64 T=4096 o: ok" in text
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
-    assert bench.main(["--from-json", str(bad), "--results", str(out)]) == 2
+    assert main(["bench", "table", "--from-json", str(bad), "--results", str(out)]) == 2
+    assert "needs 'meta' and 'results'" in capsys.readouterr().err
+
+
+def test_from_json_into_a_missing_directory_is_refused_before_any_work(tmp_path, capsys):
+    assert main(["bench", "table", "--from-json", str(V15), "--results", str(tmp_path / "no" / "R.md")]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and len(err.strip().splitlines()) == 1
+
+
+def test_importing_fastattn_and_the_cli_loads_no_timing_code():
+    code = ("import sys, fastattn, fastattn.cli, fastattn.bench; fastattn.cli.build_parser(); "
+            "print(sorted(m for m in sys.modules if m.startswith(('triton.testing', 'fla', 'power_attention', "
+            "'matplotlib', 'fastattn.bench.timing')) or m == 'triton'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"

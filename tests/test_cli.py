@@ -207,3 +207,39 @@ def test_broken_pipe_exits_quietly():
     err = p.stderr.read().decode()
     assert p.wait(timeout=120) == 0
     assert "Traceback" not in err and "BrokenPipeError" not in err and err == ""
+
+
+# -- bench ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("argv", [["table"], ["table", "--rows", "sdpa", "--json", "run.json"], ["check", "--quick"],
+                                  ["sweep", "--row", "x:64:64:0"]])
+def test_bench_gpu_commands_without_a_gpu_exit_2_with_one_line(capsys, monkeypatch, argv):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, out, err = run(capsys, "bench", *argv)
+    assert code == 2 and out == ""
+    assert f"{argv[0]} needs a CUDA GPU" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_needs_a_subcommand_and_a_known_row(capsys, monkeypatch):
+    import torch
+
+    code, _, err = run(capsys, "bench")
+    assert code == 2 and "SUBCOMMAND" in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the row is refused before any GPU work
+    code, _, err = run(capsys, "bench", "table", "--rows", "nosuchrow")
+    assert code == 2 and "no row matches" in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_sweep_hands_every_argument_to_the_script(capsys, monkeypatch):
+    import subprocess as sp
+
+    import torch
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(sp, "run", lambda cmd, **kw: calls.append(cmd) or sp.CompletedProcess(cmd, 3))
+    code, _, _ = run(capsys, "bench", "sweep", "--row", "x:64:64:0", "--T", "8192", "--help")
+    assert code == 3
+    assert calls[0][0] == sys.executable and calls[0][1].endswith("benchmarks/sweep.py")
+    assert calls[0][2:] == ["--row", "x:64:64:0", "--T", "8192", "--help"]
