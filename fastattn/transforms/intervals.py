@@ -83,7 +83,8 @@ def interval_eval(e: sp.Expr, x):
             raise NotExact("log of a value that may be <= 0")
         return iv.log(a)
     if isinstance(e, (sp.sinh, sp.cosh, sp.tanh)):
-        return interval_eval(e.rewrite(type(e), sp.exp), x)
+        # the argument is evaluated once (rewriting through exp repeats it: 4**6 walks for six nested tanh)
+        return _iv_hyperbolic(type(e), interval_eval(e.args[0], x))
     if isinstance(e, sp.Abs):
         a = interval_eval(e.args[0], x)
         if a.a >= 0:
@@ -121,6 +122,23 @@ def constant_enclosure(e: sp.Expr):
         return interval_eval(e, None)
     except (NotExact, ZeroDivisionError, ValueError):
         return _iv_const(e)
+
+
+def _iv_hyperbolic(kind, a):
+    """Range of sinh, cosh or tanh over the interval a, from enclosures at its end points."""
+    lo, hi = iv.mpf(a.a), iv.mpf(a.b)
+    if kind is sp.sinh:
+        f = lambda t: (iv.exp(t) - iv.exp(-t)) / 2  # noqa: E731  (increasing)
+    elif kind is sp.tanh:
+        f = lambda t: 1 - 2 / (iv.exp(2 * t) + 1)  # noqa: E731  (increasing)
+    else:
+        g = lambda t: (iv.exp(t) + iv.exp(-t)) / 2  # noqa: E731  (decreasing, then increasing from 0)
+        if lo >= 0:
+            return iv.mpf([g(lo).a, g(hi).b])
+        if hi <= 0:
+            return iv.mpf([g(hi).a, g(lo).b])
+        return iv.mpf([1, max(g(lo).b, g(hi).b)])
+    return iv.mpf([f(lo).a, f(hi).b])
 
 
 def _erf_series_bounds(t: Fraction, W: int) -> tuple[int, int]:

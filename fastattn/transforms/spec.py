@@ -263,7 +263,8 @@ class Spec:
         cached = self.__dict__.get("_enclosed_cache")
         if cached is None or len(cached) <= n:
             G, c = self._classification[3]
-            want = max(n, 2 * len(cached or [])) if cached else n
+            # taylor_rank asks for p + 30 with p = 0..40: one walk to 72 serves the whole search
+            want = max(n, 72, 2 * len(cached or []))
             old, iv.dps = iv.dps, 50
             try:
                 # |a_k| from interval enclosures: exact coefficients of nested functions grow huge
