@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 from fastattn.bench.table import *  # noqa: F401,F403  the names older scripts imported from here
-from fastattn.bench.table import render, render_saved, targets  # noqa: F401
 from fastattn.cli import main as _cli
 
 

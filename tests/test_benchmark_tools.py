@@ -216,3 +216,28 @@ def test_importing_fastattn_and_the_cli_loads_no_timing_code():
             "'matplotlib', 'fastattn.bench.timing')) or m == 'triton'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_table_run_writes_results_json_and_plot_with_the_gpu_parts_stubbed(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from fastattn.bench import timing
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "stub GPU")
+    monkeypatch.setattr(timing, "ceilings", lambda: (685e12, 4.22e12))  # v15's ceilings
+    monkeypatch.setattr(timing, "check_ours", lambda rows: (True, ["stub check: ok"], []))
+    timed = []
+    monkeypatch.setattr(timing, "time_row", lambda name, T, **kw: timed.append((name, T)) or _cells(2.0, setting="s"))
+    results, run, png = tmp_path / "RESULTS.md", tmp_path / "run.json", tmp_path / "run.png"
+    assert main(["bench", "table", "--T", "8192", "--rows", "ours x d64", "sdpa d64", "--results", str(results),
+                 "--json", str(run), "--plot", str(png)]) == 0
+    assert timed == [("ours x d64", 8192), ("sdpa d64", 8192)]
+    text = results.read_text()
+    assert "| ours x d64 | 8K | 0.67 | 2.00 | 100 | 0.032 / 0.095 | s |" in text
+    assert "Card: stub GPU;" in text and "stub check: ok" in text
+    assert "Command: `fastattn bench table --T 8192 --rows 'ours x d64' 'sdpa d64' --warmup 100 --rep 100`" in text
+    data = json.loads(run.read_text())
+    assert "partial" not in data and set(data["results"]) == {"ours x d64", "sdpa d64"}
+    assert data["results"]["ours x d64"]["8192"]["floor_fwdbwd"] == pytest.approx(0.095, abs=5e-4)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

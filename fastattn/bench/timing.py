@@ -302,12 +302,11 @@ def check_ours(rows):
     return ok, lines, failed
 
 
-def _save(path, meta, check_lines, res, partial):
-    data = dict(meta=meta, check_lines=check_lines, results={n: {str(t): v for t, v in c.items()} for n, c in res.items()})
-    if partial:
-        data = dict(partial=True, **data)
-    Path(path).write_text(json.dumps(data, indent=1))
-    return data
+def _data(meta, check_lines, res, partial=False):
+    """The run as ``--json`` saves it (T keys as strings; ``partial`` while cells are still to come)."""
+    results = {n: {str(t): v for t, v in cells.items()} for n, cells in res.items()}
+    data = dict(meta=meta, check_lines=check_lines, results=results)
+    return dict(partial=True, **data) if partial else data
 
 
 def run_table(args, rows, command):
@@ -349,14 +348,14 @@ def run_table(args, rows, command):
                 r["floor_fwd"], r["floor_fwdbwd"] = floor_ms(ROW[name], T, rate, bw)
             res.setdefault(name, {})[T] = r
             if args.json_out:  # a run cut short by a time limit still leaves every finished cell
-                _save(args.json_out, meta, check_lines, res, partial=True)
+                Path(args.json_out).write_text(json.dumps(_data(meta, check_lines, res, partial=True), indent=1))
             print(f"{name:28s} T={T:6d} fwd {fmt(r['fwd'])} ms  fwd+bwd {fmt(r['fwdbwd'])} ms  "
                   f"peak {fmt(r['peak_mib'], 0)} MiB  {r.get('setting') or ''}", flush=True)
     write_results(args.results, render(meta, res, args.T, rows, check_lines, targets(res, args.T)))
     print(f"wrote {args.results}")
-    data = dict(meta=meta, check_lines=check_lines, results={n: {str(t): v for t, v in r.items()} for n, r in res.items()})
+    data = _data(meta, check_lines, res)
     if args.json_out:
-        data = _save(args.json_out, meta, check_lines, res, partial=False)
+        Path(args.json_out).write_text(json.dumps(data, indent=1))
     if args.plot and res:
         from fastattn.bench.plot import figure
 
