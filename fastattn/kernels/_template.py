@@ -15,6 +15,8 @@ DEFAULTS = {"causal": True, "normalize": False, "scale": None, "normalizer_fix":
 # functions, shared jit kernels, feature tables, host fwd/bwd, autograd Function, public
 # function, nn.Module. It imports only torch and triton (plus the standard library).
 
+import collections
+import dataclasses
 import itertools
 import math
 import os
@@ -70,16 +72,6 @@ def _phi_vjp(b_x, p_idx, o_f, F_PAD, b_w, b_dphi, BD: tl.constexpr, PRECISION: t
     b_dx = tl.zeros([b_x.shape[0], BD], dtype=tl.float32)
     b_dx = tl.dot((b_g).to(DT), tl.trans((o_d[:, None] == i_0[None, :]).to(DT)), b_dx, input_precision=PRECISION)  # [BT, BD]
     return b_dx
-
-
-@triton.jit
-def _phi_ld(p_x, o_t, m_t, D, p_idx, o_f, F_PAD, b_w):
-    # _phi gathered straight from memory: x[t, idx[m, f]] loaded per feature (the chunk's
-    # [BT, D] rows are in L1 after the coalesced tile load), no one-hot matmuls or registers
-    i_0 = tl.load(p_idx + 0 * F_PAD + o_f)  # [BF]
-    b_x0 = tl.load(p_x + o_t[:, None] * D + i_0[None, :], mask=m_t[:, None] & (i_0 >= 0)[None, :], other=1.0).to(tl.float32)  # [BT, BF]
-    b_phi = b_x0 * b_w[None, :]  # [BT, BF]
-    return tl.where(m_t[:, None], b_phi, 0.0)
 # <<< device_functions
 
 
@@ -372,7 +364,7 @@ def _carried_state(S0, Z0, o_seg, F_PAD, DV, o_f, o_v, m_v, m_z, BF: tl.constexp
 def _segment_state_kernel(x, y, yd, rden, cz, S, Z, idx, w, ktab, T, D, DV, F_PAD, NC, CPS, NF, NSEG, S_LO,
                           BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr,
                           NORMALIZE: tl.constexpr, SCALE_Y: tl.constexpr, PRECISION: tl.constexpr,
-                          LD: tl.constexpr = False, KRON: tl.constexpr = False, KG: tl.constexpr = 1,
+                          KRON: tl.constexpr = False, KG: tl.constexpr = 1,
                           KA: tl.constexpr = 1, TMA_LD: tl.constexpr = False, WIDE: tl.constexpr = True):
     # the first level of the two-level scan (TFLA): the sequence is cut into segments of CPS
     # chunks, and each program sums its segment's contribution to one [BF, BV] slice of a
@@ -400,11 +392,7 @@ def _segment_state_kernel(x, y, yd, rden, cz, S, Z, idx, w, ktab, T, D, DV, F_PA
     for i_c in range(c_lo, c_hi):
         o_t = _chunk_rows(i_c, BT, WIDE)
         m_t = o_t < T
-        if LD:
-            # the fused path's gather from memory (see _phi_ld)
-            b_feat = _phi_ld(p_x, o_t, m_t, D, idx, o_f, F_PAD, b_w)  # [BT, BF]
-        else:
-            b_feat = _feat(p_x, o_t, m_t, D, idx, o_f, F_PAD, b_w, I0, J0, BT, BD, PRECISION, KRON, KG, KA)
+        b_feat = _feat(p_x, o_t, m_t, D, idx, o_f, F_PAD, b_w, I0, J0, BT, BD, PRECISION, KRON, KG, KA)
         b_y = _ld_rows(p_y, yd, i_bh, i_c * BT, i_v * BV, o_t, m_t, o_v, m_v, DV, BT, BV, TMA_LD)
         if SCALE_Y:
             b_y = (b_y.to(tl.float32) * tl.load(rden + i_bh64 * T + o_t, mask=m_t, other=0.0)[:, None]).to(DT)
@@ -677,13 +665,13 @@ def _inter_bwd_kernel(q, k, v, vd, do, dod, rden, dz, dq, dk, dv, dvd, dxg, dxl,
 def _fused_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, scale, eps, T, D, DV, F_PAD, NC, CPS,
                       BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr,
                       NORMALIZE: tl.constexpr, FIX_ABS: tl.constexpr, USE_SEG: tl.constexpr,
-                      PRECISION: tl.constexpr, LD: tl.constexpr, WIDE: tl.constexpr = True):
-    i_s, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+                      PRECISION: tl.constexpr, WIDE: tl.constexpr = True):
+    i_s, i_bh = tl.program_id(0), tl.program_id(1)
     NSEG = tl.num_programs(0)
     i_bh64 = i_bh.to(tl.int64)
     DT = v.dtype.element_ty
     o_f = tl.arange(0, BF)
-    o_v = i_v * BV + tl.arange(0, BV)
+    o_v = tl.arange(0, BV)
     o_d = tl.arange(0, BD)
     m_v = o_v < DV
     m_d = o_d < D
@@ -711,10 +699,7 @@ def _fused_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, scale, eps, T, D
         b_a = tl.where(m_a, _f(b_s), 0.0)  # [BT, BT]
         b_o = tl.dot(b_a.to(DT), b_v, input_precision=PRECISION)  # [BT, BV]
         # inter: the state of every earlier chunk
-        if LD:
-            b_phi = _phi_ld(p_q, o_t, m_t, D, idx, o_f, F_PAD, b_wq)  # [BT, BF]
-        else:
-            b_phi = _phi(b_q, m_t, idx, o_f, F_PAD, b_wq, BD, PRECISION)  # [BT, BF]
+        b_phi = _phi(b_q, m_t, idx, o_f, F_PAD, b_wq, BD, PRECISION)  # [BT, BF]
         b_o = tl.dot(b_phi.to(DT), b_S.to(DT), b_o, input_precision=PRECISION)  # [BT, BV]
         if NORMALIZE:
             b_z = tl.sum(b_a, 1) + tl.sum(b_phi * b_zs[None, :], 1)  # [BT]
@@ -722,10 +707,7 @@ def _fused_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, scale, eps, T, D
             tl.store(z + i_bh64 * T + o_t, b_z, mask=m_t)
         tl.store(p_o + o_t[:, None] * DV + o_v[None, :], b_o.to(DT), mask=m_vv)
         # chunk i_c enters the state after its own queries used it
-        if LD:
-            b_psi = _phi_ld(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk)  # [BT, BF]
-        else:
-            b_psi = _phi(b_k, m_t, idx, o_f, F_PAD, b_wk, BD, PRECISION)  # [BT, BF]
+        b_psi = _phi(b_k, m_t, idx, o_f, F_PAD, b_wk, BD, PRECISION)  # [BT, BF]
         b_S = tl.dot(tl.trans(b_psi).to(DT), b_v, b_S, input_precision=PRECISION)  # [BF, BV]
         b_zs += tl.sum(b_psi.to(tl.float32), 0)
 
@@ -856,7 +838,7 @@ def _bwd_prep_kernel(o, do, z, rden, dz, dns, eps, T, DV, NC,
 def _fused_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, S0, Z0, idx, w_phi, w_psi, scale, T, D, DV, F_PAD, NC,
                       CPS, BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr,
                       NORMALIZE: tl.constexpr, USE_SEG: tl.constexpr, PASS: tl.constexpr,
-                      PRECISION: tl.constexpr, LD: tl.constexpr, WIDE: tl.constexpr = True):
+                      PRECISION: tl.constexpr, WIDE: tl.constexpr = True):
     # PASS 0 walks forward from the prefix state (S0, Z0) of the earlier segments: dq.
     # PASS 1 walks backward from the suffix (S0, Z0) = (sum phi(q)^T dn, sum phi(q) dz) of
     # the later segments: dk and dv. Both add the chunk's own (intra) gradient.
@@ -871,8 +853,6 @@ def _fused_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, S0, Z0, idx, w_phi, w_p
     m_d = o_d < D
     b_wq = tl.load(w_phi + o_f)  # [BF]
     b_wk = tl.load(w_psi + o_f)  # [BF]
-    p_q = q + i_bh64 * T * D
-    p_k = k + i_bh64 * T * D
     b_S, b_zs = _carried_state(S0, Z0, i_bh64 * NSEG + i_s, F_PAD, DV, o_f, o_v, m_v, o_f >= 0, BF, BV, USE_SEG,
                                NORMALIZE)
     c_lo = i_s * CPS
@@ -909,20 +889,14 @@ def _fused_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, S0, Z0, idx, w_phi, w_p
                 b_dphi += b_dz[:, None] * b_zs[None, :]
             b_dq += _phi_vjp(b_q, idx, o_f, F_PAD, b_wq, b_dphi, BD, PRECISION)  # [BT, BD]
             tl.store(dq + o_qk, b_dq.to(DT), mask=m_qk)
-            if LD:
-                b_psi = _phi_ld(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk)  # [BT, BF]
-            else:
-                b_psi = _phi(b_k, m_t, idx, o_f, F_PAD, b_wk, BD, PRECISION)  # [BT, BF]
+            b_psi = _phi(b_k, m_t, idx, o_f, F_PAD, b_wk, BD, PRECISION)  # [BT, BF]
             b_S = tl.dot(tl.trans(b_psi).to(DT), b_v, b_S, input_precision=PRECISION)  # [BF, BV]
             b_zs += tl.sum(b_psi.to(tl.float32), 0)
         else:
             b_a = tl.where(m_a, _f(b_s), 0.0)  # [BT, BT]
             b_dk = tl.dot(tl.trans(b_ds).to(DT), b_q, input_precision=PRECISION)  # [BT, BD]
             b_dv = tl.dot(tl.trans(b_a).to(DT), b_dn.to(DT), input_precision=PRECISION)  # [BT, BV]
-            if LD:
-                b_psi = _phi_ld(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk)  # [BT, BF]
-            else:
-                b_psi = _phi(b_k, m_t, idx, o_f, F_PAD, b_wk, BD, PRECISION)  # [BT, BF]
+            b_psi = _phi(b_k, m_t, idx, o_f, F_PAD, b_wk, BD, PRECISION)  # [BT, BF]
             b_dv = tl.dot(b_psi.to(DT), b_S.to(DT), b_dv, input_precision=PRECISION)  # [BT, BV]
             tl.store(dv + o_vv, b_dv.to(DT), mask=m_vv)
             b_dpsi = tl.dot(b_v, tl.trans(b_S.to(DT)), input_precision=PRECISION)  # [BT, BF]
@@ -930,10 +904,7 @@ def _fused_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, S0, Z0, idx, w_phi, w_p
                 b_dpsi += b_zs[None, :]
             b_dk += _phi_vjp(b_k, idx, o_f, F_PAD, b_wk, b_dpsi, BD, PRECISION)  # [BT, BD]
             tl.store(dk + o_qk, b_dk.to(DT), mask=m_qk)
-            if LD:
-                b_phi = _phi_ld(p_q, o_t, m_t, D, idx, o_f, F_PAD, b_wq)  # [BT, BF]
-            else:
-                b_phi = _phi(b_q, m_t, idx, o_f, F_PAD, b_wq, BD, PRECISION)  # [BT, BF]
+            b_phi = _phi(b_q, m_t, idx, o_f, F_PAD, b_wq, BD, PRECISION)  # [BT, BF]
             b_S = tl.dot(tl.trans(b_phi).to(DT), b_dn.to(DT), b_S, input_precision=PRECISION)  # [BF, BV]
             if NORMALIZE:
                 b_zs += tl.sum(b_phi * b_dz[:, None], 0)
@@ -996,9 +967,8 @@ def feature_tables(dim, scale, device, block_f=64):
 
 
 def _kron_group(block_f):
-    """Default group width: 8 (one 8 x 8 product per 64-feature tile) from block_f 64 on. Groups of 4
-    pack the diagonal blocks' slots too (36 tiles instead of 38 at D = 64), but the 4-D broadcast
-    they need made the scans slower (H100, d64 16K fwd+bwd 38.1 vs 27.9 ms, benchmarks/RESULTS.md)."""
+    """Group width: 8 (one 8 x 8 product per 64-feature tile) from block_f 64 on, else 4 (groups of 4 at
+    block_f 64 lost to their 4-D broadcast: TUNING.md)."""
     return 8 if block_f >= 64 else 4
 
 
@@ -1006,33 +976,21 @@ def _kron_group(block_f):
 _DEGREE = max((j for j, a in COEFFS.items() if a != 0), default=0)
 
 
-def _cdiv(a, b):
-    # host-side ceil division: triton.cdiv is a constexpr function whose wrapper costs ~5 us a call
-    return -(-a // b)
+def uses_kron(dim, causal=True, dim_v=None, part="fwd", T=0, tuning=None):
+    """True when the general path's features for this pass (``part``: "fwd" or "bwd", on ``T`` tokens)
+    are block-Kronecker tiles: f has degree 2 and the pass does not take the fused path (see :func:`plan`)."""
+    t = _resolve(tuning)
+    return _kron_on(t) and (not causal or _fused_tiles_dims(dim, dim if dim_v is None else dim_v, part, T, t) is None)
 
 
-def _pow2(n):
-    # host-side next power of two (as triton.next_power_of_2, without its wrapper's cost)
-    return 1 << (int(n) - 1).bit_length() if n > 0 else 0
-
-
-def _kron_degree():
-    """True when f has degree 2 and FASTATTN_KRON is not 0: the block-Kronecker layout is available."""
-    return _DEGREE == 2 and os.environ.get("FASTATTN_KRON", "1") != "0"
-
-
-def uses_kron(dim, causal=True, dim_v=None, part="fwd", T=0):
-    """True when f has degree 2 and the features of this pass (``part``: "fwd" or "bwd", on ``T``
-    tokens) go through the block-Kronecker layout: every degree-2 f that does not take the fused
-    path (see :func:`_fused_tiles_dims`), and FASTATTN_KRON is not 0."""
-    if not _kron_degree():
-        return False
-    return not causal or _fused_tiles_dims(dim, dim if dim_v is None else dim_v, part, T) is None
+def _kron_on(t):
+    # the block-Kronecker layout exists for degree 2 only; tuning kron=False keeps the symmetric basis
+    return _DEGREE == 2 and t["kron"]
 
 
 def _group_width(block_f, group=None):
-    """Kronecker group width: ``group``, else the FASTATTN_KRON_GROUP knob, else :func:`_kron_group`."""
-    return _knob("FASTATTN_KRON_GROUP", _kron_group(block_f)) if group is None else int(group)
+    """Kronecker group width: ``group``, else :func:`_kron_group`."""
+    return _kron_group(block_f) if group is None else int(group)
 
 
 def kron_const_out(dim, block_f=64, group=None):
@@ -1041,9 +999,8 @@ def kron_const_out(dim, block_f=64, group=None):
     the intra and finalize kernels: o += a0 times the prefix sum of v over the earlier chunks, z += a0
     times their token count, and in the backward dv += a0 times the suffix sum of dn = do / den.
 
-    At head dim 64 and block_f 64 the scans walk 37 tiles instead of 38, and B * H = 32 sequences
-    give 1184 programs: three waves of 3 programs on 132 SMs, where 1216 needed a fourth wave
-    for 28 programs (benchmarks/RESULTS.md, the H200 wave probe).
+    At head dim 64 and block_f 64 the scans walk 37 tiles instead of 38 (one wave fewer at B * H = 32
+    on 132 SMs: TUNING.md).
 
     Examples
     --------
@@ -1060,14 +1017,13 @@ def kron_const_out(dim, block_f=64, group=None):
     KG = max(1, block_f // (KA * KA))
     nb = -(-dim // KA)
     pairs = nb * (nb + 1) // 2
-    return _knob("FASTATTN_CONST_OUT", 1) != 0 and -(-pairs // KG) < -(-(pairs + 1) // KG)
+    return -(-pairs // KG) < -(-(pairs + 1) // KG)
 
 
 def kron_tables(dim, scale, device, block_f=64, group=None, const_out=False):
     """Tile and weight tables of the block-Kronecker basis of a degree-2 f(scale * q.k).
 
-    The head dim is cut into blocks of ``group`` columns (None: the FASTATTN_KRON_GROUP knob, else
-    8 from block_f 64 on and 4 below). Every pair of blocks h1 <= h2 gives a group of group x group
+    The head dim is cut into blocks of ``group`` columns (None: 8 from block_f 64 on, 4 below). Every pair of blocks h1 <= h2 gives a group of group x group
     products x[h1] (x) x[h2], weighted a2 s^2 on the diagonal pairs and 2 a2 s^2 off it, since
     (q.k)^2 = sum over all pairs of blocks of sum_{i in h1, j in h2} q_i q_j k_i k_j. A tile of
     ``block_f`` features packs KG = block_f / group^2 groups. The constant a0 is the group
@@ -1148,36 +1104,39 @@ def kron_tables(dim, scale, device, block_f=64, group=None, const_out=False):
     return out
 
 
-def _layout(q, v, scale, causal, block_f, part="fwd", kron=None, const_out=False):
-    """The general path's features: (idx, w_phi, w_psi, ktab, block_f, kron kwargs, a0 left out);
-    ``kron``: the caller's :func:`uses_kron` for this pass, when it has it; ``const_out``: the caller
-    adds the constant term itself where :func:`kron_const_out` says it pays, and then a0 is returned
-    (else 0.0)."""
-    D = q.shape[-1]
-    bf = block_f or 64
-    if uses_kron(D, causal, v.shape[-1], part, q.shape[2]) if kron is None else kron:
-        const_out = const_out and kron_const_out(D, bf)
-        ktab, w_phi, w_psi, (KG, KA) = kron_tables(D, scale, q.device, bf, None, const_out)
-        # the kernels read the Kronecker tiles' column lists through their idx argument
-        a0 = float(COEFFS.get(0, 0.0)) if const_out else 0.0
-        return ktab, w_phi, w_psi, ktab, bf, dict(KRON=True, KG=KG, KA=KA), a0
-    idx, w_phi, w_psi, _ = feature_tables(D, scale, q.device, bf)
-    return idx, w_phi, w_psi, idx, bf, {}, 0.0
+def _kron_tiles(dim, block_f, const_out):
+    """Feature tiles of :func:`kron_tables` (dim, block_f, default group, const_out), counted without building them."""
+    KA = _kron_group(block_f)
+    KG = block_f // (KA * KA)
+    a0, a1, a2 = (float(COEFFS.get(j, 0.0)) for j in (0, 1, 2))
+    const_low = a0 != 0.0 and a1 != 0.0 and dim % block_f != 0
+    nb = _cdiv(dim, KA)
+    groups = nb * (nb + 1) // 2 + (a0 != 0.0 and not const_low and not const_out) if a2 != 0.0 else 0
+    return (_cdiv(dim, block_f) if a1 != 0.0 else 0) + _cdiv(groups, KG)
+
+
+def _cdiv(a, b):
+    # host-side ceil division: triton.cdiv is a constexpr function whose wrapper costs ~5 us a call
+    return -(-a // b)
+
+
+def _pow2(n):
+    # host-side next power of two (as triton.next_power_of_2, without its wrapper's cost)
+    return 1 << (int(n) - 1).bit_length() if n > 0 else 0
 
 
 # ----------------------------------------------------------------------------------------
-# Host side.
+# Routing: plan() turns a call's shapes, device and overrides into a Plan record, and the
+# launchers below take every number from it. Measurements behind the defaults: TUNING.md.
 # ----------------------------------------------------------------------------------------
 #: Every route the host code can take, by name: pass / path (fused, chunk-parallel forward,
 #: scans) / causal or full / feature layout (symmetric table, Kronecker tiles) / variant
 #: (const: a0 outside the scans; segments: the fused path's segment states, saved by the
-#: forward or rebuilt by the backward; ld: the fused path's features gathered by loads,
-#: FASTATTN_FUSED_LD; v-tiles: the fused forward split over v, FASTATTN_FUSED_FWD_BV). A fused
-#: call records its variants beside its route. tests/test_routes.py runs each one. The GPU-only
+#: forward or rebuilt by the backward). tests/test_routes.py runs each one. The GPU-only
 #: variants (TMA row moves, side streams) are checked on the device by benchmarks/check_gpu.py.
 ROUTES = (
     "empty",
-    "fwd/fused", "fwd/fused/segments", "fwd/fused/ld", "fwd/fused/v-tiles", "bwd/fused/ld",
+    "fwd/fused", "fwd/fused/segments",
     "fwd/chunk/fused-table", "fwd/chunk/symmetric", "fwd/chunk/kron",
     "fwd/scan/causal/symmetric", "fwd/scan/causal/kron", "fwd/scan/causal/kron/const",
     "fwd/scan/full/symmetric", "fwd/scan/full/kron",
@@ -1188,188 +1147,347 @@ ROUTES = (
 #: The routes taken in this process (a set of at most len(ROUTES) names: one add per call).
 routes_taken = set()
 
+#: The private overrides :func:`plan` takes (``tuning=``, for sweeps and tests) and their defaults;
+#: None: decided by the shape. FASTATTN_FUSED=0 in the environment sets "fused" to False.
+TUNING = {
+    "fused": True,          # False: every shape down the general path
+    "fused_fwd": None,      # True / False: the fused forward on / off (default: by length for degree 2)
+    "fused_bwd": None,      # the same for the backward
+    "kron": True,           # False: a degree-2 f keeps the symmetric basis on the general path
+    "const_out": True,      # False: a0 keeps a Kronecker tile of its own in the causal scans
+    "chunk_fwd": None,      # True / False: the chunk-parallel causal forward on / off
+    "chunk_fwd_cps": 4,     # its segments' least length in chunks
+    "chunk_fwd_mib": 256,   # and the MiB of prefix states they may take
+    "seg_rows": 2,          # chunks one step of the segment-sum pass over k, v takes
+    "tma_fwd": 2,           # TMA bits of the general forward: 1 v loads, 2 o adds (sm_90+)
+    "tma_bwd": 6,           # of the backward: 1 v / do loads, 2 dv adds, 4 dq / dk adds
+    "tma_min_work": 2**21,  # least batch*head x tokens x feature tiles for TMA (descriptors cost host time)
+    "bwd_streams": None,    # True / False: the backward's two walks side by side on two streams
+}
+_TUNING_BOOLS = ("fused", "fused_fwd", "fused_bwd", "kron", "const_out", "chunk_fwd", "bwd_streams")
 
-def _took(route):
-    # the route recorder: a set add per call, nothing on the GPU
-    routes_taken.add(route)
+
+def _resolve(tuning=None):
+    """TUNING with the environment's FASTATTN_FUSED and ``tuning`` applied, each value checked."""
+    t = dict(TUNING)
+    env = os.environ.get("FASTATTN_FUSED", "")
+    if env:
+        if env not in ("0", "1"):
+            raise ValueError(f"FASTATTN_FUSED={env!r}: use 0 (every shape down the general path) or 1, or unset it")
+        t["fused"] = env == "1"
+    if not tuning:
+        return t
+    if not isinstance(tuning, dict):
+        raise ValueError(f"tuning={tuning!r} must be a dict of overrides (keys: {', '.join(TUNING)})")
+    unknown = sorted(set(tuning) - set(TUNING))
+    if unknown:
+        raise ValueError(f"unknown tuning key(s) {', '.join(map(repr, unknown))}; known keys: {', '.join(TUNING)}")
+    for key, value in tuning.items():
+        if key in _TUNING_BOOLS:
+            ok = isinstance(value, bool) or (value is None and TUNING[key] is None)
+        else:
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= (0 if "tma" in key else 1)
+        if not ok:
+            want = "True or False" + (" or None" if key in _TUNING_BOOLS and TUNING[key] is None else "")
+            raise ValueError(f"tuning[{key!r}]={value!r}; use {want if key in _TUNING_BOOLS else 'an int >= 1'}"
+                             if "tma" not in key else f"tuning[{key!r}]={value!r}; use an int >= 0")
+    t.update(tuning)
+    return t
 
 
-def _interpreting():
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+#: What plan() needs of a device: its kind ("cuda", "cpu", ...), SM count and compute capability
+#: major (anything but CUDA reads as 132 SMs, capability 0).
+DeviceInfo = collections.namedtuple("DeviceInfo", "type sms major")
+_DEVICES = {}
 
 
-def _empty(shape, device):
-    # FASTATTN_NAN_FILL=1 (the tests) makes every fresh fp32 buffer NaN, so a row a kernel
-    # forgot to write shows up as NaN instead of as stale memory
-    if os.environ.get("FASTATTN_NAN_FILL", "0") == "1":
-        return torch.full(shape, float("nan"), dtype=torch.float32, device=device)
-    return torch.empty(shape, dtype=torch.float32, device=device)
+def _device_info(device):
+    if isinstance(device, DeviceInfo):
+        return device
+    key = str(device)
+    if key not in _DEVICES:
+        dev = torch.device(device)
+        if dev.type == "cuda":
+            props = torch.cuda.get_device_properties(dev)
+            _DEVICES[key] = DeviceInfo("cuda", props.multi_processor_count, props.major)
+        else:
+            _DEVICES[key] = DeviceInfo(dev.type, 132, 0)
+    return _DEVICES[key]
 
 
-def _dims(q, v):
-    """BD (head dim, padded), BV (v head dim, padded) and the dot precision, shared by every path."""
-    # BD at least 32: triton 3.6 miscompiles the [BT, BF] x [BF, 16] scatter dot of _phi_vjp on
-    # sm_90 (compute-sanitizer: out-of-bounds shared-memory read, then an illegal address)
-    BD = max(32, _pow2(q.shape[-1]))
-    BV = max(16, _pow2(v.shape[-1]))
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """One pass of one call, as the launchers run it (see :func:`plan`).
+
+    route: a name of ROUTES. chunk: tokens per chunk. block_f, block_v: features and v columns per
+    walk program; table_block_f: the feature tables' tile (and the segment-sum pass's); f_pad: features
+    with padding. head_block, v_pad: D and DV padded for the intra tiles. kron, group (KG, KA),
+    const_out: the Kronecker layout, its groups, a0 outside the causal scans. segments, cps: the
+    causal scan's cut (chunks per segment). warps (walks), seg_warps, intra_warps; maxnreg: the walks'
+    register cap (0: none). seg_step, seg_step_q: chunks per step of the segment-sum passes over
+    (k, v) and (q, dn). tma_ld, tma_add, tma_dx: row moves by TMA. streams: the backward's walks side
+    by side. wide: int64 row offsets. saved: the fused backward reuses the forward's segment states.
+    """
+    route: str
+    chunk: int
+    block_f: int
+    block_v: int
+    table_block_f: int
+    f_pad: int
+    head_block: int
+    v_pad: int
+    precision: str
+    kron: bool = False
+    group: tuple = (1, 1)
+    const_out: bool = False
+    segments: int = 1
+    cps: int = 1
+    warps: int = 4
+    seg_warps: int = 4
+    intra_warps: int = 4
+    maxnreg: int = 0
+    seg_step: int = 1
+    seg_step_q: int = 1
+    tma_ld: bool = False
+    tma_add: bool = False
+    tma_dx: bool = False
+    streams: bool = False
+    wide: bool = False
+    saved: bool = False
+
+    @property
+    def path(self):
+        """"fused", "chunk" or "scan"."""
+        return self.route.split("/")[1]
+
+    @property
+    def kron_kw(self):
+        """The Kronecker constexprs of a kernel launch (none for the symmetric basis)."""
+        return dict(KRON=True, KG=self.group[0], KA=self.group[1]) if self.kron else {}
+
+
+_PLANS = {}
+
+
+def plan(q_shape, v_shape, dtype, device, causal, normalize, part, tuning=None, *, chunk=None, block_f=64,
+         block_v=None, segments=None, saved=None):
+    """The route and every launch number of one pass (``part`` "fwd" or "bwd") as a :class:`Plan`.
+
+    The only reader of overrides: FASTATTN_FUSED in the environment and the ``tuning`` dict (keys and
+    defaults in TUNING; an unknown key is a ValueError). ``device``: a torch device or a
+    :class:`DeviceInfo` (its SM count cuts the causal scans into segments, its capability allows TMA).
+    ``chunk``, ``block_f``, ``block_v``, ``segments`` as :func:`poly_attention` takes them; ``saved``:
+    (tokens per segment, segments) of the states the forward saved for a fused backward, or None.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from fastattn.kernels.codegen import load_module
+    >>> from fastattn.kernels.poly import polynomial
+    >>> mod = load_module(polynomial("1 + x + x**2/2"))
+    >>> h200 = mod.DeviceInfo("cuda", 132, 9)
+    >>> p = mod.plan((2, 16, 8192, 16), (2, 16, 8192, 64), torch.bfloat16, h200, True, True, "fwd")
+    >>> p.route, p.chunk, p.segments, p.warps, p.maxnreg  # Based at 8K: the Kronecker scans, 3 segments
+    ('fwd/scan/causal/kron', 64, 3, 4, 168)
+    >>> mod.plan((2, 16, 2048, 16), (2, 16, 2048, 64), torch.bfloat16, h200, True, True, "fwd").route
+    'fwd/fused/segments'
+    >>> mod.plan((1, 1, 64, 16), (1, 1, 64, 16), torch.float32, "cpu", True, False, "fwd", {"fused": False}).route
+    'fwd/scan/causal/kron'
+    """
+    t = _resolve(tuning)
+    dev = _device_info(device)
+    key = (tuple(q_shape), tuple(v_shape), dtype, dev, bool(causal), bool(normalize), part, chunk, block_f, block_v,
+           segments, saved, tuple(t.items()), _interpreting())
+    p = _PLANS.get(key)
+    if p is None:
+        p = _PLANS[key] = _plan(tuple(q_shape), tuple(v_shape), dtype, dev, bool(causal), bool(normalize), part, t,
+                                chunk, block_f, block_v, segments, saved)
+    return p
+
+
+def _route(part, path, causal, kron, const, segments, saved):
+    """The ROUTES name of a pass."""
+    if path == "fused":
+        if part == "fwd":
+            return "fwd/fused/segments" if segments > 1 else "fwd/fused"
+        return "bwd/fused" if segments == 1 else "bwd/fused/segments/saved" if saved else "bwd/fused/segments/rebuilt"
+    if path == "fused-table":
+        return "fwd/chunk/fused-table"
+    if path == "chunk":
+        return "fwd/chunk/kron" if kron else "fwd/chunk/symmetric"
+    if part == "fwd":
+        if causal:
+            return ("fwd/scan/causal/kron/const" if const else "fwd/scan/causal/kron") if kron else \
+                "fwd/scan/causal/symmetric"
+        return "fwd/scan/full/kron" if kron else "fwd/scan/full/symmetric"
+    if causal:
+        return ("bwd/scan/causal/kron/const" if const else "bwd/scan/causal/kron") if kron else \
+            "bwd/scan/causal/symmetric"
+    return "bwd/scan/full/kron" if kron else "bwd/scan/full/symmetric"
+
+
+def _plan(q_shape, v_shape, dtype, dev, causal, normalize, part, t, chunk, block_f, block_v, segments, saved):
+    B, H, T, D = q_shape
+    DV = v_shape[-1]
+    BH = B * H
+    # BD at least 32: triton 3.6 on sm_90 miscompiled the [BT, BF] x [BF, 16] scatter dot of _phi_vjp
+    BD, BV = max(32, _pow2(D)), max(16, _pow2(DV))
     # fp32 inputs keep fp32 accuracy through three tf32 passes; 16-bit inputs use their own MMA
-    precision = "tf32x3" if q.dtype == torch.float32 else "tf32"
-    return BD, BV, precision
-
-
-def _blocks(q, v, block_f, block_v, kron=None):
-    """Tile sizes: BD, BV and the dot precision (:func:`_dims`), BVs (v tile of the scan), and the
-    warps of the scan kernels."""
-    BD, BV, precision = _dims(q, v)
+    precision = "tf32x3" if dtype == torch.float32 else "tf32"
+    base = dict(head_block=BD, v_pad=BV, precision=precision, wide=_wide(T, D, DV))
+    cuda = dev.type == "cuda"
+    tiles = _fused_tiles_dims(D, DV, part, T, t) if causal else None
+    kron = _kron_on(t) and tiles is None
+    chunk_fwd = t["chunk_fwd"] if t["chunk_fwd"] is not None else tiles is None and not kron
+    if part == "fwd" and causal and chunk_fwd:
+        # the chunk-parallel forward: per-segment prefix states (as many as chunk_fwd_mib MiB allow)
+        chunk = chunk or _CHUNK
+        if tiles is not None:
+            # one symmetric table read as one [F_pad, DV] tile by the segment pass, 64 rows at a time by the walk
+            tbf, bf, kron = tiles[0], min(64, tiles[0]), False
+        else:
+            tbf = bf = block_f or 64
+        f_pad = _kron_tiles(D, tbf, False) * tbf if kron else _sym_pad(D, tbf)
+        NC = _cdiv(T, chunk)
+        cps = max(t["chunk_fwd_cps"], _cdiv(NC * BH * f_pad * BV * 4, t["chunk_fwd_mib"] * 2**20))
+        cps = min(cps, NC)
+        nseg = _cdiv(NC, cps)
+        warps = _scan_warps(kron, tbf, BV)
+        KA = _kron_group(tbf)
+        return Plan(route=_route(part, "fused-table" if tiles is not None else "chunk", True, kron, False, nseg, False),
+                    chunk=chunk, block_f=bf, block_v=BV, table_block_f=tbf, f_pad=f_pad, kron=kron,
+                    group=(tbf // (KA * KA), KA) if kron else (1, 1), segments=nseg, cps=cps, warps=4,
+                    seg_warps=warps, seg_step=_seg_group(chunk, tbf, BV, cps, False, t["seg_rows"]), **base)
+    if tiles is not None:
+        # the fused path: one program per (segment, batch*head) holds the whole [F_pad, DV] state
+        BF, BVf = tiles
+        chunk = chunk or _auto_chunk(tiles)
+        NC = _cdiv(T, chunk)
+        # 8 warps keep a state of 64 x 64 and more out of local memory; the forward walk wants 4 at 64 x 64
+        seg_warps = 8 if BF * BVf >= 64 * 64 else 4
+        if part == "fwd":
+            warps, streams, passes = (8 if BF * BVf > 64 * 64 else 4), False, 1
+        else:
+            # side by side for large states and long walks (short ones lose the second stream's cost)
+            warps, passes = seg_warps, 2
+            streams = cuda and (t["bwd_streams"] if t["bwd_streams"] is not None else BF * BVf > 64 * 64 or NC >= 512)
+        slots = (_slots(dev.sms, warps), _slots(dev.sms, seg_warps))
+        nseg, cps = _segments(NC, BH, segments, slots=slots, passes=passes, shared=streams, seg_rows=t["seg_rows"])
+        reuse = False
+        if part == "bwd" and saved is not None:
+            # the forward's prefix states, re-cut into this pass's chunks where their segments are whole chunks
+            tokens, n = saved
+            if tokens % chunk == 0 and _cdiv(NC, tokens // chunk) == n:
+                cps, reuse = tokens // chunk, True
+                nseg = _cdiv(NC, cps)
+        return Plan(route=_route(part, "fused", True, False, False, nseg, reuse), chunk=chunk, block_f=BF,
+                    block_v=BVf, table_block_f=BF, f_pad=_sym_pad(D, BF), segments=nseg, cps=cps, warps=warps,
+                    seg_warps=seg_warps, seg_step=_seg_group(chunk, BF, BVf, cps, False, t["seg_rows"]),
+                    seg_step_q=_seg_group(chunk, BF, BVf, cps, normalize, t["seg_rows"]), streams=streams,
+                    saved=reuse, **base)
+    # the general path: intra kernel, then scans over (feature tile, v tile, batch*head)
+    chunk = chunk or _CHUNK
+    bf = block_f or 64
+    const = causal and kron and t["const_out"] and kron_const_out(D, bf)
+    f_pad = _kron_tiles(D, bf, const) * bf if kron else _sym_pad(D, bf)
     BVs = BV if block_v is None else min(BV, block_v)
-    # the scan holds a [BF, BV] fp32 state plus feature tiles; 8 warps keep a 64x64 state
-    # out of local memory on sm_90 (ptxas: 4 warps spill ~600 bytes per thread)
-    # the Kronecker tiles build features from two narrow slices instead of one-hot matmuls, and
-    # run best small: 4 warps let several programs share an SM and hide each other's latency
-    # (H100, degree 2 at d64, 32K fwd+bwd: 39 ms at block_f 64 / 4 warps, 62 at 256 / 8 warps)
-    warps = _knob("FASTATTN_SCAN_WARPS", 0) or (4 if kron or block_f * BVs < 64 * 64 else 8)
-    return BD, BV, BVs, precision, warps
+    warps = _scan_warps(kron, bf, BVs)
+    NC, NF, NV = _cdiv(T, chunk), f_pad // bf, _cdiv(DV, BVs)
+    if part == "fwd":
+        # the Kronecker forward walk capped at _MAXNREG_FWD registers: three programs per SM instead of two
+        maxnreg = _MAXNREG_FWD if kron and cuda else 0
+        streams, passes, slots = False, 1, (_slots(dev.sms, warps, maxnreg), _slots(dev.sms, warps))
+    else:
+        maxnreg, passes, slots = 0, 2, (_slots(dev.sms, warps), _slots(dev.sms, warps))
+        streams = cuda and (t["bwd_streams"] if t["bwd_streams"] is not None else True)
+    nseg, cps = (_segments(NC, NF * NV * BH, segments, slots=slots, passes=passes, shared=streams,
+                           seg_rows=t["seg_rows"]) if causal else (1, NC))
+    # TMA row moves on sm_90+ (not the interpreter: no TMA reduce there), 16-byte rows, enough work
+    bits = t["tma_" + part] if BH * T * NF >= t["tma_min_work"] else 0
+    elem = torch.finfo(dtype).bits // 8
+    ok = bool(bits) and cuda and dev.major >= 9 and not _interpreting() and (DV * elem) % 16 == 0 and DV % 4 == 0
+    KA = _kron_group(bf)
+    KG = bf // (KA * KA)
+    return Plan(route=_route(part, "scan", causal, kron, const, nseg, False), chunk=chunk, block_f=bf, block_v=BVs,
+                table_block_f=bf, f_pad=f_pad, kron=kron, group=(KG, KA) if kron else (1, 1), const_out=const,
+                segments=nseg, cps=cps, warps=warps, seg_warps=warps, intra_warps=_intra_warps(chunk, BD, BV),
+                maxnreg=maxnreg, seg_step=_seg_group(chunk, bf, BVs, cps, False, t["seg_rows"]),
+                seg_step_q=_seg_group(chunk, bf, BVs, cps, normalize, t["seg_rows"]), tma_ld=ok and bool(bits & 1),
+                tma_add=ok and bool(bits & 2), tma_dx=ok and bool(bits & 4) and kron and KG == 1 and D % 4 == 0,
+                streams=streams, **base)
+
+
+def _sym_pad(D, block_f):
+    # features of the symmetric table, padded to whole tiles (feature_tables)
+    return max(block_f, _cdiv(feature_dim(D), block_f) * block_f)
+
+
+def _scan_warps(kron, block_f, block_v):
+    # a [BF, BV] fp32 state of 64 x 64 stays out of local memory at 8 warps; the Kronecker walks run
+    # best at 4 (several programs share an SM and hide each other's latency)
+    return 4 if kron or block_f * block_v < 64 * 64 else 8
 
 
 def _intra_warps(chunk, BD, BV):
-    # the intra backward holds [BT, BT] score tiles and [BT, BD], [BT, BV] operands: at
-    # 64 x 64 it spills ~400 bytes per thread with 4 warps on sm_90 (ptxas), none with 8
+    # the intra backward's [BT, BT] score tiles and [BT, BD], [BT, BV] operands spill at 64 x 64 with 4 warps
     return 8 if chunk * max(BD, BV) >= 64 * 64 else 4
 
 
-# the general path's causal scans choose their segments by waves (_wave_segments): a walk
-# program's time is its chunk count whether or not it shares its SM (the walks are latency-bound),
-# so the cost of a cut is (waves of walk programs) x (chunks per segment), plus the segment-sum
-# pass at _SEG_STEP of a walk step per chunk (H200, Based d16/v64 forward: 2.05 vs 4.8 us)
+# the fused path keeps the whole [F_pad, DV_pad] fp32 state of a sequence in one program
+_FUSED_MAX_STATE = 256 * 64
+# a degree-2 f whose features fit one tile takes the fused path below these lengths, the general
+# Kronecker scans from them on (the crossing on the H200: TUNING.md)
+_FUSED_DEG2_BELOW = {"fwd": 8192, "bwd": 8192}
+# tokens per chunk when chunk=None: 32 where the fused state is above 64 x 64 (64 spills on sm_90), else 64
+_CHUNK = 64
+
+
+def _auto_chunk(tiles):
+    if tiles is None:
+        return _CHUNK
+    return 32 if tiles[0] * tiles[1] > 64 * 64 else 64
+
+
+def _fused_tiles_dims(D, DV, part="fwd", T=0, t=None):
+    """(BF, BV) of the fused causal path for this pass when all features fit one tile, else None.
+    Degree 2 takes it below _FUSED_DEG2_BELOW tokens; tuning fused / fused_fwd / fused_bwd force it."""
+    t = _resolve() if t is None else t
+    force = t["fused_" + part]
+    if not t["fused"] or not (force if force is not None else (T < _FUSED_DEG2_BELOW[part] if _kron_on(t) else True)):
+        return None
+    BF = max(16, _pow2(feature_dim(D)))
+    BV = max(16, _pow2(DV))
+    return (BF, BV) if BF * BV <= _FUSED_MAX_STATE else None
+
+
+# the causal scans choose their segments by waves (_wave_segments): a walk program's time is its chunk
+# count whether or not it shares its SM, so a cut costs (waves of walk programs) x (chunks per segment),
+# plus the segment-sum pass at _SEG_STEP of a walk step per chunk, plus _PROGRAM_STEPS steps per program
+# for its carried state (both measured on the H200: TUNING.md)
 _SEG_STEP = 0.45
-# and each program costs about this many chunk steps more (its carried state read and written, the
-# pipeline filled): without it the fused f = x forward at 32K took 57 segments of 9 chunks and ran
-# 0.60 ms against 0.41 at 17 (H200, benchmarks/out/sweep29_x.txt)
 _PROGRAM_STEPS = 2
 _WAVE_CUTS = {}
-
-
-_SM_COUNT = {}
-# fused path: FASTATTN_FUSED_WAVES = programs per SM to cut segments for (the H100 default before
-# the wave cuts was 4: 17 segments for B * H = 32, 544 programs, just over 4 waves of the 8-warp
-# backward at one program per SM); unset, the fused path cuts by waves too (_fused_segments)
-_FUSED_WAVES = 0.0
-
-
-def _fused_segments(NC, BH, segments, device, walk_warps, seg_warps, passes=1, shared=True):
-    """(segments, chunks per segment) of the fused path: by waves (:func:`_wave_segments`) with the
-    walks' and the segment passes' warps, or for FASTATTN_FUSED_WAVES programs per SM when set.
-    H200, f = x at d64: 8 segments instead of 17 took fwd+bwd at 64K from 3.41 to 2.92 ms."""
-    waves = _knob("FASTATTN_FUSED_WAVES", _FUSED_WAVES)
-    if waves:
-        return _segments(NC, BH, segments, int(waves * _sm_count(device)))
-    return _segments(NC, BH, segments, slots=(_slots(device, walk_warps), _slots(device, seg_warps)), passes=passes,
-                     shared=shared)
-
-
-def _knob(name, default):
-    """A tuning override from the environment (read at call time, for sweeps), else ``default``."""
-    text = os.environ.get(name, "")
-    if not text:
-        return default
-    try:
-        return type(default)(text)
-    except ValueError:
-        raise ValueError(f"{name}={text!r} is not a valid {type(default).__name__}; unset it for the default "
-                         f"({default!r})") from None
-
-
-def _sm_count(device):
-    key = str(device)
-    if key not in _SM_COUNT:
-        dev = torch.device(device)
-        _SM_COUNT[key] = (torch.cuda.get_device_properties(dev).multi_processor_count
-                          if dev.type == "cuda" else 132)
-    return _SM_COUNT[key]
-
-
-def _wide(T, D, DV):
-    """True when a sequence's row offsets need int64 (see _chunk_rows)."""
-    return T * max(D, DV, 1) >= 2**31 - 2**20
-
-
-def _tma_ok(*ts):
-    """True when the general path's scans can move [chunk, v tile] rows by TMA: CUDA sm_90+,
-    not the interpreter (it has no TMA reduce), and 16-byte aligned rows."""
-    t = ts[0]
-    if not t.is_cuda or _interpreting():
-        return False
-    if torch.cuda.get_device_capability(t.device)[0] < 9:
-        return False
-    return all(x.is_contiguous() and x.data_ptr() % 16 == 0 and (x.shape[-1] * x.element_size()) % 16 == 0
-               for x in ts)
-
-
-# which [chunk, v tile] row moves of the general path's scans go by TMA: bit 0 the v / do loads,
-# bit 1 the o / dv reduce-adds, bit 2 (backward, Kronecker tiles of one group) the dq / dk adds.
-# H100, degree 2 at d64, 64K fwd+bwd (benchmarks/RESULTS.md, one run): pointers 75.2-77.4 ms, dv
-# adds by TMA 70.0-72.3, loads too 75.2, dv + dq/dk adds 66.3 (16K: 17.2 -> 16.4); in the forward
-# TMA v loads were slower (20.9 vs 20.3 ms) and o adds neutral until the normaliser sums moved onto
-# MMAs (_colsum_mma), then faster (64K 18.3 -> 17.6 ms, 16K 4.47 -> 4.30)
-_TMA_FWD = 2
-_TMA_BWD = 6
-
-
-def _regs(name, default, device):
-    """Launch options of a general-path scan: knob ``name`` (else ``default``) caps its registers
-    per thread (ptxas maxnreg; not in the interpreter)."""
-    n = _knob(name, default)
-    return {"maxnreg": n} if n and torch.device(device).type == "cuda" else {}
-
-
-# the Kronecker forward scan capped at 168 registers: three 4-warp programs share an SM instead of
-# two. H100, d64 degree 2 forward 16K 4.32 -> 3.87 ms, 64K 17.5 -> 15.3 (the backward walks
-# slowed down with the cap: 63.1 vs 59.0 ms fwd+bwd at 64K with both capped)
+# the Kronecker forward walk's register cap (ptxas maxnreg)
 _MAXNREG_FWD = 168
+# the segment-sum pass steps up to this many rows (x d64 at 256 asked for 237 KB of shared memory)
+_SEG_MAX_ROWS = 128
+# the chunk-parallel forward's defaults (tuning chunk_fwd_mib, chunk_fwd_cps)
+_CHUNK_FWD_MIB = TUNING["chunk_fwd_mib"]
+_CHUNK_FWD_CPS = TUNING["chunk_fwd_cps"]
 
 
-# below this much scan work (batch*head x tokens x feature tiles) the scans keep pointer loads and
-# atomics: each TMA descriptor costs host time at every launch (the driver encodes it), which short
-# calls do not hide. H100 (benchmarks/RESULTS.md v10): Based general forward at 8K (2^20) 0.51 ms with
-# pointers vs 0.79 with a descriptor; d64 degree 2 at 2K (2.4 * 2^20) fwd+bwd 1.80 with TMA vs 2.09
-_TMA_MIN_WORK = 2**21
-
-
-def _tma_bits(name, default, work, *ts):
-    """(loads, row adds, dq/dk adds) by TMA for one pass: the bits of knob ``name`` (else ``default``),
-    where :func:`_tma_ok` allows it and the pass has ``work`` >= FASTATTN_TMA_MIN_WORK."""
-    bits = _knob(name, default) if work >= _knob("FASTATTN_TMA_MIN_WORK", _TMA_MIN_WORK) else 0
-    ok = bool(bits) and _tma_ok(*ts)
-    return tuple(ok and bool(bits & b) for b in (1, 2, 4))
-
-
-def _descs(tma, BT, BV, *ts):
-    """TMA descriptors over the [batch*head, T, C] rows of each [B, H, T, C] tensor, with
-    [1, BT, BV] boxes (``tma`` from :func:`_tma_ok`), else Nones."""
-    if not tma:
-        return [None] * len(ts)
-    from triton.tools.tensor_descriptor import TensorDescriptor
-    return [TensorDescriptor(x, [x.shape[0] * x.shape[1], x.shape[2], x.shape[3]],
-                             [x.shape[2] * x.shape[3], x.shape[3], 1], [1, BT, BV]) for x in ts]
-
-
-def _slots(device, warps, maxnreg=0):
+def _slots(sms, warps, maxnreg=0):
     """Scan programs the GPU runs at once: SMs x programs per SM by registers (the scan kernels sit
     at their register cap, ptxas ``maxnreg`` or 255 per thread, allocated 8 at a time)."""
     regs = -(-(maxnreg or 255) // 8) * 8
-    return _sm_count(device) * max(1, 65536 // (regs * 32 * warps))
+    return sms * max(1, 65536 // (regs * 32 * warps))
 
 
 def _wave_segments(NC, programs, walk_slots, seg_slots, passes=1, shared=True):
     """Segments for ``passes`` causal walks of NC chunks with ``programs`` programs per segment (on the
     GPU together when ``shared``, else one after the other): the fewest that minimise waves x chunks
     per segment over the walks and the segment-sum passes (all but one segment each), with
-    ``walk_slots`` / ``seg_slots`` programs at once.
-
-    H200, Based d16/v64 (benchmarks/RESULTS.md v11): the forward's 128 programs per segment fill 396
-    slots at 3 segments (8K fwd 0.38 ms against 0.47 at 8), and the backward's two walks fill 264
-    at one segment (32K backward 2.9 ms against 3.6 at 8); degree 2 at d64 (1184 programs) keeps one.
-    """
+    ``walk_slots`` / ``seg_slots`` programs at once."""
     key = (NC, programs, walk_slots, seg_slots, passes, shared)
     if key not in _WAVE_CUTS:
         best, seen = None, set()
@@ -1387,12 +1505,13 @@ def _wave_segments(NC, programs, walk_slots, seg_slots, passes=1, shared=True):
     return _WAVE_CUTS[key]
 
 
-def _segments(NC, programs, segments, target=None, slots=None, passes=1, shared=True):
+def _segments(NC, programs, segments, target=None, slots=None, passes=1, shared=True, seg_rows=TUNING["seg_rows"]):
     """(number of segments, chunks per segment) for a causal scan of NC chunks.
 
     ``programs`` is the number of scan programs per segment (feature tiles x v tiles x
     batch*head); ``segments=None`` picks them by waves (:func:`_wave_segments`) when ``slots``
     = (walk slots, segment-pass slots) is given, else enough for about ``target`` programs.
+    Chunks per segment are a multiple of ``seg_rows`` (the segment pass steps over whole groups).
     """
     if segments is None:
         if slots is not None:
@@ -1401,82 +1520,79 @@ def _segments(NC, programs, segments, target=None, slots=None, passes=1, shared=
             segments = -(-target // max(1, programs))
     segments = max(1, min(int(segments), NC))
     cps = -(-NC // segments)
-    # chunks per segment a multiple of the segment pass's chunks per step (_seg_rows), so that
-    # the pass steps over whole groups of chunks
     if segments > 1:
-        g = _seg_rows()
+        g = max(1, seg_rows)
         cps = -(-cps // g) * g
     return -(-NC // cps), cps
 
 
-_SEG_ROWS = 2
-_SEG_MAX_ROWS = 128
-
-
-def _seg_rows():
-    """Chunks the segment-sum pass takes per step (FASTATTN_SEG_ROWS): one MMA over their rows, half
-    as many steps, each with twice the MMA work. H200, two chunks of 64 against one (same run,
-    benchmarks/out/sweep31): Based 32K fwd 1.26 -> 1.20 ms, (1+x)^3 d16 32K fwd 5.09 -> 4.30; four
-    chunks were slower (1.38 ms)."""
-    return max(1, _knob("FASTATTN_SEG_ROWS", _SEG_ROWS))
-
-
-def _seg_group(chunk, block_f, block_v, cps=None, scale_y=False):
-    """The chunks one step of the segment-sum pass covers: :func:`_seg_rows`, halved until it divides
-    ``cps`` (chunks per segment; None: any) and the step fits, tiles up to 64 x 64 and steps up to
-    128 rows (x d64's fused pass at 256 rows asked for 237 KB of shared memory on sm_90,
-    benchmarks/out/sweep31_x.txt). The sums of dn / den (``scale_y``) keep one chunk a step: ptxas
-    spilled 192 bytes there at two."""
+def _seg_group(chunk, block_f, block_v, cps=None, scale_y=False, seg_rows=TUNING["seg_rows"]):
+    """The chunks one step of the segment-sum pass covers: ``seg_rows``, halved until it divides ``cps``
+    (None: any) and the step fits (tiles up to 64 x 64, steps up to _SEG_MAX_ROWS rows). The sums of
+    dn / den (``scale_y``) keep one chunk a step (ptxas spilled at two)."""
     if scale_y:
         return 1
-    g = _seg_rows()
+    g = max(1, seg_rows)
     while g > 1 and ((cps is not None and cps % g) or chunk * g > _SEG_MAX_ROWS or block_f * block_v > 64 * 64):
         g //= 2
     return g
 
 
-def _segment_prefix(x, y, rden, cz, idx, w, T, D, DV, F_PAD, NC, CPS, NSEG, NF, NV, BH, chunk, block_f, BVs, BD,
-                    normalize, scale_y, precision, warps, reverse, ld=False, ktab=None, kron=None, tma=False):
-    """Prefix (``reverse=False``) or suffix sums over segments of the per-segment states:
-    S0[bh, s] = sum over segments before s (after s) of sum_t feat(x_t)^T y_t, and Z0 likewise."""
-    S = torch.empty((BH, NSEG, F_PAD, DV), dtype=torch.float32, device=x.device)
-    Z = torch.empty((BH, NSEG, F_PAD), dtype=torch.float32, device=x.device) if normalize else S
-    g = _seg_group(chunk, block_f, BVs, CPS, scale_y)
-    chunk, NC, CPS = chunk * g, _cdiv(T, chunk * g), CPS // g
-    warps = _knob("FASTATTN_SEG_WARPS", warps)
-    yd, = _descs(tma, chunk, BVs, y)
-    # the segments whose sums a prefix (suffix) uses: all but the last (first)
-    _segment_state_kernel[(NF * (NSEG - 1), NV, BH)](x, y, yd, rden, cz, S, Z, idx, w, idx if ktab is None else ktab,
-                                                     T, D, DV, F_PAD, NC, CPS, NF, NSEG, int(reverse),
-                                                     BT=chunk, BF=block_f, BV=BVs, BD=BD,
-                                                     NORMALIZE=normalize, SCALE_Y=scale_y, PRECISION=precision,
-                                                     LD=ld, TMA_LD=tma, WIDE=_wide(T, D, DV), num_warps=warps,
-                                                     **_regs("FASTATTN_MAXNREG_SEG", 0, x.device),
-                                                     **(kron or {}))
-
-    def exclusive(t):
-        # in-place exclusive scan over the segment axis (dim 1), forward or backward
-        n = t[0, 0].numel()
-        block = min(1024, _pow2(n))
-        _segment_scan_kernel[(_cdiv(n, block), BH)](t, n, NSEG, REVERSE=reverse, BLOCK=block, num_warps=4)
-        return t
-    return exclusive(S), (exclusive(Z) if normalize else None)
+def _wide(T, D, DV):
+    """True when a sequence's row offsets need int64 (see _chunk_rows)."""
+    return T * max(D, DV, 1) >= 2**31 - 2**20
 
 
-def _streams(device, worth=True):
-    """True when a backward's two walks go side by side (:func:`_side_by_side`): CUDA, and the knob
-    FASTATTN_BWD_STREAMS (default: ``worth``)."""
-    return torch.device(device).type == "cuda" and bool(_knob("FASTATTN_BWD_STREAMS", int(worth)))
+def _interpreting():
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+# ----------------------------------------------------------------------------------------
+# Launchers: each takes its Plan and the call's tensors.
+# ----------------------------------------------------------------------------------------
+def _took(route):
+    # the route recorder: a set add per call, nothing on the GPU
+    routes_taken.add(route)
+
+
+def _empty(shape, device, dtype=torch.float32):
+    # FASTATTN_NAN_FILL=1 (the tests) makes every fresh buffer NaN, so a row a kernel forgot to write
+    # shows up as NaN instead of as stale memory
+    if os.environ.get("FASTATTN_NAN_FILL", "0") == "1":
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _aligned(*ts):
+    """True when TMA can address these tensors: contiguous, 16-byte aligned (the plan checked the rest)."""
+    return all(x.is_contiguous() and x.data_ptr() % 16 == 0 for x in ts)
+
+
+def _descs(tma, BT, BV, *ts):
+    """TMA descriptors over the [batch*head, T, C] rows of each [B, H, T, C] tensor, with
+    [1, BT, BV] boxes, else Nones."""
+    if not tma:
+        return [None] * len(ts)
+    from triton.tools.tensor_descriptor import TensorDescriptor
+    return [TensorDescriptor(x, [x.shape[0] * x.shape[1], x.shape[2], x.shape[3]],
+                             [x.shape[2] * x.shape[3], x.shape[3], 1], [1, BT, BV]) for x in ts]
+
+
+def _tables(p, D, scale, device):
+    """(idx, w_phi, w_psi, ktab, a0) of a plan's feature layout; a0 is the constant left to the caller
+    (0.0 unless p.const_out). The kernels read the Kronecker tiles' column lists through idx too."""
+    if p.kron:
+        ktab, w_phi, w_psi, _ = kron_tables(D, scale, device, p.table_block_f, None, p.const_out)
+        return ktab, w_phi, w_psi, ktab, float(COEFFS.get(0, 0.0)) if p.const_out else 0.0
+    idx, w_phi, w_psi, _ = feature_tables(D, scale, device, p.table_block_f)
+    return idx, w_phi, w_psi, idx, 0.0
 
 
 def _side_by_side(first, second, device, together=True):
-    """Run two independent launches, ``second`` on a side stream when ``together`` (from
-    :func:`_streams`), so the last wave of one pass shares the GPU with the other instead of idling
-    it. The backward's two walks write disjoint gradients (dq; dk and dv) from the same inputs.
-    H100: degree 2 at d64 64K fwd+bwd 77 -> 75 ms; f = x at d64 (short walks) 8K 1.0 -> 1.2 ms, so the
-    fused path puts them together only for states above 64 x 64 (benchmarks/RESULTS.md, v5/v6)."""
+    """Run two independent launches, ``second`` on a side stream when ``together``, so the last wave of
+    one pass shares the GPU with the other. The backward's two walks write disjoint gradients."""
     dev = torch.device(device)
-    if not together:
+    if not together or dev.type != "cuda":
         first()
         second()
         return
@@ -1487,6 +1603,33 @@ def _side_by_side(first, second, device, together=True):
         second()
     first()
     main.wait_stream(side)
+
+
+def _segment_prefix(p, x, y, rden, cz, idx, w, ktab, normalize, scale_y, reverse, tma=False):
+    """Prefix (``reverse=False``) or suffix sums over segments of the per-segment states:
+    S0[bh, s] = sum over segments before s (after s) of sum_t feat(x_t)^T y_t, and Z0 likewise."""
+    B, H, T, D = x.shape
+    DV = y.shape[-1]
+    BH, NSEG = B * H, p.segments
+    S = torch.empty((BH, NSEG, p.f_pad, DV), dtype=torch.float32, device=x.device)
+    Z = torch.empty((BH, NSEG, p.f_pad), dtype=torch.float32, device=x.device) if normalize else S
+    g = p.seg_step_q if scale_y else p.seg_step
+    chunk = p.chunk * g
+    NF = p.f_pad // p.table_block_f
+    yd, = _descs(tma, chunk, p.block_v, y)
+    # the segments whose sums a prefix (suffix) uses: all but the last (first)
+    _segment_state_kernel[(NF * (NSEG - 1), _cdiv(DV, p.block_v), BH)](
+        x, y, yd, rden, cz, S, Z, idx, w, ktab, T, D, DV, p.f_pad, _cdiv(T, chunk), p.cps // g, NF, NSEG, int(reverse),
+        BT=chunk, BF=p.table_block_f, BV=p.block_v, BD=p.head_block, NORMALIZE=normalize, SCALE_Y=scale_y,
+        PRECISION=p.precision, TMA_LD=tma, WIDE=p.wide, num_warps=p.seg_warps, **p.kron_kw)
+
+    def exclusive(t):
+        # in-place exclusive scan over the segment axis (dim 1), forward or backward
+        n = t[0, 0].numel()
+        block = min(1024, _pow2(n))
+        _segment_scan_kernel[(_cdiv(n, block), BH)](t, n, NSEG, REVERSE=reverse, BLOCK=block, num_warps=4)
+        return t
+    return exclusive(S), (exclusive(Z) if normalize else None)
 
 
 def _bwd_prep(q, o, do, z, normalize, fix_abs, eps, chunk, const=False):
@@ -1506,321 +1649,199 @@ def _bwd_prep(q, o, do, z, normalize, fix_abs, eps, chunk, const=False):
     return rden, dz, (dns.cumsum_(1) if const else None)
 
 
-# the fused path keeps the whole [F_pad, DV_pad] fp32 state of a sequence in one program
-_FUSED_MAX_STATE = 256 * 64
-# features of the fused path gathered by loads from memory (1) or by one-hot matmuls (0)
-# (H100, Based d16/v64: loads were 1.2-2x slower in fwd and bwd, see benchmarks/RESULTS.md)
-_FUSED_LD = os.environ.get("FASTATTN_FUSED_LD", "0") == "1"
-# v columns per forward program of the fused path (0: all of them); a narrower tile halves
-# the state's registers and doubles the programs, each recomputing phi and the normaliser
-# (FASTATTN_FUSED_FWD_BV); warps of the fused forward (FASTATTN_FUSED_FWD_WARPS, 0: 8 for a
-# state above 64 x 64, else 4: H100, f = x at d64, 32K fwd 0.43 ms at 4 warps vs 0.62 at 8).
-# Both are read at call time in _fused_fwd.
-#
-# tokens per chunk when chunk=None: the fused path holds [chunk, F_pad] feature tiles beside
-# the [F_pad, DV] state, so 32 where the state is large (ptxas sm_90: 64 spills ~2 KB per
-# thread at F_pad 256, DV 64), 64 where it is small (f = x at d64: F_pad 64)
-_CHUNK = 64
-
-
-def _auto_chunk(tiles):
-    if tiles is None:
-        return _CHUNK
-    return 32 if tiles[0] * tiles[1] > 64 * 64 else 64
-_FUSED_LD_BWD = os.environ.get("FASTATTN_FUSED_LD_BWD", "1" if _FUSED_LD else "0") == "1"
-
-
-# a degree-2 f whose features fit one tile takes the fused path below these lengths, the general
-# Kronecker scans from them on. H200, Based d16/v64, same run, segments by waves (benchmarks/RESULTS.md
-# v11): forward 4K 0.35 fused vs 0.52 general ms, 8K 0.53 vs 0.38; fwd+bwd 4K 1.51 vs 1.70, 8K 1.92
-# vs 1.74 (on the H100 before the wave cuts the general backward won only from 16K on)
-_FUSED_DEG2_BELOW = {"fwd": 8192, "bwd": 8192}
-
-
-def _fused_tiles_dims(D, DV, part="fwd", T=0):
-    # FASTATTN_FUSED=0 sends every shape down the general path; FASTATTN_FUSED_FWD / _BWD = 1 or 0
-    # force one pass either way (default: by T for a degree-2 f, fused otherwise)
-    default = int(T < _FUSED_DEG2_BELOW[part]) if _kron_degree() else 1
-    if not _knob("FASTATTN_FUSED", 1) or not _knob(f"FASTATTN_FUSED_{part.upper()}", default):
-        return None
-    BF = max(16, _pow2(feature_dim(D)))
-    BV = max(16, _pow2(DV))
-    return (BF, BV) if BF * BV <= _FUSED_MAX_STATE else None
-
-
-def _fused_tiles(q, v, causal, part="fwd"):
-    """(BF, BV) of the fused causal path for this pass when all features fit one tile, else None."""
-    return _fused_tiles_dims(q.shape[-1], v.shape[-1], part, q.shape[2]) if causal else None
-
-
-def _empty_like_dtype(shape, dtype, device):
-    if os.environ.get("FASTATTN_NAN_FILL", "0") == "1":
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
-def _fused_fwd(q, k, v, scale, normalize, fix_abs, eps, chunk, segments, BF, BV):
+def _fused_fwd(p, q, k, v, scale, normalize, fix_abs, eps):
     B, H, T, D = q.shape
     DV = v.shape[-1]
-    idx, w_phi, w_psi, _ = feature_tables(D, scale, q.device, BF)
-    F_PAD = idx.shape[1]
-    BD, _, precision = _dims(q, v)
-    NC = _cdiv(T, chunk)
-    warps = 8 if BF * BV >= 64 * 64 else 4
-    fwd_bv = _knob("FASTATTN_FUSED_FWD_BV", 0)
-    BVt = BV if fwd_bv <= 0 else min(BV, max(16, fwd_bv))
-    fwd_warps = _knob("FASTATTN_FUSED_FWD_WARPS", 0) or (8 if BF * BVt > 64 * 64 else 4)
-    NSEG, CPS = _fused_segments(NC, B * H * (BV // BVt), segments, q.device, fwd_warps, warps)
-    _took("fwd/fused/segments" if NSEG > 1 else "fwd/fused")
-    if _FUSED_LD:
-        _took("fwd/fused/ld")
-    if BVt < BV:
-        _took("fwd/fused/v-tiles")
-    o = _empty_like_dtype((B, H, T, DV), q.dtype, q.device)
+    idx, w_phi, w_psi, _, _ = _tables(p, D, scale, q.device)
+    o = _empty((B, H, T, DV), q.device, q.dtype)
     z = _empty((B, H, T), q.device) if normalize else o
     S0 = Z0 = o
-    if NSEG > 1:
-        S0, Z0 = _segment_prefix(k, v, z, z, idx, w_psi, T, D, DV, F_PAD, NC, CPS, NSEG, 1, 1, B * H, chunk,
-                                 BF, BV, BD, normalize, False, precision, warps, reverse=False, ld=_FUSED_LD)
+    if p.segments > 1:
+        S0, Z0 = _segment_prefix(p, k, v, z, z, idx, w_psi, idx, normalize, False, reverse=False)
         Z0 = o if Z0 is None else Z0
-    _fused_fwd_kernel[(NSEG, BV // BVt, B * H)](q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, float(scale), float(eps), T,
-                                                D, DV, F_PAD, NC, CPS, BT=chunk, BF=BF, BV=BVt, BD=BD,
-                                                NORMALIZE=normalize, FIX_ABS=fix_abs, USE_SEG=NSEG > 1,
-                                                PRECISION=precision, LD=_FUSED_LD, WIDE=_wide(T, D, DV),
-                                                num_warps=fwd_warps)
-    return o, (z if normalize else None), ((S0, Z0, CPS * chunk) if NSEG > 1 else None)
+    _fused_fwd_kernel[(p.segments, B * H)](q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, float(scale), float(eps), T, D,
+                                           DV, p.f_pad, _cdiv(T, p.chunk), p.cps, BT=p.chunk, BF=p.block_f,
+                                           BV=p.block_v, BD=p.head_block, NORMALIZE=normalize, FIX_ABS=fix_abs,
+                                           USE_SEG=p.segments > 1, PRECISION=p.precision, WIDE=p.wide,
+                                           num_warps=p.warps)
+    return o, (z if normalize else None), ((S0, Z0, p.cps * p.chunk) if p.segments > 1 else None)
 
 
-def _fused_bwd(q, k, v, o, z, do, scale, normalize, fix_abs, eps, chunk, segments, BF, BV, state):
+def _fused_bwd(p, q, k, v, o, z, do, scale, normalize, fix_abs, eps, state):
     B, H, T, D = q.shape
     DV = v.shape[-1]
-    idx, w_phi, w_psi, _ = feature_tables(D, scale, q.device, BF)
-    F_PAD = idx.shape[1]
-    BD, _, precision = _dims(q, v)
-    NC = _cdiv(T, chunk)
-    warps = 8 if BF * BV >= 64 * 64 else 4
-    # side by side for large states, and for long walks: H200, f = x at d64 (64 x 64 state), 32K fwd+bwd
-    # 1.73 -> 1.67 ms and 64K 3.41 -> 3.25 with them, 8K 1.00 -> 1.18 and 16K 0.96 -> 1.29 (sweep28_x)
-    streams = _streams(q.device, BF * BV > 64 * 64 or NC >= 512)
-    NSEG, CPS = _fused_segments(NC, B * H, segments, q.device, warps, warps, passes=2, shared=streams)
-    if state is not None:
-        # the forward's prefix states: segments of seg_tokens tokens, re-cut into this pass's chunks
-        S0, Z0, seg_tokens = state
-        if seg_tokens % chunk == 0 and _cdiv(NC, seg_tokens // chunk) == S0.shape[1]:
-            CPS = seg_tokens // chunk
-            NSEG = _cdiv(NC, CPS)
-            state = (S0, Z0)
-        else:
-            state = None
-    _took("bwd/fused" if NSEG == 1 else "bwd/fused/segments/rebuilt" if state is None else
-          "bwd/fused/segments/saved")
-    if _FUSED_LD_BWD:
-        _took("bwd/fused/ld")
-    rden, dz, _ = _bwd_prep(q, o, do, z, normalize, fix_abs, eps, chunk)
-    dq = _empty_like_dtype(q.shape, q.dtype, q.device)
-    dk = _empty_like_dtype(k.shape, k.dtype, q.device)
-    dv = _empty_like_dtype(v.shape, v.dtype, q.device)
+    idx, w_phi, w_psi, _, _ = _tables(p, D, scale, q.device)
+    rden, dz, _ = _bwd_prep(q, o, do, z, normalize, fix_abs, eps, p.chunk)
+    dq = _empty(q.shape, q.device, q.dtype)
+    dk = _empty(k.shape, q.device, k.dtype)
+    dv = _empty(v.shape, q.device, v.dtype)
     S0 = Z0 = dS0 = dZ0 = dq
-    if NSEG > 1:
-        if state is None:
-            S0, Z0 = _segment_prefix(k, v, dq, dq, idx, w_psi, T, D, DV, F_PAD, NC, CPS, NSEG, 1, 1, B * H, chunk,
-                                     BF, BV, BD, normalize, False, precision, warps, reverse=False, ld=_FUSED_LD_BWD)
+    if p.segments > 1:
+        if p.saved:
+            S0, Z0 = state[:2]
         else:
-            S0, Z0 = state
-        dS0, dZ0 = _segment_prefix(q, do, rden, dz, idx, w_phi, T, D, DV, F_PAD, NC, CPS, NSEG, 1, 1, B * H, chunk,
-                                   BF, BV, BD, normalize, normalize, precision, warps, reverse=True, ld=_FUSED_LD_BWD)
+            S0, Z0 = _segment_prefix(p, k, v, dq, dq, idx, w_psi, idx, normalize, False, reverse=False)
+        dS0, dZ0 = _segment_prefix(p, q, do, rden, dz, idx, w_phi, idx, normalize, normalize, reverse=True)
         Z0 = dq if Z0 is None else Z0
         dZ0 = dq if dZ0 is None else dZ0
+
     def walk(pass_, s0, z0):
-        _fused_bwd_kernel[(NSEG, B * H)](q, k, v, do, rden, dz, dq, dk, dv, s0, z0, idx, w_phi, w_psi, float(scale),
-                                         T, D, DV, F_PAD, NC, CPS, BT=chunk, BF=BF, BV=BV, BD=BD,
-                                         NORMALIZE=normalize, USE_SEG=NSEG > 1, PASS=pass_, PRECISION=precision,
-                                         LD=_FUSED_LD_BWD, WIDE=_wide(T, D, DV), num_warps=warps)
-    _side_by_side(lambda: walk(0, S0, Z0), lambda: walk(1, dS0, dZ0), q.device, streams)
+        _fused_bwd_kernel[(p.segments, B * H)](q, k, v, do, rden, dz, dq, dk, dv, s0, z0, idx, w_phi, w_psi,
+                                               float(scale), T, D, DV, p.f_pad, _cdiv(T, p.chunk), p.cps, BT=p.chunk,
+                                               BF=p.block_f, BV=p.block_v, BD=p.head_block, NORMALIZE=normalize,
+                                               USE_SEG=p.segments > 1, PASS=pass_, PRECISION=p.precision,
+                                               WIDE=p.wide, num_warps=p.warps)
+    _side_by_side(lambda: walk(0, S0, Z0), lambda: walk(1, dS0, dZ0), q.device, p.streams)
     return dq, dk, dv
 
 
-# the chunk-parallel forward (causal) keeps one fp32 [F_pad, DV] prefix state per segment of CPS
-# chunks: segments are as short as this many MiB of states allow (FASTATTN_CHUNK_FWD_MIB), and at
-# least FASTATTN_CHUNK_FWD_CPS chunks long. It serves the symmetric basis beyond the fused path
-# (degree >= 3, or degree 2 with FASTATTN_KRON=0): H100, (1+x)^3 d16/v64 32K fwd 5.1 ms against 9.4
-# for the atomic walk. The fused walk (Based, f = x) and the Kronecker walk stay faster where they
-# apply (Based 8K 0.64 vs 0.84 ms at best, d64 16K 5.2 vs 5.3 ms; benchmarks/out/probe11.txt);
-# FASTATTN_CHUNK_FWD=1 / 0 forces it on / off for every causal call.
-_CHUNK_FWD_MIB = 256
-_CHUNK_FWD_CPS = 4
-
-
-def _chunk_fwd(q, k, v, scale, normalize, fix_abs, eps, chunk, block_f, tiles):
-    """Causal forward by _chunk_fwd_kernel: (o in q.dtype, z or None, state for the fused backward or None);
-    ``tiles`` as :func:`_fused_tiles` gives them."""
+def _chunk_fwd(p, q, k, v, scale, normalize, fix_abs, eps):
+    """Causal forward by _chunk_fwd_kernel: (o in q.dtype, z or None, state for the fused backward or None)."""
     B, H, T, D = q.shape
     DV = v.shape[-1]
-    if tiles is not None:
-        # one symmetric table: segment states built as one [F_pad, DV] tile, read back 64 rows at a time
-        BFs = tiles[0]
-        idx, w_phi, w_psi, _ = feature_tables(D, scale, q.device, BFs)
-        ktab, kron, BF = idx, {}, min(64, BFs)
-    else:
-        idx, w_phi, w_psi, ktab, BFs, kron, _ = _layout(q, v, scale, True, block_f)
-        BF = BFs
-    _took("fwd/chunk/fused-table" if tiles is not None else "fwd/chunk/kron" if kron else "fwd/chunk/symmetric")
-    F_PAD = w_phi.numel()
-    BD, BV, _, precision, warps = _blocks(q, v, BFs, None, kron)
-    NC = _cdiv(T, chunk)
-    seg_bytes = B * H * F_PAD * BV * 4
-    CPS = max(_knob("FASTATTN_CHUNK_FWD_CPS", _CHUNK_FWD_CPS),
-              -(-NC * seg_bytes // (_knob("FASTATTN_CHUNK_FWD_MIB", _CHUNK_FWD_MIB) * 2**20)))
-    CPS = min(CPS, NC)
-    NSEG = _cdiv(NC, CPS)
-    o = _empty_like_dtype((B, H, T, DV), q.dtype, q.device)
+    idx, w_phi, w_psi, ktab, _ = _tables(p, D, scale, q.device)
+    o = _empty((B, H, T, DV), q.device, q.dtype)
     z = _empty((B, H, T), q.device) if normalize else o
     S0 = Z0 = o
-    if NSEG > 1:
-        S0, Z0 = _segment_prefix(k, v, z, z, idx, w_psi, T, D, DV, F_PAD, NC, CPS, NSEG, F_PAD // BFs, 1, B * H,
-                                 chunk, BFs, BV, BD, normalize, False, precision, warps, reverse=False, ktab=ktab,
-                                 kron=kron)
+    if p.segments > 1:
+        S0, Z0 = _segment_prefix(p, k, v, z, z, idx, w_psi, ktab, normalize, False, reverse=False)
         Z0 = o if Z0 is None else Z0
-    _chunk_fwd_kernel[(NC, 1, B * H)](q, k, v, o, z, S0, Z0, idx, w_phi, ktab, float(scale), float(eps), T, D, DV,
-                                      F_PAD, NC, CPS, NSEG, F_PAD // BF, BT=chunk, BF=BF, BV=BV, BD=BD,
-                                      NORMALIZE=normalize, FIX_ABS=fix_abs, PRECISION=precision, num_warps=4,
-                                      **kron)
-    state = (S0, Z0 if normalize else o.new_empty(0), CPS * chunk) if NSEG > 1 and tiles is not None else None
+    _chunk_fwd_kernel[(_cdiv(T, p.chunk), 1, B * H)](q, k, v, o, z, S0, Z0, idx, w_phi, ktab, float(scale), float(eps),
+                                                     T, D, DV, p.f_pad, _cdiv(T, p.chunk), p.cps, p.segments,
+                                                     p.f_pad // p.block_f, BT=p.chunk, BF=p.block_f, BV=p.block_v,
+                                                     BD=p.head_block, NORMALIZE=normalize, FIX_ABS=fix_abs,
+                                                     PRECISION=p.precision, num_warps=p.warps, **p.kron_kw)
+    fused_table = p.route == "fwd/chunk/fused-table"
+    state = (S0, Z0 if normalize else o.new_empty(0), p.cps * p.chunk) if p.segments > 1 and fused_table else None
     return o, (z if normalize else None), state
 
 
-def poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v, segments=None):
-    """Forward pass on contiguous [B, H, T, D] inputs; returns (o in q.dtype, z fp32 [B, H, T] or None)."""
-    return _poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v,
-                               segments)[:2]
-
-
-def _poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v, segments=None):
-    """(o, z, saved scan state or None); the fused path when all features fit one tile."""
-    tiles = _fused_tiles(q, v, causal)
-    # uses_kron for this pass, from the tiles already found (one read of each routing knob per call)
-    kron = _kron_degree() and (not causal or tiles is None)
-    if causal and _knob("FASTATTN_CHUNK_FWD", int(tiles is None and not kron)):
-        return _chunk_fwd(q, k, v, scale, normalize, fix_abs, eps, chunk or _CHUNK, block_f, tiles)
-    if chunk is None:
-        chunk = _auto_chunk(tiles)
-    if tiles is not None:
-        return _fused_fwd(q, k, v, scale, normalize, fix_abs, eps, chunk, segments, *tiles)
+def _scan_fwd(p, q, k, v, scale, causal, normalize, fix_abs, eps):
+    """The general forward: intra kernel (causal), scans over feature tiles into fp32 o, finalize."""
     B, H, T, D = q.shape
     DV = v.shape[-1]
-    idx, w_phi, w_psi, ktab, block_f, kron, a0 = _layout(q, v, scale, causal, block_f, "fwd", kron, causal)
-    _took(("fwd/scan/causal/kron/const" if a0 else "fwd/scan/causal/kron") if kron and causal else
-          "fwd/scan/full/kron" if kron else "fwd/scan/causal/symmetric" if causal else "fwd/scan/full/symmetric")
-    F_PAD = w_phi.numel()
-    BD, BV, BVs, precision, warps = _blocks(q, v, block_f, block_v, kron)
-    NC = _cdiv(T, chunk)
+    idx, w_phi, w_psi, ktab, a0 = _tables(p, D, scale, q.device)
+    NC, NF, NV = _cdiv(T, p.chunk), p.f_pad // p.block_f, _cdiv(DV, p.block_v)
     o = _empty((B, H, T, DV), q.device)
     z = _empty((B, H, T), q.device) if normalize else o
     # the constant term outside the scans: each chunk's sum of v, turned into prefix sums below
     vs = _empty((B * H, NC, DV), q.device) if a0 else o
     if causal:
-        _intra_fwd_kernel[(NC, B * H)](q, k, v, o, z, vs, float(scale), T, D, DV, NC,
-                                       BT=chunk, BD=BD, BV=BV, NORMALIZE=normalize, PRECISION=precision,
-                                       CONST=bool(a0), num_warps=_intra_warps(chunk, BD, BV))
+        _intra_fwd_kernel[(NC, B * H)](q, k, v, o, z, vs, float(scale), T, D, DV, NC, BT=p.chunk, BD=p.head_block,
+                                       BV=p.v_pad, NORMALIZE=normalize, PRECISION=p.precision, CONST=bool(a0),
+                                       num_warps=p.intra_warps)
     else:
         o.zero_()
         z.zero_()
-    NF, NV = F_PAD // block_f, _cdiv(DV, BVs)
-    maxnreg = _regs("FASTATTN_MAXNREG_FWD", _MAXNREG_FWD if kron else 0, q.device)
-    slots = (_slots(q.device, warps, maxnreg.get("maxnreg", 0)),
-             _slots(q.device, warps, _knob("FASTATTN_MAXNREG_SEG", 0)))
-    NSEG, CPS = _segments(NC, NF * NV * B * H, segments, slots=slots) if causal else (1, NC)
     S0 = Z0 = o
-    tma, tma_add, _ = _tma_bits("FASTATTN_TMA_FWD", _TMA_FWD, B * H * T * NF, v, o)
-    (vd,), (od,) = _descs(tma, chunk, BVs, v), _descs(tma_add, chunk, BVs, o)
-    if NSEG > 1:
-        S0, Z0 = _segment_prefix(k, v, z, z, idx, w_psi, T, D, DV, F_PAD, NC, CPS, NSEG, NF, NV, B * H, chunk,
-                                 block_f, BVs, BD, normalize, False, precision, warps, reverse=False, ktab=ktab,
-                                 kron=kron, tma=tma)
+    ok = (p.tma_ld or p.tma_add) and _aligned(v, o)
+    tma, tma_add = p.tma_ld and ok, p.tma_add and ok
+    (vd,), (od,) = _descs(tma, p.chunk, p.block_v, v), _descs(tma_add, p.chunk, p.block_v, o)
+    if p.segments > 1:
+        S0, Z0 = _segment_prefix(p, k, v, z, z, idx, w_psi, ktab, normalize, False, reverse=False, tma=tma)
         Z0 = o if Z0 is None else Z0
-    _inter_fwd_kernel[(NF * NSEG, NV, B * H)](q, k, v, vd, o, od, z, S0, Z0, idx, w_phi, w_psi, ktab, T, D, DV,
-                                              F_PAD, NC,
-                                              CPS, NF, BT=chunk, BF=block_f, BV=BVs, BD=BD, CAUSAL=causal,
-                                              NORMALIZE=normalize, ATOMIC=NF > 1, USE_SEG=NSEG > 1,
-                                              PRECISION=precision, TMA_LD=tma, TMA_ADD=tma_add, WIDE=_wide(T, D, DV),
-                                              num_warps=warps, **maxnreg, **kron)
-    out = _empty_like_dtype((B, H, T, DV), q.dtype, q.device)
-    N, BR = B * H * T, max(16, 4096 // BV)
+    _inter_fwd_kernel[(NF * p.segments, NV, B * H)](q, k, v, vd, o, od, z, S0, Z0, idx, w_phi, w_psi, ktab, T, D, DV,
+                                                    p.f_pad, NC, p.cps, NF, BT=p.chunk, BF=p.block_f, BV=p.block_v,
+                                                    BD=p.head_block, CAUSAL=causal, NORMALIZE=normalize,
+                                                    ATOMIC=NF > 1, USE_SEG=p.segments > 1, PRECISION=p.precision,
+                                                    TMA_LD=tma, TMA_ADD=tma_add, WIDE=p.wide, num_warps=p.warps,
+                                                    **({"maxnreg": p.maxnreg} if p.maxnreg else {}), **p.kron_kw)
+    out = _empty((B, H, T, DV), q.device, q.dtype)
+    N, BR = B * H * T, max(16, 4096 // p.v_pad)
     if a0:
         vs.cumsum_(1)
     _finalize_kernel[(_cdiv(N, BR),)](o, z, out, vs, a0, float(eps), N, T, DV, NC, NORMALIZE=normalize,
-                                      FIX_ABS=fix_abs, BR=BR, BV=BV, BT=chunk, CONST=bool(a0), num_warps=4)
+                                      FIX_ABS=fix_abs, BR=BR, BV=p.v_pad, BT=p.chunk, CONST=bool(a0), num_warps=4)
     return out, (z if normalize else None), None
 
 
-def poly_attention_bwd(q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v,
-                       segments=None, state=None):
-    """Backward pass: (dq, dk, dv) in the input dtypes, from the saved output ``o`` and normaliser ``z``
-    (and, on the fused path, the forward's segment prefix states ``state``)."""
-    tiles = _fused_tiles(q, v, causal, "bwd")
-    if chunk is None:
-        chunk = _auto_chunk(tiles)
-    if tiles is not None:
-        return _fused_bwd(q, k, v, o, z, do.contiguous(), scale, normalize, fix_abs, eps, chunk, segments, *tiles,
-                          state)
+def _scan_bwd(p, q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps):
+    """The general backward: intra kernel (causal), then the dq walk and the dk / dv walk."""
     B, H, T, D = q.shape
     DV = v.shape[-1]
-    idx, w_phi, w_psi, ktab, block_f, kron, a0 = _layout(q, v, scale, causal, block_f, "bwd", _kron_degree(),
-                                                          causal)
-    _took(("bwd/scan/causal/kron/const" if a0 else "bwd/scan/causal/kron") if kron and causal else
-          "bwd/scan/full/kron" if kron else "bwd/scan/causal/symmetric" if causal else "bwd/scan/full/symmetric")
-    F_PAD = w_phi.numel()
-    BD, BV, BVs, precision, warps = _blocks(q, v, block_f, block_v, kron)
-    NC = _cdiv(T, chunk)
-    do = do.contiguous()
-    rden, dz, dns = _bwd_prep(q, o, do, z, normalize, fix_abs, eps, chunk, bool(a0))
+    idx, w_phi, w_psi, ktab, a0 = _tables(p, D, scale, q.device)
+    NC, NF, NV = _cdiv(T, p.chunk), p.f_pad // p.block_f, _cdiv(DV, p.block_v)
+    rden, dz, dns = _bwd_prep(q, o, do, z, normalize, fix_abs, eps, p.chunk, bool(a0))
     dq = _empty((B, H, T, D), q.device)
     dk = _empty((B, H, T, D), q.device)
     dv = _empty((B, H, T, DV), q.device)
     if causal:
         _intra_bwd_kernel[(NC, B * H)](q, k, v, do, rden, dz, dq, dk, dv, dq if dns is None else dns, a0,
-                                       float(scale), T, D, DV, NC, BT=chunk, BD=BD, BV=BV, NORMALIZE=normalize,
-                                       PRECISION=precision, CONST=bool(a0), num_warps=_intra_warps(chunk, BD, BV))
+                                       float(scale), T, D, DV, NC, BT=p.chunk, BD=p.head_block, BV=p.v_pad,
+                                       NORMALIZE=normalize, PRECISION=p.precision, CONST=bool(a0),
+                                       num_warps=p.intra_warps)
     else:
         dq.zero_()
         dk.zero_()
         dv.zero_()
-    NF, NV = F_PAD // block_f, _cdiv(DV, BVs)
-    # the two walks share the GPU when the second runs on a side stream (_side_by_side)
-    regs = max(_knob(f"FASTATTN_MAXNREG_BWD{p}", _knob("FASTATTN_MAXNREG_BWD", 0)) or 255 for p in (0, 1))
-    slots = (_slots(q.device, warps, regs), _slots(q.device, warps, _knob("FASTATTN_MAXNREG_SEG", 0)))
-    streams = _streams(q.device)
-    NSEG, CPS = _segments(NC, NF * NV * B * H, segments, slots=slots, passes=2, shared=streams) if causal else (1, NC)
     S0 = Z0 = dS0 = dZ0 = dq
-    tma, tma_add, tma_dx = _tma_bits("FASTATTN_TMA_BWD", _TMA_BWD, B * H * T * NF, v, do, dv)
-    (vd, dod), (dvd,) = _descs(tma, chunk, BVs, v, do), _descs(tma_add, chunk, BVs, dv)
-    tma_dx = tma_dx and kron.get("KG") == 1 and _tma_ok(dq, dk)
-    dxg = _descs(tma_dx, chunk, kron.get("KA"), dq, dk)
-    dxl = _descs(tma_dx, chunk, block_f, dq, dk)
-    if NSEG > 1:
+    ok = (p.tma_ld or p.tma_add or p.tma_dx) and _aligned(v, do, dv)
+    tma, tma_add, tma_dx = p.tma_ld and ok, p.tma_add and ok, p.tma_dx and ok and _aligned(dq, dk)
+    (vd, dod), (dvd,) = _descs(tma, p.chunk, p.block_v, v, do), _descs(tma_add, p.chunk, p.block_v, dv)
+    dxg = _descs(tma_dx, p.chunk, p.group[1], dq, dk)
+    dxl = _descs(tma_dx, p.chunk, p.block_f, dq, dk)
+    if p.segments > 1:
         # pass 0 (dq) starts from the forward's prefix state; pass 1 (dk, dv) from the suffix
         # of sum phi(q)^T dn over later segments
-        S0, Z0 = _segment_prefix(k, v, dq, dq, idx, w_psi, T, D, DV, F_PAD, NC, CPS, NSEG, NF, NV, B * H, chunk,
-                                 block_f, BVs, BD, normalize, False, precision, warps, reverse=False, ktab=ktab,
-                                 kron=kron, tma=tma)
-        dS0, dZ0 = _segment_prefix(q, do, rden, dz, idx, w_phi, T, D, DV, F_PAD, NC, CPS, NSEG, NF, NV, B * H,
-                                   chunk, block_f, BVs, BD, normalize, normalize, precision, warps, reverse=True,
-                                   ktab=ktab, kron=kron, tma=tma)
+        S0, Z0 = _segment_prefix(p, k, v, dq, dq, idx, w_psi, ktab, normalize, False, reverse=False, tma=tma)
+        dS0, dZ0 = _segment_prefix(p, q, do, rden, dz, idx, w_phi, ktab, normalize, normalize, reverse=True, tma=tma)
         Z0 = dq if Z0 is None else Z0
         dZ0 = dq if dZ0 is None else dZ0
+
     def walk(pass_):
-        _inter_bwd_kernel[(NF * NSEG, NV, B * H)](q, k, v, vd, do, dod, rden, dz, dq, dk, dv, dvd, dxg[pass_],
-                                                  dxl[pass_], S0, Z0, dS0, dZ0,
-                                                  idx, w_phi, w_psi, ktab, T, D, DV, F_PAD, NC, CPS, NF, BT=chunk,
-                                                  BF=block_f, BV=BVs, BD=BD, CAUSAL=causal, NORMALIZE=normalize,
-                                                  ATOMIC_QK=NF * NV > 1, ATOMIC_V=NF > 1, USE_SEG=NSEG > 1,
-                                                  PASS=pass_, PRECISION=precision, TMA_LD=tma, TMA_ADD=tma_add,
-                                                  WIDE=_wide(T, D, DV), TMA_DX=tma_dx,
-                                                  **_regs(f"FASTATTN_MAXNREG_BWD{pass_}",
-                                                          _knob("FASTATTN_MAXNREG_BWD", 0), q.device),
-                                                  num_warps=warps, **kron)
-    _side_by_side(lambda: walk(0), lambda: walk(1), q.device, streams)
+        _inter_bwd_kernel[(NF * p.segments, NV, B * H)](q, k, v, vd, do, dod, rden, dz, dq, dk, dv, dvd, dxg[pass_],
+                                                        dxl[pass_], S0, Z0, dS0, dZ0, idx, w_phi, w_psi, ktab, T, D,
+                                                        DV, p.f_pad, NC, p.cps, NF, BT=p.chunk, BF=p.block_f,
+                                                        BV=p.block_v, BD=p.head_block, CAUSAL=causal,
+                                                        NORMALIZE=normalize, ATOMIC_QK=NF * NV > 1, ATOMIC_V=NF > 1,
+                                                        USE_SEG=p.segments > 1, PASS=pass_, PRECISION=p.precision,
+                                                        TMA_LD=tma, TMA_ADD=tma_add, WIDE=p.wide, TMA_DX=tma_dx,
+                                                        num_warps=p.warps, **p.kron_kw)
+    _side_by_side(lambda: walk(0), lambda: walk(1), q.device, p.streams)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+def _forward(p, q, k, v, scale, causal, normalize, fix_abs, eps):
+    """(o, z, saved state or None) of the forward ``p`` plans."""
+    _took(p.route)
+    if p.path == "fused":
+        return _fused_fwd(p, q, k, v, scale, normalize, fix_abs, eps)
+    if p.path == "chunk":
+        return _chunk_fwd(p, q, k, v, scale, normalize, fix_abs, eps)
+    return _scan_fwd(p, q, k, v, scale, causal, normalize, fix_abs, eps)
+
+
+def _backward(p, q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps, state):
+    """(dq, dk, dv) of the backward ``p`` plans."""
+    _took(p.route)
+    if p.path == "fused":
+        return _fused_bwd(p, q, k, v, o, z, do, scale, normalize, fix_abs, eps, state)
+    return _scan_bwd(p, q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps)
+
+
+def poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v, segments=None,
+                       tuning=None):
+    """Forward pass on contiguous [B, H, T, D] inputs; returns (o in q.dtype, z fp32 [B, H, T] or None)."""
+    return _poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v,
+                               segments, tuning)[:2]
+
+
+def _poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v, segments=None,
+                        tuning=None):
+    """(o, z, saved segment states or None)."""
+    p = plan(q.shape, v.shape, q.dtype, q.device, causal, normalize, "fwd", tuning, chunk=chunk, block_f=block_f,
+             block_v=block_v, segments=segments)
+    return _forward(p, q, k, v, scale, causal, normalize, fix_abs, eps)
+
+
+def poly_attention_bwd(q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v,
+                       segments=None, state=None, tuning=None):
+    """Backward pass: (dq, dk, dv) in the input dtypes, from the saved output ``o`` and normaliser ``z``
+    (and, on the fused path, the forward's segment prefix states ``state``)."""
+    saved = (state[2], state[0].shape[1]) if state is not None else None
+    p = plan(q.shape, v.shape, q.dtype, q.device, causal, normalize, "bwd", tuning, chunk=chunk, block_f=block_f,
+             block_v=block_v, segments=segments, saved=saved)
+    return _backward(p, q, k, v, o, z, do.contiguous(), scale, causal, normalize, fix_abs, eps, state)
 
 
 def _check_normalized(o, z, fix_abs, q, k, v):
@@ -1859,10 +1880,10 @@ class PolyAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v, segments,
-                check_output=None):
+                check_output=None, tuning=None):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         o, z, state = _poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v,
-                                          segments)
+                                          segments, tuning)
         if normalize and (check_output or (check_output is None and (not q.is_cuda or torch.is_anomaly_enabled()))):
             _check_normalized(o, z, fix_abs, q, k, v)
         empty = o.new_empty(0)
@@ -1870,7 +1891,7 @@ class PolyAttentionFunction(torch.autograd.Function):
         ctx.has_state = state is not None
         ctx.save_for_backward(q, k, v, o, z if z is not None else empty, S0, Z0)
         ctx.scale, ctx.causal, ctx.normalize, ctx.fix_abs, ctx.eps = scale, causal, normalize, fix_abs, eps
-        ctx.chunk, ctx.block_f, ctx.block_v, ctx.segments = chunk, block_f, block_v, segments
+        ctx.chunk, ctx.block_f, ctx.block_v, ctx.segments, ctx.tuning = chunk, block_f, block_v, segments, tuning
         return o
 
     @staticmethod
@@ -1878,8 +1899,8 @@ class PolyAttentionFunction(torch.autograd.Function):
         q, k, v, o, z, S0, Z0 = ctx.saved_tensors
         state = (S0, Z0, ctx.seg_tokens) if ctx.has_state else None
         dq, dk, dv = poly_attention_bwd(q, k, v, o, z, do, ctx.scale, ctx.causal, ctx.normalize, ctx.fix_abs,
-                                        ctx.eps, ctx.chunk, ctx.block_f, ctx.block_v, ctx.segments, state)
-        return dq, dk, dv, None, None, None, None, None, None, None, None, None, None
+                                        ctx.eps, ctx.chunk, ctx.block_f, ctx.block_v, ctx.segments, state, ctx.tuning)
+        return dq, dk, dv, None, None, None, None, None, None, None, None, None, None, None
 
 
 def _finite(x):
@@ -1897,7 +1918,7 @@ def _check_pow2(name, value, lo):
 
 
 def poly_attention(q, k, v, scale=None, causal=True, normalize=True, normalizer_fix=None, eps=1e-6,
-                   chunk=None, block_f=64, block_v=None, segments=None, check_output=None):
+                   chunk=None, block_f=64, block_v=None, segments=None, check_output=None, tuning=None):
     """Linear attention with the polynomial f of this module (see the module docstring).
 
     Parameters
@@ -1926,6 +1947,9 @@ def poly_attention(q, k, v, scale=None, causal=True, normalize=True, normalizer_
         back and raises where they cannot be right (see Raises), at the price of a host sync per
         call. None (default): on the CPU (the interpreter), and on CUDA only under
         ``torch.autograd.detect_anomaly()``; True: always; False: never.
+    tuning : dict, optional
+        Private overrides of the routing and launch numbers, for sweeps and tests (keys and defaults:
+        ``TUNING``; see ``plan``). An unknown key is a ValueError.
 
     Returns
     -------
@@ -1978,13 +2002,14 @@ def poly_attention(q, k, v, scale=None, causal=True, normalize=True, normalizer_
         raise ValueError(f"scale={scale!r} must be a finite real number (or None for 1/sqrt(D))")
     if not (_finite(eps) and float(eps) > 0):
         raise ValueError(f"eps={eps!r} must be a finite real number > 0")
+    _resolve(tuning)  # an unknown or bad tuning key is an error even where no pass runs
     if q.shape[2] == 0:
         # T = 0: an empty [B, H, 0, DV], still a function of q, k, v (zero gradients), as on the torch path
         _took("empty")
         return v[:, :, :0] + (q.sum() + k.sum()) * 0
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     return PolyAttentionFunction.apply(q, k, v, scale, bool(causal), bool(normalize), normalizer_fix == "abs",
-                                       float(eps), chunk, block_f, block_v, segments, check_output)
+                                       float(eps), chunk, block_f, block_v, segments, check_output, tuning)
 
 
 class PolyAttention(torch.nn.Module):

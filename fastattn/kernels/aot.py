@@ -11,14 +11,18 @@ above 0 means the kernel spills to local memory.
 from __future__ import annotations
 
 import argparse
+import inspect
+import json
 import os
 import subprocess
 import tempfile
 import time
 
-__all__ = ["compile_kernels"]
+__all__ = ["compile_kernels", "launches"]
 
 _TYPES = {"bf16": "*bf16", "fp16": "*fp16", "fp32": "*fp32"}
+_PTR = {"torch.bfloat16": "*bf16", "torch.float16": "*fp16", "torch.float32": "*fp32", "torch.int32": "*i32",
+        "torch.int64": "*i64"}
 
 
 def _resources(cubin: bytes) -> str:
@@ -35,12 +39,75 @@ def _resources(cubin: bytes) -> str:
                     if w.split(":")[0] in ("REG", "STACK", "SHARED"))
 
 
-def compile_kernels(spec, *, dtype="bf16", head_dim=64, head_dim_v=64, chunk=64, block_f=64, block_v=None,
-                    causal=True, normalize=True, arch=90, degree=None, dump=None, tma=None):
-    """Compile the five kernels of ``spec`` for ``sm_<arch>``; returns {kernel: "REG:n STACK:n SHARED:n"}.
-    ``dump``: a folder to write each kernel's TTGIR and PTX into (to read its layouts and MMA kind).
-    ``tma``: the general path's backward adds dv rows by TMA (None: on for sm_90+, as the host's
-    default on the GPU)."""
+def _arg_type(value):
+    """The compile signature of one launch argument, as the launch passes it."""
+    import torch
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    if isinstance(value, torch.Tensor):
+        return _PTR[str(value.dtype)]
+    if isinstance(value, TensorDescriptor):
+        return f"tensordesc<{_PTR[str(value.base.dtype)][1:]}[{','.join(map(str, value.block_shape))}]>"
+    if isinstance(value, bool):
+        return "i1"
+    if isinstance(value, int):
+        return "i32" if -2**31 <= value < 2**31 else "i64"
+    if isinstance(value, float):
+        return "fp32"
+    raise TypeError(f"launch argument {value!r} has no compile type")
+
+
+def launches(mod, plans, q, k, v, scale=1.0, causal=True, normalize=True):
+    """Every kernel launch of the forward and backward ``plans`` = (fwd, bwd) on (meta) tensors, as
+    (part, kernel, signature, constexprs, options): the host launchers run with the kernels recorded
+    instead of launched, so the signatures are the launchers' own."""
+    import torch
+
+    names = [n for n in dir(mod) if n.endswith("_kernel")]
+    kernels = {n: getattr(mod, n) for n in names}
+    out, part = [], ["fwd"]
+
+    class Recorder:
+        def __init__(self, fn):
+            self.fn = fn
+
+        def __getitem__(self, grid):
+            def launch(*args, **kw):
+                fn = self.fn
+                opts = {o: kw.pop(o) for o in ("num_warps", "maxnreg") if o in kw}
+                values = dict(zip(fn.arg_names, args), **kw)
+                sig, consts = {}, {}
+                for param in fn.params:
+                    value = values.get(param.name, param.default)
+                    if param.is_constexpr or value is None:
+                        # a constexpr the launch leaves out takes its default; a None argument is a constexpr None
+                        consts[param.name] = None if value is inspect.Parameter.empty else value
+                    else:
+                        sig[param.name] = _arg_type(value)
+                out.append((part[0], fn, sig, consts, opts))
+            return launch
+
+    try:
+        for n in names:
+            setattr(mod, n, Recorder(kernels[n]))
+        fwd, bwd = plans
+        o, z, state = mod._forward(fwd, q, k, v, scale, causal, normalize, False, 1e-6)
+        part[0] = "bwd"
+        mod._backward(bwd, q, k, v, o, z if z is not None else o.new_empty(0), torch.empty_like(o), scale, causal,
+                      normalize, False, 1e-6, state)
+    finally:
+        for n in names:
+            setattr(mod, n, kernels[n])
+    return out
+
+
+def compile_kernels(spec, *, dtype="bf16", head_dim=64, head_dim_v=64, chunk=None, block_f=64, block_v=None,
+                    causal=True, normalize=True, arch=90, degree=None, dump=None, tma=None, T=4096, tuning=None):
+    """Compile every kernel the host launches for ``spec`` on [1, 1, T, D] inputs for ``sm_<arch>``, with the
+    routes and tiles :func:`plan` gives an sm_<arch> GPU of 132 SMs; returns {"part kernel": "REG:n STACK:n
+    SHARED:n SMEM:n warps:n (s)"}. ``dump``: a folder to write each kernel's TTGIR and PTX into.
+    ``tma``: TMA row moves at the plan's bits on any amount of work (None: for sm_90+; False: none).
+    ``tuning``: more plan overrides (as ``poly_attention`` takes them)."""
     import torch
     import triton
     from triton.backends.compiler import GPUTarget
@@ -50,124 +117,38 @@ def compile_kernels(spec, *, dtype="bf16", head_dim=64, head_dim_v=64, chunk=64,
     from fastattn.kernels.poly import polynomial
 
     mod = load_module(polynomial(spec, degree))
-    ptr = _TYPES[dtype]
     tdt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
-    q = torch.empty(1, 1, 1, head_dim, dtype=tdt)
-    v = torch.empty(1, 1, 1, head_dim_v, dtype=tdt)
+    q, k = (torch.empty(1, 1, T, head_dim, dtype=tdt, device="meta") for _ in range(2))
+    v = torch.empty(1, 1, T, head_dim_v, dtype=tdt, device="meta")
     tma = arch >= 90 if tma is None else tma
-    dims = {"T": "i32", "D": "i32", "DV": "i32"}
-    f32 = "*fp32"
-
-    def general(part):
-        # the general path's kernels of one pass ("fwd" or "bwd"), as the host launches them
-        kron, const = dict(KRON=False, KG=1, KA=1), False
-        nf = -(-mod.feature_dim(head_dim) // block_f)
-        if mod.uses_kron(head_dim, causal, head_dim_v, part):
-            # degree 2 through the block-Kronecker tiles (see the template's kron_tables), the
-            # constant outside the causal scans where kron_const_out says so
-            const = causal and mod.kron_const_out(head_dim, block_f)
-            ktab, _, _, (KG, KA) = mod.kron_tables(head_dim, 1.0, "cpu", block_f, const_out=const)
-            kron, nf = dict(KRON=True, KG=KG, KA=KA), ktab.shape[0]
-        BD, BV, BVs, precision, warps = mod._blocks(q, v, block_f, block_v, kron["KRON"])
-        nv = -(-head_dim_v // BVs)
-
-        def desc(dtype, name):
-            # a TMA descriptor argument (the host's default bits), or the None it passes when TMA is off
-            return {name: f"tensordesc<{dtype}[1,{chunk},{BVs}]>"} if tma else {name: None}
-        # the backward's dq / dk adds of one-group Kronecker tiles: [1, chunk, KA] and [1, chunk, block_f] boxes
-        dx = tma and kron["KRON"] and kron["KG"] == 1
-        dx_descs = ({"dxg": f"tensordesc<fp32[1,{chunk},{kron['KA']}]>",
-                     "dxl": f"tensordesc<fp32[1,{chunk},{block_f}]>"} if dx else {"dxg": None, "dxl": None})
-        seg = (mod._segment_state_kernel, dict(x=ptr, y=ptr, yd=None, rden=f32, cz=f32, S=f32, Z=f32, idx="*i32",
-                                               w=f32, ktab="*i32", **dims, F_PAD="i32", NC="i32", CPS="i32", NF="i32",
-                                               NSEG="i32", S_LO="i32"),
-               dict(BT=chunk * mod._seg_group(chunk, block_f, BVs, scale_y=part == "bwd" and normalize), BF=block_f,
-                    BV=BVs, BD=BD, NORMALIZE=normalize, SCALE_Y=part == "bwd" and normalize, PRECISION=precision,
-                    LD=False, TMA_LD=False, WIDE=False, **kron), warps)
-        if part == "fwd":
-            if causal and not kron["KRON"] and mod._fused_tiles(q, v, causal, "fwd") is None:
-                # the chunk-parallel forward (see _poly_attention_fwd)
-                return [seg, (mod._chunk_fwd_kernel, dict(q=ptr, k=ptr, v=ptr, o=ptr, z=f32, S0=f32, Z0=f32, idx="*i32",
-                                                          w_phi=f32, ktab="*i32", scale="fp32", eps="fp32", **dims,
-                                                          F_PAD="i32", NC="i32", CPS="i32", NSEG="i32", NF="i32"),
-                              dict(BT=chunk, BF=block_f, BV=BV, BD=BD, NORMALIZE=normalize, FIX_ABS=False,
-                                   PRECISION=precision, **kron), 4)]
-            return [
-                (mod._intra_fwd_kernel, dict(q=ptr, k=ptr, v=ptr, o=f32, z=f32, vs=f32, scale="fp32", **dims,
-                                             NC="i32"),
-                 dict(BT=chunk, BD=BD, BV=BV, NORMALIZE=normalize, PRECISION=precision, CONST=const),
-                 mod._intra_warps(chunk, BD, BV)),
-                seg,
-                (mod._inter_fwd_kernel, dict(q=ptr, k=ptr, v=ptr, vd=None, o=f32, **desc("fp32", "od"), z=f32,
-                                             S0=f32, Z0=f32, idx="*i32", w_phi=f32, w_psi=f32, ktab="*i32", **dims,
-                                             F_PAD="i32", NC="i32", CPS="i32", NF="i32"),
-                 dict(BT=chunk, BF=block_f, BV=BVs, BD=BD, CAUSAL=causal, NORMALIZE=normalize, ATOMIC=nf > 1,
-                      USE_SEG=causal, PRECISION=precision, TMA_LD=False, TMA_ADD=tma, WIDE=False, **kron), warps,
-                 mod._MAXNREG_FWD if kron["KRON"] else None)]
-        return [
-            (mod._intra_bwd_kernel, dict(q=ptr, k=ptr, v=ptr, do=ptr, rden=f32, dz=f32, dq=f32, dk=f32, dv=f32,
-                                         dns=f32, a0="fp32", scale="fp32", **dims, NC="i32"),
-             dict(BT=chunk, BD=BD, BV=BV, NORMALIZE=normalize, PRECISION=precision, CONST=const),
-             mod._intra_warps(chunk, BD, BV)),
-            seg,
-        ] + [
-            (mod._inter_bwd_kernel, dict(q=ptr, k=ptr, v=ptr, vd=None, do=ptr, dod=None, rden=f32, dz=f32, dq=f32,
-                                         dk=f32, dv=f32, **desc("fp32", "dvd"), **dx_descs, S0=f32, Z0=f32, dS0=f32,
-                                         dZ0=f32, idx="*i32", w_phi=f32, w_psi=f32, ktab="*i32",
-                                         **dims, F_PAD="i32", NC="i32", CPS="i32", NF="i32"),
-             dict(BT=chunk, BF=block_f, BV=BVs, BD=BD, CAUSAL=causal, NORMALIZE=normalize, ATOMIC_QK=nf * nv > 1,
-                  ATOMIC_V=nf > 1, USE_SEG=causal, PASS=p, PRECISION=precision, TMA_LD=False, TMA_ADD=tma, WIDE=False,
-                  TMA_DX=dx, **kron), warps)
-            for p in (0, 1)
-        ]
-
-    def fused(part, tiles):
-        # the fused causal path (all features in one tile) of one pass
-        BF, BVf = tiles
-        BD, _, precision = mod._dims(q, v)
-        fw = 8 if BF * BVf >= 64 * 64 else 4
-        dims2 = dict(dims, F_PAD="i32", NC="i32", CPS="i32")
-        seg = (mod._segment_state_kernel, dict(x=ptr, y=ptr, yd=None, rden=f32, cz=f32, S=f32, Z=f32, idx="*i32",
-                                               w=f32, ktab="*i32", **dims2, NF="i32", NSEG="i32", S_LO="i32"),
-               dict(BT=chunk * mod._seg_group(chunk, BF, BVf, scale_y=part == "bwd" and normalize), BF=BF, BV=BVf,
-                    BD=BD, NORMALIZE=normalize, SCALE_Y=part == "bwd" and normalize, PRECISION=precision,
-                    LD=mod._FUSED_LD, TMA_LD=False, WIDE=False, KRON=False, KG=1, KA=1), fw)
-        if part == "fwd":
-            return [seg, (mod._fused_fwd_kernel, dict(q=ptr, k=ptr, v=ptr, o=ptr, z=f32, S0=f32, Z0=f32, idx="*i32",
-                                                      w_phi=f32, w_psi=f32, scale="fp32", eps="fp32", **dims2),
-                          dict(BT=chunk, BF=BF, BV=BVf, BD=BD, NORMALIZE=normalize, FIX_ABS=False, USE_SEG=True,
-                               PRECISION=precision, LD=mod._FUSED_LD, WIDE=False), fw)]
-        return [seg] + [
-            (mod._fused_bwd_kernel, dict(q=ptr, k=ptr, v=ptr, do=ptr, rden=f32, dz=f32, dq=ptr, dk=ptr, dv=ptr,
-                                         S0=f32, Z0=f32, idx="*i32", w_phi=f32, w_psi=f32, scale="fp32", **dims2),
-             dict(BT=chunk, BF=BF, BV=BVf, BD=BD, NORMALIZE=normalize, USE_SEG=True, PASS=p, PRECISION=precision,
-                  LD=mod._FUSED_LD, WIDE=False), fw)
-            for p in (0, 1)
-        ]
-
-    jobs = []
-    for part in ("fwd", "bwd"):
-        tiles = mod._fused_tiles(q, v, causal, part)
-        jobs += [(part,) + j for j in (general(part) if tiles is None else fused(part, tiles))]
-    report = {}
-    for part, fn, sig, consts, nw, *maxnreg in jobs:
-        # an argument the host passes as None (a descriptor with TMA off) is a constexpr None
-        consts = dict(consts, **{k: None for k, v in sig.items() if v is None})
-        sig = {k: v for k, v in sig.items() if v is not None}
-        sig = dict(sig, **{k: "constexpr" for k in consts})
+    # small inputs stay below the plan's TMA work threshold: lift it, so the GPU's large-shape kernels compile
+    tuning = dict({"tma_min_work": 0} if tma else {"tma_fwd": 0, "tma_bwd": 0}, **(tuning or {}))
+    device = mod.DeviceInfo("cuda", 132, arch // 10)
+    kw = dict(chunk=chunk, block_f=block_f, block_v=block_v)
+    fwd = mod.plan(q.shape, v.shape, tdt, device, causal, normalize, "fwd", tuning, **kw)
+    state = None
+    if fwd.segments > 1 and fwd.route in ("fwd/fused/segments", "fwd/chunk/fused-table"):
+        state = (fwd.cps * fwd.chunk, fwd.segments)
+    bwd = mod.plan(q.shape, v.shape, tdt, device, causal, normalize, "bwd", tuning, saved=state, **kw)
+    report, seen = {}, set()
+    for part, fn, sig, consts, opts in launches(mod, (fwd, bwd), q, k, v, causal=causal, normalize=normalize):
+        key = (fn.__name__, tuple(sig.items()), tuple(consts.items()), tuple(opts.items()))
+        if key in seen:
+            continue
+        seen.add(key)
         t0 = time.perf_counter()
-        opts = {"num_warps": nw}
-        if maxnreg and maxnreg[0]:
-            opts["maxnreg"] = maxnreg[0]
-        kern = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", arch, 32), options=opts)
-        name = f"{part} " + fn.__name__ + (f"[PASS={consts['PASS']}]" if "PASS" in consts else "")
+        src = ASTSource(fn, dict(sig, **{n: "constexpr" for n in consts}), consts)
+        kern = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
+        tags = [f"PASS={consts['PASS']}"] if "PASS" in consts else []
+        tags += [t for t in ("SCALE_Y", "REVERSE") if consts.get(t)]
+        name = f"{part} {fn.__name__}" + (f"[{','.join(tags)}]" if tags else "")
         # SMEM: the dynamic shared memory the launch asks for (SHARED is the cubin's static part)
-        report[name] = (f"{_resources(kern.asm['cubin'])} SMEM:{kern.metadata.shared} warps:{nw} "
+        report[name] = (f"{_resources(kern.asm['cubin'])} SMEM:{kern.metadata.shared} warps:{opts['num_warps']} "
                         f"({time.perf_counter() - t0:.1f} s)")
         if dump:
             os.makedirs(dump, exist_ok=True)
             for ext in ("ttgir", "ptx"):
-                with open(os.path.join(dump, f"{part}_{name.split()[1]}.{ext}"), "w") as fh:
+                with open(os.path.join(dump, f"{name.replace(' ', '_')}.{ext}"), "w") as fh:
                     fh.write(kern.asm[ext])
     return report
 
@@ -179,17 +160,20 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", choices=sorted(_TYPES), default="bf16")
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--head-dim-v", type=int, default=64)
-    ap.add_argument("--chunk", type=int, default=64)
+    ap.add_argument("--chunk", type=int, default=None)
     ap.add_argument("--block-f", type=int, default=64)
     ap.add_argument("--block-v", type=int, default=None)
     ap.add_argument("--non-causal", action="store_true")
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--dump", default=None, help="folder for each kernel's TTGIR and PTX")
     ap.add_argument("--no-tma", action="store_true", help="the general path's pointer loads and atomics instead of TMA")
+    ap.add_argument("--T", type=int, default=4096, help="tokens of the planned call (routes and segments depend on it)")
+    ap.add_argument("--tuning", default=None, help='plan overrides as JSON, e.g. \'{"fused": false}\'')
     a = ap.parse_args(argv)
     rep = compile_kernels(a.spec, dtype=a.dtype, head_dim=a.head_dim, head_dim_v=a.head_dim_v, chunk=a.chunk,
                           block_f=a.block_f, block_v=a.block_v, causal=not a.non_causal, arch=a.arch,
-                          degree=a.degree, dump=a.dump, tma=False if a.no_tma else None)
+                          degree=a.degree, dump=a.dump, tma=False if a.no_tma else None, T=a.T,
+                          tuning=json.loads(a.tuning) if a.tuning else None)
     for name, line in rep.items():
         print(f"{name:30s} {line}")
     return 0
