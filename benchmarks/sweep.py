@@ -1,6 +1,7 @@
-"""Time one of ours over tilings and tuning knobs, one GPU run (B = 2, H = 16, bf16, causal).
+"""Time one of ours over tilings and plan overrides, one GPU run (B = 2, H = 16, bf16, causal).
 
-Each config is a JSON object {"env": {knob: value}, "kw": {poly_attention tiling kwargs}}.
+Each config is a JSON object {"tuning": {key: value}, "kw": {poly_attention tiling kwargs}}; the tuning keys
+are the generated module's TUNING (fastattn/kernels/TUNING.md), passed as its poly_attention's tuning=.
 Every config is first checked against the first one on the same inputs (T = 2048: output
 and gradients, relative RMS < 2e-2); a config that fails or errors is not timed, unless it says
 {"probe": true} (a timing probe that is wrong on purpose: its error is printed, then it is timed). With
@@ -9,7 +10,7 @@ and gradients, relative RMS < 2e-2); a config that fails or errors is not timed,
 registers and spills of every kernel compiled for the row.
 
     python benchmarks/sweep.py --row "1 + x + x**2/2:64:64:1" --T 32768 \\
-        --configs '[{"kw": {"block_f": 256}}, {"env": {"FASTATTN_SCAN_WARPS": "4"}, "kw": {"block_f": 128}}]'
+        --configs '[{"kw": {"block_f": 256}}, {"tuning": {"seg_rows": 1}, "kw": {"block_f": 128}}]'
 """
 import argparse
 import json
@@ -24,7 +25,7 @@ import check_gpu  # noqa: E402
 from cases import parse_case  # noqa: E402
 import graphs  # noqa: E402
 from fastattn.kernels.codegen import load_module  # noqa: E402
-from fastattn.kernels.poly import poly_attention, polynomial  # noqa: E402
+from fastattn.kernels.poly import check_normalizer, polynomial  # noqa: E402
 
 
 def kernel_stats(mod):
@@ -58,15 +59,18 @@ def main():
         print("reference check:", [(n, f"{e['rel_rms']:.2e}", ok) for n, e, ok in rows], flush=True)
         if not all(ok for *_, ok in rows):
             return 1
-    knobs = {name for cfg in configs for name in cfg.get("env", {})}
+    if any("env" in cfg for cfg in configs):
+        print("configs take {\"tuning\": {...}} now (fastattn/kernels/TUNING.md), not environment knobs")
+        return 2
+    mod = load_module(poly)
+    fix = check_normalizer(poly, norm, None)
     g = torch.Generator(device="cuda").manual_seed(0)
     mk = lambda *s: torch.randn(*s, device="cuda", generator=g).bfloat16()  # noqa: E731
 
     def call(q, k, v, cfg):
-        for name in knobs:
-            os.environ.pop(name, None)
-        os.environ.update(cfg.get("env", {}))
-        return poly_attention(q, k, v, poly, causal=True, normalize=norm, backend="triton", **cfg.get("kw", {}))
+        # the module's own poly_attention: it takes the private tuning= overrides
+        return mod.poly_attention(q, k, v, causal=True, normalize=norm, normalizer_fix=fix,
+                                  tuning=cfg.get("tuning"), **cfg.get("kw", {}))
 
     q, k, v, do = mk(1, 2, 2048, D), mk(1, 2, 2048, D), mk(1, 2, 2048, DV), mk(1, 2, 2048, DV)
     q, k, v = (x.requires_grad_() for x in (q, k, v))
@@ -107,7 +111,7 @@ def main():
             except Exception as exc:  # noqa: BLE001
                 print(f"| {T} | {json.dumps(cfg)} | error {type(exc).__name__}: {str(exc)[:100]} |", flush=True)
     if a.regs:
-        for row in kernel_stats(load_module(poly)):
+        for row in kernel_stats(mod):
             print("regs", *row, flush=True)
 
 

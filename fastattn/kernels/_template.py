@@ -274,9 +274,8 @@ def _accumulate(p, b, mask, ATOMIC: tl.constexpr):
 
 @triton.jit
 def _chunk_rows(i_c, BT: tl.constexpr, WIDE: tl.constexpr):
-    # the token rows of chunk i_c: int32 unless T * max(D, DV) reaches 2^31 (WIDE). int32 rows
-    # halve the registers of every [BT, n] offset tile (ptxas, triton 3.6, sm_90: the Kronecker
-    # backward's dk / dv walk spilled 448 bytes per thread with int64 rows, 104 with int32)
+    # the token rows of chunk i_c: int32 (half the registers of every [BT, n] offset tile) unless
+    # T * max(D, DV) reaches 2^31 (WIDE)
     if WIDE:
         o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
     else:
@@ -287,10 +286,8 @@ def _chunk_rows(i_c, BT: tl.constexpr, WIDE: tl.constexpr):
 @triton.jit
 def _ld_rows(p, desc, i_bh, t0, c0, o_t, m_t, o_v, m_v, DV, BT: tl.constexpr, BV: tl.constexpr, TMA: tl.constexpr):
     # the [BT, BV] tile (rows o_t = t0.., columns o_v = c0..) of one sequence's [T, DV] rows at p:
-    # by a TMA descriptor over [batch*head, T, DV] (zeros past T), or by masked pointer loads.
-    # TMA keeps no [BT, BV] tile of 64-bit addresses in registers: ptxas (triton 3.6, sm_90)
-    # put the Kronecker forward scan at 776 bytes of spills per thread with pointer loads and
-    # atomics, 0 with descriptors
+    # by a TMA descriptor over [batch*head, T, DV] (zeros past T; no [BT, BV] tile of 64-bit
+    # addresses in registers), or by masked pointer loads
     if TMA:
         b = tl.reshape(desc.load([i_bh, t0, c0]), (BT, BV))
     else:
