@@ -91,8 +91,9 @@ def polynomial(f, degree: int | None = None) -> Polynomial:
     import fastattn
 
     sp = fastattn.spec(f) if isinstance(f, str) else f
-    # the origin the generated source documents is printed from the parsed expression, never the raw text
-    name = sympy_text(sp.expr)
+    if sp.kind in ("polynomial", "entire", "analytic"):
+        # the origin the generated source documents is printed from the parsed expression, never the raw text
+        name = sympy_text(sp.expr)
     if sp.kind == "polynomial":
         p = sp.degree if degree is None else min(int(degree), sp.degree)
         if p < sp.degree:
