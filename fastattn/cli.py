@@ -133,6 +133,16 @@ def _add_check(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
+def _low_rank_verdict(f, rank):
+    """True for a polynomial (the multinomial identity), False only for a verified full-rank witness, else None."""
+    if f.is_polynomial:
+        return True
+    if rank is None:
+        return None
+    cert, d = rank
+    return False if (cert.check == "full-rank" and cert.holds is True and d.get("verified") is True) else None
+
+
 def _run_check(args) -> int:
     """Build the certificate (or counter-example) for f and re-verify it independently."""
     from fastattn.proofs_checks import (
@@ -167,7 +177,7 @@ def _run_check(args) -> int:
     if args.json:
         first = results[props[0]][1]
         out = {
-            "spec": f.source, "kind": f.kind, "low_rank": f.is_polynomial,
+            "spec": f.source, "kind": f.kind, "low_rank": _low_rank_verdict(f, results.get("rank")),
             "rank_bound": first["numbers"].get("rank_bound") if props[0] == "rank" and first.get("numbers") else None,
             "feature_dim": first["numbers"].get("rank_bound") if props[0] == "rank" and first.get("numbers") else None,
             "certificate": first,

@@ -243,3 +243,15 @@ def test_bench_sweep_hands_every_argument_to_the_script(capsys, monkeypatch):
     assert code == 3
     assert calls[0][0] == sys.executable and calls[0][1].endswith("benchmarks/sweep.py")
     assert calls[0][2:] == ["--row", "x:64:64:0", "--T", "8192", "--help"]
+
+
+def test_check_json_low_rank_comes_from_the_certificate(capsys):
+    # a polynomial is low rank by the identity; "no" needs a verified full-rank witness; a check that
+    # built no rank certificate (here: only pd) says nothing about rank
+    assert main(["check", "x**2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["low_rank"] is True
+    assert main(["check", "tanh(x)", "--n", "4", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["low_rank"] is False and out["certificate"]["verified"] is True
+    assert main(["check", "tanh(x)", "--property", "pd", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["low_rank"] is None

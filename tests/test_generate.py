@@ -15,7 +15,7 @@ from fastattn.cli import main
 from fastattn.kernels.generate import write_module
 from fastattn.kernels.poly import polynomial
 
-STDLIB_OK = {"itertools", "math", "os"}
+STDLIB_OK = {"collections", "dataclasses", "itertools", "math", "os"}
 
 
 pytestmark = pytest.mark.usefixtures("kernel_env")

@@ -276,19 +276,19 @@ def test_kron_constant_outside_the_scans(spec, D, DV, T, normalize, monkeypatch)
     with_const = mod.kron_tables(D, 0.5, "cpu", 16)[0].shape[0]
     assert mod.kron_tables(D, 0.5, "cpu", 16, const_out=True)[0].shape[0] == with_const - 1
     run_case(spec, torch.float32, 1, 2, T, D, DV, 16, 16, 16, True, normalize)
-    # the same rows with the constant's tile kept agree too (the knob turns the split off)
-    monkeypatch.setenv("FASTATTN_CONST_OUT", "0")
-    assert not mod.kron_const_out(D, 16)
-    run_case(spec, torch.float32, 1, 2, T, D, DV, 16, 16, 16, True, normalize)
+    # the same rows with the constant's tile kept agree too (tuning const_out=False turns the split off)
+    plan = lambda tuning: mod.plan((1, 2, T, D), (1, 2, T, DV), torch.float32, "cpu", True, normalize, "fwd",  # noqa: E731
+                                   tuning, chunk=16, block_f=16, block_v=16)
+    assert plan(None).const_out and not plan({"const_out": False}).const_out
+    run_case(spec, torch.float32, 1, 2, T, D, DV, 16, 16, 16, True, normalize, tuning={"const_out": False})
 
 
 @pytest.mark.parametrize("fused", ["0", "1"])
 @pytest.mark.parametrize("rows", ["1", "2", "4"])
 def test_segment_pass_steps_over_several_chunks(rows, fused, monkeypatch):
-    # the segment-sum pass over k, v takes FASTATTN_SEG_ROWS chunks per step (segments cut into whole
+    # the segment-sum pass over k, v takes tuning seg_rows chunks per step (segments cut into whole
     # groups of them; the pass over q, dn / den keeps one): forward and gradients match the
     # reference, and the pass really ran with the wider step
-    monkeypatch.setenv("FASTATTN_SEG_ROWS", rows)
     monkeypatch.setenv("FASTATTN_FUSED", fused)
     mod = load_module(polynomial("1 + x + x**2/2"))
     steps, kernel = [], mod._segment_state_kernel
@@ -302,8 +302,9 @@ def test_segment_pass_steps_over_several_chunks(rows, fused, monkeypatch):
     monkeypatch.setattr(mod, "_segment_state_kernel", Spy())
     # 19 chunks of 16 in 4 segments: 5 chunks each, rounded up to a multiple of the step
     g = int(rows)
-    assert mod._segments(19, 8, 4) == (-(-19 // (-(-5 // g) * g)), -(-5 // g) * g)
-    run_case("1 + x + x**2/2", torch.float32, 1, 2, 300, 12, 20, 16, 16, None, True, True, segments=4)
+    assert mod._segments(19, 8, 4, seg_rows=g) == (-(-19 // (-(-5 // g) * g)), -(-5 // g) * g)
+    run_case("1 + x + x**2/2", torch.float32, 1, 2, 300, 12, 20, 16, 16, None, True, True, segments=4,
+             tuning={"seg_rows": g})
     assert {bt for scaled, bt in steps if not scaled} == {16 * g}
     assert {bt for scaled, bt in steps if scaled} <= {16}
 
@@ -314,9 +315,12 @@ def test_chunk_forward_over_many_segments(spec, D, DV, block_f, monkeypatch):
     # the chunk-parallel forward forced on for every layout (fused-size symmetric, general symmetric,
     # Kronecker), with segments of 2 chunks: every query chunk past the first segment reads a prefix
     # state, and the fused backward re-cuts the forward's states into its own chunks
-    monkeypatch.setenv("FASTATTN_CHUNK_FWD", "1")
-    monkeypatch.setenv("FASTATTN_CHUNK_FWD_CPS", "2")
-    run_case(spec, torch.float32, 1, 2, 150, D, DV, 16, block_f, None, True, polynomial(spec).positive)
+    mod = load_module(polynomial(spec))
+    mod.routes_taken.clear()
+    run_case(spec, torch.float32, 1, 2, 150, D, DV, 16, block_f, None, True, polynomial(spec).positive,
+             tuning={"chunk_fwd": True, "chunk_fwd_cps": 2})
+    assert {r for r in mod.routes_taken if r.startswith("fwd/")} <= {"fwd/chunk/fused-table", "fwd/chunk/symmetric",
+                                                                      "fwd/chunk/kron"}
 
 
 @pytest.mark.parametrize("fwd, bwd", [("0", "1"), ("1", "0")])
@@ -325,11 +329,11 @@ def test_fused_and_general_passes_mix(fwd, bwd, monkeypatch):
     # the forward and the backward each by its own length threshold: every mix must agree with
     # the reference (the fused backward then rebuilds the segment states the general forward
     # does not save)
-    monkeypatch.setenv("FASTATTN_FUSED_FWD", fwd)
-    monkeypatch.setenv("FASTATTN_FUSED_BWD", bwd)
+    tuning = {"fused_fwd": fwd == "1", "fused_bwd": bwd == "1"}
     mod = load_module(polynomial("1 + x + x**2/2"))
-    assert mod.uses_kron(4, True, 8, "fwd") == (fwd == "0") and mod.uses_kron(4, True, 8, "bwd") == (bwd == "0")
-    run_case("1 + x + x**2/2", torch.float32, 1, 2, 100, 4, 8, 16, 16, None, True, True)
+    assert mod.uses_kron(4, True, 8, "fwd", tuning=tuning) == (fwd == "0")
+    assert mod.uses_kron(4, True, 8, "bwd", tuning=tuning) == (bwd == "0")
+    run_case("1 + x + x**2/2", torch.float32, 1, 2, 100, 4, 8, 16, 16, None, True, True, tuning=tuning)
 
 
 def test_degree2_routing_by_length():
@@ -678,19 +682,25 @@ def test_bad_tiling_names_the_value(kw, match):
         poly_attention(q, k, v, "1 + x + x**2/2", backend="triton", **kw)
 
 
-def test_kron_group_that_does_not_fit_block_f_is_named(monkeypatch):
-    monkeypatch.setenv("FASTATTN_KRON_GROUP", "8")
-    q = k = v = torch.randn(1, 1, 4, 2)
-    with pytest.raises(KernelError, match="block_f=32 cannot hold groups of 8 x 8"):
-        poly_attention(q, k, v, "1 + x + x**2/2", backend="triton", causal=False, block_f=32)
+def test_kron_group_that_does_not_fit_block_f_is_named():
+    mod = load_module(polynomial("1 + x + x**2/2"))
+    with pytest.raises(ValueError, match="block_f=32 cannot hold groups of 8 x 8"):
+        mod.kron_tables(2, 1.0, "cpu", 32, group=8)
 
 
 @pytest.mark.parametrize("value", ["abc", "1.5"])
 def test_bad_tuning_knob_names_the_variable(value, monkeypatch):
-    monkeypatch.setenv("FASTATTN_SCAN_WARPS", value)
+    monkeypatch.setenv("FASTATTN_FUSED", value)
     q = k = v = torch.randn(1, 1, 20, 24)
-    with pytest.raises(KernelError, match=f"FASTATTN_SCAN_WARPS={value!r}"):
+    with pytest.raises(KernelError, match=f"FASTATTN_FUSED={value!r}"):
         poly_attention(q, k, v, "1 + x + x**2/2", causal=False, chunk=16, backend="triton")
+
+
+def test_unknown_tuning_key_names_the_known_ones():
+    q = k = v = torch.randn(1, 1, 20, 24)
+    with pytest.raises(KernelError, match="unknown tuning key.s. 'scan_warps'; known keys: fused, "):
+        poly_attention(q, k, v, "1 + x + x**2/2", causal=False, chunk=16, backend="triton",
+                       tuning={"scan_warps": 4})
 
 
 def test_mismatched_shapes_are_refused():

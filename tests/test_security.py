@@ -36,7 +36,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 #: The spec of issue 13, verbatim: the comment hid a payload that closed the docstring's quotes.
 ISSUE_SPEC = '1 + x + x**2/2 # """ + str(open("/tmp/m","w").write("x")) + """'
-DEVICE_FUNCTIONS = {"_f", "_df", "_phi", "_phi_vjp", "_phi_ld"}
+DEVICE_FUNCTIONS = {"_f", "_df", "_phi", "_phi_vjp"}
 
 
 def _segments(src: str) -> list[tuple[ast.stmt, str]]:
@@ -148,7 +148,8 @@ def test_issue_13_reproduction_runs_nothing(tmp_path):
     path = write_module(fastattn.spec("1 + x + x**2/2", name=ISSUE_SPEC), tmp_path / "named.py", head_dim_qk=4)
     src = path.read_text()
     _assert_inert(src)
-    assert "Origin: 1 + x + x**2/2 # ??? + str(open(?/tmp/m?,?w?).write(?x?)) + ???." in src
+    # the origin is printed from the parsed expression: none of the raw text reaches the source
+    assert "Origin: x**2/2 + x + 1." in src and "open(" not in src
     assert _import_in_subprocess(tmp_path, ["named"]).returncode == 0
     assert _stamp(m) == before
 
@@ -167,7 +168,8 @@ def test_issue_13_reproduction_through_a_layer_runs_nothing(tmp_path, monkeypatc
         assert layer(q, k, v).shape == (1, 1, 3, 4)
     assert not marker.exists() and sorted(tmp_path.iterdir()) == []
     cached = sorted(cache_dir().glob("poly_*.py"))
-    assert any("Origin: 1 + x + x**2/2 # ???" in p.read_text() for p in cached)
+    assert any("Origin: x**2/2 + x + 1." in p.read_text() for p in cached)
+    assert not any("open(" in p.read_text() for p in cached)
     for path in cached:
         _assert_inert(path.read_text())
 

@@ -283,16 +283,6 @@ def _device_functions(poly: Polynomial) -> str:
         lines.append(f"    b_dx = tl.dot((b_g{others}).to(DT), tl.trans((o_d[:, None] == i_{m}[None, :]).to(DT)), b_dx, "
                      f"input_precision=PRECISION)  # [BT, BD]")
     lines.append("    return b_dx")
-    lines += ["", "", "@triton.jit",
-              "def _phi_ld(p_x, o_t, m_t, D, p_idx, o_f, F_PAD, b_w):",
-              "    # _phi gathered straight from memory: x[t, idx[m, f]] loaded per feature (the chunk's",
-              "    # [BT, D] rows are in L1 after the coalesced tile load), no one-hot matmuls or registers"]
-    for m in range(slots):
-        lines += [f"    i_{m} = tl.load(p_idx + {m} * F_PAD + o_f)  # [BF]",
-                  f"    b_x{m} = tl.load(p_x + o_t[:, None] * D + i_{m}[None, :], mask=m_t[:, None] & (i_{m} >= 0)[None, :], "
-                  f"other=1.0).to(tl.float32)  # [BT, BF]"]
-    lines += [f"    b_phi = {prod} * b_w[None, :]  # [BT, BF]",
-              "    return tl.where(m_t[:, None], b_phi, 0.0)"]
     return "\n".join(lines) + "\n"
 
 

@@ -229,7 +229,7 @@ def choose_backend(q, backend: str = "auto") -> str:
 
 def poly_attention(q, k, v, f, *, degree=None, scale=None, causal=True, normalize=True, normalizer_fix=None,
                    eps=1e-6, chunk=None, block_f=64, block_v=None, segments=None, backend="auto", tables=None,
-                   check_output=None):
+                   check_output=None, tuning=None):
     """o_i = sum_{j in M(i)} f(s q_i.k_j) v_j [/ sum_{j in M(i)} f(s q_i.k_j)] in linear time.
 
     Parameters
@@ -266,6 +266,8 @@ def poly_attention(q, k, v, f, *, degree=None, scale=None, causal=True, normaliz
         back and raises KernelError where they cannot be right (below), at the price of a host
         sync per call. None (default): on the torch path and the CPU, and on CUDA only under
         ``torch.autograd.detect_anomaly()``; True: always; False: never.
+    tuning : dict, optional
+        Triton backend: private routing overrides for sweeps and tests (fastattn/kernels/TUNING.md).
 
     Returns
     -------
@@ -299,7 +301,7 @@ def poly_attention(q, k, v, f, *, degree=None, scale=None, causal=True, normaliz
     try:
         return mod.poly_attention(q, k, v, scale=scale, causal=causal, normalize=normalize,
                                   normalizer_fix=fix, eps=eps, chunk=chunk, block_f=block_f,
-                                  block_v=block_v, segments=segments, check_output=check_output)
+                                  block_v=block_v, segments=segments, check_output=check_output, tuning=tuning)
     except ValueError as exc:
         if isinstance(exc, KernelError):
             raise
