@@ -13,35 +13,8 @@ import torch
 from triton.testing import do_bench
 
 from cases import parse_case
+from fastattn.bench.timing import capture
 from fastattn.kernels.poly import poly_attention, polynomial
-
-
-def capture(fn, ins, do):
-    """(graph, inputs, do, output): ``fn(*inputs).backward(do)`` captured once in a CUDA graph, on
-    clones of ``ins`` (leaves needing grad) and ``do``; ``graph.replay()`` reruns it on them and leaves
-    the gradients in ``inputs[i].grad``. Warmed up (compiled, autotuned) on a side stream first."""
-    ins = [x.detach().clone().requires_grad_() for x in ins]
-    do = do.clone()
-
-    def step():
-        for x in ins:
-            x.grad = None
-        out = fn(*ins)
-        out.backward(do)
-        return out
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    for x in ins:
-        x.grad = None
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = step()
-    return graph, ins, do, out
 
 
 def main():

@@ -23,7 +23,7 @@ from triton.testing import do_bench
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import check_gpu  # noqa: E402
 from cases import parse_case  # noqa: E402
-import graphs  # noqa: E402
+from fastattn.bench.timing import capture  # noqa: E402
 from fastattn.kernels.codegen import load_module  # noqa: E402
 from fastattn.kernels.poly import check_normalizer, polynomial  # noqa: E402
 
@@ -104,7 +104,7 @@ def main():
                               return_mode="median")
                 col = ""  # (not g: that is the inputs' generator)
                 if a.graphs:
-                    graph, *_ = graphs.capture(lambda q, k, v: call(q, k, v, cfg), (q, k, v), do)
+                    graph, *_ = capture(lambda q, k, v: call(q, k, v, cfg), (q, k, v), do)
                     col = f" {do_bench(graph.replay, warmup=5, rep=a.rep, return_mode='median'):.3f} |"
                     del graph
                 print(f"| {T} | {json.dumps(cfg)} | {f:.3f} | {fb:.3f} |{col}", flush=True)
