@@ -19,19 +19,10 @@ from torch import nn
 
 from fastattn.errors import KernelError
 from fastattn.kernels.codegen import Polynomial
-from fastattn.kernels.naive import symmetric_tables
+from fastattn.kernels.naive import is_finite_real, symmetric_tables
 from fastattn.kernels.poly import check_feature_count, check_normalizer, choose_backend, poly_attention, polynomial
 
 __all__ = ["FastAttention", "FastMultiheadAttention"]
-
-
-def _finite_real(x) -> bool:
-    if isinstance(x, (bool, complex)):
-        return False
-    try:
-        return math.isfinite(float(x))
-    except (TypeError, ValueError):
-        return False
 
 
 class FastAttention(nn.Module):
@@ -94,9 +85,9 @@ class FastAttention(nn.Module):
             raise KernelError(f"head_dim_v={head_dim_v!r} must be a positive int or None")
         if backend not in ("auto", "triton", "torch"):
             raise KernelError(f"backend={backend!r}; use 'auto', 'triton' or 'torch'")
-        if scale is not None and not _finite_real(scale):
+        if scale is not None and not is_finite_real(scale):
             raise KernelError(f"scale={scale!r} must be a finite real number (or None for 1/sqrt(head_dim))")
-        if not (_finite_real(eps) and float(eps) > 0):
+        if not (is_finite_real(eps) and float(eps) > 0):
             raise KernelError(f"eps={eps!r} must be a finite real number > 0")
         if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
             raise KernelError(f"chunk={chunk!r} must be None or an int >= 1 (tokens per chunk)")

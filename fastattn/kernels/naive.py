@@ -155,13 +155,18 @@ def check_inputs(q, k, v, *, chunk=None, scale=None, eps=None) -> None:
                           "with .to(device)")
     if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
         raise KernelError(f"chunk={chunk!r} must be an int >= 1 (tokens per chunk)")
-    if scale is not None and not _finite_real(scale):
+    if scale is not None and not is_finite_real(scale):
         raise KernelError(f"scale={scale!r} must be a finite real number (or None for 1/sqrt(D))")
-    if eps is not None and not (_finite_real(eps) and float(eps) > 0):
+    if eps is not None and not (is_finite_real(eps) and float(eps) > 0):
         raise KernelError(f"eps={eps!r} must be a finite real number > 0 (it keeps |sum_j f| + eps away from 0)")
 
 
-def _finite_real(x) -> bool:
+def is_finite_real(x) -> bool:
+    """True for a real number that is finite (bools, complex numbers and non-numbers are not).
+
+    >>> is_finite_real(0.5), is_finite_real(float("nan")), is_finite_real(True)
+    (True, False, False)
+    """
     if isinstance(x, bool) or isinstance(x, complex):
         return False
     try:
