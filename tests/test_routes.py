@@ -12,7 +12,6 @@ every name ``plan`` can give.
 from __future__ import annotations
 
 import ast
-import functools
 import inspect
 
 import pytest
@@ -68,10 +67,8 @@ def test_route_matches_reference(row, dtype, monkeypatch):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     mod = load_module(polynomial(spec))
-    # fastattn.kernels.poly_attention calls the module's poly_attention: hand it the row's tuning
-    monkeypatch.setattr(mod, "poly_attention", functools.partial(mod.poly_attention, tuning=tuning))
     mod.routes_taken.clear()
-    run_case(spec, dtype, **{**SMALL, **case})
+    run_case(spec, dtype, **{**SMALL, **case}, tuning=tuning)
     assert mod.routes_taken == routes
 
 

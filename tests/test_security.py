@@ -157,6 +157,9 @@ def test_issue_13_reproduction_runs_nothing(tmp_path):
 def test_issue_13_reproduction_through_a_layer_runs_nothing(tmp_path, monkeypatch):
     """A layer built from the hostile spec (or a Spec named with it) runs through the cache; nothing else runs."""
     monkeypatch.chdir(tmp_path)
+    # a module memoised by an earlier test of this process would not be rendered into this cache
+    monkeypatch.setattr(codegen, "_BY_POLY", {})
+    monkeypatch.setattr(codegen, "_MODULES", {})
     marker = tmp_path / "marker"
     hostile = ISSUE_SPEC.replace("/tmp/m", str(marker))
     named = fastattn.spec("1 + x + x**2/2", name=hostile)
