@@ -1,8 +1,8 @@
-"""Every reproduction of issue 13 (sections 2 and 3) answers or refuses through the CLI within 10 s and 2 GiB.
+"""Every reproduction of issue 13 (sections 2 and 3) answers or refuses through the CLI within 10 s of CPU and 2 GiB.
 
 Each spec runs as ``python -m fastattn.cli analyze SPEC --dim 16 --json`` in a fresh process, two at
 a time; a small parent process per spec reads the child's peak RSS with ``getrusage(RUSAGE_CHILDREN)``
-after the wait. A spec passes with exit code 0 and one JSON object on stdout, or exit code 2 and one
+and its CPU time after the wait. A spec passes with exit code 0 and one JSON object on stdout, or exit code 2 and one
 line on stderr (no traceback); a timeout or a crash fails it.
 """
 
@@ -13,7 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-TIMEOUT_S = 10
+#: The issue's budget, on the child's CPU time (user + system): wall time on a shared 2-core CI machine
+#: running the suite's other worker beside it measures the neighbours too.
+CPU_BUDGET_S = 10
+#: A child still running after this much wall time is killed and fails (a hang, not a slow answer).
+TIMEOUT_S = 60
 MAX_RSS_BYTES = 2 * 1024**3
 
 # (spec, params): section 2 (bounded work) and section 3 (ordinary constants)
@@ -46,8 +50,9 @@ try:
 except subprocess.TimeoutExpired as exc:
     rc, out, err = "timeout", exc.stdout or "", exc.stderr or ""
     out, err = (s.decode() if isinstance(s, bytes) else s for s in (out, err))
-rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-print(json.dumps({"rc": rc, "stdout": out, "stderr": err, "rss": rss}))
+use = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"rc": rc, "stdout": out, "stderr": err, "rss": use.ru_maxrss * 1024,
+                  "cpu": use.ru_utime + use.ru_stime}))
 """
 
 
@@ -74,6 +79,7 @@ def test_reproduction_answers_or_refuses_in_budget(results, case):
     assert got["rc"] in (0, 2), f"exit {got['rc']}: {got['stderr'][-2000:]}"
     assert "Traceback" not in got["stderr"], got["stderr"][-2000:]
     assert got["rss"] < MAX_RSS_BYTES, f"peak RSS {got['rss'] / 2**20:.0f} MiB"
+    assert got["cpu"] < CPU_BUDGET_S, f"{got['cpu']:.1f} s of CPU time"
     # with --json an answer is one JSON object; an error is one JSON object too, or one line on stderr
     if got["rc"] == 0:
         assert isinstance(json.loads(got["stdout"]), dict)
