@@ -1,11 +1,14 @@
-"""torch.nn attention layers built from a spec, and reference attentions.
+"""torch.nn attention layers built from a spec, the SDPA-shaped functional form, and reference attentions.
 
 >>> from fastattn.attention import FastAttention
 >>> FastAttention.from_spec("1 + x + x**2/2", head_dim=64).feature_dim
 2145
 """
 
+from fastattn.attention.functional import fast_attention
 from fastattn.attention.layers import FastAttention, FastMultiheadAttention
 from fastattn.attention.reference import quadratic_attention, softmax_attention
+from fastattn.attention.state import State, init_state
 
-__all__ = ["FastAttention", "FastMultiheadAttention", "softmax_attention", "quadratic_attention"]
+__all__ = ["fast_attention", "State", "init_state", "FastAttention", "FastMultiheadAttention", "softmax_attention",
+           "quadratic_attention"]

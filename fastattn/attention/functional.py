@@ -1,0 +1,247 @@
+"""``fast_attention``: the SDPA-shaped functional form of polynomial linear attention, with GQA,
+a key padding mask, and a carried state (prefill from ``initial_state``, ``output_final_state``).
+
+The torch path here computes, per chunk of C tokens (causal),
+
+    o_c = [mask(f(s Q_c K_c^T)) V_c + phi(Q_c) S_{c-1}] / [row sums + phi(Q_c) z_{c-1}]
+
+with S_{c-1} = S_0 + sum of psi(k) v^T over earlier chunks, S_0 the ``initial_state``; the
+last S is the final state. Query heads of one GQA group read the same key/value features and
+state: K and V are never repeated. Masked keys get psi = 0, so they enter neither the sums
+nor the state.
+
+>>> import torch
+>>> q = torch.randn(1, 4, 10, 8); k = v = torch.randn(1, 2, 10, 8)
+>>> o, st = fast_attention(q, k, v, "1 + x + x**2/2", enable_gqa=True, output_final_state=True)
+>>> o.shape, st.S.shape
+(torch.Size([1, 4, 10, 8]), torch.Size([1, 2, 45, 8]))
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from fastattn.attention.state import State, check_state, state_dtype
+from fastattn.errors import KernelError
+from fastattn.kernels import naive
+from fastattn.kernels.poly import check_feature_count, check_normalizer, choose_backend, poly_attention, polynomial
+
+__all__ = ["fast_attention"]
+
+
+def _check_tensors(query, key, value, is_causal, enable_gqa):
+    for name, x in (("query", query), ("key", key), ("value", value)):
+        if not isinstance(x, torch.Tensor):
+            raise KernelError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
+        if x.dim() != 4:
+            raise KernelError(f"{name} must be [B, H, T, D] like scaled_dot_product_attention; got shape "
+                              f"{tuple(x.shape)}")
+    (B, Hq, Tq, D), (Bk, Hk, Tk, Dk), (Bv, Hv, Tv, DV) = query.shape, key.shape, value.shape
+    if not (B == Bk == Bv):
+        raise KernelError(f"batch sizes differ: query {B}, key {Bk}, value {Bv}")
+    if Dk != D:
+        raise KernelError(f"query head dim {D} != key head dim {Dk}: q.k needs one D")
+    if (Hv, Tv) != (Hk, Tk):
+        raise KernelError(f"key {tuple(key.shape)} and value {tuple(value.shape)} must share [B, H_kv, T_k]")
+    if D < 1 or DV < 1:
+        raise KernelError(f"head dims must be >= 1; got D={D}, DV={DV}")
+    if Hq != Hk:
+        if not enable_gqa:
+            raise KernelError(f"query has {Hq} heads and key/value {Hk}: pass enable_gqa=True for grouped-query "
+                              "attention (H_q a multiple of H_kv)")
+        if Hk < 1 or Hq % Hk:
+            raise KernelError(f"enable_gqa=True needs H_q a multiple of H_kv; got H_q={Hq}, H_kv={Hk}")
+    if is_causal and Tq != Tk:
+        raise KernelError(f"is_causal=True needs as many queries as keys; got T_q={Tq}, T_k={Tk}: carry an earlier "
+                          "prefix as initial_state, or pass is_causal=False")
+    if not (query.dtype == key.dtype == value.dtype) or not query.dtype.is_floating_point:
+        raise KernelError(f"query, key, value must share one real floating dtype; got {query.dtype}, {key.dtype}, "
+                          f"{value.dtype}")
+    if not (query.device == key.device == value.device):
+        raise KernelError(f"query, key, value must be on one device; got {query.device}, {key.device}, "
+                          f"{value.device}")
+
+
+def _check_mask(mask, B, Tk, device):
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        what = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise KernelError(f"key_padding_mask must be a bool tensor [B, T_k] (True = padding, as in "
+                          f"nn.MultiheadAttention); got {what}: an additive float mask has no meaning for f(s q.k), "
+                          "pass mask == float('-inf') instead")
+    if tuple(mask.shape) != (B, Tk):
+        raise KernelError(f"key_padding_mask has shape {tuple(mask.shape)}; expected [B, T_k] = [{B}, {Tk}]")
+    if mask.device != device:
+        raise KernelError(f"key_padding_mask is on {mask.device}, the keys on {device}: move it with .to(device)")
+
+
+def _torch_attention(q, k, v, poly, scale, causal, normalize, fix, eps, chunk, tables, state, keep, check_output):
+    """The torch path (any real float dtype; 16-bit computed in float32): returns (o, final State)."""
+    B, Hq, Tq, D = q.shape
+    Hk, Tk, DV = k.shape[1], k.shape[2], v.shape[-1]
+    G = Hq // Hk
+    out_dtype, work = q.dtype, state_dtype(q.dtype)
+    q0, k0, v0 = q, k, v
+    q, k, v = q.to(work), k.to(work), v.to(work)
+    phi = naive.symmetric_features(q, poly, scale, "phi", tables)
+    F = phi.shape[-1]
+    phi = phi.view(B, Hk, G, Tq, F)
+    psi = naive.symmetric_features(k, poly, scale, "psi", tables)  # [B, Hk, Tk, F]
+    if state is None:
+        S0 = torch.zeros(B, Hk, F, DV, device=q.device, dtype=work)
+        z0 = torch.zeros(B, Hk, F, device=q.device, dtype=work)
+        seen = torch.zeros(B, dtype=torch.int64, device=q.device)
+    else:
+        S0, z0, seen = state.S, state.z, state.tokens
+    if keep is not None:
+        # where, not a product: a padded key or value that is inf must not turn 0 * inf into NaN
+        psi = torch.where(keep[:, None, :, None], psi, 0.0)
+        v = torch.where(keep[:, None, :, None], v, 0.0)
+    real = keep.to(torch.int64) if keep is not None else torch.ones(B, Tk, dtype=torch.int64, device=q.device)
+    if not causal:
+        S1 = S0 + psi.transpose(-1, -2) @ v
+        z1 = z0 + psi.sum(-2)
+        n = phi @ S1[:, :, None]  # [B, Hk, G, Tq, DV]
+        z = (phi @ z1[:, :, None, :, None])[..., 0]  # [B, Hk, G, Tq]
+        visible = (seen + real.sum(-1))[:, None].expand(B, Tq)
+    else:
+        C = max(1, min(chunk, Tq))
+        N = -(-Tq // C)
+        pad = N * C - Tq
+
+        def split(x):  # [..., T, X] -> [..., N, C, X]; padded keys have psi = 0, so they add nothing
+            return torch.nn.functional.pad(x, (0, 0, 0, pad)).unflatten(-2, (N, C))
+
+        qc, kc, vc, phic, psic = split(q.view(B, Hk, G, Tq, D)), split(k), split(v), split(phi), split(psi)
+        # S_0, then S_0 + chunk 1, ...: the state before each chunk, and after the last
+        cum = torch.cat([S0[:, :, None], psic.transpose(-1, -2) @ vc], 2).cumsum(2)  # [B, Hk, N+1, F, DV]
+        zcum = torch.cat([z0[:, :, None], psic.sum(-2)], 2).cumsum(2)  # [B, Hk, N+1, F]
+        S1, z1 = cum[:, :, N], zcum[:, :, N]
+        valid = torch.arange(N * C, device=q.device).reshape(N, C) < Tq
+        mask = torch.ones(C, C, dtype=torch.bool, device=q.device).tril() & valid[:, None, :]  # [N, C, C]
+        if keep is not None:
+            mask = mask & split(keep[..., None])[..., 0][:, None, None, :, None, :]  # [B, 1, 1, N, C, C]
+        a = naive.horner(scale * (qc @ kc[:, :, None].transpose(-1, -2)), poly).masked_fill(~mask, 0.0)
+        n = (a @ vc[:, :, None] + phic @ cum[:, :, None, :N]).flatten(-3, -2)[..., :Tq, :]
+        z = (a.sum(-1) + (phic @ zcum[:, :, None, :N, :, None])[..., 0]).flatten(-2)[..., :Tq]
+        visible = seen[:, None] + real.cumsum(-1)
+    final = State(S1, z1, seen + real.sum(-1))
+    n, z = n.reshape(B, Hq, Tq, DV), z.reshape(B, Hq, Tq)
+    if not normalize:
+        return n.to(out_dtype), final
+    # a query that sees no key at all (every visible key masked) gets 0, not 0/0
+    empty = (visible == 0)[:, None, :]
+    d = z.abs() + eps if fix == "abs" else z
+    d = torch.where((d > 0) & torch.isfinite(d), d, torch.full_like(d, math.nan))
+    d = torch.where(empty, torch.ones_like(d), d)
+    o = torch.where(empty[..., None], torch.zeros_like(n), n / d[..., None]).to(out_dtype)
+    if check_output is not False:
+        naive.check_normalized(o, torch.where(empty, torch.ones_like(z), z), fix, q0, k0, v0)
+    return o, final
+
+
+def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, normalize=True, enable_gqa=False,
+                   initial_state=None, output_final_state=False, key_padding_mask=None, normalizer_fix=None,
+                   eps=1e-6, degree=None, chunk=None, backend="auto", tables=None, check_output=None):
+    """Polynomial linear attention o_i = sum_{j in M(i)} f(s q_i.k_j) v_j [/ sum_j f], shaped like SDPA.
+
+    A drop-in for ``torch.nn.functional.scaled_dot_product_attention(query, key, value,
+    is_causal=..., scale=..., enable_gqa=...)`` with f in place of exp, plus fla's carried state.
+
+    Parameters
+    ----------
+    query : tensor [B, H_q, T_q, D]
+    key : tensor [B, H_kv, T_k, D]
+    value : tensor [B, H_kv, T_k, DV]
+        One real floating dtype and one device.
+    spec : str, Spec, dict or Polynomial
+        f (see :func:`fastattn.kernels.polynomial`); ``degree`` truncates a non-polynomial f.
+    is_causal : bool
+        Query i sees keys j <= i (then T_q == T_k; an earlier prefix comes in as ``initial_state``).
+        Non-causal attention allows T_q != T_k (cross-attention).
+    scale : float, optional
+        s in f(s q.k); default 1/sqrt(D).
+    normalize : bool
+        Divide by sum_j f (see :func:`fastattn.kernels.poly.check_normalizer` and ``normalizer_fix``).
+    enable_gqa : bool
+        As in SDPA: H_q a multiple of H_kv, query head h reads key/value head h // (H_q / H_kv). The
+        torch path never copies K or V; the Triton path repeats them (no GQA kernel yet).
+    initial_state : State, optional
+        Sums over an earlier prefix (:func:`fastattn.attention.init_state`, or a previous call's
+        final state); every query also sees those tokens. Shape [B, H_kv, F, DV], in
+        :func:`fastattn.attention.state.state_dtype` of the inputs.
+    output_final_state : bool
+        Also return the state after the last key.
+    key_padding_mask : bool tensor [B, T_k], optional
+        True marks a padding key, as in ``nn.MultiheadAttention``: it takes no part in any output nor
+        in the state. A query that sees no key at all comes back as 0 (SDPA gives NaN).
+    normalizer_fix, eps, chunk, check_output
+        As in :func:`fastattn.kernels.poly.poly_attention`.
+    backend : "auto", "triton" or "torch"
+        The Triton kernels serve neither a carried state, a padding mask nor T_q != T_k yet: with
+        any of these, "auto" runs the torch path (CUDA tensors through torch ops) and "triton" raises
+        KernelError naming the missing support.
+    tables : tuple, optional
+        Precomputed :func:`fastattn.kernels.naive.symmetric_tables` for this f, D and scale.
+
+    Returns
+    -------
+    o : tensor [B, H_q, T_q, DV]
+    state : State
+        Only with ``output_final_state``.
+
+    Raises
+    ------
+    KernelError
+        Bad shapes (naming them), a GQA ratio that is not a whole number, a causal call with
+        T_q != T_k, a mask or state of the wrong shape, dtype or device, an unsupported Triton
+        request, or what :func:`fastattn.kernels.poly.poly_attention` refuses.
+
+    Examples
+    --------
+    >>> q = k = v = torch.randn(1, 2, 12, 4, dtype=torch.float64)
+    >>> o_a, st = fast_attention(q[:, :, :7], k[:, :, :7], v[:, :, :7], "1 + x + x**2/2", output_final_state=True)
+    >>> o_b = fast_attention(q[:, :, 7:], k[:, :, 7:], v[:, :, 7:], "1 + x + x**2/2", initial_state=st)
+    >>> o = fast_attention(q, k, v, "1 + x + x**2/2")
+    >>> bool(torch.allclose(torch.cat([o_a, o_b], 2), o))
+    True
+    """
+    poly = polynomial(spec, degree)
+    fix = check_normalizer(poly, normalize, normalizer_fix)
+    _check_tensors(query, key, value, is_causal, enable_gqa)
+    B, Hq, Tq, D = query.shape
+    Hk, Tk, DV = key.shape[1], key.shape[2], value.shape[-1]
+    check_feature_count(poly, D, DV)
+    if scale is not None and not naive.is_finite_real(scale):
+        raise KernelError(f"scale={scale!r} must be a finite real number (or None for 1/sqrt(D))")
+    if not (naive.is_finite_real(eps) and float(eps) > 0):
+        raise KernelError(f"eps={eps!r} must be a finite real number > 0")
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+        raise KernelError(f"chunk={chunk!r} must be None or an int >= 1 (tokens per chunk)")
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    if key_padding_mask is not None:
+        _check_mask(key_padding_mask, B, Tk, key.device)
+    if initial_state is not None:
+        check_state(initial_state, B, Hk, poly.feature_dim(D), DV, query.dtype, query.device)
+    needs = [name for name, on in (("initial_state", initial_state is not None),
+                                   ("output_final_state", output_final_state),
+                                   ("key_padding_mask", key_padding_mask is not None),
+                                   (f"T_q={Tq} != T_k={Tk}", Tq != Tk)) if on]
+    route = choose_backend(query, backend)
+    if route == "triton" and needs:
+        if backend == "triton":
+            raise KernelError(f"backend='triton': the Triton kernels do not support {', '.join(needs)} yet; "
+                              "use backend='auto' or 'torch' (the torch path serves them)")
+        route = "torch"
+    if route == "triton":
+        # no GQA kernel yet: repeat K and V per query group
+        G = Hq // Hk
+        k, v = (key, value) if G == 1 else (key.repeat_interleave(G, 1), value.repeat_interleave(G, 1))
+        return poly_attention(query, k, v, poly, scale=scale, causal=is_causal, normalize=normalize,
+                              normalizer_fix=fix, eps=eps, chunk=chunk, backend="triton", check_output=check_output)
+    keep = None if key_padding_mask is None else ~key_padding_mask
+    o, final = _torch_attention(query, key, value, poly, scale, is_causal, normalize, fix, eps,
+                                64 if chunk is None else chunk, tables, initial_state, keep, check_output)
+    return (o, final) if output_final_state else o
+
