@@ -146,7 +146,7 @@ def test_bf16_layer_under_the_interpreter_is_refused():
 
 @pytest.mark.parametrize("shape_q, shape_v, match", [
     ((1, 1, 5, 3), (1, 1, 5, 4), "\\[B, H, T, 4\\]; got q \\(1, 1, 5, 3\\)"),
-    ((1, 1, 5, 4), (1, 1, 6, 4), "got \\(1, 1, 6, 4\\)"),
+    ((1, 1, 5, 4), (1, 1, 6, 4), "value \\(1, 1, 6, 4\\) must share"),
     ((5, 4), (5, 4), "got q \\(5, 4\\)"),
 ])
 def test_layer_names_bad_shapes(shape_q, shape_v, match):
@@ -159,7 +159,8 @@ def test_multihead_block_matches_its_own_projections():
     torch.manual_seed(0)
     block = FastMultiheadAttention(32, 4, spec="1 + x + x**2/2", backend="torch").double()
     x = torch.randn(2, 40, 32, dtype=torch.float64, requires_grad=True)
-    y = block(x)
+    y, state = block(x)
+    assert state is None
     q, k, v = block.qkv(x).view(2, 40, 3, 4, 8).permute(2, 0, 3, 1, 4)
     o = quadratic_attention(q, k, v, block.attn.poly, scale=8**-0.5, causal=True, normalize=True)
     want = block.out_proj(o.transpose(1, 2).reshape(2, 40, 32))
@@ -170,8 +171,16 @@ def test_multihead_block_matches_its_own_projections():
 
 def test_multihead_block_in_a_small_transformer_trains_one_step():
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Embedding(50, 32), FastMultiheadAttention(32, 4, backend="torch"),
-                                torch.nn.LayerNorm(32), torch.nn.Linear(32, 50))
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.attn = torch.nn.Embedding(50, 32), FastMultiheadAttention(32, 4, backend="torch")
+            self.head = torch.nn.Sequential(torch.nn.LayerNorm(32), torch.nn.Linear(32, 50))
+
+        def forward(self, tokens):
+            return self.head(self.attn(self.emb(tokens))[0])
+
+    model = Model()
     tokens = torch.randint(0, 50, (2, 24))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     loss0 = torch.nn.functional.cross_entropy(model(tokens[:, :-1]).transpose(1, 2), tokens[:, 1:])
@@ -190,9 +199,9 @@ def test_torch_compile_does_not_break_the_block():
     torch.manual_seed(0)
     block = FastMultiheadAttention(16, 2, spec="1 + x + x**2/2", backend="torch", chunk=8)
     x = torch.randn(2, 20, 16, requires_grad=True)
-    want = block(x)
+    want, _ = block(x)
     compiled = torch.compile(block, backend="aot_eager")
-    got = compiled(x)
+    got, _ = compiled(x)
     assert_close("compiled", want, got, torch.float32)
     got.sum().backward()
     assert x.grad is not None and bool(torch.isfinite(x.grad).all())

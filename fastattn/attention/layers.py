@@ -6,7 +6,7 @@
 >>> attn(q, k, v).shape
 torch.Size([2, 4, 50, 8])
 >>> block = FastMultiheadAttention(32, 4, spec="1 + x + x**2/2")
->>> block(torch.randn(2, 50, 32)).shape
+>>> block(torch.randn(2, 50, 32))[0].shape
 torch.Size([2, 50, 32])
 """
 
@@ -17,10 +17,12 @@ import math
 import torch
 from torch import nn
 
+from fastattn.attention.functional import fast_attention
+from fastattn.attention.state import State, init_state
 from fastattn.errors import KernelError
 from fastattn.kernels.codegen import Polynomial
 from fastattn.kernels.naive import is_finite_real, symmetric_tables
-from fastattn.kernels.poly import check_feature_count, check_normalizer, choose_backend, poly_attention, polynomial
+from fastattn.kernels.poly import check_feature_count, check_normalizer, polynomial
 
 __all__ = ["FastAttention", "FastMultiheadAttention"]
 
@@ -28,11 +30,12 @@ __all__ = ["FastAttention", "FastMultiheadAttention"]
 class FastAttention(nn.Module):
     """Linear-time attention o_i = sum_{j in M(i)} f(s q_i.k_j) v_j [/ sum_j f], a drop-in for SDPA.
 
-    Takes (q, k, v) of shapes [B, H, T, D], [B, H, T, D], [B, H, T, DV] like
+    Takes (q, k, v) of shapes [B, H_q, T_q, D], [B, H_kv, T_k, D], [B, H_kv, T_k, DV] like
     ``torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)`` and
-    returns [B, H, T, DV]. CUDA tensors (and CPU tensors under ``TRITON_INTERPRET=1``) run
-    the Triton kernels generated for f; other tensors run the pure-torch chunkwise form.
-    Build it with :meth:`from_spec`.
+    returns [B, H_q, T_q, DV]; :meth:`forward` takes SDPA's and fla's keywords (GQA, a carried
+    state), :meth:`step` decodes one token against a state. CUDA tensors (and CPU tensors under
+    ``TRITON_INTERPRET=1``) run the Triton kernels generated for f where they serve the call;
+    other tensors run the pure-torch chunkwise form. Build it with :meth:`from_spec`.
 
     Parameters
     ----------
@@ -129,18 +132,86 @@ class FastAttention(nn.Module):
         """Size of the symmetric-tensor feature map on ``head_dim``."""
         return self.poly.feature_dim(self.head_dim)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        if q.dim() != 4 or q.shape[-1] != self.head_dim or k.shape != q.shape:
-            raise KernelError(f"expected q, k of shape [B, H, T, {self.head_dim}]; got q {tuple(q.shape)}, "
-                              f"k {tuple(k.shape)}")
-        if v.dim() != 4 or v.shape[:3] != q.shape[:3] or v.shape[-1] != self.head_dim_v:
-            raise KernelError(f"expected v of shape [B, H, T, {self.head_dim_v}] matching q {tuple(q.shape)}; "
-                              f"got {tuple(v.shape)}")
-        tables = (self._idx, self._w_phi, self._w_psi) if choose_backend(q, self.backend) == "torch" else None
-        return poly_attention(q, k, v, self.poly, scale=self.scale, causal=self.causal, normalize=self.normalize,
-                              normalizer_fix=self.normalizer_fix, eps=self.eps, chunk=self.chunk,
-                              block_f=self.block_f, block_v=self.block_v, backend=self.backend, tables=tables,
+    def _tables(self, scale):
+        # the prebuilt tables hold this layer's scale; another scale rebuilds them for the call
+        return (self._idx, self._w_phi, self._w_psi) if scale == self.scale else None
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: bool | None = None,
+                scale: float | None = None, enable_gqa: bool = False, initial_state: State | None = None,
+                output_final_state: bool = False, key_padding_mask: torch.Tensor | None = None):
+        """Attention of q [B, H_q, T_q, D] over k [B, H_kv, T_k, D], v [B, H_kv, T_k, DV].
+
+        The keywords are those of :func:`fastattn.attention.fast_attention`; ``is_causal`` and
+        ``scale`` default to the layer's. Returns o [B, H_q, T_q, DV], or (o, state) with
+        ``output_final_state``. A carried state, a padding mask or T_q != T_k run the torch path
+        (CUDA tensors through torch ops) unless the layer was built with backend="triton",
+        which refuses them.
+
+        Examples
+        --------
+        >>> attn = FastAttention.from_spec("1 + x + x**2/2", head_dim=4)
+        >>> q = torch.randn(1, 4, 6, 4); k = v = torch.randn(1, 2, 6, 4)
+        >>> o, st = attn(q, k, v, enable_gqa=True, output_final_state=True)
+        >>> o.shape, st.S.shape
+        (torch.Size([1, 4, 6, 4]), torch.Size([1, 2, 15, 4]))
+        """
+        for name, x, d in (("q", q, self.head_dim), ("k", k, self.head_dim), ("v", v, self.head_dim_v)):
+            if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[-1] != d:
+                got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+                raise KernelError(f"expected {name} of shape [B, H, T, {d}]; got {name} {got}")
+        scale = self.scale if scale is None else scale
+        return fast_attention(q, k, v, self.poly, is_causal=self.causal if is_causal is None else bool(is_causal),
+                              scale=scale, normalize=self.normalize, enable_gqa=enable_gqa,
+                              initial_state=initial_state, output_final_state=output_final_state,
+                              key_padding_mask=key_padding_mask, normalizer_fix=self.normalizer_fix, eps=self.eps,
+                              chunk=self.chunk, backend=self.backend, tables=self._tables(scale),
                               check_output=self.check_output)
+
+    def init_state(self, batch: int, heads: int, device=None, dtype: torch.dtype = torch.float32) -> State:
+        """The empty carried state for ``heads`` key/value heads (:func:`fastattn.attention.init_state`).
+
+        ``dtype`` is the dtype of the q, k, v that will meet it; the state is float32 (float64 for
+        float64 inputs).
+
+        Examples
+        --------
+        >>> FastAttention.from_spec("x**2", head_dim=4).init_state(2, 3).S.shape
+        torch.Size([2, 3, 10, 4])
+        """
+        return init_state(batch, heads, self.feature_dim, self.head_dim_v, device=device, dtype=dtype)
+
+    def step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: State, *,
+             enable_gqa: bool | None = None) -> tuple[torch.Tensor, State]:
+        """Decode one token: q [B, H_q, 1, D], k [B, H_kv, 1, D], v [B, H_kv, 1, DV] against ``state``.
+
+        Returns (o [B, H_q, 1, DV], the state with this token added); the token sees itself and every
+        token in the state, as the causal prefill of the whole sequence would. Cost O(F DV) per
+        head, whatever the context length. Grouped-query heads are allowed when H_q != H_kv
+        (``enable_gqa`` defaults to that). Torch ops on every device (no decoding kernel yet).
+
+        Examples
+        --------
+        >>> attn = FastAttention.from_spec("1 + x + x**2/2", head_dim=4)
+        >>> st = attn.init_state(1, 2)
+        >>> x = torch.randn(1, 2, 1, 4)
+        >>> o, st = attn.step(x, x, x, st)
+        >>> o.shape, st.tokens.tolist()
+        (torch.Size([1, 2, 1, 4]), [1])
+        """
+        for name, x in (("q", q), ("k", k), ("v", v)):
+            if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[2] != 1:
+                got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+                raise KernelError(f"step decodes one token: {name} must be [B, H, 1, D]; got {got} (use forward "
+                                  "with initial_state for several tokens)")
+        if state is None:
+            raise KernelError("step needs a state: start from layer.init_state(batch, heads, device, dtype) or a "
+                              "prefill's output_final_state=True")
+        gqa = q.shape[1] != k.shape[1] if enable_gqa is None else enable_gqa
+        backend = "torch" if self.backend == "auto" else self.backend
+        return fast_attention(q, k, v, self.poly, is_causal=True, scale=self.scale, normalize=self.normalize,
+                              enable_gqa=gqa, initial_state=state, output_final_state=True,
+                              normalizer_fix=self.normalizer_fix, eps=self.eps, chunk=1, backend=backend,
+                              tables=self._tables(self.scale), check_output=self.check_output)
 
     def extra_repr(self) -> str:
         return (f"f(x)={self.poly.text}, head_dim={self.head_dim}, head_dim_v={self.head_dim_v}, "
@@ -149,11 +220,14 @@ class FastAttention(nn.Module):
 
 
 class FastMultiheadAttention(nn.Module):
-    """Multi-head self-attention with input/output projections around :class:`FastAttention`.
+    """Multi-head attention with input/output projections around :class:`FastAttention`, shaped like
+    ``nn.MultiheadAttention``.
 
-    A block for a small transformer: ``forward(x)`` maps [B, T, embed_dim] to
-    [B, T, embed_dim] (batch first), like ``nn.MultiheadAttention(..., batch_first=True)``
-    used as ``attn(x, x, x, need_weights=False)[0]`` with a causal mask.
+    ``forward(query, key=None, value=None)`` maps [B, T, embed_dim] to [B, T, embed_dim]
+    (``batch_first=True``; [T, B, E] otherwise) and returns ``(out, None)``, or ``(out, state)``
+    with ``use_cache=True``, as ``nn.MultiheadAttention`` returns ``(out, weights)``: there are
+    no attention weights to return, the second slot carries the decoding state instead. Without
+    ``key``/``value`` it is self-attention; with them, cross-attention (non-causal).
 
     Parameters
     ----------
@@ -161,40 +235,122 @@ class FastMultiheadAttention(nn.Module):
         ``embed_dim`` must be divisible by ``num_heads``.
     spec : str, Spec, dict or Polynomial
         f; default ``"1 + x + x**2/2"`` (second-order Taylor of exp, positive on R).
+    num_kv_heads : int, optional
+        Key/value heads for grouped-query attention (``num_heads`` a multiple of it; default
+        ``num_heads``). The carried state has this many heads.
+    batch_first : bool
+        [B, T, E] (True, the default here) or [T, B, E].
+    bias : bool
+        Biases in the projections.
+    dropout : float
+        Probability of zeroing an entry of the attention output (per head, before ``out_proj``) in
+        training. ``nn.MultiheadAttention`` drops attention weights instead, which a linear
+        attention never forms; this is the nearest regulariser, not the same one.
     degree : int, optional
         Truncation degree for a non-polynomial f.
     causal, normalize, scale, normalizer_fix, eps, chunk, block_f, block_v, backend
-        As in :class:`FastAttention`.
-    bias : bool
-        Biases in the projections.
+        As in :class:`FastAttention`; ``causal`` is the default of ``forward``'s ``is_causal``.
+
+    The projections are one Linear ``qkv`` (query rows, then key rows, then value rows) and
+    ``out_proj``, so a self-attention call makes one matrix product for q, k and v.
 
     Examples
     --------
     >>> m = FastMultiheadAttention(16, 2, spec="(1+x)**3", normalize=False)
-    >>> m(torch.randn(1, 7, 16)).shape
+    >>> out, _ = m(torch.randn(1, 7, 16))
+    >>> out.shape
     torch.Size([1, 7, 16])
     """
 
-    def __init__(self, embed_dim: int, num_heads: int, spec="1 + x + x**2/2", *, degree: int | None = None,
+    def __init__(self, embed_dim: int, num_heads: int, spec="1 + x + x**2/2", *, num_kv_heads: int | None = None,
+                 batch_first: bool = True, bias: bool = True, dropout: float = 0.0, degree: int | None = None,
                  causal: bool = True, normalize: bool = True, scale: float | None = None,
-                 normalizer_fix: str | None = None, eps: float = 1e-6, bias: bool = True, chunk: int | None = None,
-                 block_f: int = 64, block_v: int | None = None, backend: str = "auto", device=None, dtype=None):
+                 normalizer_fix: str | None = None, eps: float = 1e-6, chunk: int | None = None, block_f: int = 64,
+                 block_v: int | None = None, backend: str = "auto", device=None, dtype=None):
         super().__init__()
         if num_heads < 1 or embed_dim % num_heads:
             raise KernelError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}")
-        self.embed_dim, self.num_heads = embed_dim, num_heads
+        kv = num_heads if num_kv_heads is None else num_kv_heads
+        if isinstance(kv, bool) or not isinstance(kv, int) or kv < 1 or num_heads % kv:
+            raise KernelError(f"num_kv_heads={num_kv_heads!r} must be an int >= 1 dividing num_heads={num_heads}")
+        if not (is_finite_real(dropout) and 0.0 <= float(dropout) < 1.0):
+            raise KernelError(f"dropout={dropout!r} must be a probability in [0, 1)")
+        self.embed_dim, self.num_heads, self.num_kv_heads = embed_dim, num_heads, kv
         self.head_dim = embed_dim // num_heads
-        self.qkv = nn.Linear(embed_dim, 3 * embed_dim, bias=bias, device=device, dtype=dtype)
+        self.batch_first, self.dropout = bool(batch_first), float(dropout)
+        self.qkv = nn.Linear(embed_dim, (num_heads + 2 * kv) * self.head_dim, bias=bias, device=device, dtype=dtype)
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias, device=device, dtype=dtype)
         self.attn = FastAttention.from_spec(spec, self.head_dim, causal=causal, normalize=normalize, scale=scale,
                                             degree=degree, normalizer_fix=normalizer_fix, eps=eps, chunk=chunk,
                                             block_f=block_f, block_v=block_v, backend=backend)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 3 or x.shape[-1] != self.embed_dim:
-            raise KernelError(f"expected x of shape [B, T, {self.embed_dim}]; got {tuple(x.shape)}")
+    def _project(self, x, part):
+        # rows of qkv: [query heads | key heads | value heads], each head_dim wide
+        H, Hk, Dh = self.num_heads, self.num_kv_heads, self.head_dim
+        lo, n = {"q": (0, H), "k": (H * Dh, Hk), "v": ((H + Hk) * Dh, Hk)}[part]
+        w = self.qkv.weight[lo:lo + n * Dh]
+        b = None if self.qkv.bias is None else self.qkv.bias[lo:lo + n * Dh]
         B, T, _ = x.shape
-        # [B, T, 3, H, Dh] -> three [B, H, T, Dh]
-        q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        o = self.attn(q, k, v)  # [B, H, T, Dh]
-        return self.out_proj(o.transpose(1, 2).reshape(B, T, self.embed_dim))
+        return nn.functional.linear(x, w, b).view(B, T, n, Dh).transpose(1, 2)
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor | None = None, value: torch.Tensor | None = None, *,
+                key_padding_mask: torch.Tensor | None = None, is_causal: bool | None = None,
+                past_state: State | None = None, use_cache: bool = False):
+        """Attend ``query`` over ``key``/``value`` (default: ``query`` itself).
+
+        Parameters
+        ----------
+        query : tensor [B, T_q, E] ([T_q, B, E] without ``batch_first``)
+        key, value : tensor [B, T_k, E], optional
+            Both or neither; without them, self-attention.
+        key_padding_mask : bool tensor [B, T_k], optional
+            True marks padding, as in ``nn.MultiheadAttention``: padded keys change no other token's
+            output and do not enter the state. A query that sees no real key gets 0 before ``out_proj``.
+        is_causal : bool, optional
+            Default: the layer's ``causal``.
+        past_state : State, optional
+            The state a previous call returned with ``use_cache=True``: this call continues that
+            sequence (prefill a prompt, then feed one token per call).
+        use_cache : bool
+            Return the state after this call's keys in the second slot.
+
+        Returns
+        -------
+        (out, None), or (out, state) with ``use_cache``.
+
+        Examples
+        --------
+        >>> m = FastMultiheadAttention(8, 2, num_kv_heads=1)
+        >>> x = torch.randn(1, 5, 8)
+        >>> _, st = m(x[:, :4], use_cache=True)
+        >>> out, st = m(x[:, 4:], past_state=st, use_cache=True)
+        >>> out.shape, st.tokens.tolist()
+        (torch.Size([1, 1, 8]), [5])
+        """
+        if (key is None) != (value is None):
+            raise KernelError("pass both key and value, or neither (self-attention)")
+        key = query if key is None else key
+        value = key if value is None else value
+        for name, x in (("query", query), ("key", key), ("value", value)):
+            if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.embed_dim:
+                got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+                order = "[B, T, E]" if self.batch_first else "[T, B, E]"
+                raise KernelError(f"expected {name} of shape {order} with E={self.embed_dim}; got {got}")
+        if not self.batch_first:
+            query, key, value = (x.transpose(0, 1) for x in (query, key, value))
+        if key.shape[:2] != value.shape[:2]:
+            raise KernelError(f"key {tuple(key.shape)} and value {tuple(value.shape)} must share batch and length")
+        B, T, _ = query.shape
+        if key is query and value is query:
+            q, k, v = self.qkv(query).split([self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim,
+                                             self.num_kv_heads * self.head_dim], dim=-1)
+            q, k, v = (x.view(B, T, -1, self.head_dim).transpose(1, 2) for x in (q, k, v))
+        else:
+            q, k, v = self._project(query, "q"), self._project(key, "k"), self._project(value, "v")
+        o = self.attn(q, k, v, is_causal=is_causal, enable_gqa=self.num_kv_heads != self.num_heads,
+                      initial_state=past_state, output_final_state=use_cache, key_padding_mask=key_padding_mask)
+        o, state = o if use_cache else (o, None)
+        if self.dropout and self.training:
+            o = nn.functional.dropout(o, self.dropout)
+        out = self.out_proj(o.transpose(1, 2).reshape(B, T, self.embed_dim))
+        return (out if self.batch_first else out.transpose(0, 1)), state
