@@ -179,8 +179,8 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
     normalizer_fix, eps, chunk, check_output
         As in :func:`fastattn.kernels.poly.poly_attention`.
     backend : "auto", "triton" or "torch"
-        The Triton kernels serve neither a carried state, a padding mask nor T_q != T_k yet: with
-        any of these, "auto" runs the torch path (CUDA tensors through torch ops) and "triton" raises
+        The Triton kernels serve neither a carried state, a padding mask, T_q != T_k nor float64
+        inputs yet: with any of these, "auto" runs the torch path (CUDA tensors through torch ops) and "triton" raises
         KernelError naming the missing support.
     tables : tuple, optional
         Precomputed :func:`fastattn.kernels.naive.symmetric_tables` for this f, D and scale.
@@ -227,7 +227,8 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
     needs = [name for name, on in (("initial_state", initial_state is not None),
                                    ("output_final_state", output_final_state),
                                    ("key_padding_mask", key_padding_mask is not None),
-                                   (f"T_q={Tq} != T_k={Tk}", Tq != Tk)) if on]
+                                   (f"T_q={Tq} != T_k={Tk}", Tq != Tk),
+                                   ("float64 inputs", query.dtype == torch.float64)) if on]
     route = choose_backend(query, backend)
     if route == "triton" and needs:
         if backend == "triton":
