@@ -188,6 +188,59 @@ def test_layer_forward_forwards_the_keywords():
     assert _max_diff(attn(q[:, :2], k, v), masked_quadratic_attention(q[:, :2], k, v, p)) < 1e-13
 
 
+def _gate(B, H, T, seed=1):
+    return -torch.rand(B, H, T, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("with_mask", [False, True], ids=["plain", "left-padded"])
+def test_gated_attention_matches_reference_with_gradients_including_dg(with_mask):
+    q, k, v = (x.requires_grad_() for x in _qkv(2, 4, 2, 15, 15, 4, 3))
+    g = _gate(2, 2, 15).requires_grad_()
+    mask = torch.zeros(2, 15, dtype=torch.bool)
+    mask[1, :4] = True
+    mask = mask if with_mask else None
+    got = fast_attention(q, k, v, F2, enable_gqa=True, g=g, key_padding_mask=mask, chunk=4)
+    leaves = [x.detach().clone().requires_grad_() for x in (q, k, v, g)]
+    want = masked_quadratic_attention(*leaves[:3], polynomial(F2), g=leaves[3], key_padding_mask=mask)
+    assert_close("o", want, got, torch.float64)
+    do = torch.randn_like(want)
+    got.backward(do)
+    want.backward(do)
+    for name, a, b in zip(("dq", "dk", "dv", "dg"), leaves, (q, k, v, g)):
+        assert_close(name, a.grad, b.grad, torch.float64)
+    assert _max_diff(got, fast_attention(q, k, v, F2, enable_gqa=True, key_padding_mask=mask)) > 1e-3
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)], ids=["fp64", "fp32"])
+def test_gated_prefill_in_parts_and_decoding_equal_one_prefill(dtype, tol):
+    attn = FastAttention.from_spec(F2, head_dim=4, chunk=4)
+    q, k, v = _qkv(1, 2, 2, 17, 17, 4, 4, dtype)
+    g = _gate(1, 2, 17).to(dtype)
+    full, st_full = attn(q, k, v, g=g, output_final_state=True)
+    o_a, st = attn(q[:, :, :9], k[:, :, :9], v[:, :, :9], g=g[..., :9], output_final_state=True)
+    outs = [o_a]
+    for t in range(9, 17):
+        o, st = attn.step(q[:, :, t:t + 1], k[:, :, t:t + 1], v[:, :, t:t + 1], st, g=g[..., t:t + 1])
+        outs.append(o)
+    assert _max_diff(torch.cat(outs, 2), full) < tol
+    assert _max_diff(st.S, st_full.S) < tol * 10
+    want = masked_quadratic_attention(q.double(), k.double(), v.double(), polynomial(F2), g=g.double())
+    assert_close("o vs reference", want, full, dtype)
+
+
+@pytest.mark.parametrize("make_g, kw, match", [
+    (lambda: torch.full((1, 2, 5), 0.1, dtype=torch.float64), {}, "g must be <= 0 and not NaN.*= 0.1"),
+    (lambda: torch.full((1, 2, 5), float("nan"), dtype=torch.float64), {}, "g must be <= 0 and not NaN.*= nan"),
+    (lambda: torch.zeros(1, 2, 4, dtype=torch.float64), {}, r"g must be a float tensor \[B, H_kv, T_k\] = \[1, 2, 5\]"),
+    (lambda: torch.zeros(1, 2, 5, dtype=torch.int64), {}, "g must be a float tensor.*torch.int64"),
+    (lambda: torch.zeros(1, 2, 5, dtype=torch.float64), dict(is_causal=False), r"g \(a forget gate\) needs is_causal"),
+])
+def test_refuses_a_bad_gate(make_g, kw, match):
+    q, k, v = _qkv(1, 2, 2, 5, 5, 4, 4)
+    with pytest.raises(KernelError, match=match):
+        fast_attention(q, k, v, F2, g=make_g(), **kw)
+
+
 # ---- refusals
 
 
@@ -264,6 +317,8 @@ def test_triton_backend_refuses_what_its_kernels_lack_and_auto_falls_back(monkey
     mask = torch.zeros(1, 6, dtype=torch.bool)
     with pytest.raises(KernelError, match="do not support key_padding_mask yet"):
         fast_attention(q, k, v, F2, key_padding_mask=mask, backend="triton")
+    with pytest.raises(KernelError, match="do not support g yet"):
+        fast_attention(q, k, v, F2, g=torch.zeros(1, 2, 6), backend="triton")
     with pytest.raises(KernelError, match="do not support T_q=3 != T_k=6 yet"):
         fast_attention(q[:, :, :3], k, v, F2, is_causal=False, backend="triton")
     # auto under the interpreter would pick Triton; with a state it runs the torch path instead

@@ -76,7 +76,24 @@ def _check_mask(mask, B, Tk, device):
         raise KernelError(f"key_padding_mask is on {mask.device}, the keys on {device}: move it with .to(device)")
 
 
-def _torch_attention(q, k, v, poly, scale, causal, normalize, fix, eps, chunk, tables, state, keep, check_output):
+def _check_gate(g, B, Hk, Tk, key, is_causal):
+    if not is_causal:
+        raise KernelError("g (a forget gate) needs is_causal=True: a decay orders the keys")
+    if not isinstance(g, torch.Tensor) or not g.dtype.is_floating_point or tuple(g.shape) != (B, Hk, Tk):
+        got = f"{tuple(g.shape)} {g.dtype}" if isinstance(g, torch.Tensor) else type(g).__name__
+        raise KernelError(f"g must be a float tensor [B, H_kv, T_k] = [{B}, {Hk}, {Tk}] (one log gate per token and "
+                          f"key/value head); got {got}")
+    if g.device != key.device:
+        raise KernelError(f"g is on {g.device}, the keys on {key.device}: move it with .to(device)")
+    bad = ~(g <= 0)  # NaN fails too
+    if bool(bad.any()):
+        where = tuple(bad.nonzero()[0].tolist())
+        raise KernelError(f"g must be <= 0 and not NaN (a log forget gate, fla's convention); g{list(where)} = "
+                          f"{g[where].item():.6g}: pass logsigmoid(x) or -softplus(x)")
+
+
+def _torch_attention(q, k, v, poly, scale, causal, normalize, fix, eps, chunk, tables, state, keep, check_output,
+                     g=None):
     """The torch path (any real float dtype; 16-bit computed in float32): returns (o, final State)."""
     B, Hq, Tq, D = q.shape
     Hk, Tk, DV = k.shape[1], k.shape[2], v.shape[-1]
@@ -114,15 +131,33 @@ def _torch_attention(q, k, v, poly, scale, causal, normalize, fix, eps, chunk, t
             return torch.nn.functional.pad(x, (0, 0, 0, pad)).unflatten(-2, (N, C))
 
         qc, kc, vc, phic, psic = split(q.view(B, Hk, G, Tq, D)), split(k), split(v), split(phi), split(psi)
-        # S_0, then S_0 + chunk 1, ...: the state before each chunk, and after the last
-        cum = torch.cat([S0[:, :, None], psic.transpose(-1, -2) @ vc], 2).cumsum(2)  # [B, Hk, N+1, F, DV]
-        zcum = torch.cat([z0[:, :, None], psic.sum(-2)], 2).cumsum(2)  # [B, Hk, N+1, F]
+        if g is None:
+            # S_0, then S_0 + chunk 1, ...: the state before each chunk, and after the last
+            cum = torch.cat([S0[:, :, None], psic.transpose(-1, -2) @ vc], 2).cumsum(2)  # [B, Hk, N+1, F, DV]
+            zcum = torch.cat([z0[:, :, None], psic.sum(-2)], 2).cumsum(2)  # [B, Hk, N+1, F]
+        else:
+            # decays within a chunk from its local cumulative gate b; a masked key's gate is 0 (padding decays nothing)
+            gw = g.to(work) if keep is None else torch.where(keep[:, None, :], g.to(work), 0.0)
+            b = split(gw[..., None])[..., 0].cumsum(-1)  # [B, Hk, N, C]
+            wk = torch.exp(b[..., -1:] - b)[..., None]  # key i's weight in its chunk's end state
+            add, zadd = (psic * wk).transpose(-1, -2) @ vc, (psic * wk).sum(-2)
+            cum, zcum = [S0], [z0]
+            for c in range(N):  # the state scan: S_c = exp(b_last) S_{c-1} + sum_i exp(b_last - b_i) psi v^T
+                decay = torch.exp(b[:, :, c, -1])
+                cum.append(decay[..., None, None] * cum[-1] + add[:, :, c])
+                zcum.append(decay[..., None] * zcum[-1] + zadd[:, :, c])
+            cum, zcum = torch.stack(cum, 2), torch.stack(zcum, 2)
         S1, z1 = cum[:, :, N], zcum[:, :, N]
         valid = torch.arange(N * C, device=q.device).reshape(N, C) < Tq
         mask = torch.ones(C, C, dtype=torch.bool, device=q.device).tril() & valid[:, None, :]  # [N, C, C]
         if keep is not None:
             mask = mask & split(keep[..., None])[..., 0][:, None, None, :, None, :]  # [B, 1, 1, N, C, C]
         a = naive.horner(scale * (qc @ kc[:, :, None].transpose(-1, -2)), poly).masked_fill(~mask, 0.0)
+        if g is not None:
+            tri = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+            # exp(b_t - b_i) for i <= t; the upper triangle is -inf before exp so it cannot overflow
+            a = a * torch.exp((b[..., :, None] - b[..., None, :]).masked_fill(~tri, -math.inf))[:, :, None]
+            phic = phic * torch.exp(b)[:, :, None, ..., None]
         n = (a @ vc[:, :, None] + phic @ cum[:, :, None, :N]).flatten(-3, -2)[..., :Tq, :]
         z = (a.sum(-1) + (phic @ zcum[:, :, None, :N, :, None])[..., 0]).flatten(-2)[..., :Tq]
         visible = seen[:, None] + real.cumsum(-1)
@@ -142,7 +177,7 @@ def _torch_attention(q, k, v, poly, scale, causal, normalize, fix, eps, chunk, t
 
 
 def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, normalize=True, enable_gqa=False,
-                   initial_state=None, output_final_state=False, key_padding_mask=None, normalizer_fix=None,
+                   g=None, initial_state=None, output_final_state=False, key_padding_mask=None, normalizer_fix=None,
                    eps=1e-6, degree=None, chunk=None, backend="auto", tables=None, check_output=None):
     """Polynomial linear attention o_i = sum_{j in M(i)} f(s q_i.k_j) v_j [/ sum_j f], shaped like SDPA.
 
@@ -167,6 +202,10 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
     enable_gqa : bool
         As in SDPA: H_q a multiple of H_kv, query head h reads key/value head h // (H_q / H_kv). The
         torch path never copies K or V; the Triton path repeats them (no GQA kernel yet).
+    g : tensor [B, H_kv, T_k], optional
+        Log forget gate per token and key/value head, <= 0 (fla's convention; a fixed per-head decay
+        is a constant g): S_t = exp(g_t) S_{t-1} + psi(k_t) v_t^T, i.e. pair (t, i) weighs
+        exp(g_{i+1} + ... + g_t). Causal only. A padded key's gate is taken as 0. Differentiable.
     initial_state : State, optional
         Sums over an earlier prefix (:func:`fastattn.attention.init_state`, or a previous call's
         final state); every query also sees those tokens. Shape [B, H_kv, F, DV], in
@@ -222,11 +261,13 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     if key_padding_mask is not None:
         _check_mask(key_padding_mask, B, Tk, key.device)
+    if g is not None:
+        _check_gate(g, B, Hk, Tk, key, is_causal)
     if initial_state is not None:
         check_state(initial_state, B, Hk, poly.feature_dim(D), DV, query.dtype, query.device)
     needs = [name for name, on in (("initial_state", initial_state is not None),
                                    ("output_final_state", output_final_state),
-                                   ("key_padding_mask", key_padding_mask is not None),
+                                   ("key_padding_mask", key_padding_mask is not None), ("g", g is not None),
                                    (f"T_q={Tq} != T_k={Tk}", Tq != Tk),
                                    ("float64 inputs", query.dtype == torch.float64)) if on]
     route = choose_backend(query, backend)
@@ -243,6 +284,6 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
                               normalizer_fix=fix, eps=eps, chunk=chunk, backend="triton", check_output=check_output)
     keep = None if key_padding_mask is None else ~key_padding_mask
     o, final = _torch_attention(query, key, value, poly, scale, is_causal, normalize, fix, eps,
-                                64 if chunk is None else chunk, tables, initial_state, keep, check_output)
+                                64 if chunk is None else chunk, tables, initial_state, keep, check_output, g)
     return (o, final) if output_final_state else o
 

@@ -137,8 +137,9 @@ class FastAttention(nn.Module):
         return (self._idx, self._w_phi, self._w_psi) if scale == self.scale else None
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: bool | None = None,
-                scale: float | None = None, enable_gqa: bool = False, initial_state: State | None = None,
-                output_final_state: bool = False, key_padding_mask: torch.Tensor | None = None):
+                scale: float | None = None, enable_gqa: bool = False, g: torch.Tensor | None = None,
+                initial_state: State | None = None, output_final_state: bool = False,
+                key_padding_mask: torch.Tensor | None = None):
         """Attention of q [B, H_q, T_q, D] over k [B, H_kv, T_k, D], v [B, H_kv, T_k, DV].
 
         The keywords are those of :func:`fastattn.attention.fast_attention`; ``is_causal`` and
@@ -161,7 +162,7 @@ class FastAttention(nn.Module):
                 raise KernelError(f"expected {name} of shape [B, H, T, {d}]; got {name} {got}")
         scale = self.scale if scale is None else scale
         return fast_attention(q, k, v, self.poly, is_causal=self.causal if is_causal is None else bool(is_causal),
-                              scale=scale, normalize=self.normalize, enable_gqa=enable_gqa,
+                              scale=scale, normalize=self.normalize, enable_gqa=enable_gqa, g=g,
                               initial_state=initial_state, output_final_state=output_final_state,
                               key_padding_mask=key_padding_mask, normalizer_fix=self.normalizer_fix, eps=self.eps,
                               chunk=self.chunk, backend=self.backend, tables=self._tables(scale),
@@ -180,14 +181,16 @@ class FastAttention(nn.Module):
         """
         return init_state(batch, heads, self.feature_dim, self.head_dim_v, device=device, dtype=dtype)
 
-    def step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: State, *,
+    def step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: State, g: torch.Tensor | None = None, *,
              enable_gqa: bool | None = None) -> tuple[torch.Tensor, State]:
         """Decode one token: q [B, H_q, 1, D], k [B, H_kv, 1, D], v [B, H_kv, 1, DV] against ``state``.
 
         Returns (o [B, H_q, 1, DV], the state with this token added); the token sees itself and every
         token in the state, as the causal prefill of the whole sequence would. Cost O(F DV) per
         head, whatever the context length. Grouped-query heads are allowed when H_q != H_kv
-        (``enable_gqa`` defaults to that). Torch ops on every device (no decoding kernel yet).
+        (``enable_gqa`` defaults to that). ``g`` [B, H_kv, 1], a log forget gate <= 0, decays the
+        state first: S <- exp(g) S + psi(k) v^T. Torch ops on every device (no decoding kernel yet);
+        a layer built with backend="triton" refuses.
 
         Examples
         --------
@@ -209,7 +212,7 @@ class FastAttention(nn.Module):
         gqa = q.shape[1] != k.shape[1] if enable_gqa is None else enable_gqa
         backend = "torch" if self.backend == "auto" else self.backend
         return fast_attention(q, k, v, self.poly, is_causal=True, scale=self.scale, normalize=self.normalize,
-                              enable_gqa=gqa, initial_state=state, output_final_state=True,
+                              enable_gqa=gqa, g=g, initial_state=state, output_final_state=True,
                               normalizer_fix=self.normalizer_fix, eps=self.eps, chunk=1, backend=backend,
                               tables=self._tables(self.scale), check_output=self.check_output)
 

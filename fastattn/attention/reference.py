@@ -28,14 +28,15 @@ def softmax_attention(q, k, v, causal=True, scale=None):
 
 
 def masked_quadratic_attention(q, k, v, coeffs, *, scale=None, is_causal=True, normalize=True, normalizer_fix=None,
-                               eps=1e-6, key_padding_mask=None):
+                               eps=1e-6, key_padding_mask=None, g=None):
     """The layer's map with A = f(s Q K^T) materialised: GQA, a padding mask, and a key prefix.
 
     q [B, H_q, T_q, D]; k [B, H_kv, T_k, D], v [B, H_kv, T_k, DV] with H_q a multiple of H_kv
     (K and V are repeated here, query head h reading key head h // (H_q / H_kv)).
     ``is_causal`` aligns the queries with the last T_q keys (the first T_k - T_q keys are a prefix
     every query sees, as a carried state is). ``key_padding_mask`` [B, T_k] marks padding with True.
-    Rows that see no key are 0; ``normalizer_fix="abs"`` divides by |sum f| + eps.
+    Rows that see no key are 0; ``normalizer_fix="abs"`` divides by |sum f| + eps. ``g`` [B, H_kv, T_k]
+    (log forget gates) weighs pair (t, i) by exp(g_{i+1} + ... + g_t); a padded key's gate counts as 0.
 
     >>> q = k = v = torch.randn(1, 2, 5, 4, dtype=torch.float64)
     >>> c = {0: 1.0, 1: 1.0}
@@ -52,6 +53,12 @@ def masked_quadratic_attention(q, k, v, coeffs, *, scale=None, is_causal=True, n
     see = see.expand(q.shape[0], 1, Tq, Tk)
     if key_padding_mask is not None:
         see = see & ~key_padding_mask[:, None, None, :]
+    if g is not None:
+        if key_padding_mask is not None:
+            g = g.masked_fill(key_padding_mask[:, None, :], 0.0)
+        G = g.repeat_interleave(Hq // Hk, 1).cumsum(-1)  # [B, H, T_k]
+        gap = G[..., Tk - Tq:, None] - G[..., None, :]  # [B, H, T_q, T_k]
+        a = a * torch.exp(torch.where(see, gap, -math.inf))
     a = torch.where(see, a, 0.0)
     o = a @ torch.where(see.any(-2)[..., None], v, 0.0)
     if not normalize:
