@@ -27,7 +27,7 @@ import fastattn
 from fastattn.attention.layers import FastAttention
 from fastattn.errors import KernelError, SpecError
 from fastattn.kernels import codegen
-from fastattn.kernels.codegen import TEMPLATE_PATH, Polynomial, cache_dir, load_module, render
+from fastattn.kernels.codegen import Polynomial, cache_dir, load_module, render, template_text
 from fastattn.kernels.generate import write_module
 
 pytestmark = pytest.mark.usefixtures("kernel_env")
@@ -50,7 +50,7 @@ def _segments(src: str) -> list[tuple[ast.stmt, str]]:
 
 
 # comparing source text is exact (equal text, equal statement) and far cheaper than ast.dump
-_TEMPLATE_STATEMENTS = {text for _, text in _segments(TEMPLATE_PATH.read_text())}
+_TEMPLATE_STATEMENTS = {text for _, text in _segments(template_text())}
 
 
 def _fragments(marker: Path) -> list[str]:

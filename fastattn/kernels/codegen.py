@@ -1,7 +1,9 @@
 """Generate the Triton module of a polynomial linear attention from the coefficients of f.
 
-The shared kernels live in ``_template.py`` (a valid module for f(x) = x). Code generation
-replaces two marked blocks of it: the header (docstring, coefficients, positivity) and the
+The shared kernels live in the part files of ``parts/`` (``00_header.py`` to ``80_api.py``, one
+idea each, read in name order); :func:`template_text` joins them, without each part's own
+docstring, into the template: one module, valid as is for f(x) = x. Code generation replaces two
+marked blocks of it: the header (docstring, coefficients, positivity) and the
 device functions that depend on f: ``_f`` and ``_df`` (Horner on the score tile, literal
 coefficients), ``_phi`` (the symmetric-basis features of a row tile, one gathered factor
 per degree slot) and ``_phi_vjp`` (their transposed Jacobian). The source is written to a
@@ -42,9 +44,10 @@ from typing import Mapping
 
 from fastattn.errors import KernelError
 
-__all__ = ["Polynomial", "render", "load_module", "cache_dir", "exec_source", "TEMPLATE_PATH"]
+__all__ = ["Polynomial", "render", "load_module", "cache_dir", "exec_source", "PARTS_DIR", "template_text"]
 
-TEMPLATE_PATH = Path(__file__).with_name("_template.py")
+#: The template's part files, joined in name order by :func:`template_text`.
+PARTS_DIR = Path(__file__).with_name("parts")
 _MODULES: dict = {}
 _BY_POLY: dict = {}
 #: Longest free text (origin, reason, ...) copied into a generated docstring, in characters.
@@ -372,10 +375,33 @@ def _check_generated(header: str, functions: str) -> None:
             raise KernelError(f"generated device code has a statement {_inert(ast.dump(node)[:80])}; this is a bug")
 
 
+def part_paths() -> list[Path]:
+    """The template's part files (``parts/[0-9][0-9]_*.py``), in the order they are joined."""
+    return sorted(PARTS_DIR.glob("[0-9][0-9]_*.py"))
+
+
+def _part_body(path: Path) -> str:
+    """A part's text without its opening docstring and the blank line after it (the part's own notes)."""
+    text = path.read_text(encoding="utf-8")
+    if not (text.startswith('"""') and '"""\n\n' in text[3:]):
+        raise KernelError(f"template part {path} must open with a docstring followed by a blank line")
+    return text[3:].split('"""\n\n', 1)[1]
+
+
+def template_text() -> str:
+    """The template: the part files joined in order, a valid module for f(x) = x.
+
+    >>> src = template_text()
+    >>> src.startswith("# >>> header") and "def poly_attention(" in src
+    True
+    """
+    return "".join(_part_body(path) for path in part_paths())
+
+
 def _replace_block(src: str, name: str, body: str) -> str:
     pat = re.compile(rf"^# >>> {name}\n.*?^# <<< {name}\n", re.S | re.M)
     if not pat.search(src):
-        raise KernelError(f"template {TEMPLATE_PATH} has no block '{name}'")
+        raise KernelError(f"the template (parts in {PARTS_DIR}) has no block '{name}'")
     return pat.sub(lambda _: body, src, count=1)
 
 
@@ -389,7 +415,7 @@ def render(poly: Polynomial, defaults: dict | None = None, head_dims: tuple | No
     """
     header, functions = _header(poly, defaults, head_dims), _device_functions(poly)
     _check_generated(header, functions)
-    src = TEMPLATE_PATH.read_text()
+    src = template_text()
     src = _replace_block(src, "header", header)
     src = _replace_block(src, "device_functions", functions)
     return src
