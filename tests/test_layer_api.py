@@ -241,6 +241,36 @@ def test_refuses_a_bad_gate(make_g, kw, match):
         fast_attention(q, k, v, F2, g=make_g(), **kw)
 
 
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+def test_varlen_equals_separate_calls_per_sequence(causal):
+    lengths = [5, 1, 9, 0, 4]
+    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32)
+    q, k, v = _qkv(1, 4, 2, 19, 19, 4, 3)
+    g = _gate(1, 2, 19) if causal else None
+    st0 = init_state(5, 2, 15, 3, dtype=torch.float64)
+    st0.S.normal_(generator=torch.Generator().manual_seed(3))
+    o, st = fast_attention(q, k, v, F2, is_causal=causal, enable_gqa=True, g=g, cu_seqlens=cu, initial_state=st0,
+                           output_final_state=True, chunk=4)
+    for n, (a, b) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+        one = State(st0.S[n:n + 1], st0.z[n:n + 1], st0.tokens[n:n + 1])
+        o_n, st_n = fast_attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], F2, is_causal=causal, enable_gqa=True,
+                                   g=None if g is None else g[..., a:b], initial_state=one, output_final_state=True)
+        assert _max_diff(o[:, :, a:b], o_n) < 1e-12 if b > a else o_n.shape[2] == 0
+        assert _max_diff(st.S[n:n + 1], st_n.S) < 1e-12 and st.tokens[n].item() == lengths[n]
+
+
+@pytest.mark.parametrize("cu, kw, match", [
+    (torch.tensor([0, 3, 5]), {}, r"must start at 0, end at T=6"),
+    (torch.tensor([0, 4, 3, 6]), {}, r"never decrease"),
+    (torch.tensor([0.0, 6.0]), {}, r"1-D int32/int64 tensor"),
+    (torch.tensor([0, 6], dtype=torch.int32), dict(batch=2), r"needs B = 1 and T_q == T_k; got B=2"),
+])
+def test_refuses_bad_cu_seqlens(cu, kw, match):
+    q, k, v = _qkv(kw.get("batch", 1), 2, 2, 6, 6, 4, 4)
+    with pytest.raises(KernelError, match=match):
+        fast_attention(q, k, v, F2, cu_seqlens=cu)
+
+
 # ---- refusals
 
 

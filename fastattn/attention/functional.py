@@ -76,6 +76,21 @@ def _check_mask(mask, B, Tk, device):
         raise KernelError(f"key_padding_mask is on {mask.device}, the keys on {device}: move it with .to(device)")
 
 
+def _check_cu_seqlens(cu, B, Tq, Tk, device):
+    if not isinstance(cu, torch.Tensor) or cu.dim() != 1 or cu.dtype not in (torch.int32, torch.int64) or len(cu) < 2:
+        got = f"{tuple(cu.shape)} {cu.dtype}" if isinstance(cu, torch.Tensor) else type(cu).__name__
+        raise KernelError(f"cu_seqlens must be a 1-D int32/int64 tensor of N + 1 offsets (0, ..., T); got {got}")
+    if B != 1 or Tq != Tk:
+        raise KernelError(f"cu_seqlens packs sequences into one row: needs B = 1 and T_q == T_k; got B={B}, "
+                          f"T_q={Tq}, T_k={Tk}")
+    if cu.device != device:
+        raise KernelError(f"cu_seqlens is on {cu.device}, the keys on {device}: move it with .to(device)")
+    c = cu.tolist()
+    if c[0] != 0 or c[-1] != Tq or any(b < a for a, b in zip(c[:-1], c[1:])):
+        raise KernelError(f"cu_seqlens={c} must start at 0, end at T={Tq} and never decrease")
+    return len(c) - 1
+
+
 def _check_gate(g, B, Hk, Tk, key, is_causal):
     if not is_causal:
         raise KernelError("g (a forget gate) needs is_causal=True: a decay orders the keys")
@@ -177,8 +192,9 @@ def _torch_attention(q, k, v, poly, scale, causal, normalize, fix, eps, chunk, t
 
 
 def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, normalize=True, enable_gqa=False,
-                   g=None, initial_state=None, output_final_state=False, key_padding_mask=None, normalizer_fix=None,
-                   eps=1e-6, degree=None, chunk=None, backend="auto", tables=None, check_output=None):
+                   g=None, initial_state=None, output_final_state=False, cu_seqlens=None, key_padding_mask=None,
+                   normalizer_fix=None, eps=1e-6, degree=None, chunk=None, backend="auto", tables=None,
+                   check_output=None):
     """Polynomial linear attention o_i = sum_{j in M(i)} f(s q_i.k_j) v_j [/ sum_j f], shaped like SDPA.
 
     A drop-in for ``torch.nn.functional.scaled_dot_product_attention(query, key, value,
@@ -212,6 +228,11 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
         :func:`fastattn.attention.state.state_dtype` of the inputs.
     output_final_state : bool
         Also return the state after the last key.
+    cu_seqlens : int tensor [N + 1], optional
+        Varlen packing as in fla and FlashAttention: B = 1 and sequence n is tokens
+        cu_seqlens[n]:cu_seqlens[n + 1] (0 first, T last, non-decreasing); no token sees another
+        sequence and no state crosses a boundary. ``initial_state`` and the final state then have
+        one row per sequence ([N, H_kv, F, DV]). The torch path loops over the sequences.
     key_padding_mask : bool tensor [B, T_k], optional
         True marks a padding key, as in ``nn.MultiheadAttention``: it takes no part in any output nor
         in the state. A query that sees no key at all comes back as 0 (SDPA gives NaN).
@@ -263,11 +284,13 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
         _check_mask(key_padding_mask, B, Tk, key.device)
     if g is not None:
         _check_gate(g, B, Hk, Tk, key, is_causal)
+    n_seq = B if cu_seqlens is None else _check_cu_seqlens(cu_seqlens, B, Tq, Tk, key.device)
     if initial_state is not None:
-        check_state(initial_state, B, Hk, poly.feature_dim(D), DV, query.dtype, query.device)
+        check_state(initial_state, n_seq, Hk, poly.feature_dim(D), DV, query.dtype, query.device)
     needs = [name for name, on in (("initial_state", initial_state is not None),
                                    ("output_final_state", output_final_state),
                                    ("key_padding_mask", key_padding_mask is not None), ("g", g is not None),
+                                   ("cu_seqlens", cu_seqlens is not None),
                                    (f"T_q={Tq} != T_k={Tk}", Tq != Tk),
                                    ("float64 inputs", query.dtype == torch.float64)) if on]
     route = choose_backend(query, backend)
@@ -283,7 +306,24 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
         return poly_attention(query, k, v, poly, scale=scale, causal=is_causal, normalize=normalize,
                               normalizer_fix=fix, eps=eps, chunk=chunk, backend="triton", check_output=check_output)
     keep = None if key_padding_mask is None else ~key_padding_mask
-    o, final = _torch_attention(query, key, value, poly, scale, is_causal, normalize, fix, eps,
-                                64 if chunk is None else chunk, tables, initial_state, keep, check_output, g)
-    return (o, final) if output_final_state else o
+    chunk = 64 if chunk is None else chunk
+    if cu_seqlens is None:
+        o, final = _torch_attention(query, key, value, poly, scale, is_causal, normalize, fix, eps, chunk, tables,
+                                    initial_state, keep, check_output, g)
+        return (o, final) if output_final_state else o
+    outs, finals = [], []
+    bounds = cu_seqlens.tolist()
+    for n, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        part = lambda x: None if x is None else x[..., a:b]  # noqa: E731
+        st = None if initial_state is None else State(initial_state.S[n:n + 1], initial_state.z[n:n + 1],
+                                                      initial_state.tokens[n:n + 1])
+        o, fin = _torch_attention(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], poly, scale, is_causal,
+                                  normalize, fix, eps, chunk, tables, st, part(keep), check_output, part(g))
+        outs.append(o)
+        finals.append(fin)
+    o = torch.cat(outs, 2)
+    if not output_final_state:
+        return o
+    return o, State(torch.cat([f.S for f in finals]), torch.cat([f.z for f in finals]),
+                    torch.cat([f.tokens for f in finals]))
 
