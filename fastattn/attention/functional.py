@@ -145,7 +145,7 @@ def _torch_attention(q, k, v, poly, scale, causal, normalize, fix, eps, chunk, t
         def split(x):  # [..., T, X] -> [..., N, C, X]; padded keys have psi = 0, so they add nothing
             return torch.nn.functional.pad(x, (0, 0, 0, pad)).unflatten(-2, (N, C))
 
-        qc, kc, vc, phic, psic = split(q.view(B, Hk, G, Tq, D)), split(k), split(v), split(phi), split(psi)
+        qc, kc, vc, phic, psic = split(q.reshape(B, Hk, G, Tq, D)), split(k), split(v), split(phi), split(psi)
         if g is None:
             # S_0, then S_0 + chunk 1, ...: the state before each chunk, and after the last
             cum = torch.cat([S0[:, :, None], psic.transpose(-1, -2) @ vc], 2).cumsum(2)  # [B, Hk, N+1, F, DV]
