@@ -1,0 +1,141 @@
+"""Context parallelism on CPU: 2 and 4 gloo processes against the single-process call on the whole sequence.
+
+One spawn per world size runs every case; each worker writes its errors to a file and the tests
+below assert on them, one test per case. A worker that raises fails the fixture with its
+traceback; a worker that hangs fails it at the timeout.
+"""
+
+import os
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from fastattn.attention import FastAttention, fast_attention
+from fastattn.distributed import ContextParallelAttention, context_parallel_attention, local_state
+from fastattn.errors import KernelError
+
+SPEC = "1 + x + x**2/2"
+TIMEOUT_S = 120
+# max-abs error allowed on values of size ~1; measured here: float64 <= 7e-15, float32 <= 5e-7
+TOL = {torch.float64: 1e-10, torch.float32: 2e-6}
+
+# name: (dtype, gate, normalize, gqa, lengths ("even" or "uneven"), causal, through the layer)
+CASES = {
+    "f64": (torch.float64, False, True, False, "even", True, False),
+    "f64-gate": (torch.float64, True, True, False, "even", True, False),
+    "f64-nonorm": (torch.float64, False, False, False, "even", True, False),
+    "f64-gate-nonorm": (torch.float64, True, False, False, "even", True, False),
+    "f64-gqa": (torch.float64, False, True, True, "even", True, False),
+    "f64-uneven": (torch.float64, False, True, False, "uneven", True, False),
+    "f64-gate-gqa-uneven": (torch.float64, True, True, True, "uneven", True, False),
+    "f64-noncausal-uneven": (torch.float64, False, True, False, "uneven", False, False),
+    "f64-layer-gate": (torch.float64, True, True, False, "uneven", True, True),
+    "f32-gate": (torch.float32, True, True, False, "even", True, False),
+    "f32-gqa-uneven": (torch.float32, False, True, True, "uneven", True, False),
+}
+# per world size; the 4-rank split has an empty slice (a rank with no token passes its zero state on)
+LENGTHS = {2: {"even": [9, 9], "uneven": [5, 14]}, 4: {"even": [6, 6, 6, 6], "uneven": [7, 0, 11, 3]}}
+QUANTITIES = ("o", "dq", "dk", "dv", "dg")
+
+
+def _run_case(name, rank, world):
+    dtype, gate, normalize, gqa, split, causal, layer = CASES[name]
+    lengths = LENGTHS[world][split]
+    T, B, Hk, D, DV = sum(lengths), 2, 2, 4, 5
+    Hq = 2 * Hk if gqa else Hk
+    gen = torch.Generator().manual_seed(list(CASES).index(name))  # the same data on every rank
+    q = torch.randn(B, Hq, T, D, generator=gen, dtype=dtype)
+    k = torch.randn(B, Hk, T, D, generator=gen, dtype=dtype)
+    v = torch.randn(B, Hk, T, DV, generator=gen, dtype=dtype)
+    # gates in [-1, 0): strong enough that a wrong decay shows
+    g = -torch.rand(B, Hk, T, generator=gen, dtype=dtype) if gate else None
+    do = torch.randn(B, Hq, T, DV, generator=gen, dtype=dtype)
+    leaves = [q, k, v] + ([g] if gate else [])
+    full = [x.clone().requires_grad_() for x in leaves]
+    a, b = sum(lengths[:rank]), sum(lengths[:rank + 1])
+    local = [x[..., a:b, :].clone().requires_grad_() if x.dim() == 4 else x[..., a:b].clone().requires_grad_()
+             for x in leaves]
+    kw = dict(normalize=normalize, enable_gqa=gqa, is_causal=causal, chunk=3, backend="torch")
+    ref = fast_attention(*full[:3], SPEC, g=full[3] if gate else None, **kw)
+    if layer:
+        core = FastAttention.from_spec(SPEC, head_dim=D, head_dim_v=DV, causal=causal, normalize=normalize, chunk=3,
+                                     backend="torch")
+        got = ContextParallelAttention(core)(*local[:3], g=local[3] if gate else None, enable_gqa=gqa)
+    else:
+        got = context_parallel_attention(*local[:3], SPEC, g=local[3] if gate else None, **kw)
+    (ref * do).sum().backward()
+    (got * do[..., a:b, :]).sum().backward()
+    out = {"o": ((got - ref[..., a:b, :]).abs().max().item() if b > a else 0.0, ref.abs().max().item())}
+    for qty, x_full, x_local in zip(QUANTITIES[1:], full, local):
+        want = x_full.grad[..., a:b, :] if x_full.dim() == 4 else x_full.grad[..., a:b]
+        err = (x_local.grad - want).abs().max().item() if b > a else 0.0
+        out[qty] = (err, x_full.grad.abs().max().item())
+    out["tokens"] = b - a
+    return out
+
+
+def _worker(rank, world, store_path, out_dir):
+    store = dist.FileStore(store_path, world)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world)
+    try:
+        results = {name: _run_case(name, rank, world) for name in CASES}
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+def _spawn(world, tmp_path):
+    """Run every case on ``world`` gloo processes; return {case: [per-rank results]}."""
+    ctx = mp.start_processes(_worker, args=(world, str(tmp_path / "store"), str(tmp_path)), nprocs=world,
+                             join=False, start_method="spawn")
+    deadline = time.monotonic() + TIMEOUT_S
+    # join raises ProcessRaisedException (with the worker's traceback) if a worker fails
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                if p.is_alive():
+                    p.terminate()
+            pytest.fail(f"context-parallel workers ({world} ranks) did not finish within {TIMEOUT_S} s")
+    per_rank = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
+    return {name: [res[name] for res in per_rank] for name in CASES}
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    return {world: _spawn(world, tmp_path_factory.mktemp(f"cp{world}")) for world in (2, 4)}
+
+
+@pytest.mark.parametrize("world", [2, 4])
+@pytest.mark.parametrize("case", list(CASES))
+def test_context_parallel_matches_single_process(results, world, case):
+    dtype, gate = CASES[case][0], CASES[case][1]
+    ranks = results[world][case]
+    assert [r["tokens"] for r in ranks] == LENGTHS[world][CASES[case][4]]
+    for qty in QUANTITIES[:4] + (("dg",) if gate else ()):
+        err = max(r[qty][0] for r in ranks)
+        size = max(r[qty][1] for r in ranks)
+        assert size > 0.1, f"{case} {qty}: the reference is ~0 ({size:.3g}), the comparison would be empty"
+        assert err <= TOL[dtype] * max(1.0, size), (
+            f"{case}, {world} ranks, {qty}: max abs error {err:.3g} (reference max {size:.3g}, tol {TOL[dtype]:g})")
+
+
+def test_local_state_is_the_final_state_of_a_prefill():
+    gen = torch.Generator().manual_seed(0)
+    k = torch.randn(1, 2, 11, 4, generator=gen, dtype=torch.float64)
+    v = torch.randn(1, 2, 11, 3, generator=gen, dtype=torch.float64)
+    g = -torch.rand(1, 2, 11, generator=gen, dtype=torch.float64)
+    S, z, L = local_state(k, v, SPEC, g=g)
+    _, st = fast_attention(k, k, v, SPEC, g=g, output_final_state=True)
+    torch.testing.assert_close(S, st.S, rtol=0, atol=1e-12)
+    torch.testing.assert_close(z, st.z, rtol=0, atol=1e-12)
+    torch.testing.assert_close(L, g.sum(-1), rtol=0, atol=1e-12)
+
+
+def test_refuses_without_a_process_group():
+    x = torch.randn(1, 1, 4, 4)
+    with pytest.raises(KernelError, match="init_process_group"):
+        context_parallel_attention(x, x, x, SPEC)
