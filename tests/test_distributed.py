@@ -88,39 +88,56 @@ def _worker(rank, world, store_path, out_dir):
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
-def _spawn(world, tmp_path):
-    """Run every case on ``world`` gloo processes; return {case: [per-rank results]}."""
-    ctx = mp.start_processes(_worker, args=(world, str(tmp_path / "store"), str(tmp_path)), nprocs=world,
+def _raise_on_rank_1(rank, world, store_path, out_dir):
+    if rank == 1:
+        raise ValueError("worker 1 broke")
+    time.sleep(60)
+
+
+def _sleep(rank, world, store_path, out_dir):
+    time.sleep(60)
+
+
+def _spawn(world, tmp_path, worker=_worker, timeout_s=TIMEOUT_S):
+    """Run ``worker`` on ``world`` processes; return the per-rank result files' contents."""
+    ctx = mp.start_processes(worker, args=(world, str(tmp_path / "store"), str(tmp_path)), nprocs=world,
                              join=False, start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
+    deadline = time.monotonic() + timeout_s
     # join raises ProcessRaisedException (with the worker's traceback) if a worker fails
     while not ctx.join(timeout=1):
         if time.monotonic() > deadline:
             for p in ctx.processes:
                 if p.is_alive():
                     p.terminate()
-            pytest.fail(f"context-parallel workers ({world} ranks) did not finish within {TIMEOUT_S} s")
-    per_rank = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
-    return {name: [res[name] for res in per_rank] for name in CASES}
+            pytest.fail(f"workers ({world} ranks) did not finish within {timeout_s} s")
+    return [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    return {world: _spawn(world, tmp_path_factory.mktemp(f"cp{world}")) for world in (2, 4)}
-
-
+# one test per world size, so that under xdist each spawn runs once, on one worker
 @pytest.mark.parametrize("world", [2, 4])
-@pytest.mark.parametrize("case", list(CASES))
-def test_context_parallel_matches_single_process(results, world, case):
-    dtype, gate = CASES[case][0], CASES[case][1]
-    ranks = results[world][case]
-    assert [r["tokens"] for r in ranks] == LENGTHS[world][CASES[case][4]]
-    for qty in QUANTITIES[:4] + (("dg",) if gate else ()):
-        err = max(r[qty][0] for r in ranks)
-        size = max(r[qty][1] for r in ranks)
-        assert size > 0.1, f"{case} {qty}: the reference is ~0 ({size:.3g}), the comparison would be empty"
-        assert err <= TOL[dtype] * max(1.0, size), (
-            f"{case}, {world} ranks, {qty}: max abs error {err:.3g} (reference max {size:.3g}, tol {TOL[dtype]:g})")
+def test_context_parallel_matches_single_process(world, tmp_path):
+    per_rank = _spawn(world, tmp_path)
+    bad = []
+    for case, (dtype, gate, *_rest) in CASES.items():
+        ranks = [res[case] for res in per_rank]
+        assert [r["tokens"] for r in ranks] == LENGTHS[world][CASES[case][4]]
+        for qty in QUANTITIES[:4] + (("dg",) if gate else ()):
+            err = max(r[qty][0] for r in ranks)
+            size = max(r[qty][1] for r in ranks)
+            assert size > 0.1, f"{case} {qty}: the reference is ~0 ({size:.3g}), the comparison would be empty"
+            if not err <= TOL[dtype] * max(1.0, size):
+                bad.append(f"{case} {qty}: max abs error {err:.3g} (reference max {size:.3g}, tol {TOL[dtype]:g})")
+    assert not bad, f"{world} ranks:\n" + "\n".join(bad)
+
+
+def test_a_failing_worker_fails_with_its_traceback(tmp_path):
+    with pytest.raises(mp.ProcessRaisedException, match="worker 1 broke"):
+        _spawn(2, tmp_path, _raise_on_rank_1)
+
+
+def test_a_hanging_worker_fails_at_the_timeout(tmp_path):
+    with pytest.raises(pytest.fail.Exception, match="did not finish within 2 s"):
+        _spawn(2, tmp_path, _sleep, timeout_s=2)
 
 
 def test_local_state_is_the_final_state_of_a_prefill():
