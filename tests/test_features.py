@@ -143,3 +143,45 @@ def test_the_not_analytic_error_does_not_deny_weierstrass():
 def test_bad_arguments_raise_clear_errors(call, match):
     with pytest.raises(FeatureMapError, match=match):
         call()
+
+
+# -- certified best approximations (method="chebyshev" / "minimax", radius=R) ------------------------------------
+@pytest.mark.parametrize("f,method,p,R", [("exp(x)", "chebyshev", 4, 2), ("tanh(x)", "minimax", 5, 3),
+                                          ("relu(x)", "chebyshev", 6, 2), ("exp(x)", "taylor", 4, 2)])
+def test_approximation_map_equals_its_polynomial_and_respects_the_bound(f, method, p, R):
+    d, scale = 5, 0.5
+    fm = fastattn.feature_map(f, dim=d, method=method, degree=p, radius=R, scale=scale)
+    a = fm.approximation
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(400, d, generator=gen, dtype=torch.float64)
+    k = torch.randn(400, d, generator=gen, dtype=torch.float64)
+    x = scale * (q * k).sum(-1)
+    # rescale the pairs whose score is outside the certified range onto it
+    x_max = x.abs().clamp(min=R * 0.999) / (R * 0.999)
+    q = q / x_max[:, None]
+    x = scale * (q * k).sum(-1)
+    assert float(x.abs().max()) <= R
+    got = (fm.phi(q) * fm.psi(k)).sum(-1)
+    want_poly = torch.tensor(a(x.numpy()), dtype=torch.float64)
+    assert torch.allclose(got, want_poly, rtol=0, atol=1e-12)
+    err = (torch.tensor(fastattn.spec(f)(x.numpy())) - got).abs().max()
+    assert float(err) <= fm.error_bound(R) == a.bound
+
+
+def test_approximation_map_refuses_beyond_its_radius_and_without_one():
+    fm = fastattn.feature_map("exp(x)", dim=3, method="minimax", degree=2, radius=1)
+    assert fm.error_bound(0.5) == fm.error_bound(1) < 0.05
+    with pytest.raises(FeatureMapError, match="R=2 is beyond the radius 1"):
+        fm.error_bound(2)
+    with pytest.raises(FeatureMapError, match="needs degree=p and radius=R"):
+        fastattn.feature_map("exp(x)", dim=3, method="chebyshev", degree=2)
+    with pytest.raises(FeatureMapError, match="discontinuous"):
+        fastattn.feature_map("sign(x)", dim=3, method="chebyshev", degree=2, radius=1)
+    # the default route is unchanged: Taylor with the disc bound
+    assert fastattn.feature_map("exp(x)", dim=3, degree=2).approximation is None
+
+
+def test_positive_approximation_map_gives_positive_scores():
+    fm = fastattn.feature_map("relu(x)", dim=4, method="minimax", degree=6, radius=2, positive=True)
+    q = torch.randn(300, 4, dtype=torch.float64) * 3
+    assert bool((fm.kernel(q, q) > 0).all()) and fm.approximation.method == "minimax+positive"

@@ -1,5 +1,6 @@
 """f as a symbolic object: safe parsing, classification, series and bounds, positivity, feature maps."""
 
+from fastattn.transforms.approx import Approximation, chebyshev, error_bound, minimax
 from fastattn.transforms.features import (
     FEATURE_MAPS,
     FeatureMap,
@@ -20,4 +21,5 @@ __all__ = [
     "FeatureMap", "PolynomialFeatureMap", "RandomFeatureMap", "GaussianFeatureMap",
     "FEATURE_MAPS", "register_feature_map", "feature_map", "gaussian_feature_map",
     "symmetric_dim", "monomial_indices",
+    "Approximation", "chebyshev", "minimax", "error_bound",
 ]

@@ -4,6 +4,8 @@ Feature maps come from a registry (:data:`FEATURE_MAPS`) keyed by method name:
 
 ``"exact"``     a polynomial f, in the symmetric-tensor basis.
 ``"taylor"``    any analytic f truncated at degree p, with :meth:`Spec.remainder_bound`.
+``"chebyshev"`` / ``"minimax"``  best uniform approximations of a continuous f on |x| <= radius, with
+                a certified bound (:mod:`fastattn.transforms.approx`).
 ``"random"``    positive random features for exp (FAVOR+), the comparison baseline.
 
 and :func:`gaussian_feature_map` for exp(-‖q-k‖²/2σ²) (per-row prefactors × Taylor).
@@ -145,6 +147,8 @@ class PolynomialFeatureMap(FeatureMap):
     coefficients: dict[int, sp.Expr] = field(default_factory=dict)
     truncated_from: Spec | None = None
     degree: int = 0
+    #: The certified approximation the coefficients come from (methods with ``radius=``), else None.
+    approximation: object = None
 
     def __post_init__(self):
         self._blocks = []  # (degree, indices [n_j, j], weights [n_j], signs [n_j])
@@ -183,9 +187,27 @@ class PolynomialFeatureMap(FeatureMap):
         return self._features(X, signed=True)
 
     def error_bound(self, R):
+        if self.approximation is not None:
+            return _approximation_bound(self.approximation, R)
         if self.truncated_from is None:
             return sp.Integer(0)
         return self.truncated_from.remainder_bound(self.degree, R)
+
+
+def _approximation_bound(a, R) -> float:
+    """The certified bound of a, valid for every R up to the radius it was built for."""
+    if isinstance(R, bool) or not isinstance(R, (Real, sp.Basic)):
+        raise FeatureMapError(f"R={R!r} must be a real number >= 0 (a bound on |scale·q·k|)")
+    try:
+        Rq = sp.Rational(R)
+    except (TypeError, ValueError):
+        raise FeatureMapError(f"R={R!r} must be a finite real number >= 0") from None
+    if not Rq.is_Rational or Rq < 0:
+        raise FeatureMapError(f"R={R!r} must be a finite real number >= 0 (a bound on |scale·q·k|)")
+    if Rq > a.radius:
+        raise FeatureMapError(f"R={R} is beyond the radius {a.radius} this {a.method} map was certified on; "
+                              f"build it with radius={R} (or larger)")
+    return a.bound
 
 
 @register_feature_map("exact")
@@ -202,7 +224,10 @@ def _exact(f: Spec, dim: int, *, scale: float = 1.0, degree: int | None = None) 
 
 
 @register_feature_map("taylor")
-def _taylor(f: Spec, dim: int, *, scale: float = 1.0, degree: int | None = None) -> PolynomialFeatureMap:
+def _taylor(f: Spec, dim: int, *, scale: float = 1.0, degree: int | None = None, radius=None,
+            positive: bool = False) -> PolynomialFeatureMap:
+    if radius is not None or positive:
+        return _approximated(f, dim, "taylor", scale, degree, radius, positive)
     if degree is None:
         if f.is_polynomial:
             return _exact(f, dim, scale=scale)
@@ -217,6 +242,43 @@ def _taylor(f: Spec, dim: int, *, scale: float = 1.0, degree: int | None = None)
     coeffs = dict(enumerate(f.coefficients(degree)))
     truncated = f if not (f.is_polynomial and degree >= f.degree) else None
     return _poly_map(f, dim, coeffs, scale, "taylor", truncated, degree)
+
+
+def _approximated(f, dim, method, scale, degree, radius, positive) -> PolynomialFeatureMap:
+    """The polynomial map of a certified approximation (fastattn.transforms.approx) on |x| <= radius."""
+    from fastattn.errors import SpecError
+    from fastattn.transforms import approx
+
+    if degree is None or radius is None:
+        raise FeatureMapError(f"method={method!r} needs degree=p and radius=R (the range |scale·q·k| <= R it "
+                              f"approximates f on); got degree={degree!r}, radius={radius!r}")
+    if isinstance(degree, bool) or not isinstance(degree, int) or degree < 0:
+        raise FeatureMapError(f"degree={degree!r} must be an integer >= 0")
+    # the feature count is known before any approximation is computed: refuse early
+    _check_count(f, dim, [symmetric_dim(dim, j) for j in range(degree + 1)], degree)
+    try:
+        a = approx.METHODS[method](f, degree, radius)
+        if positive:
+            a = approx.positive(a)
+    except SpecError as exc:
+        raise FeatureMapError(str(exc)) from None
+    coeffs = {j: c for j, c in enumerate(a.coefficients)}
+    out = _poly_map(f, dim, coeffs, scale, method, None, degree)
+    out.exact = a.bound == 0
+    out.approximation = a
+    return out
+
+
+@register_feature_map("chebyshev")
+def _chebyshev(f: Spec, dim: int, *, scale: float = 1.0, degree: int | None = None, radius=None,
+               positive: bool = False) -> PolynomialFeatureMap:
+    return _approximated(f, dim, "chebyshev", scale, degree, radius, positive)
+
+
+@register_feature_map("minimax")
+def _minimax(f: Spec, dim: int, *, scale: float = 1.0, degree: int | None = None, radius=None,
+             positive: bool = False) -> PolynomialFeatureMap:
+    return _approximated(f, dim, "minimax", scale, degree, radius, positive)
 
 
 def _poly_map(f, dim, coeffs, scale, method, truncated_from, degree):
@@ -341,11 +403,15 @@ def feature_map(f, dim: int, *, method: str | None = None, degree: int | None = 
         A key of :data:`FEATURE_MAPS`; default ``"exact"`` for polynomials and
         ``"taylor"`` otherwise.
     degree : int, optional
-        Truncation degree for ``"taylor"``.
+        Truncation degree for ``"taylor"``; the degree p of ``"chebyshev"`` / ``"minimax"``.
     scale : float
         The score is scale·q·k (e.g. 1/sqrt(dim)).
     **options
-        Passed to the builder (``features``, ``seed`` for ``"random"``).
+        Passed to the builder: ``features``, ``seed`` for ``"random"``; ``radius=R`` for
+        ``"chebyshev"``, ``"minimax"`` (required) and ``"taylor"`` (optional): the map approximates f on
+        |scale·q·k| <= R and ``error_bound(R')`` is the certified bound of
+        :mod:`fastattn.transforms.approx` for every R' <= R (refused beyond); ``positive=True`` shifts
+        the polynomial to be positive on the real line (see :func:`fastattn.transforms.approx.positive`).
 
     Examples
     --------
@@ -353,6 +419,9 @@ def feature_map(f, dim: int, *, method: str | None = None, degree: int | None = 
     10
     >>> fm = feature_map("exp(x)", dim=16, degree=2)
     >>> fm.dim_out, float(fm.error_bound(1)) < 0.22
+    (153, True)
+    >>> fm = feature_map("exp(x)", dim=16, method="minimax", degree=2, radius=1)
+    >>> fm.dim_out, fm.error_bound(1) < 0.05      # the best degree-2 error is 0.045
     (153, True)
     """
     f = make_spec(f)
