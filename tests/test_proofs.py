@@ -226,7 +226,8 @@ def test_exp_witness_is_a_vandermonde_matrix():
 @pytest.mark.slow
 @pytest.mark.parametrize("text", ["exp(x)", "relu(x)", "erf(x)"])
 def test_full_rank_witness_n64(text):
-    cert = full_rank_witness(text, 64)
+    # the interactive 4 s budget is not what this tests: erf's 64x64 search takes 2.3 s on an idle core
+    cert = full_rank_witness(text, 64, budget=60)
     assert cert.n == 64 and cert.verify()
 
 
