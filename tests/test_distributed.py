@@ -6,6 +6,9 @@ traceback; a worker that hangs fails it at the timeout.
 """
 
 import os
+import pathlib
+import subprocess
+import sys
 import time
 
 import pytest
@@ -156,3 +159,13 @@ def test_refuses_without_a_process_group():
     x = torch.randn(1, 1, 4, 4)
     with pytest.raises(KernelError, match="init_process_group"):
         context_parallel_attention(x, x, x, SPEC)
+
+
+def test_the_torchrun_example_trains_and_matches_one_process(tmp_path):
+    root = pathlib.Path(__file__).resolve().parents[1]
+    # --standalone picks a free port, so two xdist workers never collide
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(root / "examples" / "cp_train.py"), "--steps", "3", "--length", "32", "--check"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "check: split loss" in run.stdout and "step    2" in run.stdout, run.stdout
