@@ -13,12 +13,13 @@ contiguous tokens of slice r (rank order = sequence order, any length per rank, 
 The backward is the reverse scan of dS for free: the all-gather's backward sums, on each rank,
 the gradients every later rank sent back to its state. Causal attention is the prefix case; with
 ``is_causal=False`` every rank starts from the sum of all other ranks' states (no gate), so each
-query sees every key of the whole sequence (a full sum; an all-reduce would move less, see below).
+query sees every key of the whole sequence (a full sum: an all-reduce would move 2 states per rank
+instead of P - 1; not built, the causal case is the one that matters for training).
 
 Communication model
 -------------------
-One state per rank per layer: B·H_kv·F·DV·4 bytes (S) + B·H_kv·F·4 bytes (z) in fp32, + B·H_kv·4
-with a gate. The all-gather delivers the P - 1 other states to every rank, so each rank receives
+One state per rank per layer: B·H_kv·F·DV·4 bytes (S) + B·H_kv·F·4 bytes (z) in fp32, plus
+B·H_kv·4 (log decay) and 8 (the slice length). The all-gather delivers the P - 1 other states to every rank, so each rank receives
 (P - 1)× that in the forward, and as much again in the backward (reduce-scatter on NCCL; an
 all-to-all on gloo). The local compute is linear in the local length T/P, the communication is
 not in T at all: CP pays off once T/P is long enough to hide it.
@@ -40,12 +41,15 @@ GPU across nodes); NVLink inside one node is several times faster. No multi-GPU 
  64          16M          256K            109                    22.5
 ==========  ===========  ==============  =====================  =======================
 
-The compute column assumes the Triton kernel; today a call with an initial state runs the torch
-path (the Triton kernels take no carried state yet), several times slower on a GPU.
+The compute column is the attention kernel alone (projections and MLP add compute that also
+hides communication) and assumes the Triton kernel; today a call with an initial state runs the
+torch path (the Triton kernels take no carried state yet), several times slower on a GPU.
 
-So up to 16 ranks the all-gather is a few per cent of the compute at 1M tokens; at 64 ranks and
-1M tokens it is 3× the compute, and a log-P scan of states (log2 P sends of one state instead of
-P - 1) is the remedy (not built yet). Measure on GPUs before trusting any row.
+At 16M tokens the all-gather is ≤ 1.2 % of the attention up to 16 ranks and 21 % at 64; at 1M
+tokens it is 5 % at 8 ranks, 20 % at 16 and 3.3× the attention at 64, where a log-P scan of
+states (log2 P sends of one state instead of P - 1) is the remedy (not built yet). The
+communication is not overlapped with compute (it could be: the local outputs' intra-slice part
+needs no state). Measure on GPUs before trusting any row.
 
 GPU runs: NCCL works unchanged (``init_process_group("nccl")``); keep ``NCCL_NVLS_ENABLE=0``.
 """
