@@ -31,7 +31,7 @@ from fastattn.kernels.poly import check_feature_count, check_normalizer, choose_
 __all__ = ["fast_attention"]
 
 
-def _check_tensors(query, key, value, is_causal, enable_gqa):
+def check_tensors(query, key, value, is_causal, enable_gqa):
     for name, x in (("query", query), ("key", key), ("value", value)):
         if not isinstance(x, torch.Tensor):
             raise KernelError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
@@ -91,7 +91,7 @@ def _check_cu_seqlens(cu, B, Tq, Tk, device):
     return len(c) - 1
 
 
-def _check_gate(g, B, Hk, Tk, key, is_causal):
+def check_gate(g, B, Hk, Tk, key, is_causal):
     if not is_causal:
         raise KernelError("g (a forget gate) needs is_causal=True: a decay orders the keys")
     if not isinstance(g, torch.Tensor) or not g.dtype.is_floating_point or tuple(g.shape) != (B, Hk, Tk):
@@ -269,7 +269,7 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
     """
     poly = polynomial(spec, degree)
     fix = check_normalizer(poly, normalize, normalizer_fix)
-    _check_tensors(query, key, value, is_causal, enable_gqa)
+    check_tensors(query, key, value, is_causal, enable_gqa)
     B, Hq, Tq, D = query.shape
     Hk, Tk, DV = key.shape[1], key.shape[2], value.shape[-1]
     check_feature_count(poly, D, DV)
@@ -283,7 +283,7 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
     if key_padding_mask is not None:
         _check_mask(key_padding_mask, B, Tk, key.device)
     if g is not None:
-        _check_gate(g, B, Hk, Tk, key, is_causal)
+        check_gate(g, B, Hk, Tk, key, is_causal)
     n_seq = B if cu_seqlens is None else _check_cu_seqlens(cu_seqlens, B, Tq, Tk, key.device)
     if initial_state is not None:
         check_state(initial_state, n_seq, Hk, poly.feature_dim(D), DV, query.dtype, query.device)

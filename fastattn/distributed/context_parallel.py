@@ -64,7 +64,7 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 from torch import nn
 
-from fastattn.attention.functional import _check_gate, _check_tensors, fast_attention
+from fastattn.attention.functional import check_gate, check_tensors, fast_attention
 from fastattn.attention.layers import FastAttention
 from fastattn.attention.state import State, state_dtype
 from fastattn.errors import KernelError
@@ -212,9 +212,9 @@ def context_parallel_attention(q, k, v, spec, *, group=None, g=None, scale=None,
     poly = polynomial(spec)
     check_normalizer(poly, normalize, normalizer_fix)
     # refuse bad inputs here, before the collective, with fast_attention's own messages
-    _check_tensors(q, k, v, is_causal, enable_gqa)
+    check_tensors(q, k, v, is_causal, enable_gqa)
     if g is not None:
-        _check_gate(g, k.shape[0], k.shape[1], k.shape[2], k, is_causal)
+        check_gate(g, k.shape[0], k.shape[1], k.shape[2], k, is_causal)
     group = dist.group.WORLD if group is None else group
     rank = dist.get_rank(group)
     D = q.shape[-1]
