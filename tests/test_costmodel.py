@@ -1,0 +1,57 @@
+"""fastattn.costmodel: the calibrated model reproduces the measured v15 cells within its stated error."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fastattn import costmodel as cm
+
+V15 = Path(__file__).resolve().parent.parent / "benchmarks" / "out" / "v15.json"
+
+
+def test_it_reproduces_every_v15_cell_within_its_stated_error():
+    cells = cm.cells()
+    by_kind = {k: [c for c in cells if c.kind == k] for k in ("ours", "sdpa")}
+    # 6 rows x 5 lengths + the b8 row at 2 lengths; SDPA d64 and d128 at 5 lengths
+    assert (len(by_kind["ours"]), len(by_kind["sdpa"])) == (32, 10)
+    for kind, rows in by_kind.items():
+        worst = max(rows, key=lambda c: abs(c.error))
+        assert abs(worst.error) <= cm.FIT_ERROR[kind], (kind, worst)
+
+
+def test_the_constants_are_the_fit_of_the_table():
+    fitted = cm.fit()
+    for kind, stored in (("ours", cm.OURS), ("sdpa", cm.SDPA)):
+        constants, error = fitted[kind]
+        assert constants == pytest.approx(stored, rel=2e-3, abs=1e-9)
+        assert error <= cm.FIT_ERROR[kind] < error + 0.01
+
+
+def test_the_docstring_names_the_card_the_run_and_the_error():
+    meta = json.loads(V15.read_text())["meta"]
+    assert (meta["card"], meta["date"]) == (cm.CARD, cm.DATE) == ("NVIDIA H200", "2026-12-01")
+    doc = cm.__doc__
+    assert "NVIDIA H200, run v15 of 2026-12-01" in doc and "extrapolations" in doc
+    assert "0.28 for ours" in doc and "0.37 for\nSDPA" in doc
+
+
+def test_the_budget_is_where_ours_stops_beating_sdpa():
+    F = cm.max_features(64, 64, 8192)
+    assert cm.ours_ms(F, 64, 64, 8192) < cm.sdpa_ms(64, 8192) <= cm.ours_ms(F + 1, 64, 64, 8192)
+    assert cm.max_features(64, 64, 65536) > cm.max_features(64, 64, 32768) > F
+    # no map pays back its ~1.1 ms of launches against SDPA at d4, 8K
+    assert cm.max_features(4, 4, 8192) == 0
+
+
+def test_it_is_not_a_flop_count():
+    # the fixed cost: a map of 1 feature is not free, and a padded block costs the same at 1 and 64 features
+    assert cm.ours_ms(1, 64, 64, 2048) > 1.0
+    assert cm.ours_ms(1, 64, 64, 8192) == cm.ours_ms(64, 64, 64, 8192) < cm.ours_ms(65, 64, 64, 8192)
+
+
+@pytest.mark.parametrize("call, needle", [(lambda: cm.ours_ms(0, 64), "F=0"), (lambda: cm.sdpa_ms(64, -1), "T=-1"),
+                                          (lambda: cm.max_features(64, 64, 0), "T=0")])
+def test_bad_shapes_are_refused(call, needle):
+    with pytest.raises(ValueError, match=needle):
+        call()
