@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import math
@@ -21,9 +22,13 @@ from fastattn.budget import limited
 from fastattn.errors import FastAttnError, FeatureMapError, SpecError
 from fastattn.transforms import Spec, spec as make_spec, symmetric_dim
 
-__all__ = ["analyze", "Analysis", "CostModel", "ANALYSIS_SECONDS", "STEP_SECONDS"]
+__all__ = ["analyze", "Analysis", "Candidate", "CostModel", "ANALYSIS_SECONDS", "STEP_SECONDS", "SEQ_LEN"]
 
 _DEFAULT_SEQ_LENS = (2048, 8192, 32768, 65536)
+#: Sequence length at which the default feature budget must beat SDPA.
+SEQ_LEN = 8192
+#: Resolution of :meth:`Analysis.plot` figures (and of ``fastattn analyze --plot`` files).
+PLOT_DPI = 200
 
 
 @dataclass
@@ -92,6 +97,38 @@ class CostModel:
         }
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """One recommended map: a polynomial of f on |x| <= radius, its features, certified error and predicted time.
+
+    ``error`` is the certified bound on sup |f - poly| over the radius (0 for the exact map); ``ms`` and
+    ``sdpa_ms`` are forward+backward milliseconds predicted by :mod:`fastattn.costmodel` (NVIDIA H200,
+    v15) at the analysis's sequence length; ``why`` is the trade-off in one line.
+    """
+
+    method: str
+    degree: int
+    features: int
+    error: float
+    estimate: float
+    ms: float | None
+    sdpa_ms: float
+    within_budget: bool
+    why: str
+    approximation: object = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "degree": self.degree, "features": self.features, "error_bound": self.error,
+                "error_attained": self.estimate, "predicted_ms": self.ms, "sdpa_ms": self.sdpa_ms,
+                "within_budget": self.within_budget, "why": self.why}
+
+    def cells(self) -> tuple[str, str, str, str, str, str]:
+        """The table's cells: method, degree, features, error, ms vs SDPA, why."""
+        err = "exact" if self.error == 0 else f"<= {self.error:.3g}"
+        ms = "-" if self.ms is None else f"{self.ms:.3g} vs {self.sdpa_ms:.3g}"
+        return self.method, str(self.degree), f"{self.features:,}", err, ms, self.why
+
+
 @dataclass(eq=False)
 class Analysis:
     """Everything :func:`analyze` found about f. Render with ``print``, in a notebook, or ``to_json()``."""
@@ -117,6 +154,14 @@ class Analysis:
     low_rank_reason: str = ""
     #: The suggested map has more than MAX_FEATURES features (counted, never built).
     feature_too_large: bool = False
+    #: The recommended maps, the top one first (it is the feature_method / feature_degree line).
+    candidates: list = field(default_factory=list)
+    #: Feature budget of the candidates, and where it comes from.
+    budget: int | None = None
+    budget_reason: str = ""
+    seq_len: int = SEQ_LEN
+    eps: float = 1e-3
+    value_dim: int | None = None
 
     # -- derived -------------------------------------------------------------------------------
     def feature_map(self):
@@ -132,15 +177,53 @@ class Analysis:
                                   "features; it is not built (lower the head dim, the degree or the accuracy)")
         from fastattn.transforms import feature_map
 
-        return feature_map(self.spec, self.dim, method=self.feature_method,
-                           degree=None if self.feature_method == "exact" else self.feature_degree)
+        if self.feature_method == "exact" or not self.candidates:
+            return feature_map(self.spec, self.dim, method=self.feature_method,
+                               degree=None if self.feature_method == "exact" else self.feature_degree)
+        method, _, positive = self.feature_method.partition("+")
+        return feature_map(self.spec, self.dim, method=method, degree=self.feature_degree, radius=self.radius,
+                           positive=bool(positive))
 
-    def plot(self, n: int = 128, d: int | None = None, *, others: Sequence = ("exp(x)",), ax=None):
-        """Singular-value decay of f(QKᵀ) (beside ``others`` for comparison); returns the Figure."""
-        from fastattn.lowrank import plot_spectra
+    def plot(self, n: int | None = None, d: int | None = None, *, others: Sequence = ("exp(x)",), ax=None,
+             dpi: int = PLOT_DPI):
+        """Singular-value decay of f(QKᵀ) at head dim ``d`` (default: the analysis's), beside ``others``,
+        with the rank bound (or the top map's feature count) drawn; returns the Figure.
 
-        specs = [self.spec] + [o for o in others if make_spec(o).expr != self.spec.expr]
-        return plot_spectra(specs, n=n, d=d or min(self.dim, 8), radius=self.radius, ax=ax)
+        Labels are matplotlib mathtext; the legend sits outside the axes; the figure is made at ``dpi``.
+
+        >>> fig = analyze("x**2", dim=3, certify=False, definiteness=False).plot(n=16)
+        >>> fig.dpi >= 200, bool(fig.axes[0].get_legend().get_bbox_to_anchor().x0 > fig.axes[0].bbox.x1)
+        (True, True)
+        """
+        import numpy as np
+        from matplotlib.figure import Figure
+
+        from fastattn.lowrank.numeric import spectrum
+
+        d = self.dim if d is None else d
+        mark, what = ((self.rank_bound, "rank bound") if self.low_rank else
+                      (None if self.feature_too_large else self.feature_dim, "features of the top map"))
+        n = n or (min(512, max(128, 2 * mark)) if mark else 128)
+        if ax is None:
+            fig = Figure(figsize=(7.5, 4.0), dpi=dpi, layout="constrained")
+            ax = fig.add_subplot()
+        else:
+            fig = ax.figure
+        specs = [self.spec] + [make_spec(o) for o in others if make_spec(o).expr != self.spec.expr]
+        for f in specs:
+            sv = spectrum(f, n, d, radius=self.radius)
+            rel = sv / sv[0] if sv[0] > 0 else sv
+            ax.semilogy(np.arange(1, len(rel) + 1), np.maximum(rel, 1e-17), label=f"{_math(f.expr)} ({f.kind})")
+        ax.axhline(np.finfo(np.float64).eps, color="0.6", lw=0.8, ls=":", label=r"float64 $\epsilon$")
+        if mark:
+            label = f"{what}: {mark:,}" + ("" if mark <= n else f" (beyond $n = {n}$)")
+            ax.axvline(min(mark, n), color="C3", ls="--", lw=1.0, label=label)
+        ax.set_xlabel(r"index $i$")
+        ax.set_ylabel(r"$\sigma_i / \sigma_1$")
+        ax.set_title(rf"singular values of $f(QK^\top)$, $n = {n}$, $d = {d}$, $|q \cdot k| \leq {self.radius:g}$")
+        # outside the axes, so no curve is hidden behind it
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize="small")
+        return fig
 
     # -- rendering -------------------------------------------------------------------------------
     def to_dict(self, *, full: bool = False) -> dict:
@@ -167,13 +250,26 @@ class Analysis:
                             "too_large": self.feature_too_large},
             "feature_dim": self.feature_dim,
             "cost": self.cost.to_dict(),
+            "budget": {"features": self.budget, "reason": self.budget_reason, "seq_len": self.seq_len, "eps": self.eps},
+            "candidates": [c.to_dict() for c in self.candidates],
+            "predicted_ms": [{"T": T, "ours": o, "sdpa": s} for T, o, s in self._predicted()],
+            "cost_model": _cost_model_source(),
             "notes": list(self.notes),
         }
 
     def to_json(self, *, full: bool = False, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(full=full), indent=indent)
 
-    def _rows(self) -> list[tuple[str, str]]:
+    def _predicted(self) -> list[tuple[int, float, float]]:
+        """(T, our ms, SDPA ms) of the top map at each of the cost table's lengths (:mod:`fastattn.costmodel`)."""
+        from fastattn import costmodel as cm
+
+        if not self.feature_dim or self.feature_too_large:
+            return []
+        dv = self.value_dim or self.dim
+        return [(T, cm.ours_ms(self.feature_dim, self.dim, dv, T), cm.sdpa_ms(self.dim, T)) for T in self.cost.seq_lens]
+
+    def _rows(self, table: bool = True) -> list[tuple[str, str]]:
         rows = [("f(x)", self.spec.source), ("class", f"{self.kind}: {self.reason}")]
         if self.low_rank:
             rows.append(("low rank", f"yes: rank f(QK^T) <= {self.rank_bound} at head dim {self.dim}"))
@@ -195,13 +291,15 @@ class Analysis:
         else:
             err = "exact" if not self.error_bound else f"error <= {self.error_bound:.3g} for |score| <= {self.radius}"
             rows.append(("feature map", f"{self.feature_method} degree {self.feature_degree}: {self.feature_dim} features, {err}"))
-        cm = self.cost
-        if cm.feature_dim is not None:
-            rows.append(("cost / token", f"feature form {cm.linear_flops():.3g} FLOPs, {cm.linear_bytes():.3g} B; softmax "
-                                         f"{2 * cm.head_dim + 2 * cm.value_dim + 5}*T FLOPs, {cm.softmax_bytes():.3g} B"))
-            rows.append(("crossover", f"cheaper than softmax (FLOPs) beyond T = {cm.crossover}"))
-            for r in cm.table():
-                rows.append((f"  T = {r['T']}", f"softmax / feature FLOPs = {r['speedup_flops']:.3g}"))
+        if self.candidates and table:
+            rows.append(("budget", f"{self.budget:,} features: {self.budget_reason}"))
+            rows.append(("candidates", f"method, degree, features at d = {self.dim}, certified error on |x| <= "
+                                       f"{self.radius:g}, predicted fwd+bwd ms vs SDPA at T = {self.seq_len}"))
+            for i, c in enumerate(self.candidates, 1):
+                method, p, n, err, ms, why = c.cells()
+                rows.append((f"  {i}. {method} p={p}", f"{n} features, error {err}, {ms} ms: {why}"))
+        for T, ours, sdpa in self._predicted():
+            rows.append((f"  T = {T}", f"ours {ours:.3g} ms, SDPA {sdpa:.3g} ms (fwd+bwd, predicted)"))
         for n in self.notes:
             rows.append(("note", n))
         return rows
@@ -216,26 +314,54 @@ class Analysis:
         return f"### fastattn.analyze: `{self.spec.source}`\n\n| | |\n|---|---|\n{body}\n"
 
     def _repr_html_(self) -> str:
-        body = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>{html.escape(v)}</td></tr>"
-                       for k, v in self._rows())
-        return f"<h4>fastattn.analyze: <code>{html.escape(self.spec.source)}</code></h4><table>{body}</table>"
+        cell = "style='text-align:left'"
+        body = "".join(f"<tr><th {cell}>{html.escape(k)}</th><td {cell}>{html.escape(v)}</td></tr>"
+                       for k, v in self._rows(table=False))
+        out = f"<h4>fastattn.analyze: <code>{html.escape(self.spec.source)}</code></h4><table>{body}</table>"
+        if self.candidates:
+            head = "".join(f"<th {cell}>{h}</th>" for h in _HEADER)
+            rows = "".join("<tr>" + "".join(f"<td {cell}>{html.escape(v)}</td>" for v in c.cells()) + "</tr>"
+                           for c in self.candidates)
+            out += (f"<p>Candidates within {self.budget:,} features ({html.escape(self.budget_reason)}); ms are "
+                    f"forward+backward at T = {self.seq_len}, predicted.</p><table><tr>{head}</tr>{rows}</table>")
+        return out
 
     def __repr__(self) -> str:
         return f"<Analysis {self.spec.source!r}: {self.kind}, low_rank={self.low_rank}, rank_bound={self.rank_bound}>"
+
+
+_HEADER = ("method", "degree", "features", "certified error", "ms vs SDPA", "trade-off")
+
+
+def _cost_model_source() -> str:
+    from fastattn import costmodel as cm
+
+    return (f"{cm.CARD}, run {cm.RUN} ({cm.DATE}); fit error {cm.FIT_ERROR['ours']:.0%} (ours), "
+            f"{cm.FIT_ERROR['sdpa']:.0%} (SDPA) on the measured cells; other shapes are extrapolated")
 
 
 def _yes(v) -> str:
     return {True: "yes", False: "no", None: "undecided"}[v]
 
 
+def _math(expr) -> str:
+    """expr as matplotlib mathtext, or as plain text where mathtext cannot parse sympy's LaTeX."""
+    from matplotlib.mathtext import MathTextParser
+
+    text = f"${sp.latex(expr)}$"
+    try:
+        MathTextParser("path").parse(text)
+    except ValueError:
+        return str(expr)
+    return text
+
+
 #: Wall-clock budget of a whole :func:`analyze` call, in seconds; each step gets at most what is left.
 ANALYSIS_SECONDS = 6.0
 #: Budgets of the steps, in seconds (each also capped by what is left of :data:`ANALYSIS_SECONDS`).
 STEP_SECONDS = {"certificate": 3.0, "positive-definite": 1.5, "metric-transform": 1.5, "feature map": 2.0}
-#: The Taylor degree search stops here even where the feature count would allow more.
-MAX_TAYLOR_DEGREE = 40
-_WEIERSTRASS = ("f has no Taylor series at 0 ({reason}), so there is no Taylor feature map; where f is continuous a "
-                "uniform polynomial approximation on a bounded range exists (Weierstrass), but it is not built here")
+_WEIERSTRASS = ("f has no Taylor series at 0 ({reason}); leave out --degree for the uniform (Chebyshev / minimax) "
+                "candidates, which exist for every continuous f on a bounded range (Weierstrass)")
 
 
 class _Clock:
@@ -291,71 +417,177 @@ def _low_rank_verdict(f, low: bool, bound, cert, certify: bool, why_not: str | N
     return None, f"f is not a polynomial ({f.reason}), but no full-rank witness was certified ({why_not})"
 
 
-def _taylor_degree_cap(f, dim: int) -> tuple[int, int | None]:
-    """(p, n): p the largest degree <= MAX_TAYLOR_DEGREE whose Taylor map of f fits MAX_FEATURES; n the feature
-    count at degree p + 1, which every map of higher degree has at least (None when the cap is the degree limit)."""
+def _taylor_plan(f, dim: int, radius: float, R, degree: int, notes: list):
+    """(method, degree, feature count, error bound, too_large) of the Taylor map of the asked degree; counted, not built."""
     from fastattn.kernels.poly import MAX_FEATURES
 
-    count = 0
-    for p in range(MAX_TAYLOR_DEGREE + 1):
-        if f.coefficients(p)[p] != 0:
-            count += symmetric_dim(dim, p)
-        if count > MAX_FEATURES:
-            return p - 1, count
-    return MAX_TAYLOR_DEGREE, None
-
-
-def _feature_plan(f, dim: int, radius: float, R, eps: float, degree, bound, notes: list):
-    """(method, degree, feature count, error bound, too_large); counts come from the formula, nothing is built."""
-    from fastattn.kernels.poly import MAX_FEATURES
-    from fastattn.lowrank.numeric import taylor_rank
-
-    if f.is_polynomial:
-        fdim = bound
-        return "exact", f.degree, fdim, 0.0, fdim > MAX_FEATURES
     if f.kind == "not-analytic":
-        notes.append("no feature map: " + _WEIERSTRASS.format(reason=f.reason))
+        notes.append("no Taylor map: " + _WEIERSTRASS.format(reason=f.reason))
         return None, None, None, None, False
     if f.radius is not None and f.radius != sp.oo and not radius < float(f.radius):
-        notes.append(f"no feature map: radius {radius} is not inside the radius of convergence {f.radius}")
+        notes.append(f"no Taylor map: radius {radius} is not inside the radius of convergence {f.radius}")
         return None, None, None, None, False
-    cap, over = _taylor_degree_cap(f, dim) if degree is None else (None, None)
-    if degree is None:
-        try:
-            tr = taylor_rank(f, dim, eps=eps, radius=radius, max_degree=cap)
-        except FastAttnError as exc:
-            if "vanishes" not in str(exc):
-                return _beyond_cap(dim, cap, over, eps, radius, exc, notes)
-            # f vanishes somewhere on the interval (tanh at 0): fall back to absolute error
-            try:
-                tr = taylor_rank(f, dim, eps=eps, radius=radius, relative=False, max_degree=cap)
-            except FastAttnError as exc2:
-                return _beyond_cap(dim, cap, over, eps, radius, exc2, notes)
-            notes.append(f"f vanishes on [-{radius}, {radius}]: the Taylor degree targets absolute error {eps}")
-        fdeg = tr.degree
-    else:
-        fdeg = int(degree)
+    fdeg = int(degree)
     coeffs = f.coefficients(fdeg)
     fdim = sum(symmetric_dim(dim, j) for j, c in enumerate(coeffs) if c != 0)
     return "taylor", fdeg, fdim, float(f.remainder_bound(fdeg, R)), fdim > MAX_FEATURES
 
 
-def _beyond_cap(dim, cap, over, eps, radius, exc, notes):
+# -- the recommendation: candidates under a feature budget ------------------------------------------------
+#: Highest degree the candidate search tries (each degree is one certified minimax, ~0.1 s at low degree).
+MAX_CANDIDATE_DEGREE = 16
+#: Seconds given to each certified approximation of the candidate search (past it the bound stays rigorous, looser).
+APPROX_SECONDS = 1.0
+
+
+def _dense_features(dim: int, p: int) -> int:
+    """Features of a polynomial of degree p with every coefficient non-zero (what an approximation has)."""
+    return sum(symmetric_dim(dim, j) for j in range(p + 1))
+
+
+def _budget(dim: int, value_dim: int, seq_len: int, max_features: int | None) -> tuple[int, str]:
+    """(feature budget, the sentence that says where it comes from)."""
+    from fastattn import costmodel as cm
     from fastattn.kernels.poly import MAX_FEATURES
 
-    if over is None:
-        notes.append(f"no feature map: {exc}")
-        return None, None, None, None, False
-    notes.append(f"feature map too large: no Taylor degree <= {cap} reaches error {eps} on |x| <= {radius}, and every "
-                 f"map of degree >= {cap + 1} at head dim {dim} has at least {over:,} features (limit {MAX_FEATURES:,}); "
-                 "not built")
-    return "taylor", None, None, None, True
+    model = f"cost model of {cm.CARD}, run {cm.RUN} ({cm.DATE}), within {cm.FIT_ERROR['ours']:.0%} on its cells"
+    if max_features is not None:
+        if max_features > MAX_FEATURES:
+            return MAX_FEATURES, f"--max-features {max_features:,}, capped at the kernel limit {MAX_FEATURES:,}"
+        return max_features, f"--max-features {max_features:,}"
+    n = cm.max_features(dim, value_dim, seq_len)
+    if n:
+        return min(n, MAX_FEATURES), f"the most features predicted to beat SDPA at T = {seq_len} ({model})"
+    longer = seq_len
+    # a map's fixed cost is ~1.1 ms while SDPA's time grows as T²: some longer T always has a budget
+    for _ in range(16):
+        longer *= 2
+        n = cm.max_features(dim, value_dim, longer)
+        if n:
+            break
+    why = (f"no map is predicted to beat SDPA at T = {seq_len} ({cm.OURS[0]:.2g} ms of fixed cost against SDPA's "
+           f"{cm.sdpa_ms(dim, seq_len):.2g} ms); the budget is what beats it at T = {longer} ({model})")
+    return min(n or MAX_FEATURES, MAX_FEATURES), why
+
+
+def _candidate(a, dim: int, value_dim: int, seq_len: int, budget: int, why: str) -> Candidate:
+    from fastattn import costmodel as cm
+    from fastattn.costmodel import feature_count
+
+    n = feature_count(a.coefficients, dim)
+    ms = cm.ours_ms(n, dim, value_dim, seq_len) if n else None
+    return Candidate(method=a.method, degree=a.degree, features=n, error=0.0 if a.method == "exact" else a.bound,
+                     estimate=0.0 if a.method == "exact" else a.estimate, ms=ms, sdpa_ms=cm.sdpa_ms(dim, seq_len),
+                     within_budget=n <= budget, why=why, approximation=a)
+
+
+def _candidates(f, dim: int, value_dim: int, radius: float, eps: float, budget: int, seq_len: int,
+                positive_on_range: bool, degree: int | None, notes: list) -> list[Candidate]:
+    """3-5 maps side by side: the top one first (the exact map of a polynomial), each with its trade-off."""
+    from fastattn.transforms import approx
+
+    def make(method, p, why_of) -> Candidate:
+        a = method(f, p, radius, seconds=APPROX_SECONDS)
+        return _candidate(a, dim, value_dim, seq_len, budget, why_of(a))
+
+    top_degree = _degree_cap(dim, budget)
+    if degree is not None:
+        top_degree = degree
+    taylor_ok = f.kind != "not-analytic" and (f.radius is None or f.radius == sp.oo or radius < float(f.radius))
+    out = []
+    if f.is_polynomial:
+        from fastattn import costmodel as cm
+
+        p = max(int(f.degree), 0)
+        n = cm.feature_count(f.coefficients(p), dim)
+        over = "" if n <= budget else f"; {n:,} features is above the budget of {budget:,}"
+        out.append(Candidate("exact", p, n, 0.0, 0.0, cm.ours_ms(n, dim, value_dim, seq_len) if n else None,
+                             cm.sdpa_ms(dim, seq_len), n <= budget, f"exact: phi(q).psi(k) = f(q.k), no error{over}"))
+        q = min(p - 1, top_degree)
+        if q >= 0 and _dense_features(dim, q) < n:
+            out.append(make(approx.minimax, q, lambda a: f"fewer features than the exact map, at the price of error "
+                                                        f"{a.bound:.2g} (best uniform, degree {q})"))
+            out.append(make(approx.chebyshev, q, lambda a: f"Chebyshev interpolant of degree {q}: error {a.bound:.2g}"))
+        return out
+
+    # the smallest degree whose best uniform polynomial reaches eps, else the most accurate within the budget
+    best = {}
+    for p in range(top_degree + 1) if degree is None else (degree,):
+        best[p] = approx.minimax(f, p, radius, seconds=APPROX_SECONDS)
+        if best[p].bound <= eps:
+            break
+    reached = [p for p, a in best.items() if a.bound <= eps]
+    lowest = min(a.bound for a in best.values())
+    # near-ties (an odd f gains nothing from an even degree) go to the fewer features
+    p0 = reached[0] if reached else min(p for p, a in best.items() if a.bound <= lowest * 1.001)
+    if degree is not None:
+        lead = f"degree {degree} as asked"
+    elif reached:
+        lead = f"fewest features that reach --eps {eps:g}"
+    else:
+        lead = f"most accurate within the budget; none reaches --eps {eps:g}"
+    # at a kink Remez can stall above the interpolant: the better of the two certified bounds leads
+    pair = sorted([best[p0], approx.chebyshev(f, p0, radius, seconds=APPROX_SECONDS)], key=lambda a: a.bound)
+    m0 = pair[0]
+    if degree is None and not reached:
+        notes.append(f"no candidate within the budget of {budget:,} features reaches error {eps:g} on |x| <= {radius:g}; "
+                     f"the best is {m0.method} degree {p0} (error <= {m0.bound:.3g}): raise --max-features or "
+                     "--seq-len, or lower the radius")
+    top = _candidate(m0, dim, value_dim, seq_len, budget, f"{lead} ({_WHAT[m0.method]})")
+
+    def ratio(a) -> str:
+        return f"{a.bound / m0.bound:.2g}x" if m0.bound > 0 else "-"
+
+    rest = [_candidate(pair[1], dim, value_dim, seq_len, budget,
+                       f"{_WHAT[pair[1].method]}: error {ratio(pair[1])} the top's at the same features")]
+    if taylor_ok:
+        rest.append(make(approx.taylor, p0, lambda a: f"Taylor truncation: error {ratio(a)} the top's; exact series "
+                                                      "coefficients, accurate near 0 only"))
+    lower_is_positive = False
+    if positive_on_range:
+        q = p0 if p0 % 2 == 0 else p0 - 1
+        base = (best.get(q) or approx.minimax(f, q, radius, seconds=APPROX_SECONDS)) if q >= 0 else None
+        pos = None
+        if q == 0 and base.coefficients[0] > 0:
+            # a positive constant needs no shift (and positive() wants a degree >= 2)
+            pos = dataclasses.replace(base, method=base.method + "+positive")
+        elif q >= 2:
+            pos = approx.positive(base, seconds=APPROX_SECONDS)
+        if pos is not None and pos.cost == 0 and q == p0 and m0 is base:
+            top = dataclasses.replace(top, why=top.why + "; positive on the whole real line: safe to normalise")
+        elif pos is not None:
+            lower_is_positive = pos.cost == 0 and q == p0 - 1
+            why = ("positive on the whole real line as it is: safe to normalise" if pos.cost == 0 else
+                   f"positive on the whole real line, safe to normalise: costs +{pos.cost:.2g} in error")
+            rest.append(_candidate(pos, dim, value_dim, seq_len, budget, why))
+    if degree is None and p0 >= 1 and (p0 - 1) in best and not lower_is_positive:
+        rest.append(_candidate(best[p0 - 1], dim, value_dim, seq_len, budget,
+                               f"one degree lower, fewer features: error {best[p0 - 1].bound:.2g}"))
+    if degree is None and top_degree > p0:
+        a = approx.minimax(f, top_degree, radius, seconds=APPROX_SECONDS)
+        if a.bound < 0.999 * m0.bound:
+            rest.append(_candidate(a, dim, value_dim, seq_len, budget, f"most accurate within the budget: error "
+                                                                       f"{a.bound:.2g}, more features"))
+    return [top] + rest[:4]
+
+
+_WHAT = {"minimax": "best uniform polynomial (Remez)", "chebyshev": "Chebyshev interpolant, no Remez iteration",
+         "taylor": "Taylor truncation", "exact": "f itself"}
+
+
+def _degree_cap(dim: int, budget: int) -> int:
+    """The largest degree <= MAX_CANDIDATE_DEGREE whose dense polynomial fits the budget (0 at least)."""
+    p = 0
+    while p < MAX_CANDIDATE_DEGREE and _dense_features(dim, p + 1) <= budget:
+        p += 1
+    return p
 
 
 def analyze(f, dim: int = 16, *, radius: float = 1.0, eps: float = 1e-3, degree: int | None = None,
             value_dim: int | None = None, seq_lens: Sequence[int] = _DEFAULT_SEQ_LENS, n_witness: int = 16,
             certify: bool = True, verify: bool = True, definiteness: bool = True, params=None,
-            progress: bool = False, budget: float = ANALYSIS_SECONDS) -> Analysis:
+            progress: bool = False, budget: float = ANALYSIS_SECONDS, seq_len: int = SEQ_LEN,
+            max_features: int | None = None) -> Analysis:
     """Analyse an entrywise attention function f of the score x = q·k.
 
     Every verdict comes from a certificate: a step that cannot build one (or runs past its
@@ -371,9 +603,10 @@ def analyze(f, dim: int = 16, *, radius: float = 1.0, eps: float = 1e-3, degree:
         Scores are assumed to satisfy |x| ≤ radius: the positivity interval and the
         radius at which the Taylor error bound is stated.
     eps : float
-        Relative error target that picks the Taylor degree of non-polynomial f.
+        Error target, sup |f - poly| over |x| <= radius: the top candidate is the one with the fewest
+        features that reaches it, else the most accurate within the feature budget.
     degree : int, optional
-        Taylor degree to use instead of the one picked from ``eps``.
+        Taylor degree to use instead of the candidate search (the candidates are then all of this degree).
     value_dim : int, optional
         Value head dimension for the cost model (defaults to ``dim``).
     seq_lens : sequence of int
@@ -390,14 +623,22 @@ def analyze(f, dim: int = 16, *, radius: float = 1.0, eps: float = 1e-3, degree:
         Show progress bars on the long steps.
     budget : float
         Wall-clock seconds for the whole analysis (:data:`STEP_SECONDS` per step within it).
+    seq_len : int
+        Sequence length T of the recommendation: predicted times are at T, and without ``max_features``
+        the feature budget is the most features predicted to beat SDPA at T (:mod:`fastattn.costmodel`).
+    max_features : int, optional
+        Feature budget of the candidates (at head dim ``dim``).
 
     Examples
     --------
     >>> a = analyze("exp(x)", dim=16, n_witness=8)
     >>> a.low_rank, a.rank_bound, a.certificate.check
     (False, None, 'full-rank')
-    >>> a.feature_method, a.feature_degree, a.feature_dim
-    ('taylor', 6, 74613)
+    >>> a.feature_method, a.feature_degree, a.feature_dim    # at 8K no map beats SDPA at d16: the budget of 16K
+    ('minimax', 2, 153)
+    >>> b = analyze("exp(x)", dim=16, max_features=1000, certify=False, definiteness=False)
+    >>> [(c.method, c.degree, c.features) for c in b.candidates][:3]
+    [('minimax', 3, 969), ('chebyshev', 3, 969), ('taylor', 3, 969)]
     >>> analyze("exp(x)", dim=16, certify=False).low_rank is None  # "no" needs a certificate
     True
     """
@@ -409,6 +650,10 @@ def analyze(f, dim: int = 16, *, radius: float = 1.0, eps: float = 1e-3, degree:
         raise FastAttnError(f"dim={dim!r} must be an integer >= 1 (the head dimension)")
     radius = _pos_float(radius, "radius")
     budget = _pos_float(budget, "budget")
+    for value, name in ((seq_len, "seq_len"), (max_features, "max_features")):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise FastAttnError(f"{name}={value!r} must be an integer >= 1")
+    eps = _pos_float(eps, "eps")
     value_dim = dim if value_dim is None else value_dim
     clock = _Clock(budget)
     notes: list[str] = []
@@ -450,17 +695,37 @@ def analyze(f, dim: int = 16, *, radius: float = 1.0, eps: float = 1e-3, degree:
         pd, mt = checks
     step("definiteness")
 
+    from fastattn.kernels.poly import MAX_FEATURES
+    from fastattn.transforms.approx import MAX_DEGREE
+
     method = fdeg = fdim = err = None
     too_large = False
+    fbudget, budget_reason = _budget(dim, value_dim, seq_len, max_features)
+    candidates: list[Candidate] = []
     try:
         with clock.step(STEP_SECONDS["feature map"], f"the feature map of {f.source!r}"):
-            method, fdeg, fdim, err, too_large = _feature_plan(f, dim, radius, R, eps, degree, bound, notes)
-    except FastAttnError as exc:
+            if degree is not None and not f.is_polynomial:
+                # an explicit degree keeps the Taylor map as the top line, counted before anything is built
+                method, fdeg, fdim, err, too_large = _taylor_plan(f, dim, radius, R, degree, notes)
+                if method is not None and not too_large and 0 <= degree <= MAX_DEGREE:
+                    candidates = _candidates(f, dim, value_dim, radius, eps, max(fbudget, fdim), seq_len,
+                                             positivity.positive is True, degree, notes)
+            else:
+                candidates = _candidates(f, dim, value_dim, radius, eps, fbudget, seq_len,
+                                         positivity.positive is True, None, notes)
+                top = candidates[0]
+                method, fdeg, fdim, err = top.method, top.degree, top.features, top.error
+                too_large = fdim > MAX_FEATURES
+    except (FastAttnError, ArithmeticError, ValueError) as exc:
+        # ArithmeticError / ValueError: a certification overflowing on a hostile f; report it, do not crash
         method = fdeg = fdim = err = None
+        too_large = False
+        candidates = []
         notes.append(f"no feature map: {exc}")
+    if f.kind == "not-analytic" and candidates:
+        notes.append(f"f has no Taylor series at 0 ({f.reason}): the candidates are uniform (Chebyshev / minimax) "
+                     f"approximations on |x| <= {radius:g}, which exist for every continuous f (Weierstrass)")
     if too_large and fdim is not None:
-        from fastattn.kernels.poly import MAX_FEATURES
-
         notes.append(f"feature map too large: {fdim:,} features at head dim {dim} (limit {MAX_FEATURES:,}); not built")
     step("feature map")
     if bar is not None:
@@ -472,5 +737,6 @@ def analyze(f, dim: int = 16, *, radius: float = 1.0, eps: float = 1e-3, degree:
         spec=f, dim=dim, radius=radius, kind=f.kind, reason=f.reason, low_rank=low_rank, rank_bound=bound,
         certificate=cert, positivity=positivity, positive_definite=pd, metric_transform=mt, feature_method=method,
         feature_degree=fdeg, feature_dim=fdim, error_bound=err, cost=cost, notes=notes,
-        low_rank_reason=low_rank_reason, feature_too_large=too_large,
+        low_rank_reason=low_rank_reason, feature_too_large=too_large, candidates=candidates, budget=fbudget,
+        budget_reason=budget_reason, seq_len=seq_len, eps=eps, value_dim=value_dim,
     )

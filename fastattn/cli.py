@@ -76,13 +76,21 @@ def _add_analyze(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help='the function of the score x, e.g. "exp(x)" or "1 + x + x**2/2"')
     p.add_argument("--dim", type=int, default=16, help="head dimension d (default 16)")
     p.add_argument("--radius", type=float, default=1.0, help="bound on |score| for positivity and error bounds (default 1)")
-    p.add_argument("--eps", type=float, default=1e-3, help="relative error that picks the Taylor degree (default 1e-3)")
-    p.add_argument("--degree", type=int, default=None, help="Taylor degree to use instead of the one picked from --eps")
+    p.add_argument("--eps", type=float, default=1e-3,
+                   help="error target, sup |f - map| on |x| <= radius: the top candidate is the one with the fewest "
+                        "features that reaches it (default 1e-3)")
+    p.add_argument("--degree", type=int, default=None, help="Taylor degree to use instead of the candidate search")
+    p.add_argument("--max-features", type=int, default=None, metavar="N",
+                   help="feature budget of the candidates at --dim (default: the most features predicted to beat "
+                        "SDPA at --seq-len, by the cost model calibrated on the H200 run v15)")
+    p.add_argument("--seq-len", type=int, default=8192, metavar="T",
+                   help="sequence length of the recommendation and its predicted times (default 8192)")
     p.add_argument("--seq-lens", type=int, nargs="+", default=[2048, 8192, 32768, 65536], help="sequence lengths of the cost table")
     p.add_argument("--n-witness", type=int, default=16, help="size of the full-rank witness of a non-polynomial (default 16)")
     p.add_argument("--param", action="append", metavar="NAME=VALUE", help="a constant used in SPEC, e.g. tau=8 (repeatable)")
     p.add_argument("--no-certify", action="store_true", help="skip the rank certificate")
-    p.add_argument("--plot", metavar="OUT.png", help="write the singular-value decay plot to this file")
+    p.add_argument("--plot", metavar="OUT.png", help="write the singular-value decay plot at --dim, with the rank bound, "
+                                                    "to this file (200 dpi)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
@@ -95,17 +103,20 @@ def _check_parent(path: str, option: str) -> None:
 
 
 def _run_analyze(args) -> int:
-    """Analyse f: class, rank, certificate, positivity, PD/metric class, feature map, cost."""
-    from fastattn.analysis import analyze
+    """Analyse f: class, rank, certificate, positivity, PD/metric class, recommended maps under a budget."""
+    from fastattn.analysis import PLOT_DPI, analyze
 
+    for option, value in (("--max-features", args.max_features), ("--seq-len", args.seq_len)):
+        if value is not None and value < 1:
+            raise UsageError("fastattn analyze", f"argument {option}: must be an integer >= 1, got {value}")
     if args.plot:
         _check_parent(args.plot, "--plot")
     a = analyze(args.spec, dim=args.dim, radius=args.radius, eps=args.eps, degree=args.degree, seq_lens=args.seq_lens,
                 n_witness=args.n_witness, certify=not args.no_certify, params=_params(args.param) or None,
-                progress=not args.json and sys.stderr.isatty())
+                progress=not args.json and sys.stderr.isatty(), seq_len=args.seq_len, max_features=args.max_features)
     if args.plot:
         fig = a.plot()
-        fig.savefig(args.plot, dpi=120)
+        fig.savefig(args.plot, dpi=PLOT_DPI)
     if args.json:
         out = a.to_dict()
         if args.plot:

@@ -29,6 +29,45 @@ def test_analyze_text_and_plot(capsys, tmp_path):
     assert code == 0 and "low rank" in out and png.stat().st_size > 0
 
 
+def _png_dpi(path) -> float:
+    """Dots per inch from a PNG's pHYs chunk (pixels per metre)."""
+    import struct
+
+    data = path.read_bytes()
+    i = data.index(b"pHYs")
+    x, y, unit = struct.unpack(">IIB", data[i + 4:i + 13])
+    assert unit == 1 and x == y
+    return x * 0.0254
+
+
+def test_analyze_recommends_within_the_budget_and_plots_at_200_dpi(capsys, tmp_path):
+    png = tmp_path / "spectrum.png"
+    code, out, _ = run(capsys, "analyze", "exp(x)", "--dim", "64", "--no-certify", "--json", "--plot", str(png))
+    d = json.loads(out)
+    assert code == 0 and d["plot"] == str(png) and _png_dpi(png) >= 199.9
+    assert d["budget"]["features"] == 448 and 3 <= len(d["candidates"]) <= 5
+    assert all(c["features"] <= 448 and c["error_bound"] > 0 for c in d["candidates"])
+    assert d["feature_map"]["dim"] == d["candidates"][0]["features"]
+
+
+def test_analyze_max_features_and_seq_len(capsys):
+    code, out, _ = run(capsys, "analyze", "exp(x)", "--dim", "16", "--no-certify", "--max-features", "200",
+                       "--seq-len", "65536", "--eps", "0.05", "--json")
+    d = json.loads(out)
+    assert code == 0 and d["budget"]["features"] == 200 and d["budget"]["seq_len"] == 65536
+    top = d["candidates"][0]
+    assert (top["method"], top["degree"], top["features"]) == ("minimax", 2, 153)
+    assert top["predicted_ms"] < top["sdpa_ms"]
+
+
+@pytest.mark.parametrize("option, value", [("--max-features", "0"), ("--max-features", "-5"), ("--seq-len", "0"),
+                                           ("--seq-len", "-1")])
+def test_analyze_refuses_a_budget_below_one(capsys, option, value):
+    code, out, err = run(capsys, "analyze", "exp(x)", option, value)
+    assert code == 2 and out == ""
+    assert f"argument {option}: must be an integer >= 1, got {value}" in err and len(err.strip().splitlines()) == 1
+
+
 def test_check_json(capsys):
     code, out, _ = run(capsys, "check", "tanh(x)", "--n", "8", "--json")
     d = json.loads(out)
