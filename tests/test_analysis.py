@@ -195,6 +195,8 @@ def test_a_budget_that_reaches_eps_picks_the_fewest_features():
     assert "fewest features that reach --eps 0.05" in top.why
     assert all(c.features <= 1000 for c in a.candidates)
     assert not any(n.startswith("no candidate within the budget") for n in a.notes)
+    fm = a.feature_map()  # the top line is a map that builds, with the certified bound it names
+    assert fm.dim_out == 153 and fm.error_bound(1) <= top.error
 
 
 def test_a_polynomial_lists_its_exact_map_first():
