@@ -565,7 +565,8 @@ def _candidates(f, dim: int, value_dim: int, radius: float, eps: float, budget: 
             why = ("positive on the whole real line as it is: safe to normalise" if pos.cost == 0 else
                    f"positive on the whole real line, safe to normalise: costs +{pos.cost:.2g} in error")
             rest.append(_candidate(pos, dim, value_dim, seq_len, budget, why))
-    if degree is None and p0 >= 1 and (p0 - 1) in best and not lower_is_positive:
+    # a zero polynomial (the best constant of an odd f) is no map worth listing
+    if degree is None and p0 >= 1 and (p0 - 1) in best and not lower_is_positive and any(best[p0 - 1].coefficients):
         rest.append(_candidate(best[p0 - 1], dim, value_dim, seq_len, budget,
                                f"one degree lower, fewer features: error {best[p0 - 1].bound:.2g}"))
     if degree is None and top_degree > p0:
