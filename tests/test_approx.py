@@ -159,3 +159,14 @@ def test_positive_is_positive_on_the_line_and_reports_its_cost():
 def test_exports():
     assert fastattn.transforms.chebyshev is approx.chebyshev
     assert fastattn.transforms.Approximation is approx.Approximation
+
+
+def test_a_bound_beyond_the_float_range_is_a_clear_error():
+    # exp(exp(exp(exp(x)))) is about exp(3.8e6) at x = 1: no float holds the error of a quadratic
+    with pytest.raises(SpecError, match="beyond the float range"):
+        approx.minimax("exp(exp(exp(exp(x))))", 2, 1, seconds=5)
+
+
+def test_a_constant_is_its_own_positive_approximation():
+    a = approx.positive(approx.chebyshev("exp(x)", 0, 1))
+    assert a.degree == 0 and a.coefficients[0] > 0 and a.bound >= math.e - 1 - 1e-9

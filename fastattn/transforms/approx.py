@@ -243,7 +243,11 @@ def _finish(f, method, p, R, coeffs: list[Fraction], tolerance, seconds, cost_fr
 
 
 def _round_up(v) -> float:
-    out = float(v)
+    try:
+        out = float(v)
+    except OverflowError:
+        raise SpecError(f"the certified error bound is about 2^{int(v).bit_length()}, beyond the float range: "
+                        "f is too large on this radius for a polynomial map; use a smaller radius") from None
     return out if Fraction(out) >= v else math.nextafter(out, math.inf)
 
 
@@ -404,6 +408,8 @@ def _deficit(coeffs: list[Fraction]) -> Fraction:
     poly = sp.Poly([sp.Rational(c.numerator, c.denominator) for c in reversed(coeffs)], X)
     if poly.LC() <= 0 or poly.degree() % 2:
         raise SpecError("the polynomial goes to -infinity: give it a positive leading coefficient and even degree")
+    if poly.degree() == 0:  # a positive constant (the check above): no critical points to search
+        return Fraction(0)
     with mpmath.workdps(_DIGITS):
         crit = [r for r in mpmath.polyroots([mpmath.mpf(c.p) / c.q for c in poly.diff(X).all_coeffs()],
                                             maxsteps=200, extraprec=400, error=False) if abs(mpmath.im(r)) < 1e-20]

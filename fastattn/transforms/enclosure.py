@@ -66,7 +66,7 @@ def certify(expr, coeffs: list[Fraction], R: Fraction, *, tolerance, seconds, or
         floor = Fraction(1, 10 ** (digits - 12))
         while True:
             up = -heap[0][0]
-            stop = target if target is not None else tolerance * lower + floor
+            stop = target if target is not None else Fraction(tolerance) * lower + floor
             if up <= stop or len(heap) >= _MAX_CELLS or time.monotonic() > deadline:
                 break
             if target is not None and lower > target:
@@ -142,7 +142,6 @@ class _Evaluator:
         K = self.order
         s = self._shift(m)
         s = s + [Fraction(0)] * (K + 1 - len(s))
-        hi = iv_of_fraction(h)
         try:
             at = _Series(self, iv_of_fraction(m), K - 1).of(self.expr)
         except (_Undefined, _Kink) as exc:
