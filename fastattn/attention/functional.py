@@ -182,9 +182,7 @@ def _torch_attention(q, k, v, poly, scale, causal, normalize, fix, eps, chunk, t
         return n.to(out_dtype), final
     # a query that sees no key at all (every visible key masked) gets 0, not 0/0
     empty = (visible == 0)[:, None, :]
-    d = z.abs() + eps if fix == "abs" else z
-    d = torch.where((d > 0) & torch.isfinite(d), d, torch.full_like(d, math.nan))
-    d = torch.where(empty, torch.ones_like(d), d)
+    d = torch.where(empty, torch.ones_like(z), naive.guarded_denominator(z, fix, eps))
     o = torch.where(empty[..., None], torch.zeros_like(n), n / d[..., None]).to(out_dtype)
     if check_output is not False:
         naive.check_normalized(o, torch.where(empty, torch.ones_like(z), z), fix, q0, k0, v0)

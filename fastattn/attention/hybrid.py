@@ -124,8 +124,7 @@ def _torch_hybrid(q, k, v, poly, scale, window, chunk, eps):
     # window = 0 is fast_attention's normalised map: f with real zeros divides by |z| + eps
     n, z = torch.cat(n_parts, 2), torch.cat(z_parts, 2)
     fix = check_normalizer(poly, True, None)
-    d = z.abs() + eps if fix == "abs" else z
-    o = (n / d[..., None]).to(out_dtype)
+    o = (n / naive.guarded_denominator(z, fix, eps)[..., None]).to(out_dtype)
     naive.check_normalized(o, z, fix, q0, k0, v0)
     return o
 

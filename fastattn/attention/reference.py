@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from fastattn.kernels.naive import horner, quadratic_attention
+from fastattn.kernels.naive import denominator, horner, quadratic_attention
 
 __all__ = ["softmax_attention", "quadratic_attention", "masked_quadratic_attention"]
 
@@ -64,5 +64,5 @@ def masked_quadratic_attention(q, k, v, coeffs, *, scale=None, is_causal=True, n
     if not normalize:
         return o
     z = a.sum(-1)
-    d = z.abs() + eps if normalizer_fix == "abs" else z
+    d = denominator(z, normalizer_fix, eps)
     return torch.where(see.any(-1)[..., None], o / torch.where(see.any(-1), d, 1.0)[..., None], 0.0)

@@ -29,7 +29,7 @@ from typing import Mapping
 import torch
 
 __all__ = ["horner", "quadratic_attention", "symmetric_tables", "symmetric_features", "chunk_attention", "check_inputs",
-           "check_normalized", "empty_output"]
+           "check_normalized", "empty_output", "denominator", "guarded_denominator"]
 
 
 def _coeffs(coeffs) -> dict:
@@ -47,8 +47,20 @@ def horner(x: torch.Tensor, coeffs: Mapping[int, float]) -> torch.Tensor:
     return y
 
 
-def _denominator(z, normalizer_fix, eps):
+def denominator(z, normalizer_fix, eps):
+    """The normaliser's denominator: z, or |z| + eps with ``normalizer_fix="abs"`` (the references divide by it)."""
     return z.abs() + eps if normalizer_fix == "abs" else z
+
+
+def guarded_denominator(z, normalizer_fix, eps):
+    """:func:`denominator` with a value <= 0 or not finite made NaN, as the kernels' ``_den`` does: a row whose
+    normaliser was lost gives NaN, never a finite wrong quotient (the fast torch paths divide by it).
+
+    >>> guarded_denominator(torch.tensor([2.0, 0.0, -1.0]), None, 1e-6)
+    tensor([2., nan, nan])
+    """
+    d = denominator(z, normalizer_fix, eps)
+    return torch.where((d > 0) & torch.isfinite(d), d, torch.full_like(d, math.nan))
 
 
 def quadratic_attention(q, k, v, coeffs, scale=None, causal=True, normalize=True, normalizer_fix=None,
@@ -77,7 +89,7 @@ def quadratic_attention(q, k, v, coeffs, scale=None, causal=True, normalize=True
         a = a.masked_fill(~torch.ones(T, T, dtype=torch.bool, device=q.device).tril(), 0.0)
     o = a @ v
     if normalize:
-        o = o / _denominator(a.sum(-1), normalizer_fix, eps)[..., None]
+        o = o / denominator(a.sum(-1), normalizer_fix, eps)[..., None]
     return o
 
 
@@ -293,10 +305,7 @@ def chunk_attention(q, k, v, coeffs, scale=None, causal=True, normalize=True, no
         z = (a.sum(-1) + (phic @ z_prev[..., None])[..., 0]).reshape(B, H, N * C)[:, :, :T]
     if not normalize:
         return n.to(out_dtype)
-    d = _denominator(z, normalizer_fix, eps)
-    # as in the kernels (_den): a denominator <= 0 or not finite gives a NaN row, never a finite wrong one
-    d = torch.where((d > 0) & torch.isfinite(d), d, torch.full_like(d, math.nan))
-    o = (n / d[..., None]).to(out_dtype)
+    o = (n / guarded_denominator(z, normalizer_fix, eps)[..., None]).to(out_dtype)
     if check_output is not False:
         check_normalized(o, z, normalizer_fix, q, k, v)
     return o

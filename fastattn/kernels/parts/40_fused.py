@@ -124,7 +124,7 @@ def _chunk_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, ktab, scale, eps, T, D,
 
 @triton.jit
 def _den(b_z, eps, FIX_ABS: tl.constexpr):
-    # the normaliser's denominator: z, or |z| + eps with normalizer_fix="abs" (naive._denominator); one
+    # the normaliser's denominator: z, or |z| + eps with normalizer_fix="abs" (naive.guarded_denominator); one
     # that is <= 0 or not finite becomes NaN, so no finite wrong quotient leaves a kernel
     if FIX_ABS:
         b_d = tl.abs(b_z) + eps
