@@ -1,0 +1,209 @@
+"""Sparse softmax attention: QK-dropping, hash buckets (Dynamic Sparse Flash Attention) and static patterns.
+
+``sparse_attention`` restricts causal softmax attention to the pairs whose tokens are both kept and whose
+bucket ids match; ``pattern_attention`` to the pairs a :mod:`fastattn.patterns` pattern allows. Both run
+the flash kernels of :mod:`fastattn.kernels.sparse` (Triton, forward and backward), whose work follows
+the pairs that take part: kept tokens are compacted, bucketed tokens sorted by (bucket, position), and
+key blocks that cannot meet a query block are never visited. A query with no allowed key outputs 0.
+
+>>> import torch
+>>> q, k, v = torch.randn(3, 1, 2, 16, 8)
+>>> keep = torch.rand(1, 2, 16) < 0.5
+>>> o = sparse_attention(q, k, v, keep=keep)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fastattn.attention.functional import check_tensors
+from fastattn.errors import KernelError
+from fastattn.kernels import naive
+from fastattn.kernels.sparse.flash import SparseFlash, default_scale
+from fastattn.kernels.sparse.schedule import range_schedule
+from fastattn.patterns import Pattern
+
+__all__ = ["sparse_attention", "pattern_attention", "lsh_buckets", "plan_block"]
+
+
+def plan_block(D, DV, device, tuning=None):
+    """Tokens per block: 64 on a GPU (the forward's [64, 64] score tile and [64, DV] accumulator fit the
+    registers of 4 warps up to DV = 128), 32 on the CPU interpreter. ``tuning={"block": n}`` overrides."""
+    if tuning and "block" in tuning:
+        block = tuning["block"]
+        if isinstance(block, bool) or not isinstance(block, int) or block < 16 or block & (block - 1):
+            raise KernelError(f"tuning['block']={block!r} must be a power of two >= 16 (tl.dot's smallest tile)")
+        return block
+    return 64 if torch.device(device).type == "cuda" else 32
+
+
+def _check(query, key, value, scale):
+    check_tensors(query, key, value, False, False)
+    if query.shape[2] != key.shape[2]:
+        raise KernelError(f"sparse attention selects tokens by index, so queries and keys must be one sequence: "
+                          f"T_q={query.shape[2]} != T_k={key.shape[2]}")
+    if query.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise KernelError(f"dtype {query.dtype}: the Triton kernels take float16, bfloat16 or float32; compare in "
+                          "float64 with fastattn.kernels.sparse.masked_attention")
+    if scale is not None and not naive.is_finite_real(scale):
+        raise KernelError(f"scale={scale!r} must be a finite real number (or None for 1/sqrt(D))")
+
+
+def _check_ids(name, x, shape, device):
+    if not isinstance(x, torch.Tensor) or tuple(x.shape) != shape:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise KernelError(f"{name} must be a tensor [B, H, T] = {list(shape)}; got {got}")
+    if x.device != device:
+        raise KernelError(f"{name} is on {x.device}, the queries on {device}: move it with .to(device)")
+
+
+def _check_restrictions(keep, buckets, shape, device):
+    if keep is not None:
+        _check_ids("keep", keep, shape, device)
+        if keep.dtype != torch.bool:
+            raise KernelError(f"keep must be a bool tensor (True = the token takes part); got {keep.dtype}")
+    if buckets is not None:
+        if not isinstance(buckets, (tuple, list)) or len(buckets) != 2:
+            raise KernelError(f"buckets must be a pair (query ids, key ids) of int tensors [B, H, T]; got "
+                              f"{type(buckets).__name__}" + (f" of length {len(buckets)}" if hasattr(buckets, '__len__') else ""))
+        for name, x in zip(("buckets[0] (query ids)", "buckets[1] (key ids)"), buckets):
+            _check_ids(name, x, shape, device)
+            if x.dtype.is_floating_point or x.dtype == torch.bool or x.dtype.is_complex:
+                raise KernelError(f"{name} must hold integer ids; got {x.dtype}")
+            if x.numel() and (int(x.min()) < 0 or int(x.max()) >= 2 ** 31):
+                raise KernelError(f"{name} must lie in [0, 2^31); got values in [{int(x.min())}, {int(x.max())}]: "
+                                  "shift or renumber them")
+
+
+def _slots(x, perm):
+    """[B, H, T, C] -> [BH, T, C] in schedule order (slot t holds token perm[bh, t])."""
+    B, H, T, C = x.shape
+    x = x.reshape(B * H, T, C)
+    return x if perm is None else x.gather(1, perm[..., None].expand(-1, -1, C))
+
+
+def sparse_attention(query, key, value, *, keep=None, buckets=None, is_causal=True, scale=None, tuning=None):
+    """Softmax attention over the pairs whose tokens are both kept and share a bucket (causal by default).
+
+    Pair (i, j) takes part when ``keep[b, h, i] and keep[b, h, j]`` (QK-dropping), ``qid[b, h, i] ==
+    kid[b, h, j]`` (hash-sparse, ``buckets = (qid, kid)``) and, with ``is_causal``, j <= i in the original
+    positions. o_i = sum_j softmax_j(s q_i.k_j) v_j over those pairs; a query with none (dropped, or its
+    bucket holds only later keys) outputs zeros and passes back zero gradients.
+
+    Parameters
+    ----------
+    query, key : tensor [B, H, T, D]
+    value : tensor [B, H, T, DV]
+        float16, bfloat16 or float32, one device (CUDA, or the CPU under ``TRITON_INTERPRET=1``).
+    keep : bool tensor [B, H, T], optional
+        Tokens that take part; the kernels run on the kept ones only, compacted in order.
+    buckets : (int tensor [B, H, T], int tensor [B, H, T]), optional
+        Query and key bucket ids in [0, 2^31), e.g. from :func:`lsh_buckets`; the kernels run over the
+        tokens sorted by (bucket, position) and skip block pairs with no shared bucket.
+    is_causal : bool
+    scale : float, optional
+        s; default 1/sqrt(D).
+    tuning : dict, optional
+        Private: ``{"block": n}`` tokens per block (tests and sweeps).
+
+    Returns
+    -------
+    o : tensor [B, H, T, DV] in the inputs' dtype.
+
+    Examples
+    --------
+    >>> q, k, v = torch.randn(3, 1, 2, 64, 16, device="cuda")        # doctest: +SKIP
+    >>> qid, kid = lsh_buckets(q, k, 4, seed=0)                        # doctest: +SKIP
+    >>> o = sparse_attention(q, k, v, buckets=(qid, kid))              # doctest: +SKIP
+    """
+    _check(query, key, value, scale)
+    B, H, T, D = query.shape
+    _check_restrictions(keep, buckets, (B, H, T), query.device)
+    if T == 0:
+        return naive.empty_output(query, key, value)
+    block = plan_block(D, value.shape[-1], query.device, tuning)
+    flat = lambda x: None if x is None else x.reshape(B * H, T)  # noqa: E731
+    sched = range_schedule(B * H, T, keep=flat(keep), buckets=None if buckets is None else tuple(map(flat, buckets)),
+                           is_causal=is_causal, block=block, device=query.device)
+    sorted_ = keep is not None or buckets is not None
+    perm_q, perm_k = (sched.perm_q, sched.perm_k) if sorted_ else (None, None)
+    o = SparseFlash.apply(_slots(query, perm_q), _slots(key, perm_k), _slots(value, perm_k), sched,
+                          default_scale(D, scale), bool(is_causal))
+    if perm_q is not None:
+        inv = torch.empty_like(perm_q).scatter_(1, perm_q, torch.arange(T, device=query.device).expand(B * H, T))
+        o = o.gather(1, inv[..., None].expand(-1, -1, o.shape[-1]))
+    return o.reshape(B, H, T, -1)
+
+
+def pattern_attention(query, key, value, pattern, *, is_causal=True, scale=None, tuning=None):
+    """Softmax attention over the pairs a static pattern allows (and j <= i with ``is_causal``).
+
+    The pattern is compiled once per (T, block, is_causal) to a list of key blocks per query block
+    (:meth:`fastattn.patterns.Pattern.compile`); the kernels visit only those, and apply the element
+    mask only in blocks the pattern covers partly. Arguments as in :func:`sparse_attention`, plus
+
+    pattern : :class:`fastattn.patterns.Pattern`
+        e.g. ``local(256) | global_tokens(4)`` or ``local(64) | strided(64)``.
+
+    >>> from fastattn.patterns import local, global_tokens
+    >>> q, k, v = torch.randn(3, 1, 2, 256, 16, device="cuda")                 # doctest: +SKIP
+    >>> o = pattern_attention(q, k, v, local(32) | global_tokens(4))           # doctest: +SKIP
+    """
+    _check(query, key, value, scale)
+    if not isinstance(pattern, Pattern):
+        raise KernelError(f"pattern must be a fastattn.patterns.Pattern (local(w), strided(s), ... joined with |); "
+                          f"got {type(pattern).__name__}")
+    B, H, T, D = query.shape
+    if T == 0:
+        return naive.empty_output(query, key, value)
+    block = plan_block(D, value.shape[-1], query.device, tuning)
+    sched = pattern.compile(T, block=block, is_causal=bool(is_causal)).schedule(query.device)
+    o = SparseFlash.apply(_slots(query, None), _slots(key, None), _slots(value, None), sched,
+                          default_scale(D, scale), bool(is_causal))
+    return o.reshape(B, H, T, -1)
+
+
+def lsh_buckets(query, key, n_buckets, *, seed):
+    """Reformer-style angular LSH: ids argmax([xR, -xR]) with one random rotation R [D, n_buckets / 2] per head.
+
+    Queries and keys share R, so a query and a key pointing the same way tend to share a bucket. The same
+    ``seed`` gives the same R (drawn on the CPU, then moved), hence the same ids on any device.
+
+    Parameters
+    ----------
+    query, key : tensor [B, H, T, D]
+    n_buckets : int
+        1, or an even number >= 2.
+    seed : int
+
+    Returns
+    -------
+    (query ids, key ids) : int64 tensors [B, H, T] in [0, n_buckets).
+
+    >>> q = torch.randn(1, 2, 5, 8)
+    >>> a, b = lsh_buckets(q, q, 4, seed=0)
+    >>> bool((a == b).all()), a.shape, int(a.max()) < 4
+    (True, torch.Size([1, 2, 5]), True)
+    """
+    if isinstance(n_buckets, bool) or not isinstance(n_buckets, int) or n_buckets < 1 or (n_buckets > 1
+                                                                                          and n_buckets % 2):
+        raise KernelError(f"n_buckets={n_buckets!r} must be 1 or an even int >= 2 (argmax over [xR, -xR])")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise KernelError(f"seed={seed!r} must be an int")
+    for name, x in (("query", query), ("key", key)):
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            raise KernelError(f"{name} must be a tensor [B, H, T, D]")
+    H, D = query.shape[1], query.shape[-1]
+    if key.shape[1] != H or key.shape[-1] != D:
+        raise KernelError(f"query {tuple(query.shape)} and key {tuple(key.shape)} must share H and D")
+    if n_buckets == 1:
+        return (torch.zeros(query.shape[:3], dtype=torch.long, device=query.device),
+                torch.zeros(key.shape[:3], dtype=torch.long, device=key.device))
+    g = torch.Generator().manual_seed(seed)
+    R = torch.randn(H, D, n_buckets // 2, generator=g, dtype=torch.float32).to(query.device)
+
+    def ids(x):
+        r = torch.einsum("bhtd,hdn->bhtn", x.float(), R)
+        return torch.cat([r, -r], -1).argmax(-1)
+
+    return ids(query), ids(key)

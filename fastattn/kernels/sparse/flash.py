@@ -1,0 +1,373 @@
+"""Flash attention over a block schedule: forward, dq and dk/dv Triton kernels for sparse softmax attention.
+
+The kernels see one [BH, T, D] sequence per (batch, head) in *schedule order* (kept tokens compacted
+first, or tokens sorted by bucket; :mod:`.schedule` builds it) with each token's original position, so
+the causal test j <= i stays the one of the unsorted sequence. Each query block visits key blocks
+``start[qb] <= it < end[qb]``; which ones, and whether a block needs its element mask, is data:
+
+* range mode (keep / buckets): key block ``kb = it``, skipped when its smallest original position lies
+  above the query block's largest one (entirely above the causal diagonal);
+* list mode (patterns): key block ``kb = blocks[it]``, with ``full[it]`` saying every pair is allowed.
+
+Inside a block, allowed = valid & (pos_k <= pos_q if causal) & (bucket_q == bucket_k) & pattern. The
+online softmax keeps base-2 logits; ``lse`` (base 2) is +inf on a row with no allowed key, so that the
+backward's p = 2^(s - lse) is 0 there: the row outputs 0 with zero gradients, never NaN. README.md has
+the derivation of the backward and of the block ranges.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["flash_fwd", "flash_bwd", "SparseFlash"]
+
+# kinds of pattern primitives, rows of the int32 table [N, 3] = (kind, a, b) read by _pattern_mask
+LOCAL, DILATED, STRIDED, BLOCKED, GLOBAL = 0, 1, 2, 3, 4
+
+
+@triton.jit
+def _pattern_mask(pos_q, pos_k, prims_ptr, N_PRIMS: tl.constexpr):
+    """[BM, BN] bool: the union over the N_PRIMS primitives (kind, a, b) of the pairs each allows."""
+    d = tl.abs(pos_q[:, None] - pos_k[None, :])  # [BM, BN]
+    hit = d < 0
+    for p in tl.static_range(N_PRIMS):
+        kind = tl.load(prims_ptr + 3 * p)
+        a = tl.load(prims_ptr + 3 * p + 1)
+        b = tl.load(prims_ptr + 3 * p + 2)
+        if kind == 0:  # local(window=a)
+            hit = hit | (d < a)
+        elif kind == 1:  # dilated(window=a, dilation=b)
+            hit = hit | (((d % b) == 0) & (d < a * b))
+        elif kind == 2:  # strided(stride=a)
+            hit = hit | ((d % a) == 0)
+        elif kind == 3:  # blocked(block=a)
+            hit = hit | ((pos_q // a)[:, None] == (pos_k // a)[None, :])
+        else:  # global_tokens(n=a)
+            hit = hit | (pos_q < a)[:, None] | (pos_k < a)[None, :]
+    return hit
+
+
+@triton.jit
+def _allowed(pos_q, pos_k, ok_q, ok_k, bkt_q, bkt_k, prims_ptr, need_mask,
+             IS_CAUSAL: tl.constexpr, HAS_BUCKET: tl.constexpr, N_PRIMS: tl.constexpr):
+    """[BM, BN] bool: the pairs of a tile that take part."""
+    allowed = ok_q[:, None] & ok_k[None, :]
+    if IS_CAUSAL:
+        allowed = allowed & (pos_k[None, :] <= pos_q[:, None])
+    if HAS_BUCKET:
+        allowed = allowed & (bkt_q[:, None] == bkt_k[None, :])
+    if N_PRIMS > 0:
+        if need_mask:
+            allowed = allowed & _pattern_mask(pos_q, pos_k, prims_ptr, N_PRIMS)
+    return allowed
+
+
+@triton.jit
+def sparse_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, pos_q_ptr, pos_k_ptr, bkt_q_ptr, bkt_k_ptr, count_ptr,
+                      start_ptr, end_ptr, blocks_ptr, full_ptr, qmax_ptr, kmin_ptr, prims_ptr,
+                      scale, T, D, DV, NB, stride_pos, stride_count, stride_sched,
+                      IS_CAUSAL: tl.constexpr, HAS_BUCKET: tl.constexpr, USE_LIST: tl.constexpr,
+                      N_PRIMS: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                      PRECISION: tl.constexpr):
+    """One query block of one (b, h).
+
+    q_ptr, k_ptr [BH, T, D]; v_ptr, o_ptr [BH, T, DV]; lse_ptr [BH, T] fp32 (base 2); pos_*_ptr int32
+    [BH or 1, T] original positions (stride_pos 0 when shared); bkt_*_ptr int32 [BH, T] bucket ids;
+    count_ptr int32 [BH or 1] valid tokens (stride_count 0 => shared); start_ptr/end_ptr int32
+    [BH or 1, NB] schedule (stride_sched 0 => shared); blocks_ptr/full_ptr int32 [nnz] (list mode);
+    qmax_ptr/kmin_ptr int32 [BH, NB] per-block max query / min key position (range mode); prims_ptr
+    int32 [N_PRIMS, 3] (list mode).
+    """
+    pid = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    count = tl.load(count_ptr + bh * stride_count)
+    o_q = pid * BLOCK + tl.arange(0, BLOCK)
+    o_d = tl.arange(0, BLOCK_D)
+    o_dv = tl.arange(0, BLOCK_DV)
+    ok_q = o_q < count
+    b_q = tl.load(q_ptr + bh * T * D + o_q[:, None] * D + o_d[None, :],
+                  mask=ok_q[:, None] & (o_d < D)[None, :], other=0.0)  # [BM, BD]
+    pos_q = tl.load(pos_q_ptr + bh * stride_pos + o_q, mask=o_q < T, other=0)
+    bkt_q = pos_q
+    if HAS_BUCKET:
+        bkt_q = tl.load(bkt_q_ptr + bh * T + o_q, mask=o_q < T, other=-1)
+    start = tl.load(start_ptr + bh * stride_sched + pid)
+    end = tl.load(end_ptr + bh * stride_sched + pid)
+    qmax = 0
+    if not USE_LIST:
+        qmax = tl.load(qmax_ptr + bh * NB + pid)
+    qk_scale = scale * 1.4426950408889634
+    m_i = tl.full([BLOCK], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK], tl.float32)
+    acc = tl.zeros([BLOCK, BLOCK_DV], tl.float32)
+    for it in range(start, end):
+        if USE_LIST:
+            kb = tl.load(blocks_ptr + it)
+            need = tl.load(full_ptr + it) == 0
+            visit = True
+        else:
+            kb = it
+            need = False
+            # sorted by bucket, a block inside the range can still lie wholly after the query block
+            visit = True
+            if IS_CAUSAL:
+                visit = tl.load(kmin_ptr + bh * NB + it) <= qmax
+        if visit:
+            o_k = kb * BLOCK + tl.arange(0, BLOCK)
+            ok_k = o_k < count
+            b_k = tl.load(k_ptr + bh * T * D + o_k[:, None] * D + o_d[None, :],
+                          mask=ok_k[:, None] & (o_d < D)[None, :], other=0.0)  # [BN, BD]
+            b_v = tl.load(v_ptr + bh * T * DV + o_k[:, None] * DV + o_dv[None, :],
+                          mask=ok_k[:, None] & (o_dv < DV)[None, :], other=0.0)  # [BN, BDV]
+            pos_k = tl.load(pos_k_ptr + bh * stride_pos + o_k, mask=o_k < T, other=0)
+            bkt_k = pos_k
+            if HAS_BUCKET:
+                bkt_k = tl.load(bkt_k_ptr + bh * T + o_k, mask=o_k < T, other=-2)
+            allowed = _allowed(pos_q, pos_k, ok_q, ok_k, bkt_q, bkt_k, prims_ptr, need, IS_CAUSAL, HAS_BUCKET,
+                               N_PRIMS)
+            s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * qk_scale  # [BM, BN]
+            s = tl.where(allowed, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            # a row with nothing allowed yet keeps m = -inf: shift it by 0 so that 2^(-inf - shift) = 0, not NaN
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.math.exp2(s - m_use[:, None])  # [BM, BN]
+            alpha = tl.math.exp2(m_i - m_use)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(b_v.dtype), b_v, input_precision=PRECISION)  # [BM, BDV]
+            m_i = m_new
+    has = l_i > 0
+    acc = acc / tl.where(has, l_i, 1.0)[:, None]
+    lse = tl.where(has, m_i + tl.math.log2(tl.where(has, l_i, 1.0)), float("inf"))
+    tl.store(o_ptr + bh * T * DV + o_q[:, None] * DV + o_dv[None, :], acc.to(o_ptr.dtype.element_ty),
+             mask=(o_q < T)[:, None] & (o_dv < DV)[None, :])
+    tl.store(lse_ptr + bh * T + o_q, lse, mask=o_q < T)
+
+
+@triton.jit
+def sparse_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, pos_q_ptr, pos_k_ptr, bkt_q_ptr,
+                     bkt_k_ptr, count_ptr, start_ptr, end_ptr, blocks_ptr, full_ptr, qmax_ptr, kmin_ptr, prims_ptr,
+                     scale, T, D, DV, NB, stride_pos, stride_count, stride_sched,
+                     IS_CAUSAL: tl.constexpr, HAS_BUCKET: tl.constexpr, USE_LIST: tl.constexpr,
+                     N_PRIMS: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                     PRECISION: tl.constexpr):
+    """dq of one query block, over the forward's schedule. do_ptr [BH, T, DV]; delta_ptr [BH, T] fp32 =
+    rowsum(o * do); dq_ptr [BH, T, D] fp32; the rest as in :func:`sparse_fwd_kernel`."""
+    pid = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    count = tl.load(count_ptr + bh * stride_count)
+    o_q = pid * BLOCK + tl.arange(0, BLOCK)
+    o_d = tl.arange(0, BLOCK_D)
+    o_dv = tl.arange(0, BLOCK_DV)
+    ok_q = o_q < count
+    b_q = tl.load(q_ptr + bh * T * D + o_q[:, None] * D + o_d[None, :],
+                  mask=ok_q[:, None] & (o_d < D)[None, :], other=0.0)  # [BM, BD]
+    b_do = tl.load(do_ptr + bh * T * DV + o_q[:, None] * DV + o_dv[None, :],
+                   mask=ok_q[:, None] & (o_dv < DV)[None, :], other=0.0)  # [BM, BDV]
+    lse = tl.load(lse_ptr + bh * T + o_q, mask=ok_q, other=float("inf"))
+    delta = tl.load(delta_ptr + bh * T + o_q, mask=ok_q, other=0.0)
+    pos_q = tl.load(pos_q_ptr + bh * stride_pos + o_q, mask=o_q < T, other=0)
+    bkt_q = pos_q
+    if HAS_BUCKET:
+        bkt_q = tl.load(bkt_q_ptr + bh * T + o_q, mask=o_q < T, other=-1)
+    start = tl.load(start_ptr + bh * stride_sched + pid)
+    end = tl.load(end_ptr + bh * stride_sched + pid)
+    qmax = 0
+    if not USE_LIST:
+        qmax = tl.load(qmax_ptr + bh * NB + pid)
+    qk_scale = scale * 1.4426950408889634
+    dq = tl.zeros([BLOCK, BLOCK_D], tl.float32)
+    for it in range(start, end):
+        if USE_LIST:
+            kb = tl.load(blocks_ptr + it)
+            need = tl.load(full_ptr + it) == 0
+            visit = True
+        else:
+            kb = it
+            need = False
+            # sorted by bucket, a block inside the range can still lie wholly after the query block
+            visit = True
+            if IS_CAUSAL:
+                visit = tl.load(kmin_ptr + bh * NB + it) <= qmax
+        if visit:
+            o_k = kb * BLOCK + tl.arange(0, BLOCK)
+            ok_k = o_k < count
+            b_k = tl.load(k_ptr + bh * T * D + o_k[:, None] * D + o_d[None, :],
+                          mask=ok_k[:, None] & (o_d < D)[None, :], other=0.0)  # [BN, BD]
+            b_v = tl.load(v_ptr + bh * T * DV + o_k[:, None] * DV + o_dv[None, :],
+                          mask=ok_k[:, None] & (o_dv < DV)[None, :], other=0.0)  # [BN, BDV]
+            pos_k = tl.load(pos_k_ptr + bh * stride_pos + o_k, mask=o_k < T, other=0)
+            bkt_k = pos_k
+            if HAS_BUCKET:
+                bkt_k = tl.load(bkt_k_ptr + bh * T + o_k, mask=o_k < T, other=-2)
+            allowed = _allowed(pos_q, pos_k, ok_q, ok_k, bkt_q, bkt_k, prims_ptr, need, IS_CAUSAL, HAS_BUCKET,
+                               N_PRIMS)
+            s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * qk_scale  # [BM, BN]
+            p = tl.where(allowed, tl.math.exp2(s - lse[:, None]), 0.0)  # [BM, BN]
+            dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)  # [BM, BN]
+            ds = p * (dp - delta[:, None])
+            dq += tl.dot(ds.to(b_k.dtype), b_k, input_precision=PRECISION)  # [BM, BD]
+    tl.store(dq_ptr + bh * T * D + o_q[:, None] * D + o_d[None, :], dq * scale,
+             mask=(o_q < T)[:, None] & (o_d < D)[None, :])
+
+
+@triton.jit
+def sparse_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, pos_q_ptr, pos_k_ptr,
+                       bkt_q_ptr, bkt_k_ptr, count_ptr, start_ptr, end_ptr, blocks_ptr, full_ptr, qmax_ptr,
+                       kmin_ptr, prims_ptr, scale, T, D, DV, NB, stride_pos, stride_count, stride_sched,
+                       IS_CAUSAL: tl.constexpr, HAS_BUCKET: tl.constexpr, USE_LIST: tl.constexpr,
+                       N_PRIMS: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                       PRECISION: tl.constexpr):
+    """dk, dv of one key block, over the transposed schedule (the query blocks that visit it).
+    dk_ptr [BH, T, D], dv_ptr [BH, T, DV] fp32; the rest as in :func:`sparse_dq_kernel`."""
+    pid = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    count = tl.load(count_ptr + bh * stride_count)
+    o_k = pid * BLOCK + tl.arange(0, BLOCK)
+    o_d = tl.arange(0, BLOCK_D)
+    o_dv = tl.arange(0, BLOCK_DV)
+    ok_k = o_k < count
+    b_k = tl.load(k_ptr + bh * T * D + o_k[:, None] * D + o_d[None, :],
+                  mask=ok_k[:, None] & (o_d < D)[None, :], other=0.0)  # [BN, BD]
+    b_v = tl.load(v_ptr + bh * T * DV + o_k[:, None] * DV + o_dv[None, :],
+                  mask=ok_k[:, None] & (o_dv < DV)[None, :], other=0.0)  # [BN, BDV]
+    pos_k = tl.load(pos_k_ptr + bh * stride_pos + o_k, mask=o_k < T, other=0)
+    bkt_k = pos_k
+    if HAS_BUCKET:
+        bkt_k = tl.load(bkt_k_ptr + bh * T + o_k, mask=o_k < T, other=-2)
+    start = tl.load(start_ptr + bh * stride_sched + pid)
+    end = tl.load(end_ptr + bh * stride_sched + pid)
+    kmin = 0
+    if not USE_LIST:
+        kmin = tl.load(kmin_ptr + bh * NB + pid)
+    qk_scale = scale * 1.4426950408889634
+    dk = tl.zeros([BLOCK, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK, BLOCK_DV], tl.float32)
+    for it in range(start, end):
+        if USE_LIST:
+            qb = tl.load(blocks_ptr + it)
+            need = tl.load(full_ptr + it) == 0
+            visit = True
+        else:
+            qb = it
+            need = False
+            visit = True
+            if IS_CAUSAL:
+                visit = tl.load(qmax_ptr + bh * NB + it) >= kmin
+        if visit:
+            o_q = qb * BLOCK + tl.arange(0, BLOCK)
+            ok_q = o_q < count
+            b_q = tl.load(q_ptr + bh * T * D + o_q[:, None] * D + o_d[None, :],
+                          mask=ok_q[:, None] & (o_d < D)[None, :], other=0.0)  # [BM, BD]
+            b_do = tl.load(do_ptr + bh * T * DV + o_q[:, None] * DV + o_dv[None, :],
+                           mask=ok_q[:, None] & (o_dv < DV)[None, :], other=0.0)  # [BM, BDV]
+            lse = tl.load(lse_ptr + bh * T + o_q, mask=ok_q, other=float("inf"))
+            delta = tl.load(delta_ptr + bh * T + o_q, mask=ok_q, other=0.0)
+            pos_q = tl.load(pos_q_ptr + bh * stride_pos + o_q, mask=o_q < T, other=0)
+            bkt_q = pos_q
+            if HAS_BUCKET:
+                bkt_q = tl.load(bkt_q_ptr + bh * T + o_q, mask=o_q < T, other=-1)
+            allowed = _allowed(pos_q, pos_k, ok_q, ok_k, bkt_q, bkt_k, prims_ptr, need, IS_CAUSAL, HAS_BUCKET,
+                               N_PRIMS)
+            s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * qk_scale  # [BM, BN]
+            p = tl.where(allowed, tl.math.exp2(s - lse[:, None]), 0.0)  # [BM, BN]
+            dv += tl.dot(tl.trans(p).to(b_do.dtype), b_do, input_precision=PRECISION)  # [BN, BDV]
+            dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)  # [BM, BN]
+            ds = p * (dp - delta[:, None])
+            dk += tl.dot(tl.trans(ds).to(b_q.dtype), b_q, input_precision=PRECISION)  # [BN, BD]
+    tl.store(dk_ptr + bh * T * D + o_k[:, None] * D + o_d[None, :], dk * scale,
+             mask=(o_k < T)[:, None] & (o_d < D)[None, :])
+    tl.store(dv_ptr + bh * T * DV + o_k[:, None] * DV + o_dv[None, :], dv,
+             mask=(o_k < T)[:, None] & (o_dv < DV)[None, :])
+
+
+# -- host side ----------------------------------------------------------------------------------------------------
+def _empty(shape, device, dtype):
+    # FASTATTN_NAN_FILL=1 (the tests) makes fresh buffers NaN, so a row a kernel forgot to write cannot pass
+    if os.environ.get("FASTATTN_NAN_FILL", "0") == "1":
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _pow2(n):
+    return max(16, triton.next_power_of_2(n))
+
+
+def _common(sched, q, v, scale, is_causal):
+    """Kernel keywords shared by the three launches (everything but the tensors that differ)."""
+    BH, T, D = q.shape
+    s = sched
+    return dict(pos_q_ptr=s.pos_q, pos_k_ptr=s.pos_k, bkt_q_ptr=s.bkt_q if s.bkt_q is not None else s.pos_q,
+                bkt_k_ptr=s.bkt_k if s.bkt_k is not None else s.pos_k, count_ptr=s.count,
+                prims_ptr=s.prims, scale=scale, T=T, D=D, DV=v.shape[-1], NB=s.n_blocks,
+                stride_pos=s.pos_q.shape[-1] if s.pos_q.shape[0] > 1 else 0, stride_count=int(s.count.shape[0] > 1),
+                stride_sched=s.n_blocks if s.fwd_start.shape[0] > 1 else 0,
+                IS_CAUSAL=is_causal, HAS_BUCKET=s.bkt_q is not None, USE_LIST=s.use_list,
+                N_PRIMS=s.prims.shape[0] if s.use_list else 0, BLOCK=s.block, BLOCK_D=_pow2(D),
+                BLOCK_DV=_pow2(v.shape[-1]), PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+                num_warps=4 if s.block <= 64 else 8)
+
+
+def _sides(sched, backward):
+    """(start, end, blocks, full, qmax, kmin) of the forward schedule or of its transpose."""
+    s = sched
+    if backward:
+        return dict(start_ptr=s.bwd_start, end_ptr=s.bwd_end, blocks_ptr=s.bwd_blocks, full_ptr=s.bwd_full,
+                    qmax_ptr=s.qmax, kmin_ptr=s.kmin)
+    return dict(start_ptr=s.fwd_start, end_ptr=s.fwd_end, blocks_ptr=s.fwd_blocks, full_ptr=s.fwd_full,
+                qmax_ptr=s.qmax, kmin_ptr=s.kmin)
+
+
+def flash_fwd(q, k, v, sched, scale, is_causal):
+    """o [BH, T, DV] (q's dtype), lse [BH, T] fp32 base 2, for q, k [BH, T, D], v [BH, T, DV] in schedule order."""
+    BH, T, _ = q.shape
+    o = _empty((BH, T, v.shape[-1]), q.device, q.dtype)
+    lse = _empty((BH, T), q.device, torch.float32)
+    sparse_fwd_kernel[(sched.n_blocks, BH)](q_ptr=q, k_ptr=k, v_ptr=v, o_ptr=o, lse_ptr=lse,
+                                             **_sides(sched, False), **_common(sched, q, v, scale, is_causal))
+    return o, lse
+
+
+def flash_bwd(q, k, v, o, lse, do, sched, scale, is_causal):
+    """dq, dk, dv (fp32, schedule order) of the forward :func:`flash_fwd` ran."""
+    BH, T, D = q.shape
+    delta = (o.float() * do.float()).sum(-1)  # [BH, T]
+    dq = _empty((BH, T, D), q.device, torch.float32)
+    dk = _empty((BH, T, D), q.device, torch.float32)
+    dv = _empty((BH, T, v.shape[-1]), q.device, torch.float32)
+    common = _common(sched, q, v, scale, is_causal)
+    sparse_dq_kernel[(sched.n_blocks, BH)](q_ptr=q, k_ptr=k, v_ptr=v, do_ptr=do, lse_ptr=lse, delta_ptr=delta,
+                                            dq_ptr=dq, **_sides(sched, False), **common)
+    sparse_dkdv_kernel[(sched.n_blocks, BH)](q_ptr=q, k_ptr=k, v_ptr=v, do_ptr=do, lse_ptr=lse, delta_ptr=delta,
+                                              dk_ptr=dk, dv_ptr=dv, **_sides(sched, True), **common)
+    return dq, dk, dv
+
+
+class SparseFlash(torch.autograd.Function):
+    """o = sparse softmax attention of q, k [BH, T, D], v [BH, T, DV] already in schedule order.
+
+    The schedule (a record of int32 index tensors, no gradient) rides on ctx rather than through
+    save_for_backward: it is an argument like ``scale``, never an output of the graph.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, sched, scale, is_causal):
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        o, lse = flash_fwd(q, k, v, sched, scale, is_causal)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.sched, ctx.scale, ctx.is_causal = sched, scale, is_causal
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse = ctx.saved_tensors
+        dq, dk, dv = flash_bwd(q, k, v, o, lse, do.contiguous(), ctx.sched, ctx.scale, ctx.is_causal)
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None
+
+
+def default_scale(D, scale):
+    return 1.0 / math.sqrt(D) if scale is None else float(scale)

@@ -1,0 +1,174 @@
+"""Schedules for the sparse flash kernels: the token order they run in and the blocks each block visits.
+
+A :class:`Schedule` is a record of int32 index tensors, built in torch once per call (range mode:
+O(T log T) per (b, h) for the sort, O(T / block) block statistics and searches) or once per pattern
+(list mode, see :mod:`fastattn.patterns`). The kernels in :mod:`.flash` read nothing else.
+
+Range mode. Each token gets a composite key c = id * T + position (id = its bucket, 0 without buckets);
+a dropped token gets c = BIG + position. Tokens run in increasing c (keep alone: a cumsum compaction,
+the same order), so a block of queries holds composites [cq_min, cq_max] and a block of keys
+[ck_min, ck_max], both increasing along the blocks. A key of bucket b at position j meets a query of
+bucket b at position i >= j (causal), whose c_q = b T + i >= b T + j = c_k, so every key a query block
+needs has c_k in [(cq_min // T) T, cq_max]: a contiguous run of key blocks, found by two searchsorted.
+Without causality the run ends at the last composite of bucket cq_max // T. The transposed run (the
+query blocks a key block meets, for dk/dv) is [ck_min, (ck_max // T) T + T - 1]. Inside a run, a block
+of another bucket can still lie wholly after the query block in position: the kernels skip it on the
+per-block extremes ``qmax`` (largest query position) and ``kmin`` (smallest key position).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["Schedule", "range_schedule", "list_schedule"]
+
+# above every composite id * T + position of a kept token (ids and T stay below 2^31)
+BIG = 1 << 62
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """What the kernels run over. Shapes: BH = batch * heads (1 where shared by all), NB blocks, T tokens.
+
+    block, n_blocks : tokens per block (queries and keys alike) and NB = ceil(T / block).
+    use_list : list mode (pattern) or range mode (keep / buckets).
+    pos_q, pos_k : int32 [BH, T] original position of the token in schedule slot t.
+    bkt_q, bkt_k : int32 [BH, T] bucket id per slot, or None.
+    count : int32 [BH] tokens that take part (they fill slots 0 .. count - 1).
+    fwd_start, fwd_end : int32 [BH, NB] the entries each query block walks (forward, dq).
+    bwd_start, bwd_end : int32 [BH, NB] the entries each key block walks (dk, dv).
+    fwd_blocks, fwd_full, bwd_blocks, bwd_full : int32 [nnz] list mode's block ids and "no element mask" flags.
+    qmax, kmin : int32 [BH, NB] range mode's per-block largest query / smallest key position.
+    prims : int32 [N, 3] list mode's pattern primitives (kind, a, b).
+    perm_q, perm_k : int64 [BH, T] the original position of each slot (None in list mode: identity).
+    """
+
+    block: int
+    n_blocks: int
+    use_list: bool
+    pos_q: torch.Tensor
+    pos_k: torch.Tensor
+    bkt_q: torch.Tensor | None
+    bkt_k: torch.Tensor | None
+    count: torch.Tensor
+    fwd_start: torch.Tensor
+    fwd_end: torch.Tensor
+    bwd_start: torch.Tensor
+    bwd_end: torch.Tensor
+    fwd_blocks: torch.Tensor
+    fwd_full: torch.Tensor
+    bwd_blocks: torch.Tensor
+    bwd_full: torch.Tensor
+    qmax: torch.Tensor
+    kmin: torch.Tensor
+    prims: torch.Tensor
+    perm_q: torch.Tensor | None
+    perm_k: torch.Tensor | None
+
+
+def _order(c, keep, sort):
+    """(perm [BH, T], sorted composites): slot -> original position, stable in c."""
+    BH, T = c.shape
+    if sort:
+        perm = torch.argsort(c, dim=-1, stable=True)
+    else:
+        # keep alone: the kept tokens first in their order, then the dropped ones; a cumsum, no sort
+        kept = keep.long()
+        n = kept.sum(-1, keepdim=True)
+        dest = torch.where(keep, kept.cumsum(-1) - 1, n + (1 - kept).cumsum(-1) - 1)
+        pos = torch.arange(T, device=c.device).expand(BH, T)
+        perm = torch.empty_like(dest).scatter_(-1, dest, pos)
+    return perm, c.gather(-1, perm)
+
+
+def _block_stats(c_sorted, pos_sorted, block, NB, T):
+    """Per block: (c_min, c_max) of its kept tokens (BIG if none; both nondecreasing along the blocks),
+    (pos_max, pos_min) of its kept tokens (-1 / T if none)."""
+    BH = c_sorted.shape[0]
+    pad = NB * block - T
+    c = torch.nn.functional.pad(c_sorted, (0, pad), value=BIG).view(BH, NB, block)
+    pos = torch.nn.functional.pad(pos_sorted, (0, pad), value=0).view(BH, NB, block)
+    valid = c < BIG
+    c_min = c[..., 0].clamp(max=BIG)
+    c_max = torch.where(valid, c, -1).amax(-1)
+    c_max = torch.where(c_max < 0, BIG, c_max)
+    pos_max = torch.where(valid, pos, -1).amax(-1)
+    pos_min = torch.where(valid, pos, T).amin(-1)
+    return c_min, c_max, pos_max, pos_min
+
+
+def _runs(lo, hi, seq_max, seq_min, empty):
+    """[start, end) of the blocks whose composite span meets [lo, hi] (two searchsorted); empty rows get 0, 0."""
+    start = torch.searchsorted(seq_max, lo, side="left")
+    end = torch.searchsorted(seq_min, hi, side="right")
+    end = torch.maximum(end, start)
+    start = torch.where(empty, 0, start)
+    end = torch.where(empty, 0, end)
+    return start.int().contiguous(), end.int().contiguous()
+
+
+def range_schedule(BH, T, *, keep=None, buckets=None, is_causal=True, block=64, device=None):
+    """The range-mode :class:`Schedule` of keep ([BH, T] bool) and/or buckets ((query ids, key ids), [BH, T] ints >= 0)."""
+    pos = torch.arange(T, device=device, dtype=torch.int64).expand(BH, T)
+    if buckets is not None:
+        cq = buckets[0].long() * T + pos
+        ck = buckets[1].long() * T + pos
+    else:
+        cq = ck = pos
+    if keep is not None:
+        cq = torch.where(keep, cq, BIG + pos)
+        ck = torch.where(keep, ck, BIG + pos)
+    sort = buckets is not None
+    if keep is None and not sort:
+        perm_q, cq_s = pos, cq
+    else:
+        perm_q, cq_s = _order(cq, keep, sort)
+    perm_k, ck_s = (perm_q, cq_s) if ck is cq else _order(ck, keep, sort)
+    NB = -(-T // block)
+    qc_min, qc_max, q_pos_max, _ = _block_stats(cq_s, perm_q, block, NB, T)
+    kc_min, kc_max, _, k_pos_min = _block_stats(ck_s, perm_k, block, NB, T)
+    q_empty, k_empty = qc_min >= BIG, kc_min >= BIG
+    qb_lo = torch.where(q_empty, 0, qc_min // T * T)
+    kb_hi = torch.where(k_empty, 0, kc_max // T * T + T - 1)
+    if is_causal:
+        fwd = _runs(qb_lo, torch.where(q_empty, 0, qc_max), kc_max, kc_min, q_empty)
+        bwd = _runs(torch.where(k_empty, 0, kc_min), kb_hi, qc_max, qc_min, k_empty)
+    else:
+        fwd = _runs(qb_lo, torch.where(q_empty, 0, qc_max // T * T + T - 1), kc_max, kc_min, q_empty)
+        bwd = _runs(torch.where(k_empty, 0, kc_min // T * T), kb_hi, qc_max, qc_min, k_empty)
+    count = (keep.sum(-1) if keep is not None else torch.full((BH,), T, device=device)).int()
+    none = torch.zeros(1, dtype=torch.int32, device=device)
+    bkt_q = buckets[0].gather(-1, perm_q).int().contiguous() if buckets is not None else None
+    bkt_k = buckets[1].gather(-1, perm_k).int().contiguous() if buckets is not None else None
+    return Schedule(block=block, n_blocks=NB, use_list=False, pos_q=perm_q.int().contiguous(),
+                    pos_k=perm_k.int().contiguous(), bkt_q=bkt_q, bkt_k=bkt_k, count=count.contiguous(),
+                    fwd_start=fwd[0], fwd_end=fwd[1], bwd_start=bwd[0], bwd_end=bwd[1], fwd_blocks=none,
+                    fwd_full=none, bwd_blocks=none, bwd_full=none, qmax=q_pos_max.int().contiguous(),
+                    kmin=k_pos_min.int().contiguous(), prims=none, perm_q=perm_q, perm_k=perm_k)
+
+
+def list_schedule(T, block, state, prims, device=None):
+    """The list-mode :class:`Schedule` of a block-state matrix ``state`` [NB, NB] (0 skip, 1 needs the element
+    mask, 2 every pair allowed) and the pattern's primitive table ``prims`` [N, 3]."""
+    NB = state.shape[0]
+    state = state.to(device)
+
+    def csr(s):
+        rows, cols = torch.nonzero(s, as_tuple=True)  # row-major: each row's blocks in increasing order
+        ptr = torch.zeros(NB + 1, dtype=torch.int64, device=device)
+        ptr[1:] = torch.bincount(rows, minlength=NB).cumsum(0)
+        full = (s[rows, cols] == 2).int()
+        ptr = ptr.int()
+        return ptr[:-1].contiguous()[None], ptr[1:].contiguous()[None], cols.int().contiguous(), full.contiguous()
+
+    f_start, f_end, f_blocks, f_full = csr(state)
+    b_start, b_end, b_blocks, b_full = csr(state.t().contiguous())
+    pos = torch.arange(T, dtype=torch.int32, device=device)[None]
+    none = torch.zeros(1, dtype=torch.int32, device=device)
+    return Schedule(block=block, n_blocks=NB, use_list=True, pos_q=pos, pos_k=pos, bkt_q=None, bkt_k=None,
+                    count=torch.full((1,), T, dtype=torch.int32, device=device), fwd_start=f_start, fwd_end=f_end,
+                    bwd_start=b_start, bwd_end=b_end, fwd_blocks=f_blocks, fwd_full=f_full, bwd_blocks=b_blocks,
+                    bwd_full=b_full, qmax=none, kmin=none, prims=prims.to(device=device, dtype=torch.int32),
+                    perm_q=None, perm_k=None)
