@@ -13,6 +13,7 @@ torch.Size([2, 50, 32])
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 from torch import nn
@@ -94,7 +95,8 @@ class FastAttention(nn.Module):
             raise KernelError(f"eps={eps!r} must be a finite real number > 0")
         if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
             raise KernelError(f"chunk={chunk!r} must be None or an int >= 1 (tokens per chunk)")
-        check_normalizer(poly, normalize, normalizer_fix)
+        # the rule every path divides by (x**2 gets "abs"), kept for the decoding kernel
+        self._fix = check_normalizer(poly, normalize, normalizer_fix)
         # before any table is built: (1+x)**8 at head dim 64 would be 1.2e10 features
         check_feature_count(poly, head_dim, head_dim_v)
         self.poly = poly
@@ -109,6 +111,8 @@ class FastAttention(nn.Module):
         self.register_buffer("_idx", idx, persistent=False)
         self.register_buffer("_w_phi", w_phi, persistent=False)
         self.register_buffer("_w_psi", w_psi, persistent=False)
+        # the decoding kernel's int32/fp32 tables per device, built on first use
+        self._decode_tables = {}
 
     @classmethod
     def from_spec(cls, spec, head_dim: int, head_dim_v: int | None = None, causal: bool = True,
@@ -182,15 +186,23 @@ class FastAttention(nn.Module):
         return init_state(batch, heads, self.feature_dim, self.head_dim_v, device=device, dtype=dtype)
 
     def step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: State, g: torch.Tensor | None = None, *,
-             enable_gqa: bool | None = None) -> tuple[torch.Tensor, State]:
+             enable_gqa: bool | None = None, inplace: bool = False, _kernel: bool | None = None,
+             _tuning: dict | None = None) -> tuple[torch.Tensor, State]:
         """Decode one token: q [B, H_q, 1, D], k [B, H_kv, 1, D], v [B, H_kv, 1, DV] against ``state``.
 
         Returns (o [B, H_q, 1, DV], the state with this token added); the token sees itself and every
         token in the state, as the causal prefill of the whole sequence would. Cost O(F DV) per
         head, whatever the context length. Grouped-query heads are allowed when H_q != H_kv
-        (``enable_gqa`` defaults to that). ``g`` [B, H_kv, 1], a log forget gate <= 0, decays the
-        state first: S <- exp(g) S + psi(k) v^T. Torch ops on every device (no decoding kernel yet);
-        a layer built with backend="triton" refuses.
+        (``enable_gqa`` defaults to that). ``g`` [B, H_kv, 1] or [B, H_kv], a log forget gate <= 0,
+        decays the state first: S <- exp(g) S + psi(k) v^T.
+
+        CUDA tensors that need no gradient (none requires grad, or grad mode is off) run the fused
+        decoding kernel (:mod:`fastattn.kernels.decode`: one read and one write of the state);
+        float64 inputs and calls that need autograd run torch ops, as does every CPU call (a layer
+        built with backend="triton" refuses what the kernel cannot serve). Both give the same
+        numbers up to rounding. ``inplace=True`` writes the new sums into ``state``'s own tensors and
+        returns that State (no second copy of the state in memory; what a CUDA graph replays);
+        by default ``state`` is left as it was.
 
         Examples
         --------
@@ -201,6 +213,8 @@ class FastAttention(nn.Module):
         >>> o.shape, st.tokens.tolist()
         (torch.Size([1, 2, 1, 4]), [1])
         """
+        # _kernel (private, for tests): True runs the kernel on CPU tensors under TRITON_INTERPRET=1, False
+        # forces torch ops; _tuning: the kernel's plan overrides
         for name, x in (("q", q), ("k", k), ("v", v)):
             if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[2] != 1:
                 got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -210,11 +224,75 @@ class FastAttention(nn.Module):
             raise KernelError("step needs a state: start from layer.init_state(batch, heads, device, dtype) or a "
                               "prefill's output_final_state=True")
         gqa = q.shape[1] != k.shape[1] if enable_gqa is None else enable_gqa
-        backend = "torch" if self.backend == "auto" else self.backend
-        return fast_attention(q, k, v, self.poly, is_causal=True, scale=self.scale, normalize=self.normalize,
-                              enable_gqa=gqa, g=g, initial_state=state, output_final_state=True,
-                              normalizer_fix=self.normalizer_fix, eps=self.eps, chunk=1, backend=backend,
-                              tables=self._tables(self.scale), check_output=self.check_output)
+        if isinstance(g, torch.Tensor) and g.dim() == 2:
+            g = g[..., None]
+        if self._step_route(q, k, v, g, state, _kernel) == "kernel":
+            return self._kernel_step(q, k, v, state, g, gqa, inplace, _tuning)
+        if inplace and torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, g, state.S, state.z)
+                                                       if isinstance(x, torch.Tensor)):
+            raise KernelError("inplace=True overwrites the state, which autograd needs: call it under "
+                              "torch.no_grad(), or without inplace")
+        o, new = fast_attention(q, k, v, self.poly, is_causal=True, scale=self.scale, normalize=self.normalize,
+                                enable_gqa=gqa, g=g, initial_state=state, output_final_state=True,
+                                normalizer_fix=self.normalizer_fix, eps=self.eps, chunk=1, backend="torch",
+                                tables=self._tables(self.scale), check_output=self.check_output)
+        if not inplace:
+            return o, new
+        state.S.copy_(new.S)
+        state.z.copy_(new.z)
+        state.tokens.copy_(new.tokens)
+        return o, state
+
+    def _step_route(self, q, k, v, g, state, force) -> str:
+        # "kernel" or "torch" for one decoding step; backend="triton" (or force=True) refuses what the
+        # kernel cannot serve
+        if self.backend == "torch" or force is False:
+            return "torch"
+        interpret = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+        want = self.backend == "triton" or force is True
+        why = None
+        if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, g, state.S, state.z)
+                                           if isinstance(x, torch.Tensor)):
+            why = "autograd (an input requires grad; run it under torch.no_grad())"
+        elif q.dtype == torch.float64:
+            why = "float64 inputs"
+        elif not (q.is_cuda or (interpret and want)):
+            why = f"tensors on {q.device} (CUDA, or TRITON_INTERPRET=1 with CPU tensors)"
+        if why is None:
+            return "kernel"
+        if want:
+            raise KernelError(f"the decoding kernel does not serve {why}; use backend='auto' or 'torch'")
+        return "torch"
+
+    def _kernel_step(self, q, k, v, state, g, gqa, inplace, tuning):
+        from fastattn.attention.functional import check_gate, check_tensors
+        from fastattn.attention.state import check_state
+        from fastattn.kernels.decode import decode_step, decode_tables
+        from fastattn.kernels.naive import check_normalized
+
+        check_tensors(q, k, v, True, gqa)
+        B, Hk = k.shape[:2]
+        check_state(state, B, Hk, self.feature_dim, self.head_dim_v, q.dtype, q.device)
+        # the value check of g and of the output costs a host sync: where check_output asks for it
+        asked = self.check_output is True or (self.check_output is None
+                                              and (not q.is_cuda or torch.is_anomaly_enabled()))
+        check = asked and not (q.is_cuda and torch.cuda.is_current_stream_capturing())
+        if g is not None:
+            if check:
+                check_gate(g, B, Hk, 1, k, True)
+            elif (not isinstance(g, torch.Tensor) or not g.dtype.is_floating_point or tuple(g.shape) != (B, Hk, 1)
+                  or g.device != k.device):
+                got = f"{tuple(g.shape)} on {g.device}" if isinstance(g, torch.Tensor) else type(g).__name__
+                raise KernelError(f"g must be a float tensor [B, H_kv, 1] = [{B}, {Hk}, 1] on {k.device}; got {got}")
+        key = str(q.device)
+        if key not in self._decode_tables:
+            # rebuilt in float64, not read from the buffers: module.half() would have rounded those
+            self._decode_tables[key] = decode_tables(*symmetric_tables(self.poly, self.head_dim, self.scale), q.device)
+        o, new, zq = decode_step(q, k, v, state, self.poly, self._decode_tables[key], g=g, normalize=self.normalize,
+                                 normalizer_fix=self._fix, eps=self.eps, inplace=inplace, tuning=tuning)
+        if self.normalize and check:
+            check_normalized(o, zq[..., None], self._fix, q, k, v)
+        return o, new
 
     def extra_repr(self) -> str:
         return (f"f(x)={self.poly.text}, head_dim={self.head_dim}, head_dim_v={self.head_dim_v}, "

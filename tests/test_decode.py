@@ -1,0 +1,213 @@
+"""The decoding kernel (fastattn/kernels/decode.py) against the torch step, on the Triton interpreter.
+
+Chain: the torch step (``FastAttention.step`` on torch ops, itself tested against the float64
+quadratic reference in test_layer_api.py) -> the kernel, on o and on the new state S, z, in fp32
+and fp16; and a prefill on the torch path followed by kernel steps against one forward over the
+whole sequence. Large feature maps run with block_f = 512 to keep the interpreter's walk short.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fastattn.attention import FastAttention, State, fast_attention
+from fastattn.errors import KernelError
+from fastattn.kernels.checks import assert_close
+from fastattn.kernels.decode import decode_step, decode_tables, plan
+from fastattn.kernels.naive import symmetric_tables
+
+F2 = "1 + x + x**2/2"
+
+
+@pytest.fixture(autouse=True)
+def _interpreter(kernel_env):
+    yield
+
+
+def _inputs(B, Hq, Hk, D, DV, dtype, seed, T=1):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, Hq, T, D, generator=g)
+    k = torch.randn(B, Hk, T, D, generator=g)
+    v = torch.randn(B, Hk, T, DV, generator=g)
+    gate = -torch.rand(B, Hk, T, generator=g)
+    return q.to(dtype), k.to(dtype), v.to(dtype), gate
+
+
+def _prefill(attn, B, Hk, D, DV, dtype, seed, T=5):
+    # a realistic state: T tokens through the torch path (its S is a strided slice of the chunk sums)
+    _, k, v, gate = _inputs(B, Hk, Hk, D, DV, dtype, seed + 1, T)
+    _, st = fast_attention(k, k, v, attn.poly, scale=attn.scale, normalize=attn.normalize, g=gate,
+                           output_final_state=True, normalizer_fix=attn.normalizer_fix, backend="torch")
+    return st
+
+
+# id: f, D, DV, normalize, (B, H_q, H_kv), gate, dtype, tuning
+CASES = [
+    ("taylor2-d16-gqa-gate", F2, 16, 16, True, (1, 4, 2), True, torch.float32, None),
+    ("taylor2-d16-b3-fp16", F2, 16, 16, True, (3, 2, 2), False, torch.float16, None),
+    ("taylor2-d16-b3-gqa-direct", F2, 16, 16, True, (3, 4, 2), True, torch.float32, {"splits": 1}),
+    ("taylor2-d64-gqa-gate", F2, 64, 64, True, (1, 4, 2), True, torch.float32, {"block_f": 512}),
+    ("taylor2-d60-v48-b3-fp16", F2, 60, 48, True, (3, 4, 2), True, torch.float16, {"block_f": 512}),
+    ("linear-d60-v48-unnormalised", "x", 60, 48, False, (3, 4, 2), True, torch.float32, None),
+    ("linear-d60-v48-fp16-direct", "x", 60, 48, False, (1, 2, 2), False, torch.float16, {"splits": 1}),
+    ("cubic-d8-unnormalised-gqa", "(1+x)**3", 8, 12, False, (3, 4, 2), True, torch.float32, None),
+    ("cubic-d8-fp16", "(1+x)**3", 8, 12, False, (1, 4, 2), False, torch.float16, {"block_f": 16}),
+    ("power2-d60-v48-gqa", "x**2", 60, 48, True, (1, 4, 2), False, torch.float32, {"block_f": 512}),
+    ("power2-d16-fp16-gate", "x**2", 16, 8, True, (3, 2, 2), True, torch.float16, None),
+]
+
+
+@pytest.mark.parametrize("f, D, DV, normalize, heads, gated, dtype, tuning", [c[1:] for c in CASES],
+                         ids=[c[0] for c in CASES])
+def test_kernel_step_matches_torch_step(f, D, DV, normalize, heads, gated, dtype, tuning):
+    B, Hq, Hk = heads
+    attn = FastAttention.from_spec(f, head_dim=D, head_dim_v=DV, normalize=normalize)
+    st = _prefill(attn, B, Hk, D, DV, dtype, seed=D)
+    S0, z0 = st.S.clone(), st.z.clone()
+    q, k, v, gate = _inputs(B, Hq, Hk, D, DV, dtype, seed=DV)
+    g = gate if gated else None
+    want_o, want = attn.step(q, k, v, st, g=g, _kernel=False)
+    got_o, got = attn.step(q, k, v, st, g=g, _kernel=True, _tuning=tuning)
+    assert got_o.dtype == dtype and got.S.dtype == torch.float32
+    assert_close("o", want_o, got_o, dtype)
+    # the state sums never pass through 16 bits: fp32 tolerance whatever the inputs
+    assert_close("S", want.S, got.S, torch.float32)
+    assert_close("z", want.z, got.z, torch.float32)
+    assert torch.equal(got.tokens, st.tokens + 1)
+    # out of place: the state passed in is untouched
+    assert torch.equal(st.S, S0) and torch.equal(st.z, z0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_prefill_then_kernel_decode_equals_one_forward(dtype):
+    # T tokens on the torch path, N by the kernel, against one forward over T + N (GQA, a gate, D = 60, DV = 48)
+    B, Hq, Hk, D, DV, T, N = 3, 4, 2, 60, 48, 7, 2
+    attn = FastAttention.from_spec(F2, head_dim=D, head_dim_v=DV)
+    q, k, v, gate = _inputs(B, Hq, Hk, D, DV, dtype, seed=3, T=T + N)
+    want = attn(q, k, v, enable_gqa=True, g=gate)
+    o, st = fast_attention(q[:, :, :T], k[:, :, :T], v[:, :, :T], attn.poly, scale=attn.scale, enable_gqa=True,
+                           g=gate[..., :T], output_final_state=True, backend="torch")
+    outs = [o]
+    for t in range(T, T + N):
+        o, st = attn.step(q[:, :, t:t + 1], k[:, :, t:t + 1], v[:, :, t:t + 1], st, g=gate[..., t:t + 1],
+                          _kernel=True, _tuning={"block_f": 512})
+        outs.append(o)
+    assert_close("o", want, torch.cat(outs, 2), dtype)
+    assert st.tokens.tolist() == [T + N] * B
+
+
+def test_inplace_step_writes_into_the_state():
+    attn = FastAttention.from_spec(F2, head_dim=8, head_dim_v=6)
+    st = _prefill(attn, 2, 2, 8, 6, torch.float32, seed=1)
+    q, k, v, gate = _inputs(2, 4, 2, 8, 6, torch.float32, seed=2)
+    want_o, want = attn.step(q, k, v, st, g=gate, _kernel=False)
+    S_ptr = st.S.data_ptr()
+    got_o, got = attn.step(q, k, v, st, g=gate, inplace=True, _kernel=True)
+    assert got is st and st.S.data_ptr() == S_ptr
+    assert_close("o", want_o, got_o, torch.float32)
+    assert_close("S", want.S, st.S, torch.float32)
+    assert_close("z", want.z, st.z, torch.float32)
+    assert st.tokens.tolist() == want.tokens.tolist()
+    # the torch path honours inplace too
+    st2 = _prefill(attn, 2, 2, 8, 6, torch.float32, seed=1)
+    _, back = attn.step(q, k, v, st2, g=gate, inplace=True, _kernel=False)
+    assert back is st2
+    assert_close("S torch inplace", want.S, st2.S, torch.float32)
+
+
+def test_denominator_rule_is_the_kernels():
+    # a state whose normaliser sum is negative: NaN rows (the generated kernels' _den), as the torch path gives;
+    # with the output check on, both raise the same KernelError
+    D, DV = 4, 3
+    attn = FastAttention.from_spec(F2, head_dim=D, head_dim_v=DV, check_output=False)
+    F = attn.feature_dim
+    st = State(torch.zeros(1, 2, F, DV), torch.full((1, 2, F), 1.0), torch.tensor([4]))
+    q, k, v, _ = _inputs(1, 2, 2, D, DV, torch.float32, seed=5)
+    # q = 0 reads only the constant feature: phi(q).z = z[0] + psi_0(k) = -5 + 1 in head 0
+    q[0, 0] = 0.0
+    st.z[0, 0, 0] = -5.0
+    want, _ = attn.step(q, k, v, st, _kernel=False)
+    got, _ = attn.step(q, k, v, st, _kernel=True)
+    assert torch.isnan(got[0, 0]).all() and torch.isfinite(got[0, 1]).all()
+    assert torch.equal(torch.isnan(want), torch.isnan(got))
+    assert_close("o head 1", want[0, 1], got[0, 1], torch.float32)
+    checked = FastAttention.from_spec(F2, head_dim=D, head_dim_v=DV)
+    for kernel in (False, True):
+        with pytest.raises(KernelError, match="the normaliser sum_j f"):
+            checked.step(q, k, v, st, _kernel=kernel)
+
+
+def test_routing_without_a_gpu():
+    attn = FastAttention.from_spec(F2, head_dim=4)
+    st = attn.init_state(1, 2)
+    x = torch.randn(1, 2, 1, 4)
+    assert attn._step_route(x, x, x, None, st, None) == "torch"  # CPU: torch unless asked
+    assert attn._step_route(x, x, x, None, st, True) == "kernel"  # asked, under the interpreter
+    xg = x.clone().requires_grad_()
+    assert attn._step_route(xg, x, x, None, st, None) == "torch"
+    with torch.no_grad():
+        assert attn._step_route(xg, x, x, None, st, True) == "kernel"
+    with pytest.raises(KernelError, match="does not serve autograd"):
+        attn._step_route(xg, x, x, None, st, True)
+    x64 = x.double()
+    with pytest.raises(KernelError, match="does not serve float64 inputs"):
+        FastAttention.from_spec(F2, head_dim=4, backend="triton")._step_route(x64, x64, x64, None, st, None)
+    assert FastAttention.from_spec(F2, head_dim=4, backend="torch")._step_route(x, x, x, None, st, True) == "torch"
+    # a step that needs autograd keeps it (the torch path), and refuses to overwrite the state
+    o, new = attn.step(xg, x, x, st, _kernel=None)
+    assert o.requires_grad
+    with pytest.raises(KernelError, match="inplace=True overwrites the state"):
+        attn.step(xg, x, x, st, inplace=True)
+
+
+def test_kernel_step_refuses_a_bad_gate_and_state():
+    attn = FastAttention.from_spec(F2, head_dim=4)
+    x = torch.randn(1, 2, 1, 4)
+    st = attn.init_state(1, 2)
+    with pytest.raises(KernelError, match="g must be <= 0"):
+        attn.step(x, x, x, st, g=torch.full((1, 2, 1), 0.5), _kernel=True)
+    with pytest.raises(KernelError, match=r"g must be a float tensor \[B, H_kv, T_k\]"):
+        attn.step(x, x, x, st, g=torch.zeros(1, 3, 1), _kernel=True)
+    with pytest.raises(KernelError, match="state.S has shape"):
+        attn.step(x, x, x, attn.init_state(1, 3), _kernel=True)
+    # a [B, H_kv] gate is taken as [B, H_kv, 1]
+    gate = -torch.rand(1, 2)
+    a, _ = attn.step(x, x, x, st, g=gate, _kernel=True)
+    b, _ = attn.step(x, x, x, st, g=gate[..., None], _kernel=False)
+    assert_close("o", b, a, torch.float32)
+
+
+def test_plan_splits_the_feature_axis_at_small_batch():
+    cpu = torch.device("cpu")
+    small = plan(batch=1, heads_kv=2, group=2, features=2145, head_dim_v=64, device=cpu)
+    assert (small.block_f, small.block_v, small.block_g, small.blocks) == (64, 64, 2, 34)
+    # 4 programs per "SM" (4 on the interpreter) over 2 heads: 8 wanted, 7 of 5 blocks cover the 34
+    assert (small.splits, small.blocks_per_split) == (7, 5)
+    big = plan(batch=64, heads_kv=16, group=1, features=2145, head_dim_v=64, device=cpu)
+    assert big.splits == 1 and big.blocks_per_split == big.blocks
+    wide = plan(batch=1, heads_kv=1, group=1, features=100, head_dim_v=256, device=cpu, tuning={"splits": 100})
+    assert wide.block_f == 16 and wide.splits == wide.blocks == 7
+    with pytest.raises(KernelError, match="unknown keys \\['chunk'\\]"):
+        plan(batch=1, heads_kv=1, group=1, features=10, head_dim_v=4, device=cpu, tuning={"chunk": 64})
+    with pytest.raises(KernelError, match="block_f=24 must be a power of two >= 16"):
+        plan(batch=1, heads_kv=1, group=1, features=10, head_dim_v=4, device=cpu, tuning={"block_f": 24})
+
+
+def test_decode_step_direct_call_with_a_strided_state():
+    # the kernel reads batch/head/feature strides of S and z: a state cut out of a larger buffer, no copy
+    D, DV, B, H = 4, 5, 2, 2
+    attn = FastAttention.from_spec(F2, head_dim=D, head_dim_v=DV)
+    F = attn.feature_dim
+    big = torch.randn(B, H, 2 * F, DV).abs()
+    zbig = torch.rand(B, H, 3, F) + 1
+    st = State(big[:, :, ::2], zbig[:, :, 1], torch.zeros(B, dtype=torch.int64))
+    q, k, v, _ = _inputs(B, H, H, D, DV, torch.float32, seed=7)
+    tables = decode_tables(*symmetric_tables(attn.poly, D, 1 / math.sqrt(D)), device="cpu")
+    o, new, zq = decode_step(q, k, v, st, attn.poly, tables, tuning={"splits": 2, "block_f": 16})
+    want_o, want = attn.step(q, k, v, State(st.S.contiguous(), st.z.contiguous(), st.tokens), _kernel=False)
+    assert_close("o", want_o, o, torch.float32)
+    assert_close("S", want.S, new.S, torch.float32)
+    assert zq.shape == (B, H) and bool((zq > 0).all())
