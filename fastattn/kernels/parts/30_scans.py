@@ -16,8 +16,8 @@ def _segment_state_kernel(x, y, yd, rden, cz, S, Z, idx, w, ktab, T, D, DV, F_PA
     # state, S_seg = sum_t feat(x_t)^T y_t and Z_seg = sum_t feat(x_t) c_t, with
     # (x, y, c) = (k, v, 1) for the forward state and (q, do / den, dz) for the backward one.
     # The host turns the segment sums into prefix (or suffix) states; the scan kernels then
-    # walk the segments in parallel from them. Axis 0 covers segments S_LO .. S_LO + NSEG - 2 of
-    # NSEG: a prefix never needs the last segment's sum, a suffix never the first.
+    # walk the segments in parallel from them. Axis 0 covers NF x (segments from S_LO on) of NSEG:
+    # a prefix never needs the last segment's sum, a suffix never the first, a final state all.
     i_fs, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_f = i_fs % NF
     i_s = i_fs // NF + S_LO
@@ -56,23 +56,35 @@ def _segment_state_kernel(x, y, yd, rden, cz, S, Z, idx, w, ktab, T, D, DV, F_PA
 
 
 @triton.jit
-def _segment_scan_kernel(S, N, NSEG, REVERSE: tl.constexpr, BLOCK: tl.constexpr):
-    # in place, per batch*head: S[s] <- sum of S[s'] over the segments s' before s (after s
-    # when REVERSE), i.e. the exclusive scan that turns segment sums into carried states; the
-    # last segment visited was never summed (see _segment_state_kernel) and is only written
+def _segment_scan_kernel(S, init, final, N, NSEG, REVERSE: tl.constexpr, BLOCK: tl.constexpr,
+                         HAS_INIT: tl.constexpr = False, FINAL: tl.constexpr = False):
+    # in place, per batch*head: S[s] <- init + sum of S[s'] over the segments s' before s (after s
+    # when REVERSE), i.e. the exclusive scan that turns segment sums into carried states. init [N]
+    # per batch*head is a carried-in state (a user's initial state, or the gradient of the final
+    # one); without FINAL the last segment visited was never summed (see _segment_state_kernel)
+    # and is only written, with FINAL every segment was summed and init + all of them goes to final
     i_n, i_bh = tl.program_id(0), tl.program_id(1)
+    i_bh64 = i_bh.to(tl.int64)
     o_n = i_n * BLOCK + tl.arange(0, BLOCK)
     m_n = o_n < N
-    p_s = S + i_bh.to(tl.int64) * NSEG * N + o_n
-    b_acc = tl.zeros([BLOCK], dtype=tl.float32)
+    p_s = S + i_bh64 * NSEG * N + o_n
+    if HAS_INIT:
+        b_acc = tl.load(init + i_bh64 * N + o_n, mask=m_n, other=0.0)
+    else:
+        b_acc = tl.zeros([BLOCK], dtype=tl.float32)
     for i in range(NSEG):
         if REVERSE:
             i_s = NSEG - 1 - i
         else:
             i_s = i
-        b_x = tl.load(p_s + i_s * N, mask=m_n & ((o_n * 0 + i) < NSEG - 1), other=0.0)
+        if FINAL:
+            b_x = tl.load(p_s + i_s * N, mask=m_n, other=0.0)
+        else:
+            b_x = tl.load(p_s + i_s * N, mask=m_n & ((o_n * 0 + i) < NSEG - 1), other=0.0)
         tl.store(p_s + i_s * N, b_acc, mask=m_n)
         b_acc += b_x
+    if FINAL:
+        tl.store(final + i_bh64 * N + o_n, b_acc, mask=m_n)
 
 
 @triton.jit

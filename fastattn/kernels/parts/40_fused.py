@@ -70,13 +70,15 @@ def _fused_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, scale, eps, T, D
 
 @triton.jit
 def _chunk_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, ktab, scale, eps, T, D, DV, F_PAD, NC, CPS, NSEG, NF,
+                      S_FIRST,
                       BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr,
                       NORMALIZE: tl.constexpr, FIX_ABS: tl.constexpr, PRECISION: tl.constexpr,
                       KRON: tl.constexpr = False, KG: tl.constexpr = 1, KA: tl.constexpr = 1):
     # The chunk-parallel causal forward: one program per (query chunk, v tile, batch*head), no
     # walk carried from chunk to chunk. Keys of the query's own segment (CPS chunks) enter
     # exactly, f on [BT, BT] score tiles; every earlier segment enters through the exclusive
-    # prefix state S0 of the segment (from _segment_prefix), read tile by tile of BF features.
+    # prefix state S0 of the segment (from _segment_prefix), read tile by tile of BF features, from
+    # segment S_FIRST on (0 when S0 carries an initial state in, else 1: segment 0's is zero).
     # o is written once, normalised, in the input dtype.
     i_c, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_s = i_c // CPS
@@ -104,7 +106,7 @@ def _chunk_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, ktab, scale, eps, T, D,
         b_o = tl.dot(b_a.to(DT), b_v, b_o, input_precision=PRECISION)  # [BT, BV]
         if NORMALIZE:
             b_z += tl.sum(b_a, 1)
-    if i_s > 0:
+    if i_s >= S_FIRST:
         o_seg = i_bh64 * NSEG + i_s
         for i_f in range(NF):
             o_f = i_f * BF + tl.arange(0, BF)

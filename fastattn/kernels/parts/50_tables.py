@@ -13,6 +13,24 @@ def feature_dim(dim):
     return sum(math.comb(dim + j - 1, j) for j, a in COEFFS.items() if a != 0)
 
 
+def _symmetric_basis(dim, scale):
+    """The symmetric basis in its one order (by degree, then multisets in lexicographic order): the
+    multisets of head-dim indices (tuples) and their weights a_j scale^j j!/alpha! (float64). The
+    kernel tables and the State's features (fastattn.kernels.naive.symmetric_tables) share it."""
+    rows, ws = [], []
+    for j in sorted(COEFFS):
+        a = float(COEFFS[j])
+        if a == 0.0:
+            continue
+        for combo in itertools.combinations_with_replacement(range(dim), j):
+            mult = math.factorial(j)
+            for c in set(combo):
+                mult //= math.factorial(combo.count(c))
+            rows.append(combo)
+            ws.append(a * float(scale) ** j * mult)
+    return rows, ws
+
+
 def feature_tables(dim, scale, device, block_f=64):
     """Index and weight tables of the symmetric basis for f(scale * q.k) on head dim ``dim``.
 
@@ -33,17 +51,8 @@ def feature_tables(dim, scale, device, block_f=64):
     if key in _TABLES:
         return _TABLES[key]
     slots = max(1, max(COEFFS))
-    rows, ws = [], []
-    for j in sorted(COEFFS):
-        a = float(COEFFS[j])
-        if a == 0.0:
-            continue
-        for combo in itertools.combinations_with_replacement(range(dim), j):
-            mult = math.factorial(j)
-            for c in set(combo):
-                mult //= math.factorial(combo.count(c))
-            rows.append(list(combo) + [-1] * (slots - j))
-            ws.append(a * float(scale) ** j * mult)
+    rows, ws = _symmetric_basis(dim, scale)
+    rows = [list(combo) + [-1] * (slots - len(combo)) for combo in rows]
     n = len(rows)
     n_pad = max(block_f, -(-n // block_f) * block_f)
     idx = torch.full((slots, n_pad), -1, dtype=torch.int32)

@@ -308,14 +308,16 @@ _PLANS = {}
 
 
 def plan(q_shape, v_shape, dtype, device, causal, normalize, part, tuning=None, *, chunk=None, block_f=64,
-         block_v=None, segments=None, saved=None):
+         block_v=None, segments=None, saved=None, state=False):
     """The route and every launch number of one pass (``part`` "fwd" or "bwd") as a :class:`Plan`.
 
     The only reader of overrides: FASTATTN_FUSED in the environment and the ``tuning`` dict (keys and
     defaults in TUNING; an unknown key is a ValueError). ``device``: a torch device or a
     :class:`DeviceInfo` (its SM count cuts the causal scans into segments, its capability allows TMA).
     ``chunk``, ``block_f``, ``block_v``, ``segments`` as :func:`poly_attention` takes them; ``saved``:
-    (tokens per segment, segments) of the states the forward saved for a fused backward, or None.
+    (tokens per segment, segments) of the states the forward saved for a fused backward, or None; ``state``:
+    the call carries a state in or out (then a degree-2 f's constant keeps its Kronecker tile: the state
+    holds it like any feature).
 
     Examples
     --------
@@ -335,11 +337,11 @@ def plan(q_shape, v_shape, dtype, device, causal, normalize, part, tuning=None, 
     t = _resolve(tuning)
     dev = _device_info(device)
     key = (tuple(q_shape), tuple(v_shape), dtype, dev, bool(causal), bool(normalize), part, chunk, block_f, block_v,
-           segments, saved, tuple(t.items()), _interpreting())
+           segments, saved, bool(state), tuple(t.items()), _interpreting())
     p = _PLANS.get(key)
     if p is None:
         p = _PLANS[key] = _plan(tuple(q_shape), tuple(v_shape), dtype, dev, bool(causal), bool(normalize), part, t,
-                                chunk, block_f, block_v, segments, saved)
+                                chunk, block_f, block_v, segments, saved, bool(state))
     return p
 
 
@@ -364,7 +366,7 @@ def _route(part, path, causal, kron, const, segments, saved):
     return "bwd/scan/full/kron" if kron else "bwd/scan/full/symmetric"
 
 
-def _plan(q_shape, v_shape, dtype, dev, causal, normalize, part, t, chunk, block_f, block_v, segments, saved):
+def _plan(q_shape, v_shape, dtype, dev, causal, normalize, part, t, chunk, block_f, block_v, segments, saved, state):
     B, H, T, D = q_shape
     DV = v_shape[-1]
     BH = B * H
@@ -426,7 +428,7 @@ def _plan(q_shape, v_shape, dtype, dev, causal, normalize, part, t, chunk, block
     # the general path: intra kernel, then scans over (feature tile, v tile, batch*head)
     chunk = chunk or _CHUNK
     bf = block_f or 64
-    const = causal and kron and t["const_out"] and kron_const_out(D, bf)
+    const = causal and kron and t["const_out"] and not state and kron_const_out(D, bf)
     f_pad = _kron_tiles(D, bf, const) * bf if kron else _sym_pad(D, bf)
     BVs = BV if block_v is None else min(BV, block_v)
     warps = _scan_warps(kron, bf, BVs)

@@ -61,9 +61,13 @@ def _side_by_side(first, second, device, together=True):
     main.wait_stream(side)
 
 
-def _segment_prefix(p, x, y, rden, cz, idx, w, ktab, normalize, scale_y, reverse, tma=False):
-    """Prefix (``reverse=False``) or suffix sums over segments of the per-segment states:
-    S0[bh, s] = sum over segments before s (after s) of sum_t feat(x_t)^T y_t, and Z0 likewise."""
+def _segment_prefix(p, x, y, rden, cz, idx, w, ktab, normalize, scale_y, reverse, tma=False, init=None,
+                    final=False):
+    """(S0, Z0, SF, ZF): prefix (``reverse=False``) or suffix sums over segments of the per-segment states,
+    S0[bh, s] = init + sum over segments before s (after s) of sum_t feat(x_t)^T y_t, and Z0 likewise
+    (None unless ``normalize``). ``init``: (S, Z or None) [BH, f_pad, DV], [BH, f_pad] carried in at the
+    start (the end when reversed), or None; with ``final`` also init + every segment's sum (SF, ZF), else
+    Nones."""
     B, H, T, D = x.shape
     DV = y.shape[-1]
     BH, NSEG = B * H, p.segments
@@ -73,19 +77,27 @@ def _segment_prefix(p, x, y, rden, cz, idx, w, ktab, normalize, scale_y, reverse
     chunk = p.chunk * g
     NF = p.f_pad // p.table_block_f
     yd, = _descs(tma, chunk, p.block_v, y)
-    # the segments whose sums a prefix (suffix) uses: all but the last (first)
-    _segment_state_kernel[(NF * (NSEG - 1), _cdiv(DV, p.block_v), BH)](
-        x, y, yd, rden, cz, S, Z, idx, w, ktab, T, D, DV, p.f_pad, _cdiv(T, chunk), p.cps // g, NF, NSEG, int(reverse),
-        BT=chunk, BF=p.table_block_f, BV=p.block_v, BD=p.head_block, NORMALIZE=normalize, SCALE_Y=scale_y,
-        PRECISION=p.precision, TMA_LD=tma, WIDE=p.wide, num_warps=p.seg_warps, **p.kron_kw)
+    # the segments whose sums a prefix (suffix) uses: all but the last (first); a final state: all
+    lo, n = (0, NSEG) if final else (int(reverse), NSEG - 1)
+    if n:
+        _segment_state_kernel[(NF * n, _cdiv(DV, p.block_v), BH)](
+            x, y, yd, rden, cz, S, Z, idx, w, ktab, T, D, DV, p.f_pad, _cdiv(T, chunk), p.cps // g, NF, NSEG, lo,
+            BT=chunk, BF=p.table_block_f, BV=p.block_v, BD=p.head_block, NORMALIZE=normalize, SCALE_Y=scale_y,
+            PRECISION=p.precision, TMA_LD=tma, WIDE=p.wide, num_warps=p.seg_warps, **p.kron_kw)
 
-    def exclusive(t):
-        # in-place exclusive scan over the segment axis (dim 1), forward or backward
+    def exclusive(t, t0):
+        # in-place exclusive scan over the segment axis (dim 1), forward or backward, from t0
         n = t[0, 0].numel()
         block = min(1024, _pow2(n))
-        _segment_scan_kernel[(_cdiv(n, block), BH)](t, n, NSEG, REVERSE=reverse, BLOCK=block, num_warps=4)
-        return t
-    return exclusive(S), (exclusive(Z) if normalize else None)
+        tf = t.new_empty((BH,) + tuple(t.shape[2:])) if final else None
+        _segment_scan_kernel[(_cdiv(n, block), BH)](t, t if t0 is None else t0, t if tf is None else tf, n, NSEG,
+                                                    REVERSE=reverse, BLOCK=block, HAS_INIT=t0 is not None,
+                                                    FINAL=final, num_warps=4)
+        return t, tf
+    S0, Z0 = init if init is not None else (None, None)
+    S, SF = exclusive(S, S0)
+    Z, ZF = exclusive(Z, Z0) if normalize else (None, None)
+    return S, Z, SF, ZF
 
 
 def _bwd_prep(q, o, do, z, normalize, fix_abs, eps, chunk, const=False):
@@ -105,74 +117,105 @@ def _bwd_prep(q, o, do, z, normalize, fix_abs, eps, chunk, const=False):
     return rden, dz, (dns.cumsum_(1) if const else None)
 
 
-def _fused_fwd(p, q, k, v, scale, normalize, fix_abs, eps):
+def _start_states(p, k, v, z, idx, w_psi, ktab, normalize, init, final, tma=False):
+    """(S0, Z0, final (SF, ZF) or None) of a causal forward: the segments' start states (placeholders when
+    the walks start from zero) and, with ``final``, the state after the last key. A final state sums z
+    even when not normalising (the State carries it)."""
+    if p.segments == 1 and init is None and not final:
+        return z, z, None
+    S0, Z0, SF, ZF = _segment_prefix(p, k, v, z, z, idx, w_psi, ktab, normalize or final, False, reverse=False,
+                                     tma=tma, init=init, final=final)
+    return S0, (z if Z0 is None else Z0), ((SF, ZF) if final else None)
+
+
+def _fused_fwd(p, q, k, v, scale, normalize, fix_abs, eps, init=None, final=False):
     B, H, T, D = q.shape
     DV = v.shape[-1]
     idx, w_phi, w_psi, _, _ = _tables(p, D, scale, q.device)
     o = _empty((B, H, T, DV), q.device, q.dtype)
     z = _empty((B, H, T), q.device) if normalize else o
-    S0 = Z0 = o
-    if p.segments > 1:
-        S0, Z0 = _segment_prefix(p, k, v, z, z, idx, w_psi, idx, normalize, False, reverse=False)
-        Z0 = o if Z0 is None else Z0
+    S0, Z0, fin = _start_states(p, k, v, z, idx, w_psi, idx, normalize, init, final)
     _fused_fwd_kernel[(p.segments, B * H)](q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, float(scale), float(eps), T, D,
                                            DV, p.f_pad, _cdiv(T, p.chunk), p.cps, BT=p.chunk, BF=p.block_f,
                                            BV=p.block_v, BD=p.head_block, NORMALIZE=normalize, FIX_ABS=fix_abs,
-                                           USE_SEG=p.segments > 1, PRECISION=p.precision, WIDE=p.wide,
-                                           num_warps=p.warps)
-    return o, (z if normalize else None), ((S0, Z0, p.cps * p.chunk) if p.segments > 1 else None)
+                                           USE_SEG=p.segments > 1 or init is not None, PRECISION=p.precision,
+                                           WIDE=p.wide, num_warps=p.warps)
+    return o, (z if normalize else None), ((S0, Z0, p.cps * p.chunk) if p.segments > 1 else None), fin
 
 
-def _fused_bwd(p, q, k, v, o, z, do, scale, normalize, fix_abs, eps, state):
+def _bwd_norm(q, o, do, z, normalize, fix_abs, eps, chunk, const, z_grad):
+    """(normalise in the walks, 1 / den, dz, dns) as _bwd_prep gives them; an unnormalised call with a gradient
+    on its final z walks as a normalised one with 1 / den = 1 and dz = 0, so that gradient rides the
+    normaliser's lane into dk."""
+    if normalize or not z_grad:
+        return (normalize,) + _bwd_prep(q, o, do, z, normalize, fix_abs, eps, chunk, const)
+    B, H, T, _ = q.shape
+    ones = torch.ones((B, H, T), dtype=torch.float32, device=q.device)
+    return True, ones, torch.zeros_like(ones), None
+
+
+def _bwd_start_states(p, q, k, v, do, rden, dz, idx, w_phi, w_psi, ktab, nz, init, dfinal, want_dinit, saved=None,
+                      tma=False):
+    """(pass 0's start states, pass 1's, dinit): pass 0 (dq) starts from the forward's segment states
+    (``saved``, or rebuilt from ``init``), pass 1 (dk, dv) from the suffix sums of phi(q)^T dn (and
+    phi(q) dz) with the final state's gradient ``dfinal`` carried in; with ``want_dinit`` the initial
+    state's gradient (dfinal + every query's sum), else None. None for a walk that starts from zero."""
+    fwd = saved
+    if fwd is None and (p.segments > 1 or init is not None):
+        fwd = _segment_prefix(p, k, v, rden, rden, idx, w_psi, ktab, nz, False, reverse=False, tma=tma, init=init)[:2]
+    bwd = dinit = None
+    if p.segments > 1 or dfinal is not None or want_dinit:
+        dS0, dZ0, dSF, dZF = _segment_prefix(p, q, do, rden, dz, idx, w_phi, ktab, nz, nz, reverse=True, tma=tma,
+                                             init=dfinal, final=want_dinit)
+        bwd, dinit = (dS0, dZ0), ((dSF, dZF) if want_dinit else None)
+    return fwd, bwd, dinit
+
+
+def _fused_bwd(p, q, k, v, o, z, do, scale, normalize, fix_abs, eps, state, init=None, dfinal=None,
+               want_dinit=False):
     B, H, T, D = q.shape
     DV = v.shape[-1]
     idx, w_phi, w_psi, _, _ = _tables(p, D, scale, q.device)
-    rden, dz, _ = _bwd_prep(q, o, do, z, normalize, fix_abs, eps, p.chunk)
+    nz, rden, dz, _ = _bwd_norm(q, o, do, z, normalize, fix_abs, eps, p.chunk, False,
+                                dfinal is not None and dfinal[1] is not None)
     dq = _empty(q.shape, q.device, q.dtype)
     dk = _empty(k.shape, q.device, k.dtype)
     dv = _empty(v.shape, q.device, v.dtype)
-    S0 = Z0 = dS0 = dZ0 = dq
-    if p.segments > 1:
-        if p.saved:
-            S0, Z0 = state[:2]
-        else:
-            S0, Z0 = _segment_prefix(p, k, v, dq, dq, idx, w_psi, idx, normalize, False, reverse=False)
-        dS0, dZ0 = _segment_prefix(p, q, do, rden, dz, idx, w_phi, idx, normalize, normalize, reverse=True)
-        Z0 = dq if Z0 is None else Z0
-        dZ0 = dq if dZ0 is None else dZ0
+    fwd, bwd, dinit = _bwd_start_states(p, q, k, v, do, rden, dz, idx, w_phi, w_psi, idx, nz, init, dfinal,
+                                        want_dinit, saved=tuple(state[:2]) if p.saved else None)
 
-    def walk(pass_, s0, z0):
-        _fused_bwd_kernel[(p.segments, B * H)](q, k, v, do, rden, dz, dq, dk, dv, s0, z0, idx, w_phi, w_psi,
-                                               float(scale), T, D, DV, p.f_pad, _cdiv(T, p.chunk), p.cps, BT=p.chunk,
-                                               BF=p.block_f, BV=p.block_v, BD=p.head_block, NORMALIZE=normalize,
-                                               USE_SEG=p.segments > 1, PASS=pass_, PRECISION=p.precision,
-                                               WIDE=p.wide, num_warps=p.warps)
-    _side_by_side(lambda: walk(0, S0, Z0), lambda: walk(1, dS0, dZ0), q.device, p.streams)
-    return dq, dk, dv
+    def walk(pass_, start):
+        s0, z0 = start if start is not None else (dq, dq)
+        _fused_bwd_kernel[(p.segments, B * H)](q, k, v, do, rden, dz, dq, dk, dv, s0, dq if z0 is None else z0, idx,
+                                               w_phi, w_psi, float(scale), T, D, DV, p.f_pad, _cdiv(T, p.chunk), p.cps,
+                                               BT=p.chunk, BF=p.block_f, BV=p.block_v, BD=p.head_block,
+                                               NORMALIZE=nz, USE_SEG=start is not None, PASS=pass_,
+                                               PRECISION=p.precision, WIDE=p.wide, num_warps=p.warps)
+    _side_by_side(lambda: walk(0, fwd), lambda: walk(1, bwd), q.device, p.streams)
+    return dq, dk, dv, dinit
 
 
-def _chunk_fwd(p, q, k, v, scale, normalize, fix_abs, eps):
-    """Causal forward by _chunk_fwd_kernel: (o in q.dtype, z or None, state for the fused backward or None)."""
+def _chunk_fwd(p, q, k, v, scale, normalize, fix_abs, eps, init=None, final=False):
+    """Causal forward by _chunk_fwd_kernel: (o in q.dtype, z or None, state for the fused backward or None,
+    final state or None)."""
     B, H, T, D = q.shape
     DV = v.shape[-1]
     idx, w_phi, w_psi, ktab, _ = _tables(p, D, scale, q.device)
     o = _empty((B, H, T, DV), q.device, q.dtype)
     z = _empty((B, H, T), q.device) if normalize else o
-    S0 = Z0 = o
-    if p.segments > 1:
-        S0, Z0 = _segment_prefix(p, k, v, z, z, idx, w_psi, ktab, normalize, False, reverse=False)
-        Z0 = o if Z0 is None else Z0
+    S0, Z0, fin = _start_states(p, k, v, z, idx, w_psi, ktab, normalize, init, final)
     _chunk_fwd_kernel[(_cdiv(T, p.chunk), 1, B * H)](q, k, v, o, z, S0, Z0, idx, w_phi, ktab, float(scale), float(eps),
                                                      T, D, DV, p.f_pad, _cdiv(T, p.chunk), p.cps, p.segments,
-                                                     p.f_pad // p.block_f, BT=p.chunk, BF=p.block_f, BV=p.block_v,
+                                                     p.f_pad // p.block_f, int(init is None), BT=p.chunk,
+                                                     BF=p.block_f, BV=p.block_v,
                                                      BD=p.head_block, NORMALIZE=normalize, FIX_ABS=fix_abs,
                                                      PRECISION=p.precision, num_warps=p.warps, **p.kron_kw)
     fused_table = p.route == "fwd/chunk/fused-table"
     state = (S0, Z0 if normalize else o.new_empty(0), p.cps * p.chunk) if p.segments > 1 and fused_table else None
-    return o, (z if normalize else None), state
+    return o, (z if normalize else None), state, fin
 
 
-def _scan_fwd(p, q, k, v, scale, causal, normalize, fix_abs, eps):
+def _scan_fwd(p, q, k, v, scale, causal, normalize, fix_abs, eps, init=None, final=False):
     """The general forward: intra kernel (causal), scans over feature tiles into fp32 o, finalize."""
     B, H, T, D = q.shape
     DV = v.shape[-1]
@@ -189,17 +232,15 @@ def _scan_fwd(p, q, k, v, scale, causal, normalize, fix_abs, eps):
     else:
         o.zero_()
         z.zero_()
-    S0 = Z0 = o
     ok = (p.tma_ld or p.tma_add) and _aligned(v, o)
     tma, tma_add = p.tma_ld and ok, p.tma_add and ok
     (vd,), (od,) = _descs(tma, p.chunk, p.block_v, v), _descs(tma_add, p.chunk, p.block_v, o)
-    if p.segments > 1:
-        S0, Z0 = _segment_prefix(p, k, v, z, z, idx, w_psi, ktab, normalize, False, reverse=False, tma=tma)
-        Z0 = o if Z0 is None else Z0
+    S0, Z0, fin = _start_states(p, k, v, z, idx, w_psi, ktab, normalize, init, final, tma)
     _inter_fwd_kernel[(NF * p.segments, NV, B * H)](q, k, v, vd, o, od, z, S0, Z0, idx, w_phi, w_psi, ktab, T, D, DV,
                                                     p.f_pad, NC, p.cps, NF, BT=p.chunk, BF=p.block_f, BV=p.block_v,
                                                     BD=p.head_block, CAUSAL=causal, NORMALIZE=normalize,
-                                                    ATOMIC=NF > 1, USE_SEG=p.segments > 1, PRECISION=p.precision,
+                                                    ATOMIC=NF > 1, USE_SEG=p.segments > 1 or init is not None,
+                                                    PRECISION=p.precision,
                                                     TMA_LD=tma, TMA_ADD=tma_add, WIDE=p.wide, num_warps=p.warps,
                                                     **({"maxnreg": p.maxnreg} if p.maxnreg else {}), **p.kron_kw)
     out = _empty((B, H, T, DV), q.device, q.dtype)
@@ -208,71 +249,85 @@ def _scan_fwd(p, q, k, v, scale, causal, normalize, fix_abs, eps):
         vs.cumsum_(1)
     _finalize_kernel[(_cdiv(N, BR),)](o, z, out, vs, a0, float(eps), N, T, DV, NC, NORMALIZE=normalize,
                                       FIX_ABS=fix_abs, BR=BR, BV=p.v_pad, BT=p.chunk, CONST=bool(a0), num_warps=4)
-    return out, (z if normalize else None), None
+    return out, (z if normalize else None), None, fin
 
 
-def _scan_bwd(p, q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps):
+def _scan_bwd(p, q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps, init=None, dfinal=None,
+              want_dinit=False):
     """The general backward: intra kernel (causal), then the dq walk and the dk / dv walk."""
     B, H, T, D = q.shape
     DV = v.shape[-1]
     idx, w_phi, w_psi, ktab, a0 = _tables(p, D, scale, q.device)
     NC, NF, NV = _cdiv(T, p.chunk), p.f_pad // p.block_f, _cdiv(DV, p.block_v)
-    rden, dz, dns = _bwd_prep(q, o, do, z, normalize, fix_abs, eps, p.chunk, bool(a0))
+    nz, rden, dz, dns = _bwd_norm(q, o, do, z, normalize, fix_abs, eps, p.chunk, bool(a0),
+                                  dfinal is not None and dfinal[1] is not None)
     dq = _empty((B, H, T, D), q.device)
     dk = _empty((B, H, T, D), q.device)
     dv = _empty((B, H, T, DV), q.device)
     if causal:
         _intra_bwd_kernel[(NC, B * H)](q, k, v, do, rden, dz, dq, dk, dv, dq if dns is None else dns, a0,
                                        float(scale), T, D, DV, NC, BT=p.chunk, BD=p.head_block, BV=p.v_pad,
-                                       NORMALIZE=normalize, PRECISION=p.precision, CONST=bool(a0),
+                                       NORMALIZE=nz, PRECISION=p.precision, CONST=bool(a0),
                                        num_warps=p.intra_warps)
     else:
         dq.zero_()
         dk.zero_()
         dv.zero_()
-    S0 = Z0 = dS0 = dZ0 = dq
     ok = (p.tma_ld or p.tma_add or p.tma_dx) and _aligned(v, do, dv)
     tma, tma_add, tma_dx = p.tma_ld and ok, p.tma_add and ok, p.tma_dx and ok and _aligned(dq, dk)
     (vd, dod), (dvd,) = _descs(tma, p.chunk, p.block_v, v, do), _descs(tma_add, p.chunk, p.block_v, dv)
     dxg = _descs(tma_dx, p.chunk, p.group[1], dq, dk)
     dxl = _descs(tma_dx, p.chunk, p.block_f, dq, dk)
-    if p.segments > 1:
-        # pass 0 (dq) starts from the forward's prefix state; pass 1 (dk, dv) from the suffix
-        # of sum phi(q)^T dn over later segments
-        S0, Z0 = _segment_prefix(p, k, v, dq, dq, idx, w_psi, ktab, normalize, False, reverse=False, tma=tma)
-        dS0, dZ0 = _segment_prefix(p, q, do, rden, dz, idx, w_phi, ktab, normalize, normalize, reverse=True, tma=tma)
-        Z0 = dq if Z0 is None else Z0
-        dZ0 = dq if dZ0 is None else dZ0
+    # pass 0 (dq) starts from the forward's prefix state; pass 1 (dk, dv) from the suffix
+    # of sum phi(q)^T dn over later segments
+    fwd, bwd, dinit = _bwd_start_states(p, q, k, v, do, rden, dz, idx, w_phi, w_psi, ktab, nz, init, dfinal,
+                                        want_dinit, tma=tma)
+    S0, Z0 = fwd if fwd is not None else (dq, dq)
+    dS0, dZ0 = bwd if bwd is not None else (dq, dq)
+    Z0, dZ0 = (dq if Z0 is None else Z0), (dq if dZ0 is None else dZ0)
 
     def walk(pass_):
         _inter_bwd_kernel[(NF * p.segments, NV, B * H)](q, k, v, vd, do, dod, rden, dz, dq, dk, dv, dvd, dxg[pass_],
                                                         dxl[pass_], S0, Z0, dS0, dZ0, idx, w_phi, w_psi, ktab, T, D,
                                                         DV, p.f_pad, NC, p.cps, NF, BT=p.chunk, BF=p.block_f,
                                                         BV=p.block_v, BD=p.head_block, CAUSAL=causal,
-                                                        NORMALIZE=normalize, ATOMIC_QK=NF * NV > 1, ATOMIC_V=NF > 1,
-                                                        USE_SEG=p.segments > 1, PASS=pass_, PRECISION=p.precision,
-                                                        TMA_LD=tma, TMA_ADD=tma_add, WIDE=p.wide, TMA_DX=tma_dx,
-                                                        num_warps=p.warps, **p.kron_kw)
+                                                        NORMALIZE=nz, ATOMIC_QK=NF * NV > 1, ATOMIC_V=NF > 1,
+                                                        USE_SEG=(fwd, bwd)[pass_] is not None, PASS=pass_,
+                                                        PRECISION=p.precision, TMA_LD=tma, TMA_ADD=tma_add,
+                                                        WIDE=p.wide, TMA_DX=tma_dx, num_warps=p.warps, **p.kron_kw)
     _side_by_side(lambda: walk(0), lambda: walk(1), q.device, p.streams)
-    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dinit
 
 
 def _forward(p, q, k, v, scale, causal, normalize, fix_abs, eps):
     """(o, z, saved state or None) of the forward ``p`` plans."""
+    return _forward_state(p, q, k, v, scale, causal, normalize, fix_abs, eps)[:3]
+
+
+def _forward_state(p, q, k, v, scale, causal, normalize, fix_abs, eps, init=None, final=False):
+    """(o, z, saved state or None, final state (S, Z) or None) of the forward ``p`` plans, with the initial
+    state ``init`` (S, Z) in the plan's feature layout, or None."""
     _took(p.route)
     if p.path == "fused":
-        return _fused_fwd(p, q, k, v, scale, normalize, fix_abs, eps)
+        return _fused_fwd(p, q, k, v, scale, normalize, fix_abs, eps, init, final)
     if p.path == "chunk":
-        return _chunk_fwd(p, q, k, v, scale, normalize, fix_abs, eps)
-    return _scan_fwd(p, q, k, v, scale, causal, normalize, fix_abs, eps)
+        return _chunk_fwd(p, q, k, v, scale, normalize, fix_abs, eps, init, final)
+    return _scan_fwd(p, q, k, v, scale, causal, normalize, fix_abs, eps, init, final)
 
 
 def _backward(p, q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps, state):
     """(dq, dk, dv) of the backward ``p`` plans."""
+    return _backward_state(p, q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps, state)[:3]
+
+
+def _backward_state(p, q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps, state, init=None, dfinal=None,
+                    want_dinit=False):
+    """(dq, dk, dv, gradient of the initial state or None) of the backward ``p`` plans; ``init`` and
+    ``dfinal`` (the final state's gradient) in the plan's layout (Z None: no gradient on the final z)."""
     _took(p.route)
     if p.path == "fused":
-        return _fused_bwd(p, q, k, v, o, z, do, scale, normalize, fix_abs, eps, state)
-    return _scan_bwd(p, q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps)
+        return _fused_bwd(p, q, k, v, o, z, do, scale, normalize, fix_abs, eps, state, init, dfinal, want_dinit)
+    return _scan_bwd(p, q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps, init, dfinal, want_dinit)
 
 
 def poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v, segments=None,
@@ -283,20 +338,43 @@ def poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, b
 
 
 def _poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v, segments=None,
-                        tuning=None):
-    """(o, z, saved segment states or None)."""
+                        tuning=None, initial=None, final=False):
+    """(o, z, saved segment states or None[, final state]). ``initial``: (S [B*H, F, DV], z [B*H, F]) in the
+    State's basis (fp32), or None; with ``final`` a fourth entry, the state after the last key in that basis."""
+    state = initial is not None or final
     p = plan(q.shape, v.shape, q.dtype, q.device, causal, normalize, "fwd", tuning, chunk=chunk, block_f=block_f,
-             block_v=block_v, segments=segments)
-    return _forward(p, q, k, v, scale, causal, normalize, fix_abs, eps)
+             block_v=block_v, segments=segments, state=state)
+    if not state:
+        return _forward(p, q, k, v, scale, causal, normalize, fix_abs, eps)
+    smap = state_map(p, q.shape[-1], scale, q.device)
+    init = None if initial is None else (to_kernel(initial[0], smap), to_kernel(initial[1], smap))
+    o, z, saved, fin = _forward_state(p, q, k, v, scale, causal, normalize, fix_abs, eps, init, final)
+    return o, z, saved, (None if fin is None else (from_kernel(fin[0], smap), from_kernel(fin[1], smap)))
 
 
 def poly_attention_bwd(q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v,
-                       segments=None, state=None, tuning=None):
+                       segments=None, state=None, tuning=None, initial=None, dfinal=None, want_dinit=False):
     """Backward pass: (dq, dk, dv) in the input dtypes, from the saved output ``o`` and normaliser ``z``
-    (and, on the fused path, the forward's segment prefix states ``state``)."""
+    (and, on the fused path, the forward's segment prefix states ``state``). With a carried state (the
+    initial one ``initial`` (S, z), the final one's gradient ``dfinal`` (dS, dz or None), in the State's
+    basis) a fourth entry: the initial state's gradient (dS, dz) with ``want_dinit``, else None."""
+    carried = initial is not None or dfinal is not None or want_dinit
+    # an unnormalised call with a gradient on its final z rebuilds the start states with their z sums
+    if carried and not normalize and dfinal is not None and dfinal[1] is not None:
+        state = None
     saved = (state[2], state[0].shape[1]) if state is not None else None
     p = plan(q.shape, v.shape, q.dtype, q.device, causal, normalize, "bwd", tuning, chunk=chunk, block_f=block_f,
-             block_v=block_v, segments=segments, saved=saved)
-    return _backward(p, q, k, v, o, z, do.contiguous(), scale, causal, normalize, fix_abs, eps, state)
-
-
+             block_v=block_v, segments=segments, saved=saved, state=carried)
+    if not carried:
+        return _backward(p, q, k, v, o, z, do.contiguous(), scale, causal, normalize, fix_abs, eps, state)
+    smap = state_map(p, q.shape[-1], scale, q.device)
+    init = None if initial is None else (to_kernel(initial[0], smap), to_kernel(initial[1], smap))
+    dfin = None
+    if dfinal is not None:
+        dfin = (to_kernel(dfinal[0], smap), None if dfinal[1] is None else to_kernel(dfinal[1], smap))
+    dq, dk, dv, dinit = _backward_state(p, q, k, v, o, z, do.contiguous(), scale, causal, normalize, fix_abs, eps,
+                                        state, init, dfin, want_dinit)
+    if dinit is not None:
+        dS = from_kernel(dinit[0], smap)
+        dinit = (dS, from_kernel(dinit[1], smap) if dinit[1] is not None else dS.new_zeros(dS.shape[:2]))
+    return dq, dk, dv, dinit

@@ -34,31 +34,56 @@ def _check_normalized(o, z, fix_abs, q, k, v):
 
 
 class PolyAttentionFunction(torch.autograd.Function):
-    """Autograd wrapper of :func:`poly_attention_fwd` / :func:`poly_attention_bwd`."""
+    """Autograd wrapper of :func:`poly_attention_fwd` / :func:`poly_attention_bwd`. With a carried state
+    (``S_init``, ``z_init`` [B*H, F, DV], [B*H, F] in the State's basis, and / or ``final``) gradients flow
+    to the initial state and from the final one, which comes back as two more outputs (S, z)."""
 
     @staticmethod
     def forward(ctx, q, k, v, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v, segments,
-                check_output=None, tuning=None):
+                check_output=None, tuning=None, S_init=None, z_init=None, final=False):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        o, z, state = _poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v,
-                                          segments, tuning)
+        initial = None if S_init is None else (S_init, z_init)
+        out = _poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v,
+                                  segments, tuning, initial, final)
+        o, z, state = out[:3]
         if normalize and (check_output or (check_output is None and (not q.is_cuda or torch.is_anomaly_enabled()))):
             _check_normalized(o, z, fix_abs, q, k, v)
         empty = o.new_empty(0)
         S0, Z0, ctx.seg_tokens = state if state is not None else (empty, empty, 0)
         ctx.has_state = state is not None
-        ctx.save_for_backward(q, k, v, o, z if z is not None else empty, S0, Z0)
+        ctx.has_init = initial is not None
+        ctx.carried = initial is not None or final
+        init = initial if initial is not None else (empty, empty)
+        ctx.save_for_backward(q, k, v, o, z if z is not None else empty, S0, Z0, *init)
         ctx.scale, ctx.causal, ctx.normalize, ctx.fix_abs, ctx.eps = scale, causal, normalize, fix_abs, eps
         ctx.chunk, ctx.block_f, ctx.block_v, ctx.segments, ctx.tuning = chunk, block_f, block_v, segments, tuning
-        return o
+        if not final:
+            return o
+        # the unused outputs' gradients come back as None, not zeros: no pass for a final state nobody reads
+        ctx.set_materialize_grads(False)
+        return o, out[3][0], out[3][1]
 
     @staticmethod
-    def backward(ctx, do):
-        q, k, v, o, z, S0, Z0 = ctx.saved_tensors
+    def backward(ctx, do, dS_final=None, dz_final=None):
+        q, k, v, o, z, S0, Z0, S_init, z_init = ctx.saved_tensors
         state = (S0, Z0, ctx.seg_tokens) if ctx.has_state else None
-        dq, dk, dv = poly_attention_bwd(q, k, v, o, z, do, ctx.scale, ctx.causal, ctx.normalize, ctx.fix_abs,
-                                        ctx.eps, ctx.chunk, ctx.block_f, ctx.block_v, ctx.segments, state, ctx.tuning)
-        return dq, dk, dv, None, None, None, None, None, None, None, None, None, None, None
+        if do is None:
+            do = torch.zeros_like(o)
+        args = (q, k, v, o, z, do, ctx.scale, ctx.causal, ctx.normalize, ctx.fix_abs, ctx.eps, ctx.chunk, ctx.block_f,
+                ctx.block_v, ctx.segments, state, ctx.tuning)
+        if not ctx.carried:
+            dq, dk, dv = poly_attention_bwd(*args)
+            return dq, dk, dv, None, None, None, None, None, None, None, None, None, None, None, None, None, None
+        dfinal = None
+        if dS_final is not None or dz_final is not None:
+            BH, F, DV = q.shape[0] * q.shape[1], feature_dim(q.shape[-1]), v.shape[-1]
+            dS = dS_final if dS_final is not None else q.new_zeros((BH, F, DV), dtype=torch.float32)
+            dfinal = (dS.contiguous(), None if dz_final is None else dz_final.contiguous())
+        want = ctx.has_init and (ctx.needs_input_grad[14] or ctx.needs_input_grad[15])
+        dq, dk, dv, dinit = poly_attention_bwd(*args, initial=(S_init, z_init) if ctx.has_init else None,
+                                               dfinal=dfinal, want_dinit=want)
+        dS0, dz0 = dinit if dinit is not None else (None, None)
+        return dq, dk, dv, None, None, None, None, None, None, None, None, None, None, None, dS0, dz0, None
 
 
 def _finite(x):
@@ -76,7 +101,8 @@ def _check_pow2(name, value, lo):
 
 
 def poly_attention(q, k, v, scale=None, causal=True, normalize=True, normalizer_fix=None, eps=1e-6,
-                   chunk=None, block_f=64, block_v=None, segments=None, check_output=None, tuning=None):
+                   chunk=None, block_f=64, block_v=None, segments=None, check_output=None, tuning=None,
+                   initial_state=None, output_final_state=False):
     """Linear attention with the polynomial f of this module (see the module docstring).
 
     Parameters
@@ -108,10 +134,17 @@ def poly_attention(q, k, v, scale=None, causal=True, normalize=True, normalizer_
     tuning : dict, optional
         Private overrides of the routing and launch numbers, for sweeps and tests (keys and defaults:
         ``TUNING``; see ``plan``). An unknown key is a ValueError.
+    initial_state : (S, z), optional
+        Sums over an earlier prefix that every query also sees: S = sum psi(k) v^T [B, H, F, DV] and
+        z = sum psi(k) [B, H, F], float32, F = ``feature_dim(D)`` in the symmetric basis's order
+        (``feature_tables``, unpadded; fastattn.attention.State). Differentiable.
+    output_final_state : bool
+        Also return the state after the last key, (S, z) as above, initial state included. Differentiable.
 
     Returns
     -------
-    tensor [B, H, T, DV] in q's dtype; T = 0 gives an empty one.
+    tensor [B, H, T, DV] in q's dtype; T = 0 gives an empty one. With ``output_final_state``:
+    (o, (S, z)).
 
     Raises
     ------
@@ -161,13 +194,35 @@ def poly_attention(q, k, v, scale=None, causal=True, normalize=True, normalizer_
     if not (_finite(eps) and float(eps) > 0):
         raise ValueError(f"eps={eps!r} must be a finite real number > 0")
     _resolve(tuning)  # an unknown or bad tuning key is an error even where no pass runs
-    if q.shape[2] == 0:
+    B, H, T, D = q.shape
+    F, DV = feature_dim(D), v.shape[-1]
+    if initial_state is not None:
+        S, z = initial_state
+        if tuple(S.shape) != (B, H, F, DV) or tuple(z.shape) != (B, H, F):
+            raise ValueError(f"initial_state (S, z) must be [B, H, F, DV] = {[B, H, F, DV]} and [B, H, F]; got "
+                             f"{tuple(S.shape)}, {tuple(z.shape)}")
+        if S.dtype != torch.float32 or z.dtype != torch.float32 or S.device != q.device or z.device != q.device:
+            raise ValueError(f"initial_state must be float32 on {q.device}; got {S.dtype}/{z.dtype} on {S.device}")
+    if T == 0:
         # T = 0: an empty [B, H, 0, DV], still a function of q, k, v (zero gradients), as on the torch path
         _took("empty")
-        return v[:, :, :0] + (q.sum() + k.sum()) * 0
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    return PolyAttentionFunction.apply(q, k, v, scale, bool(causal), bool(normalize), normalizer_fix == "abs",
-                                       float(eps), chunk, block_f, block_v, segments, check_output, tuning)
+        o = v[:, :, :0] + (q.sum() + k.sum()) * 0
+        if not output_final_state:
+            return o
+        if initial_state is None:
+            return o, (q.new_zeros((B, H, F, DV), dtype=torch.float32), q.new_zeros((B, H, F), dtype=torch.float32))
+        return o, (initial_state[0] + 0, initial_state[1] + 0)
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    S0 = z0 = None
+    if initial_state is not None:
+        S0, z0 = (x.reshape((B * H,) + tuple(x.shape[2:])).contiguous() for x in initial_state)
+    out = PolyAttentionFunction.apply(q, k, v, scale, bool(causal), bool(normalize), normalizer_fix == "abs",
+                                      float(eps), chunk, block_f, block_v, segments, check_output, tuning, S0, z0,
+                                      bool(output_final_state))
+    if not output_final_state:
+        return out
+    o, SF, zF = out
+    return o, (SF.reshape(B, H, F, DV), zF.reshape(B, H, F))
 
 
 class PolyAttention(torch.nn.Module):

@@ -17,6 +17,7 @@ module).
 ``40_fused``       fused small-feature kernels, chunk-parallel forward, normaliser passes
 ``50_tables``      symmetric-basis feature tables (host)
 ``60_plan``        Kronecker predicates and tables, ``ROUTES``, ``TUNING``, ``Plan``, ``plan``
+``65_state``       a carried state between the State's basis and a plan's layout (``state_map``)
 ``70_launch``      launchers, ``poly_attention_fwd`` / ``poly_attention_bwd``
 ``80_api``         output checks, autograd Function, ``poly_attention``, ``PolyAttention``
 =================  =====================================================================
