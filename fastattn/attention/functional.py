@@ -26,6 +26,7 @@ import torch
 from fastattn.attention.state import State, check_state, state_dtype
 from fastattn.errors import KernelError
 from fastattn.kernels import naive
+from fastattn.kernels.codegen import load_module
 from fastattn.kernels.poly import check_feature_count, check_normalizer, choose_backend, poly_attention, polynomial
 
 __all__ = ["fast_attention"]
@@ -189,6 +190,31 @@ def _torch_attention(q, k, v, poly, scale, causal, normalize, fix, eps, chunk, t
     return o, final
 
 
+def _triton_with_state(q, k, v, poly, scale, causal, normalize, fix, eps, chunk, check_output, initial_state,
+                       output_final_state, G):
+    """The Triton path with a carried state: the kernels take it in the State's feature order; a GQA group's
+    query heads each start from their key/value head's state (autograd sums their gradients back), and the
+    final state is read from the group's first head (every head of a group sums the same keys)."""
+    init = None
+    if initial_state is not None:
+        S, z = initial_state.S, initial_state.z
+        init = (S, z) if G == 1 else (S.repeat_interleave(G, 1), z.repeat_interleave(G, 1))
+    try:
+        out = load_module(poly).poly_attention(q, k, v, scale=scale, causal=causal, normalize=normalize,
+                                               normalizer_fix=fix, eps=eps, chunk=chunk, check_output=check_output,
+                                               initial_state=init, output_final_state=output_final_state)
+    except ValueError as exc:
+        if isinstance(exc, KernelError):
+            raise
+        raise KernelError(str(exc)) from exc
+    if not output_final_state:
+        return out
+    o, (SF, zF) = out
+    seen = initial_state.tokens if initial_state is not None else torch.zeros(q.shape[0], dtype=torch.int64,
+                                                                              device=q.device)
+    return o, State(SF[:, ::G], zF[:, ::G], seen + k.shape[2])
+
+
 def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, normalize=True, enable_gqa=False,
                    g=None, initial_state=None, output_final_state=False, cu_seqlens=None, key_padding_mask=None,
                    normalizer_fix=None, eps=1e-6, degree=None, chunk=None, backend="auto", tables=None,
@@ -215,7 +241,8 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
         Divide by sum_j f (see :func:`fastattn.kernels.poly.check_normalizer` and ``normalizer_fix``).
     enable_gqa : bool
         As in SDPA: H_q a multiple of H_kv, query head h reads key/value head h // (H_q / H_kv). The
-        torch path never copies K or V; the Triton path repeats them (no GQA kernel yet).
+        torch path never copies K or V; the Triton path repeats them (no GQA kernel yet), and a carried
+        state with them.
     g : tensor [B, H_kv, T_k], optional
         Log forget gate per token and key/value head, <= 0 (fla's convention; a fixed per-head decay
         is a constant g): S_t = exp(g_t) S_{t-1} + psi(k_t) v_t^T, i.e. pair (t, i) weighs
@@ -237,9 +264,10 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
     normalizer_fix, eps, chunk, check_output
         As in :func:`fastattn.kernels.poly.poly_attention`.
     backend : "auto", "triton" or "torch"
-        The Triton kernels serve neither a carried state, a padding mask, T_q != T_k nor float64
-        inputs yet: with any of these, "auto" runs the torch path (CUDA tensors through torch ops) and "triton" raises
-        KernelError naming the missing support.
+        The Triton kernels serve a carried state (``initial_state``, ``output_final_state``, gradients
+        both ways) but neither a padding mask, a gate g, cu_seqlens, T_q != T_k nor float64 inputs yet:
+        with any of these, "auto" runs the torch path (CUDA tensors through torch ops) and "triton"
+        raises KernelError naming the missing support.
     tables : tuple, optional
         Precomputed :func:`fastattn.kernels.naive.symmetric_tables` for this f, D and scale.
 
@@ -285,9 +313,7 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
     n_seq = B if cu_seqlens is None else _check_cu_seqlens(cu_seqlens, B, Tq, Tk, key.device)
     if initial_state is not None:
         check_state(initial_state, n_seq, Hk, poly.feature_dim(D), DV, query.dtype, query.device)
-    needs = [name for name, on in (("initial_state", initial_state is not None),
-                                   ("output_final_state", output_final_state),
-                                   ("key_padding_mask", key_padding_mask is not None), ("g", g is not None),
+    needs = [name for name, on in (("key_padding_mask", key_padding_mask is not None), ("g", g is not None),
                                    ("cu_seqlens", cu_seqlens is not None),
                                    (f"T_q={Tq} != T_k={Tk}", Tq != Tk),
                                    ("float64 inputs", query.dtype == torch.float64)) if on]
@@ -301,8 +327,11 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
         # no GQA kernel yet: repeat K and V per query group
         G = Hq // Hk
         k, v = (key, value) if G == 1 else (key.repeat_interleave(G, 1), value.repeat_interleave(G, 1))
-        return poly_attention(query, k, v, poly, scale=scale, causal=is_causal, normalize=normalize,
-                              normalizer_fix=fix, eps=eps, chunk=chunk, backend="triton", check_output=check_output)
+        if initial_state is None and not output_final_state:
+            return poly_attention(query, k, v, poly, scale=scale, causal=is_causal, normalize=normalize,
+                                  normalizer_fix=fix, eps=eps, chunk=chunk, backend="triton", check_output=check_output)
+        return _triton_with_state(query, k, v, poly, scale, is_causal, normalize, fix, eps, chunk, check_output,
+                                  initial_state, output_final_state, G)
     keep = None if key_padding_mask is None else ~key_padding_mask
     chunk = 64 if chunk is None else chunk
     if cu_seqlens is None:
