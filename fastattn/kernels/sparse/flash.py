@@ -68,81 +68,145 @@ def _allowed(pos_q, pos_k, ok_q, ok_k, bkt_q, bkt_k, prims_ptr, need_mask,
 
 
 @triton.jit
+def _rows(ptr, bh, o_t, ok_t, o_c, C, T):
+    """[BT, BC] tile of rows o_t (those with ok_t, others 0) of the [BH, T, C] tensor at ptr."""
+    return tl.load(ptr + bh * T * C + o_t[:, None] * C + o_c[None, :], mask=ok_t[:, None] & (o_c < C)[None, :],
+                   other=0.0)
+
+
+@triton.jit
+def _ids(pos_ptr, bkt_ptr, bh, o_t, T, stride_pos, HAS_BUCKET: tl.constexpr):
+    """(original positions, bucket ids) of slots o_t; ids are the positions when there are no buckets."""
+    pos = tl.load(pos_ptr + bh * stride_pos + o_t, mask=o_t < T, other=0)
+    bkt = pos
+    if HAS_BUCKET:
+        bkt = tl.load(bkt_ptr + bh * T + o_t, mask=o_t < T, other=-1)
+    return pos, bkt
+
+
+@triton.jit
+def _fwd_tile(acc, m_i, l_i, b_q, pos_q, bkt_q, ok_q, kb, need, bh, count, k_ptr, v_ptr, pos_k_ptr, bkt_k_ptr,
+              prims_ptr, qk_scale, T, D, DV, stride_pos, IS_CAUSAL: tl.constexpr, HAS_BUCKET: tl.constexpr,
+              N_PRIMS: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+              PRECISION: tl.constexpr):
+    """The online-softmax step of one query block over key block kb: returns (acc, m_i, l_i) updated."""
+    o_k = kb * BLOCK + tl.arange(0, BLOCK)
+    ok_k = o_k < count
+    b_k = _rows(k_ptr, bh, o_k, ok_k, tl.arange(0, BLOCK_D), D, T)  # [BN, BD]
+    b_v = _rows(v_ptr, bh, o_k, ok_k, tl.arange(0, BLOCK_DV), DV, T)  # [BN, BDV]
+    pos_k, bkt_k = _ids(pos_k_ptr, bkt_k_ptr, bh, o_k, T, stride_pos, HAS_BUCKET)
+    allowed = _allowed(pos_q, pos_k, ok_q, ok_k, bkt_q, bkt_k, prims_ptr, need, IS_CAUSAL, HAS_BUCKET, N_PRIMS)
+    s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * qk_scale  # [BM, BN]
+    s = tl.where(allowed, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    # a row with nothing allowed yet keeps m = -inf: shift it by 0 so that 2^(-inf - shift) = 0, not NaN
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.math.exp2(s - m_use[:, None])  # [BM, BN]
+    alpha = tl.math.exp2(m_i - m_use)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(b_v.dtype), b_v, input_precision=PRECISION)  # [BM, BDV]
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _dq_tile(dq, b_q, b_do, lse, delta, pos_q, bkt_q, ok_q, kb, need, bh, count, k_ptr, v_ptr, pos_k_ptr,
+             bkt_k_ptr, prims_ptr, qk_scale, T, D, DV, stride_pos, IS_CAUSAL: tl.constexpr,
+             HAS_BUCKET: tl.constexpr, N_PRIMS: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
+             BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
+    """dq (unscaled) of one query block plus key block kb's share: ds @ k with ds = p (dp - delta)."""
+    o_k = kb * BLOCK + tl.arange(0, BLOCK)
+    ok_k = o_k < count
+    b_k = _rows(k_ptr, bh, o_k, ok_k, tl.arange(0, BLOCK_D), D, T)  # [BN, BD]
+    b_v = _rows(v_ptr, bh, o_k, ok_k, tl.arange(0, BLOCK_DV), DV, T)  # [BN, BDV]
+    pos_k, bkt_k = _ids(pos_k_ptr, bkt_k_ptr, bh, o_k, T, stride_pos, HAS_BUCKET)
+    allowed = _allowed(pos_q, pos_k, ok_q, ok_k, bkt_q, bkt_k, prims_ptr, need, IS_CAUSAL, HAS_BUCKET, N_PRIMS)
+    s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * qk_scale  # [BM, BN]
+    p = tl.where(allowed, tl.math.exp2(s - lse[:, None]), 0.0)  # [BM, BN]
+    dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)  # [BM, BN]
+    ds = p * (dp - delta[:, None])
+    return dq + tl.dot(ds.to(b_k.dtype), b_k, input_precision=PRECISION)  # [BM, BD]
+
+
+@triton.jit
+def _dkdv_tile(dk, dv, b_k, b_v, pos_k, bkt_k, ok_k, qb, need, bh, count, q_ptr, do_ptr, lse_ptr, delta_ptr,
+               pos_q_ptr, bkt_q_ptr, prims_ptr, qk_scale, T, D, DV, stride_pos, IS_CAUSAL: tl.constexpr,
+               HAS_BUCKET: tl.constexpr, N_PRIMS: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
+               BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
+    """dk (unscaled), dv of one key block plus query block qb's share: ds^T @ q and p^T @ do."""
+    o_q = qb * BLOCK + tl.arange(0, BLOCK)
+    ok_q = o_q < count
+    b_q = _rows(q_ptr, bh, o_q, ok_q, tl.arange(0, BLOCK_D), D, T)  # [BM, BD]
+    b_do = _rows(do_ptr, bh, o_q, ok_q, tl.arange(0, BLOCK_DV), DV, T)  # [BM, BDV]
+    lse = tl.load(lse_ptr + bh * T + o_q, mask=ok_q, other=float("inf"))
+    delta = tl.load(delta_ptr + bh * T + o_q, mask=ok_q, other=0.0)
+    pos_q, bkt_q = _ids(pos_q_ptr, bkt_q_ptr, bh, o_q, T, stride_pos, HAS_BUCKET)
+    allowed = _allowed(pos_q, pos_k, ok_q, ok_k, bkt_q, bkt_k, prims_ptr, need, IS_CAUSAL, HAS_BUCKET, N_PRIMS)
+    s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * qk_scale  # [BM, BN]
+    p = tl.where(allowed, tl.math.exp2(s - lse[:, None]), 0.0)  # [BM, BN]
+    dv += tl.dot(tl.trans(p).to(b_do.dtype), b_do, input_precision=PRECISION)  # [BN, BDV]
+    dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)  # [BM, BN]
+    ds = p * (dp - delta[:, None])
+    dk += tl.dot(tl.trans(ds).to(b_q.dtype), b_q, input_precision=PRECISION)  # [BN, BD]
+    return dk, dv
+
+
+@triton.jit
 def sparse_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, pos_q_ptr, pos_k_ptr, bkt_q_ptr, bkt_k_ptr, count_ptr,
-                      start_ptr, end_ptr, blocks_ptr, full_ptr, qmax_ptr, kmin_ptr, prims_ptr,
+                      start_ptr, end_ptr, blocks_ptr, full_ptr, mixed_ptr, near_ptr, far_ptr, prims_ptr,
                       scale, T, D, DV, NB, stride_pos, stride_count, stride_sched,
                       IS_CAUSAL: tl.constexpr, HAS_BUCKET: tl.constexpr, USE_LIST: tl.constexpr,
                       N_PRIMS: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                       PRECISION: tl.constexpr):
-    """One query block of one (b, h).
+    """o and lse of one query block of one (b, h).
 
     q_ptr, k_ptr [BH, T, D]; v_ptr, o_ptr [BH, T, DV]; lse_ptr [BH, T] fp32 (base 2); pos_*_ptr int32
     [BH or 1, T] original positions (stride_pos 0 when shared); bkt_*_ptr int32 [BH, T] bucket ids;
-    count_ptr int32 [BH or 1] valid tokens (stride_count 0 => shared); start_ptr/end_ptr int32
-    [BH or 1, NB] schedule (stride_sched 0 => shared); blocks_ptr/full_ptr int32 [nnz] (list mode);
-    qmax_ptr/kmin_ptr int32 [BH, NB] per-block max query / min key position (range mode); prims_ptr
-    int32 [N_PRIMS, 3] (list mode).
+    count_ptr int32 [BH or 1] tokens taking part (stride_count 0 => shared); start_ptr/end_ptr int32
+    [BH or 1, NB] each block's entries (stride_sched 0 => shared); blocks_ptr/full_ptr int32 [nnz] (list
+    mode); mixed_ptr int32 [BH, NB] 1 where this block spans several buckets, near_ptr [BH, NB] this
+    block's largest position, far_ptr [BH, NB] every key block's smallest position (range mode, causal
+    skip); prims_ptr int32 [N_PRIMS, 3] (list mode).
     """
     pid = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     count = tl.load(count_ptr + bh * stride_count)
     o_q = pid * BLOCK + tl.arange(0, BLOCK)
-    o_d = tl.arange(0, BLOCK_D)
-    o_dv = tl.arange(0, BLOCK_DV)
     ok_q = o_q < count
-    b_q = tl.load(q_ptr + bh * T * D + o_q[:, None] * D + o_d[None, :],
-                  mask=ok_q[:, None] & (o_d < D)[None, :], other=0.0)  # [BM, BD]
-    pos_q = tl.load(pos_q_ptr + bh * stride_pos + o_q, mask=o_q < T, other=0)
-    bkt_q = pos_q
-    if HAS_BUCKET:
-        bkt_q = tl.load(bkt_q_ptr + bh * T + o_q, mask=o_q < T, other=-1)
+    b_q = _rows(q_ptr, bh, o_q, ok_q, tl.arange(0, BLOCK_D), D, T)  # [BM, BD]
+    pos_q, bkt_q = _ids(pos_q_ptr, bkt_q_ptr, bh, o_q, T, stride_pos, HAS_BUCKET)
     start = tl.load(start_ptr + bh * stride_sched + pid)
     end = tl.load(end_ptr + bh * stride_sched + pid)
-    qmax = 0
-    if not USE_LIST:
-        qmax = tl.load(qmax_ptr + bh * NB + pid)
     qk_scale = scale * 1.4426950408889634
     m_i = tl.full([BLOCK], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK], tl.float32)
     acc = tl.zeros([BLOCK, BLOCK_DV], tl.float32)
-    for it in range(start, end):
-        if USE_LIST:
+    mixed = 0
+    if IS_CAUSAL and HAS_BUCKET and not USE_LIST:
+        mixed = tl.load(mixed_ptr + bh * NB + pid)
+    if USE_LIST:
+        for it in range(start, end):
             kb = tl.load(blocks_ptr + it)
             need = tl.load(full_ptr + it) == 0
-            visit = True
-        else:
-            kb = it
-            need = False
-            # sorted by bucket, a block inside the range can still lie wholly after the query block
-            visit = True
-            if IS_CAUSAL:
-                visit = tl.load(kmin_ptr + bh * NB + it) <= qmax
-        if visit:
-            o_k = kb * BLOCK + tl.arange(0, BLOCK)
-            ok_k = o_k < count
-            b_k = tl.load(k_ptr + bh * T * D + o_k[:, None] * D + o_d[None, :],
-                          mask=ok_k[:, None] & (o_d < D)[None, :], other=0.0)  # [BN, BD]
-            b_v = tl.load(v_ptr + bh * T * DV + o_k[:, None] * DV + o_dv[None, :],
-                          mask=ok_k[:, None] & (o_dv < DV)[None, :], other=0.0)  # [BN, BDV]
-            pos_k = tl.load(pos_k_ptr + bh * stride_pos + o_k, mask=o_k < T, other=0)
-            bkt_k = pos_k
-            if HAS_BUCKET:
-                bkt_k = tl.load(bkt_k_ptr + bh * T + o_k, mask=o_k < T, other=-2)
-            allowed = _allowed(pos_q, pos_k, ok_q, ok_k, bkt_q, bkt_k, prims_ptr, need, IS_CAUSAL, HAS_BUCKET,
-                               N_PRIMS)
-            s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * qk_scale  # [BM, BN]
-            s = tl.where(allowed, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            # a row with nothing allowed yet keeps m = -inf: shift it by 0 so that 2^(-inf - shift) = 0, not NaN
-            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.math.exp2(s - m_use[:, None])  # [BM, BN]
-            alpha = tl.math.exp2(m_i - m_use)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(b_v.dtype), b_v, input_precision=PRECISION)  # [BM, BDV]
-            m_i = m_new
+            acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, b_q, pos_q, bkt_q, ok_q, kb, need, bh, count, k_ptr, v_ptr,
+                                      pos_k_ptr, bkt_k_ptr, prims_ptr, qk_scale, T, D, DV, stride_pos, IS_CAUSAL,
+                                      HAS_BUCKET, N_PRIMS, BLOCK, BLOCK_D, BLOCK_DV, PRECISION)
+    elif mixed != 0:
+        # a block spanning several buckets walks all of them: skip the key blocks wholly after it
+        near = tl.load(near_ptr + bh * NB + pid)
+        for kb in range(start, end):
+            if tl.load(far_ptr + bh * NB + kb) <= near:
+                acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, b_q, pos_q, bkt_q, ok_q, kb, False, bh, count, k_ptr,
+                                          v_ptr, pos_k_ptr, bkt_k_ptr, prims_ptr, qk_scale, T, D, DV, stride_pos,
+                                          IS_CAUSAL, HAS_BUCKET, N_PRIMS, BLOCK, BLOCK_D, BLOCK_DV, PRECISION)
+    else:
+        for kb in range(start, end):
+            acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, b_q, pos_q, bkt_q, ok_q, kb, False, bh, count, k_ptr, v_ptr,
+                                      pos_k_ptr, bkt_k_ptr, prims_ptr, qk_scale, T, D, DV, stride_pos, IS_CAUSAL,
+                                      HAS_BUCKET, N_PRIMS, BLOCK, BLOCK_D, BLOCK_DV, PRECISION)
     has = l_i > 0
     acc = acc / tl.where(has, l_i, 1.0)[:, None]
     lse = tl.where(has, m_i + tl.math.log2(tl.where(has, l_i, 1.0)), float("inf"))
+    o_dv = tl.arange(0, BLOCK_DV)
     tl.store(o_ptr + bh * T * DV + o_q[:, None] * DV + o_dv[None, :], acc.to(o_ptr.dtype.element_ty),
              mask=(o_q < T)[:, None] & (o_dv < DV)[None, :])
     tl.store(lse_ptr + bh * T + o_q, lse, mask=o_q < T)
@@ -150,79 +214,63 @@ def sparse_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, pos_q_ptr, pos_k_ptr,
 
 @triton.jit
 def sparse_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, pos_q_ptr, pos_k_ptr, bkt_q_ptr,
-                     bkt_k_ptr, count_ptr, start_ptr, end_ptr, blocks_ptr, full_ptr, qmax_ptr, kmin_ptr, prims_ptr,
-                     scale, T, D, DV, NB, stride_pos, stride_count, stride_sched,
+                     bkt_k_ptr, count_ptr, start_ptr, end_ptr, blocks_ptr, full_ptr, mixed_ptr, near_ptr, far_ptr,
+                     prims_ptr, scale, T, D, DV, NB, stride_pos, stride_count, stride_sched,
                      IS_CAUSAL: tl.constexpr, HAS_BUCKET: tl.constexpr, USE_LIST: tl.constexpr,
                      N_PRIMS: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                      PRECISION: tl.constexpr):
-    """dq of one query block, over the forward's schedule. do_ptr [BH, T, DV]; delta_ptr [BH, T] fp32 =
+    """dq of one query block over the forward's schedule. do_ptr [BH, T, DV]; delta_ptr [BH, T] fp32 =
     rowsum(o * do); dq_ptr [BH, T, D] fp32; the rest as in :func:`sparse_fwd_kernel`."""
     pid = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     count = tl.load(count_ptr + bh * stride_count)
     o_q = pid * BLOCK + tl.arange(0, BLOCK)
     o_d = tl.arange(0, BLOCK_D)
-    o_dv = tl.arange(0, BLOCK_DV)
     ok_q = o_q < count
-    b_q = tl.load(q_ptr + bh * T * D + o_q[:, None] * D + o_d[None, :],
-                  mask=ok_q[:, None] & (o_d < D)[None, :], other=0.0)  # [BM, BD]
-    b_do = tl.load(do_ptr + bh * T * DV + o_q[:, None] * DV + o_dv[None, :],
-                   mask=ok_q[:, None] & (o_dv < DV)[None, :], other=0.0)  # [BM, BDV]
+    b_q = _rows(q_ptr, bh, o_q, ok_q, o_d, D, T)  # [BM, BD]
+    b_do = _rows(do_ptr, bh, o_q, ok_q, tl.arange(0, BLOCK_DV), DV, T)  # [BM, BDV]
     lse = tl.load(lse_ptr + bh * T + o_q, mask=ok_q, other=float("inf"))
     delta = tl.load(delta_ptr + bh * T + o_q, mask=ok_q, other=0.0)
-    pos_q = tl.load(pos_q_ptr + bh * stride_pos + o_q, mask=o_q < T, other=0)
-    bkt_q = pos_q
-    if HAS_BUCKET:
-        bkt_q = tl.load(bkt_q_ptr + bh * T + o_q, mask=o_q < T, other=-1)
+    pos_q, bkt_q = _ids(pos_q_ptr, bkt_q_ptr, bh, o_q, T, stride_pos, HAS_BUCKET)
     start = tl.load(start_ptr + bh * stride_sched + pid)
     end = tl.load(end_ptr + bh * stride_sched + pid)
-    qmax = 0
-    if not USE_LIST:
-        qmax = tl.load(qmax_ptr + bh * NB + pid)
     qk_scale = scale * 1.4426950408889634
     dq = tl.zeros([BLOCK, BLOCK_D], tl.float32)
-    for it in range(start, end):
-        if USE_LIST:
+    mixed = 0
+    if IS_CAUSAL and HAS_BUCKET and not USE_LIST:
+        mixed = tl.load(mixed_ptr + bh * NB + pid)
+    if USE_LIST:
+        for it in range(start, end):
             kb = tl.load(blocks_ptr + it)
             need = tl.load(full_ptr + it) == 0
-            visit = True
-        else:
-            kb = it
-            need = False
-            # sorted by bucket, a block inside the range can still lie wholly after the query block
-            visit = True
-            if IS_CAUSAL:
-                visit = tl.load(kmin_ptr + bh * NB + it) <= qmax
-        if visit:
-            o_k = kb * BLOCK + tl.arange(0, BLOCK)
-            ok_k = o_k < count
-            b_k = tl.load(k_ptr + bh * T * D + o_k[:, None] * D + o_d[None, :],
-                          mask=ok_k[:, None] & (o_d < D)[None, :], other=0.0)  # [BN, BD]
-            b_v = tl.load(v_ptr + bh * T * DV + o_k[:, None] * DV + o_dv[None, :],
-                          mask=ok_k[:, None] & (o_dv < DV)[None, :], other=0.0)  # [BN, BDV]
-            pos_k = tl.load(pos_k_ptr + bh * stride_pos + o_k, mask=o_k < T, other=0)
-            bkt_k = pos_k
-            if HAS_BUCKET:
-                bkt_k = tl.load(bkt_k_ptr + bh * T + o_k, mask=o_k < T, other=-2)
-            allowed = _allowed(pos_q, pos_k, ok_q, ok_k, bkt_q, bkt_k, prims_ptr, need, IS_CAUSAL, HAS_BUCKET,
-                               N_PRIMS)
-            s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * qk_scale  # [BM, BN]
-            p = tl.where(allowed, tl.math.exp2(s - lse[:, None]), 0.0)  # [BM, BN]
-            dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)  # [BM, BN]
-            ds = p * (dp - delta[:, None])
-            dq += tl.dot(ds.to(b_k.dtype), b_k, input_precision=PRECISION)  # [BM, BD]
+            dq = _dq_tile(dq, b_q, b_do, lse, delta, pos_q, bkt_q, ok_q, kb, need, bh, count, k_ptr, v_ptr,
+                          pos_k_ptr, bkt_k_ptr, prims_ptr, qk_scale, T, D, DV, stride_pos, IS_CAUSAL, HAS_BUCKET,
+                          N_PRIMS, BLOCK, BLOCK_D, BLOCK_DV, PRECISION)
+    elif mixed != 0:
+        near = tl.load(near_ptr + bh * NB + pid)
+        for kb in range(start, end):
+            if tl.load(far_ptr + bh * NB + kb) <= near:
+                dq = _dq_tile(dq, b_q, b_do, lse, delta, pos_q, bkt_q, ok_q, kb, False, bh, count, k_ptr, v_ptr,
+                              pos_k_ptr, bkt_k_ptr, prims_ptr, qk_scale, T, D, DV, stride_pos, IS_CAUSAL,
+                              HAS_BUCKET, N_PRIMS, BLOCK, BLOCK_D, BLOCK_DV, PRECISION)
+    else:
+        for kb in range(start, end):
+            dq = _dq_tile(dq, b_q, b_do, lse, delta, pos_q, bkt_q, ok_q, kb, False, bh, count, k_ptr, v_ptr,
+                          pos_k_ptr, bkt_k_ptr, prims_ptr, qk_scale, T, D, DV, stride_pos, IS_CAUSAL, HAS_BUCKET,
+                          N_PRIMS, BLOCK, BLOCK_D, BLOCK_DV, PRECISION)
     tl.store(dq_ptr + bh * T * D + o_q[:, None] * D + o_d[None, :], dq * scale,
              mask=(o_q < T)[:, None] & (o_d < D)[None, :])
 
 
 @triton.jit
 def sparse_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, pos_q_ptr, pos_k_ptr,
-                       bkt_q_ptr, bkt_k_ptr, count_ptr, start_ptr, end_ptr, blocks_ptr, full_ptr, qmax_ptr,
-                       kmin_ptr, prims_ptr, scale, T, D, DV, NB, stride_pos, stride_count, stride_sched,
+                       bkt_q_ptr, bkt_k_ptr, count_ptr, start_ptr, end_ptr, blocks_ptr, full_ptr, mixed_ptr,
+                       near_ptr, far_ptr, prims_ptr, scale, T, D, DV, NB, stride_pos, stride_count, stride_sched,
                        IS_CAUSAL: tl.constexpr, HAS_BUCKET: tl.constexpr, USE_LIST: tl.constexpr,
                        N_PRIMS: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                        PRECISION: tl.constexpr):
-    """dk, dv of one key block, over the transposed schedule (the query blocks that visit it).
+    """dk, dv of one key block over the transposed schedule (the query blocks that visit it): here
+    near_ptr is this key block's smallest position and far_ptr every query block's largest.
     dk_ptr [BH, T, D], dv_ptr [BH, T, DV] fp32; the rest as in :func:`sparse_dq_kernel`."""
     pid = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -231,54 +279,36 @@ def sparse_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, 
     o_d = tl.arange(0, BLOCK_D)
     o_dv = tl.arange(0, BLOCK_DV)
     ok_k = o_k < count
-    b_k = tl.load(k_ptr + bh * T * D + o_k[:, None] * D + o_d[None, :],
-                  mask=ok_k[:, None] & (o_d < D)[None, :], other=0.0)  # [BN, BD]
-    b_v = tl.load(v_ptr + bh * T * DV + o_k[:, None] * DV + o_dv[None, :],
-                  mask=ok_k[:, None] & (o_dv < DV)[None, :], other=0.0)  # [BN, BDV]
-    pos_k = tl.load(pos_k_ptr + bh * stride_pos + o_k, mask=o_k < T, other=0)
-    bkt_k = pos_k
-    if HAS_BUCKET:
-        bkt_k = tl.load(bkt_k_ptr + bh * T + o_k, mask=o_k < T, other=-2)
+    b_k = _rows(k_ptr, bh, o_k, ok_k, o_d, D, T)  # [BN, BD]
+    b_v = _rows(v_ptr, bh, o_k, ok_k, o_dv, DV, T)  # [BN, BDV]
+    pos_k, bkt_k = _ids(pos_k_ptr, bkt_k_ptr, bh, o_k, T, stride_pos, HAS_BUCKET)
     start = tl.load(start_ptr + bh * stride_sched + pid)
     end = tl.load(end_ptr + bh * stride_sched + pid)
-    kmin = 0
-    if not USE_LIST:
-        kmin = tl.load(kmin_ptr + bh * NB + pid)
     qk_scale = scale * 1.4426950408889634
     dk = tl.zeros([BLOCK, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK, BLOCK_DV], tl.float32)
-    for it in range(start, end):
-        if USE_LIST:
+    mixed = 0
+    if IS_CAUSAL and HAS_BUCKET and not USE_LIST:
+        mixed = tl.load(mixed_ptr + bh * NB + pid)
+    if USE_LIST:
+        for it in range(start, end):
             qb = tl.load(blocks_ptr + it)
             need = tl.load(full_ptr + it) == 0
-            visit = True
-        else:
-            qb = it
-            need = False
-            visit = True
-            if IS_CAUSAL:
-                visit = tl.load(qmax_ptr + bh * NB + it) >= kmin
-        if visit:
-            o_q = qb * BLOCK + tl.arange(0, BLOCK)
-            ok_q = o_q < count
-            b_q = tl.load(q_ptr + bh * T * D + o_q[:, None] * D + o_d[None, :],
-                          mask=ok_q[:, None] & (o_d < D)[None, :], other=0.0)  # [BM, BD]
-            b_do = tl.load(do_ptr + bh * T * DV + o_q[:, None] * DV + o_dv[None, :],
-                           mask=ok_q[:, None] & (o_dv < DV)[None, :], other=0.0)  # [BM, BDV]
-            lse = tl.load(lse_ptr + bh * T + o_q, mask=ok_q, other=float("inf"))
-            delta = tl.load(delta_ptr + bh * T + o_q, mask=ok_q, other=0.0)
-            pos_q = tl.load(pos_q_ptr + bh * stride_pos + o_q, mask=o_q < T, other=0)
-            bkt_q = pos_q
-            if HAS_BUCKET:
-                bkt_q = tl.load(bkt_q_ptr + bh * T + o_q, mask=o_q < T, other=-1)
-            allowed = _allowed(pos_q, pos_k, ok_q, ok_k, bkt_q, bkt_k, prims_ptr, need, IS_CAUSAL, HAS_BUCKET,
-                               N_PRIMS)
-            s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * qk_scale  # [BM, BN]
-            p = tl.where(allowed, tl.math.exp2(s - lse[:, None]), 0.0)  # [BM, BN]
-            dv += tl.dot(tl.trans(p).to(b_do.dtype), b_do, input_precision=PRECISION)  # [BN, BDV]
-            dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)  # [BM, BN]
-            ds = p * (dp - delta[:, None])
-            dk += tl.dot(tl.trans(ds).to(b_q.dtype), b_q, input_precision=PRECISION)  # [BN, BD]
+            dk, dv = _dkdv_tile(dk, dv, b_k, b_v, pos_k, bkt_k, ok_k, qb, need, bh, count, q_ptr, do_ptr, lse_ptr,
+                                delta_ptr, pos_q_ptr, bkt_q_ptr, prims_ptr, qk_scale, T, D, DV, stride_pos,
+                                IS_CAUSAL, HAS_BUCKET, N_PRIMS, BLOCK, BLOCK_D, BLOCK_DV, PRECISION)
+    elif mixed != 0:
+        near = tl.load(near_ptr + bh * NB + pid)
+        for qb in range(start, end):
+            if tl.load(far_ptr + bh * NB + qb) >= near:
+                dk, dv = _dkdv_tile(dk, dv, b_k, b_v, pos_k, bkt_k, ok_k, qb, False, bh, count, q_ptr, do_ptr,
+                                    lse_ptr, delta_ptr, pos_q_ptr, bkt_q_ptr, prims_ptr, qk_scale, T, D, DV,
+                                    stride_pos, IS_CAUSAL, HAS_BUCKET, N_PRIMS, BLOCK, BLOCK_D, BLOCK_DV, PRECISION)
+    else:
+        for qb in range(start, end):
+            dk, dv = _dkdv_tile(dk, dv, b_k, b_v, pos_k, bkt_k, ok_k, qb, False, bh, count, q_ptr, do_ptr, lse_ptr,
+                                delta_ptr, pos_q_ptr, bkt_q_ptr, prims_ptr, qk_scale, T, D, DV, stride_pos,
+                                IS_CAUSAL, HAS_BUCKET, N_PRIMS, BLOCK, BLOCK_D, BLOCK_DV, PRECISION)
     tl.store(dk_ptr + bh * T * D + o_k[:, None] * D + o_d[None, :], dk * scale,
              mask=(o_k < T)[:, None] & (o_d < D)[None, :])
     tl.store(dv_ptr + bh * T * DV + o_k[:, None] * DV + o_dv[None, :], dv,
@@ -313,13 +343,13 @@ def _common(sched, q, v, scale, is_causal):
 
 
 def _sides(sched, backward):
-    """(start, end, blocks, full, qmax, kmin) of the forward schedule or of its transpose."""
+    """The schedule pointers of the forward (query blocks walk key blocks) or of its transpose."""
     s = sched
     if backward:
         return dict(start_ptr=s.bwd_start, end_ptr=s.bwd_end, blocks_ptr=s.bwd_blocks, full_ptr=s.bwd_full,
-                    qmax_ptr=s.qmax, kmin_ptr=s.kmin)
+                    mixed_ptr=s.k_mixed, near_ptr=s.kmin, far_ptr=s.qmax)
     return dict(start_ptr=s.fwd_start, end_ptr=s.fwd_end, blocks_ptr=s.fwd_blocks, full_ptr=s.fwd_full,
-                qmax_ptr=s.qmax, kmin_ptr=s.kmin)
+                mixed_ptr=s.q_mixed, near_ptr=s.qmax, far_ptr=s.kmin)
 
 
 def flash_fwd(q, k, v, sched, scale, is_causal):

@@ -41,6 +41,8 @@ class Schedule:
     bwd_start, bwd_end : int32 [BH, NB] the entries each key block walks (dk, dv).
     fwd_blocks, fwd_full, bwd_blocks, bwd_full : int32 [nnz] list mode's block ids and "no element mask" flags.
     qmax, kmin : int32 [BH, NB] range mode's per-block largest query / smallest key position.
+    q_mixed, k_mixed : int32 [BH, NB] range mode's 1 where a block holds several buckets (only such
+        blocks test qmax / kmin: a one-bucket block's run holds no block wholly after it).
     prims : int32 [N, 3] list mode's pattern primitives (kind, a, b).
     perm_q, perm_k : int64 [BH, T] the original position of each slot (None in list mode: identity).
     """
@@ -63,6 +65,8 @@ class Schedule:
     bwd_full: torch.Tensor
     qmax: torch.Tensor
     kmin: torch.Tensor
+    q_mixed: torch.Tensor
+    k_mixed: torch.Tensor
     prims: torch.Tensor
     perm_q: torch.Tensor | None
     perm_k: torch.Tensor | None
@@ -146,7 +150,9 @@ def range_schedule(BH, T, *, keep=None, buckets=None, is_causal=True, block=64, 
                     pos_k=perm_k.int().contiguous(), bkt_q=bkt_q, bkt_k=bkt_k, count=count.contiguous(),
                     fwd_start=fwd[0], fwd_end=fwd[1], bwd_start=bwd[0], bwd_end=bwd[1], fwd_blocks=none,
                     fwd_full=none, bwd_blocks=none, bwd_full=none, qmax=q_pos_max.int().contiguous(),
-                    kmin=k_pos_min.int().contiguous(), prims=none, perm_q=perm_q, perm_k=perm_k)
+                    kmin=k_pos_min.int().contiguous(), q_mixed=((qc_min // T != qc_max // T) & ~q_empty).int(),
+                    k_mixed=((kc_min // T != kc_max // T) & ~k_empty).int(), prims=none, perm_q=perm_q,
+                    perm_k=perm_k)
 
 
 def list_schedule(T, block, state, prims, device=None):
@@ -170,5 +176,5 @@ def list_schedule(T, block, state, prims, device=None):
     return Schedule(block=block, n_blocks=NB, use_list=True, pos_q=pos, pos_k=pos, bkt_q=None, bkt_k=None,
                     count=torch.full((1,), T, dtype=torch.int32, device=device), fwd_start=f_start, fwd_end=f_end,
                     bwd_start=b_start, bwd_end=b_end, fwd_blocks=f_blocks, fwd_full=f_full, bwd_blocks=b_blocks,
-                    bwd_full=b_full, qmax=none, kmin=none, prims=prims.to(device=device, dtype=torch.int32),
+                    bwd_full=b_full, qmax=none, kmin=none, q_mixed=none, k_mixed=none, prims=prims.to(device=device, dtype=torch.int32),
                     perm_q=None, perm_k=None)
