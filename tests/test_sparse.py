@@ -1,0 +1,199 @@
+"""sparse_attention (QK-dropping, hash buckets): Triton kernels on the interpreter against the dense float64 reference.
+
+Every row compares o, dq, dk, dv (random upstream gradient) through one ``assert_close``; the rows cover
+each kernel route: range mode without buckets (compaction), with buckets (one-bucket blocks and blocks
+spanning several buckets, whose causal skip the schedule test confirms), causal and not, D = 60 and
+DV != D, T = 1 and sizes that end mid-block. Blocks of 16 tokens make the small T walk many blocks.
+"""
+
+import math
+
+import pytest
+import torch
+
+from fastattn.attention import lsh_buckets, sparse_attention
+from fastattn.errors import KernelError
+from fastattn.kernels.checks import assert_close
+from fastattn.kernels.sparse import allowed_pairs, masked_attention, range_schedule
+
+pytestmark = pytest.mark.usefixtures("kernel_env")
+SMALL = {"block": 16}
+
+
+def _inputs(B, H, T, D, DV, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    q, k = (torch.randn(B, H, T, D, generator=g).to(dtype).requires_grad_() for _ in range(2))
+    v = torch.randn(B, H, T, DV, generator=g).to(dtype).requires_grad_()
+    do = torch.randn(B, H, T, DV, generator=g).to(dtype)
+    return q, k, v, do, g
+
+
+def gradient_terms(q, k, v, o, do, allowed):
+    """Sizes of the terms dq and dk sum before they cancel: s (P (|dP| + |delta|)) |K| and its transpose.
+    dq and dk are differences p (dp - delta) of such terms (a row of one key has dq = 0 exactly)."""
+    q, k, v, o, do = (x.detach().double() for x in (q, k, v, o, do))
+    scale = q.shape[-1] ** -0.5
+    s = (scale * q @ k.transpose(-1, -2)).masked_fill(~allowed, -math.inf)
+    p = torch.nan_to_num(torch.softmax(s, -1))
+    w = p * ((do @ v.transpose(-1, -2)).abs() + (o * do).sum(-1, keepdim=True).abs())
+    return None, scale * w @ k.abs(), scale * w.transpose(-1, -2) @ q.abs(), None
+
+
+def _compare(q, k, v, do, allowed, dtype, **kw):
+    o = sparse_attention(q, k, v, tuning=SMALL, **kw)
+    got = (o,) + torch.autograd.grad(o, (q, k, v), do)
+    ref = masked_attention(q, k, v, allowed)
+    ref = (ref,) + torch.autograd.grad(ref, (q, k, v), do.double())
+    terms = gradient_terms(q, k, v, ref[0], do, allowed)
+    for name, a, b, t in zip(("o", "dq", "dk", "dv"), ref, got, terms):
+        assert_close(name, a, b, dtype, terms=t)
+    return got
+
+
+# (restriction, B, H, T, D, DV, causal)
+ROWS = [
+    ("none", 1, 1, 1, 16, 16, True),
+    ("keep", 1, 2, 37, 60, 32, True),
+    ("keep", 2, 1, 53, 16, 16, False),
+    ("buckets", 1, 2, 128, 32, 16, True),
+    ("buckets", 1, 1, 45, 16, 24, False),
+    ("keep+buckets", 1, 2, 200, 16, 16, True),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("what,B,H,T,D,DV,causal", ROWS,
+                         ids=[f"{r[0]}-T{r[3]}-D{r[4]}-DV{r[5]}-{'causal' if r[6] else 'full'}" for r in ROWS])
+def test_matches_dense_reference(what, B, H, T, D, DV, causal, dtype):
+    q, k, v, do, g = _inputs(B, H, T, D, DV, dtype, seed=T)
+    kw = {}
+    if "keep" in what:
+        kw["keep"] = torch.rand(B, H, T, generator=g) < 0.6
+    if "buckets" in what:
+        kw["buckets"] = lsh_buckets(q.detach(), k.detach(), 4, seed=1)
+    allowed = allowed_pairs(T, is_causal=causal, **kw)
+    _compare(q, k, v, do, allowed, dtype, is_causal=causal, **kw)
+
+
+def test_routes_of_the_rows_above():
+    # the bucketed causal row above has blocks spanning several buckets (the kernels' skip loop) and blocks
+    # of one bucket (the plain loop); the keep rows run without bucket ids
+    q, k, _, _, _ = _inputs(1, 2, 128, 32, 16, torch.float32, seed=128)
+    qid, kid = lsh_buckets(q.detach(), k.detach(), 4, seed=1)
+    s = range_schedule(2, 128, buckets=(qid.reshape(2, 128), kid.reshape(2, 128)), block=16)
+    assert s.q_mixed.any() and (s.q_mixed == 0).any() and s.k_mixed.any() and (s.k_mixed == 0).any()
+    s = range_schedule(2, 37, keep=torch.rand(2, 37) < 0.6, block=16)
+    assert s.bkt_q is None and not s.use_list
+
+
+def test_empty_rows_give_zeros_and_finite_grads():
+    T = 40
+    q, k, v, do, g = _inputs(1, 2, T, 16, 16, torch.float32, seed=3)
+    keep = torch.rand(1, 2, T, generator=g) < 0.5
+    keep[0, 1] = False  # a head with every token dropped
+    qid = torch.zeros(1, 2, T, dtype=torch.long)
+    kid = torch.zeros(1, 2, T, dtype=torch.long)
+    qid[0, 0, :5] = 1  # queries 0..4 in bucket 1, whose only key is position 30: no key j <= i
+    kid[0, 0, 30] = 1
+    o, dq, dk, dv = _compare(q, k, v, do, allowed_pairs(T, keep=keep, buckets=(qid, kid)), torch.float32,
+                             keep=keep, buckets=(qid, kid))
+    assert (o[0, 1] == 0).all() and (dq[0, 1] == 0).all() and (dk[0, 1] == 0).all() and (dv[0, 1] == 0).all()
+    dropped = ~keep[0, 0]
+    assert (o[0, 0][dropped] == 0).all() and (dk[0, 0][dropped] == 0).all()
+    empty = keep[0, 0, :5]
+    assert (o[0, 0, :5][empty] == 0).all() and (dq[0, 0, :5][empty] == 0).all()
+    for x in (o, dq, dk, dv):
+        assert torch.isfinite(x).all()
+
+
+def test_all_kept_is_causal_softmax():
+    q, k, v, do, _ = _inputs(1, 2, 70, 32, 32, torch.float32, seed=5)
+    keep = torch.ones(1, 2, 70, dtype=torch.bool)
+    ids = torch.zeros(1, 2, 70, dtype=torch.long)
+    o = sparse_attention(q, k, v, keep=keep, buckets=(ids, ids), tuning=SMALL)
+    got = (o,) + torch.autograd.grad(o, (q, k, v), do)
+    sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    ref = (sdpa,) + torch.autograd.grad(sdpa, (q, k, v), do)
+    for name, a, b in zip(("o", "dq", "dk", "dv"), ref, got):
+        assert_close(name, a, b, torch.float32)
+
+
+def test_schedule_visits_every_needed_block_and_few_others():
+    # range mode's runs cover each block pair with an allowed pair; with keep alone they are exactly those
+    T, block, BH = 300, 16, 3
+    g = torch.Generator().manual_seed(0)
+    keep = torch.rand(BH, T, generator=g) < 0.5
+    qid, kid = torch.randint(0, 3, (2, BH, T), generator=g)
+    for kw, exact in ((dict(keep=keep), True), (dict(buckets=(qid, kid)), False),
+                      (dict(keep=keep, buckets=(qid, kid)), False)):
+        s = range_schedule(BH, T, block=block, **kw)
+        NB = s.n_blocks
+        allowed = allowed_pairs(T, **{k: (v[:, None] if k == "keep" else (v[0][:, None], v[1][:, None]))
+                                      for k, v in kw.items()})[:, 0]
+        slot_q, slot_k = s.perm_q, s.perm_k
+        for bh in range(BH):
+            a = allowed[bh][slot_q[bh]][:, slot_k[bh]]  # [T, T] in schedule order
+            c = int(s.count[bh])
+            a[c:] = False
+            a[:, c:] = False
+            pad = NB * block - T
+            need = torch.nn.functional.pad(a, (0, pad, 0, pad)).view(NB, block, NB, block).any(3).any(1)
+            visit = torch.zeros(NB, NB, dtype=torch.bool)
+            for qb in range(NB):
+                for kb in range(int(s.fwd_start[bh, qb]), int(s.fwd_end[bh, qb])):
+                    visit[qb, kb] = not s.q_mixed[bh, qb] or s.kmin[bh, kb] <= s.qmax[bh, qb]
+            visit_t = torch.zeros(NB, NB, dtype=torch.bool)
+            for kb in range(NB):
+                for qb in range(int(s.bwd_start[bh, kb]), int(s.bwd_end[bh, kb])):
+                    visit_t[qb, kb] = not s.k_mixed[bh, kb] or s.qmax[bh, qb] >= s.kmin[bh, kb]
+            assert (visit >= need).all() and (visit_t >= need).all(), (kw.keys(), bh)
+            if exact:
+                assert (visit == need).all() and (visit_t == need).all()
+            else:
+                # a run's two end blocks may hold the neighbouring bucket only: at most 2 extra per block row
+                assert int(visit.sum()) <= int(need.sum()) + 2 * NB, (int(visit.sum()), int(need.sum()))
+
+
+def test_lsh_buckets_are_deterministic_and_shared():
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 2, 3, 50, 8, generator=g)
+    a = lsh_buckets(q, k, 6, seed=7)
+    b = lsh_buckets(q, k, 6, seed=7)
+    c = lsh_buckets(q, k, 6, seed=8)
+    assert all(torch.equal(x, y) for x, y in zip(a, b)) and not torch.equal(a[0], c[0])
+    assert a[0].shape == (2, 3, 50) and int(a[0].min()) >= 0 and int(a[0].max()) < 6
+    # the same vector lands in the same bucket as query and as key; -x lands in the opposite half
+    same = lsh_buckets(q, q, 6, seed=7)
+    assert torch.equal(same[0], same[1])
+    flip = lsh_buckets(q, -q, 6, seed=7)
+    assert torch.equal((flip[0] + 3) % 6, flip[1])
+    assert (lsh_buckets(q, k, 1, seed=0)[0] == 0).all()
+
+
+def test_bad_arguments_are_refused():
+    q = torch.randn(1, 1, 8, 16)
+    with pytest.raises(KernelError, match="keep must be a bool"):
+        sparse_attention(q, q, q, keep=torch.ones(1, 1, 8))
+    with pytest.raises(KernelError, match=r"keep must be a tensor \[B, H, T\] = \[1, 1, 8\]"):
+        sparse_attention(q, q, q, keep=torch.ones(1, 8, dtype=torch.bool))
+    ids = torch.zeros(1, 1, 8, dtype=torch.long)
+    with pytest.raises(KernelError, match=r"must lie in \[0, 2\^31\); got values in \[-1, -1\]"):
+        sparse_attention(q, q, q, buckets=(ids - 1, ids))
+    with pytest.raises(KernelError, match="pair"):
+        sparse_attention(q, q, q, buckets=ids)
+    with pytest.raises(KernelError, match="T_q=8 != T_k=9"):
+        sparse_attention(q, torch.randn(1, 1, 9, 16), torch.randn(1, 1, 9, 16), is_causal=False)
+    with pytest.raises(KernelError, match="float16, bfloat16 or float32"):
+        sparse_attention(q.double(), q.double(), q.double())
+    with pytest.raises(KernelError, match="n_buckets=3 must be 1 or an even"):
+        lsh_buckets(q, q, 3, seed=0)
+    with pytest.raises(KernelError, match="power of two"):
+        sparse_attention(q, q, q, tuning={"block": 24})
+
+
+def test_zero_length():
+    q = torch.randn(1, 2, 0, 16, requires_grad=True)
+    o = sparse_attention(q, q, q, keep=torch.ones(1, 2, 0, dtype=torch.bool))
+    assert o.shape == (1, 2, 0, 16)
+    o.sum().backward()
+    assert q.grad.shape == q.shape and math.isfinite(float(q.grad.sum()))
