@@ -211,3 +211,23 @@ def test_decode_step_direct_call_with_a_strided_state():
     assert_close("o", want_o, o, torch.float32)
     assert_close("S", want.S, new.S, torch.float32)
     assert zq.shape == (B, H) and bool((zq > 0).all())
+
+
+@pytest.mark.parametrize("route", ["torch", "kernel"])
+def test_block_decodes_one_token_per_call_through_step(route, monkeypatch):
+    # FastMultiheadAttention: prefill 5 tokens, then 3 single-token calls, against one call over all 8
+    from fastattn.attention import FastMultiheadAttention
+
+    torch.manual_seed(0)
+    block = FastMultiheadAttention(24, 4, F2, num_kv_heads=2)
+    monkeypatch.setattr(block.attn, "_step_route", lambda *args: route)
+    x = torch.randn(2, 8, 24)
+    with torch.no_grad():
+        want, _ = block(x)
+        out, st = block(x[:, :5], use_cache=True)
+        outs = [out]
+        for t in range(5, 8):
+            out, st = block(x[:, t:t + 1], past_state=st, use_cache=True)
+            outs.append(out)
+    assert_close("out", want, torch.cat(outs, 1), torch.float32)
+    assert st.tokens.tolist() == [8, 8]

@@ -391,7 +391,8 @@ class FastMultiheadAttention(nn.Module):
             Default: the layer's ``causal``.
         past_state : State, optional
             The state a previous call returned with ``use_cache=True``: this call continues that
-            sequence (prefill a prompt, then feed one token per call).
+            sequence (prefill a prompt, then feed one token per call). A causal call of one token
+            with no mask is a :meth:`FastAttention.step` (the fused decoding kernel on CUDA).
         use_cache : bool
             Return the state after this call's keys in the second slot.
 
@@ -428,9 +429,16 @@ class FastMultiheadAttention(nn.Module):
             q, k, v = (x.view(B, T, -1, self.head_dim).transpose(1, 2) for x in (q, k, v))
         else:
             q, k, v = self._project(query, "q"), self._project(key, "k"), self._project(value, "v")
-        o = self.attn(q, k, v, is_causal=is_causal, enable_gqa=self.num_kv_heads != self.num_heads,
-                      initial_state=past_state, output_final_state=use_cache, key_padding_mask=key_padding_mask)
-        o, state = o if use_cache else (o, None)
+        gqa = self.num_kv_heads != self.num_heads
+        causal = self.attn.causal if is_causal is None else bool(is_causal)
+        if past_state is not None and T == 1 and key_padding_mask is None and causal and key.shape[1] == 1:
+            # one new token against the cache: the decoding step (its fused kernel on CUDA)
+            o, state = self.attn.step(q, k, v, past_state, enable_gqa=gqa)
+            state = state if use_cache else None
+        else:
+            o = self.attn(q, k, v, is_causal=is_causal, enable_gqa=gqa, initial_state=past_state,
+                          output_final_state=use_cache, key_padding_mask=key_padding_mask)
+            o, state = o if use_cache else (o, None)
         if self.dropout and self.training:
             o = nn.functional.dropout(o, self.dropout)
         out = self.out_proj(o.transpose(1, 2).reshape(B, T, self.embed_dim))
