@@ -1,4 +1,8 @@
-"""Context parallelism on CPU: 2 and 4 gloo processes against the single-process call on the whole sequence.
+"""Context parallelism on CPU: 2, 3 and 4 gloo processes against the single-process call on the whole sequence.
+
+Every case runs with both exchanges (comm="allgather" and comm="scan"); each is compared with the
+single-process call and the two with each other. The scan's states alone are also checked against
+a sequential fold, forward and gradients.
 
 One spawn per world size runs every case; each worker writes its errors to a file and the tests
 below assert on them, one test per case. A worker that raises fails the fixture with its
@@ -40,8 +44,13 @@ CASES = {
     "f32-gqa-uneven": (torch.float32, False, True, True, "uneven", True, False),
 }
 # per world size; the 4-rank split has an empty slice (a rank with no token passes its zero state on)
-LENGTHS = {2: {"even": [9, 9], "uneven": [5, 14]}, 4: {"even": [6, 6, 6, 6], "uneven": [7, 0, 11, 3]}}
+LENGTHS = {2: {"even": [9, 9], "uneven": [5, 14]}, 3: {"even": [6, 6, 6], "uneven": [2, 13, 4]},
+           4: {"even": [6, 6, 6, 6], "uneven": [7, 0, 11, 3]}}
+# 3 ranks (the scan's uneven P) runs a subset, to keep the file's time down: gate, no normaliser, GQA, non-causal
+WORLD_CASES = {2: list(CASES), 3: ["f64-gate-nonorm", "f64-gate-gqa-uneven", "f64-noncausal-uneven", "f32-gate"],
+               4: list(CASES)}
 QUANTITIES = ("o", "dq", "dk", "dv", "dg")
+COMMS = ("allgather", "scan")
 
 
 def _run_case(name, rank, world):
@@ -63,28 +72,78 @@ def _run_case(name, rank, world):
              for x in leaves]
     kw = dict(normalize=normalize, enable_gqa=gqa, is_causal=causal, chunk=3, backend="torch")
     ref = fast_attention(*full[:3], SPEC, g=full[3] if gate else None, **kw)
-    if layer:
-        core = FastAttention.from_spec(SPEC, head_dim=D, head_dim_v=DV, causal=causal, normalize=normalize, chunk=3,
-                                     backend="torch")
-        got = ContextParallelAttention(core)(*local[:3], g=local[3] if gate else None, enable_gqa=gqa)
-    else:
-        got = context_parallel_attention(*local[:3], SPEC, g=local[3] if gate else None, **kw)
     (ref * do).sum().backward()
-    (got * do[..., a:b, :]).sum().backward()
-    out = {"o": ((got - ref[..., a:b, :]).abs().max().item() if b > a else 0.0, ref.abs().max().item())}
-    for qty, x_full, x_local in zip(QUANTITIES[1:], full, local):
-        want = x_full.grad[..., a:b, :] if x_full.dim() == 4 else x_full.grad[..., a:b]
-        err = (x_local.grad - want).abs().max().item() if b > a else 0.0
-        out[qty] = (err, x_full.grad.abs().max().item())
-    out["tokens"] = b - a
+    want, size = {"o": ref[..., a:b, :].detach()}, {"o": ref.abs().max().item()}
+    for qty, x in zip(QUANTITIES[1:], full):
+        want[qty] = x.grad[..., a:b, :] if x.dim() == 4 else x.grad[..., a:b]
+        size[qty] = x.grad.abs().max().item()
+    out, got = {"tokens": b - a}, {}
+    for comm in COMMS:
+        local = [x[..., a:b, :].clone().requires_grad_() if x.dim() == 4 else x[..., a:b].clone().requires_grad_()
+                 for x in leaves]
+        if layer:
+            core = FastAttention.from_spec(SPEC, head_dim=D, head_dim_v=DV, causal=causal, normalize=normalize,
+                                         chunk=3, backend="torch")
+            o = ContextParallelAttention(core, comm=comm)(*local[:3], g=local[3] if gate else None, enable_gqa=gqa)
+        else:
+            o = context_parallel_attention(*local[:3], SPEC, g=local[3] if gate else None, comm=comm, **kw)
+        (o * do[..., a:b, :]).sum().backward()
+        got[comm] = {"o": o.detach(), **{qty: x.grad for qty, x in zip(QUANTITIES[1:], local)}}
+    for qty in want:
+        for comm in COMMS:
+            err = (got[comm][qty] - want[qty]).abs().max().item() if b > a else 0.0
+            out[(comm, qty)] = (err, size[qty])
+        between = (got["scan"][qty] - got["allgather"][qty]).abs().max().item() if b > a else 0.0
+        out[("scan-vs-allgather", qty)] = (between, size[qty])
+    return out
+
+
+def _fold_reference(xs, Ls, reverse):
+    """Exclusive folds of every rank, sequentially: E_r = exp(L_{r-1}) E_{r-1} + x_{r-1} (or from the end)."""
+    order = list(range(len(xs)))[::-1] if reverse else list(range(len(xs)))
+    acc, out = torch.zeros_like(xs[0]), [None] * len(xs)
+    for r in order:
+        out[r] = acc
+        acc = torch.exp(Ls[r])[:, None] * acc + xs[r]
+    return out
+
+
+def _run_scan_states(rank, world):
+    """exclusive_scan through _ScanStates against a sequential fold: values, dx and dL from a random upstream."""
+    from fastattn.distributed.context_parallel import _ScanStates
+
+    out = {}
+    for reverse in (False, True):
+        gen = torch.Generator().manual_seed(7 + reverse)
+        R, N = 3, 5
+        xs = [torch.randn(R, N, generator=gen, dtype=torch.float64).requires_grad_() for _ in range(world)]
+        Ls = [(-2 * torch.rand(R, generator=gen, dtype=torch.float64)).requires_grad_() for _ in range(world)]
+        ws = [torch.randn(R, N, generator=gen, dtype=torch.float64) for _ in range(world)]
+        ref = _fold_reference(xs, Ls, reverse)
+        # the last rank's x (reverse: the first's) enters no E: its gradient is zero, not None
+        sum((e * w).sum() for e, w in zip(ref, ws)).backward()
+        for leaf in xs + Ls:
+            leaf.grad = torch.zeros_like(leaf) if leaf.grad is None else leaf.grad
+        x, L = xs[rank].detach().clone().requires_grad_(), Ls[rank].detach().clone().requires_grad_()
+        extra = torch.tensor([float(rank + 1)], dtype=torch.float64)
+        E, tokens = _ScanStates.apply(x, L, extra, dist.group.WORLD, reverse)
+        (E * ws[rank]).sum().backward()
+        others = range(rank + 1, world) if reverse else range(rank)
+        out[("E", reverse)] = (E - ref[rank]).abs().max().item()
+        out[("dx", reverse)] = (x.grad - xs[rank].grad).abs().max().item()
+        out[("dL", reverse)] = (L.grad - Ls[rank].grad).abs().max().item()
+        out[("tokens", reverse)] = (tokens.item(), float(sum(j + 1 for j in others)))
     return out
 
 
 def _worker(rank, world, store_path, out_dir):
     store = dist.FileStore(store_path, world)
     dist.init_process_group("gloo", store=store, rank=rank, world_size=world)
+    # up to 4 workers share the test machine's cores: more threads each only contend
+    torch.set_num_threads(1)
     try:
-        results = {name: _run_case(name, rank, world) for name in CASES}
+        results = {name: _run_case(name, rank, world) for name in WORLD_CASES[world]}
+        results["scan-states"] = _run_scan_states(rank, world)
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -117,19 +176,31 @@ def _spawn(world, tmp_path, worker=_worker, timeout_s=TIMEOUT_S):
 
 
 # one test per world size, so that under xdist each spawn runs once, on one worker
-@pytest.mark.parametrize("world", [2, 4])
+@pytest.mark.parametrize("world", [2, 3, 4])
 def test_context_parallel_matches_single_process(world, tmp_path):
     per_rank = _spawn(world, tmp_path)
     bad = []
-    for case, (dtype, gate, *_rest) in CASES.items():
+    for case in WORLD_CASES[world]:
+        dtype, gate = CASES[case][:2]
         ranks = [res[case] for res in per_rank]
         assert [r["tokens"] for r in ranks] == LENGTHS[world][CASES[case][4]]
         for qty in QUANTITIES[:4] + (("dg",) if gate else ()):
-            err = max(r[qty][0] for r in ranks)
-            size = max(r[qty][1] for r in ranks)
+            size = max(r[("scan", qty)][1] for r in ranks)
             assert size > 0.1, f"{case} {qty}: the reference is ~0 ({size:.3g}), the comparison would be empty"
-            if not err <= TOL[dtype] * max(1.0, size):
-                bad.append(f"{case} {qty}: max abs error {err:.3g} (reference max {size:.3g}, tol {TOL[dtype]:g})")
+            for comm in COMMS + ("scan-vs-allgather",):
+                err = max(r[(comm, qty)][0] for r in ranks)
+                if not err <= TOL[dtype] * max(1.0, size):
+                    bad.append(f"{case} {qty} {comm}: max abs error {err:.3g} (reference max {size:.3g}, "
+                               f"tol {TOL[dtype]:g})")
+    for rank, res in enumerate(per_rank):
+        st = res["scan-states"]
+        for reverse in (False, True):
+            got, want = st[("tokens", reverse)]
+            assert got == want, f"rank {rank} reverse={reverse}: scanned token count {got}, expected {want}"
+            # rank 0 (forward) and the last rank (reverse) receive nothing: their gradient is a sum of others'
+            for qty in ("E", "dx", "dL"):
+                if not st[(qty, reverse)] <= 1e-12:
+                    bad.append(f"scan states rank {rank} reverse={reverse} {qty}: error {st[(qty, reverse)]:.3g}")
     assert not bad, f"{world} ranks:\n" + "\n".join(bad)
 
 
@@ -159,6 +230,12 @@ def test_refuses_without_a_process_group():
     x = torch.randn(1, 1, 4, 4)
     with pytest.raises(KernelError, match="init_process_group"):
         context_parallel_attention(x, x, x, SPEC)
+
+
+def test_refuses_an_unknown_exchange():
+    core = FastAttention.from_spec(SPEC, head_dim=4)
+    with pytest.raises(KernelError, match="comm='ring'; use 'allgather' or 'scan'"):
+        ContextParallelAttention(core, comm="ring")
 
 
 def test_the_torchrun_example_trains_and_matches_one_process(tmp_path):

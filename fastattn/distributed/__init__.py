@@ -9,6 +9,8 @@ for the algorithm and its communication model).
 True
 """
 
-from fastattn.distributed.context_parallel import ContextParallelAttention, context_parallel_attention, local_state
+from fastattn.distributed.context_parallel import (ContextParallelAttention, context_parallel_attention,
+                                                   exchange_states, exclusive_scan, local_state)
 
-__all__ = ["context_parallel_attention", "ContextParallelAttention", "local_state"]
+__all__ = ["context_parallel_attention", "ContextParallelAttention", "local_state", "exchange_states",
+           "exclusive_scan"]

@@ -5,7 +5,9 @@ contiguous tokens of slice r (rank order = sequence order, any length per rank, 
 
 1. sums its own keys into a local state, decayed to its own end when a gate g is given:
    S_r = sum_i exp(G_end - G_i) psi(k_i) v_i^T, z_r likewise, and L_r = sum of its g (log decay);
-2. all-gathers (S_r, z_r, L_r) with the differentiable ``torch.distributed.nn.functional.all_gather``;
+2. all-gathers (S_r, z_r, L_r) with the differentiable ``torch.distributed.nn.functional.all_gather``
+   (``comm="allgather"``, the default), or scans them in ceil(log2 P) point-to-point rounds
+   (``comm="scan"``, :func:`exclusive_scan`; its backward is the same scan run from the last rank down);
 3. folds the earlier ranks' states, in the state dtype (fp32; fp64 for fp64 inputs), into its
    ``initial_state``: A <- exp(L_j) A + S_j for j = 0 .. r-1 (decays compose multiplicatively);
 4. runs the local causal kernel (:func:`fastattn.attention.fast_attention`) from A.
@@ -46,8 +48,8 @@ hides communication) and assumes the Triton kernel; today a call with an initial
 torch path (the Triton kernels take no carried state yet), several times slower on a GPU.
 
 At 16M tokens the all-gather is ≤ 1.2 % of the attention up to 16 ranks and 21 % at 64; at 1M
-tokens it is 5 % at 8 ranks, 20 % at 16 and 3.3× the attention at 64, where a log-P scan of
-states (log2 P sends of one state instead of P - 1) is the remedy (not built yet). The
+tokens it is 5 % at 8 ranks, 20 % at 16 and 3.3× the attention at 64, where the log-P scan of
+states (``comm="scan"``: log2 P sends of one state instead of P - 1 received) is the remedy. The
 communication is not overlapped with compute (it could be: the local outputs' intra-slice part
 needs no state). Measure on GPUs before trusting any row.
 
@@ -71,7 +73,7 @@ from fastattn.errors import KernelError
 from fastattn.kernels import naive
 from fastattn.kernels.poly import check_normalizer, polynomial
 
-__all__ = ["context_parallel_attention", "local_state", "ContextParallelAttention"]
+__all__ = ["context_parallel_attention", "local_state", "exchange_states", "exclusive_scan", "ContextParallelAttention"]
 
 # a local length travels as two floats (high and low part) so fp32 carries it exactly past 2**24
 _SPLIT = 4096
@@ -148,14 +150,156 @@ def _combine(parts, rank, causal):
     return S, z, tokens
 
 
+# -- the log-P scan ----------------------------------------------------------------------------------------
+def _fold(earlier, later, rows, width):
+    """earlier ⊕ later on packed buffers [x (rows × width), L (rows), extra]: x <- exp(L_later) x_earlier + x_later."""
+    n = rows * width
+    xa, La, ea = earlier[:n].view(rows, width), earlier[n:n + rows], earlier[n + rows:]
+    xb, Lb, eb = later[:n].view(rows, width), later[n:n + rows], later[n + rows:]
+    return torch.cat([(torch.exp(Lb)[:, None] * xa + xb).flatten(), La + Lb, ea + eb])
+
+
+def exclusive_scan(x, log_decay, extra, *, group=None, reverse=False):
+    """Exclusive prefix over the ranks of ``group`` of the elements (x_r, L_r, extra_r), in ceil(log2 P) rounds.
+
+    Rank r gets E_r = x_0 ⊕ ... ⊕ x_{r-1} (the identity on rank 0), with (a ⊕ b).x = exp(L_b) a.x + b.x,
+    (a ⊕ b).L = L_a + L_b, (a ⊕ b).extra = extra_a + extra_b; ``reverse`` scans from the last rank
+    down (rank r gets the fold of ranks P-1 .. r+1). Hillis–Steele: in round k every rank sends its
+    inclusive fold so far to the rank 2**k further on and folds what it receives from 2**k before
+    into both its inclusive and its exclusive fold, one ``batch_isend_irecv`` per round. Not
+    differentiable by itself (:class:`_ScanStates` is).
+
+    Parameters
+    ----------
+    x : tensor [R, N]
+        Decayed part (R rows, one decay each).
+    log_decay : tensor [R]
+    extra : tensor [E]
+        Summed without decay (token counts).
+
+    Returns
+    -------
+    x, log_decay, extra : the exclusive fold, same shapes and dtype.
+    """
+    group = dist.group.WORLD if group is None else group
+    P, rank = dist.get_world_size(group), dist.get_rank(group)
+    pos = P - 1 - rank if reverse else rank
+    rows, width = x.shape
+    inclusive = torch.cat([x.flatten(), log_decay, extra])
+    exclusive = torch.zeros_like(inclusive)
+    peer = (lambda p: dist.get_global_rank(group, P - 1 - p if reverse else p))
+    step = 1
+    while step < P:
+        ops, buf = [], None
+        if pos + step < P:
+            ops.append(dist.P2POp(dist.isend, inclusive, peer(pos + step), group))
+        if pos - step >= 0:
+            buf = torch.empty_like(inclusive)
+            ops.append(dist.P2POp(dist.irecv, buf, peer(pos - step), group))
+        if ops:
+            for req in dist.batch_isend_irecv(ops):
+                req.wait()
+        if buf is not None:
+            exclusive = _fold(buf, exclusive, rows, width)
+            # the inclusive fold is sent again only if a later round reaches a rank
+            if pos + 2 * step < P:
+                inclusive = _fold(buf, inclusive, rows, width)
+        step *= 2
+    n = rows * width
+    return exclusive[:n].view(rows, width), exclusive[n:n + rows], exclusive[n + rows:]
+
+
+class _ScanStates(torch.autograd.Function):
+    """The exclusive scan of (S, z) with decays; its backward is the scan of the gradients the other way.
+
+    With E_r = sum_{j<r} exp(L_{j+1} + ... + L_{r-1}) x_j and G_r = dLoss/dE_r, the gradient of x_j is
+    H_j = sum_{r>j} exp(L_{j+1} + ... + L_{r-1}) G_r, the exclusive scan of (G, L) from the last rank
+    down, and dLoss/dL_m = exp(L_m) <H_m, E_m>: local once H is known. Every rank runs the backward
+    (a collective), whatever its gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, x, log_decay, extra, group, reverse):
+        E, _, tokens = exclusive_scan(x, log_decay, extra, group=group, reverse=reverse)
+        ctx.save_for_backward(log_decay, E)
+        ctx.group, ctx.reverse = group, reverse
+        ctx.mark_non_differentiable(tokens)
+        return E, tokens
+
+    @staticmethod
+    def backward(ctx, grad_E, grad_tokens):
+        log_decay, E = ctx.saved_tensors
+        no_extra = log_decay.new_zeros(0)
+        H, _, _ = exclusive_scan(grad_E.contiguous(), log_decay, no_extra, group=ctx.group, reverse=not ctx.reverse)
+        grad_L = torch.exp(log_decay) * (H * E).sum(-1)
+        return H, grad_L, None, None, None
+
+
+def _scan_initial_state(S, z, L, count, group, causal):
+    """This rank's initial (S, z, tokens) from the scan: the exclusive prefix (causal) or prefix + suffix."""
+    B, H, F, DV = S.shape
+    x = torch.cat([S.reshape(B * H, F * DV), z.reshape(B * H, F)], -1)
+    if causal:
+        E, tokens = _ScanStates.apply(x, L.reshape(B * H), count, group, False)
+    else:
+        zero = torch.zeros_like(L.reshape(B * H))
+        E, tokens = _ScanStates.apply(x, zero, count, group, False)
+        E_after, tokens_after = _ScanStates.apply(x, zero, count, group, True)
+        E, tokens = E + E_after, tokens + tokens_after
+    S0, z0 = E[:, :F * DV].reshape(B, H, F, DV), E[:, F * DV:].reshape(B, H, F)
+    return S0, z0, tokens[0].detach().to(torch.int64) * _SPLIT + tokens[1].detach().to(torch.int64)
+
+
+def exchange_states(S, z, log_decay, tokens, *, group=None, is_causal=True, comm="allgather"):
+    """This rank's initial state from the other ranks' local states: the one communication step of CP.
+
+    Parameters
+    ----------
+    S, z, log_decay : tensors [B, H_kv, F, DV], [B, H_kv, F], [B, H_kv]
+        This rank's :func:`local_state`.
+    tokens : int
+        This rank's slice length (the state's token count of the other ranks is summed from these).
+    group, is_causal, comm
+        As in :func:`context_parallel_attention`.
+
+    Returns
+    -------
+    State
+        Causal: the fold of ranks 0 .. r-1 (A <- exp(L_j) A + S_j); otherwise the sum of all other
+        ranks' states. Differentiable; its backward is a collective too.
+    """
+    if comm not in ("allgather", "scan"):
+        raise KernelError(f"comm={comm!r}; use 'allgather' (one collective) or 'scan' (log2 P point-to-point rounds)")
+    group = dist.group.WORLD if group is None else group
+    B, H, F, DV = S.shape
+    count = torch.tensor([tokens // _SPLIT, tokens % _SPLIT], dtype=S.dtype, device=S.device)
+    if comm == "scan":
+        S0, z0, seen = _scan_initial_state(S, z, log_decay, count, group, is_causal)
+        return State(S0, z0, seen.expand(B).clone())
+    # one buffer, one collective: S, z, the log decay and the local length
+    packed = torch.cat([S.flatten(), z.flatten(), log_decay.flatten(), count])
+    with warnings.catch_warnings():
+        # torch 2.13 marks it deprecated in favour of a private module; it is the public differentiable one
+        warnings.filterwarnings("ignore", "torch.distributed.nn.functional.all_gather", FutureWarning)
+        gathered = dist_fn.all_gather(packed, group=group)
+    sizes = [B * H * F * DV, B * H * F, B * H, 2]
+    parts = []
+    for buf in gathered:
+        Sj, zj, Lj, cj = torch.split(buf, sizes)
+        tj = cj[0].detach().to(torch.int64) * _SPLIT + cj[1].detach().to(torch.int64)  # no host sync
+        parts.append((Sj.view(B, H, F, DV), zj.view(B, H, F), Lj.view(B, H), tj))
+    S0, z0, seen = _combine(parts, dist.get_rank(group), is_causal)
+    return State(S0, z0, seen.expand(B).clone())
+
+
 def context_parallel_attention(q, k, v, spec, *, group=None, g=None, scale=None, normalize=True, enable_gqa=False,
                                is_causal=True, normalizer_fix=None, eps=1e-6, chunk=None, backend="auto",
-                               tables=None):
+                               tables=None, comm="allgather"):
     """:func:`fastattn.attention.fast_attention` over a sequence split across the ranks of ``group``.
 
     Each rank passes its own contiguous slice of the sequence (rank order = sequence order); the
     slices may differ in length (0 allowed), everything else (B, heads, dims, dtype, f, options)
-    must agree across ranks. One all-gather of the states per call, differentiable: call
+    must agree across ranks. One exchange of the states per call, differentiable: call
     ``backward`` on every rank of the group (each rank's loss on its own outputs), as with any
     collective. Every rank must call this function the same number of times in the same order.
 
@@ -177,6 +321,12 @@ def context_parallel_attention(q, k, v, spec, *, group=None, g=None, scale=None,
     is_causal : bool
         True (the default): token t sees every token up to t of the whole sequence. False: every
         query sees every key of every rank (q and k slices may then differ in length).
+    comm : "allgather" or "scan"
+        How the states travel. "allgather" (the default): one all-gather, each rank receives the
+        P - 1 other states and folds the earlier ones (1 collective, (P - 1) states in). "scan": a
+        Hillis–Steele prefix with point-to-point sends, ceil(log2 P) rounds of at most one state in
+        and one out per rank (twice that when ``is_causal=False``: a prefix and a suffix). Both give
+        the same result up to rounding (the folds are ordered differently).
 
     Returns
     -------
@@ -186,8 +336,8 @@ def context_parallel_attention(q, k, v, spec, *, group=None, g=None, scale=None,
     Raises
     ------
     KernelError
-        What :func:`fastattn.attention.fast_attention` refuses, a gate without ``is_causal``, or no
-        initialised process group.
+        What :func:`fastattn.attention.fast_attention` refuses, a gate without ``is_causal``, an
+        unknown ``comm``, or no initialised process group.
 
     Examples
     --------
@@ -209,34 +359,18 @@ def context_parallel_attention(q, k, v, spec, *, group=None, g=None, scale=None,
     if not (dist.is_available() and dist.is_initialized()):
         raise KernelError("context_parallel_attention needs an initialised torch.distributed process group: call "
                           "torch.distributed.init_process_group('nccl' or 'gloo') first (torchrun sets the rest)")
+    if comm not in ("allgather", "scan"):
+        raise KernelError(f"comm={comm!r}; use 'allgather' (one collective) or 'scan' (log2 P point-to-point rounds)")
     poly = polynomial(spec)
     check_normalizer(poly, normalize, normalizer_fix)
     # refuse bad inputs here, before the collective, with fast_attention's own messages
     check_tensors(q, k, v, is_causal, enable_gqa)
     if g is not None:
         check_gate(g, k.shape[0], k.shape[1], k.shape[2], k, is_causal)
-    group = dist.group.WORLD if group is None else group
-    rank = dist.get_rank(group)
     D = q.shape[-1]
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     S, z, L = local_state(k, v, poly, scale=scale, g=g, tables=tables)
-    B, H, F, DV = S.shape
-    T = k.shape[2]
-    count = torch.tensor([T // _SPLIT, T % _SPLIT], dtype=S.dtype, device=S.device)
-    # one buffer, one collective: S, z, the log decay and the local length
-    packed = torch.cat([S.flatten(), z.flatten(), L.flatten(), count])
-    with warnings.catch_warnings():
-        # torch 2.13 marks it deprecated in favour of a private module; it is the public differentiable one
-        warnings.filterwarnings("ignore", "torch.distributed.nn.functional.all_gather", FutureWarning)
-        gathered = dist_fn.all_gather(packed, group=group)
-    sizes = [B * H * F * DV, B * H * F, B * H, 2]
-    parts = []
-    for buf in gathered:
-        Sj, zj, Lj, cj = torch.split(buf, sizes)
-        tj = cj[0].detach().to(torch.int64) * _SPLIT + cj[1].detach().to(torch.int64)  # no host sync
-        parts.append((Sj.view(B, H, F, DV), zj.view(B, H, F), Lj.view(B, H), tj))
-    S0, z0, seen = _combine(parts, rank, is_causal)
-    state = State(S0, z0, seen.expand(B).clone())
+    state = exchange_states(S, z, L, k.shape[2], group=group, is_causal=is_causal, comm=comm)
     return fast_attention(q, k, v, poly, is_causal=is_causal, scale=scale, normalize=normalize,
                           enable_gqa=enable_gqa, g=g, initial_state=state, normalizer_fix=normalizer_fix, eps=eps,
                           chunk=chunk, backend=backend, tables=tables)
@@ -256,6 +390,8 @@ class ContextParallelAttention(nn.Module):
         The attention core (causal or not).
     group : ProcessGroup, optional
         Default: the world group, looked up at call time.
+    comm : "allgather" or "scan"
+        See :func:`context_parallel_attention`.
 
     Examples
     --------
@@ -266,11 +402,13 @@ class ContextParallelAttention(nn.Module):
     >>> o = cp(q, k, v)  # in each process of a group  # doctest: +SKIP
     """
 
-    def __init__(self, attn: FastAttention, group=None):
+    def __init__(self, attn: FastAttention, group=None, comm="allgather"):
         super().__init__()
         if not isinstance(attn, FastAttention):
             raise KernelError(f"ContextParallelAttention wraps a FastAttention; got {type(attn).__name__}")
-        self.attn, self.group = attn, group
+        if comm not in ("allgather", "scan"):
+            raise KernelError(f"comm={comm!r}; use 'allgather' or 'scan'")
+        self.attn, self.group, self.comm = attn, group, comm
 
     def forward(self, q, k, v, *, g=None, enable_gqa=False):
         """This rank's slice of attention over the whole split sequence (see :func:`context_parallel_attention`)."""
@@ -278,4 +416,4 @@ class ContextParallelAttention(nn.Module):
         return context_parallel_attention(q, k, v, a.poly, group=self.group, g=g, scale=a.scale,
                                           normalize=a.normalize, enable_gqa=enable_gqa, is_causal=a.causal,
                                           normalizer_fix=a.normalizer_fix, eps=a.eps, chunk=a.chunk,
-                                          backend=a.backend, tables=a._tables(a.scale))
+                                          backend=a.backend, tables=a._tables(a.scale), comm=self.comm)
