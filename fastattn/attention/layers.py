@@ -18,11 +18,11 @@ import os
 import torch
 from torch import nn
 
-from fastattn.attention.functional import fast_attention
-from fastattn.attention.state import State, init_state
+from fastattn.attention.functional import check_gate, check_tensors, fast_attention
+from fastattn.attention.state import State, check_state, init_state
 from fastattn.errors import KernelError
 from fastattn.kernels.codegen import Polynomial
-from fastattn.kernels.naive import is_finite_real, symmetric_tables
+from fastattn.kernels.naive import check_normalized, is_finite_real, symmetric_tables
 from fastattn.kernels.poly import check_feature_count, check_normalizer, polynomial
 
 __all__ = ["FastAttention", "FastMultiheadAttention"]
@@ -111,8 +111,9 @@ class FastAttention(nn.Module):
         self.register_buffer("_idx", idx, persistent=False)
         self.register_buffer("_w_phi", w_phi, persistent=False)
         self.register_buffer("_w_psi", w_psi, persistent=False)
-        # the decoding kernel's int32/fp32 tables per device, built on first use
+        # the decoding kernel's int32/fp32 tables per device, built on first use; F read once (a step is ~us)
         self._decode_tables = {}
+        self._feature_dim = poly.feature_dim(head_dim)
 
     @classmethod
     def from_spec(cls, spec, head_dim: int, head_dim_v: int | None = None, causal: bool = True,
@@ -265,14 +266,12 @@ class FastAttention(nn.Module):
         return "torch"
 
     def _kernel_step(self, q, k, v, state, g, gqa, inplace, tuning):
-        from fastattn.attention.functional import check_gate, check_tensors
-        from fastattn.attention.state import check_state
+        # imported here: the decoding kernel's module imports triton, which a CPU model never needs
         from fastattn.kernels.decode import decode_step, decode_tables
-        from fastattn.kernels.naive import check_normalized
 
         check_tensors(q, k, v, True, gqa)
         B, Hk = k.shape[:2]
-        check_state(state, B, Hk, self.feature_dim, self.head_dim_v, q.dtype, q.device)
+        check_state(state, B, Hk, self._feature_dim, self.head_dim_v, q.dtype, q.device)
         # the value check of g and of the output costs a host sync: where check_output asks for it
         asked = self.check_output is True or (self.check_output is None
                                               and (not q.is_cuda or torch.is_anomaly_enabled()))

@@ -58,8 +58,8 @@ def _features(p_x, idx, w, o_f, m_f, F, D, SLOTS: tl.constexpr):
 
 
 @triton.jit
-def _decode_kernel(q_ptr, k_ptr, v_ptr, g_ptr, S_ptr, z_ptr, S_out, z_out, o_ptr, zq_ptr, part_n, part_z,
-                   idx, w_phi, w_psi, eps, H_kv, G, F, D, DV, NB, BPS,
+def _decode_kernel(q_ptr, k_ptr, v_ptr, g_ptr, S_ptr, z_ptr, S_out, z_out, tokens, tokens_out, o_ptr, zq_ptr,
+                   part_n, part_z, idx, w_phi, w_psi, eps, H_kv, G, F, D, DV, NB, BPS,
                    sq_b, sq_h, sk_b, sk_h, sv_b, sv_h, sg_b, sg_h,
                    sS_b, sS_h, sS_f, sz_b, sz_h, sSo_b, sSo_h, sSo_f, szo_b, szo_h,
                    SLOTS: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, BG: tl.constexpr,
@@ -67,12 +67,15 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, g_ptr, S_ptr, z_ptr, S_out, z_out, o_ptr
                    DIRECT: tl.constexpr, DEN: tl.constexpr):
     """One decoding step of feature blocks [i_s BPS, (i_s + 1) BPS) of key/value head i_bh.
 
-    q_ptr [B, H_q, D], k_ptr [B, H_kv, D], v_ptr [B, H_kv, DV] (any float dtype, row stride 1),
-    g_ptr [B, H_kv] (read when HAS_G), S_ptr/S_out [B, H_kv, F, DV] and z_ptr/z_out [B, H_kv, F]
-    fp32 (the outputs may alias the inputs: each program reads a tile before it writes it, and
-    tiles are disjoint), o_ptr [B H_q, DV] in q's dtype and zq_ptr [B H_q] fp32 (DIRECT), or the
-    fp32 partials part_n [splits, B H_q, DV] and part_z [splits, B H_q]; idx [SLOTS, F] int32,
-    w_phi / w_psi [F] fp32 (:func:`decode_tables`); DEN the denominator rule (``_den``).
+    * q_ptr [B, H_q, D], k_ptr [B, H_kv, D], v_ptr [B, H_kv, DV]: any float dtype, row stride 1;
+      g_ptr [B, H_kv], read when HAS_G.
+    * S_ptr / S_out [B, H_kv, F, DV], z_ptr / z_out [B, H_kv, F] fp32; tokens / tokens_out [B]
+      int64. Outputs may alias inputs: a program reads each tile before writing it, tiles are
+      disjoint, and one program per batch row adds 1 to its token count.
+    * o_ptr [B H_q, DV] in q's dtype and zq_ptr [B H_q] fp32 (DIRECT), else the fp32 partials
+      part_n [splits, B H_q, DV] and part_z [splits, B H_q].
+    * idx [SLOTS, F] int32, w_phi / w_psi [F] fp32 (:func:`decode_tables`); DEN the denominator
+      rule (``_den``).
     """
     i_s, i_bh = tl.program_id(0), tl.program_id(1)
     # int64 offsets: a state slice of a stacked prefill buffer can sit past 2**31 elements
@@ -82,6 +85,9 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, g_ptr, S_ptr, z_ptr, S_out, z_out, o_ptr
     o_g = tl.arange(0, BG)
     p_k = k_ptr + i_b * sk_b + i_h * sk_h
     p_q = q_ptr + i_b * sq_b + i_h * G * sq_h  # the group's first query head
+    # the token count rides along: no separate launch for tokens + 1
+    if (i_s == 0) & (i_h == 0):
+        tl.store(tokens_out + i_b, tl.load(tokens + i_b) + 1)
     b_v = tl.load(v_ptr + i_b * sv_b + i_h * sv_h + o_v, mask=m_v, other=0.0).to(tl.float32)  # [BV]
     if HAS_G:
         b_decay = tl.exp(tl.load(g_ptr + i_b * sg_b + i_h * sg_h).to(tl.float32))
@@ -178,6 +184,7 @@ class Plan:
 
 _TUNING_KEYS = ("block_f", "splits", "num_warps")
 _SM_COUNT: dict = {}
+_PLANS: dict = {}  # a plan per shape: the host side of a step is on the critical path at batch 1
 
 
 def _sm_count(device: torch.device) -> int:
@@ -204,6 +211,13 @@ def plan(*, batch: int, heads_kv: int, group: int, features: int, head_dim_v: in
     >>> p.block_f, p.blocks, p.splits, p.blocks_per_split
     (64, 34, 17, 2)
     """
+    key = (batch, heads_kv, group, features, head_dim_v, device, tuple(sorted((tuning or {}).items())))
+    if key not in _PLANS:
+        _PLANS[key] = _plan(batch, heads_kv, group, features, head_dim_v, device, tuning)
+    return _PLANS[key]
+
+
+def _plan(batch, heads_kv, group, features, head_dim_v, device, tuning):
     tuning = dict(tuning or {})
     unknown = sorted(set(tuning) - set(_TUNING_KEYS))
     if unknown:
@@ -235,11 +249,20 @@ def decode_tables(idx: torch.Tensor, w_phi: torch.Tensor, w_psi: torch.Tensor, d
             w_psi.to(device=device, dtype=torch.float32).contiguous())
 
 
-def _den_function(poly):
-    # the generated kernels' denominator rule, one definition for every kernel (any f's module has the same)
-    from fastattn.kernels.codegen import load_module
+_DEN: dict = {}
 
-    return load_module(poly)._den
+
+def _den_function(poly):
+    # the generated kernels' denominator rule, one definition for every kernel (any f's module has the same);
+    # kept per interpreter mode, as the module is, since hashing poly for load_module's memo costs ~20 us a step
+    import os
+
+    mode = os.environ.get("TRITON_INTERPRET", "0")
+    if mode not in _DEN:
+        from fastattn.kernels.codegen import load_module
+
+        _DEN[mode] = load_module(poly)._den
+    return _DEN[mode]
 
 
 def _rows(x):
@@ -326,9 +349,10 @@ def decode_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: State,
     else:
         g, sg_b, sg_h = q, 0, 0  # never read (HAS_G is False)
     if inplace:
-        S_out, z_out = S, z
+        S_out, z_out, tokens_out = S, z, state.tokens
     else:
         S_out, z_out = torch.empty(B, Hk, F, DV, device=S.device, dtype=S.dtype), torch.empty_like(z)
+        tokens_out = torch.empty_like(state.tokens)
     o = torch.empty(B, Hq, 1, DV, device=q.device, dtype=q.dtype)
     zq = torch.empty(B, Hq, device=q.device, dtype=torch.float32)
     direct = p.splits == 1
@@ -341,7 +365,8 @@ def decode_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: State,
     den = _den_function(poly)
     fix_abs = normalizer_fix == "abs"
     _decode_kernel[(p.splits, B * Hk)](
-        q_ptr=q, k_ptr=k, v_ptr=v, g_ptr=g, S_ptr=S, z_ptr=z, S_out=S_out, z_out=z_out, o_ptr=o, zq_ptr=zq,
+        q_ptr=q, k_ptr=k, v_ptr=v, g_ptr=g, S_ptr=S, z_ptr=z, S_out=S_out, z_out=z_out, tokens=state.tokens,
+        tokens_out=tokens_out, o_ptr=o, zq_ptr=zq,
         part_n=part_n, part_z=part_z, idx=idx, w_phi=w_phi, w_psi=w_psi, eps=float(eps), H_kv=Hk, G=G, F=F, D=D,
         DV=DV, NB=p.blocks, BPS=p.blocks_per_split, sq_b=sq_b, sq_h=sq_h, sk_b=sk_b, sk_h=sk_h, sv_b=sv_b,
         sv_h=sv_h, sg_b=sg_b, sg_h=sg_h, sS_b=S.stride(0), sS_h=S.stride(1), sS_f=S.stride(2), sz_b=z.stride(0),
@@ -354,6 +379,5 @@ def decode_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: State,
                                    DV=DV, NS=p.splits, BV=p.block_v, NORMALIZE=bool(normalize), FIX_ABS=fix_abs,
                                    DEN=den, num_warps=1 if p.block_v <= 128 else 2)
     if inplace:
-        state.tokens.add_(1)
         return o, state, zq
-    return o, State(S_out, z_out, state.tokens + 1), zq
+    return o, State(S_out, z_out, tokens_out), zq
