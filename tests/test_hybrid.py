@@ -189,5 +189,7 @@ def test_refuses_other_bad_arguments():
         hybrid_attention(q, q.double(), q, "1 + x + x**2/2", window=2)
     with pytest.raises(KernelError, match="scale=nan must be a finite real"):
         hybrid_attention(q, q, q, "1 + x + x**2/2", window=2, scale=math.nan)
-    with pytest.raises(KernelError, match="only the torch path so far"):
-        hybrid_attention(q, q, q, "1 + x + x**2/2", window=2, backend="triton")
+    with pytest.raises(KernelError, match="backend='cuda'; use 'auto'"):
+        hybrid_attention(q, q, q, "1 + x + x**2/2", window=2, backend="cuda")
+    with pytest.raises(KernelError, match="backend='triton' takes float32, float16 or"):
+        hybrid_attention(q.double(), q.double(), q.double(), "1 + x + x**2/2", window=2, backend="triton")

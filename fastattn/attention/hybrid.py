@@ -30,6 +30,15 @@ a running state S = sum psi(k) v^T, z = sum psi(k) with phi(q), the state laggin
 Per head that is O(C^2 + F DV) memory at a time without autograd (under autograd torch keeps each
 chunk's features and state for backward) and O(T C D + T F DV) work.
 
+The Triton path (CUDA tensors; under TRITON_INTERPRET=1 when ``backend="triton"`` asks) splits the two
+parts: the outside sums (n_i, z_i) of query i are the un-normalised causal feature-map attention of the
+queries shifted by w against the keys they outrun, ``fast_attention(q[w:], k[:T-w], [v[:T-w], 1],
+normalize=False)`` (query i - w of that call sees keys j <= i - w: exactly the outside), so they come from
+the fast kernels with their backward, and no (all keys - window) subtraction can cancel. A sliding-window
+flash kernel (:mod:`fastattn.kernels.window`) visits only the key blocks that meet the window, keeps the
+online max, folds in (n_i, z_i) with the shift M_i above and saves log2 of the whole normaliser, from which
+its backward gives dq, dk, dv on the window pairs and (dn, dz) to the fast kernels through autograd.
+
 >>> import torch
 >>> q = k = v = torch.randn(1, 2, 10, 8, dtype=torch.float64)
 >>> o = hybrid_attention(q, k, v, "1 + x + x**2/2", window=10)
@@ -44,11 +53,11 @@ import math
 
 import torch
 
-from fastattn.attention.functional import check_tensors
+from fastattn.attention.functional import check_tensors, fast_attention
 from fastattn.attention.state import state_dtype
 from fastattn.errors import KernelError
 from fastattn.kernels import naive
-from fastattn.kernels.poly import check_feature_count, check_normalizer, nonnegative, polynomial
+from fastattn.kernels.poly import check_feature_count, check_normalizer, choose_backend, nonnegative, polynomial
 
 __all__ = ["hybrid_attention"]
 
@@ -129,7 +138,70 @@ def _torch_hybrid(q, k, v, poly, scale, window, chunk, eps):
     return o
 
 
-def hybrid_attention(query, key, value, spec, *, window, scale=None, chunk=None, backend="torch"):
+def _route(query, backend):
+    """'triton' or 'torch' for this call; KernelError for a Triton request it cannot serve."""
+    if backend not in ("auto", "torch", "triton"):
+        raise KernelError(f"backend={backend!r}; use 'auto' (Triton on CUDA, else torch), 'torch' or 'triton'")
+    fits = query.dtype in (torch.float32, torch.float16, torch.bfloat16)
+    if backend == "auto":
+        return "triton" if query.is_cuda and fits else "torch"
+    if backend == "triton":
+        choose_backend(query, "triton")  # CUDA tensors or TRITON_INTERPRET=1, else KernelError
+        if not fits or (query.dtype == torch.bfloat16 and not query.is_cuda):
+            raise KernelError(f"backend='triton' takes float32, float16 or (on a GPU) bfloat16 inputs; got "
+                              f"{query.dtype} on {query.device}: use backend='torch'")
+    return backend
+
+
+def _outside_sums(q, k, v, poly, scale, window, how):
+    """[B, H, T - w, DV + 1]: row r holds (sum f(x) v, sum f(x)) over keys j <= r of query r + w, in q's dtype.
+
+    ``how``: "augment" (one call with v widened by a ones column), "split" (a call on v and one on the
+    ones column: no wider v tile when DV + 1 passes a power of two), or "torch" (the torch path, for tests).
+    """
+    T = q.shape[2]
+    qs, ks, vs = q[:, :, window:], k[:, :, :T - window], v[:, :, :T - window]
+    ones = vs.new_ones(vs.shape[:-1] + (1,))
+    backend = "torch" if how == "torch" else "triton"
+    if how == "split":
+        n = fast_attention(qs, ks, vs, poly, scale=scale, normalize=False, backend=backend)
+        z = fast_attention(qs, ks, ones, poly, scale=scale, normalize=False, backend=backend)
+        return torch.cat([n, z], -1)
+    return fast_attention(qs, ks, torch.cat([vs, ones], -1), poly, scale=scale, normalize=False, backend=backend)
+
+
+#: Private overrides of the Triton path (``tuning=``): how the outside sums are taken (see _outside_sums),
+#: and the window kernel's launch numbers (fastattn.kernels.window.flash.TUNING).
+TUNING = {"outside": "augment"}
+
+
+def _triton_hybrid(q, k, v, poly, scale, window, tuning):
+    from fastattn.kernels.window.flash import TUNING as WINDOW_TUNING
+    from fastattn.kernels.window.flash import window_attention
+
+    tuning = dict(tuning or {})
+    bad = sorted(set(tuning) - set(TUNING) - set(WINDOW_TUNING))
+    if bad:
+        raise KernelError(f"unknown tuning keys {bad}; known: {sorted(set(TUNING) | set(WINDOW_TUNING))}")
+    how = tuning.pop("outside", TUNING["outside"])
+    if how not in ("augment", "split", "torch"):
+        raise KernelError(f"tuning outside={how!r}; use 'augment', 'split' or 'torch'")
+    T = q.shape[2]
+    if window == 0:
+        fix = check_normalizer(poly, True, None)
+        return fast_attention(q, k, v, poly, scale=scale, normalize=True, normalizer_fix=fix,
+                              backend="torch" if how == "torch" else "triton")
+    window = min(window, T)
+    outside = _outside_sums(q, k, v, poly, scale, window, how) if window < T else None
+    if outside is not None and outside.dtype != q.dtype:
+        outside = outside.to(q.dtype)
+    try:
+        return window_attention(q, k, v, outside, scale=scale, window=window, tuning=tuning)
+    except ValueError as exc:
+        raise KernelError(str(exc)) from exc
+
+
+def hybrid_attention(query, key, value, spec, *, window, scale=None, chunk=None, backend="auto", tuning=None):
     """Causal attention with exact softmax over the last ``window`` keys and f(s q.k) over the earlier ones.
 
     Key j weighs exp(s q_i.k_j) when i - window < j <= i and f(s q_i.k_j) when j <= i - window, under
@@ -151,10 +223,16 @@ def hybrid_attention(query, key, value, spec, *, window, scale=None, chunk=None,
     scale : float, optional
         s; default 1/sqrt(D).
     chunk : int, optional
-        Queries per tile, >= max(window, 1); default max(window, 64). Memory per head goes as
-        chunk * 2 * chunk for the tile plus F * DV for the state.
-    backend : "torch"
-        The only path so far ("auto" takes it too); the Triton kernel is not written yet.
+        Torch path: queries per tile, >= max(window, 1); default max(window, 64). Memory per head goes
+        as chunk * 2 * chunk for the tile plus F * DV for the state.
+    backend : "auto", "torch" or "triton"
+        "auto": the Triton path on CUDA tensors of float32, float16 or bfloat16, else torch; "triton"
+        also runs under TRITON_INTERPRET=1 on the CPU (float32, float16), for tests. The Triton path
+        keeps the outside sums in the inputs' dtype: with float16, a row whose sum of f passes 65504
+        comes back NaN (use bfloat16 or float32).
+    tuning : dict, optional
+        Private overrides of the Triton path, for sweeps and tests (``TUNING`` here and in
+        :mod:`fastattn.kernels.window.flash`).
 
     Returns
     -------
@@ -165,7 +243,8 @@ def hybrid_attention(query, key, value, spec, *, window, scale=None, chunk=None,
     KernelError
         A window that is not an int >= 0, a chunk shorter than the window, an f negative somewhere on
         the reals, shapes :func:`fastattn.attention.fast_attention` refuses (and H_q != H_kv: no GQA yet),
-        a bad scale, or backend="triton".
+        a bad scale, or backend="triton" where it cannot run (a CPU tensor without TRITON_INTERPRET=1,
+        float64).
 
     Examples
     --------
@@ -192,11 +271,11 @@ def hybrid_attention(query, key, value, spec, *, window, scale=None, chunk=None,
     check_feature_count(poly, D, value.shape[-1])
     if scale is not None and not naive.is_finite_real(scale):
         raise KernelError(f"scale={scale!r} must be a finite real number (or None for 1/sqrt(D))")
-    if backend not in ("auto", "torch"):
-        raise KernelError(f"backend={backend!r}: hybrid_attention has only the torch path so far; use 'torch' "
-                          "(or 'auto')")
+    route = _route(query, backend)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     if T == 0:
         return naive.empty_output(query, key, value)
+    if route == "triton":
+        return _triton_hybrid(query, key, value, poly, scale, window, tuning)
     chunk = max(window, 64) if chunk is None else chunk
     return _torch_hybrid(query, key, value, poly, scale, window, chunk, 1e-6)
