@@ -52,7 +52,9 @@ CASES = [
     ("taylor2-d64-gqa-gate", F2, 64, 64, True, (1, 4, 2), True, torch.float32, {"block_f": 512}),
     ("taylor2-d60-v48-b3-fp16", F2, 60, 48, True, (3, 4, 2), True, torch.float16, {"block_f": 512}),
     ("linear-d60-v48-unnormalised", "x", 60, 48, False, (3, 4, 2), True, torch.float32, None),
-    ("linear-d60-v48-fp16-direct", "x", 60, 48, False, (1, 2, 2), False, torch.float16, {"splits": 1}),
+    ("linear-d60-v48-fp16-direct-reduce-per-block", "x", 60, 48, False, (1, 2, 2), False, torch.float16,
+     {"splits": 1, "defer": False}),
+    ("taylor2-d16-mha-reduce-per-block", F2, 16, 16, True, (3, 2, 2), True, torch.float32, {"defer": False}),
     ("cubic-d8-unnormalised-gqa", "(1+x)**3", 8, 12, False, (3, 4, 2), True, torch.float32, None),
     ("cubic-d8-fp16", "(1+x)**3", 8, 12, False, (1, 4, 2), False, torch.float16, {"block_f": 16}),
     ("power2-d60-v48-gqa", "x**2", 60, 48, True, (1, 4, 2), False, torch.float32, {"block_f": 512}),
@@ -186,8 +188,9 @@ def test_plan_splits_the_feature_axis_at_small_batch():
     assert (small.block_f, small.block_v, small.block_g, small.blocks) == (64, 64, 2, 34)
     # 4 programs per "SM" (4 on the interpreter) over 2 heads: 8 wanted, 7 of 5 blocks cover the 34
     assert (small.splits, small.blocks_per_split) == (7, 5)
+    assert not small.defer  # GQA: the group's heads reduce per block
     big = plan(batch=64, heads_kv=16, group=1, features=2145, head_dim_v=64, device=cpu)
-    assert big.splits == 1 and big.blocks_per_split == big.blocks
+    assert big.splits == 1 and big.blocks_per_split == big.blocks and big.defer
     wide = plan(batch=1, heads_kv=1, group=1, features=100, head_dim_v=256, device=cpu, tuning={"splits": 100})
     assert wide.block_f == 16 and wide.splits == wide.blocks == 7
     with pytest.raises(KernelError, match="unknown keys \\['chunk'\\]"):

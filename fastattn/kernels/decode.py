@@ -64,7 +64,7 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, g_ptr, S_ptr, z_ptr, S_out, z_out, token
                    sS_b, sS_h, sS_f, sz_b, sz_h, sSo_b, sSo_h, sSo_f, szo_b, szo_h,
                    SLOTS: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, BG: tl.constexpr,
                    HAS_G: tl.constexpr, NORMALIZE: tl.constexpr, FIX_ABS: tl.constexpr,
-                   DIRECT: tl.constexpr, DEN: tl.constexpr):
+                   DIRECT: tl.constexpr, DEFER: tl.constexpr, DEN: tl.constexpr):
     """One decoding step of feature blocks [i_s BPS, (i_s + 1) BPS) of key/value head i_bh.
 
     * q_ptr [B, H_q, D], k_ptr [B, H_kv, D], v_ptr [B, H_kv, DV]: any float dtype, row stride 1;
@@ -93,6 +93,10 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, g_ptr, S_ptr, z_ptr, S_out, z_out, token
         b_decay = tl.exp(tl.load(g_ptr + i_b * sg_b + i_h * sg_h).to(tl.float32))
     b_n = tl.zeros([BG, BV], dtype=tl.float32)
     b_zq = tl.zeros([BG], dtype=tl.float32)
+    if DEFER:
+        # one query head (G = 1): products accumulate elementwise, one cross-thread reduction at the end
+        b_acc = tl.zeros([BF, BV], dtype=tl.float32)
+        b_accz = tl.zeros([BF], dtype=tl.float32)
     for i_f in range(i_s * BPS, tl.minimum(i_s * BPS + BPS, NB)):
         o_f = i_f * BF + tl.arange(0, BF)
         m_f = o_f < F
@@ -110,12 +114,20 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, g_ptr, S_ptr, z_ptr, S_out, z_out, token
         tl.store(S_out + i_b * sSo_b + i_h * sSo_h + o_fv * sSo_f + o_v[None, :], b_S, mask=m_fv)
         tl.store(z_out + i_b * szo_b + i_h * szo_h + o_f, b_z, mask=m_f)
         # the token sees itself: its query heads read the updated block
-        for j in range(G):
-            b_phi = _features(p_q + j * sq_h, idx, w_phi, o_f, m_f, F, D, SLOTS)  # [BF]
-            b_nj = tl.sum(b_phi[:, None] * b_S, 0)  # [BV]
-            b_zj = tl.sum(b_phi * b_z, 0)
-            b_n = tl.where((o_g == j)[:, None], b_n + b_nj[None, :], b_n)
-            b_zq = tl.where(o_g == j, b_zq + b_zj, b_zq)
+        if DEFER:
+            b_phi = _features(p_q, idx, w_phi, o_f, m_f, F, D, SLOTS)  # [BF]
+            b_acc += b_phi[:, None] * b_S
+            b_accz += b_phi * b_z
+        else:
+            for j in range(G):
+                b_phi = _features(p_q + j * sq_h, idx, w_phi, o_f, m_f, F, D, SLOTS)  # [BF]
+                b_nj = tl.sum(b_phi[:, None] * b_S, 0)  # [BV]
+                b_zj = tl.sum(b_phi * b_z, 0)
+                b_n = tl.where((o_g == j)[:, None], b_n + b_nj[None, :], b_n)
+                b_zq = tl.where(o_g == j, b_zq + b_zj, b_zq)
+    if DEFER:
+        b_n = tl.sum(b_acc, 0)[None, :]  # [1, BV]
+        b_zq = tl.sum(b_accz[:, None], 0)  # [1]
     o_r = i_b * H_kv * G + i_h * G + o_g  # [BG] rows b * H_q + h_q of the group
     m_g = o_g < G
     m_gv = m_g[:, None] & m_v[None, :]
@@ -170,6 +182,9 @@ class Plan:
     splits : int
         Programs per key/value head; 1 writes o directly (one launch), more add the combine kernel.
     blocks_per_split : int
+    defer : bool
+        One query head per state (no GQA): accumulate phi(q) S elementwise and reduce once per
+        program, not once per feature block.
     num_warps : int
     """
 
@@ -179,10 +194,11 @@ class Plan:
     blocks: int
     splits: int
     blocks_per_split: int
+    defer: bool
     num_warps: int
 
 
-_TUNING_KEYS = ("block_f", "splits", "num_warps")
+_TUNING_KEYS = ("block_f", "splits", "defer", "num_warps")
 _SM_COUNT: dict = {}
 _PLANS: dict = {}  # a plan per shape: the host side of a step is on the critical path at batch 1
 
@@ -231,8 +247,9 @@ def _plan(batch, heads_kv, group, features, head_dim_v, device, tuning):
     splits = min(blocks, max(1, tuning.get("splits", want)))
     per = -(-blocks // splits)
     splits = -(-blocks // per)  # no empty program
+    defer = group == 1 and bool(tuning.get("defer", True))
     num_warps = tuning.get("num_warps", 4)
-    return Plan(block_f, block_v, triton.next_power_of_2(group), blocks, splits, per, num_warps)
+    return Plan(block_f, block_v, triton.next_power_of_2(group), blocks, splits, per, defer, num_warps)
 
 
 def decode_tables(idx: torch.Tensor, w_phi: torch.Tensor, w_psi: torch.Tensor, device) -> tuple:
@@ -372,7 +389,8 @@ def decode_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: State,
         sv_h=sv_h, sg_b=sg_b, sg_h=sg_h, sS_b=S.stride(0), sS_h=S.stride(1), sS_f=S.stride(2), sz_b=z.stride(0),
         sz_h=z.stride(1), sSo_b=S_out.stride(0), sSo_h=S_out.stride(1), sSo_f=S_out.stride(2),
         szo_b=z_out.stride(0), szo_h=z_out.stride(1), SLOTS=idx.shape[0], BF=p.block_f, BV=p.block_v,
-        BG=p.block_g, HAS_G=has_g, NORMALIZE=bool(normalize), FIX_ABS=fix_abs, DIRECT=direct, DEN=den,
+        BG=p.block_g, HAS_G=has_g, NORMALIZE=bool(normalize), FIX_ABS=fix_abs, DIRECT=direct, DEFER=p.defer,
+        DEN=den,
         num_warps=p.num_warps)
     if not direct:
         _combine_kernel[(B * Hq,)](part_n=part_n, part_z=part_z, o_ptr=o, zq_ptr=zq, eps=float(eps), R=B * Hq,
