@@ -21,7 +21,13 @@ With one split the program owns the whole head and writes o itself (one launch);
 (small batches, where B * H_kv programs cannot fill the GPU) each writes fp32 partials
 [splits, B * H_q, DV + 1] that a second kernel sums in a fixed order and divides. Partials, not
 atomics: the sum is deterministic, the output needs no zeroing launch, and the division needs a
-second pass anyway.
+second pass anyway. Without GQA a program accumulates phi(q) S elementwise in its [BF, BV] tile and
+reduces across threads once at the end; a group reduces per block, one query head at a time.
+
+The new S, z go into new tensors or, with ``inplace``, over the old ones (safe: each tile is read
+before it is written, and no two programs share a tile); in place keeps one copy of the state in
+memory and fixed addresses for a CUDA graph. The index/weight tables (F (SLOTS + 2) 4-byte numbers,
+26 KB at d64) are shared by every head and stay in L2.
 
 >>> import torch
 >>> p = plan(batch=1, heads_kv=16, group=1, features=2145, head_dim_v=64, device=torch.device("cpu"))
