@@ -211,9 +211,9 @@ class BlockPlan:
         exact = self.pattern.dense(self.T, is_causal=self.is_causal)
         return (blocks == 2) | ((blocks == 1) & exact)
 
-    def schedule(self, device):
-        """The kernels' list-mode schedule on ``device`` (cached per device)."""
-        return _schedule(self, str(torch.device(device)))
+    def schedule(self, device, *, warps=4):
+        """The kernels' list-mode schedule on ``device``, launched with ``warps`` per program (cached)."""
+        return _schedule(self, str(torch.device(device)), warps)
 
 
 @functools.lru_cache(maxsize=64)
@@ -235,7 +235,7 @@ def _compile(pattern, T, block, is_causal):
 
 
 @functools.lru_cache(maxsize=64)
-def _schedule(plan, device):
+def _schedule(plan, device, warps):
     from fastattn.kernels.sparse.schedule import list_schedule
 
-    return list_schedule(plan.T, plan.block, plan.state, plan.pattern.table(), device=device)
+    return list_schedule(plan.T, plan.block, plan.state, plan.pattern.table(), warps=warps, device=device)

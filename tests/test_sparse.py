@@ -6,6 +6,7 @@ spanning several buckets, whose causal skip the schedule test confirms), causal 
 DV != D, T = 1 and sizes that end mid-block. Blocks of 16 tokens make the small T walk many blocks.
 """
 
+import itertools
 import math
 
 import pytest
@@ -39,8 +40,8 @@ def gradient_terms(q, k, v, o, do, allowed):
     return None, scale * w @ k.abs(), scale * w.transpose(-1, -2) @ q.abs(), None
 
 
-def _compare(q, k, v, do, allowed, dtype, **kw):
-    o = sparse_attention(q, k, v, tuning=SMALL, **kw)
+def _compare(q, k, v, do, allowed, dtype, tuning=SMALL, **kw):
+    o = sparse_attention(q, k, v, tuning=tuning, **kw)
     got = (o,) + torch.autograd.grad(o, (q, k, v), do)
     ref = masked_attention(q, k, v, allowed)
     ref = (ref,) + torch.autograd.grad(ref, (q, k, v), do.double())
@@ -50,21 +51,22 @@ def _compare(q, k, v, do, allowed, dtype, **kw):
     return got
 
 
-# (restriction, B, H, T, D, DV, causal)
+# (restriction, B, H, T, D, DV, causal, (block_q, block_k))
 ROWS = [
-    ("none", 1, 1, 1, 16, 16, True),
-    ("keep", 1, 2, 37, 60, 32, True),
-    ("keep", 2, 1, 53, 16, 16, False),
-    ("buckets", 1, 2, 100, 32, 16, True),
-    ("buckets", 1, 1, 45, 16, 24, False),
-    ("keep+buckets", 1, 2, 150, 16, 16, True),
+    ("none", 1, 1, 1, 16, 16, True, (16, 16)),
+    ("keep", 1, 2, 37, 60, 32, True, (16, 16)),
+    ("keep", 2, 1, 53, 16, 16, False, (32, 16)),
+    ("buckets", 1, 2, 100, 32, 16, True, (16, 16)),
+    ("buckets", 1, 1, 45, 16, 24, False, (16, 32)),
+    ("keep+buckets", 1, 2, 150, 16, 16, True, (32, 16)),
 ]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
-@pytest.mark.parametrize("what,B,H,T,D,DV,causal", ROWS,
-                         ids=[f"{r[0]}-T{r[3]}-D{r[4]}-DV{r[5]}-{'causal' if r[6] else 'full'}" for r in ROWS])
-def test_matches_dense_reference(what, B, H, T, D, DV, causal, dtype):
+@pytest.mark.parametrize("what,B,H,T,D,DV,causal,tiles", ROWS,
+                         ids=[f"{r[0]}-T{r[3]}-D{r[4]}-DV{r[5]}-{'causal' if r[6] else 'full'}-{r[7][0]}x{r[7][1]}"
+                              for r in ROWS])
+def test_matches_dense_reference(what, B, H, T, D, DV, causal, tiles, dtype):
     q, k, v, do, g = _inputs(B, H, T, D, DV, dtype, seed=T)
     kw = {}
     if "keep" in what:
@@ -72,7 +74,7 @@ def test_matches_dense_reference(what, B, H, T, D, DV, causal, dtype):
     if "buckets" in what:
         kw["buckets"] = lsh_buckets(q.detach(), k.detach(), 4, seed=1)
     allowed = allowed_pairs(T, is_causal=causal, **kw)
-    _compare(q, k, v, do, allowed, dtype, is_causal=causal, **kw)
+    _compare(q, k, v, do, allowed, dtype, tuning={"block_q": tiles[0], "block_k": tiles[1]}, is_causal=causal, **kw)
 
 
 def test_routes_of_the_rows_above():
@@ -80,9 +82,9 @@ def test_routes_of_the_rows_above():
     # of one bucket (the plain loop); the keep rows run without bucket ids
     q, k, _, _, _ = _inputs(1, 2, 100, 32, 16, torch.float32, seed=100)
     qid, kid = lsh_buckets(q.detach(), k.detach(), 4, seed=1)
-    s = range_schedule(2, 100, buckets=(qid.reshape(2, 100), kid.reshape(2, 100)), block=16)
+    s = range_schedule(2, 100, buckets=(qid.reshape(2, 100), kid.reshape(2, 100)), block_q=16, block_k=16)
     assert s.q_mixed.any() and (s.q_mixed == 0).any() and s.k_mixed.any() and (s.k_mixed == 0).any()
-    s = range_schedule(2, 37, keep=torch.rand(2, 37) < 0.6, block=16)
+    s = range_schedule(2, 37, keep=torch.rand(2, 37) < 0.6, block_q=16, block_k=16)
     assert s.bkt_q is None and not s.use_list
 
 
@@ -120,38 +122,39 @@ def test_all_kept_is_causal_softmax():
 
 def test_schedule_visits_every_needed_block_and_few_others():
     # range mode's runs cover each block pair with an allowed pair; with keep alone they are exactly those
-    T, block, BH = 300, 16, 3
+    T, BH = 300, 3
     g = torch.Generator().manual_seed(0)
     keep = torch.rand(BH, T, generator=g) < 0.5
     qid, kid = torch.randint(0, 3, (2, BH, T), generator=g)
-    for kw, exact in ((dict(keep=keep), True), (dict(buckets=(qid, kid)), False),
-                      (dict(keep=keep, buckets=(qid, kid)), False)):
-        s = range_schedule(BH, T, block=block, **kw)
-        NB = s.n_blocks
+    cases = [(dict(keep=keep), True), (dict(buckets=(qid, kid)), False), (dict(keep=keep, buckets=(qid, kid)), False)]
+    for (kw, exact), (bq, bk) in itertools.product(cases, ((16, 16), (32, 16), (16, 64))):
+        s = range_schedule(BH, T, block_q=bq, block_k=bk, **kw)
+        NQ, NK = s.n_q, s.n_k
         allowed = allowed_pairs(T, **{k: (v[:, None] if k == "keep" else (v[0][:, None], v[1][:, None]))
                                       for k, v in kw.items()})[:, 0]
-        slot_q, slot_k = s.perm_q, s.perm_k
         for bh in range(BH):
-            a = allowed[bh][slot_q[bh]][:, slot_k[bh]]  # [T, T] in schedule order
+            a = allowed[bh][s.perm_q[bh]][:, s.perm_k[bh]]  # [T, T] in schedule order
             c = int(s.count[bh])
             a[c:] = False
             a[:, c:] = False
-            pad = NB * block - T
-            need = torch.nn.functional.pad(a, (0, pad, 0, pad)).view(NB, block, NB, block).any(3).any(1)
-            visit = torch.zeros(NB, NB, dtype=torch.bool)
-            for qb in range(NB):
+            a = torch.nn.functional.pad(a, (0, NK * bk - T, 0, NQ * bq - T))
+            need = a.view(NQ, bq, NK, bk).any(3).any(1)
+            visit = torch.zeros(NQ, NK, dtype=torch.bool)
+            for qb in range(NQ):
                 for kb in range(int(s.fwd_start[bh, qb]), int(s.fwd_end[bh, qb])):
                     visit[qb, kb] = not s.q_mixed[bh, qb] or s.kmin[bh, kb] <= s.qmax[bh, qb]
-            visit_t = torch.zeros(NB, NB, dtype=torch.bool)
-            for kb in range(NB):
+            visit_t = torch.zeros(NQ, NK, dtype=torch.bool)
+            for kb in range(NK):
                 for qb in range(int(s.bwd_start[bh, kb]), int(s.bwd_end[bh, kb])):
                     visit_t[qb, kb] = not s.k_mixed[bh, kb] or s.qmax[bh, qb] >= s.kmin[bh, kb]
-            assert (visit >= need).all() and (visit_t >= need).all(), (kw.keys(), bh)
+            case = (list(kw), bq, bk, bh)
+            assert (visit >= need).all() and (visit_t >= need).all(), case
             if exact:
-                assert (visit == need).all() and (visit_t == need).all()
+                assert (visit == need).all() and (visit_t == need).all(), case
             else:
                 # a run's two end blocks may hold the neighbouring bucket only: at most 2 extra per block row
-                assert int(visit.sum()) <= int(need.sum()) + 2 * NB, (int(visit.sum()), int(need.sum()))
+                assert int(visit.sum()) <= int(need.sum()) + 2 * NQ, (case, int(visit.sum()), int(need.sum()))
+                assert int(visit_t.sum()) <= int(need.sum()) + 2 * NK, (case, int(visit_t.sum()), int(need.sum()))
 
 
 def test_lsh_buckets_are_deterministic_and_shared():
@@ -187,8 +190,10 @@ def test_bad_arguments_are_refused():
         sparse_attention(q.double(), q.double(), q.double())
     with pytest.raises(KernelError, match="n_buckets=3 must be 1 or an even"):
         lsh_buckets(q, q, 3, seed=0)
-    with pytest.raises(KernelError, match="power of two"):
+    with pytest.raises(KernelError, match="block_q=24 must be a power of two"):
         sparse_attention(q, q, q, tuning={"block": 24})
+    with pytest.raises(KernelError, match=r"tuning keys \['blocks'\] unknown"):
+        sparse_attention(q, q, q, tuning={"blocks": 32})
 
 
 def test_zero_length():

@@ -23,18 +23,31 @@ from fastattn.kernels.sparse.flash import SparseFlash, default_scale
 from fastattn.kernels.sparse.schedule import range_schedule
 from fastattn.patterns import Pattern
 
-__all__ = ["sparse_attention", "pattern_attention", "lsh_buckets", "plan_block"]
+__all__ = ["sparse_attention", "pattern_attention", "lsh_buckets", "plan_tiles"]
 
 
-def plan_block(D, DV, device, tuning=None):
-    """Tokens per block: 64 on a GPU (the forward's [64, 64] score tile and [64, DV] accumulator fit the
-    registers of 4 warps up to DV = 128), 32 on the CPU interpreter. ``tuning={"block": n}`` overrides."""
-    if tuning and "block" in tuning:
-        block = tuning["block"]
-        if isinstance(block, bool) or not isinstance(block, int) or block < 16 or block & (block - 1):
-            raise KernelError(f"tuning['block']={block!r} must be a power of two >= 16 (tl.dot's smallest tile)")
-        return block
-    return 64 if torch.device(device).type == "cuda" else 32
+def plan_tiles(D, DV, device, tuning=None):
+    """(block_q, block_k, warps): query and key slots per block and warps per program.
+
+    64 x 64 with 4 warps on a GPU (a [64, 64] score tile and a [64, DV] accumulator per program; the
+    sm_90 build holds them without spills up to DV = 64 at 128 registers, dk/dv at 226), 32 x 32 on the
+    CPU interpreter. ``tuning`` (private, for tests and sweeps) overrides any of "block" (both sizes),
+    "block_q", "block_k", "warps".
+    """
+    gpu = torch.device(device).type == "cuda"
+    tuning = dict(tuning or {})
+    bad = set(tuning) - {"block", "block_q", "block_k", "warps"}
+    if bad:
+        raise KernelError(f"tuning keys {sorted(bad)} unknown; use 'block', 'block_q', 'block_k', 'warps'")
+    block = tuning.get("block", 64 if gpu else 32)
+    sizes = {"block_q": tuning.get("block_q", block), "block_k": tuning.get("block_k", block)}
+    for name, n in sizes.items():
+        if isinstance(n, bool) or not isinstance(n, int) or n < 16 or n & (n - 1):
+            raise KernelError(f"tuning {name}={n!r} must be a power of two >= 16 (tl.dot's smallest tile)")
+    warps = tuning.get("warps", 8 if max(sizes.values()) >= 128 else 4)
+    if warps not in (1, 2, 4, 8, 16):
+        raise KernelError(f"tuning warps={warps!r} must be 1, 2, 4, 8 or 16")
+    return sizes["block_q"], sizes["block_k"], warps
 
 
 def _check(query, key, value, scale):
@@ -104,7 +117,7 @@ def sparse_attention(query, key, value, *, keep=None, buckets=None, is_causal=Tr
     scale : float, optional
         s; default 1/sqrt(D).
     tuning : dict, optional
-        Private: ``{"block": n}`` tokens per block (tests and sweeps).
+        Private, for tests and sweeps: tile overrides, see :func:`plan_tiles`.
 
     Returns
     -------
@@ -121,10 +134,10 @@ def sparse_attention(query, key, value, *, keep=None, buckets=None, is_causal=Tr
     _check_restrictions(keep, buckets, (B, H, T), query.device)
     if T == 0:
         return naive.empty_output(query, key, value)
-    block = plan_block(D, value.shape[-1], query.device, tuning)
+    block_q, block_k, warps = plan_tiles(D, value.shape[-1], query.device, tuning)
     flat = lambda x: None if x is None else x.reshape(B * H, T)  # noqa: E731
     sched = range_schedule(B * H, T, keep=flat(keep), buckets=None if buckets is None else tuple(map(flat, buckets)),
-                           is_causal=is_causal, block=block, device=query.device)
+                           is_causal=is_causal, block_q=block_q, block_k=block_k, warps=warps, device=query.device)
     sorted_ = keep is not None or buckets is not None
     perm_q, perm_k = (sched.perm_q, sched.perm_k) if sorted_ else (None, None)
     o = SparseFlash.apply(_slots(query, perm_q), _slots(key, perm_k), _slots(value, perm_k), sched,
@@ -156,8 +169,10 @@ def pattern_attention(query, key, value, pattern, *, is_causal=True, scale=None,
     B, H, T, D = query.shape
     if T == 0:
         return naive.empty_output(query, key, value)
-    block = plan_block(D, value.shape[-1], query.device, tuning)
-    sched = pattern.compile(T, block=block, is_causal=bool(is_causal)).schedule(query.device)
+    block_q, block_k, warps = plan_tiles(D, value.shape[-1], query.device, tuning)
+    if block_q != block_k:
+        raise KernelError(f"a pattern compiles to square blocks; got block_q={block_q}, block_k={block_k}")
+    sched = pattern.compile(T, block=block_q, is_causal=bool(is_causal)).schedule(query.device, warps=warps)
     o = SparseFlash.apply(_slots(query, None), _slots(key, None), _slots(value, None), sched,
                           default_scale(D, scale), bool(is_causal))
     return o.reshape(B, H, T, -1)

@@ -87,10 +87,10 @@ def _ids(pos_ptr, bkt_ptr, bh, o_t, T, stride_pos, HAS_BUCKET: tl.constexpr):
 @triton.jit
 def _fwd_tile(acc, m_i, l_i, b_q, pos_q, bkt_q, ok_q, kb, need, bh, count, k_ptr, v_ptr, pos_k_ptr, bkt_k_ptr,
               prims_ptr, qk_scale, T, D, DV, stride_pos, IS_CAUSAL: tl.constexpr, HAS_BUCKET: tl.constexpr,
-              N_PRIMS: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+              N_PRIMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
               PRECISION: tl.constexpr):
     """The online-softmax step of one query block over key block kb: returns (acc, m_i, l_i) updated."""
-    o_k = kb * BLOCK + tl.arange(0, BLOCK)
+    o_k = kb * BLOCK_N + tl.arange(0, BLOCK_N)
     ok_k = o_k < count
     b_k = _rows(k_ptr, bh, o_k, ok_k, tl.arange(0, BLOCK_D), D, T)  # [BN, BD]
     b_v = _rows(v_ptr, bh, o_k, ok_k, tl.arange(0, BLOCK_DV), DV, T)  # [BN, BDV]
@@ -111,10 +111,10 @@ def _fwd_tile(acc, m_i, l_i, b_q, pos_q, bkt_q, ok_q, kb, need, bh, count, k_ptr
 @triton.jit
 def _dq_tile(dq, b_q, b_do, lse, delta, pos_q, bkt_q, ok_q, kb, need, bh, count, k_ptr, v_ptr, pos_k_ptr,
              bkt_k_ptr, prims_ptr, qk_scale, T, D, DV, stride_pos, IS_CAUSAL: tl.constexpr,
-             HAS_BUCKET: tl.constexpr, N_PRIMS: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
+             HAS_BUCKET: tl.constexpr, N_PRIMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
              BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
     """dq (unscaled) of one query block plus key block kb's share: ds @ k with ds = p (dp - delta)."""
-    o_k = kb * BLOCK + tl.arange(0, BLOCK)
+    o_k = kb * BLOCK_N + tl.arange(0, BLOCK_N)
     ok_k = o_k < count
     b_k = _rows(k_ptr, bh, o_k, ok_k, tl.arange(0, BLOCK_D), D, T)  # [BN, BD]
     b_v = _rows(v_ptr, bh, o_k, ok_k, tl.arange(0, BLOCK_DV), DV, T)  # [BN, BDV]
@@ -130,10 +130,10 @@ def _dq_tile(dq, b_q, b_do, lse, delta, pos_q, bkt_q, ok_q, kb, need, bh, count,
 @triton.jit
 def _dkdv_tile(dk, dv, b_k, b_v, pos_k, bkt_k, ok_k, qb, need, bh, count, q_ptr, do_ptr, lse_ptr, delta_ptr,
                pos_q_ptr, bkt_q_ptr, prims_ptr, qk_scale, T, D, DV, stride_pos, IS_CAUSAL: tl.constexpr,
-               HAS_BUCKET: tl.constexpr, N_PRIMS: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
+               HAS_BUCKET: tl.constexpr, N_PRIMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
     """dk (unscaled), dv of one key block plus query block qb's share: ds^T @ q and p^T @ do."""
-    o_q = qb * BLOCK + tl.arange(0, BLOCK)
+    o_q = qb * BLOCK_M + tl.arange(0, BLOCK_M)
     ok_q = o_q < count
     b_q = _rows(q_ptr, bh, o_q, ok_q, tl.arange(0, BLOCK_D), D, T)  # [BM, BD]
     b_do = _rows(do_ptr, bh, o_q, ok_q, tl.arange(0, BLOCK_DV), DV, T)  # [BM, BDV]
@@ -153,56 +153,57 @@ def _dkdv_tile(dk, dv, b_k, b_v, pos_k, bkt_k, ok_k, qb, need, bh, count, q_ptr,
 @triton.jit
 def sparse_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, pos_q_ptr, pos_k_ptr, bkt_q_ptr, bkt_k_ptr, count_ptr,
                       start_ptr, end_ptr, blocks_ptr, full_ptr, mixed_ptr, near_ptr, far_ptr, prims_ptr,
-                      scale, T, D, DV, NB, stride_pos, stride_count, stride_sched,
+                      scale, T, D, DV, n_near, n_far, stride_pos, stride_count, stride_sched,
                       IS_CAUSAL: tl.constexpr, HAS_BUCKET: tl.constexpr, USE_LIST: tl.constexpr,
-                      N_PRIMS: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                      N_PRIMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                       PRECISION: tl.constexpr):
     """o and lse of one query block of one (b, h).
 
     q_ptr, k_ptr [BH, T, D]; v_ptr, o_ptr [BH, T, DV]; lse_ptr [BH, T] fp32 (base 2); pos_*_ptr int32
     [BH or 1, T] original positions (stride_pos 0 when shared); bkt_*_ptr int32 [BH, T] bucket ids;
     count_ptr int32 [BH or 1] tokens taking part (stride_count 0 => shared); start_ptr/end_ptr int32
-    [BH or 1, NB] each block's entries (stride_sched 0 => shared); blocks_ptr/full_ptr int32 [nnz] (list
-    mode); mixed_ptr int32 [BH, NB] 1 where this block spans several buckets, near_ptr [BH, NB] this
-    block's largest position, far_ptr [BH, NB] every key block's smallest position (range mode, causal
-    skip); prims_ptr int32 [N_PRIMS, 3] (list mode).
+    [BH or 1, NQ] each query block's entries (stride_sched 0 => shared); blocks_ptr/full_ptr int32 [nnz]
+    (list mode); mixed_ptr int32 [BH, NQ] 1 where this block spans several buckets, near_ptr [BH, NQ =
+    n_near] this block's largest position, far_ptr [BH, NK = n_far] every key block's smallest position
+    (range mode, causal skip); prims_ptr int32 [N_PRIMS, 3] (list mode). Query blocks hold BLOCK_M
+    slots, key blocks BLOCK_N.
     """
     pid = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     count = tl.load(count_ptr + bh * stride_count)
-    o_q = pid * BLOCK + tl.arange(0, BLOCK)
+    o_q = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     ok_q = o_q < count
     b_q = _rows(q_ptr, bh, o_q, ok_q, tl.arange(0, BLOCK_D), D, T)  # [BM, BD]
     pos_q, bkt_q = _ids(pos_q_ptr, bkt_q_ptr, bh, o_q, T, stride_pos, HAS_BUCKET)
     start = tl.load(start_ptr + bh * stride_sched + pid)
     end = tl.load(end_ptr + bh * stride_sched + pid)
     qk_scale = scale * 1.4426950408889634
-    m_i = tl.full([BLOCK], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK], tl.float32)
-    acc = tl.zeros([BLOCK, BLOCK_DV], tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     mixed = 0
     if IS_CAUSAL and HAS_BUCKET and not USE_LIST:
-        mixed = tl.load(mixed_ptr + bh * NB + pid)
+        mixed = tl.load(mixed_ptr + bh * n_near + pid)
     if USE_LIST:
         for it in range(start, end):
             kb = tl.load(blocks_ptr + it)
             need = tl.load(full_ptr + it) == 0
             acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, b_q, pos_q, bkt_q, ok_q, kb, need, bh, count, k_ptr, v_ptr,
                                       pos_k_ptr, bkt_k_ptr, prims_ptr, qk_scale, T, D, DV, stride_pos, IS_CAUSAL,
-                                      HAS_BUCKET, N_PRIMS, BLOCK, BLOCK_D, BLOCK_DV, PRECISION)
+                                      HAS_BUCKET, N_PRIMS, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, PRECISION)
     elif mixed != 0:
         # a block spanning several buckets walks all of them: skip the key blocks wholly after it
-        near = tl.load(near_ptr + bh * NB + pid)
+        near = tl.load(near_ptr + bh * n_near + pid)
         for kb in range(start, end):
-            if tl.load(far_ptr + bh * NB + kb) <= near:
+            if tl.load(far_ptr + bh * n_far + kb) <= near:
                 acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, b_q, pos_q, bkt_q, ok_q, kb, False, bh, count, k_ptr,
                                           v_ptr, pos_k_ptr, bkt_k_ptr, prims_ptr, qk_scale, T, D, DV, stride_pos,
-                                          IS_CAUSAL, HAS_BUCKET, N_PRIMS, BLOCK, BLOCK_D, BLOCK_DV, PRECISION)
+                                          IS_CAUSAL, HAS_BUCKET, N_PRIMS, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, PRECISION)
     else:
         for kb in range(start, end):
             acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, b_q, pos_q, bkt_q, ok_q, kb, False, bh, count, k_ptr, v_ptr,
                                       pos_k_ptr, bkt_k_ptr, prims_ptr, qk_scale, T, D, DV, stride_pos, IS_CAUSAL,
-                                      HAS_BUCKET, N_PRIMS, BLOCK, BLOCK_D, BLOCK_DV, PRECISION)
+                                      HAS_BUCKET, N_PRIMS, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, PRECISION)
     has = l_i > 0
     acc = acc / tl.where(has, l_i, 1.0)[:, None]
     lse = tl.where(has, m_i + tl.math.log2(tl.where(has, l_i, 1.0)), float("inf"))
@@ -215,16 +216,16 @@ def sparse_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, pos_q_ptr, pos_k_ptr,
 @triton.jit
 def sparse_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, pos_q_ptr, pos_k_ptr, bkt_q_ptr,
                      bkt_k_ptr, count_ptr, start_ptr, end_ptr, blocks_ptr, full_ptr, mixed_ptr, near_ptr, far_ptr,
-                     prims_ptr, scale, T, D, DV, NB, stride_pos, stride_count, stride_sched,
+                     prims_ptr, scale, T, D, DV, n_near, n_far, stride_pos, stride_count, stride_sched,
                      IS_CAUSAL: tl.constexpr, HAS_BUCKET: tl.constexpr, USE_LIST: tl.constexpr,
-                     N_PRIMS: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                     N_PRIMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                      PRECISION: tl.constexpr):
     """dq of one query block over the forward's schedule. do_ptr [BH, T, DV]; delta_ptr [BH, T] fp32 =
     rowsum(o * do); dq_ptr [BH, T, D] fp32; the rest as in :func:`sparse_fwd_kernel`."""
     pid = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     count = tl.load(count_ptr + bh * stride_count)
-    o_q = pid * BLOCK + tl.arange(0, BLOCK)
+    o_q = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     o_d = tl.arange(0, BLOCK_D)
     ok_q = o_q < count
     b_q = _rows(q_ptr, bh, o_q, ok_q, o_d, D, T)  # [BM, BD]
@@ -235,29 +236,29 @@ def sparse_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, po
     start = tl.load(start_ptr + bh * stride_sched + pid)
     end = tl.load(end_ptr + bh * stride_sched + pid)
     qk_scale = scale * 1.4426950408889634
-    dq = tl.zeros([BLOCK, BLOCK_D], tl.float32)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     mixed = 0
     if IS_CAUSAL and HAS_BUCKET and not USE_LIST:
-        mixed = tl.load(mixed_ptr + bh * NB + pid)
+        mixed = tl.load(mixed_ptr + bh * n_near + pid)
     if USE_LIST:
         for it in range(start, end):
             kb = tl.load(blocks_ptr + it)
             need = tl.load(full_ptr + it) == 0
             dq = _dq_tile(dq, b_q, b_do, lse, delta, pos_q, bkt_q, ok_q, kb, need, bh, count, k_ptr, v_ptr,
                           pos_k_ptr, bkt_k_ptr, prims_ptr, qk_scale, T, D, DV, stride_pos, IS_CAUSAL, HAS_BUCKET,
-                          N_PRIMS, BLOCK, BLOCK_D, BLOCK_DV, PRECISION)
+                          N_PRIMS, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, PRECISION)
     elif mixed != 0:
-        near = tl.load(near_ptr + bh * NB + pid)
+        near = tl.load(near_ptr + bh * n_near + pid)
         for kb in range(start, end):
-            if tl.load(far_ptr + bh * NB + kb) <= near:
+            if tl.load(far_ptr + bh * n_far + kb) <= near:
                 dq = _dq_tile(dq, b_q, b_do, lse, delta, pos_q, bkt_q, ok_q, kb, False, bh, count, k_ptr, v_ptr,
                               pos_k_ptr, bkt_k_ptr, prims_ptr, qk_scale, T, D, DV, stride_pos, IS_CAUSAL,
-                              HAS_BUCKET, N_PRIMS, BLOCK, BLOCK_D, BLOCK_DV, PRECISION)
+                              HAS_BUCKET, N_PRIMS, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, PRECISION)
     else:
         for kb in range(start, end):
             dq = _dq_tile(dq, b_q, b_do, lse, delta, pos_q, bkt_q, ok_q, kb, False, bh, count, k_ptr, v_ptr,
                           pos_k_ptr, bkt_k_ptr, prims_ptr, qk_scale, T, D, DV, stride_pos, IS_CAUSAL, HAS_BUCKET,
-                          N_PRIMS, BLOCK, BLOCK_D, BLOCK_DV, PRECISION)
+                          N_PRIMS, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, PRECISION)
     tl.store(dq_ptr + bh * T * D + o_q[:, None] * D + o_d[None, :], dq * scale,
              mask=(o_q < T)[:, None] & (o_d < D)[None, :])
 
@@ -265,17 +266,18 @@ def sparse_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, po
 @triton.jit
 def sparse_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, pos_q_ptr, pos_k_ptr,
                        bkt_q_ptr, bkt_k_ptr, count_ptr, start_ptr, end_ptr, blocks_ptr, full_ptr, mixed_ptr,
-                       near_ptr, far_ptr, prims_ptr, scale, T, D, DV, NB, stride_pos, stride_count, stride_sched,
+                       near_ptr, far_ptr, prims_ptr, scale, T, D, DV, n_near, n_far, stride_pos, stride_count, stride_sched,
                        IS_CAUSAL: tl.constexpr, HAS_BUCKET: tl.constexpr, USE_LIST: tl.constexpr,
-                       N_PRIMS: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                       N_PRIMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                        PRECISION: tl.constexpr):
     """dk, dv of one key block over the transposed schedule (the query blocks that visit it): here
-    near_ptr is this key block's smallest position and far_ptr every query block's largest.
+    start/end/mixed/near are per key block ([BH, NK]), near_ptr is this key block's smallest position and
+    far_ptr [BH, NQ] every query block's largest.
     dk_ptr [BH, T, D], dv_ptr [BH, T, DV] fp32; the rest as in :func:`sparse_dq_kernel`."""
     pid = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     count = tl.load(count_ptr + bh * stride_count)
-    o_k = pid * BLOCK + tl.arange(0, BLOCK)
+    o_k = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     o_d = tl.arange(0, BLOCK_D)
     o_dv = tl.arange(0, BLOCK_DV)
     ok_k = o_k < count
@@ -285,30 +287,30 @@ def sparse_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, 
     start = tl.load(start_ptr + bh * stride_sched + pid)
     end = tl.load(end_ptr + bh * stride_sched + pid)
     qk_scale = scale * 1.4426950408889634
-    dk = tl.zeros([BLOCK, BLOCK_D], tl.float32)
-    dv = tl.zeros([BLOCK, BLOCK_DV], tl.float32)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
     mixed = 0
     if IS_CAUSAL and HAS_BUCKET and not USE_LIST:
-        mixed = tl.load(mixed_ptr + bh * NB + pid)
+        mixed = tl.load(mixed_ptr + bh * n_near + pid)
     if USE_LIST:
         for it in range(start, end):
             qb = tl.load(blocks_ptr + it)
             need = tl.load(full_ptr + it) == 0
             dk, dv = _dkdv_tile(dk, dv, b_k, b_v, pos_k, bkt_k, ok_k, qb, need, bh, count, q_ptr, do_ptr, lse_ptr,
                                 delta_ptr, pos_q_ptr, bkt_q_ptr, prims_ptr, qk_scale, T, D, DV, stride_pos,
-                                IS_CAUSAL, HAS_BUCKET, N_PRIMS, BLOCK, BLOCK_D, BLOCK_DV, PRECISION)
+                                IS_CAUSAL, HAS_BUCKET, N_PRIMS, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, PRECISION)
     elif mixed != 0:
-        near = tl.load(near_ptr + bh * NB + pid)
+        near = tl.load(near_ptr + bh * n_near + pid)
         for qb in range(start, end):
-            if tl.load(far_ptr + bh * NB + qb) >= near:
+            if tl.load(far_ptr + bh * n_far + qb) >= near:
                 dk, dv = _dkdv_tile(dk, dv, b_k, b_v, pos_k, bkt_k, ok_k, qb, False, bh, count, q_ptr, do_ptr,
                                     lse_ptr, delta_ptr, pos_q_ptr, bkt_q_ptr, prims_ptr, qk_scale, T, D, DV,
-                                    stride_pos, IS_CAUSAL, HAS_BUCKET, N_PRIMS, BLOCK, BLOCK_D, BLOCK_DV, PRECISION)
+                                    stride_pos, IS_CAUSAL, HAS_BUCKET, N_PRIMS, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, PRECISION)
     else:
         for qb in range(start, end):
             dk, dv = _dkdv_tile(dk, dv, b_k, b_v, pos_k, bkt_k, ok_k, qb, False, bh, count, q_ptr, do_ptr, lse_ptr,
                                 delta_ptr, pos_q_ptr, bkt_q_ptr, prims_ptr, qk_scale, T, D, DV, stride_pos,
-                                IS_CAUSAL, HAS_BUCKET, N_PRIMS, BLOCK, BLOCK_D, BLOCK_DV, PRECISION)
+                                IS_CAUSAL, HAS_BUCKET, N_PRIMS, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, PRECISION)
     tl.store(dk_ptr + bh * T * D + o_k[:, None] * D + o_d[None, :], dk * scale,
              mask=(o_k < T)[:, None] & (o_d < D)[None, :])
     tl.store(dv_ptr + bh * T * DV + o_k[:, None] * DV + o_dv[None, :], dv,
@@ -333,13 +335,12 @@ def _common(sched, q, v, scale, is_causal):
     s = sched
     return dict(pos_q_ptr=s.pos_q, pos_k_ptr=s.pos_k, bkt_q_ptr=s.bkt_q if s.bkt_q is not None else s.pos_q,
                 bkt_k_ptr=s.bkt_k if s.bkt_k is not None else s.pos_k, count_ptr=s.count,
-                prims_ptr=s.prims, scale=scale, T=T, D=D, DV=v.shape[-1], NB=s.n_blocks,
+                prims_ptr=s.prims, scale=scale, T=T, D=D, DV=v.shape[-1],
                 stride_pos=s.pos_q.shape[-1] if s.pos_q.shape[0] > 1 else 0, stride_count=int(s.count.shape[0] > 1),
-                stride_sched=s.n_blocks if s.fwd_start.shape[0] > 1 else 0,
                 IS_CAUSAL=is_causal, HAS_BUCKET=s.bkt_q is not None, USE_LIST=s.use_list,
-                N_PRIMS=s.prims.shape[0] if s.use_list else 0, BLOCK=s.block, BLOCK_D=_pow2(D),
-                BLOCK_DV=_pow2(v.shape[-1]), PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-                num_warps=4 if s.block <= 64 else 8)
+                N_PRIMS=s.prims.shape[0] if s.use_list else 0, BLOCK_M=s.block_q, BLOCK_N=s.block_k,
+                BLOCK_D=_pow2(D), BLOCK_DV=_pow2(v.shape[-1]),
+                PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=s.warps)
 
 
 def _sides(sched, backward):
@@ -347,9 +348,11 @@ def _sides(sched, backward):
     s = sched
     if backward:
         return dict(start_ptr=s.bwd_start, end_ptr=s.bwd_end, blocks_ptr=s.bwd_blocks, full_ptr=s.bwd_full,
-                    mixed_ptr=s.k_mixed, near_ptr=s.kmin, far_ptr=s.qmax)
+                    mixed_ptr=s.k_mixed, near_ptr=s.kmin, far_ptr=s.qmax, n_near=s.n_k, n_far=s.n_q,
+                    stride_sched=s.n_k if s.bwd_start.shape[0] > 1 else 0)
     return dict(start_ptr=s.fwd_start, end_ptr=s.fwd_end, blocks_ptr=s.fwd_blocks, full_ptr=s.fwd_full,
-                mixed_ptr=s.q_mixed, near_ptr=s.qmax, far_ptr=s.kmin)
+                mixed_ptr=s.q_mixed, near_ptr=s.qmax, far_ptr=s.kmin, n_near=s.n_q, n_far=s.n_k,
+                stride_sched=s.n_q if s.fwd_start.shape[0] > 1 else 0)
 
 
 def flash_fwd(q, k, v, sched, scale, is_causal):
@@ -357,7 +360,7 @@ def flash_fwd(q, k, v, sched, scale, is_causal):
     BH, T, _ = q.shape
     o = _empty((BH, T, v.shape[-1]), q.device, q.dtype)
     lse = _empty((BH, T), q.device, torch.float32)
-    sparse_fwd_kernel[(sched.n_blocks, BH)](q_ptr=q, k_ptr=k, v_ptr=v, o_ptr=o, lse_ptr=lse,
+    sparse_fwd_kernel[(sched.n_q, BH)](q_ptr=q, k_ptr=k, v_ptr=v, o_ptr=o, lse_ptr=lse,
                                              **_sides(sched, False), **_common(sched, q, v, scale, is_causal))
     return o, lse
 
@@ -370,9 +373,9 @@ def flash_bwd(q, k, v, o, lse, do, sched, scale, is_causal):
     dk = _empty((BH, T, D), q.device, torch.float32)
     dv = _empty((BH, T, v.shape[-1]), q.device, torch.float32)
     common = _common(sched, q, v, scale, is_causal)
-    sparse_dq_kernel[(sched.n_blocks, BH)](q_ptr=q, k_ptr=k, v_ptr=v, do_ptr=do, lse_ptr=lse, delta_ptr=delta,
+    sparse_dq_kernel[(sched.n_q, BH)](q_ptr=q, k_ptr=k, v_ptr=v, do_ptr=do, lse_ptr=lse, delta_ptr=delta,
                                             dq_ptr=dq, **_sides(sched, False), **common)
-    sparse_dkdv_kernel[(sched.n_blocks, BH)](q_ptr=q, k_ptr=k, v_ptr=v, do_ptr=do, lse_ptr=lse, delta_ptr=delta,
+    sparse_dkdv_kernel[(sched.n_k, BH)](q_ptr=q, k_ptr=k, v_ptr=v, do_ptr=do, lse_ptr=lse, delta_ptr=delta,
                                               dk_ptr=dk, dv_ptr=dv, **_sides(sched, True), **common)
     return dq, dk, dv
 

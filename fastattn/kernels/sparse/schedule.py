@@ -32,23 +32,27 @@ BIG = 1 << 62
 class Schedule:
     """What the kernels run over. Shapes: BH = batch * heads (1 where shared by all), NB blocks, T tokens.
 
-    block, n_blocks : tokens per block (queries and keys alike) and NB = ceil(T / block).
+    block_q, block_k : slots per query block and per key block; n_q, n_k = ceil(T / block_q), ceil(T / block_k).
+    warps : warps per program.
     use_list : list mode (pattern) or range mode (keep / buckets).
     pos_q, pos_k : int32 [BH, T] original position of the token in schedule slot t.
     bkt_q, bkt_k : int32 [BH, T] bucket id per slot, or None.
     count : int32 [BH] tokens that take part (they fill slots 0 .. count - 1).
-    fwd_start, fwd_end : int32 [BH, NB] the entries each query block walks (forward, dq).
-    bwd_start, bwd_end : int32 [BH, NB] the entries each key block walks (dk, dv).
+    fwd_start, fwd_end : int32 [BH, n_q] the entries each query block walks (forward, dq).
+    bwd_start, bwd_end : int32 [BH, n_k] the entries each key block walks (dk, dv).
     fwd_blocks, fwd_full, bwd_blocks, bwd_full : int32 [nnz] list mode's block ids and "no element mask" flags.
-    qmax, kmin : int32 [BH, NB] range mode's per-block largest query / smallest key position.
-    q_mixed, k_mixed : int32 [BH, NB] range mode's 1 where a block holds several buckets (only such
+    qmax, kmin : int32 [BH, n_q], [BH, n_k] range mode's per-block largest query / smallest key position.
+    q_mixed, k_mixed : int32 [BH, n_q], [BH, n_k] range mode's 1 where a block holds several buckets (only such
         blocks test qmax / kmin: a one-bucket block's run holds no block wholly after it).
     prims : int32 [N, 3] list mode's pattern primitives (kind, a, b).
     perm_q, perm_k : int64 [BH, T] the original position of each slot (None in list mode: identity).
     """
 
-    block: int
-    n_blocks: int
+    block_q: int
+    block_k: int
+    n_q: int
+    n_k: int
+    warps: int
     use_list: bool
     pos_q: torch.Tensor
     pos_k: torch.Tensor
@@ -113,7 +117,7 @@ def _runs(lo, hi, seq_max, seq_min, empty):
     return start.int().contiguous(), end.int().contiguous()
 
 
-def range_schedule(BH, T, *, keep=None, buckets=None, is_causal=True, block=64, device=None):
+def range_schedule(BH, T, *, keep=None, buckets=None, is_causal=True, block_q=64, block_k=64, warps=4, device=None):
     """The range-mode :class:`Schedule` of keep ([BH, T] bool) and/or buckets ((query ids, key ids), [BH, T] ints >= 0)."""
     pos = torch.arange(T, device=device, dtype=torch.int64).expand(BH, T)
     if buckets is not None:
@@ -130,9 +134,9 @@ def range_schedule(BH, T, *, keep=None, buckets=None, is_causal=True, block=64, 
     else:
         perm_q, cq_s = _order(cq, keep, sort)
     perm_k, ck_s = (perm_q, cq_s) if ck is cq else _order(ck, keep, sort)
-    NB = -(-T // block)
-    qc_min, qc_max, q_pos_max, _ = _block_stats(cq_s, perm_q, block, NB, T)
-    kc_min, kc_max, _, k_pos_min = _block_stats(ck_s, perm_k, block, NB, T)
+    NQ, NK = -(-T // block_q), -(-T // block_k)
+    qc_min, qc_max, q_pos_max, _ = _block_stats(cq_s, perm_q, block_q, NQ, T)
+    kc_min, kc_max, _, k_pos_min = _block_stats(ck_s, perm_k, block_k, NK, T)
     q_empty, k_empty = qc_min >= BIG, kc_min >= BIG
     qb_lo = torch.where(q_empty, 0, qc_min // T * T)
     kb_hi = torch.where(k_empty, 0, kc_max // T * T + T - 1)
@@ -146,7 +150,7 @@ def range_schedule(BH, T, *, keep=None, buckets=None, is_causal=True, block=64, 
     none = torch.zeros(1, dtype=torch.int32, device=device)
     bkt_q = buckets[0].gather(-1, perm_q).int().contiguous() if buckets is not None else None
     bkt_k = buckets[1].gather(-1, perm_k).int().contiguous() if buckets is not None else None
-    return Schedule(block=block, n_blocks=NB, use_list=False, pos_q=perm_q.int().contiguous(),
+    return Schedule(block_q=block_q, block_k=block_k, n_q=NQ, n_k=NK, warps=warps, use_list=False, pos_q=perm_q.int().contiguous(),
                     pos_k=perm_k.int().contiguous(), bkt_q=bkt_q, bkt_k=bkt_k, count=count.contiguous(),
                     fwd_start=fwd[0], fwd_end=fwd[1], bwd_start=bwd[0], bwd_end=bwd[1], fwd_blocks=none,
                     fwd_full=none, bwd_blocks=none, bwd_full=none, qmax=q_pos_max.int().contiguous(),
@@ -155,7 +159,7 @@ def range_schedule(BH, T, *, keep=None, buckets=None, is_causal=True, block=64, 
                     perm_k=perm_k)
 
 
-def list_schedule(T, block, state, prims, device=None):
+def list_schedule(T, block, state, prims, warps=4, device=None):
     """The list-mode :class:`Schedule` of a block-state matrix ``state`` [NB, NB] (0 skip, 1 needs the element
     mask, 2 every pair allowed) and the pattern's primitive table ``prims`` [N, 3]."""
     NB = state.shape[0]
@@ -173,7 +177,7 @@ def list_schedule(T, block, state, prims, device=None):
     b_start, b_end, b_blocks, b_full = csr(state.t().contiguous())
     pos = torch.arange(T, dtype=torch.int32, device=device)[None]
     none = torch.zeros(1, dtype=torch.int32, device=device)
-    return Schedule(block=block, n_blocks=NB, use_list=True, pos_q=pos, pos_k=pos, bkt_q=None, bkt_k=None,
+    return Schedule(block_q=block, block_k=block, n_q=NB, n_k=NB, warps=warps, use_list=True, pos_q=pos, pos_k=pos, bkt_q=None, bkt_k=None,
                     count=torch.full((1,), T, dtype=torch.int32, device=device), fwd_start=f_start, fwd_end=f_end,
                     bwd_start=b_start, bwd_end=b_end, fwd_blocks=f_blocks, fwd_full=f_full, bwd_blocks=b_blocks,
                     bwd_full=b_full, qmax=none, kmin=none, q_mixed=none, k_mixed=none, prims=prims.to(device=device, dtype=torch.int32),
