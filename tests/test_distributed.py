@@ -246,3 +246,50 @@ def test_the_torchrun_example_trains_and_matches_one_process(tmp_path):
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S, cwd=tmp_path)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "check: split loss" in run.stdout and "step    2" in run.stdout, run.stdout
+
+
+# -- the communication model's arithmetic ------------------------------------------------------------------
+def test_comm_estimate_counts_messages_and_bytes():
+    from fastattn.distributed import comm_estimate
+
+    B, H, F, DV = 2, 3, 45, 8
+    state = (B * H * (F * DV + F + 1) + 2) * 4  # S, z, log decay in fp32, and the 2-float length
+    for P, ring, rounds in ((2, 1, 1), (3, 2, 2), (4, 3, 2), (5, 4, 3), (8, 7, 3), (64, 63, 6)):
+        e = comm_estimate(P, 1000, B, H, F, DV, bandwidth_GBps=2.0, latency_us=5.0)
+        assert e.state_bytes == state
+        assert (e.allgather_bytes, e.scan_bytes) == (2 * ring * state, 2 * rounds * state), P
+        message_ms = 5.0e-3 + state / 2.0e9 * 1e3
+        assert e.allgather_ms == pytest.approx(2 * ring * message_ms, rel=1e-12), P
+        assert e.scan_ms == pytest.approx(2 * rounds * message_ms, rel=1e-12), P
+    # one rank exchanges nothing
+    one = comm_estimate(1, 10, B, H, F, DV, bandwidth_GBps=1.0, latency_us=1.0)
+    assert (one.allgather_ms, one.scan_ms, one.allgather_bytes) == (0.0, 0.0, 0)
+
+
+def test_cp_table_is_compute_over_ranks_plus_the_estimate():
+    from fastattn.distributed import comm_estimate, cp_table, format_cp_table
+
+    rows = cp_table(20.0, 100.0, 3.0, ranks=(8, 64), tokens=(2**20, 2**24), B=1, H=16, F=2145, DV=64)
+    assert [(r.P, r.T) for r in rows] == [(8, 2**20), (8, 2**24), (64, 2**20), (64, 2**24)]
+    for r in rows:
+        assert r.compute_ms == pytest.approx(20.0 * 16 * r.T / r.P * 1e-6, rel=1e-12)
+        e = comm_estimate(r.P, r.T, 1, 16, 2145, 64, bandwidth_GBps=100.0, latency_us=3.0)
+        assert (r.allgather_ms, r.scan_ms) == (e.allgather_ms, e.scan_ms)
+        assert r.allgather_share == pytest.approx(r.allgather_ms / r.compute_ms)
+    text = format_cp_table(rows).splitlines()
+    assert len(text) == 2 + len(rows)
+    assert text[2].startswith("| 8 | 1M | 128K | 41.9 | ")  # 20 ns x 16 heads x 131072 tokens
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(bandwidth_GBps=0.0, latency_us=1.0), "bandwidth_GBps=0.0 must be a finite number > 0"),
+    (dict(bandwidth_GBps=float("nan"), latency_us=1.0), "bandwidth_GBps=nan"),
+    (dict(bandwidth_GBps=1.0, latency_us=-1.0), "latency_us=-1.0 must be a finite number >= 0"),
+])
+def test_comm_estimate_refuses_unmeasurable_constants(kwargs, match):
+    from fastattn.distributed import comm_estimate
+
+    with pytest.raises(ValueError, match=match):
+        comm_estimate(8, 2**20, 1, 16, 2145, 64, **kwargs)
+    with pytest.raises(ValueError, match="P=0 must be an integer >= 1"):
+        comm_estimate(0, 2**20, 1, 16, 2145, 64, bandwidth_GBps=1.0, latency_us=0.0)

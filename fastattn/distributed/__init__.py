@@ -11,6 +11,7 @@ True
 
 from fastattn.distributed.context_parallel import (ContextParallelAttention, context_parallel_attention,
                                                    exchange_states, exclusive_scan, local_state)
+from fastattn.distributed.cp_model import comm_estimate, cp_table, format_cp_table
 
 __all__ = ["context_parallel_attention", "ContextParallelAttention", "local_state", "exchange_states",
-           "exclusive_scan"]
+           "exclusive_scan", "comm_estimate", "cp_table", "format_cp_table"]

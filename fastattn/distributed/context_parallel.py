@@ -12,46 +12,38 @@ contiguous tokens of slice r (rank order = sequence order, any length per rank, 
    ``initial_state``: A <- exp(L_j) A + S_j for j = 0 .. r-1 (decays compose multiplicatively);
 4. runs the local causal kernel (:func:`fastattn.attention.fast_attention`) from A.
 
-The backward is the reverse scan of dS for free: the all-gather's backward sums, on each rank,
-the gradients every later rank sent back to its state. Causal attention is the prefix case; with
+The all-gather's backward is the reverse scan of dS for free: it sums, on each rank, the
+gradients every later rank sent back to its state. Causal attention is the prefix case; with
 ``is_causal=False`` every rank starts from the sum of all other ranks' states (no gate), so each
-query sees every key of the whole sequence (a full sum: an all-reduce would move 2 states per rank
-instead of P - 1; not built, the causal case is the one that matters for training).
+query sees every key of the whole sequence (``comm="scan"`` then runs a prefix and a suffix scan).
 
 Communication model
 -------------------
-One state per rank per layer: B·H_kv·F·DV·4 bytes (S) + B·H_kv·F·4 bytes (z) in fp32, plus
-B·H_kv·4 (log decay) and 8 (the slice length). The all-gather delivers the P - 1 other states to every rank, so each rank receives
-(P - 1)× that in the forward, and as much again in the backward (reduce-scatter on NCCL; an
-all-to-all on gloo). The local compute is linear in the local length T/P, the communication is
-not in T at all: CP pays off once T/P is long enough to hide it.
+:mod:`fastattn.distributed.cp_model` (re-exported here): one state per rank per layer,
+(B·H_kv·(F·DV + F + 1) + 2)·4 bytes in fp32, 8.92 MB at d64, f = 1 + x + x²/2 (F = 2145,
+DV = 64), B = 1, H_kv = 16. Forward + backward, the all-gather receives 2 (P - 1) states per rank,
+the scan 2 ceil(log2 P); the local compute is linear in T/P, the exchange not in T at all, so CP
+pays off once T/P is long enough to hide it. The constants below are **assumptions, not
+measurements**: 26 ns per token and head of compute (the one-GPU H200 number of DESIGN.md,
+fwd+bwd, the Triton kernel without a carried state), 50 GB/s per rank (one 400 Gb/s NIC per GPU)
+and 10 µs per message; ``benchmarks/cp_scaling.py`` measures the first two on GPUs, and
+:func:`cp_table` takes the measured values (times in ms per layer, shares in % of the compute):
 
-d64, f = 1 + x + x²/2 (F = 2145, DV = 64), B = 1, H_kv = 16: 8.92 MB of state per rank per layer.
-Compute per rank from the one H200 number measured (DESIGN.md, fwd+bwd, B2 H16: 6.66 ms at 8K,
-54.9 ms at 64K, i.e. ≈ 26 ns per token and head); communication = 2 (P - 1) × 8.92 MB / bandwidth.
-**The bandwidth is an assumption, not a measurement**: 50 GB/s per rank (one 400 Gb/s NIC per
-GPU across nodes); NVLink inside one node is several times faster. No multi-GPU run exists yet.
-
-==========  ===========  ==============  =====================  =======================
- ranks P     tokens T     tokens / rank   compute / rank (ms)    all-gather fwd+bwd (ms)
-==========  ===========  ==============  =====================  =======================
- 8           1M           128K            54                     2.5
- 8           16M          2M              870                    2.5
- 16          1M           64K             27                     5.4
- 16          16M          1M              436                    5.4
- 64          1M           16K             6.8                    22.5
- 64          16M          256K            109                    22.5
-==========  ===========  ==============  =====================  =======================
+>>> print(format_cp_table(cp_table(26.0, 50.0, 10.0, ranks=[8, 16, 64], tokens=[2**20, 2**24])))
+| ranks P | tokens T | tokens / rank | compute / rank | all-gather | scan | all-gather % | scan % |
+|---|---|---|---|---|---|---|---|
+| 8 | 1M | 128K | 54.5 | 2.64 | 1.13 | 4.8 | 2.1 |
+| 8 | 16M | 2M | 872.4 | 2.64 | 1.13 | 0.3 | 0.1 |
+| 16 | 1M | 64K | 27.3 | 5.65 | 1.51 | 20.7 | 5.5 |
+| 16 | 16M | 1M | 436.2 | 5.65 | 1.51 | 1.3 | 0.3 |
+| 64 | 1M | 16K | 6.8 | 23.75 | 2.26 | 348.4 | 33.2 |
+| 64 | 16M | 256K | 109.1 | 23.75 | 2.26 | 21.8 | 2.1 |
 
 The compute column is the attention kernel alone (projections and MLP add compute that also
-hides communication) and assumes the Triton kernel; today a call with an initial state runs the
-torch path (the Triton kernels take no carried state yet), several times slower on a GPU.
-
-At 16M tokens the all-gather is ≤ 1.2 % of the attention up to 16 ranks and 21 % at 64; at 1M
-tokens it is 5 % at 8 ranks, 20 % at 16 and 3.3× the attention at 64, where the log-P scan of
-states (``comm="scan"``: log2 P sends of one state instead of P - 1 received) is the remedy. The
-communication is not overlapped with compute (it could be: the local outputs' intra-slice part
-needs no state). Measure on GPUs before trusting any row.
+hides communication); a local call with an initial state runs the torch path until the Triton
+kernels take a carried state, several times slower on a GPU. At 64 ranks and 1M tokens the
+all-gather is 3.5× the attention and the scan a third of it. Neither exchange is overlapped
+with compute (it could be: the intra-slice part of the local outputs needs no state).
 
 GPU runs: NCCL works unchanged (``init_process_group("nccl")``); keep ``NCCL_NVLS_ENABLE=0``.
 """
@@ -69,11 +61,13 @@ from torch import nn
 from fastattn.attention.functional import check_gate, check_tensors, fast_attention
 from fastattn.attention.layers import FastAttention
 from fastattn.attention.state import State, state_dtype
+from fastattn.distributed.cp_model import comm_estimate, cp_table, format_cp_table
 from fastattn.errors import KernelError
 from fastattn.kernels import naive
 from fastattn.kernels.poly import check_normalizer, polynomial
 
-__all__ = ["context_parallel_attention", "local_state", "exchange_states", "exclusive_scan", "ContextParallelAttention"]
+__all__ = ["context_parallel_attention", "local_state", "exchange_states", "exclusive_scan", "ContextParallelAttention",
+           "comm_estimate", "cp_table", "format_cp_table"]
 
 # a local length travels as two floats (high and low part) so fp32 carries it exactly past 2**24
 _SPLIT = 4096
