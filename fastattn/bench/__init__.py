@@ -8,10 +8,16 @@
 * ``fastattn bench plot RUN.json -o OUT.png``: the figure of a saved run, on any machine.
 * ``fastattn bench sweep ARGS``: runs ``benchmarks/sweep.py ARGS`` of this checkout (tilings and knobs
   of one of ours; its own ``--help``).
+* ``fastattn bench quality``: does it learn? MQAR accuracy and a bytes LM's bits per byte, one small model
+  per attention variant, against state size (``fastattn/bench/quality.py``; ``--quick``, ``--json``,
+  ``--plot``).
+* ``fastattn bench decode``: decoding speed (``fastattn/bench/decode.py``, its own ``--help``).
 
-``table``, ``check`` and ``sweep`` need a CUDA GPU: without one they exit 2 with one line. Nothing
-heavy is imported here (torch.cuda, triton.testing, fla, power-attention load inside the commands),
-so ``import fastattn`` and ``fastattn --help`` stay light; the peers are optional.
+``table``, ``check``, ``sweep`` and ``quality`` need a CUDA GPU: without one they exit 2 with one line
+(``quality --cpu`` trains on the CPU anyway). Nothing heavy is imported here (torch.cuda,
+triton.testing, fla, power-attention load inside the commands), so ``import fastattn`` and
+``fastattn --help`` stay light; the peers are optional. ``decode`` loads its module only when
+asked; where it is missing or broken, ``decode`` alone fails, with one line.
 
 >>> import argparse
 >>> p = argparse.ArgumentParser(prog="fastattn bench")
@@ -30,15 +36,19 @@ from pathlib import Path
 
 from fastattn.errors import FastAttnError
 
-__all__ = ["add_arguments", "run", "GPUNeeded", "SUBCOMMANDS"]
+__all__ = ["add_arguments", "run", "GPUNeeded", "Unavailable", "SUBCOMMANDS"]
 
-SUBCOMMANDS = ("table", "check", "sweep", "plot")
+SUBCOMMANDS = ("table", "check", "sweep", "plot", "quality", "decode")
 # benchmarks/ of the checkout this package sits in (absent in an installed copy)
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 class GPUNeeded(FastAttnError):
     """A GPU subcommand started on a machine without a CUDA GPU."""
+
+
+class Unavailable(FastAttnError):
+    """A subcommand whose module is missing or does not import in this installation."""
 
 
 def _need_gpu(what: str) -> None:
@@ -168,8 +178,52 @@ def _run_sweep(args) -> int:
     return subprocess.run([sys.executable, str(script), *args.rest]).returncode
 
 
+# -- quality ------------------------------------------------------------------------------------
+def _add_quality(p: argparse.ArgumentParser) -> None:
+    from fastattn.bench.quality import add_arguments as add
+
+    add(p)
+
+
+def _run_quality(args) -> int:
+    """Does it learn? MQAR accuracy and bytes-LM bits per byte per attention variant, against state size."""
+    from fastattn.bench.quality import run as train
+
+    return train(args)
+
+
+# -- decode -------------------------------------------------------------------------------------
+def _decode_module():
+    """fastattn.bench.decode, or Unavailable naming why it cannot be loaded (one line)."""
+    import importlib
+
+    try:
+        return importlib.import_module("fastattn.bench.decode")
+    except Exception as exc:  # a missing or broken module must not break the other subcommands
+        why = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        return Unavailable(f"fastattn bench decode needs fastattn/bench/decode.py, which does not load here ({why})")
+
+
+def _add_decode(p: argparse.ArgumentParser) -> None:
+    mod = _decode_module()
+    if isinstance(mod, Unavailable):
+        # keep the parser: the error comes when decode is run, as one line
+        p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        return
+    mod.add_arguments(p)
+
+
+def _run_decode(args) -> int:
+    """Decoding speed: one token at a time against a carried state (fastattn/bench/decode.py)."""
+    mod = _decode_module()
+    if isinstance(mod, Unavailable):
+        raise mod
+    return mod.run(args)
+
+
 _HANDLERS = {"table": (_add_table, _run_table), "check": (_add_check, _run_check),
-             "sweep": (_add_sweep, _run_sweep), "plot": (_add_plot, _run_plot)}
+             "sweep": (_add_sweep, _run_sweep), "plot": (_add_plot, _run_plot),
+             "quality": (_add_quality, _run_quality), "decode": (_add_decode, _run_decode)}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -186,5 +240,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Benchmarks on the GPU: table, check, sweep, plot (one entry point; see ``fastattn bench --help``)."""
+    """Benchmarks on the GPU: table, check, sweep, plot, quality, decode (see ``fastattn bench --help``)."""
     return args._bench(args)
