@@ -5,8 +5,8 @@ first, or tokens sorted by bucket; :mod:`.schedule` builds it) with each token's
 the causal test j <= i stays the one of the unsorted sequence. Each query block visits key blocks
 ``start[qb] <= it < end[qb]``; which ones, and whether a block needs its element mask, is data:
 
-* range mode (keep / buckets): key block ``kb = it``, skipped when its smallest original position lies
-  above the query block's largest one (entirely above the causal diagonal);
+* range mode (keep / buckets): key block ``kb = it``; a query block that spans several buckets also skips
+  the key blocks whose smallest original position lies above its largest (wholly above the diagonal);
 * list mode (patterns): key block ``kb = blocks[it]``, with ``full[it]`` saying every pair is allowed.
 
 Inside a block, allowed = valid & (pos_k <= pos_q if causal) & (bucket_q == bucket_k) & pattern. The
