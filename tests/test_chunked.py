@@ -50,29 +50,42 @@ def test_feature_map_is_exact(D, coeffs):
 
 def test_plan_counts_the_d64_basis():
     p = plan(8192, 64, 64, torch.bfloat16)
-    # 36 pair tiles of 8 x 8, the 64 linear rows and the constant
-    assert (p["npairs"], p["feature_rows"]) == (36, 36 * 64 + 64 + 1)
+    # 33 circulant tiles (distances 0 .. 32) of 64 rows, the 64 linear rows and the constant
+    assert (p["ntiles"], p["feature_rows"]) == (33, 33 * 64 + 64 + 1)
+    assert plan(8192, 128, 128, torch.bfloat16)["feature_rows"] == 65 * 128 + 128 + 1
     with pytest.raises(ValueError, match="must divide chunk"):
         plan(8192, 64, 64, torch.bfloat16, tuning=dict(chunk=96))
 
 
-@pytest.mark.parametrize("T, D, DV, causal, normalize, dtype", [
-    (130, 16, 8, True, True, torch.float32),
-    (63, 4, 16, True, False, torch.float32),
-    (1, 16, 8, True, True, torch.float32),
-    (130, 16, 16, False, True, torch.float32),
-    (63, 4, 8, False, False, torch.float32),
-    (130, 16, 8, True, True, torch.float16),
-    (63, 4, 16, True, False, torch.float16),
-], ids=["T130-d16-causal-norm", "T63-d4-causal", "T1-norm", "T130-noncausal-norm", "T63-noncausal",
-        "fp16-T130-norm", "fp16-T63"])
-def test_kernels_match_quadratic_reference(kernel_env, T, D, DV, causal, normalize, dtype):
+# T = 200: 4 chunks of 64, the last 8 rows long; D = 60 pads to 64 (33 circulant tiles), D = 4 to 16
+LARGE = dict(chunk=64, block=32, step=32)
+CASES = [
+    # T, D, DV, causal, normalize, dtype, tuning
+    (200, 60, 48, True, True, torch.float32, LARGE),
+    (200, 64, 64, False, True, torch.float32, LARGE),
+    (63, 64, 48, True, False, torch.float32, SMALL),
+    (63, 60, 64, False, False, torch.float32, SMALL),
+    (1, 64, 48, True, True, torch.float32, SMALL),
+    (130, 4, 16, True, True, torch.float32, SMALL),
+    (40, 128, 48, True, True, torch.float32, dict(chunk=32, block=16, step=16)),
+    (200, 60, 64, True, True, torch.float16, LARGE),
+    (63, 64, 48, True, False, torch.float16, SMALL),
+    # the other VJP of the turned gradient (tl.gather instead of a second MMA)
+    (63, 60, 48, True, True, torch.float32, dict(SMALL, vjp="gather")),
+]
+IDS = ["T200-d60-v48-causal-norm", "T200-d64-noncausal-norm", "T63-d64-v48-causal", "T63-d60-noncausal",
+       "T1-d64-norm", "T130-d4-causal-norm", "T40-d128-causal-norm", "fp16-T200-d60-causal-norm",
+       "fp16-T63-d64-causal", "T63-d60-gather-norm"]
+
+
+@pytest.mark.parametrize("T, D, DV, causal, normalize, dtype, tuning", CASES, ids=IDS)
+def test_kernels_match_quadratic_reference(kernel_env, T, D, DV, causal, normalize, dtype, tuning):
     g = torch.Generator().manual_seed(T * 100 + D)
     q, k = (torch.randn(1, 2, T, D, generator=g) for _ in range(2))
     v, do = (torch.randn(1, 2, T, DV, generator=g) for _ in range(2))
     coeffs, scale = (1.0, 1.0, 0.5), D ** -0.5
     qt, kt, vt = (x.to(dtype).requires_grad_() for x in (q, k, v))
-    o = chunked_poly_attention(qt, kt, vt, coeffs, causal=causal, normalize=normalize, tuning=SMALL)
+    o = chunked_poly_attention(qt, kt, vt, coeffs, causal=causal, normalize=normalize, tuning=tuning)
     got = (o, *torch.autograd.grad(o, (qt, kt, vt), do.to(dtype)))
     # the reference from the same rounded inputs, in float64
     q64, k64, v64 = (x.detach().double().requires_grad_() for x in (qt, kt, vt))

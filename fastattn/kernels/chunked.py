@@ -13,10 +13,13 @@ CHUNKED.md beside this file. Four passes, every heavy step a tensor-core GEMM, n
   divides by the normaliser.
 * ``_chunk_dq_kernel`` / ``_chunk_dkv_kernel``: the same structure for dq and for dk, dv.
 
-The feature map is never written to HBM: a feature tile is the Kronecker block x[:, I] ⊗ x[:, J]
-of two column blocks of width ``KB`` (pairs I ≤ J; the full square on the diagonal blocks, so the
-weight is a2 s² there and 2 a2 s² off it), plus one "low" tile [x, 1] for a1 s x and a0. Weights
-sit on the query side only, so the walks over k (forward) and over q (backward) share one kernel.
+The feature map is never written to HBM: the quadratic features are grouped by the cyclic distance
+d = (b − a) mod BD of their pair {a, b} (BD: the head dim padded to a power of two). Circulant tile
+d = 0 .. BD/2 has BD columns, column c = x_c · x_{(c−d) mod BD}: the row tile times a copy of itself
+read with rotated column offsets, no reshape. Weights a2 s² on d = 0, 2 a2 s² on 0 < d < BD/2, and
+a2 s² on d = BD/2, whose columns c and c + BD/2 hold the same pair. One "low" tile [x, 1] carries
+a1 s x and a0. Weights sit on the query side only, so the walks over k (forward) and over q
+(backward) share one kernel.
 
 >>> import torch
 >>> q, k, v = (torch.randn(1, 1, 8, 4, dtype=torch.float64) for _ in range(3))
@@ -40,101 +43,72 @@ __all__ = ["chunked_poly_attention", "feature_map", "plan"]
 # --------------------------------------------------------------------------------------- kernels
 
 @triton.jit
-def _pair_tile_t(x, rows, m_rows, I, J, D, KB: tl.constexpr):
-    """ψ of one Kronecker tile, transposed: [KB², BT] = x[rows, I-block] ⊗ x[rows, J-block] in fp32."""
-    o_b = tl.arange(0, KB)
-    c_i, c_j = I * KB + o_b, J * KB + o_b
-    b_xi = tl.load(x + rows[None, :] * D + c_i[:, None], mask=m_rows[None, :] & (c_i < D)[:, None],
-                   other=0.0).to(tl.float32)  # [KB, BT]
-    b_xj = tl.load(x + rows[None, :] * D + c_j[:, None], mask=m_rows[None, :] & (c_j < D)[:, None],
-                   other=0.0).to(tl.float32)  # [KB, BT]
-    return tl.reshape(b_xi[:, None, :] * b_xj[None, :, :], [KB * KB, rows.shape[0]])
-
-
-@triton.jit
-def _pair_tile(x, rows, m_rows, I, J, D, KB: tl.constexpr):
-    """The Kronecker tile [BM, KB²] in fp32 and its two factors [BM, KB]."""
-    o_b = tl.arange(0, KB)
-    c_i, c_j = I * KB + o_b, J * KB + o_b
-    b_xi = tl.load(x + rows[:, None] * D + c_i[None, :], mask=m_rows[:, None] & (c_i < D)[None, :],
-                   other=0.0).to(tl.float32)  # [BM, KB]
-    b_xj = tl.load(x + rows[:, None] * D + c_j[None, :], mask=m_rows[:, None] & (c_j < D)[None, :],
-                   other=0.0).to(tl.float32)  # [BM, KB]
-    return tl.reshape(b_xi[:, :, None] * b_xj[:, None, :], [rows.shape[0], KB * KB]), b_xi, b_xj
-
-
-@triton.jit
-def _pair_vjp(acc3, g, b_xi, b_xj, I, J, NB: tl.constexpr, KB: tl.constexpr):
-    """Add the VJP of x_I ⊗ x_J against g [BM, KB²] into acc3 [BM, NB, KB] (column block I and J)."""
-    b_g = tl.reshape(g, [g.shape[0], KB, KB])
-    c_i = tl.sum(b_g * b_xj[:, None, :], 2)  # [BM, KB]
-    c_j = tl.sum(b_g * b_xi[:, :, None], 1)  # [BM, KB]
-    o_n = tl.arange(0, NB)
-    acc3 += tl.where((o_n == I)[None, :, None], c_i[:, None, :], 0.0)
-    acc3 += tl.where((o_n == J)[None, :, None], c_j[:, None, :], 0.0)
-    return acc3
-
-
-@triton.jit
-def _state_walk_kernel(x, y, c, S, Z, pairs, T, D, DV, NC, NS, NP, F_ROWS,
-                       CHUNK: tl.constexpr, BT: tl.constexpr, KB: tl.constexpr, BD: tl.constexpr,
-                       BV: tl.constexpr, CAUSAL: tl.constexpr, REVERSE: tl.constexpr, HAS_C: tl.constexpr,
+def _state_walk_kernel(x, y, c, S, Z, T, D, DV, NC, NS, F_ROWS,
+                       CHUNK: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
+                       CAUSAL: tl.constexpr, REVERSE: tl.constexpr, HAS_C: tl.constexpr,
                        NORMALIZE: tl.constexpr, PRECISION: tl.constexpr):
     """Per-chunk prefix (or, REVERSE, suffix) states of Σ feat(x)ᵀ y and Σ feat(x) c.
 
     x [BH, T, D], y [BH, T, DV] (input dtype), c [BH, T] fp32 (1 where not HAS_C); writes
     S [BH, NS, F_ROWS, DV] (input dtype) and Z [BH, NS, F_ROWS] fp32: with CAUSAL, slot c holds
     the sum over the chunks before c in walk order (NS = NC); else slot 0 holds the total (NS = 1).
-    Grid (NP + 1, BH): program p < NP owns pair tile p (rows p·KB²...), program NP the low tile
-    (rows NP·KB² + [0, BD): x; row NP·KB² + BD: the constant 1).
+    Grid (BD/2 + 2, BH): program d ≤ BD/2 owns circulant tile d (rows d·BD + c: x_c x_{(c−d) mod BD}),
+    program BD/2 + 1 the low tile (rows (BD/2 + 1)·BD + [0, BD): x; the row after: the constant 1).
     """
-    p = tl.program_id(0)
+    d = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     x += bh * T * D
     y += bh * T * DV
     c += bh * T
     S += bh * NS * F_ROWS * DV
     Z += bh * NS * F_ROWS
+    NT: tl.constexpr = BD // 2 + 1
     o_t = tl.arange(0, BT)
     o_v = tl.arange(0, BV)
-    m_v = o_v < DV
-    if p < NP:
-        I = tl.load(pairs + 2 * p)
-        J = tl.load(pairs + 2 * p + 1)
-        o_f = p * KB * KB + tl.arange(0, KB * KB)
-        b_s = tl.zeros([KB * KB, BV], dtype=tl.float32)
-        b_z = tl.zeros([KB * KB], dtype=tl.float32)
+    o_d = tl.arange(0, BD)
+    m_v, m_d = o_v < DV, o_d < D
+    if d < NT:
+        # the rotated copy reads the plain tile's cache lines, at an offset that is the program id
+        o_r = (o_d - d) & (BD - 1)
+        m_r = o_r < D
+        o_f = d * BD + o_d
+        # pointers at the step's first row: only a scalar offset changes inside the loops
+        p_x = x + o_t[None, :] * D + o_d[:, None]  # [BD, BT]
+        p_xr = x + o_t[None, :] * D + o_r[:, None]  # [BD, BT]
+        p_y = y + o_t[:, None] * DV + o_v[None, :]  # [BT, BV]
+        p_s = S + o_f[:, None] * DV + o_v[None, :]  # [BD, BV]
+        b_s = tl.zeros([BD, BV], dtype=tl.float32)
+        b_z = tl.zeros([BD], dtype=tl.float32)
         for i in range(NC):
             if REVERSE:
                 ci = NC - 1 - i
             else:
                 ci = i
             if CAUSAL:
-                tl.store(S + ci * F_ROWS * DV + o_f[:, None] * DV + o_v[None, :], b_s.to(S.dtype.element_ty),
-                         mask=m_v[None, :])
+                tl.store(p_s + ci * F_ROWS * DV, b_s.to(S.dtype.element_ty), mask=m_v[None, :])
                 if NORMALIZE:
                     tl.store(Z + ci * F_ROWS + o_f, b_z)
             for r0 in range(ci * CHUNK, ci * CHUNK + CHUNK, BT):
-                rows = r0 + o_t
-                m_t = rows < T
-                b_f = _pair_tile_t(x, rows, m_t, I, J, D, KB)  # [KB², BT]
-                b_y = tl.load(y + rows[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
-                              other=0.0)  # [BT, BV]
-                b_s += tl.dot(b_f.to(b_y.dtype), b_y, input_precision=PRECISION)
+                m_t = (r0 + o_t) < T
+                # the rotated copy reads the plain tile's cache lines at an offset set by the program id
+                b_x = tl.load(p_x + r0 * D, mask=m_t[None, :] & m_d[:, None], other=0.0)  # [BD, BT]
+                b_xr = tl.load(p_xr + r0 * D, mask=m_t[None, :] & m_r[:, None], other=0.0)  # [BD, BT]
+                # a product of two 16-bit numbers rounded once: the same as forming it in fp32 and casting
+                b_f = b_x * b_xr
+                b_y = tl.load(p_y + r0 * DV, mask=m_t[:, None] & m_v[None, :], other=0.0)  # [BT, BV]
+                b_s = tl.dot(b_f.to(b_y.dtype), b_y, b_s, input_precision=PRECISION)
                 if NORMALIZE:
                     if HAS_C:
-                        b_c = tl.load(c + rows, mask=m_t, other=0.0)
+                        b_c = tl.load(c + r0 + o_t, mask=m_t, other=0.0)
                     else:
                         b_c = m_t.to(tl.float32)
-                    b_z += tl.sum(b_f * b_c[None, :], 1)
+                    b_z += tl.sum(b_f.to(tl.float32) * b_c[None, :], 1)
         if not CAUSAL:
-            tl.store(S + o_f[:, None] * DV + o_v[None, :], b_s.to(S.dtype.element_ty), mask=m_v[None, :])
+            tl.store(p_s, b_s.to(S.dtype.element_ty), mask=m_v[None, :])
             if NORMALIZE:
                 tl.store(Z + o_f, b_z)
     else:
-        o_d = tl.arange(0, BD)
-        m_d = o_d < D
-        f_lo = NP * KB * KB
+        f_lo = NT * BD
         b_sl = tl.zeros([BD, BV], dtype=tl.float32)
         b_zl = tl.zeros([BD], dtype=tl.float32)
         b_sc = tl.zeros([BV], dtype=tl.float32)
@@ -154,11 +128,10 @@ def _state_walk_kernel(x, y, c, S, Z, pairs, T, D, DV, NC, NS, NP, F_ROWS,
             for r0 in range(ci * CHUNK, ci * CHUNK + CHUNK, BT):
                 rows = r0 + o_t
                 m_t = rows < T
-                b_xt = tl.load(x + rows[None, :] * D + o_d[:, None], mask=m_t[None, :] & m_d[:, None],
-                               other=0.0)  # [BD, BT]
+                b_xt = tl.load(x + rows[None, :] * D + o_d[:, None], mask=m_t[None, :] & m_d[:, None], other=0.0)  # [BD, BT]
                 b_y = tl.load(y + rows[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
                               other=0.0)  # [BT, BV]
-                b_sl += tl.dot(b_xt, b_y, input_precision=PRECISION)
+                b_sl = tl.dot(b_xt, b_y, b_sl, input_precision=PRECISION)
                 b_sc += tl.sum(b_y.to(tl.float32), 0)
                 if NORMALIZE:
                     if HAS_C:
@@ -177,9 +150,9 @@ def _state_walk_kernel(x, y, c, S, Z, pairs, T, D, DV, NC, NS, NP, F_ROWS,
 
 
 @triton.jit
-def _chunk_out_kernel(q, k, v, S, Z, pairs, o, z, a0, a1, a2, scale, T, D, DV, NS, NP, F_ROWS,
-                      CHUNK: tl.constexpr, BM: tl.constexpr, KB: tl.constexpr, BD: tl.constexpr,
-                      BV: tl.constexpr, CAUSAL: tl.constexpr, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr):
+def _chunk_out_kernel(q, k, v, S, Z, o, z, a0, a1, a2, scale, T, D, DV, NS, F_ROWS,
+                      CHUNK: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
+                      CAUSAL: tl.constexpr, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr):
     """o = φ(Q)·S_c (all feature tiles) + f(s QKᵀ) ⊙ mask @ V inside the chunk, [/ z].
 
     q, k [BH, T, D], v [BH, T, DV], S / Z as the walk writes them; writes o [BH, T, DV] (input
@@ -199,33 +172,38 @@ def _chunk_out_kernel(q, k, v, S, Z, pairs, o, z, a0, a1, a2, scale, T, D, DV, N
         ci = 0
     S += (bh * NS + ci) * F_ROWS * DV
     Z += (bh * NS + ci) * F_ROWS
+    NT: tl.constexpr = BD // 2 + 1
     o_m = tl.arange(0, BM)
     o_v = tl.arange(0, BV)
     o_d = tl.arange(0, BD)
     m_v, m_d = o_v < DV, o_d < D
     rows = r0 + o_m
     m_r = rows < T
-    b_q = tl.load(q + rows[:, None] * D + o_d[None, :], mask=m_r[:, None] & m_d[None, :], other=0.0)  # [BM, BD]
+    p_q = q + rows[:, None] * D  # [BM, 1]
+    p_s = S + o_d[:, None] * DV + o_v[None, :]  # [BD, BV]
+    b_q = tl.load(p_q + o_d[None, :], mask=m_r[:, None] & m_d[None, :], other=0.0)  # [BM, BD]
     b_o = tl.zeros([BM, BV], dtype=tl.float32)
     b_z = tl.zeros([BM], dtype=tl.float32)
-    a2s = a2 * scale * scale
-    for p in range(NP):
-        I = tl.load(pairs + 2 * p)
-        J = tl.load(pairs + 2 * p + 1)
-        o_f = p * KB * KB + tl.arange(0, KB * KB)
-        b_phi, _, _ = _pair_tile(q, rows, m_r, I, J, D, KB)  # [BM, KB²]
-        b_phi = b_phi * tl.where(I == J, a2s, 2 * a2s)
-        b_st = tl.load(S + o_f[:, None] * DV + o_v[None, :], mask=m_v[None, :], other=0.0)  # [KB², BV]
-        b_o += tl.dot(b_phi.to(b_st.dtype), b_st, input_precision=PRECISION)
+    for d in range(NT):
+        o_r = (o_d - d) & (BD - 1)
+        # weight 2 where the tile holds each pair once, 1 on the diagonal and the half turn (d = BD/2, whose
+        # columns c and c + BD/2 hold the same pair): exact in any dtype, so a2 s² can come after the loop
+        w = tl.where((d == 0) | (d == BD // 2), 1.0, 2.0)
+        b_qr = tl.load(p_q + o_r[None, :], mask=m_r[:, None] & (o_r < D)[None, :], other=0.0)
+        b_phi = b_q * b_qr * w  # [BM, BD]
+        b_st = tl.load(p_s + d * BD * DV, mask=m_v[None, :], other=0.0)  # [BD, BV]
+        b_o = tl.dot(b_phi.to(b_st.dtype), b_st, b_o, input_precision=PRECISION)
         if NORMALIZE:
-            b_z += tl.sum(b_phi * tl.load(Z + o_f)[None, :], 1)
-    f_lo = NP * KB * KB
+            b_z += tl.sum(b_phi.to(tl.float32) * tl.load(Z + d * BD + o_d)[None, :], 1)
+    a2s = a2 * scale * scale
+    b_o *= a2s
+    f_lo = NT * BD
     b_sl = tl.load(S + (f_lo + o_d)[:, None] * DV + o_v[None, :], mask=m_v[None, :], other=0.0)  # [BD, BV]
     b_ql = b_q.to(tl.float32) * (a1 * scale)
-    b_o += tl.dot(b_ql.to(b_sl.dtype), b_sl, input_precision=PRECISION)
+    b_o = tl.dot(b_ql.to(b_sl.dtype), b_sl, b_o, input_precision=PRECISION)
     b_o += a0 * tl.load(S + (f_lo + BD) * DV + o_v, mask=m_v, other=0.0).to(tl.float32)[None, :]
     if NORMALIZE:
-        b_z += tl.sum(b_ql * tl.load(Z + f_lo + o_d)[None, :], 1) + a0 * tl.load(Z + f_lo + BD)
+        b_z = b_z * a2s + tl.sum(b_ql * tl.load(Z + f_lo + o_d)[None, :], 1) + a0 * tl.load(Z + f_lo + BD)
     if CAUSAL:
         for c0 in range(ci * CHUNK, r0 + BM, BM):
             cols = c0 + o_m
@@ -235,7 +213,7 @@ def _chunk_out_kernel(q, k, v, S, Z, pairs, o, z, a0, a1, a2, scale, T, D, DV, N
             b_x = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * scale  # [BM, BM]
             b_a = a0 + b_x * (a1 + a2 * b_x)
             b_a = tl.where((rows[:, None] >= cols[None, :]) & m_c[None, :], b_a, 0.0)
-            b_o += tl.dot(b_a.to(b_v.dtype), b_v, input_precision=PRECISION)
+            b_o = tl.dot(b_a.to(b_v.dtype), b_v, b_o, input_precision=PRECISION)
             if NORMALIZE:
                 b_z += tl.sum(b_a, 1)
     if NORMALIZE:
@@ -245,9 +223,36 @@ def _chunk_out_kernel(q, k, v, S, Z, pairs, o, z, a0, a1, a2, scale, T, D, DV, N
 
 
 @triton.jit
-def _chunk_dq_kernel(q, k, v, dn, dl, S, Z, pairs, dq, a0, a1, a2, scale, T, D, DV, NS, NP, F_ROWS,
-                     CHUNK: tl.constexpr, BM: tl.constexpr, KB: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
-                     CAUSAL: tl.constexpr, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr):
+def _circ_grad(b_a, S, Z, d, b_l, DV, BD: tl.constexpr, BV: tl.constexpr, HAS_L: tl.constexpr, VJP: tl.constexpr,
+               PRECISION: tl.constexpr):
+    """g = a S_dᵀ (+ l ζ_dᵀ) [BM, BD] and g' = g with its columns turned by +d (g'[:, c] = g[:, (c + d) mod BD]).
+
+    b_a [BM, BV], S / Z the chunk's states, b_l [BM] (read with HAS_L). VJP "mma": g' is a second MMA
+    against S_d's rows read turned by +d (the same cache lines); "gather": g' = tl.gather(g, ...).
+    """
+    o_d = tl.arange(0, BD)
+    o_v = tl.arange(0, BV)
+    m_v = o_v < DV
+    p_s = S + d * BD * DV + o_v[None, :]  # [1, BV]
+    b_st = tl.load(p_s + o_d[:, None] * DV, mask=m_v[None, :], other=0.0)  # [BD, BV]
+    b_g = tl.dot(b_a, tl.trans(b_st), input_precision=PRECISION)  # [BM, BD]
+    if HAS_L:
+        b_g += b_l[:, None] * tl.load(Z + d * BD + o_d)[None, :]
+    o_p = (o_d + d) & (BD - 1)
+    if VJP == "gather":
+        b_gp = tl.gather(b_g, tl.broadcast_to(o_p[None, :], b_g.shape), 1)
+    else:
+        b_sp = tl.load(p_s + o_p[:, None] * DV, mask=m_v[None, :], other=0.0)  # [BD, BV]
+        b_gp = tl.dot(b_a, tl.trans(b_sp), input_precision=PRECISION)  # [BM, BD]
+        if HAS_L:
+            b_gp += b_l[:, None] * tl.load(Z + d * BD + o_p)[None, :]
+    return b_g, b_gp
+
+
+@triton.jit
+def _chunk_dq_kernel(q, k, v, dn, dl, S, Z, dq, a0, a1, a2, scale, T, D, DV, NS, F_ROWS,
+                     CHUNK: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
+                     CAUSAL: tl.constexpr, NORMALIZE: tl.constexpr, VJP: tl.constexpr, PRECISION: tl.constexpr):
     """dq = J_φᵀ (w ⊙ (S_c dn + ζ_c δ)) over all feature tiles + the intra-chunk flash backward.
 
     dn [BH, T, DV] = do / z (input dtype), dl [BH, T] = δ = −(do·o)/z fp32 (read with NORMALIZE);
@@ -268,32 +273,31 @@ def _chunk_dq_kernel(q, k, v, dn, dl, S, Z, pairs, dq, a0, a1, a2, scale, T, D, 
         ci = 0
     S += (bh * NS + ci) * F_ROWS * DV
     Z += (bh * NS + ci) * F_ROWS
-    NB: tl.constexpr = BD // KB
+    NT: tl.constexpr = BD // 2 + 1
     o_m = tl.arange(0, BM)
     o_v = tl.arange(0, BV)
     o_d = tl.arange(0, BD)
     m_v, m_d = o_v < DV, o_d < D
     rows = r0 + o_m
     m_r = rows < T
-    b_q = tl.load(q + rows[:, None] * D + o_d[None, :], mask=m_r[:, None] & m_d[None, :], other=0.0)  # [BM, BD]
+    p_q = q + rows[:, None] * D  # [BM, 1]
+    b_q = tl.load(p_q + o_d[None, :], mask=m_r[:, None] & m_d[None, :], other=0.0)  # [BM, BD]
     b_dn = tl.load(dn + rows[:, None] * DV + o_v[None, :], mask=m_r[:, None] & m_v[None, :], other=0.0)
     if NORMALIZE:
         b_dl = tl.load(dl + rows, mask=m_r, other=0.0)
+    else:
+        b_dl = tl.zeros([BM], dtype=tl.float32)
     b_dq = tl.zeros([BM, BD], dtype=tl.float32)
-    b_dq3 = tl.zeros([BM, NB, KB], dtype=tl.float32)
-    a2s = a2 * scale * scale
-    for p in range(NP):
-        I = tl.load(pairs + 2 * p)
-        J = tl.load(pairs + 2 * p + 1)
-        o_f = p * KB * KB + tl.arange(0, KB * KB)
-        b_st = tl.load(S + o_f[:, None] * DV + o_v[None, :], mask=m_v[None, :], other=0.0)  # [KB², BV]
-        b_g = tl.dot(b_dn, tl.trans(b_st), input_precision=PRECISION)  # [BM, KB²]
-        if NORMALIZE:
-            b_g += b_dl[:, None] * tl.load(Z + o_f)[None, :]
-        b_g = b_g * tl.where(I == J, a2s, 2 * a2s)
-        _, b_xi, b_xj = _pair_tile(q, rows, m_r, I, J, D, KB)
-        b_dq3 = _pair_vjp(b_dq3, b_g, b_xi, b_xj, I, J, NB, KB)
-    f_lo = NP * KB * KB
+    for d in range(NT):
+        b_g, b_gp = _circ_grad(b_dn, S, Z, d, b_dl, DV, BD, BV, NORMALIZE, VJP, PRECISION)
+        # φ_c = q_c q_{c−d}: column c gets g_c q_{c−d}, column c − d gets g_c q_c (the turned term)
+        o_r, o_p = (o_d - d) & (BD - 1), (o_d + d) & (BD - 1)
+        b_qr = tl.load(p_q + o_r[None, :], mask=m_r[:, None] & (o_r < D)[None, :], other=0.0)
+        b_qp = tl.load(p_q + o_p[None, :], mask=m_r[:, None] & (o_p < D)[None, :], other=0.0)
+        w = tl.where((d == 0) | (d == BD // 2), 1.0, 2.0)
+        b_dq += w * (b_g * b_qr.to(tl.float32) + b_gp * b_qp.to(tl.float32))
+    b_dq *= a2 * scale * scale
+    f_lo = NT * BD
     b_sl = tl.load(S + (f_lo + o_d)[:, None] * DV + o_v[None, :], mask=m_v[None, :], other=0.0)  # [BD, BV]
     b_g = tl.dot(b_dn, tl.trans(b_sl), input_precision=PRECISION)  # [BM, BD]
     if NORMALIZE:
@@ -310,15 +314,14 @@ def _chunk_dq_kernel(q, k, v, dn, dl, S, Z, pairs, dq, a0, a1, a2, scale, T, D, 
             if NORMALIZE:
                 b_da += b_dl[:, None]
             b_dx = tl.where((rows[:, None] >= cols[None, :]) & m_c[None, :], scale * (a1 + 2 * a2 * b_x) * b_da, 0.0)
-            b_dq += tl.dot(b_dx.to(b_k.dtype), b_k, input_precision=PRECISION)
-    b_dq += tl.reshape(b_dq3, [BM, BD])
+            b_dq = tl.dot(b_dx.to(b_k.dtype), b_k, b_dq, input_precision=PRECISION)
     tl.store(dq + rows[:, None] * D + o_d[None, :], b_dq.to(dq.dtype.element_ty), mask=m_r[:, None] & m_d[None, :])
 
 
 @triton.jit
-def _chunk_dkv_kernel(q, k, v, dn, dl, dS, dZ, pairs, dk, dv, a0, a1, a2, scale, T, D, DV, NS, NP, F_ROWS,
-                      CHUNK: tl.constexpr, BM: tl.constexpr, KB: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
-                      CAUSAL: tl.constexpr, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr):
+def _chunk_dkv_kernel(q, k, v, dn, dl, dS, dZ, dk, dv, a0, a1, a2, scale, T, D, DV, NS, F_ROWS,
+                      CHUNK: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
+                      CAUSAL: tl.constexpr, NORMALIZE: tl.constexpr, VJP: tl.constexpr, PRECISION: tl.constexpr):
     """dv = (w ⊙ ψ(K)) dS_c, dk = J_ψᵀ (w ⊙ (V dS_cᵀ + dζ_c)) over all feature tiles + the intra part.
 
     dS / dZ: the backward walk's suffix states of Σ φ̂(q) dnᵀ and Σ φ̂(q) δ (unweighted features);
@@ -340,39 +343,40 @@ def _chunk_dkv_kernel(q, k, v, dn, dl, dS, dZ, pairs, dk, dv, a0, a1, a2, scale,
         ci = 0
     dS += (bh * NS + ci) * F_ROWS * DV
     dZ += (bh * NS + ci) * F_ROWS
-    NB: tl.constexpr = BD // KB
+    NT: tl.constexpr = BD // 2 + 1
     o_m = tl.arange(0, BM)
     o_v = tl.arange(0, BV)
     o_d = tl.arange(0, BD)
     m_v, m_d = o_v < DV, o_d < D
     rows = r0 + o_m
     m_r = rows < T
-    b_k = tl.load(k + rows[:, None] * D + o_d[None, :], mask=m_r[:, None] & m_d[None, :], other=0.0)  # [BM, BD]
+    p_k = k + rows[:, None] * D  # [BM, 1]
+    p_s = dS + o_d[:, None] * DV + o_v[None, :]  # [BD, BV]
+    b_k = tl.load(p_k + o_d[None, :], mask=m_r[:, None] & m_d[None, :], other=0.0)  # [BM, BD]
     b_v = tl.load(v + rows[:, None] * DV + o_v[None, :], mask=m_r[:, None] & m_v[None, :], other=0.0)  # [BM, BV]
     b_dk = tl.zeros([BM, BD], dtype=tl.float32)
-    b_dk3 = tl.zeros([BM, NB, KB], dtype=tl.float32)
     b_dv = tl.zeros([BM, BV], dtype=tl.float32)
+    b_one = tl.full([BM], 1.0, dtype=tl.float32)
+    for d in range(NT):
+        w = tl.where((d == 0) | (d == BD // 2), 1.0, 2.0)
+        o_r, o_p = (o_d - d) & (BD - 1), (o_d + d) & (BD - 1)
+        b_kr = tl.load(p_k + o_r[None, :], mask=m_r[:, None] & (o_r < D)[None, :], other=0.0)
+        b_st = tl.load(p_s + d * BD * DV, mask=m_v[None, :], other=0.0)  # [BD, BV]
+        b_dv = tl.dot((b_k * b_kr * w).to(b_st.dtype), b_st, b_dv, input_precision=PRECISION)
+        b_g, b_gp = _circ_grad(b_v, dS, dZ, d, b_one, DV, BD, BV, NORMALIZE, VJP, PRECISION)
+        b_kp = tl.load(p_k + o_p[None, :], mask=m_r[:, None] & (o_p < D)[None, :], other=0.0)
+        b_dk += w * (b_g * b_kr.to(tl.float32) + b_gp * b_kp.to(tl.float32))
     a2s = a2 * scale * scale
-    for p in range(NP):
-        I = tl.load(pairs + 2 * p)
-        J = tl.load(pairs + 2 * p + 1)
-        w = tl.where(I == J, a2s, 2 * a2s)
-        o_f = p * KB * KB + tl.arange(0, KB * KB)
-        b_st = tl.load(dS + o_f[:, None] * DV + o_v[None, :], mask=m_v[None, :], other=0.0)  # [KB², BV]
-        b_psi, b_xi, b_xj = _pair_tile(k, rows, m_r, I, J, D, KB)  # [BM, KB²]
-        b_dv += tl.dot((b_psi * w).to(b_st.dtype), b_st, input_precision=PRECISION)
-        b_g = tl.dot(b_v, tl.trans(b_st), input_precision=PRECISION)  # [BM, KB²]
-        if NORMALIZE:
-            b_g += tl.load(dZ + o_f)[None, :]
-        b_dk3 = _pair_vjp(b_dk3, b_g * w, b_xi, b_xj, I, J, NB, KB)
-    f_lo = NP * KB * KB
+    b_dk *= a2s
+    b_dv *= a2s
+    f_lo = NT * BD
     b_sl = tl.load(dS + (f_lo + o_d)[:, None] * DV + o_v[None, :], mask=m_v[None, :], other=0.0)  # [BD, BV]
     b_g = tl.dot(b_v, tl.trans(b_sl), input_precision=PRECISION)  # [BM, BD]
     if NORMALIZE:
         b_g += tl.load(dZ + f_lo + o_d)[None, :]
     b_dk += b_g * (a1 * scale)
     b_kl = b_k.to(tl.float32) * (a1 * scale)
-    b_dv += tl.dot(b_kl.to(b_sl.dtype), b_sl, input_precision=PRECISION)
+    b_dv = tl.dot(b_kl.to(b_sl.dtype), b_sl, b_dv, input_precision=PRECISION)
     b_dv += a0 * tl.load(dS + (f_lo + BD) * DV + o_v, mask=m_v, other=0.0).to(tl.float32)[None, :]
     if CAUSAL:
         for c0 in range(r0, tl.minimum(ci * CHUNK + CHUNK, T), BM):
@@ -383,60 +387,48 @@ def _chunk_dkv_kernel(q, k, v, dn, dl, dS, dZ, pairs, dk, dv, a0, a1, a2, scale,
             m_a = (cols[None, :] >= rows[:, None]) & m_c[None, :]
             b_x = tl.dot(b_k, tl.trans(b_q), input_precision=PRECISION) * scale  # [BM keys, BM queries]
             b_a = tl.where(m_a, a0 + b_x * (a1 + a2 * b_x), 0.0)
-            b_dv += tl.dot(b_a.to(b_dn.dtype), b_dn, input_precision=PRECISION)
+            b_dv = tl.dot(b_a.to(b_dn.dtype), b_dn, b_dv, input_precision=PRECISION)
             b_da = tl.dot(b_v, tl.trans(b_dn), input_precision=PRECISION)  # [BM, BM]
             if NORMALIZE:
                 b_da += tl.load(dl + cols, mask=m_c, other=0.0)[None, :]
             b_dx = tl.where(m_a, scale * (a1 + 2 * a2 * b_x) * b_da, 0.0)
-            b_dk += tl.dot(b_dx.to(b_q.dtype), b_q, input_precision=PRECISION)
-    b_dk += tl.reshape(b_dk3, [BM, BD])
+            b_dk = tl.dot(b_dx.to(b_q.dtype), b_q, b_dk, input_precision=PRECISION)
     tl.store(dk + rows[:, None] * D + o_d[None, :], b_dk.to(dk.dtype.element_ty), mask=m_r[:, None] & m_d[None, :])
     tl.store(dv + rows[:, None] * DV + o_v[None, :], b_dv.to(dv.dtype.element_ty), mask=m_r[:, None] & m_v[None, :])
 
 
 # ------------------------------------------------------------------------------------ host side
 
-_PAIRS: dict = {}
-
-
-def _pairs(nb: int, device) -> torch.Tensor:
-    """The (I, J) column-block pairs I ≤ J, row-major, as an int32 [NP, 2] tensor (cached per device)."""
-    key = (nb, str(device))
-    if key not in _PAIRS:
-        _PAIRS[key] = torch.tensor([(i, j) for i in range(nb) for j in range(i, nb)], dtype=torch.int32,
-                                   device=device)
-    return _PAIRS[key]
-
-
 def _pow2(n: int, lo: int) -> int:
     return max(lo, 1 << (int(n) - 1).bit_length())
 
 
 def plan(T: int, D: int, DV: int, dtype: torch.dtype, *, tuning: dict | None = None) -> dict:
-    """The tiling of one call: chunk, row block, Kronecker block, walk step, padded dims, warps, stages.
+    """The tiling of one call: chunk, row block, walk step, padded dims, warps, stages, VJP variant.
 
     ``tuning`` overrides any entry (for sweeps). The chunk is the state granularity: 512 rows keeps
-    the materialised states at ~1.2 KB per token and head at d64 (CHUNKED.md), the row block the
-    query / key tile of the output and gradient programs.
+    the materialised states at ~1.1 KB per token and head at d64 (CHUNKED.md), the row block the
+    query / key tile of the output and gradient programs. The feature rows are BD/2 + 1 circulant
+    tiles of BD rows, the BD low rows and the constant.
 
-    >>> plan(8192, 64, 64, torch.bfloat16)["feature_rows"]
-    2369
+    >>> p = plan(8192, 64, 64, torch.bfloat16)
+    >>> p["ntiles"], p["feature_rows"]
+    (33, 2177)
     """
     BD, BV = _pow2(D, 16), _pow2(DV, 16)
-    kb = 8 if BD >= 16 else BD
     # 8 warps at head dim 128: the low tile's [128, 128] fp32 state spilled ~1.6 KB per thread at 4 (sm_90)
     big = max(BD, BV) >= 128
-    # d128 (H200, triton 3.6, B2 H8 16K): 3 stages took the walk from 9.0 to 7.1 ms, 128-row blocks the
-    # output pass from 8.8 to 6.5 ms; at d64 neither was faster. 128-row blocks at 3 stages ask 256 KB of smem.
-    p = dict(chunk=512, block=128 if big else 64, kb=kb, step=64, warps=8 if big else 4,
-             walk_warps=8 if big else 4, stages=2, walk_stages=3 if big else 2)
+    # d128 (H200, triton 3.6, B2 H8 16K, Kronecker layout): 3 stages took the walk from 9.0 to 7.1 ms, 128-row
+    # blocks the output pass from 8.8 to 6.5 ms; at d64 neither was faster. Not yet re-measured for circulant tiles.
+    p = dict(chunk=512, block=128 if big else 64, step=64, warps=8 if big else 4,
+             walk_warps=8 if big else 4, stages=2, walk_stages=3 if big else 2, vjp="mma")
     p.update(tuning or {})
-    nb = BD // p["kb"]
-    if BD % p["kb"] or p["chunk"] % p["block"] or p["chunk"] % p["step"]:
-        raise ValueError(f"plan: kb {p['kb']} must divide the padded head dim {BD}, and block {p['block']} and "
-                         f"step {p['step']} must divide chunk {p['chunk']}; got {p}")
-    npairs = nb * (nb + 1) // 2
-    p.update(BD=BD, BV=BV, npairs=npairs, feature_rows=npairs * p["kb"] ** 2 + BD + 1,
+    if p["chunk"] % p["block"] or p["chunk"] % p["step"]:
+        raise ValueError(f"plan: block {p['block']} and step {p['step']} must divide chunk {p['chunk']}; got {p}")
+    if p["vjp"] not in ("mma", "gather"):
+        raise ValueError(f"plan: vjp must be 'mma' or 'gather', got {p['vjp']!r}")
+    ntiles = BD // 2 + 1
+    p.update(BD=BD, BV=BV, ntiles=ntiles, feature_rows=ntiles * BD + BD + 1,
              precision="tf32x3" if dtype == torch.float32 else "tf32")
     return p
 
@@ -449,10 +441,9 @@ def _walk(x, y, c, p, *, causal, reverse, normalize):
     ns = nc if causal else 1
     S = torch.empty(BH, ns, p["feature_rows"], DV, dtype=x.dtype, device=x.device)
     Z = torch.empty(BH, ns, p["feature_rows"] if normalize else 1, dtype=torch.float32, device=x.device)
-    _state_walk_kernel[(p["npairs"] + 1, BH)](
-        x=x, y=y, c=x if c is None else c, S=S, Z=Z, pairs=_pairs(p["BD"] // p["kb"], x.device), T=T, D=D, DV=DV,
-        NC=nc, NS=ns, NP=p["npairs"], F_ROWS=p["feature_rows"], CHUNK=p["chunk"], BT=p["step"], KB=p["kb"],
-        BD=p["BD"], BV=p["BV"], CAUSAL=causal, REVERSE=reverse, HAS_C=c is not None, NORMALIZE=normalize,
+    _state_walk_kernel[(p["ntiles"] + 1, BH)](
+        x=x, y=y, c=x if c is None else c, S=S, Z=Z, T=T, D=D, DV=DV, NC=nc, NS=ns, F_ROWS=p["feature_rows"],
+        CHUNK=p["chunk"], BT=p["step"], BD=p["BD"], BV=p["BV"], CAUSAL=causal, REVERSE=reverse, HAS_C=c is not None, NORMALIZE=normalize,
         PRECISION=p["precision"], num_warps=p["walk_warps"], num_stages=p["walk_stages"])
     return S, Z, ns
 
@@ -465,9 +456,8 @@ def _forward(q, k, v, coeffs, scale, causal, normalize, p):
     z = torch.empty(BH, T if normalize else 1, dtype=torch.float32, device=q.device)
     a0, a1, a2 = coeffs
     _chunk_out_kernel[(triton.cdiv(T, p["block"]), BH)](
-        q=q, k=k, v=v, S=S, Z=Z, pairs=_pairs(p["BD"] // p["kb"], q.device), o=o, z=z, a0=a0, a1=a1, a2=a2,
-        scale=scale, T=T, D=D, DV=DV, NS=ns, NP=p["npairs"], F_ROWS=p["feature_rows"], CHUNK=p["chunk"],
-        BM=p["block"], KB=p["kb"], BD=p["BD"], BV=p["BV"], CAUSAL=causal, NORMALIZE=normalize,
+        q=q, k=k, v=v, S=S, Z=Z, o=o, z=z, a0=a0, a1=a1, a2=a2, scale=scale, T=T, D=D, DV=DV, NS=ns,
+        F_ROWS=p["feature_rows"], CHUNK=p["chunk"], BM=p["block"], BD=p["BD"], BV=p["BV"], CAUSAL=causal, NORMALIZE=normalize,
         PRECISION=p["precision"], num_warps=p["warps"], num_stages=p["stages"])
     return o, z, S, Z
 
@@ -484,15 +474,14 @@ def _backward(do, q, k, v, o, z, S, Z, coeffs, scale, causal, normalize, p):
     dS, dZ, ns = _walk(q, dn, dl, p, causal=causal, reverse=True, normalize=normalize)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     a0, a1, a2 = coeffs
-    pairs = _pairs(p["BD"] // p["kb"], q.device)
-    common = dict(a0=a0, a1=a1, a2=a2, scale=scale, T=T, D=D, DV=DV, NS=ns, NP=p["npairs"],
-                  F_ROWS=p["feature_rows"], CHUNK=p["chunk"], BM=p["block"], KB=p["kb"], BD=p["BD"], BV=p["BV"],
-                  CAUSAL=causal, NORMALIZE=normalize, PRECISION=p["precision"],
+    common = dict(a0=a0, a1=a1, a2=a2, scale=scale, T=T, D=D, DV=DV, NS=ns, F_ROWS=p["feature_rows"],
+                  CHUNK=p["chunk"], BM=p["block"], BD=p["BD"], BV=p["BV"], CAUSAL=causal, NORMALIZE=normalize,
+                  VJP=p["vjp"], PRECISION=p["precision"],
                   num_warps=p["warps"], num_stages=p["stages"])
     grid = (triton.cdiv(T, p["block"]), BH)
     dl = z if dl is None else dl
-    _chunk_dq_kernel[grid](q=q, k=k, v=v, dn=dn, dl=dl, S=S, Z=Z, pairs=pairs, dq=dq, **common)
-    _chunk_dkv_kernel[grid](q=q, k=k, v=v, dn=dn, dl=dl, dS=dS, dZ=dZ, pairs=pairs, dk=dk, dv=dv, **common)
+    _chunk_dq_kernel[grid](q=q, k=k, v=v, dn=dn, dl=dl, S=S, Z=Z, dq=dq, **common)
+    _chunk_dkv_kernel[grid](q=q, k=k, v=v, dn=dn, dl=dl, dS=dS, dZ=dZ, dk=dk, dv=dv, **common)
     return dq, dk, dv
 
 
@@ -568,26 +557,25 @@ def chunked_poly_attention(q, k, v, coeffs=(1.0, 1.0, 0.5), *, scale=None, causa
     return ChunkedPolyAttention.apply(q, k, v, (a0, a1, a2), scale, bool(causal), bool(normalize), p)
 
 
-def feature_map(x, coeffs, scale, side, *, kb=None):
+def feature_map(x, coeffs, scale, side):
     """The kernels' feature map in float64 torch, rows in the state order: φ (side "q", weighted) or ψ ("k").
 
-    x [..., D] → [..., F_ROWS] with F_ROWS = NP·KB² + BD + 1: the pair tiles x_I ⊗ x_J (I ≤ J, the
-    full square on the diagonal), the low tile x (padded to BD) and the constant 1; φ(q)·ψ(k) =
-    a0 + a1 s q·k + a2 s² (q·k)². The reference for the kernels' layout, not a fast path.
+    x [..., D] → [..., F_ROWS] with F_ROWS = (BD/2 + 1)·BD + BD + 1 (BD: D padded to a power of two
+    ≥ 16): circulant tile d = 0 .. BD/2 holds x_c x_{(c−d) mod BD} (c < BD), then the low tile x
+    (padded to BD) and the constant 1; φ(q)·ψ(k) = a0 + a1 s q·k + a2 s² (q·k)². The reference for
+    the kernels' layout, not a fast path.
     """
     if side not in ("q", "k"):
         raise ValueError(f"feature_map: side must be 'q' or 'k', got {side!r}")
     a0, a1, a2 = (float(a) for a in coeffs)
     D = x.shape[-1]
     BD = _pow2(D, 16)
-    kb = (8 if BD >= 16 else BD) if kb is None else kb
     xp = torch.nn.functional.pad(x.double(), (0, BD - D))
-    blocks = xp.unflatten(-1, (BD // kb, kb))
     tiles, low, const = [], xp, torch.ones_like(xp[..., :1])
-    for i in range(BD // kb):
-        for j in range(i, BD // kb):
-            t = (blocks[..., i, :, None] * blocks[..., j, None, :]).flatten(-2)
-            tiles.append(t * (a2 * scale * scale * (1 if i == j else 2)) if side == "q" else t)
+    for d in range(BD // 2 + 1):
+        # torch.roll by d puts x_{(c−d) mod BD} in column c; pairs at distance BD/2 appear twice, once per column
+        t = xp * torch.roll(xp, d, -1)
+        tiles.append(t * (a2 * scale * scale * (1 if d in (0, BD // 2) else 2)) if side == "q" else t)
     if side == "q":
         low, const = low * (a1 * scale), const * a0
     return torch.cat(tiles + [low, const], -1)
