@@ -74,6 +74,9 @@ def window_fwd_kernel(q_ptr, k_ptr, v_ptr, out_ptr, o_ptr, lse_ptr, qk_scale, T,
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + tl.dot(p.to(b_v.dtype), b_v, input_precision=PRECISION)
         m_i = m_new
+    # rows past T saw no key (m = -inf, l = 0): give them finite numbers; they are not stored
+    m_i = tl.where(m_m, m_i, 0.0)
+    l_i = tl.where(m_m, l_i, 1.0)
     if HAS_OUTSIDE:
         # rows i >= window read their outside sums at row i - window; others have none
         m_out = m_m & (o_m >= window)
