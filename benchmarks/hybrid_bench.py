@@ -190,7 +190,6 @@ def run(args, sink):
             res["rows"].append({"T": T, "method": name, "fwd_ms": f_ms, "fwd_bwd_ms": fb_ms})
             print(f"  T={T} {name:20s} fwd {f_ms:9.3f} ms  fwd+bwd {fb_ms:9.3f} ms", flush=True)
             sink(res)
-        del q, k, v, do, d_out, outside, ones
         if device == "cuda":
             torch.cuda.empty_cache()
     return res

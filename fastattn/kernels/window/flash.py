@@ -28,7 +28,7 @@ LOG2E = 1.4426950408889634
 
 @triton.jit
 def _window_scores(b_q, k_ptr, bh, o_m, o_n, o_d, T, D, window, qk_scale, PRECISION: tl.constexpr):
-    """[BM, BN] scores of the query rows o_m against keys o_n in base-2 units, -inf off the window; and the window mask."""
+    """[BM, BN] scores of query rows o_m against keys o_n in base-2 units, -inf off the window; and the window mask."""
     p_k = k_ptr + bh * T * D + o_n[None, :] * D + o_d[:, None]
     b_kt = tl.load(p_k, mask=(o_n < T)[None, :] & (o_d < D)[:, None], other=0.0)  # [BD, BN]
     s = tl.dot(b_q, b_kt, input_precision=PRECISION) * qk_scale  # [BM, BN]
