@@ -63,7 +63,8 @@ def parse_args(argv=None):
     p.add_argument("--heads", type=int, default=16)
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--spec", default="1 + x + x**2/2")
-    p.add_argument("--comm", default="allgather", choices=["allgather", "scan"], help="exchange of the CP rows")
+    p.add_argument("--comm", default="scan", choices=["allgather", "scan"], help="exchange of the CP rows and --check")
+    p.add_argument("--exchange-comms", default="allgather,scan", help="exchanges timed alone, comma-separated")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--limit-s", type=float, default=20.0, help="a first call slower than this stops the size")
@@ -213,27 +214,36 @@ def state_bytes(a, F):
 
 
 def bench_exchange(run, F):
-    """exchange_states alone, forward + backward, for each comm: ms and the bytes a rank receives."""
+    """exchange_states alone, forward + backward, for each comm: ms and the bytes a rank receives.
+
+    Also at a one-feature state (B1 H1 F1 DV1, 24 bytes): that time over the messages is the latency.
+    """
     a = run.args
     out = {}
-    rounds = {"allgather": run.world - 1, "scan": math.ceil(math.log2(run.world))}
+    messages = {"allgather": 2 * (run.world - 1), "scan": 2 * math.ceil(math.log2(run.world))}
     work = state_dtype(run.dtype)
-    for comm in ("allgather", "scan"):
-        S = torch.randn(a.batch, a.heads, F, a.dim, device=run.device, dtype=work, requires_grad=True)
-        z = torch.randn(a.batch, a.heads, F, device=run.device, dtype=work, requires_grad=True)
-        L = torch.zeros(a.batch, a.heads, device=run.device, dtype=work, requires_grad=True)
-        dS, dz = torch.randn_like(S), torch.randn_like(z)
+    for comm in [c for c in a.exchange_comms.split(",") if c]:
+        for tiny in (False, True):
+            B, H, Fs, DV = (1, 1, 1, 1) if tiny else (a.batch, a.heads, F, a.dim)
+            S = torch.randn(B, H, Fs, DV, device=run.device, dtype=work, requires_grad=True)
+            z = torch.randn(B, H, Fs, device=run.device, dtype=work, requires_grad=True)
+            L = torch.zeros(B, H, device=run.device, dtype=work, requires_grad=True)
+            dS, dz = torch.randn_like(S), torch.randn_like(z)
 
-        def fn():
-            st = exchange_states(S, z, L, 4096, comm=comm)
-            torch.autograd.backward([st.S, st.z], [dS, dz])
+            def fn():
+                st = exchange_states(S, z, L, 4096, comm=comm)
+                torch.autograd.backward([st.S, st.z], [dS, dz])
 
-        res = run.measure(f"exchange {comm}", fn)
-        if res is not None:
-            res["bytes_in_per_rank_fwd_bwd"] = 2 * rounds[comm] * state_bytes(a, F)
-            if res.get("ms"):
-                res["GBps"] = res["bytes_in_per_rank_fwd_bwd"] / (res["ms"] * 1e-3) / 1e9
-        out[comm] = res
+            res = run.measure(f"exchange {comm}{' (1-feature state)' if tiny else ''}", fn)
+            if tiny:
+                if res is not None and res.get("ms") is not None:
+                    out[comm]["latency_us"] = res["ms"] * 1e3 / messages[comm]
+                continue
+            if res is not None:
+                res["bytes_in_per_rank_fwd_bwd"] = messages[comm] * state_bytes(a, F)
+                if res.get("ms"):
+                    res["GBps"] = res["bytes_in_per_rank_fwd_bwd"] / (res["ms"] * 1e-3) / 1e9
+            out[comm] = res or {}
     return out
 
 
@@ -359,8 +369,16 @@ def table(results, sizes, world):
                     f"| {fmt(strong)} |")
     for comm, c in (results["exchange"] or {}).items():
         if c and c.get("ms") is not None:
+            lat = f", {c['latency_us']:.0f} us per message" if c.get("latency_us") is not None else ""
             rows.append(f"exchange {comm}: {c['ms']:.3f} ms fwd+bwd, {c['bytes_in_per_rank_fwd_bwd'] / 1e6:.2f} MB "
-                        f"in per rank, {c['GBps']:.1f} GB/s")
+                        f"in per rank, {c['GBps']:.1f} GB/s{lat}")
+    info = results["info"]
+    measured = [(T, ms(results["single"].get(T))) for T in sizes if ms(results["single"].get(T))]
+    if measured:
+        T, t1 = measured[-1]
+        ns = t1 * 1e6 / (info["B"] * info["H"] * T)
+        rows.append(f"cost model: ns_per_token_head = {ns:.2f} (1 GPU @ {tokens(T)}; "
+                    "fastattn.distributed.cp_table(ns, GBps, latency_us))")
     for name, c in (results["check"] or {}).items():
         rows.append(f"check {name}: max-abs {c['max_abs']:.3g}, rel-RMS {c['rel_rms']:.3g}")
     rows.append(f"local route: {results['info']['local_route']}")

@@ -1,8 +1,8 @@
 """Train a tiny causal language model with its sequence split over processes (context parallelism).
 
 Each rank holds one contiguous slice of every sequence; attention crosses the slices through
-:class:`fastattn.distributed.ContextParallelAttention` (one all-gather of feature states per
-layer), every other layer acts token by token. Parameter gradients are partial sums per rank and
+:class:`fastattn.distributed.ContextParallelAttention` (a log2 P scan of feature states per
+layer, or one all-gather with ``--comm allgather``), every other layer acts token by token. Parameter gradients are partial sums per rank and
 are all-reduced before the step, so the model stays identical on every rank.
 
 CPU (gloo), two processes::
@@ -35,13 +35,13 @@ from fastattn.distributed import ContextParallelAttention
 class Block(nn.Module):
     """Pre-norm attention and MLP; the attention is context-parallel when ``parallel``."""
 
-    def __init__(self, dim, heads, spec):
+    def __init__(self, dim, heads, spec, comm):
         super().__init__()
         self.heads = heads
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.qkv, self.out = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
         self.core = FastAttention.from_spec(spec, head_dim=dim // heads)
-        self.cp = ContextParallelAttention(self.core)
+        self.cp = ContextParallelAttention(self.core, comm=comm)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
 
     def forward(self, x, parallel):
@@ -53,10 +53,10 @@ class Block(nn.Module):
 
 
 class TinyLM(nn.Module):
-    def __init__(self, vocab, dim, heads, layers, spec):
+    def __init__(self, vocab, dim, heads, layers, spec, comm="scan"):
         super().__init__()
         self.embed = nn.Embedding(vocab, dim)
-        self.blocks = nn.ModuleList(Block(dim, heads, spec) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(dim, heads, spec, comm) for _ in range(layers))
         self.head = nn.Linear(dim, vocab)
 
     def forward(self, tokens, parallel=True):
@@ -90,6 +90,8 @@ def main():
     parser.add_argument("--length", type=int, default=128, help="tokens per sequence, over all ranks")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--spec", default="1 + x + x**2/2")
+    parser.add_argument("--comm", default="scan", choices=["scan", "allgather"],
+                        help="how the states travel: log2 P point-to-point rounds, or one all-gather")
     parser.add_argument("--check", action="store_true", help="compare with the single-process model first")
     args = parser.parse_args()
 
@@ -101,7 +103,7 @@ def main():
         torch.cuda.set_device(device)
     torch.manual_seed(0)  # the same initial model on every rank
     vocab = 16
-    model = TinyLM(vocab, dim=32, heads=2, layers=2, spec=args.spec).to(device)
+    model = TinyLM(vocab, dim=32, heads=2, layers=2, spec=args.spec, comm=args.comm).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(1)  # the same batches on every rank; each keeps its slice
     total = args.batch * (args.length - 1)
