@@ -3,7 +3,7 @@
 Chain: the torch step (``FastAttention.step`` on torch ops, itself tested against the float64
 quadratic reference in test_layer_api.py) -> the kernel, on o and on the new state S, z, in fp32
 and fp16; and a prefill on the torch path followed by kernel steps against one forward over the
-whole sequence. Large feature maps run with block_f = 512 to keep the interpreter's walk short.
+whole sequence. Large feature maps run with block_f = 512 (and few splits) to keep the interpreter's walk short.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ CASES = [
     ("taylor2-d16-b3-fp16", F2, 16, 16, True, (3, 2, 2), False, torch.float16, None),
     ("taylor2-d16-b3-gqa-direct", F2, 16, 16, True, (3, 4, 2), True, torch.float32, {"splits": 1}),
     ("taylor2-d64-gqa-gate", F2, 64, 64, True, (1, 4, 2), True, torch.float32, {"block_f": 512}),
-    ("taylor2-d60-v48-b3-fp16", F2, 60, 48, True, (3, 4, 2), True, torch.float16, {"block_f": 512}),
+    ("taylor2-d60-v48-b3-fp16", F2, 60, 48, True, (3, 4, 2), True, torch.float16, {"block_f": 512, "splits": 2}),
     ("linear-d60-v48-unnormalised", "x", 60, 48, False, (3, 4, 2), True, torch.float32, None),
     ("linear-d60-v48-fp16-direct-reduce-per-block", "x", 60, 48, False, (1, 2, 2), False, torch.float16,
      {"splits": 1, "defer": False}),
@@ -89,13 +89,13 @@ def test_prefill_then_kernel_decode_equals_one_forward(dtype):
     B, Hq, Hk, D, DV, T, N = 3, 4, 2, 60, 48, 7, 2
     attn = FastAttention.from_spec(F2, head_dim=D, head_dim_v=DV)
     q, k, v, gate = _inputs(B, Hq, Hk, D, DV, dtype, seed=3, T=T + N)
-    want = attn(q, k, v, enable_gqa=True, g=gate)
+    want = fast_attention(q, k, v, attn.poly, scale=attn.scale, enable_gqa=True, g=gate, backend="torch")
     o, st = fast_attention(q[:, :, :T], k[:, :, :T], v[:, :, :T], attn.poly, scale=attn.scale, enable_gqa=True,
                            g=gate[..., :T], output_final_state=True, backend="torch")
     outs = [o]
     for t in range(T, T + N):
         o, st = attn.step(q[:, :, t:t + 1], k[:, :, t:t + 1], v[:, :, t:t + 1], st, g=gate[..., t:t + 1],
-                          _kernel=True, _tuning={"block_f": 512})
+                          _kernel=True, _tuning={"block_f": 512, "splits": 2})
         outs.append(o)
     assert_close("o", want, torch.cat(outs, 2), dtype)
     assert st.tokens.tolist() == [T + N] * B
@@ -186,10 +186,10 @@ def test_plan_splits_the_feature_axis_at_small_batch():
     cpu = torch.device("cpu")
     small = plan(batch=1, heads_kv=2, group=2, features=2145, head_dim_v=64, device=cpu)
     assert (small.block_f, small.block_v, small.block_g, small.blocks) == (64, 64, 2, 34)
-    # 4 programs per "SM" (4 on the interpreter) over 2 heads: 8 wanted, 7 of 5 blocks cover the 34
-    assert (small.splits, small.blocks_per_split) == (7, 5)
+    # 8 programs per "SM" (4 on the interpreter) over 2 heads: 16 wanted, 12 of 3 blocks cover the 34
+    assert (small.splits, small.blocks_per_split) == (12, 3)
     assert not small.defer  # GQA: the group's heads reduce per block
-    big = plan(batch=64, heads_kv=16, group=1, features=2145, head_dim_v=64, device=cpu)
+    big = plan(batch=256, heads_kv=16, group=1, features=2145, head_dim_v=64, device=cpu)
     assert big.splits == 1 and big.blocks_per_split == big.blocks and big.defer
     wide = plan(batch=1, heads_kv=1, group=1, features=100, head_dim_v=256, device=cpu, tuning={"splits": 100})
     assert wide.block_f == 16 and wide.splits == wide.blocks == 7

@@ -32,7 +32,7 @@ memory and fixed addresses for a CUDA graph. The index/weight tables (F (SLOTS +
 >>> import torch
 >>> p = plan(batch=1, heads_kv=16, group=1, features=2145, head_dim_v=64, device=torch.device("cpu"))
 >>> p.block_f, p.blocks, p.splits
-(64, 34, 1)
+(64, 34, 2)
 """
 
 from __future__ import annotations
@@ -103,13 +103,18 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, g_ptr, S_ptr, z_ptr, S_out, z_out, token
         # one query head (G = 1): products accumulate elementwise, one cross-thread reduction at the end
         b_acc = tl.zeros([BF, BV], dtype=tl.float32)
         b_accz = tl.zeros([BF], dtype=tl.float32)
+    # the head's base pointers in int64 once; offsets inside a head (F x DV) fit int32, which keeps the
+    # per-element address arithmetic of the [BF, BV] tiles in 32 bits
+    p_S = S_ptr + i_b * sS_b + i_h * sS_h
+    p_So = S_out + i_b * sSo_b + i_h * sSo_h
+    p_z = z_ptr + i_b * sz_b + i_h * sz_h
+    p_zo = z_out + i_b * szo_b + i_h * szo_h
     for i_f in range(i_s * BPS, tl.minimum(i_s * BPS + BPS, NB)):
         o_f = i_f * BF + tl.arange(0, BF)
         m_f = o_f < F
         m_fv = m_f[:, None] & m_v[None, :]
-        o_fv = o_f[:, None].to(tl.int64)
-        b_S = tl.load(S_ptr + i_b * sS_b + i_h * sS_h + o_fv * sS_f + o_v[None, :], mask=m_fv, other=0.0)  # [BF, BV]
-        b_z = tl.load(z_ptr + i_b * sz_b + i_h * sz_h + o_f, mask=m_f, other=0.0)  # [BF]
+        b_S = tl.load(p_S + o_f[:, None] * sS_f + o_v[None, :], mask=m_fv, other=0.0)  # [BF, BV]
+        b_z = tl.load(p_z + o_f, mask=m_f, other=0.0)  # [BF]
         b_psi = _features(p_k, idx, w_psi, o_f, m_f, F, D, SLOTS)  # [BF]
         if HAS_G:
             b_S = b_decay * b_S + b_psi[:, None] * b_v[None, :]
@@ -117,8 +122,8 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, g_ptr, S_ptr, z_ptr, S_out, z_out, token
         else:
             b_S = b_S + b_psi[:, None] * b_v[None, :]
             b_z = b_z + b_psi
-        tl.store(S_out + i_b * sSo_b + i_h * sSo_h + o_fv * sSo_f + o_v[None, :], b_S, mask=m_fv)
-        tl.store(z_out + i_b * szo_b + i_h * szo_h + o_f, b_z, mask=m_f)
+        tl.store(p_So + o_f[:, None] * sSo_f + o_v[None, :], b_S, mask=m_fv)
+        tl.store(p_zo + o_f, b_z, mask=m_f)
         # the token sees itself: its query heads read the updated block
         if DEFER:
             b_phi = _features(p_q, idx, w_phi, o_f, m_f, F, D, SLOTS)  # [BF]
@@ -223,8 +228,10 @@ def plan(*, batch: int, heads_kv: int, group: int, features: int, head_dim_v: in
     """The launch of one step: the only place that reads ``tuning`` overrides (private; sweeps and tests).
 
     A tile holds 4096 fp32 numbers of the state (block_f x block_v; 16 KB read and written per
-    block). Splits: enough programs for about 4 per SM, never more than the feature blocks; at
-    batch 64 x 16 heads one program per head already fills an H200, at batch 1 the feature axis is split.
+    block). Splits: enough programs for about 8 per SM, never more than the feature blocks. Three
+    fit on an SM at once (147 registers at d64, sm_90 compiled on the CPU), so that is a few waves
+    and the last one's idle SMs cost little; at batch 64 x 16 heads two splits, at batch 1 one
+    feature block per program. The partials this adds are splits B H_q (DV + 1) fp32 numbers.
 
     Examples
     --------
@@ -249,7 +256,7 @@ def _plan(batch, heads_kv, group, features, head_dim_v, device, tuning):
     if not (isinstance(block_f, int) and block_f >= 16 and block_f & (block_f - 1) == 0):
         raise KernelError(f"decode tuning block_f={block_f!r} must be a power of two >= 16")
     blocks = -(-features // block_f)
-    want = -(-4 * _sm_count(device) // (batch * heads_kv))
+    want = -(-8 * _sm_count(device) // (batch * heads_kv))
     splits = min(blocks, max(1, tuning.get("splits", want)))
     per = -(-blocks // splits)
     splits = -(-blocks // per)  # no empty program
