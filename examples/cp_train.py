@@ -2,8 +2,9 @@
 
 Each rank holds one contiguous slice of every sequence; attention crosses the slices through
 :class:`fastattn.distributed.ContextParallelAttention` (a log2 P scan of feature states per
-layer, or one all-gather with ``--comm allgather``), every other layer acts token by token. Parameter gradients are partial sums per rank and
-are all-reduced before the step, so the model stays identical on every rank.
+layer, or one all-gather with ``--comm allgather``), every other layer acts token by token.
+Parameter gradients are partial sums per rank and are all-reduced before the step, so the model
+stays identical on every rank.
 
 CPU (gloo), two processes::
 

@@ -147,7 +147,7 @@ def _combine(parts, rank, causal):
 
 # -- the log-P scan ----------------------------------------------------------------------------------------
 def _fold(earlier, later, rows, width):
-    """earlier ⊕ later on packed buffers [x (rows × width), L (rows), extra]: x <- exp(L_later) x_earlier + x_later."""
+    """a ⊕ b, a the earlier: packed buffers [x (rows × width), L (rows), extra]; x <- exp(L_b) x_a + x_b."""
     n = rows * width
     xa, La, ea = earlier[:n].view(rows, width), earlier[n:n + rows], earlier[n + rows:]
     xb, Lb, eb = later[:n].view(rows, width), later[n:n + rows], later[n + rows:]
