@@ -112,21 +112,23 @@ def check(device, dtype, T, D, seed=0):
     return out
 
 
-def parse_tiles(text):
-    """"64x64x4" -> {"block_q": 64, "block_k": 64, "warps": 4}; "default" -> None (the plan's choice)."""
+def parse_tiles(text, masked):
+    """"64x64x4" -> {"block_q": 64, "block_k": 64, "warps": 4}; "default" -> the plan's choice. ``masked``:
+    every tile through the element mask (no unmasked sub-runs)."""
+    tuning = {"clean": False} if masked else {}
     if text == "default":
-        return None
+        return tuning or None
     try:
         bq, bk, w = (int(x) for x in text.split("x"))
     except ValueError:
         raise SystemExit(f"--tiles {text!r}: write BLOCK_QxBLOCK_KxWARPS, e.g. 128x64x8, or 'default'") from None
-    return {"block_q": bq, "block_k": bk, "warps": w}
+    return dict(tuning, block_q=bq, block_k=bk, warps=w)
 
 
 def run(args):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = DT[args.dtype]
-    tuning = parse_tiles(args.tiles)
+    tuning = parse_tiles(args.tiles, args.all_masked)
     checks = check(device, dtype, args.check_T, args.D) if args.check_T else []
     rows = []
     kernel = ""
@@ -156,7 +158,7 @@ def run(args):
             rows.append({"T": T, "method": name, "pairs": share, "fwd_ms": f_ms, "fwd_bwd_ms": fb_ms})
             print(f"  T={T} {name:10s} pairs {share:5.1%} fwd {f_ms:8.3f} ms  fwd+bwd {fb_ms:8.3f} ms", flush=True)
     return {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "dtype": args.dtype,
-            "tiles": args.tiles,
+            "tiles": args.tiles + (" all-masked" if args.all_masked else ""),
             "B": args.B, "H": args.H, "D": args.D, "sdpa_kernel": kernel, "checks": checks, "rows": rows}
 
 
@@ -188,6 +190,7 @@ def main(argv=None):
     ap.add_argument("--keep", type=int, nargs="*", default=[25, 50, 75], help="percent of tokens kept")
     ap.add_argument("--check-T", type=int, default=2048, help="length of the correctness check (0: none)")
     ap.add_argument("--tiles", default="default", help="BLOCK_QxBLOCK_KxWARPS of our rows (e.g. 128x64x8)")
+    ap.add_argument("--all-masked", action="store_true", help="mask every tile (measures the unmasked sub-runs)")
     ap.add_argument("--warmup", type=int, default=25)
     ap.add_argument("--rep", type=int, default=100)
     ap.add_argument("--json", help="write the rows here")

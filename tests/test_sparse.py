@@ -56,9 +56,9 @@ ROWS = [
     ("none", 1, 1, 1, 16, 16, True, (16, 16)),
     ("keep", 1, 2, 37, 60, 32, True, (16, 16)),
     ("keep", 2, 1, 53, 16, 16, False, (32, 16)),
-    ("buckets", 1, 2, 100, 32, 16, True, (16, 16)),
-    ("buckets", 1, 1, 45, 16, 24, False, (16, 32)),
-    ("keep+buckets", 1, 2, 150, 16, 16, True, (32, 16)),
+    ("buckets/2", 1, 2, 100, 32, 16, True, (16, 16)),
+    ("buckets/2", 1, 1, 45, 16, 24, False, (16, 32)),
+    ("keep+buckets/4", 1, 2, 150, 16, 16, True, (32, 16)),
 ]
 
 
@@ -72,18 +72,22 @@ def test_matches_dense_reference(what, B, H, T, D, DV, causal, tiles, dtype):
     if "keep" in what:
         kw["keep"] = torch.rand(B, H, T, generator=g) < 0.6
     if "buckets" in what:
-        kw["buckets"] = lsh_buckets(q.detach(), k.detach(), 4, seed=1)
+        kw["buckets"] = lsh_buckets(q.detach(), k.detach(), int(what.split("/")[1]), seed=1)
     allowed = allowed_pairs(T, is_causal=causal, **kw)
     _compare(q, k, v, do, allowed, dtype, tuning={"block_q": tiles[0], "block_k": tiles[1]}, is_causal=causal, **kw)
 
 
 def test_routes_of_the_rows_above():
     # the bucketed causal row above has blocks spanning several buckets (the kernels' skip loop) and blocks
-    # of one bucket (the plain loop); the keep rows run without bucket ids
+    # of one bucket (the plain loop, with unmasked tiles); the keep rows run without bucket ids
     q, k, _, _, _ = _inputs(1, 2, 100, 32, 16, torch.float32, seed=100)
-    qid, kid = lsh_buckets(q.detach(), k.detach(), 4, seed=1)
+    qid, kid = lsh_buckets(q.detach(), k.detach(), 2, seed=1)
     s = range_schedule(2, 100, buckets=(qid.reshape(2, 100), kid.reshape(2, 100)), block_q=16, block_k=16)
     assert s.q_mixed.any() and (s.q_mixed == 0).any() and s.k_mixed.any() and (s.k_mixed == 0).any()
+    assert (s.fwd_clean_hi > s.fwd_clean_lo).any() and (s.bwd_clean_hi > s.bwd_clean_lo).any()
+    s = range_schedule(2, 100, buckets=(qid.reshape(2, 100), kid.reshape(2, 100)), block_q=16, block_k=16,
+                       clean=False)
+    assert torch.equal(s.fwd_clean_lo, s.fwd_end) and torch.equal(s.fwd_clean_hi, s.fwd_end)
     s = range_schedule(2, 37, keep=torch.rand(2, 37) < 0.6, block_q=16, block_k=16)
     assert s.bkt_q is None and not s.use_list
 
@@ -127,6 +131,7 @@ def test_schedule_visits_every_needed_block_and_few_others():
     keep = torch.rand(BH, T, generator=g) < 0.5
     qid, kid = torch.randint(0, 3, (2, BH, T), generator=g)
     cases = [(dict(keep=keep), True), (dict(buckets=(qid, kid)), False), (dict(keep=keep, buckets=(qid, kid)), False)]
+    n_clean = {}
     for (kw, exact), (bq, bk) in itertools.product(cases, ((16, 16), (32, 16), (16, 64))):
         s = range_schedule(BH, T, block_q=bq, block_k=bk, **kw)
         NQ, NK = s.n_q, s.n_k
@@ -149,12 +154,24 @@ def test_schedule_visits_every_needed_block_and_few_others():
                     visit_t[qb, kb] = not s.k_mixed[bh, kb] or s.qmax[bh, qb] >= s.kmin[bh, kb]
             case = (list(kw), bq, bk, bh)
             assert (visit >= need).all() and (visit_t >= need).all(), case
+            # the unmasked sub-runs hold only tiles whose every pair takes part, and exist
+            whole = a.view(NQ, bq, NK, bk).all(3).all(1)
+            for qb in range(NQ):
+                lo, hi = int(s.fwd_clean_lo[bh, qb]), int(s.fwd_clean_hi[bh, qb])
+                assert int(s.fwd_start[bh, qb]) <= lo <= hi <= int(s.fwd_end[bh, qb]), case
+                assert whole[qb, lo:hi].all(), (case, qb, lo, hi)
+                n_clean[tuple(kw)] = n_clean.get(tuple(kw), 0) + hi - lo
+            for kb in range(NK):
+                lo, hi = int(s.bwd_clean_lo[bh, kb]), int(s.bwd_clean_hi[bh, kb])
+                assert int(s.bwd_start[bh, kb]) <= lo <= hi <= int(s.bwd_end[bh, kb]), case
+                assert whole[lo:hi, kb].all(), (case, kb, lo, hi)
             if exact:
                 assert (visit == need).all() and (visit_t == need).all(), case
             else:
                 # a run's two end blocks may hold the neighbouring bucket only: at most 2 extra per block row
                 assert int(visit.sum()) <= int(need.sum()) + 2 * NQ, (case, int(visit.sum()), int(need.sum()))
                 assert int(visit_t.sum()) <= int(need.sum()) + 2 * NK, (case, int(visit_t.sum()), int(need.sum()))
+    assert n_clean[("keep",)] > 0 and n_clean[("buckets",)] > 0, n_clean
 
 
 def test_lsh_buckets_are_deterministic_and_shared():

@@ -27,18 +27,19 @@ __all__ = ["sparse_attention", "pattern_attention", "lsh_buckets", "plan_tiles"]
 
 
 def plan_tiles(D, DV, device, tuning=None):
-    """(block_q, block_k, warps): query and key slots per block and warps per program.
+    """(block_q, block_k, warps, clean): query and key slots per block, warps per program, and whether
+    tiles with every pair allowed run without the element mask.
 
     64 x 64 with 4 warps on a GPU (a [64, 64] score tile and a [64, DV] accumulator per program; the
     sm_90 build holds them without spills up to DV = 64 at 128 registers, dk/dv at 226), 32 x 32 on the
     CPU interpreter. ``tuning`` (private, for tests and sweeps) overrides any of "block" (both sizes),
-    "block_q", "block_k", "warps".
+    "block_q", "block_k", "warps", "clean".
     """
     gpu = torch.device(device).type == "cuda"
     tuning = dict(tuning or {})
-    bad = set(tuning) - {"block", "block_q", "block_k", "warps"}
+    bad = set(tuning) - {"block", "block_q", "block_k", "warps", "clean"}
     if bad:
-        raise KernelError(f"tuning keys {sorted(bad)} unknown; use 'block', 'block_q', 'block_k', 'warps'")
+        raise KernelError(f"tuning keys {sorted(bad)} unknown; use 'block', 'block_q', 'block_k', 'warps', 'clean'")
     block = tuning.get("block", 64 if gpu else 32)
     sizes = {"block_q": tuning.get("block_q", block), "block_k": tuning.get("block_k", block)}
     for name, n in sizes.items():
@@ -47,7 +48,7 @@ def plan_tiles(D, DV, device, tuning=None):
     warps = tuning.get("warps", 8 if max(sizes.values()) >= 128 else 4)
     if warps not in (1, 2, 4, 8, 16):
         raise KernelError(f"tuning warps={warps!r} must be 1, 2, 4, 8 or 16")
-    return sizes["block_q"], sizes["block_k"], warps
+    return sizes["block_q"], sizes["block_k"], warps, bool(tuning.get("clean", True))
 
 
 def _check(query, key, value, scale):
@@ -77,8 +78,8 @@ def _check_restrictions(keep, buckets, shape, device):
             raise KernelError(f"keep must be a bool tensor (True = the token takes part); got {keep.dtype}")
     if buckets is not None:
         if not isinstance(buckets, (tuple, list)) or len(buckets) != 2:
-            raise KernelError(f"buckets must be a pair (query ids, key ids) of int tensors [B, H, T]; got "
-                              f"{type(buckets).__name__}" + (f" of length {len(buckets)}" if hasattr(buckets, '__len__') else ""))
+            got = type(buckets).__name__ + (f" of length {len(buckets)}" if hasattr(buckets, "__len__") else "")
+            raise KernelError(f"buckets must be a pair (query ids, key ids) of int tensors [B, H, T]; got {got}")
         for name, x in zip(("buckets[0] (query ids)", "buckets[1] (key ids)"), buckets):
             _check_ids(name, x, shape, device)
             if x.dtype.is_floating_point or x.dtype == torch.bool or x.dtype.is_complex:
@@ -134,10 +135,11 @@ def sparse_attention(query, key, value, *, keep=None, buckets=None, is_causal=Tr
     _check_restrictions(keep, buckets, (B, H, T), query.device)
     if T == 0:
         return naive.empty_output(query, key, value)
-    block_q, block_k, warps = plan_tiles(D, value.shape[-1], query.device, tuning)
+    block_q, block_k, warps, clean = plan_tiles(D, value.shape[-1], query.device, tuning)
     flat = lambda x: None if x is None else x.reshape(B * H, T)  # noqa: E731
     sched = range_schedule(B * H, T, keep=flat(keep), buckets=None if buckets is None else tuple(map(flat, buckets)),
-                           is_causal=is_causal, block_q=block_q, block_k=block_k, warps=warps, device=query.device)
+                           is_causal=is_causal, block_q=block_q, block_k=block_k, warps=warps, clean=clean,
+                           device=query.device)
     sorted_ = keep is not None or buckets is not None
     perm_q, perm_k = (sched.perm_q, sched.perm_k) if sorted_ else (None, None)
     o = SparseFlash.apply(_slots(query, perm_q), _slots(key, perm_k), _slots(value, perm_k), sched,
@@ -169,7 +171,7 @@ def pattern_attention(query, key, value, pattern, *, is_causal=True, scale=None,
     B, H, T, D = query.shape
     if T == 0:
         return naive.empty_output(query, key, value)
-    block_q, block_k, warps = plan_tiles(D, value.shape[-1], query.device, tuning)
+    block_q, block_k, warps, _ = plan_tiles(D, value.shape[-1], query.device, tuning)
     if block_q != block_k:
         raise KernelError(f"a pattern compiles to square blocks; got block_q={block_q}, block_k={block_k}")
     sched = pattern.compile(T, block=block_q, is_causal=bool(is_causal)).schedule(query.device, warps=warps)

@@ -68,6 +68,20 @@ def _allowed(pos_q, pos_k, ok_q, ok_k, bkt_q, bkt_k, prims_ptr, need_mask,
 
 
 @triton.jit
+def _run_bounds(run: tl.constexpr, start, clean_lo, clean_hi, end):
+    """[lo, hi) of run 0 (masked, start..clean_lo), 1 (clean_lo..clean_hi, no mask) or 2 (masked, ..end)."""
+    lo = start
+    hi = clean_lo
+    if run == 1:
+        lo = clean_lo
+        hi = clean_hi
+    if run == 2:
+        lo = clean_hi
+        hi = end
+    return lo, hi
+
+
+@triton.jit
 def _rows(ptr, bh, o_t, ok_t, o_c, C, T):
     """[BT, BC] tile of rows o_t (those with ok_t, others 0) of the [BH, T, C] tensor at ptr."""
     return tl.load(ptr + bh * T * C + o_t[:, None] * C + o_c[None, :], mask=ok_t[:, None] & (o_c < C)[None, :],
@@ -87,17 +101,19 @@ def _ids(pos_ptr, bkt_ptr, bh, o_t, T, stride_pos, HAS_BUCKET: tl.constexpr):
 @triton.jit
 def _fwd_tile(acc, m_i, l_i, b_q, pos_q, bkt_q, ok_q, kb, need, bh, count, k_ptr, v_ptr, pos_k_ptr, bkt_k_ptr,
               prims_ptr, qk_scale, T, D, DV, stride_pos, IS_CAUSAL: tl.constexpr, HAS_BUCKET: tl.constexpr,
-              N_PRIMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-              PRECISION: tl.constexpr):
-    """The online-softmax step of one query block over key block kb: returns (acc, m_i, l_i) updated."""
+              N_PRIMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+              BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr, MASKED: tl.constexpr):
+    """The online-softmax step of one query block over key block kb: returns (acc, m_i, l_i) updated.
+    MASKED=False: the schedule vouches that every pair of the tile takes part (no positions read)."""
     o_k = kb * BLOCK_N + tl.arange(0, BLOCK_N)
     ok_k = o_k < count
     b_k = _rows(k_ptr, bh, o_k, ok_k, tl.arange(0, BLOCK_D), D, T)  # [BN, BD]
     b_v = _rows(v_ptr, bh, o_k, ok_k, tl.arange(0, BLOCK_DV), DV, T)  # [BN, BDV]
-    pos_k, bkt_k = _ids(pos_k_ptr, bkt_k_ptr, bh, o_k, T, stride_pos, HAS_BUCKET)
-    allowed = _allowed(pos_q, pos_k, ok_q, ok_k, bkt_q, bkt_k, prims_ptr, need, IS_CAUSAL, HAS_BUCKET, N_PRIMS)
     s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * qk_scale  # [BM, BN]
-    s = tl.where(allowed, s, float("-inf"))
+    if MASKED:
+        pos_k, bkt_k = _ids(pos_k_ptr, bkt_k_ptr, bh, o_k, T, stride_pos, HAS_BUCKET)
+        allowed = _allowed(pos_q, pos_k, ok_q, ok_k, bkt_q, bkt_k, prims_ptr, need, IS_CAUSAL, HAS_BUCKET, N_PRIMS)
+        s = tl.where(allowed, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     # a row with nothing allowed yet keeps m = -inf: shift it by 0 so that 2^(-inf - shift) = 0, not NaN
     m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -111,17 +127,19 @@ def _fwd_tile(acc, m_i, l_i, b_q, pos_q, bkt_q, ok_q, kb, need, bh, count, k_ptr
 @triton.jit
 def _dq_tile(dq, b_q, b_do, lse, delta, pos_q, bkt_q, ok_q, kb, need, bh, count, k_ptr, v_ptr, pos_k_ptr,
              bkt_k_ptr, prims_ptr, qk_scale, T, D, DV, stride_pos, IS_CAUSAL: tl.constexpr,
-             HAS_BUCKET: tl.constexpr, N_PRIMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-             BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
+             HAS_BUCKET: tl.constexpr, N_PRIMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+             BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr, MASKED: tl.constexpr):
     """dq (unscaled) of one query block plus key block kb's share: ds @ k with ds = p (dp - delta)."""
     o_k = kb * BLOCK_N + tl.arange(0, BLOCK_N)
     ok_k = o_k < count
     b_k = _rows(k_ptr, bh, o_k, ok_k, tl.arange(0, BLOCK_D), D, T)  # [BN, BD]
     b_v = _rows(v_ptr, bh, o_k, ok_k, tl.arange(0, BLOCK_DV), DV, T)  # [BN, BDV]
-    pos_k, bkt_k = _ids(pos_k_ptr, bkt_k_ptr, bh, o_k, T, stride_pos, HAS_BUCKET)
-    allowed = _allowed(pos_q, pos_k, ok_q, ok_k, bkt_q, bkt_k, prims_ptr, need, IS_CAUSAL, HAS_BUCKET, N_PRIMS)
     s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * qk_scale  # [BM, BN]
-    p = tl.where(allowed, tl.math.exp2(s - lse[:, None]), 0.0)  # [BM, BN]
+    p = tl.math.exp2(s - lse[:, None])  # [BM, BN]
+    if MASKED:
+        pos_k, bkt_k = _ids(pos_k_ptr, bkt_k_ptr, bh, o_k, T, stride_pos, HAS_BUCKET)
+        allowed = _allowed(pos_q, pos_k, ok_q, ok_k, bkt_q, bkt_k, prims_ptr, need, IS_CAUSAL, HAS_BUCKET, N_PRIMS)
+        p = tl.where(allowed, p, 0.0)
     dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)  # [BM, BN]
     ds = p * (dp - delta[:, None])
     return dq + tl.dot(ds.to(b_k.dtype), b_k, input_precision=PRECISION)  # [BM, BD]
@@ -130,8 +148,8 @@ def _dq_tile(dq, b_q, b_do, lse, delta, pos_q, bkt_q, ok_q, kb, need, bh, count,
 @triton.jit
 def _dkdv_tile(dk, dv, b_k, b_v, pos_k, bkt_k, ok_k, qb, need, bh, count, q_ptr, do_ptr, lse_ptr, delta_ptr,
                pos_q_ptr, bkt_q_ptr, prims_ptr, qk_scale, T, D, DV, stride_pos, IS_CAUSAL: tl.constexpr,
-               HAS_BUCKET: tl.constexpr, N_PRIMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-               BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
+               HAS_BUCKET: tl.constexpr, N_PRIMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr, MASKED: tl.constexpr):
     """dk (unscaled), dv of one key block plus query block qb's share: ds^T @ q and p^T @ do."""
     o_q = qb * BLOCK_M + tl.arange(0, BLOCK_M)
     ok_q = o_q < count
@@ -139,10 +157,12 @@ def _dkdv_tile(dk, dv, b_k, b_v, pos_k, bkt_k, ok_k, qb, need, bh, count, q_ptr,
     b_do = _rows(do_ptr, bh, o_q, ok_q, tl.arange(0, BLOCK_DV), DV, T)  # [BM, BDV]
     lse = tl.load(lse_ptr + bh * T + o_q, mask=ok_q, other=float("inf"))
     delta = tl.load(delta_ptr + bh * T + o_q, mask=ok_q, other=0.0)
-    pos_q, bkt_q = _ids(pos_q_ptr, bkt_q_ptr, bh, o_q, T, stride_pos, HAS_BUCKET)
-    allowed = _allowed(pos_q, pos_k, ok_q, ok_k, bkt_q, bkt_k, prims_ptr, need, IS_CAUSAL, HAS_BUCKET, N_PRIMS)
     s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * qk_scale  # [BM, BN]
-    p = tl.where(allowed, tl.math.exp2(s - lse[:, None]), 0.0)  # [BM, BN]
+    p = tl.math.exp2(s - lse[:, None])  # [BM, BN]
+    if MASKED:
+        pos_q, bkt_q = _ids(pos_q_ptr, bkt_q_ptr, bh, o_q, T, stride_pos, HAS_BUCKET)
+        allowed = _allowed(pos_q, pos_k, ok_q, ok_k, bkt_q, bkt_k, prims_ptr, need, IS_CAUSAL, HAS_BUCKET, N_PRIMS)
+        p = tl.where(allowed, p, 0.0)
     dv += tl.dot(tl.trans(p).to(b_do.dtype), b_do, input_precision=PRECISION)  # [BN, BDV]
     dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)  # [BM, BN]
     ds = p * (dp - delta[:, None])
@@ -152,11 +172,11 @@ def _dkdv_tile(dk, dv, b_k, b_v, pos_k, bkt_k, ok_k, qb, need, bh, count, q_ptr,
 
 @triton.jit
 def sparse_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, pos_q_ptr, pos_k_ptr, bkt_q_ptr, bkt_k_ptr, count_ptr,
-                      start_ptr, end_ptr, blocks_ptr, full_ptr, mixed_ptr, near_ptr, far_ptr, prims_ptr,
-                      scale, T, D, DV, n_near, n_far, stride_pos, stride_count, stride_sched,
+                      start_ptr, end_ptr, blocks_ptr, full_ptr, mixed_ptr, near_ptr, far_ptr, clean_lo_ptr,
+                      clean_hi_ptr, prims_ptr, scale, T, D, DV, n_near, n_far, stride_pos, stride_count, stride_sched,
                       IS_CAUSAL: tl.constexpr, HAS_BUCKET: tl.constexpr, USE_LIST: tl.constexpr,
-                      N_PRIMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                      PRECISION: tl.constexpr):
+                      N_PRIMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                      BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
     """o and lse of one query block of one (b, h).
 
     q_ptr, k_ptr [BH, T, D]; v_ptr, o_ptr [BH, T, DV]; lse_ptr [BH, T] fp32 (base 2); pos_*_ptr int32
@@ -165,7 +185,8 @@ def sparse_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, pos_q_ptr, pos_k_ptr,
     [BH or 1, NQ] each query block's entries (stride_sched 0 => shared); blocks_ptr/full_ptr int32 [nnz]
     (list mode); mixed_ptr int32 [BH, NQ] 1 where this block spans several buckets, near_ptr [BH, NQ =
     n_near] this block's largest position, far_ptr [BH, NK = n_far] every key block's smallest position
-    (range mode, causal skip); prims_ptr int32 [N_PRIMS, 3] (list mode). Query blocks hold BLOCK_M
+    (range mode, causal skip); clean_lo_ptr/clean_hi_ptr int32 [BH, NQ] the entries whose tiles have every
+    pair allowed, run without a mask (range mode); prims_ptr int32 [N_PRIMS, 3] (list mode). Query blocks hold BLOCK_M
     slots, key blocks BLOCK_N.
     """
     pid = tl.program_id(0)
@@ -190,7 +211,7 @@ def sparse_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, pos_q_ptr, pos_k_ptr,
             need = tl.load(full_ptr + it) == 0
             acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, b_q, pos_q, bkt_q, ok_q, kb, need, bh, count, k_ptr, v_ptr,
                                       pos_k_ptr, bkt_k_ptr, prims_ptr, qk_scale, T, D, DV, stride_pos, IS_CAUSAL,
-                                      HAS_BUCKET, N_PRIMS, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, PRECISION)
+                                      HAS_BUCKET, N_PRIMS, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, PRECISION, True)
     elif mixed != 0:
         # a block spanning several buckets walks all of them: skip the key blocks wholly after it
         near = tl.load(near_ptr + bh * n_near + pid)
@@ -198,12 +219,19 @@ def sparse_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, pos_q_ptr, pos_k_ptr,
             if tl.load(far_ptr + bh * n_far + kb) <= near:
                 acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, b_q, pos_q, bkt_q, ok_q, kb, False, bh, count, k_ptr,
                                           v_ptr, pos_k_ptr, bkt_k_ptr, prims_ptr, qk_scale, T, D, DV, stride_pos,
-                                          IS_CAUSAL, HAS_BUCKET, N_PRIMS, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, PRECISION)
+                                          IS_CAUSAL, HAS_BUCKET, N_PRIMS, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV,
+                                          PRECISION, True)
     else:
-        for kb in range(start, end):
-            acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, b_q, pos_q, bkt_q, ok_q, kb, False, bh, count, k_ptr, v_ptr,
-                                      pos_k_ptr, bkt_k_ptr, prims_ptr, qk_scale, T, D, DV, stride_pos, IS_CAUSAL,
-                                      HAS_BUCKET, N_PRIMS, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, PRECISION)
+        # three runs: masked, every pair allowed (the schedule's [clean_lo, clean_hi)), masked
+        clean_lo = tl.load(clean_lo_ptr + bh * n_near + pid)
+        clean_hi = tl.load(clean_hi_ptr + bh * n_near + pid)
+        for run in tl.static_range(3):
+            lo, hi = _run_bounds(run, start, clean_lo, clean_hi, end)
+            for kb in range(lo, hi):
+                acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, b_q, pos_q, bkt_q, ok_q, kb, False, bh, count, k_ptr,
+                                          v_ptr, pos_k_ptr, bkt_k_ptr, prims_ptr, qk_scale, T, D, DV, stride_pos,
+                                          IS_CAUSAL, HAS_BUCKET, N_PRIMS, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV,
+                                          PRECISION, run != 1)
     has = l_i > 0
     acc = acc / tl.where(has, l_i, 1.0)[:, None]
     lse = tl.where(has, m_i + tl.math.log2(tl.where(has, l_i, 1.0)), float("inf"))
@@ -216,10 +244,10 @@ def sparse_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, pos_q_ptr, pos_k_ptr,
 @triton.jit
 def sparse_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, pos_q_ptr, pos_k_ptr, bkt_q_ptr,
                      bkt_k_ptr, count_ptr, start_ptr, end_ptr, blocks_ptr, full_ptr, mixed_ptr, near_ptr, far_ptr,
-                     prims_ptr, scale, T, D, DV, n_near, n_far, stride_pos, stride_count, stride_sched,
-                     IS_CAUSAL: tl.constexpr, HAS_BUCKET: tl.constexpr, USE_LIST: tl.constexpr,
-                     N_PRIMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                     PRECISION: tl.constexpr):
+                     clean_lo_ptr, clean_hi_ptr, prims_ptr, scale, T, D, DV, n_near, n_far, stride_pos,
+                     stride_count, stride_sched, IS_CAUSAL: tl.constexpr, HAS_BUCKET: tl.constexpr,
+                     USE_LIST: tl.constexpr, N_PRIMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
     """dq of one query block over the forward's schedule. do_ptr [BH, T, DV]; delta_ptr [BH, T] fp32 =
     rowsum(o * do); dq_ptr [BH, T, D] fp32; the rest as in :func:`sparse_fwd_kernel`."""
     pid = tl.program_id(0)
@@ -246,19 +274,23 @@ def sparse_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, po
             need = tl.load(full_ptr + it) == 0
             dq = _dq_tile(dq, b_q, b_do, lse, delta, pos_q, bkt_q, ok_q, kb, need, bh, count, k_ptr, v_ptr,
                           pos_k_ptr, bkt_k_ptr, prims_ptr, qk_scale, T, D, DV, stride_pos, IS_CAUSAL, HAS_BUCKET,
-                          N_PRIMS, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, PRECISION)
+                          N_PRIMS, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, PRECISION, True)
     elif mixed != 0:
         near = tl.load(near_ptr + bh * n_near + pid)
         for kb in range(start, end):
             if tl.load(far_ptr + bh * n_far + kb) <= near:
                 dq = _dq_tile(dq, b_q, b_do, lse, delta, pos_q, bkt_q, ok_q, kb, False, bh, count, k_ptr, v_ptr,
                               pos_k_ptr, bkt_k_ptr, prims_ptr, qk_scale, T, D, DV, stride_pos, IS_CAUSAL,
-                              HAS_BUCKET, N_PRIMS, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, PRECISION)
+                              HAS_BUCKET, N_PRIMS, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, PRECISION, True)
     else:
-        for kb in range(start, end):
-            dq = _dq_tile(dq, b_q, b_do, lse, delta, pos_q, bkt_q, ok_q, kb, False, bh, count, k_ptr, v_ptr,
-                          pos_k_ptr, bkt_k_ptr, prims_ptr, qk_scale, T, D, DV, stride_pos, IS_CAUSAL, HAS_BUCKET,
-                          N_PRIMS, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, PRECISION)
+        clean_lo = tl.load(clean_lo_ptr + bh * n_near + pid)
+        clean_hi = tl.load(clean_hi_ptr + bh * n_near + pid)
+        for run in tl.static_range(3):
+            lo, hi = _run_bounds(run, start, clean_lo, clean_hi, end)
+            for kb in range(lo, hi):
+                dq = _dq_tile(dq, b_q, b_do, lse, delta, pos_q, bkt_q, ok_q, kb, False, bh, count, k_ptr, v_ptr,
+                              pos_k_ptr, bkt_k_ptr, prims_ptr, qk_scale, T, D, DV, stride_pos, IS_CAUSAL,
+                              HAS_BUCKET, N_PRIMS, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, PRECISION, run != 1)
     tl.store(dq_ptr + bh * T * D + o_q[:, None] * D + o_d[None, :], dq * scale,
              mask=(o_q < T)[:, None] & (o_d < D)[None, :])
 
@@ -266,10 +298,10 @@ def sparse_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, po
 @triton.jit
 def sparse_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, pos_q_ptr, pos_k_ptr,
                        bkt_q_ptr, bkt_k_ptr, count_ptr, start_ptr, end_ptr, blocks_ptr, full_ptr, mixed_ptr,
-                       near_ptr, far_ptr, prims_ptr, scale, T, D, DV, n_near, n_far, stride_pos, stride_count, stride_sched,
-                       IS_CAUSAL: tl.constexpr, HAS_BUCKET: tl.constexpr, USE_LIST: tl.constexpr,
-                       N_PRIMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                       PRECISION: tl.constexpr):
+                       near_ptr, far_ptr, clean_lo_ptr, clean_hi_ptr, prims_ptr, scale, T, D, DV, n_near, n_far,
+                       stride_pos, stride_count, stride_sched, IS_CAUSAL: tl.constexpr, HAS_BUCKET: tl.constexpr,
+                       USE_LIST: tl.constexpr, N_PRIMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                       BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
     """dk, dv of one key block over the transposed schedule (the query blocks that visit it): here
     start/end/mixed/near are per key block ([BH, NK]), near_ptr is this key block's smallest position and
     far_ptr [BH, NQ] every query block's largest.
@@ -298,19 +330,25 @@ def sparse_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, 
             need = tl.load(full_ptr + it) == 0
             dk, dv = _dkdv_tile(dk, dv, b_k, b_v, pos_k, bkt_k, ok_k, qb, need, bh, count, q_ptr, do_ptr, lse_ptr,
                                 delta_ptr, pos_q_ptr, bkt_q_ptr, prims_ptr, qk_scale, T, D, DV, stride_pos,
-                                IS_CAUSAL, HAS_BUCKET, N_PRIMS, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, PRECISION)
+                                IS_CAUSAL, HAS_BUCKET, N_PRIMS, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, PRECISION, True)
     elif mixed != 0:
         near = tl.load(near_ptr + bh * n_near + pid)
         for qb in range(start, end):
             if tl.load(far_ptr + bh * n_far + qb) >= near:
                 dk, dv = _dkdv_tile(dk, dv, b_k, b_v, pos_k, bkt_k, ok_k, qb, False, bh, count, q_ptr, do_ptr,
                                     lse_ptr, delta_ptr, pos_q_ptr, bkt_q_ptr, prims_ptr, qk_scale, T, D, DV,
-                                    stride_pos, IS_CAUSAL, HAS_BUCKET, N_PRIMS, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, PRECISION)
+                                    stride_pos, IS_CAUSAL, HAS_BUCKET, N_PRIMS, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV,
+                                    PRECISION, True)
     else:
-        for qb in range(start, end):
-            dk, dv = _dkdv_tile(dk, dv, b_k, b_v, pos_k, bkt_k, ok_k, qb, False, bh, count, q_ptr, do_ptr, lse_ptr,
-                                delta_ptr, pos_q_ptr, bkt_q_ptr, prims_ptr, qk_scale, T, D, DV, stride_pos,
-                                IS_CAUSAL, HAS_BUCKET, N_PRIMS, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, PRECISION)
+        clean_lo = tl.load(clean_lo_ptr + bh * n_near + pid)
+        clean_hi = tl.load(clean_hi_ptr + bh * n_near + pid)
+        for run in tl.static_range(3):
+            lo, hi = _run_bounds(run, start, clean_lo, clean_hi, end)
+            for qb in range(lo, hi):
+                dk, dv = _dkdv_tile(dk, dv, b_k, b_v, pos_k, bkt_k, ok_k, qb, False, bh, count, q_ptr, do_ptr,
+                                    lse_ptr, delta_ptr, pos_q_ptr, bkt_q_ptr, prims_ptr, qk_scale, T, D, DV,
+                                    stride_pos, IS_CAUSAL, HAS_BUCKET, N_PRIMS, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV,
+                                    PRECISION, run != 1)
     tl.store(dk_ptr + bh * T * D + o_k[:, None] * D + o_d[None, :], dk * scale,
              mask=(o_k < T)[:, None] & (o_d < D)[None, :])
     tl.store(dv_ptr + bh * T * DV + o_k[:, None] * DV + o_dv[None, :], dv,
@@ -348,10 +386,12 @@ def _sides(sched, backward):
     s = sched
     if backward:
         return dict(start_ptr=s.bwd_start, end_ptr=s.bwd_end, blocks_ptr=s.bwd_blocks, full_ptr=s.bwd_full,
-                    mixed_ptr=s.k_mixed, near_ptr=s.kmin, far_ptr=s.qmax, n_near=s.n_k, n_far=s.n_q,
+                    mixed_ptr=s.k_mixed, near_ptr=s.kmin, far_ptr=s.qmax, clean_lo_ptr=s.bwd_clean_lo,
+                    clean_hi_ptr=s.bwd_clean_hi, n_near=s.n_k, n_far=s.n_q,
                     stride_sched=s.n_k if s.bwd_start.shape[0] > 1 else 0)
     return dict(start_ptr=s.fwd_start, end_ptr=s.fwd_end, blocks_ptr=s.fwd_blocks, full_ptr=s.fwd_full,
-                mixed_ptr=s.q_mixed, near_ptr=s.qmax, far_ptr=s.kmin, n_near=s.n_q, n_far=s.n_k,
+                mixed_ptr=s.q_mixed, near_ptr=s.qmax, far_ptr=s.kmin, clean_lo_ptr=s.fwd_clean_lo,
+                clean_hi_ptr=s.fwd_clean_hi, n_near=s.n_q, n_far=s.n_k,
                 stride_sched=s.n_q if s.fwd_start.shape[0] > 1 else 0)
 
 

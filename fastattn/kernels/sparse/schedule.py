@@ -40,6 +40,8 @@ class Schedule:
     count : int32 [BH] tokens that take part (they fill slots 0 .. count - 1).
     fwd_start, fwd_end : int32 [BH, n_q] the entries each query block walks (forward, dq).
     bwd_start, bwd_end : int32 [BH, n_k] the entries each key block walks (dk, dv).
+    fwd_clean_lo, fwd_clean_hi, bwd_clean_lo, bwd_clean_hi : int32 range mode's sub-run of each block's run
+        whose tiles have every pair allowed (the kernels skip the element mask there).
     fwd_blocks, fwd_full, bwd_blocks, bwd_full : int32 [nnz] list mode's block ids and "no element mask" flags.
     qmax, kmin : int32 [BH, n_q], [BH, n_k] range mode's per-block largest query / smallest key position.
     q_mixed, k_mixed : int32 [BH, n_q], [BH, n_k] range mode's 1 where a block holds several buckets (only such
@@ -63,6 +65,10 @@ class Schedule:
     fwd_end: torch.Tensor
     bwd_start: torch.Tensor
     bwd_end: torch.Tensor
+    fwd_clean_lo: torch.Tensor
+    fwd_clean_hi: torch.Tensor
+    bwd_clean_lo: torch.Tensor
+    bwd_clean_hi: torch.Tensor
     fwd_blocks: torch.Tensor
     fwd_full: torch.Tensor
     bwd_blocks: torch.Tensor
@@ -117,8 +123,20 @@ def _runs(lo, hi, seq_max, seq_min, empty):
     return start.int().contiguous(), end.int().contiguous()
 
 
-def range_schedule(BH, T, *, keep=None, buckets=None, is_causal=True, block_q=64, block_k=64, warps=4, device=None):
-    """The range-mode :class:`Schedule` of keep ([BH, T] bool) and/or buckets ((query ids, key ids), [BH, T] ints >= 0)."""
+def _clean(lo, hi, seq_min, seq_max, whole, clean, start, end):
+    """[clean_lo, clean_hi) inside [start, end): the blocks wholly inside the composite span [lo, hi] and wholly
+    valid (index < ``whole``), whose every pair with a ``clean`` block takes part; (end, end) elsewhere."""
+    a = torch.searchsorted(seq_min, lo, side="left").int()
+    b = torch.minimum(torch.searchsorted(seq_max, hi, side="right").int(), whole[:, None])
+    a = torch.maximum(torch.minimum(a, end), start)
+    b = torch.maximum(torch.minimum(b, end), a)
+    return torch.where(clean, a, end).contiguous(), torch.where(clean, b, end).contiguous()
+
+
+def range_schedule(BH, T, *, keep=None, buckets=None, is_causal=True, block_q=64, block_k=64, warps=4, clean=True,
+                   device=None):
+    """The range-mode :class:`Schedule` of keep ([BH, T] bool) and/or buckets ((query ids, key ids), [BH, T]
+    ints >= 0). ``clean=False`` masks every tile (no unmasked sub-runs; for measuring them)."""
     pos = torch.arange(T, device=device, dtype=torch.int64).expand(BH, T)
     if buckets is not None:
         cq = buckets[0].long() * T + pos
@@ -147,16 +165,30 @@ def range_schedule(BH, T, *, keep=None, buckets=None, is_causal=True, block_q=64
         fwd = _runs(qb_lo, torch.where(q_empty, 0, qc_max // T * T + T - 1), kc_max, kc_min, q_empty)
         bwd = _runs(torch.where(k_empty, 0, kc_min // T * T), kb_hi, qc_max, qc_min, k_empty)
     count = (keep.sum(-1) if keep is not None else torch.full((BH,), T, device=device)).int()
+    # tiles needing no mask: a one-bucket, wholly valid query block of bucket b meets every key with
+    # b T <= c_k <= cq_min (causal; <= b T + T - 1 without) in full, and a key block every query with
+    # ck_max <= c_q <= b T + T - 1 (without causality from b T)
+    q_mixed = (qc_min // T != qc_max // T) & ~q_empty
+    k_mixed = (kc_min // T != kc_max // T) & ~k_empty
+    q_whole = (torch.arange(1, NQ + 1, device=device) * block_q)[None] <= count[:, None]
+    k_whole = (torch.arange(1, NK + 1, device=device) * block_k)[None] <= count[:, None]
+    q_clean, k_clean = q_whole & ~q_mixed & ~q_empty & clean, k_whole & ~k_mixed & ~k_empty & clean
+    q_bucket, k_bucket = qc_min // T * T, (kc_min // T * T, kc_max // T * T)
+    fwd_clean = _clean(q_bucket, qc_min if is_causal else q_bucket + T - 1, kc_min, kc_max, count // block_k,
+                       q_clean, *fwd)
+    bwd_clean = _clean(kc_max if is_causal else k_bucket[0], k_bucket[1] + T - 1, qc_min, qc_max,
+                       count // block_q, k_clean, *bwd)
     none = torch.zeros(1, dtype=torch.int32, device=device)
     bkt_q = buckets[0].gather(-1, perm_q).int().contiguous() if buckets is not None else None
     bkt_k = buckets[1].gather(-1, perm_k).int().contiguous() if buckets is not None else None
-    return Schedule(block_q=block_q, block_k=block_k, n_q=NQ, n_k=NK, warps=warps, use_list=False, pos_q=perm_q.int().contiguous(),
-                    pos_k=perm_k.int().contiguous(), bkt_q=bkt_q, bkt_k=bkt_k, count=count.contiguous(),
-                    fwd_start=fwd[0], fwd_end=fwd[1], bwd_start=bwd[0], bwd_end=bwd[1], fwd_blocks=none,
-                    fwd_full=none, bwd_blocks=none, bwd_full=none, qmax=q_pos_max.int().contiguous(),
-                    kmin=k_pos_min.int().contiguous(), q_mixed=((qc_min // T != qc_max // T) & ~q_empty).int(),
-                    k_mixed=((kc_min // T != kc_max // T) & ~k_empty).int(), prims=none, perm_q=perm_q,
-                    perm_k=perm_k)
+    return Schedule(block_q=block_q, block_k=block_k, n_q=NQ, n_k=NK, warps=warps, use_list=False,
+                    pos_q=perm_q.int().contiguous(), pos_k=perm_k.int().contiguous(), bkt_q=bkt_q, bkt_k=bkt_k,
+                    count=count.contiguous(), fwd_start=fwd[0], fwd_end=fwd[1], bwd_start=bwd[0], bwd_end=bwd[1],
+                    fwd_clean_lo=fwd_clean[0], fwd_clean_hi=fwd_clean[1], bwd_clean_lo=bwd_clean[0],
+                    bwd_clean_hi=bwd_clean[1], fwd_blocks=none, fwd_full=none, bwd_blocks=none, bwd_full=none,
+                    qmax=q_pos_max.int().contiguous(), kmin=k_pos_min.int().contiguous(),
+                    q_mixed=q_mixed.int().contiguous(), k_mixed=k_mixed.int().contiguous(), prims=none,
+                    perm_q=perm_q, perm_k=perm_k)
 
 
 def list_schedule(T, block, state, prims, warps=4, device=None):
@@ -177,8 +209,9 @@ def list_schedule(T, block, state, prims, warps=4, device=None):
     b_start, b_end, b_blocks, b_full = csr(state.t().contiguous())
     pos = torch.arange(T, dtype=torch.int32, device=device)[None]
     none = torch.zeros(1, dtype=torch.int32, device=device)
-    return Schedule(block_q=block, block_k=block, n_q=NB, n_k=NB, warps=warps, use_list=True, pos_q=pos, pos_k=pos, bkt_q=None, bkt_k=None,
-                    count=torch.full((1,), T, dtype=torch.int32, device=device), fwd_start=f_start, fwd_end=f_end,
-                    bwd_start=b_start, bwd_end=b_end, fwd_blocks=f_blocks, fwd_full=f_full, bwd_blocks=b_blocks,
-                    bwd_full=b_full, qmax=none, kmin=none, q_mixed=none, k_mixed=none, prims=prims.to(device=device, dtype=torch.int32),
-                    perm_q=None, perm_k=None)
+    return Schedule(block_q=block, block_k=block, n_q=NB, n_k=NB, warps=warps, use_list=True, pos_q=pos, pos_k=pos,
+                    bkt_q=None, bkt_k=None, count=torch.full((1,), T, dtype=torch.int32, device=device),
+                    fwd_start=f_start, fwd_end=f_end, bwd_start=b_start, bwd_end=b_end, fwd_clean_lo=none,
+                    fwd_clean_hi=none, bwd_clean_lo=none, bwd_clean_hi=none, fwd_blocks=f_blocks, fwd_full=f_full,
+                    bwd_blocks=b_blocks, bwd_full=b_full, qmax=none, kmin=none, q_mixed=none, k_mixed=none,
+                    prims=prims.to(device=device, dtype=torch.int32), perm_q=None, perm_k=None)
