@@ -108,8 +108,11 @@ def _fold_reference(xs, Ls, reverse):
     return out
 
 
-def _run_scan_states(rank, world):
-    """exclusive_scan through _ScanStates against a sequential fold: values, dx and dL from a random upstream."""
+def _run_scan_states(rank, world, group=None):
+    """exclusive_scan through _ScanStates against a sequential fold: values, dx and dL from a random upstream.
+
+    ``rank`` and ``world`` are those of ``group`` (default: the world group).
+    """
     from fastattn.distributed.context_parallel import _ScanStates
 
     out = {}
@@ -126,7 +129,7 @@ def _run_scan_states(rank, world):
             leaf.grad = torch.zeros_like(leaf) if leaf.grad is None else leaf.grad
         x, L = xs[rank].detach().clone().requires_grad_(), Ls[rank].detach().clone().requires_grad_()
         extra = torch.tensor([float(rank + 1)], dtype=torch.float64)
-        E, tokens = _ScanStates.apply(x, L, extra, dist.group.WORLD, reverse)
+        E, tokens = _ScanStates.apply(x, L, extra, group or dist.group.WORLD, reverse)
         (E * ws[rank]).sum().backward()
         others = range(rank + 1, world) if reverse else range(rank)
         out[("E", reverse)] = (E - ref[rank]).abs().max().item()
@@ -144,6 +147,11 @@ def _worker(rank, world, store_path, out_dir):
     try:
         results = {name: _run_case(name, rank, world) for name in WORLD_CASES[world]}
         results["scan-states"] = _run_scan_states(rank, world)
+        if world == 4:
+            # a group whose ranks are not the global ones: the scan's peers go through get_global_rank
+            sub = dist.new_group([1, 2, 3])
+            if rank > 0:
+                results["scan-states-subgroup"] = _run_scan_states(rank - 1, 3, sub)
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -192,15 +200,17 @@ def test_context_parallel_matches_single_process(world, tmp_path):
                 if not err <= TOL[dtype] * max(1.0, size):
                     bad.append(f"{case} {qty} {comm}: max abs error {err:.3g} (reference max {size:.3g}, "
                                f"tol {TOL[dtype]:g})")
-    for rank, res in enumerate(per_rank):
-        st = res["scan-states"]
+    checks = [(f"rank {rank}", res["scan-states"]) for rank, res in enumerate(per_rank)]
+    if world == 4:
+        checks += [(f"subgroup rank {rank - 1}", per_rank[rank]["scan-states-subgroup"]) for rank in (1, 2, 3)]
+    for rank, st in checks:
         for reverse in (False, True):
             got, want = st[("tokens", reverse)]
-            assert got == want, f"rank {rank} reverse={reverse}: scanned token count {got}, expected {want}"
+            assert got == want, f"{rank} reverse={reverse}: scanned token count {got}, expected {want}"
             # rank 0 (forward) and the last rank (reverse) receive nothing: their gradient is a sum of others'
             for qty in ("E", "dx", "dL"):
                 if not st[(qty, reverse)] <= 1e-12:
-                    bad.append(f"scan states rank {rank} reverse={reverse} {qty}: error {st[(qty, reverse)]:.3g}")
+                    bad.append(f"scan states {rank} reverse={reverse} {qty}: error {st[(qty, reverse)]:.3g}")
     assert not bad, f"{world} ranks:\n" + "\n".join(bad)
 
 

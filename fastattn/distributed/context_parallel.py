@@ -182,7 +182,13 @@ def exclusive_scan(x, log_decay, extra, *, group=None, reverse=False):
     rows, width = x.shape
     inclusive = torch.cat([x.flatten(), log_decay, extra])
     exclusive = torch.zeros_like(inclusive)
-    peer = (lambda p: dist.get_global_rank(group, P - 1 - p if reverse else p))
+    world = group is dist.group.WORLD
+
+    def peer(p):
+        r = P - 1 - p if reverse else p
+        # older torch refuses the lookup on the world group, where group and global ranks agree
+        return r if world else dist.get_global_rank(group, r)
+
     step = 1
     while step < P:
         ops, buf = [], None
