@@ -193,12 +193,14 @@ def test_window_kernel_refuses_bad_outside(shape, match, kernel_env):
 
 
 def test_plan_refuses_unknown_and_bad_tuning():
-    assert plan(16, 64, "cuda").block_m == 128
-    assert plan(16, 128, "cuda").block_m == 64
+    assert plan(16, 64, torch.bfloat16).block_m == 128
+    assert plan(16, 128, torch.float16).block_m == 64
+    assert plan(16, 64, torch.float32).block_m == 32
+    assert plan(16, 64, torch.float16, {"block_m": 64, "warps": 8}).block_m == 64
     with pytest.raises(ValueError, match=r"unknown tuning keys \['blockm'\]"):
-        plan(16, 64, "cpu", {"blockm": 64})
+        plan(16, 64, torch.float16, {"blockm": 64})
     with pytest.raises(ValueError, match="tuning block_n=24 must be"):
-        plan(16, 64, "cpu", {"block_n": 24})
+        plan(16, 64, torch.float16, {"block_n": 24})
     q = torch.randn(1, 1, 8, 4)
     with pytest.raises(KernelError, match=r"unknown tuning keys \['speed'\]"):
         hybrid_attention(q, q, q, TAYLOR, window=2, backend="triton", tuning={"speed": 1})
