@@ -163,12 +163,17 @@ class Run:
         if first > a.limit_s:
             self.skipped.append(f"{label}: first call {first:.1f} s > {a.limit_s:g} s, not repeated")
             return {"first_s": first, "slow": True}
-        for _ in range(max(a.warmup - 1, 0)):
+        warmup, reps = max(a.warmup - 1, 0), a.reps
+        # a slow size gets fewer repetitions rather than running past the budget (the same on every rank)
+        left = a.budget_s - self.agree_max(self.elapsed())
+        if first * (warmup + reps) > left:
+            warmup, reps = 0, max(1, min(reps, int(left / max(first, 1e-9)) - 1))
+        for _ in range(warmup):
             fn()
-        times = [self.time_ms(fn) for _ in range(a.reps)]
+        times = [self.time_ms(fn) for _ in range(reps)]
         ms = self.agree_max(statistics.median(times))
-        self.say(f"  {label}: {ms:.2f} ms (first call {first:.2f} s)")
-        return {"ms": ms, "first_s": first}
+        self.say(f"  {label}: {ms:.2f} ms (median of {reps}, first call {first:.2f} s)")
+        return {"ms": ms, "first_s": first, "reps": reps}
 
 
 def inputs(run, T, *, seed=None):
