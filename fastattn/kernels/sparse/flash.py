@@ -189,7 +189,8 @@ def sparse_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, pos_q_ptr, pos_k_ptr,
     pair allowed, run without a mask (range mode); prims_ptr int32 [N_PRIMS, 3] (list mode). Query blocks hold BLOCK_M
     slots, key blocks BLOCK_N.
     """
-    pid = tl.program_id(0)
+    # causal work grows with the query block: launch the longest first, so the last wave is short
+    pid = n_near - 1 - tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     count = tl.load(count_ptr + bh * stride_count)
     o_q = pid * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -250,7 +251,8 @@ def sparse_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, po
                      BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
     """dq of one query block over the forward's schedule. do_ptr [BH, T, DV]; delta_ptr [BH, T] fp32 =
     rowsum(o * do); dq_ptr [BH, T, D] fp32; the rest as in :func:`sparse_fwd_kernel`."""
-    pid = tl.program_id(0)
+    # causal work grows with the query block: launch the longest first, so the last wave is short
+    pid = n_near - 1 - tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     count = tl.load(count_ptr + bh * stride_count)
     o_q = pid * BLOCK_M + tl.arange(0, BLOCK_M)
