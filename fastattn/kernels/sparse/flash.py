@@ -186,8 +186,8 @@ def sparse_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, pos_q_ptr, pos_k_ptr,
     (list mode); mixed_ptr int32 [BH, NQ] 1 where this block spans several buckets, near_ptr [BH, NQ =
     n_near] this block's largest position, far_ptr [BH, NK = n_far] every key block's smallest position
     (range mode, causal skip); clean_lo_ptr/clean_hi_ptr int32 [BH, NQ] the entries whose tiles have every
-    pair allowed, run without a mask (range mode); prims_ptr int32 [N_PRIMS, 3] (list mode). Query blocks hold BLOCK_M
-    slots, key blocks BLOCK_N.
+    pair allowed, run without a mask (range mode); prims_ptr int32 [N_PRIMS, 3] (list mode). Query blocks
+    hold BLOCK_M slots, key blocks BLOCK_N; n_near = NQ programs run in reverse order.
     """
     # causal work grows with the query block: launch the longest first, so the last wave is short
     pid = n_near - 1 - tl.program_id(0)
