@@ -218,3 +218,15 @@ def test_auto_takes_torch_on_cpu(monkeypatch):
     monkeypatch.setattr(hybrid, "_triton_hybrid", boom)
     q = torch.randn(1, 1, 8, 4)
     assert hybrid_attention(q, q, q, TAYLOR, window=2).shape == (1, 1, 8, 4)
+
+
+def test_float16_outside_sums_past_its_range(kernel_env):
+    # scores up to ~ +-100 make f ~ 5000 per key, so sum f over ~50 outside keys passes float16's 65504: the
+    # outside sums of float16 inputs are taken in float32 (here without it the rows came back NaN)
+    got_in, ref_in, do = inputs(63, 16, torch.float16, seed=7, sigma=10.0)
+    x = (ref_in[0] @ ref_in[1].transpose(-1, -2)).detach() / 4
+    f_sums = torch.tril(horner(x, polynomial(TAYLOR)), -16).sum(-1)
+    assert float(f_sums.max()) > 2 * 65504, "the inputs must push the outside sums past float16's range"
+    ref = dense_hybrid(*ref_in, TAYLOR, 16, 0.25)
+    got = hybrid_attention(*got_in, TAYLOR, window=16, backend="triton", tuning=SMALL)
+    compare(ref, got, ref_in, got_in, do, torch.float16)

@@ -154,13 +154,17 @@ def _route(query, backend):
 
 
 def _outside_sums(q, k, v, poly, scale, window, how):
-    """[B, H, T - w, DV + 1]: row r holds (sum f(x) v, sum f(x)) over keys j <= r of query r + w, in q's dtype.
+    """[B, H, T - w, DV + 1]: row r holds (sum f(x) v, sum f(x)) over keys j <= r of query r + w.
 
-    ``how``: "augment" (one call with v widened by a ones column), "split" (a call on v and one on the
-    ones column: no wider v tile when DV + 1 passes a power of two), or "torch" (the torch path, for tests).
+    In q's dtype, except float32 for float16 inputs: un-normalised sums pass float16's 65504 (sum f >= T / 2
+    for Taylor-2 alone), while bfloat16 has float32's range. ``how``: "augment" (one call with v widened by a
+    ones column), "split" (a call on v and one on the ones column: no wider v tile when DV + 1 passes a power
+    of two), or "torch" (the torch path, for tests).
     """
     T = q.shape[2]
     qs, ks, vs = q[:, :, window:], k[:, :, :T - window], v[:, :, :T - window]
+    if q.dtype == torch.float16:
+        qs, ks, vs = qs.float(), ks.float(), vs.float()
     ones = vs.new_ones(vs.shape[:-1] + (1,))
     backend = "torch" if how == "torch" else "triton"
     if how == "split":
@@ -193,8 +197,6 @@ def _triton_hybrid(q, k, v, poly, scale, window, tuning):
                               backend="torch" if how == "torch" else "triton")
     window = min(window, T)
     outside = _outside_sums(q, k, v, poly, scale, window, how) if window < T else None
-    if outside is not None and outside.dtype != q.dtype:
-        outside = outside.to(q.dtype)
     try:
         return window_attention(q, k, v, outside, scale=scale, window=window, tuning=tuning)
     except ValueError as exc:
@@ -228,8 +230,7 @@ def hybrid_attention(query, key, value, spec, *, window, scale=None, chunk=None,
     backend : "auto", "torch" or "triton"
         "auto": the Triton path on CUDA tensors of float32, float16 or bfloat16, else torch; "triton"
         also runs under TRITON_INTERPRET=1 on the CPU (float32, float16), for tests. The Triton path
-        keeps the outside sums in the inputs' dtype: with float16, a row whose sum of f passes 65504
-        comes back NaN (use bfloat16 or float32).
+        takes the outside sums in the inputs' dtype, float32 for float16 inputs (the sums pass 65504).
     tuning : dict, optional
         Private overrides of the Triton path, for sweeps and tests (``TUNING`` here and in
         :mod:`fastattn.kernels.window.flash`).

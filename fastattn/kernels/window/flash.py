@@ -334,7 +334,7 @@ def window_attention(q, k, v, outside, *, scale, window, tuning=None):
         float32 or float16 (bfloat16 on a GPU), one device: CUDA, or the CPU under TRITON_INTERPRET=1.
     outside : tensor [B, H, T - window, DV + 1] or None
         Row r holds (n, z) = (sum f(x) v, sum f(x)) over the keys j <= r of query r + window; None when
-        window >= T. Differentiable.
+        window >= T. Any float dtype (read as float32; its gradient comes back in it). Differentiable.
     scale : float
         s in x = s q.k.
     window : int
