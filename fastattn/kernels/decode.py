@@ -37,6 +37,7 @@ memory and fixed addresses for a CUDA graph. The index/weight tables (F (SLOTS +
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -46,7 +47,7 @@ import triton.language as tl
 from fastattn.attention.state import State
 from fastattn.errors import KernelError
 
-__all__ = ["Plan", "plan", "decode_tables", "decode_step"]
+__all__ = ["Plan", "plan", "decode_tables", "decode_step", "compile_report"]
 
 
 # ----------------------------------------------------------------------------------------
@@ -412,3 +413,75 @@ def decode_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: State,
     if inplace:
         return o, state, zq
     return o, State(S_out, z_out, tokens_out), zq
+
+
+# ----------------------------------------------------------------------------------------
+# Compiling for a GPU without one
+# ----------------------------------------------------------------------------------------
+def compile_report(spec: str = "1 + x + x**2/2", *, head_dim: int = 64, head_dim_v: int = 64, batch: int = 64,
+                   heads_q: int = 16, heads_kv: int = 16, gated: bool = False, normalize: bool = True,
+                   tuning: dict | None = None, arch: int = 90) -> dict:
+    """Compile the kernels one bf16 step launches for ``sm_<arch>`` on the CPU: {kernel: "REG:n STACK:n ..."}.
+
+    The launches are recorded on meta tensors (so the signatures are :func:`decode_step`'s own) with
+    the divisibility the GPU launcher would see (pointers and ints that are multiples of 16), and
+    compiled by Triton's own ptxas; the interpreter checks no registers or layouts. Run it without
+    ``TRITON_INTERPRET`` (tests/test_decode.py runs it in a subprocess; a few seconds per kernel).
+
+    >>> compile_report(batch=1, tuning={"splits": 4})  # doctest: +SKIP
+    {'_decode_kernel': 'REG:147 STACK:0 SHARED:1024 warps:4', '_combine_kernel': 'REG:36 STACK:0 SHARED:0 warps:1'}
+    """
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from fastattn.kernels.aot import _arg_type, _resources
+    from fastattn.kernels.naive import symmetric_tables
+    from fastattn.kernels.poly import check_normalizer, polynomial
+
+    launches = []
+
+    class Recorder:
+        def __init__(self, fn):
+            self.fn = fn
+
+        def __getitem__(self, grid):
+            def launch(**kw):
+                opts = {"num_warps": kw.pop("num_warps")}
+                sig, consts, attrs = {}, {}, {}
+                for i, p in enumerate(self.fn.params):
+                    value = kw[p.name]
+                    if p.is_constexpr:
+                        consts[p.name] = value
+                        continue
+                    sig[p.name] = _arg_type(value)
+                    if isinstance(value, torch.Tensor) or (type(value) is int and value % 16 == 0):
+                        attrs[(i,)] = [["tt.divisibility", 16]]
+                launches.append((self.fn, sig, consts, attrs, opts))
+            return launch
+
+    poly = polynomial(spec)
+    fix = check_normalizer(poly, normalize, None)
+    tables = decode_tables(*symmetric_tables(poly, head_dim, 1.0 / math.sqrt(head_dim)), device="cpu")
+    F = tables[0].shape[1]
+
+    def meta(*shape, dtype=torch.bfloat16):
+        return torch.empty(*shape, dtype=dtype, device="meta")
+
+    st = State(meta(batch, heads_kv, F, head_dim_v, dtype=torch.float32), meta(batch, heads_kv, F, dtype=torch.float32),
+               meta(batch, dtype=torch.int64))
+    g = meta(batch, heads_kv, 1, dtype=torch.float32) if gated else None
+    global _decode_kernel, _combine_kernel
+    kernels = (_decode_kernel, _combine_kernel)
+    try:
+        _decode_kernel, _combine_kernel = Recorder(kernels[0]), Recorder(kernels[1])
+        decode_step(meta(batch, heads_q, 1, head_dim), meta(batch, heads_kv, 1, head_dim),
+                    meta(batch, heads_kv, 1, head_dim_v), st, poly, tables, g=g, normalize=normalize,
+                    normalizer_fix=fix, tuning=tuning)
+    finally:
+        _decode_kernel, _combine_kernel = kernels
+    report = {}
+    for fn, sig, consts, attrs, opts in launches:
+        src = ASTSource(fn, dict(sig, **{n: "constexpr" for n in consts}), consts, attrs)
+        kern = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
+        report[fn.__name__] = f"{_resources(kern.asm['cubin'])} warps:{opts['num_warps']}"
+    return report
