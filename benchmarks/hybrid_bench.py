@@ -259,6 +259,27 @@ def table(res):
     return "\n".join(lines)
 
 
+def summary(res):
+    """One line per T: fwd / fwd+bwd ms of every method, then the check and the notes; for a probe's tail."""
+    methods = list(dict.fromkeys(r["method"] for r in res["rows"]))
+    cell = {(r["T"], r["method"]): r for r in res["rows"]}
+    short = [m.strip().replace("fla parallel_based", "fla based") for m in methods]
+    lines = [f"hybrid w{res['window']} {res['spec']}, {res['device']} {res['dtype']} B{res['B']} H{res['H']} "
+             f"q/k d{res['D']} v d{res['DV']}: fwd / fwd+bwd ms",
+             "| T | " + " | ".join(short) + " |", "|---|" + "---|" * len(methods)]
+    for T in dict.fromkeys(r["T"] for r in res["rows"]):
+        row = []
+        for m in methods:
+            r = cell.get((T, m))
+            row.append("-" if r is None else f"{r['fwd_ms']:.2f} / {r['fwd_bwd_ms']:.2f}")
+        lines.append(f"| {T} | " + " | ".join(row) + " |")
+    for c in res["checks"]:
+        cells = ", ".join(f"{p} {c[p][1]:.1e}" for p in ("o", "dq", "dk", "dv"))
+        lines.append(f"check T={c['T']} rel-RMS vs fp32: {cells}: {'ok' if c['ok'] else 'FAILED'}")
+    lines += [f"note: {n[:150]}" for n in res["notes"]]
+    return "\n".join(lines)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--T", type=int, nargs="+", default=[8192, 16384, 32768, 65536])
@@ -273,7 +294,12 @@ def main(argv=None):
     ap.add_argument("--budget-s", type=float, default=170.0, help="start no new T past this many seconds")
     ap.add_argument("--json", help="write the rows here (rewritten after each row)")
     ap.add_argument("--sweep", action="store_true", help="time the window kernel's plans at the first T instead")
+    ap.add_argument("--summary", metavar="JSON", help="print the short table of a finished run's JSON and exit")
     args = ap.parse_args(argv)
+    if args.summary:
+        with open(args.summary) as f:
+            print(summary(json.load(f)))
+        return 0
 
     def sink(res):
         if args.json:
