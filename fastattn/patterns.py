@@ -79,11 +79,12 @@ class Pattern:
         """int32 [N, 3]: rows (kind, a, b), the form the kernels read."""
         return torch.tensor([(p.kind, *p.params()) for p in self.parts()], dtype=torch.int32)
 
-    def compile(self, T, *, block=64, is_causal=True):
-        """The :class:`BlockPlan` of this pattern for sequences of T tokens in blocks of ``block`` (cached)."""
+    def compile(self, T, *, block=64, is_causal=True, device=None):
+        """The :class:`BlockPlan` of this pattern for sequences of T tokens in blocks of ``block`` (cached; the
+        O(T^2) elementwise evaluation runs on ``device``, the CPU by default)."""
         _positive("T", T, "tokens")
         _positive("block", block, "tokens per block")
-        return _compile(self, T, block, bool(is_causal))
+        return _compile(self, T, block, bool(is_causal), str(torch.device(device or "cpu")))
 
 
 @dataclass(frozen=True)
@@ -217,21 +218,26 @@ class BlockPlan:
 
 
 @functools.lru_cache(maxsize=64)
-def _compile(pattern, T, block, is_causal):
-    # one row of query blocks at a time: O(block * T) memory, O(T^2) elementwise work once per (T, block)
+def _compile(pattern, T, block, is_causal, device):
+    # a band of query blocks at a time (about 2^22 pairs): O(2^22) memory, O(T^2) elementwise work once per
+    # (pattern, T, block, is_causal); on a GPU that is milliseconds even at T = 64K
     NB = -(-T // block)
-    state = torch.zeros(NB, NB, dtype=torch.int8)
-    j = torch.arange(NB * block)
-    for qb in range(NB):
-        i = torch.arange(qb * block, min(T, qb * block + block))[:, None]
-        ok = pattern.allows(i, j[None, :])  # [rows, NB * block]
+    step = block * max(1, (1 << 22) // (block * NB * block))
+    j = torch.arange(NB * block, device=device)
+    inside = j < T
+    state = torch.zeros(NB, NB, dtype=torch.int8, device=device)
+    for a in range(0, NB * block, step):
+        i = torch.arange(a, min(a + step, NB * block), device=device)[:, None]
+        ok = pattern.allows(i, j[None, :]) & inside[None, :] & (i < T)  # [rows, NB * block]
         if is_causal:
             ok = ok & (j[None, :] <= i)
-        inside = (j < T)[None, :].expand_as(ok)
-        any_ = (ok & inside).view(len(i), NB, block).any(-1).any(0)
-        all_ = (ok | ~inside).view(len(i), NB, block).all(-1).all(0)
-        state[qb] = torch.where(all_, 2, torch.where(any_, 1, 0)).to(torch.int8)
-    return BlockPlan(pattern, T, block, is_causal, state)
+        # a pair out of bounds never needs the element mask (the kernels bound-check every tile)
+        out = ~inside[None, :] | (i >= T)
+        rows = len(i) // block
+        any_ = ok.view(rows, block, NB, block).any(3).any(1)
+        all_ = (ok | out).view(rows, block, NB, block).all(3).all(1)
+        state[a // block:a // block + rows] = torch.where(all_, 2, torch.where(any_, 1, 0)).to(torch.int8)
+    return BlockPlan(pattern, T, block, is_causal, state.cpu())
 
 
 @functools.lru_cache(maxsize=64)

@@ -174,7 +174,8 @@ def pattern_attention(query, key, value, pattern, *, is_causal=True, scale=None,
     block_q, block_k, warps, _ = plan_tiles(D, value.shape[-1], query.device, tuning)
     if block_q != block_k:
         raise KernelError(f"a pattern compiles to square blocks; got block_q={block_q}, block_k={block_k}")
-    sched = pattern.compile(T, block=block_q, is_causal=bool(is_causal)).schedule(query.device, warps=warps)
+    plan = pattern.compile(T, block=block_q, is_causal=bool(is_causal), device=query.device)
+    sched = plan.schedule(query.device, warps=warps)
     o = SparseFlash.apply(_slots(query, None), _slots(key, None), _slots(value, None), sched,
                           default_scale(D, scale), bool(is_causal))
     return o.reshape(B, H, T, -1)
