@@ -342,8 +342,6 @@ def test_triton_backend_refuses_what_its_kernels_lack_and_auto_falls_back(monkey
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     q, k, v = _qkv(1, 2, 2, 6, 6, 4, 4, torch.float32)
     st = init_state(1, 2, 15, 4)
-    with pytest.raises(KernelError, match="the Triton kernels do not support initial_state, output_final_state yet"):
-        fast_attention(q, k, v, F2, initial_state=st, output_final_state=True, backend="triton")
     mask = torch.zeros(1, 6, dtype=torch.bool)
     with pytest.raises(KernelError, match="do not support key_padding_mask yet"):
         fast_attention(q, k, v, F2, key_padding_mask=mask, backend="triton")
@@ -351,9 +349,12 @@ def test_triton_backend_refuses_what_its_kernels_lack_and_auto_falls_back(monkey
         fast_attention(q, k, v, F2, g=torch.zeros(1, 2, 6), backend="triton")
     with pytest.raises(KernelError, match="do not support T_q=3 != T_k=6 yet"):
         fast_attention(q[:, :, :3], k, v, F2, is_causal=False, backend="triton")
-    # auto under the interpreter would pick Triton; with a state it runs the torch path instead
-    got = fast_attention(q, k, v, F2, initial_state=st)
+    # auto under the interpreter picks Triton; with a mask it runs the torch path instead
+    got = fast_attention(q, k, v, F2, key_padding_mask=mask)
     assert_close("o", fast_attention(q, k, v, F2, backend="torch"), got, torch.float32)
+    # a carried state is served by the kernels now (issue 15): both routes agree
+    tri = fast_attention(q, k, v, F2, initial_state=st, backend="triton")
+    assert_close("o", fast_attention(q, k, v, F2, initial_state=st, backend="torch"), tri, torch.float32)
 
 
 # ---- the multi-head block
