@@ -85,6 +85,8 @@ def specs(*, kinds=KINDS, max_degree: int = 4, max_coefficient: int = 4):
     max_coefficient : int
         Polynomial coefficients are p/q with |p| <= max_coefficient and 1 <= q <= 4.
 
+    Examples
+    --------
     >>> from hypothesis import given
     >>> specs(kinds=("polynomial",), max_degree=2).example().kind  # doctest: +SKIP
     'polynomial'

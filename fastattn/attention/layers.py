@@ -331,6 +331,8 @@ class FastMultiheadAttention(nn.Module):
     causal, normalize, scale, normalizer_fix, eps, chunk, block_f, block_v, backend
         As in :class:`FastAttention`; ``causal`` is the default of ``forward``'s ``is_causal``.
 
+    Notes
+    -----
     The projections are one Linear ``qkv`` (query rows, then key rows, then value rows) and
     ``out_proj``, so a self-attention call makes one matrix product for q, k and v.
 
