@@ -120,12 +120,14 @@ def window_fwd_kernel(q_ptr, k_ptr, v_ptr, out_ptr, o_ptr, lse_ptr, qk_scale, T,
 
 
 @triton.jit
-def window_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, qk_scale, scale, T, D, DV, window,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                     PRECISION: tl.constexpr):
-    """dq of one query block: the forward's key walk, ds = p (do.v - delta), dq = s sum ds k.
+def window_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, out_ptr, dout_ptr, qk_scale, scale, T,
+                     D, DV, window, out_rows, HAS_OUTSIDE: tl.constexpr, BLOCK_M: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
+    """dq of one query block: the forward's key walk, ds = p (do.v - delta), dq = s sum ds k; and the
+    gradient of its rows' outside sums, dn = do 2^-lse, dz = -delta 2^-lse (0 where z <= 0).
 
     do_ptr : [BH, T, DV];  lse_ptr, delta_ptr : [BH, T] float32;  dq_ptr : [BH, T, D] float32
+    out_ptr, dout_ptr : [BH, out_rows, DV + 1], the outside sums (for z) and their gradient (same dtype)
     """
     pid_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -139,6 +141,14 @@ def window_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, qk
                    mask=m_m[:, None] & (o_dv < DV)[None, :], other=0.0)  # [BM, BDV]
     lse = tl.load(lse_ptr + bh * T + o_m, mask=m_m, other=0.0)
     delta = tl.load(delta_ptr + bh * T + o_m, mask=m_m, other=0.0)
+    if HAS_OUTSIDE:
+        m_out = m_m & (o_m >= window)
+        p_row = bh * out_rows * (DV + 1) + (o_m - window) * (DV + 1)
+        z = tl.load(out_ptr + p_row + DV, mask=m_out, other=0.0).to(tl.float32)
+        inv = tl.where(z > 0, tl.exp2(-lse), 0.0)  # 1 / L: o = (window sum + n) / L
+        tl.store(dout_ptr + p_row[:, None] + o_dv[None, :], (b_do.to(tl.float32) * inv[:, None]).to(
+            dout_ptr.dtype.element_ty), mask=m_out[:, None] & (o_dv < DV)[None, :])
+        tl.store(dout_ptr + p_row + DV, (-delta * inv).to(dout_ptr.dtype.element_ty), mask=m_out)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     lo = tl.maximum(pid_m * BLOCK_M - window + 1, 0) // BLOCK_N * BLOCK_N
     hi = tl.minimum((pid_m + 1) * BLOCK_M, T)
@@ -291,18 +301,17 @@ def window_bwd(q, k, v, o, lse, do, outside, scale, window, pl):
     dq = _empty((BH, T, D), q.device, torch.float32)
     dk = _empty((BH, T, D), q.device, torch.float32)
     dv = _empty((BH, T, DV), q.device, torch.float32)
+    has_out = outside is not None
+    dout = _empty(outside.shape, q.device, outside.dtype) if has_out else None
     common = dict(q_ptr=q, k_ptr=k, v_ptr=v, do_ptr=do, lse_ptr=lse, delta_ptr=delta, qk_scale=scale * LOG2E,
                   scale=scale, T=T, window=window, num_warps=pl.warps, num_stages=pl.stages, **_dims(q, v))
-    window_dq_kernel[(triton.cdiv(T, pl.bwd_block_m), BH)](dq_ptr=dq, BLOCK_M=pl.bwd_block_m,
-                                                           BLOCK_N=pl.bwd_block_n, **common)
+    window_dq_kernel[(triton.cdiv(T, pl.bwd_block_m), BH)](
+        dq_ptr=dq, out_ptr=outside if has_out else dq, dout_ptr=dout if has_out else dq,
+        out_rows=outside.shape[1] if has_out else 0, HAS_OUTSIDE=has_out, BLOCK_M=pl.bwd_block_m,
+        BLOCK_N=pl.bwd_block_n, **common)
     window_dkdv_kernel[(triton.cdiv(T, pl.bwd_block_n), BH)](dk_ptr=dk, dv_ptr=dv, BLOCK_M=pl.bwd_block_m,
                                                              BLOCK_N=pl.bwd_block_n, **common)
-    if outside is None:
-        return dq, dk, dv, None
-    # o = (window sum + n) / L with L = 2^lse: dn = do / L, dz = -(do.o) / L, on rows with z > 0
-    inv = torch.exp2(-lse[:, window:]) * (outside[..., DV].float() > 0)  # [BH, T - window]
-    dout = torch.cat([do[:, window:].float() * inv[..., None], (-delta[:, window:] * inv)[..., None]], -1)
-    return dq, dk, dv, dout.to(outside.dtype)
+    return dq, dk, dv, dout
 
 
 class WindowAttention(torch.autograd.Function):
