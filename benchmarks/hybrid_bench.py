@@ -3,9 +3,10 @@
 bf16, B2 H16, causal, the Based layout (q, k d16, v d64), window 512, f = 1 + x + x**2/2; per T
 (8K, 16K, 32K, 64K by default), fwd and fwd+bwd ms (triton's do_bench, median) of
 
-* ``hybrid``: ``hybrid_attention(..., window=512)`` on the Triton path (outside sums with v widened by a
-  ones column), ``hybrid split``: the same with the outside sums in two calls (v, then the ones column);
-* ``  window kernel``, ``  outside sums``: its two parts alone (the window kernel given the sums);
+* ``hybrid``: ``hybrid_attention(..., window=512)`` on the Triton path (at v d64 the outside sums in two
+  calls, v then a ones column), ``hybrid augment``: the same with one call on v widened by the ones column;
+* ``  window kernel``, ``  outside sums``: its two parts alone (the window kernel given the sums, the sums
+  as ``hybrid`` takes them);
 * ``fla parallel_based``: fla's Based kernel (Taylor-2 feature-map attention over all keys, quadratic,
   no window), skipped with a printed line when fla does not import;
 * ``flex window``: torch ``flex_attention`` with a causal sliding-window block mask (compiled once per
@@ -33,6 +34,7 @@ import time
 import torch
 
 from fastattn.attention import fast_attention, hybrid_attention
+from fastattn.kernels.poly import polynomial
 
 SPEC = "1 + x + x**2/2"
 
@@ -136,6 +138,7 @@ def run(args, sink):
         if not res["sdpa_kernel"]:
             res["sdpa_kernel"] = sdpa_kernel_name(q.detach(), k.detach(), v.detach())
         scale = args.D ** -0.5
+        poly = polynomial(SPEC)
         ones = torch.ones(B, H, T - w, 1, device=device, dtype=dtype)
         outside = fast_attention(q.detach()[:, :, w:], k.detach()[:, :, :T - w],
                                  torch.cat([v.detach()[:, :, :T - w], ones], -1), SPEC, normalize=False)
@@ -146,13 +149,13 @@ def run(args, sink):
             return window_attention(q, k, v, outside, scale=scale, window=w)
 
         def outside_only():
-            return fast_attention(q[:, :, w:], k[:, :, :T - w], torch.cat([v[:, :, :T - w], ones], -1), SPEC,
-                                  normalize=False)
+            from fastattn.attention.hybrid import _outside_route, _outside_sums
+            return _outside_sums(q, k, v, poly, scale, w, _outside_route(args.DV))
 
         d_out = torch.randn(B, H, T - w, args.DV + 1, generator=g).to(device, dtype)
         cases = [("hybrid", lambda: hybrid_attention(q, k, v, SPEC, window=w, backend="triton"), do),
-                 ("hybrid split", lambda: hybrid_attention(q, k, v, SPEC, window=w, backend="triton",
-                                                           tuning={"outside": "split"}), do),
+                 ("hybrid augment", lambda: hybrid_attention(q, k, v, SPEC, window=w, backend="triton",
+                                                             tuning={"outside": "augment"}), do),
                  ("  window kernel", window_only, do), ("  outside sums", outside_only, d_out)]
         if parallel_based is not None:
             qt, kt, vt = (x.detach().transpose(1, 2).contiguous().requires_grad_() for x in (q, k, v))

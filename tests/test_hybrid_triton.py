@@ -85,7 +85,7 @@ def test_matches_dense_reference(row, kernel_env):
     got_in, ref_in, do = inputs(T, D, dtype)
     scale = 1.0 / math.sqrt(D)
     ref = dense_hybrid(*ref_in, spec, window, scale)
-    tuning = dict(tiles, outside="augment" if how == "fast" else "torch")
+    tuning = dict(tiles) if how == "fast" else dict(tiles, outside="torch")
     got = hybrid_attention(*got_in, spec, window=window, backend="triton", tuning=tuning)
     assert got.dtype == dtype
     compare(ref, got, ref_in, got_in, do, dtype)
@@ -206,6 +206,14 @@ def test_plan_refuses_unknown_and_bad_tuning():
         hybrid_attention(q, q, q, TAYLOR, window=2, backend="triton", tuning={"speed": 1})
     with pytest.raises(KernelError, match="tuning outside='fla'"):
         hybrid_attention(q, q, q, TAYLOR, window=2, backend="triton", tuning={"outside": "fla"})
+
+
+def test_outside_route_by_value_tile():
+    from fastattn.attention.hybrid import _outside_route
+
+    # the ones column rides in v's power-of-two tile (16 at least) when it has room, else a call of its own
+    assert [_outside_route(dv) for dv in (1, 15, 16, 48, 63, 64, 100, 128)] == [
+        "augment", "augment", "split", "augment", "augment", "split", "augment", "split"]
 
 
 def test_auto_takes_torch_on_cpu(monkeypatch):

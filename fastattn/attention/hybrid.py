@@ -174,9 +174,20 @@ def _outside_sums(q, k, v, poly, scale, window, how):
     return fast_attention(qs, ks, torch.cat([vs, ones], -1), poly, scale=scale, normalize=False, backend=backend)
 
 
-#: Private overrides of the Triton path (``tuning=``): how the outside sums are taken (see _outside_sums),
-#: and the window kernel's launch numbers (fastattn.kernels.window.flash.TUNING).
-TUNING = {"outside": "augment"}
+#: Private overrides of the Triton path (``tuning=``): how the outside sums are taken (see _outside_sums;
+#: "auto" picks by DV), and the window kernel's launch numbers (fastattn.kernels.window.flash.TUNING).
+TUNING = {"outside": "auto"}
+
+
+def _outside_route(DV):
+    """"augment" when the ones column fits the power-of-two v tile the fast kernels pad DV to, else "split".
+
+    At DV = 2^k widening v doubles that tile, and takes Based at 8K (q/k d16, v d64) off the fused path
+    (the generated module's plan: fwd/fused/segments at v 64, fwd/scan/causal/kron at v 65), while the
+    ones column alone runs on a 16-wide tile.
+    """
+    pad = max(16, 1 << (DV - 1).bit_length())
+    return "augment" if DV + 1 <= pad else "split"
 
 
 def _triton_hybrid(q, k, v, poly, scale, window, tuning):
@@ -188,8 +199,10 @@ def _triton_hybrid(q, k, v, poly, scale, window, tuning):
     if bad:
         raise KernelError(f"unknown tuning keys {bad}; known: {sorted(set(TUNING) | set(WINDOW_TUNING))}")
     how = tuning.pop("outside", TUNING["outside"])
-    if how not in ("augment", "split", "torch"):
-        raise KernelError(f"tuning outside={how!r}; use 'augment', 'split' or 'torch'")
+    if how not in ("auto", "augment", "split", "torch"):
+        raise KernelError(f"tuning outside={how!r}; use 'auto', 'augment', 'split' or 'torch'")
+    if how == "auto":
+        how = _outside_route(v.shape[-1])
     T = q.shape[2]
     if window == 0:
         fix = check_normalizer(poly, True, None)
