@@ -14,7 +14,7 @@ import torch
 from fastattn.attention import pattern_attention
 from fastattn.errors import KernelError
 from fastattn.kernels.checks import assert_close
-from fastattn.kernels.sparse import masked_attention
+from fastattn.kernels.sparse import gradient_terms, masked_attention
 from fastattn.patterns import Union, blocked, dilated, global_tokens, local, strided
 
 PATTERNS = {
@@ -96,8 +96,6 @@ def test_rows_cover_every_block_state():
 @pytest.mark.parametrize("name,T,D,DV,causal,block", ROWS,
                          ids=[f"{r[0]}-T{r[1]}-D{r[2]}-{'causal' if r[4] else 'full'}" for r in ROWS])
 def test_pattern_attention_matches_dense_reference(name, T, D, DV, causal, block, dtype):
-    from test_sparse import gradient_terms
-
     pattern = PATTERNS[name]
     g = torch.Generator().manual_seed(T)
     q, k = (torch.randn(1, 1, T, D, generator=g).to(dtype).requires_grad_() for _ in range(2))

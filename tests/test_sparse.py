@@ -15,7 +15,7 @@ import torch
 from fastattn.attention import lsh_buckets, sparse_attention
 from fastattn.errors import KernelError
 from fastattn.kernels.checks import assert_close
-from fastattn.kernels.sparse import allowed_pairs, masked_attention, range_schedule
+from fastattn.kernels.sparse import allowed_pairs, gradient_terms, masked_attention, range_schedule
 
 pytestmark = pytest.mark.usefixtures("kernel_env")
 SMALL = {"block": 16}
@@ -27,17 +27,6 @@ def _inputs(B, H, T, D, DV, dtype, seed):
     v = torch.randn(B, H, T, DV, generator=g).to(dtype).requires_grad_()
     do = torch.randn(B, H, T, DV, generator=g).to(dtype)
     return q, k, v, do, g
-
-
-def gradient_terms(q, k, v, o, do, allowed):
-    """Sizes of the terms dq and dk sum before they cancel: s (P (|dP| + |delta|)) |K| and its transpose.
-    dq and dk are differences p (dp - delta) of such terms (a row of one key has dq = 0 exactly)."""
-    q, k, v, o, do = (x.detach().double() for x in (q, k, v, o, do))
-    scale = q.shape[-1] ** -0.5
-    s = (scale * q @ k.transpose(-1, -2)).masked_fill(~allowed, -math.inf)
-    p = torch.nan_to_num(torch.softmax(s, -1))
-    w = p * ((do @ v.transpose(-1, -2)).abs() + (o * do).sum(-1, keepdim=True).abs())
-    return None, scale * w @ k.abs(), scale * w.transpose(-1, -2) @ q.abs(), None
 
 
 def _compare(q, k, v, do, allowed, dtype, tuning=SMALL, **kw):
@@ -116,7 +105,7 @@ def test_all_kept_is_causal_softmax():
     q, k, v, do, _ = _inputs(1, 2, 70, 32, 32, torch.float32, seed=5)
     keep = torch.ones(1, 2, 70, dtype=torch.bool)
     ids = torch.zeros(1, 2, 70, dtype=torch.long)
-    o = sparse_attention(q, k, v, keep=keep, buckets=(ids, ids), tuning=SMALL)
+    o = sparse_attention(q, k, v, keep=keep, buckets=(ids, ids), tuning={"block": 32})
     got = (o,) + torch.autograd.grad(o, (q, k, v), do)
     sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
     ref = (sdpa,) + torch.autograd.grad(sdpa, (q, k, v), do)
@@ -126,7 +115,7 @@ def test_all_kept_is_causal_softmax():
 
 def test_schedule_visits_every_needed_block_and_few_others():
     # range mode's runs cover each block pair with an allowed pair; with keep alone they are exactly those
-    T, BH = 300, 3
+    T, BH = 200, 2
     g = torch.Generator().manual_seed(0)
     keep = torch.rand(BH, T, generator=g) < 0.5
     qid, kid = torch.randint(0, 3, (2, BH, T), generator=g)

@@ -8,7 +8,7 @@ The public functions are :func:`fastattn.attention.sparse_attention` and
 :func:`fastattn.attention.pattern_attention`.
 """
 
-from fastattn.kernels.sparse.naive import allowed_pairs, masked_attention
+from fastattn.kernels.sparse.naive import allowed_pairs, gradient_terms, masked_attention
 from fastattn.kernels.sparse.schedule import Schedule, list_schedule, range_schedule
 
-__all__ = ["allowed_pairs", "masked_attention", "Schedule", "range_schedule", "list_schedule"]
+__all__ = ["allowed_pairs", "masked_attention", "gradient_terms", "Schedule", "range_schedule", "list_schedule"]

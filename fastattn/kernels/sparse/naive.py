@@ -17,7 +17,7 @@ import math
 
 import torch
 
-__all__ = ["allowed_pairs", "masked_attention"]
+__all__ = ["allowed_pairs", "masked_attention", "gradient_terms"]
 
 
 def allowed_pairs(T, *, keep=None, buckets=None, is_causal=True, device=None):
@@ -55,3 +55,18 @@ def masked_attention(q, k, v, allowed, scale=None):
     e = torch.exp(s - m)
     den = e.sum(-1, keepdim=True)
     return (e @ v) / torch.where(den > 0, den, torch.ones_like(den))
+
+
+def gradient_terms(q, k, v, o, do, allowed, scale=None):
+    """(None, size of dq's terms, size of dk's terms, None): s (P (|dP| + |delta|)) |K| and its transpose.
+
+    dq and dk are sums of p (dp - delta) terms that cancel (a row with one key has dq = 0 exactly), so their
+    rounding error is relative to these sizes, not to what is left: pass them as ``terms`` to
+    :func:`fastattn.kernels.checks.assert_close`. o is the reference output, do the upstream gradient.
+    """
+    q, k, v, o, do = (x.detach().double() for x in (q, k, v, o, do))
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    s = (scale * q @ k.transpose(-1, -2)).masked_fill(~allowed, -math.inf)
+    p = torch.nan_to_num(torch.softmax(s, -1))
+    w = p * ((do @ v.transpose(-1, -2)).abs() + (o * do).sum(-1, keepdim=True).abs())
+    return None, scale * w @ k.abs(), scale * w.transpose(-1, -2) @ q.abs(), None
