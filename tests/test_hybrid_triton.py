@@ -25,6 +25,7 @@ DT = {"fp32": torch.float32, "fp16": torch.float16}
 # small tiles, so that T = 63 already spans several query and key blocks, unequal in the two passes
 SMALL = {"block_m": 32, "block_n": 16, "bwd_block_m": 16, "bwd_block_n": 32}
 MID = {"block_m": 64, "block_n": 32, "bwd_block_m": 32, "bwd_block_n": 64}
+PLAN = {}  # the plan's own tiles: 128 x 64 forward, 64 x 64 backward for 16-bit inputs, 32 x 32 for float32
 
 # (T, window, D, f, dtype, outside, tiles): every T, window, D, f and dtype of the brief appears, with both
 # outside routes and both tile sets; window >= T rows have no outside sums at all
@@ -39,14 +40,15 @@ ROWS = [
     (200, 1, 16, TAYLOR, "fp32", "torch", MID),
     (200, 16, 60, SQUARE, "fp32", "torch", MID),
     (200, 37, 60, TAYLOR, "fp16", "torch", MID),
-    (200, 64, 16, SQUARE, "fp16", "torch", MID),
-    (200, 200, 60, TAYLOR, "fp32", "torch", MID),
+    (200, 64, 16, SQUARE, "fp16", "torch", PLAN),
+    (200, 200, 60, TAYLOR, "fp32", "torch", PLAN),
 ]
 
 
 def _id(row):
     T, w, D, f, dt, how, tiles = row
-    return f"T{T}-w{w}-D{D}-{'taylor' if f == TAYLOR else 'square'}-{dt}-{how}-{'small' if tiles is SMALL else 'mid'}"
+    size = "small" if tiles is SMALL else "mid" if tiles is MID else "plan"
+    return f"T{T}-w{w}-D{D}-{'taylor' if f == TAYLOR else 'square'}-{dt}-{how}-{size}"
 
 
 def inputs(T, D, dtype, seed=0, DV=48, sigma=1.0):
