@@ -207,10 +207,10 @@ def run(args, sink):
     return res
 
 
-SWEEP = ([dict(block_m=bm, block_n=bn, warps=wp, stages=st) for bm, bn in ((64, 64), (128, 64), (128, 128), (64, 32))
-          for wp, st in ((4, 2), (4, 3), (8, 2))]
-         + [dict(bwd_block_m=bm, bwd_block_n=bn, warps=wp) for bm, bn in ((32, 64), (64, 128), (128, 64), (32, 128))
-            for wp in (4, 8)])
+SWEEP = ([dict(block_m=bm, block_n=bn, warps=wp, stages=st)
+          for bm, bn, wp, st in ((64, 64, 4, 2), (128, 64, 4, 3), (128, 64, 8, 2), (128, 128, 8, 2), (64, 32, 4, 2))]
+         + [dict(bwd_block_m=bm, bwd_block_n=bn, warps=wp)
+            for bm, bn, wp in ((32, 64, 4), (64, 32, 4), (64, 128, 8), (128, 64, 8))])
 
 
 def sweep(args, sink):
