@@ -101,6 +101,18 @@ def test_empty_rows_give_zeros_and_finite_grads():
         assert torch.isfinite(x).all()
 
 
+def test_any_integer_ids():
+    # ids are compared, never used as numbers: negative ones and ones past int32 give the same result
+    q, k, v, do, g = _inputs(1, 1, 40, 16, 16, torch.float32, seed=9)
+    qid, kid = torch.randint(0, 3, (2, 1, 1, 40), generator=g)
+    big = 1 << 40
+    o = sparse_attention(q, k, v, buckets=(qid, kid), tuning=SMALL)
+    o2 = sparse_attention(q, k, v, buckets=(qid * big - 7, kid * big - 7), tuning=SMALL)
+    o3 = sparse_attention(q, k, v, buckets=(qid.int() - 2, kid.int() - 2), tuning=SMALL)
+    assert torch.equal(o, o2) and torch.equal(o, o3)
+    assert_close("o", masked_attention(q, k, v, allowed_pairs(40, buckets=(qid, kid))), o, torch.float32)
+
+
 def test_all_kept_is_causal_softmax():
     q, k, v, do, _ = _inputs(1, 2, 70, 32, 32, torch.float32, seed=5)
     keep = torch.ones(1, 2, 70, dtype=torch.bool)
@@ -186,8 +198,8 @@ def test_bad_arguments_are_refused():
     with pytest.raises(KernelError, match=r"keep must be a tensor \[B, H, T\] = \[1, 1, 8\]"):
         sparse_attention(q, q, q, keep=torch.ones(1, 8, dtype=torch.bool))
     ids = torch.zeros(1, 1, 8, dtype=torch.long)
-    with pytest.raises(KernelError, match=r"must lie in \[0, 2\^31\); got values in \[-1, -1\]"):
-        sparse_attention(q, q, q, buckets=(ids - 1, ids))
+    with pytest.raises(KernelError, match=r"buckets\[1\] \(key ids\) must hold integer ids; got torch.float32"):
+        sparse_attention(q, q, q, buckets=(ids, ids.float()))
     with pytest.raises(KernelError, match="pair"):
         sparse_attention(q, q, q, buckets=ids)
     with pytest.raises(KernelError, match="T_q=8 != T_k=9"):

@@ -82,6 +82,18 @@ class Schedule:
     perm_k: torch.Tensor | None
 
 
+def _dense_ids(qid, kid):
+    """Query and key ids renumbered per row to ranks 0 .. 2T - 1, equal exactly where the ids are equal: any
+    int64 ids (negative, or past int32) become small ints with no host sync (one sort of 2T per row)."""
+    T = qid.shape[-1]
+    both = torch.cat([qid, kid], -1).long()  # [BH, 2T]
+    ids, order = both.sort(dim=-1, stable=True)
+    new = torch.ones_like(ids, dtype=torch.bool)
+    new[:, 1:] = ids[:, 1:] != ids[:, :-1]
+    rank = torch.empty_like(ids).scatter_(-1, order, new.long().cumsum(-1) - 1)
+    return rank[:, :T], rank[:, T:]
+
+
 def _order(c, keep, sort):
     """(perm [BH, T], sorted composites): slot -> original position, stable in c."""
     BH, T = c.shape
@@ -136,9 +148,10 @@ def _clean(lo, hi, seq_min, seq_max, whole, clean, start, end):
 def range_schedule(BH, T, *, keep=None, buckets=None, is_causal=True, block_q=64, block_k=64, warps=4, clean=True,
                    device=None):
     """The range-mode :class:`Schedule` of keep ([BH, T] bool) and/or buckets ((query ids, key ids), [BH, T]
-    ints >= 0). ``clean=False`` masks every tile (no unmasked sub-runs; for measuring them)."""
+    ints, any values; renumbered per row). ``clean=False`` masks every tile (no unmasked sub-runs; for measuring them)."""
     pos = torch.arange(T, device=device, dtype=torch.int64).expand(BH, T)
     if buckets is not None:
+        buckets = _dense_ids(*buckets)
         cq = buckets[0].long() * T + pos
         ck = buckets[1].long() * T + pos
     else:
