@@ -29,8 +29,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from fastattn.kernels import chunked  # noqa: E402
 
 COEFFS = (1.0, 1.0, 0.5)
-ROWS = [(2, 16, 64, T) for T in (8192, 32768, 65536)] + [(2, 8, 128, T) for T in (16384, 32768, 65536)]
 QUICK = [(2, 16, 64, 8192), (2, 8, 128, 16384)]
+# the quick rows first, so that a run cut short by a timeout still has both head dims
+ROWS = QUICK + [(2, 16, 64, 32768), (2, 8, 128, 32768), (2, 16, 64, 65536), (2, 8, 128, 65536)]
 PEAK, BW, EFF = 695e12, 4.3e12, 0.5
 
 
@@ -42,14 +43,16 @@ def model(B, H, T, D, DV, tuning=None, elem=2):
     n, F, L, M = B * H * T, p["feature_rows"], p["chunk"], p["block"]
     keys = (L + M) / 2  # keys per query inside the chunk, in whole blocks
     gemm = 2 * F * DV * n  # one pass of φ(X)ᵀY or φ(X)·S over all tokens
+    # vjp "mma": the turned gradient of each circulant tile is one more MMA in dq and in dk/dv
+    turned = 2 * p["ntiles"] * p["BD"] * DV * n if p["vjp"] == "mma" else 0
     state = n / L * F * (DV * elem + 4)  # the materialised states (input dtype) and ζ (fp32)
     qkv = n * (2 * D + DV) * elem
     passes = {
         "fwd walk": (gemm, qkv + state),
         "fwd out": (gemm + 2 * (D + DV) * keys * n, qkv + state + n * (DV * elem + 4)),
         "bwd walk": (gemm, n * (D + DV) * elem + n * 4 + state),
-        "bwd dq": (gemm + 2 * (2 * D + DV) * keys * n, qkv + state + n * (DV * elem + 4 + D * elem)),
-        "bwd dkv": (2 * gemm + 4 * (D + DV) * keys * n, qkv + state + n * (DV * elem + 4 + (D + DV) * elem)),
+        "bwd dq": (gemm + turned + 2 * (2 * D + DV) * keys * n, qkv + state + n * (DV * elem + 4 + D * elem)),
+        "bwd dkv": (2 * gemm + turned + 4 * (D + DV) * keys * n, qkv + state + n * (DV * elem + 4 + (D + DV) * elem)),
     }
     ms = {k: max(f / (EFF * PEAK), b / BW) * 1e3 for k, (f, b) in passes.items()}
     fwd = sum(v for k, v in ms.items() if k.startswith("fwd"))
@@ -78,23 +81,23 @@ def aot_report(D=64, DV=64, dtype="bf16", causal=True, normalize=True, arch=90, 
 
     tdt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
     p = chunked.plan(4096, D, DV, tdt, tuning=tuning)
-    ptr, f32, i32 = "*" + dtype, "*fp32", "*i32"
-    ints = dict(T="i32", D="i32", DV="i32")
-    consts = dict(CHUNK=p["chunk"], KB=p["kb"], BD=p["BD"], BV=p["BV"], CAUSAL=causal, NORMALIZE=normalize,
-                  PRECISION=p["precision"])
-    walk = dict(x=ptr, y=ptr, c=f32, S=ptr, Z=f32, pairs=i32, **ints, NC="i32", NS="i32", NP="i32", F_ROWS="i32")
-    scal = dict(a0="fp32", a1="fp32", a2="fp32", scale="fp32", **ints, NS="i32", NP="i32", F_ROWS="i32")
+    ptr, f32 = "*" + dtype, "*fp32"
+    ints = dict(T="i32", DV="i32")
+    consts = dict(CHUNK=p["chunk"], D=D, BD=p["BD"], BV=p["BV"], CAUSAL=causal, NORMALIZE=normalize,
+                  ROTATE=p["rotate"], VJP=p["vjp"], PRECISION=p["precision"])
+    walk = dict(x=ptr, y=ptr, c=f32, S=ptr, Z=f32, **ints, NC="i32", NS="i32", F_ROWS="i32")
+    scal = dict(a0="fp32", a1="fp32", a2="fp32", scale="fp32", **ints, NS="i32", F_ROWS="i32")
     jobs = [
         ("walk fwd", chunked._state_walk_kernel, walk, dict(consts, BT=p["step"], REVERSE=False, HAS_C=False),
          p["walk_warps"]),
         ("walk bwd", chunked._state_walk_kernel, walk, dict(consts, BT=p["step"], REVERSE=True, HAS_C=normalize),
          p["walk_warps"]),
-        ("out", chunked._chunk_out_kernel, dict(q=ptr, k=ptr, v=ptr, S=ptr, Z=f32, pairs=i32, o=ptr, z=f32, **scal),
+        ("out", chunked._chunk_out_kernel, dict(q=ptr, k=ptr, v=ptr, S=ptr, Z=f32, o=ptr, z=f32, **scal),
          dict(consts, BM=p["block"]), p["warps"]),
-        ("dq", chunked._chunk_dq_kernel, dict(q=ptr, k=ptr, v=ptr, dn=ptr, dl=f32, S=ptr, Z=f32, pairs=i32, dq=ptr,
-                                              **scal), dict(consts, BM=p["block"]), p["warps"]),
-        ("dkv", chunked._chunk_dkv_kernel, dict(q=ptr, k=ptr, v=ptr, dn=ptr, dl=f32, dS=ptr, dZ=f32, pairs=i32,
-                                                dk=ptr, dv=ptr, **scal), dict(consts, BM=p["block"]), p["warps"]),
+        ("dq", chunked._chunk_dq_kernel, dict(q=ptr, k=ptr, v=ptr, dn=ptr, dl=f32, S=ptr, Z=f32, dq=ptr, **scal),
+         dict(consts, BM=p["block"]), p["warps"]),
+        ("dkv", chunked._chunk_dkv_kernel, dict(q=ptr, k=ptr, v=ptr, dn=ptr, dl=f32, dS=ptr, dZ=f32, dk=ptr,
+                                                dv=ptr, **scal), dict(consts, BM=p["block"]), p["warps"]),
     ]
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     report = {}

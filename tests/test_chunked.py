@@ -57,32 +57,33 @@ def test_plan_counts_the_d64_basis():
         plan(8192, 64, 64, torch.bfloat16, tuning=dict(chunk=96))
 
 
-# T = 200: 4 chunks of 64, the last 8 rows long; D = 60 pads to 64 (33 circulant tiles), D = 4 to 16
-LARGE = dict(chunk=64, block=32, step=32)
+# T = 200: 4 chunks of 64, the last 8 rows long; D = 60 pads to 64 (33 circulant tiles), D = 4 to 16.
+# One head except where two check the per-head offsets: the interpreter pays per program and per tile.
+LARGE = dict(chunk=64, block=32, step=64)
 CASES = [
-    # T, D, DV, causal, normalize, dtype, tuning
-    (200, 60, 48, True, True, torch.float32, LARGE),
-    (200, 64, 64, False, True, torch.float32, LARGE),
-    (63, 64, 48, True, False, torch.float32, SMALL),
-    (63, 60, 64, False, False, torch.float32, SMALL),
-    (1, 64, 48, True, True, torch.float32, SMALL),
-    (130, 4, 16, True, True, torch.float32, SMALL),
-    (40, 128, 48, True, True, torch.float32, dict(chunk=32, block=16, step=16)),
-    (200, 60, 64, True, True, torch.float16, LARGE),
-    (63, 64, 48, True, False, torch.float16, SMALL),
-    # the other VJP of the turned gradient (tl.gather instead of a second MMA)
-    (63, 60, 48, True, True, torch.float32, dict(SMALL, vjp="gather")),
+    # T, D, DV, H, causal, normalize, dtype, tuning
+    (200, 60, 48, 2, True, True, torch.float32, LARGE),
+    (200, 64, 64, 1, False, True, torch.float32, LARGE),
+    (63, 64, 48, 1, True, False, torch.float32, SMALL),
+    (63, 60, 64, 1, False, False, torch.float32, SMALL),
+    (1, 64, 48, 1, True, True, torch.float32, SMALL),
+    (130, 4, 16, 2, True, True, torch.float32, SMALL),
+    (40, 128, 48, 1, True, True, torch.float32, SMALL),
+    (200, 60, 64, 1, True, True, torch.float16, LARGE),
+    (63, 64, 48, 1, True, False, torch.float16, SMALL),
+    # the other ways to turn a tile (loads at turned offsets) and its gradient (tl.gather, no second MMA)
+    (63, 60, 48, 1, True, True, torch.float32, dict(SMALL, rotate="load", vjp="gather")),
 ]
 IDS = ["T200-d60-v48-causal-norm", "T200-d64-noncausal-norm", "T63-d64-v48-causal", "T63-d60-noncausal",
        "T1-d64-norm", "T130-d4-causal-norm", "T40-d128-causal-norm", "fp16-T200-d60-causal-norm",
-       "fp16-T63-d64-causal", "T63-d60-gather-norm"]
+       "fp16-T63-d64-causal", "T63-d60-load-gather-norm"]
 
 
-@pytest.mark.parametrize("T, D, DV, causal, normalize, dtype, tuning", CASES, ids=IDS)
-def test_kernels_match_quadratic_reference(kernel_env, T, D, DV, causal, normalize, dtype, tuning):
+@pytest.mark.parametrize("T, D, DV, H, causal, normalize, dtype, tuning", CASES, ids=IDS)
+def test_kernels_match_quadratic_reference(kernel_env, T, D, DV, H, causal, normalize, dtype, tuning):
     g = torch.Generator().manual_seed(T * 100 + D)
-    q, k = (torch.randn(1, 2, T, D, generator=g) for _ in range(2))
-    v, do = (torch.randn(1, 2, T, DV, generator=g) for _ in range(2))
+    q, k = (torch.randn(1, H, T, D, generator=g) for _ in range(2))
+    v, do = (torch.randn(1, H, T, DV, generator=g) for _ in range(2))
     coeffs, scale = (1.0, 1.0, 0.5), D ** -0.5
     qt, kt, vt = (x.to(dtype).requires_grad_() for x in (q, k, v))
     o = chunked_poly_attention(qt, kt, vt, coeffs, causal=causal, normalize=normalize, tuning=tuning)

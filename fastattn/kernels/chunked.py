@@ -43,10 +43,10 @@ __all__ = ["chunked_poly_attention", "feature_map", "plan"]
 # --------------------------------------------------------------------------------------- kernels
 
 @triton.jit
-def _state_walk_kernel(x, y, c, S, Z, T, D, DV, NC, NS, F_ROWS,
+def _state_walk_kernel(x, y, c, S, Z, T, D: tl.constexpr, DV, NC, NS, F_ROWS,
                        CHUNK: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
                        CAUSAL: tl.constexpr, REVERSE: tl.constexpr, HAS_C: tl.constexpr,
-                       NORMALIZE: tl.constexpr, PRECISION: tl.constexpr):
+                       NORMALIZE: tl.constexpr, ROTATE: tl.constexpr, PRECISION: tl.constexpr):
     """Per-chunk prefix (or, REVERSE, suffix) states of Σ feat(x)ᵀ y and Σ feat(x) c.
 
     x [BH, T, D], y [BH, T, DV] (input dtype), c [BH, T] fp32 (1 where not HAS_C); writes
@@ -68,14 +68,10 @@ def _state_walk_kernel(x, y, c, S, Z, T, D, DV, NC, NS, F_ROWS,
     o_d = tl.arange(0, BD)
     m_v, m_d = o_v < DV, o_d < D
     if d < NT:
-        # the rotated copy reads the plain tile's cache lines, at an offset that is the program id
+        # column c of the turned copy is x_{(c−d) mod BD}: d is the program id, no table load
         o_r = (o_d - d) & (BD - 1)
         m_r = o_r < D
         o_f = d * BD + o_d
-        # pointers at the step's first row: only a scalar offset changes inside the loops
-        p_x = x + o_t[None, :] * D + o_d[:, None]  # [BD, BT]
-        p_xr = x + o_t[None, :] * D + o_r[:, None]  # [BD, BT]
-        p_y = y + o_t[:, None] * DV + o_v[None, :]  # [BT, BV]
         p_s = S + o_f[:, None] * DV + o_v[None, :]  # [BD, BV]
         b_s = tl.zeros([BD, BV], dtype=tl.float32)
         b_z = tl.zeros([BD], dtype=tl.float32)
@@ -89,17 +85,23 @@ def _state_walk_kernel(x, y, c, S, Z, T, D, DV, NC, NS, F_ROWS,
                 if NORMALIZE:
                     tl.store(Z + ci * F_ROWS + o_f, b_z)
             for r0 in range(ci * CHUNK, ci * CHUNK + CHUNK, BT):
-                m_t = (r0 + o_t) < T
-                # the rotated copy reads the plain tile's cache lines at an offset set by the program id
-                b_x = tl.load(p_x + r0 * D, mask=m_t[None, :] & m_d[:, None], other=0.0)  # [BD, BT]
-                b_xr = tl.load(p_xr + r0 * D, mask=m_t[None, :] & m_r[:, None], other=0.0)  # [BD, BT]
+                # pointer tiles built inside the loop: hoisted, [BD, BT] 64-bit pointers spilled (sm_90)
+                rows = r0 + o_t
+                m_t = rows < T
+                b_x = tl.load(x + rows[None, :] * D + o_d[:, None], mask=m_t[None, :] & m_d[:, None], other=0.0)
+                if ROTATE == "gather":
+                    b_xr = tl.gather(b_x, tl.broadcast_to(o_r[:, None], [BD, BT]), 0)  # [BD, BT]
+                else:
+                    # the same cache lines as the plain tile: an L1 hit
+                    b_xr = tl.load(x + rows[None, :] * D + o_r[:, None], mask=m_t[None, :] & m_r[:, None], other=0.0)
                 # a product of two 16-bit numbers rounded once: the same as forming it in fp32 and casting
                 b_f = b_x * b_xr
-                b_y = tl.load(p_y + r0 * DV, mask=m_t[:, None] & m_v[None, :], other=0.0)  # [BT, BV]
+                b_y = tl.load(y + rows[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
+                              other=0.0)  # [BT, BV]
                 b_s = tl.dot(b_f.to(b_y.dtype), b_y, b_s, input_precision=PRECISION)
                 if NORMALIZE:
                     if HAS_C:
-                        b_c = tl.load(c + r0 + o_t, mask=m_t, other=0.0)
+                        b_c = tl.load(c + rows, mask=m_t, other=0.0)
                     else:
                         b_c = m_t.to(tl.float32)
                     b_z += tl.sum(b_f.to(tl.float32) * b_c[None, :], 1)
@@ -128,7 +130,8 @@ def _state_walk_kernel(x, y, c, S, Z, T, D, DV, NC, NS, F_ROWS,
             for r0 in range(ci * CHUNK, ci * CHUNK + CHUNK, BT):
                 rows = r0 + o_t
                 m_t = rows < T
-                b_xt = tl.load(x + rows[None, :] * D + o_d[:, None], mask=m_t[None, :] & m_d[:, None], other=0.0)  # [BD, BT]
+                b_xt = tl.load(x + rows[None, :] * D + o_d[:, None], mask=m_t[None, :] & m_d[:, None],
+                               other=0.0)  # [BD, BT]
                 b_y = tl.load(y + rows[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
                               other=0.0)  # [BT, BV]
                 b_sl = tl.dot(b_xt, b_y, b_sl, input_precision=PRECISION)
@@ -150,9 +153,10 @@ def _state_walk_kernel(x, y, c, S, Z, T, D, DV, NC, NS, F_ROWS,
 
 
 @triton.jit
-def _chunk_out_kernel(q, k, v, S, Z, o, z, a0, a1, a2, scale, T, D, DV, NS, F_ROWS,
+def _chunk_out_kernel(q, k, v, S, Z, o, z, a0, a1, a2, scale, T, D: tl.constexpr, DV, NS, F_ROWS,
                       CHUNK: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
-                      CAUSAL: tl.constexpr, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr):
+                      CAUSAL: tl.constexpr, NORMALIZE: tl.constexpr, ROTATE: tl.constexpr,
+                      PRECISION: tl.constexpr):
     """o = φ(Q)·S_c (all feature tiles) + f(s QKᵀ) ⊙ mask @ V inside the chunk, [/ z].
 
     q, k [BH, T, D], v [BH, T, DV], S / Z as the walk writes them; writes o [BH, T, DV] (input
@@ -189,7 +193,10 @@ def _chunk_out_kernel(q, k, v, S, Z, o, z, a0, a1, a2, scale, T, D, DV, NS, F_RO
         # weight 2 where the tile holds each pair once, 1 on the diagonal and the half turn (d = BD/2, whose
         # columns c and c + BD/2 hold the same pair): exact in any dtype, so a2 s² can come after the loop
         w = tl.where((d == 0) | (d == BD // 2), 1.0, 2.0)
-        b_qr = tl.load(p_q + o_r[None, :], mask=m_r[:, None] & (o_r < D)[None, :], other=0.0)
+        if ROTATE == "gather":
+            b_qr = tl.gather(b_q, tl.broadcast_to(o_r[None, :], [BM, BD]), 1)
+        else:
+            b_qr = tl.load(p_q + o_r[None, :], mask=m_r[:, None] & (o_r < D)[None, :], other=0.0)
         b_phi = b_q * b_qr * w  # [BM, BD]
         b_st = tl.load(p_s + d * BD * DV, mask=m_v[None, :], other=0.0)  # [BD, BV]
         b_o = tl.dot(b_phi.to(b_st.dtype), b_st, b_o, input_precision=PRECISION)
@@ -250,9 +257,10 @@ def _circ_grad(b_a, S, Z, d, b_l, DV, BD: tl.constexpr, BV: tl.constexpr, HAS_L:
 
 
 @triton.jit
-def _chunk_dq_kernel(q, k, v, dn, dl, S, Z, dq, a0, a1, a2, scale, T, D, DV, NS, F_ROWS,
+def _chunk_dq_kernel(q, k, v, dn, dl, S, Z, dq, a0, a1, a2, scale, T, D: tl.constexpr, DV, NS, F_ROWS,
                      CHUNK: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
-                     CAUSAL: tl.constexpr, NORMALIZE: tl.constexpr, VJP: tl.constexpr, PRECISION: tl.constexpr):
+                     CAUSAL: tl.constexpr, NORMALIZE: tl.constexpr, ROTATE: tl.constexpr, VJP: tl.constexpr,
+                     PRECISION: tl.constexpr):
     """dq = J_φᵀ (w ⊙ (S_c dn + ζ_c δ)) over all feature tiles + the intra-chunk flash backward.
 
     dn [BH, T, DV] = do / z (input dtype), dl [BH, T] = δ = −(do·o)/z fp32 (read with NORMALIZE);
@@ -292,8 +300,12 @@ def _chunk_dq_kernel(q, k, v, dn, dl, S, Z, dq, a0, a1, a2, scale, T, D, DV, NS,
         b_g, b_gp = _circ_grad(b_dn, S, Z, d, b_dl, DV, BD, BV, NORMALIZE, VJP, PRECISION)
         # φ_c = q_c q_{c−d}: column c gets g_c q_{c−d}, column c − d gets g_c q_c (the turned term)
         o_r, o_p = (o_d - d) & (BD - 1), (o_d + d) & (BD - 1)
-        b_qr = tl.load(p_q + o_r[None, :], mask=m_r[:, None] & (o_r < D)[None, :], other=0.0)
-        b_qp = tl.load(p_q + o_p[None, :], mask=m_r[:, None] & (o_p < D)[None, :], other=0.0)
+        if ROTATE == "gather":
+            b_qr = tl.gather(b_q, tl.broadcast_to(o_r[None, :], [BM, BD]), 1)
+            b_qp = tl.gather(b_q, tl.broadcast_to(o_p[None, :], [BM, BD]), 1)
+        else:
+            b_qr = tl.load(p_q + o_r[None, :], mask=m_r[:, None] & (o_r < D)[None, :], other=0.0)
+            b_qp = tl.load(p_q + o_p[None, :], mask=m_r[:, None] & (o_p < D)[None, :], other=0.0)
         w = tl.where((d == 0) | (d == BD // 2), 1.0, 2.0)
         b_dq += w * (b_g * b_qr.to(tl.float32) + b_gp * b_qp.to(tl.float32))
     b_dq *= a2 * scale * scale
@@ -319,9 +331,10 @@ def _chunk_dq_kernel(q, k, v, dn, dl, S, Z, dq, a0, a1, a2, scale, T, D, DV, NS,
 
 
 @triton.jit
-def _chunk_dkv_kernel(q, k, v, dn, dl, dS, dZ, dk, dv, a0, a1, a2, scale, T, D, DV, NS, F_ROWS,
+def _chunk_dkv_kernel(q, k, v, dn, dl, dS, dZ, dk, dv, a0, a1, a2, scale, T, D: tl.constexpr, DV, NS, F_ROWS,
                       CHUNK: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
-                      CAUSAL: tl.constexpr, NORMALIZE: tl.constexpr, VJP: tl.constexpr, PRECISION: tl.constexpr):
+                      CAUSAL: tl.constexpr, NORMALIZE: tl.constexpr, ROTATE: tl.constexpr, VJP: tl.constexpr,
+                     PRECISION: tl.constexpr):
     """dv = (w ⊙ ψ(K)) dS_c, dk = J_ψᵀ (w ⊙ (V dS_cᵀ + dζ_c)) over all feature tiles + the intra part.
 
     dS / dZ: the backward walk's suffix states of Σ φ̂(q) dnᵀ and Σ φ̂(q) δ (unweighted features);
@@ -360,11 +373,15 @@ def _chunk_dkv_kernel(q, k, v, dn, dl, dS, dZ, dk, dv, a0, a1, a2, scale, T, D, 
     for d in range(NT):
         w = tl.where((d == 0) | (d == BD // 2), 1.0, 2.0)
         o_r, o_p = (o_d - d) & (BD - 1), (o_d + d) & (BD - 1)
-        b_kr = tl.load(p_k + o_r[None, :], mask=m_r[:, None] & (o_r < D)[None, :], other=0.0)
+        if ROTATE == "gather":
+            b_kr = tl.gather(b_k, tl.broadcast_to(o_r[None, :], [BM, BD]), 1)
+            b_kp = tl.gather(b_k, tl.broadcast_to(o_p[None, :], [BM, BD]), 1)
+        else:
+            b_kr = tl.load(p_k + o_r[None, :], mask=m_r[:, None] & (o_r < D)[None, :], other=0.0)
+            b_kp = tl.load(p_k + o_p[None, :], mask=m_r[:, None] & (o_p < D)[None, :], other=0.0)
         b_st = tl.load(p_s + d * BD * DV, mask=m_v[None, :], other=0.0)  # [BD, BV]
         b_dv = tl.dot((b_k * b_kr * w).to(b_st.dtype), b_st, b_dv, input_precision=PRECISION)
         b_g, b_gp = _circ_grad(b_v, dS, dZ, d, b_one, DV, BD, BV, NORMALIZE, VJP, PRECISION)
-        b_kp = tl.load(p_k + o_p[None, :], mask=m_r[:, None] & (o_p < D)[None, :], other=0.0)
         b_dk += w * (b_g * b_kr.to(tl.float32) + b_gp * b_kp.to(tl.float32))
     a2s = a2 * scale * scale
     b_dk *= a2s
@@ -418,15 +435,18 @@ def plan(T: int, D: int, DV: int, dtype: torch.dtype, *, tuning: dict | None = N
     BD, BV = _pow2(D, 16), _pow2(DV, 16)
     # 8 warps at head dim 128: the low tile's [128, 128] fp32 state spilled ~1.6 KB per thread at 4 (sm_90)
     big = max(BD, BV) >= 128
-    # d128 (H200, triton 3.6, B2 H8 16K, Kronecker layout): 3 stages took the walk from 9.0 to 7.1 ms, 128-row
-    # blocks the output pass from 8.8 to 6.5 ms; at d64 neither was faster. Not yet re-measured for circulant tiles.
-    p = dict(chunk=512, block=128 if big else 64, step=64, warps=8 if big else 4,
-             walk_warps=8 if big else 4, stages=2, walk_stages=3 if big else 2, vjp="mma")
+    # sm_90 compile (triton 3.9, bf16, spill bytes per thread): 8 warps took d64 out / dq / dk,dv from 352 / 80 /
+    # 1016 to 0 / 0 / 64; 64-row blocks took d128 out / dq / dk,dv from 880 / 1680 / 3720 to 312 / 296 / 904;
+    # turning tiles by tl.gather spilled less than loads at turned offsets (d64 out 104 against 352, dq 80 / 568).
+    # 3 walk stages at d128: 9.0 -> 7.1 ms in the Kronecker layout (H200, triton 3.6); not re-measured since.
+    p = dict(chunk=512, block=64, step=64, warps=8, walk_warps=8 if big else 4, stages=2,
+             walk_stages=3 if big else 2, rotate="gather", vjp="mma")
     p.update(tuning or {})
     if p["chunk"] % p["block"] or p["chunk"] % p["step"]:
         raise ValueError(f"plan: block {p['block']} and step {p['step']} must divide chunk {p['chunk']}; got {p}")
-    if p["vjp"] not in ("mma", "gather"):
-        raise ValueError(f"plan: vjp must be 'mma' or 'gather', got {p['vjp']!r}")
+    if p["vjp"] not in ("mma", "gather") or p["rotate"] not in ("load", "gather"):
+        raise ValueError(f"plan: vjp must be 'mma' or 'gather' and rotate 'load' or 'gather'; got vjp {p['vjp']!r}, "
+                         f"rotate {p['rotate']!r}")
     ntiles = BD // 2 + 1
     p.update(BD=BD, BV=BV, ntiles=ntiles, feature_rows=ntiles * BD + BD + 1,
              precision="tf32x3" if dtype == torch.float32 else "tf32")
@@ -443,8 +463,9 @@ def _walk(x, y, c, p, *, causal, reverse, normalize):
     Z = torch.empty(BH, ns, p["feature_rows"] if normalize else 1, dtype=torch.float32, device=x.device)
     _state_walk_kernel[(p["ntiles"] + 1, BH)](
         x=x, y=y, c=x if c is None else c, S=S, Z=Z, T=T, D=D, DV=DV, NC=nc, NS=ns, F_ROWS=p["feature_rows"],
-        CHUNK=p["chunk"], BT=p["step"], BD=p["BD"], BV=p["BV"], CAUSAL=causal, REVERSE=reverse, HAS_C=c is not None, NORMALIZE=normalize,
-        PRECISION=p["precision"], num_warps=p["walk_warps"], num_stages=p["walk_stages"])
+        CHUNK=p["chunk"], BT=p["step"], BD=p["BD"], BV=p["BV"], CAUSAL=causal, REVERSE=reverse, HAS_C=c is not None,
+        NORMALIZE=normalize, ROTATE=p["rotate"], PRECISION=p["precision"], num_warps=p["walk_warps"],
+        num_stages=p["walk_stages"])
     return S, Z, ns
 
 
@@ -457,8 +478,8 @@ def _forward(q, k, v, coeffs, scale, causal, normalize, p):
     a0, a1, a2 = coeffs
     _chunk_out_kernel[(triton.cdiv(T, p["block"]), BH)](
         q=q, k=k, v=v, S=S, Z=Z, o=o, z=z, a0=a0, a1=a1, a2=a2, scale=scale, T=T, D=D, DV=DV, NS=ns,
-        F_ROWS=p["feature_rows"], CHUNK=p["chunk"], BM=p["block"], BD=p["BD"], BV=p["BV"], CAUSAL=causal, NORMALIZE=normalize,
-        PRECISION=p["precision"], num_warps=p["warps"], num_stages=p["stages"])
+        F_ROWS=p["feature_rows"], CHUNK=p["chunk"], BM=p["block"], BD=p["BD"], BV=p["BV"], CAUSAL=causal,
+        NORMALIZE=normalize, ROTATE=p["rotate"], PRECISION=p["precision"], num_warps=p["warps"], num_stages=p["stages"])
     return o, z, S, Z
 
 
@@ -476,7 +497,7 @@ def _backward(do, q, k, v, o, z, S, Z, coeffs, scale, causal, normalize, p):
     a0, a1, a2 = coeffs
     common = dict(a0=a0, a1=a1, a2=a2, scale=scale, T=T, D=D, DV=DV, NS=ns, F_ROWS=p["feature_rows"],
                   CHUNK=p["chunk"], BM=p["block"], BD=p["BD"], BV=p["BV"], CAUSAL=causal, NORMALIZE=normalize,
-                  VJP=p["vjp"], PRECISION=p["precision"],
+                  ROTATE=p["rotate"], VJP=p["vjp"], PRECISION=p["precision"],
                   num_warps=p["warps"], num_stages=p["stages"])
     grid = (triton.cdiv(T, p["block"]), BH)
     dl = z if dl is None else dl
