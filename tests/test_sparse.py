@@ -206,6 +206,9 @@ def test_bad_arguments_are_refused():
         sparse_attention(q, torch.randn(1, 1, 9, 16), torch.randn(1, 1, 9, 16), is_causal=False)
     with pytest.raises(KernelError, match="float16, bfloat16 or float32"):
         sparse_attention(q.double(), q.double(), q.double())
+    big = torch.randn(1, 1, 8, 160)
+    with pytest.raises(KernelError, match="D=160, DV=160"):
+        sparse_attention(big, big, big)
     with pytest.raises(KernelError, match="n_buckets=3 must be 1 or an even"):
         lsh_buckets(q, q, 3, seed=0)
     with pytest.raises(KernelError, match="block_q=24 must be a power of two"):

@@ -31,8 +31,8 @@ def plan_tiles(D, DV, device, tuning=None):
     tiles with every pair allowed run without the element mask.
 
     64 x 64 with 4 warps on a GPU (a [64, 64] score tile and a [64, DV] accumulator per program; the
-    sm_90 build holds them without spills up to DV = 64 at 128 registers, dk/dv at 226), 32 x 32 on the
-    CPU interpreter. ``tuning`` (private, for tests and sweeps) overrides any of "block" (both sizes),
+    sm_90 build at d64 holds them without spills: forward 168 registers, dk/dv 254; see the kernels'
+    README), 32 x 32 on the CPU interpreter. ``tuning`` (private, for tests and sweeps) overrides any of "block" (both sizes),
     "block_q", "block_k", "warps", "clean".
     """
     gpu = torch.device(device).type == "cuda"
@@ -56,6 +56,9 @@ def _check(query, key, value, scale):
     if query.shape[2] != key.shape[2]:
         raise KernelError(f"sparse attention selects tokens by index, so queries and keys must be one sequence: "
                           f"T_q={query.shape[2]} != T_k={key.shape[2]}")
+    if max(query.shape[-1], value.shape[-1]) > 128:
+        raise KernelError(f"head dims D={query.shape[-1]}, DV={value.shape[-1]}: the sparse kernels hold [block, D] "
+                          "tiles in registers and take D, DV <= 128; split the heads")
     if query.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise KernelError(f"dtype {query.dtype}: the Triton kernels take float16, bfloat16 or float32; compare in "
                           "float64 with fastattn.kernels.sparse.masked_attention")
