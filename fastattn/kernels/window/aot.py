@@ -31,7 +31,7 @@ def compile_kernels(*, T=16384, window=512, head_dim=16, head_dim_v=64, dtype="b
     D, DV = head_dim, head_dim_v
     q, v = torch.zeros(2, T, D, dtype=tdt), torch.zeros(2, T, DV, dtype=tdt)
     out = torch.zeros(2, T - window, DV + 1, dtype=tdt)
-    row, dq, dv = torch.zeros(2, T), torch.zeros(2, T, D), torch.zeros(2, T, DV)
+    row, dq, dv = torch.zeros(2, T), torch.zeros(2, T, D, dtype=tdt), torch.zeros(2, T, DV, dtype=tdt)
     pl = flash.plan(D, DV, tdt, tuning)
     common = dict(q_ptr=q, k_ptr=q, v_ptr=v, qk_scale=0.36, T=T, window=window, num_warps=pl.warps,
                   **flash._dims(q, v))

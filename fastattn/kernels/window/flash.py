@@ -126,7 +126,7 @@ def window_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, ou
     """dq of one query block: the forward's key walk, ds = p (do.v - delta), dq = s sum ds k; and the
     gradient of its rows' outside sums, dn = do 2^-lse, dz = -delta 2^-lse (0 where z <= 0).
 
-    do_ptr : [BH, T, DV];  lse_ptr, delta_ptr : [BH, T] float32;  dq_ptr : [BH, T, D] float32
+    do_ptr : [BH, T, DV];  lse_ptr, delta_ptr : [BH, T] float32;  dq_ptr : [BH, T, D] (stored in its dtype)
     out_ptr, dout_ptr : [BH, out_rows, DV + 1], the outside sums (for z) and their gradient (same dtype)
     """
     pid_m = tl.program_id(0)
@@ -164,7 +164,7 @@ def window_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, ou
         b_k = tl.load(k_ptr + bh * T * D + o_n[:, None] * D + o_d[None, :],
                       mask=(o_n < T)[:, None] & (o_d < D)[None, :], other=0.0)  # [BN, BD]
         dq += tl.dot(ds.to(b_k.dtype), b_k, input_precision=PRECISION)
-    tl.store(dq_ptr + bh * T * D + o_m[:, None] * D + o_d[None, :], dq * scale,
+    tl.store(dq_ptr + bh * T * D + o_m[:, None] * D + o_d[None, :], (dq * scale).to(dq_ptr.dtype.element_ty),
              mask=m_m[:, None] & (o_d < D)[None, :])
 
 
@@ -174,7 +174,7 @@ def window_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, 
                        BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
     """dk, dv of one key block: walks the query blocks that hold it in their window (j <= i < j + window).
 
-    dk_ptr : [BH, T, D], dv_ptr : [BH, T, DV], float32; the rest as in :func:`window_dq_kernel`.
+    dk_ptr : [BH, T, D], dv_ptr : [BH, T, DV] (stored in their dtype); the rest as in :func:`window_dq_kernel`.
     """
     pid_n = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -209,9 +209,9 @@ def window_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, 
         dpt = tl.dot(b_v, tl.trans(b_do), input_precision=PRECISION)  # [BN, BM]
         dst = pt * (dpt - delta[None, :])
         dk += tl.dot(dst.to(b_q.dtype), b_q, input_precision=PRECISION)
-    tl.store(dk_ptr + bh * T * D + o_n[:, None] * D + o_d[None, :], dk * scale,
+    tl.store(dk_ptr + bh * T * D + o_n[:, None] * D + o_d[None, :], (dk * scale).to(dk_ptr.dtype.element_ty),
              mask=m_n[:, None] & (o_d < D)[None, :])
-    tl.store(dv_ptr + bh * T * DV + o_n[:, None] * DV + o_dv[None, :], dv,
+    tl.store(dv_ptr + bh * T * DV + o_n[:, None] * DV + o_dv[None, :], dv.to(dv_ptr.dtype.element_ty),
              mask=m_n[:, None] & (o_dv < DV)[None, :])
 
 
@@ -230,10 +230,6 @@ class Plan:
 
 #: The private overrides :func:`plan` takes (``tuning=``, for sweeps and tests); None: decided by the shape.
 TUNING = {"block_m": None, "block_n": None, "bwd_block_m": None, "bwd_block_n": None, "warps": None, "stages": None}
-
-
-def _interpreting():
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def plan(D, DV, dtype, tuning=None):
@@ -294,13 +290,14 @@ def window_fwd(q, k, v, outside, scale, window, pl):
 
 
 def window_bwd(q, k, v, o, lse, do, outside, scale, window, pl):
-    """dq, dk, dv (float32) of :func:`window_fwd`, and the gradient of ``outside`` (its dtype) or None."""
+    """dq, dk, dv (in q's dtype, accumulated in float32) of :func:`window_fwd`, and the gradient of ``outside``
+    (its dtype) or None."""
     BH, T, D = q.shape
     DV = v.shape[-1]
     delta = (o.float() * do.float()).sum(-1)  # [BH, T]
-    dq = _empty((BH, T, D), q.device, torch.float32)
-    dk = _empty((BH, T, D), q.device, torch.float32)
-    dv = _empty((BH, T, DV), q.device, torch.float32)
+    dq = _empty((BH, T, D), q.device, q.dtype)
+    dk = _empty((BH, T, D), q.device, q.dtype)
+    dv = _empty((BH, T, DV), q.device, q.dtype)
     has_out = outside is not None
     dout = _empty(outside.shape, q.device, outside.dtype) if has_out else None
     common = dict(q_ptr=q, k_ptr=k, v_ptr=v, do_ptr=do, lse_ptr=lse, delta_ptr=delta, qk_scale=scale * LOG2E,
@@ -330,7 +327,7 @@ class WindowAttention(torch.autograd.Function):
     def backward(ctx, do):
         q, k, v, o, lse, outside = ctx.saved_tensors
         dq, dk, dv, dout = window_bwd(q, k, v, o, lse, do.contiguous(), outside, ctx.scale, ctx.window, ctx.pl)
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dout, None, None, None
+        return dq, dk, dv, dout, None, None, None
 
 
 def window_attention(q, k, v, outside, *, scale, window, tuning=None):
