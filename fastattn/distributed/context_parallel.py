@@ -7,8 +7,7 @@ contiguous tokens of slice r (rank order = sequence order, any length per rank, 
    S_r = sum_i exp(G_end - G_i) psi(k_i) v_i^T, z_r likewise, and L_r = sum of its g (log decay);
 2. scans (S_r, z_r, L_r) over the ranks in ceil(log2 P) point-to-point rounds (``comm="scan"``,
    the default, :func:`exclusive_scan`; its backward is the same scan run from the last rank
-   down), or all-gathers them with the differentiable ``torch.distributed.nn.functional.all_gather``
-   (``comm="allgather"``);
+   down), or all-gathers them (``comm="allgather"``; the backward is a reduce-scatter);
 3. folds the earlier ranks' states, in the state dtype (fp32; fp64 for fp64 inputs), into its
    ``initial_state``: A <- exp(L_j) A + S_j for j = 0 .. r-1 (decays compose multiplicatively);
 4. runs the local causal kernel (:func:`fastattn.attention.fast_attention`) from A.
@@ -52,11 +51,9 @@ GPU runs: NCCL works unchanged (``init_process_group("nccl")``); keep ``NCCL_NVL
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from torch import nn
 
 from fastattn.attention.functional import check_gate, check_tensors, fast_attention
@@ -143,6 +140,32 @@ def _combine(parts, rank, causal):
             S, z = S + Sj, z + zj
         tokens = tokens + tj
     return S, z, tokens
+
+
+class _AllGather(torch.autograd.Function):
+    """All-gather of one flat tensor into [P, N]; the backward sums every rank's gradient of slot r on rank r.
+
+    Not ``torch.distributed.nn.functional.all_gather``: on gloo its backward passes group ranks as
+    global ranks (scatter with src = group rank), which fails on any group but the world.
+    """
+
+    @staticmethod
+    def forward(ctx, x, group):
+        out = x.new_empty((dist.get_world_size(group),) + x.shape)
+        dist.all_gather(list(out.unbind(0)), x.contiguous(), group=group)
+        ctx.group = group
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        if dist.get_backend(ctx.group) == "nccl":
+            mine = grad.new_empty(grad.shape[1:])
+            dist.reduce_scatter_tensor(mine, grad, group=ctx.group)
+            return mine, None
+        # gloo has no reduce-scatter: sum all slots everywhere (P states per rank; CPU runs are small)
+        dist.all_reduce(grad, group=ctx.group)
+        return grad[dist.get_rank(ctx.group)], None
 
 
 # -- the log-P scan ----------------------------------------------------------------------------------------
@@ -279,10 +302,7 @@ def exchange_states(S, z, log_decay, tokens, *, group=None, is_causal=True, comm
         return State(S0, z0, seen.expand(B).clone())
     # one buffer, one collective: S, z, the log decay and the local length
     packed = torch.cat([S.flatten(), z.flatten(), log_decay.flatten(), count])
-    with warnings.catch_warnings():
-        # torch 2.13 marks it deprecated in favour of a private module; it is the public differentiable one
-        warnings.filterwarnings("ignore", "torch.distributed.nn.functional.all_gather", FutureWarning)
-        gathered = dist_fn.all_gather(packed, group=group)
+    gathered = _AllGather.apply(packed, group).unbind(0)
     sizes = [B * H * F * DV, B * H * F, B * H, 2]
     parts = []
     for buf in gathered:
