@@ -180,3 +180,34 @@ def test_the_cli_smoke_run_on_the_cpu_writes_json_plot_and_tables(tmp_path, caps
     assert out_png.stat().st_size > 10_000
     out = capsys.readouterr().out
     assert "| variant | state (floats) | best lr | acc 16x2 | acc 32x4 |" in out and "val bits/byte" in out
+
+
+def test_a_failing_triton_path_is_named_and_the_torch_path_runs_instead():
+    calls = []
+
+    def train(cfg):
+        calls.append(cfg["backend"])
+        if cfg["backend"] == "auto":
+            raise RuntimeError("triton: out of resources\nsecond line")
+        return {"runs": [{"finite": True}]}
+
+    row = {}
+    out = Q._with_fallback(train, Q.VARIANTS["cube"], {"backend": "auto"}, torch.device("cuda"), row)
+    assert calls == ["auto", "torch"] and out == {"runs": [{"finite": True}]}
+    assert row["triton_error"] == "RuntimeError: triton: out of resources"
+    # softmax has no Triton path to blame, and a CPU run has none at all: the error stands
+    for variant, device in ((Q.VARIANTS["softmax"], "cuda"), (Q.VARIANTS["cube"], "cpu")):
+        with pytest.raises(RuntimeError, match="out of resources"):
+            Q._with_fallback(train, variant, {"backend": "auto"}, torch.device(device), {})
+
+
+def test_non_finite_losses_on_the_triton_path_also_fall_back():
+    seen = []
+
+    def train(cfg):
+        seen.append(cfg["backend"])
+        return {"finite": cfg["backend"] == "torch"}
+
+    row = {}
+    assert Q._with_fallback(train, Q.VARIANTS["x"], {"backend": "auto"}, torch.device("cuda"), row) == {"finite": True}
+    assert seen == ["auto", "torch"] and "non-finite" in row["triton_error"]
