@@ -347,9 +347,9 @@ def context_parallel_attention(q, k, v, spec, *, group=None, g=None, scale=None,
         sends, ceil(log2 P) rounds of at most one state in and one out per rank (twice that when
         ``is_causal=False``: a prefix and a suffix). "allgather": one all-gather, each rank receives
         the P - 1 other states and folds the earlier ones. Both give the same result up to rounding
-        (the folds are ordered differently). On CPU (gloo, 2 cores, fwd+bwd of a 2.2 MB state) the
-        scan took 22 / 53 / 76-83 ms at P = 2 / 3 / 4, the all-gather 23 / 85 / 135 ms; no GPU
-        measurement decides between them yet (at P = 2 both move one state).
+        (the folds are ordered differently). On CPU (gloo, 2 shared cores, fwd+bwd of a 2.2 MB
+        state, median of 20) the scan took 21 / 47 / 46 ms at P = 2 / 3 / 4, the all-gather 26 / 48
+        / 84 ms; no GPU measurement decides between them yet (at P = 2 both move one state).
 
     Returns
     -------
