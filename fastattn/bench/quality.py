@@ -160,7 +160,9 @@ class Mixer(nn.Module):
 
             o = hybrid_attention(q, k, v, self.poly, window=self.window)
         else:
-            o = self._favor(q, k, v)
+            # float32 throughout: under autocast the feature products would drop to bf16
+            with torch.autocast(x.device.type, enabled=False):
+                o = self._favor(q, k, v)
         if not self.variant.normalize:
             o = F.rms_norm(o.float(), (self.dv,))
         return self.out(o.to(x.dtype).transpose(1, 2).reshape(B, T, self.heads * self.dv))
