@@ -211,3 +211,13 @@ def test_non_finite_losses_on_the_triton_path_also_fall_back():
     row = {}
     assert Q._with_fallback(train, Q.VARIANTS["x"], {"backend": "auto"}, torch.device("cuda"), row) == {"finite": True}
     assert seen == ["auto", "torch"] and "non-finite" in row["triton_error"]
+
+
+def test_bench_decode_without_its_module_fails_alone_with_one_line(capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "fastattn.bench.decode", None)  # import raises: as if the file were missing
+    assert main(["bench", "decode", "--T", "8192"]) == 2
+    err = capsys.readouterr().err
+    assert "fastattn bench decode needs fastattn/bench/decode.py" in err and len(err.strip().splitlines()) == 1
+    assert main(["bench", "quality", "--help"]) == 0  # the other subcommands still parse

@@ -207,8 +207,8 @@ def _decode_module():
 def _add_decode(p: argparse.ArgumentParser) -> None:
     mod = _decode_module()
     if isinstance(mod, Unavailable):
-        # keep the parser: the error comes when decode is run, as one line
-        p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        # its parser takes anything (made like sweep's, see add_arguments); the error comes when run, as one line
+        p.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
         return
     mod.add_arguments(p)
 
@@ -232,8 +232,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for name in SUBCOMMANDS:
         add, handler = _HANDLERS[name]
         first = handler.__doc__.splitlines()[0]
-        # sweep passes every argument on, --help included, so its parser knows no '-' options
-        extra = dict(add_help=False, prefix_chars="+") if name == "sweep" else {}
+        # sweep passes every argument on, --help included, so its parser knows no '-' options; so does
+        # decode's stand-in where its module does not load, so that any arguments reach its one-line error
+        loose = name == "sweep" or (name == "decode" and isinstance(_decode_module(), Unavailable))
+        extra = dict(add_help=False, prefix_chars="+") if loose else {}
         q = sub.add_parser(name, help=first, description=first, **extra)
         add(q)
         q.set_defaults(_bench=handler)
