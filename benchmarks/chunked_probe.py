@@ -9,6 +9,7 @@
     python benchmarks/chunked_probe.py             # everything (~5 minutes on an H200)
     python benchmarks/chunked_probe.py --quick     # d64 8K and d128 16K only
     python benchmarks/chunked_probe.py --json out.json
+    python benchmarks/chunked_probe.py --table out.json   # the short table of a (maybe cut short) run
     python benchmarks/chunked_probe.py --model     # the model's table only (no GPU)
     python benchmarks/chunked_probe.py --aot       # compile every kernel for sm_90 (no GPU), REG/STACK/SMEM
 """
@@ -210,16 +211,72 @@ def time_passes(B, H, D, T, tuning=None):
             "bwd walk": (bwalk, m["bwd walk"]), "bwd dq+dkv": (bwd - bwalk, m["bwd dq"] + m["bwd dkv"])}
 
 
+KERNELS = ("_state_walk_kernel", "_chunk_out_kernel", "_chunk_dq_kernel", "_chunk_dkv_kernel")
+
+
+def compiled_resources(seen):
+    """Registers and spills of the kernels compiled since the last call ({name: [dict]}); seen: ids so far."""
+    out = {}
+    for name in KERNELS:
+        fn = getattr(chunked, name)
+        try:
+            kernels = [k for caches in fn.device_caches.values() for k in caches[0].values()]
+        except (AttributeError, IndexError, TypeError) as e:  # the cache's shape differs between triton versions
+            out[name] = [dict(error=repr(e))]
+            continue
+        for k in kernels:
+            if id(k) in seen:
+                continue
+            seen.add(id(k))
+            try:
+                k._init_handles()
+                out.setdefault(name, []).append(dict(regs=k.n_regs, spills=k.n_spills, warps=k.metadata.num_warps,
+                                                     stages=k.metadata.num_stages, smem=k.metadata.shared))
+            except Exception as e:  # noqa: BLE001 - a probe reports what it cannot read
+                out.setdefault(name, []).append(dict(error=repr(e)))
+    return out
+
+
+def print_table(results):
+    """The short table (<= 30 lines) of a results dict as main() writes it."""
+    print(f"{results.get('device')}, torch {results.get('torch')}, triton {results.get('triton')}, bf16 causal, "
+          f"f = 1 + x + x²/2 normalised; ms (do_bench); tuning {results.get('tuning') or {}}")
+    for d, c in results.get("checks", {}).items():
+        print(f"check {d} T4K bf16 vs fp32: " + ", ".join(
+            f"{n} max-rel {mx:.1e} rms {rms:.1e}" + (f" NONFINITE {bad}" if bad else "")
+            for n, (mx, rms, bad) in c.items()))
+    print("| B H D T | ours fwd | ours fwd+bwd | model fwd+bwd | % of 695 TF | SDPA fwd | SDPA fwd+bwd | SDPA backend |"
+          " SDPA / ours fwd+bwd | peak GB ours / SDPA |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in results.get("rows", []):
+        print(f"| {r['B']} {r['H']} d{r['D']} {r['T'] // 1024}K | {r['ours_fwd']:.2f} | {r['ours_fwdbwd']:.2f} | "
+              f"{r['model_fwdbwd']:.2f} | {r['pct_peak_fwdbwd']:.0f} | {r['sdpa_fwd']:.2f} | {r['sdpa_fwdbwd']:.2f} | "
+              f"{r['sdpa_backend']} | {r['sdpa_fwdbwd'] / r['ours_fwdbwd']:.2f}x | "
+              f"{r['ours_peak_gb']:.1f} / {r['sdpa_peak_gb']:.1f} |")
+    for shape, passes in results.get("passes", {}).items():
+        print(f"passes {shape}: " + ", ".join(f"{k} {got:.2f} (model {want:.2f})" for k, (got, want) in passes.items()))
+    for shape, res in results.get("resources", {}).items():
+        print(f"regs/spills {shape}: " + ", ".join(
+            f"{n[1:].replace('_kernel', '')} " + "/".join(f"{e.get('regs')}:{e.get('spills')}" for e in v)
+            for n, v in res.items()))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="d64 8K and d128 16K only")
-    ap.add_argument("--json", default=None, help="write the full results here")
+    ap.add_argument("--json", default=None, help="write the full results here (rewritten after every step)")
+    ap.add_argument("--table", default=None, help="print the short table of a results file and exit")
     ap.add_argument("--model", action="store_true", help="print the cost model's table and exit")
     ap.add_argument("--aot", action="store_true", help="compile for sm_90 on the host and print resources")
+    ap.add_argument("--dims", default="64,128", help="head dims of --aot, comma-separated")
     ap.add_argument("--passes", action="store_true", help="per-pass ms at d64 8K and d128 16K, and exit")
-    ap.add_argument("--tuning", default=None, help="a JSON dict of plan overrides, e.g. '{\"chunk\": 256}'")
+    ap.add_argument("--tuning", default=None, help="a JSON dict of plan overrides, e.g. '{\"vjp\": \"gather\"}'")
     a = ap.parse_args(argv)
     tuning = json.loads(a.tuning) if a.tuning else None
+    if a.table:
+        with open(a.table) as fh:
+            print_table(json.load(fh))
+        return 0
     if a.model:
         print_model(ROWS, tuning)
         return 0
@@ -230,14 +287,20 @@ def main(argv=None) -> int:
                 flush=True)
         return 0
     if a.aot:
-        for D in (64, 128):
+        for D in (int(d) for d in a.dims.split(",")):
             for name, line in aot_report(D, D, tuning=tuning).items():
                 print(f"d{D} {name:10s} {line}")
         return 0
-    results = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, checks={}, rows=[])
     import triton
-    results["triton"] = triton.__version__
-    ok = True
+    results = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
+                   tuning=tuning or {}, checks={}, rows=[], passes={}, resources={})
+
+    def save():
+        if a.json:
+            with open(a.json, "w") as fh:
+                json.dump(results, fh, indent=1)
+
+    ok, seen = True, set()
     for D in (64, 128):
         c = check(D)
         results["checks"][f"d{D}"] = c
@@ -245,23 +308,23 @@ def main(argv=None) -> int:
             # bf16 against fp32: rounding of inputs to the dots (~4e-3 relative) bounds these
             good = bad == 0 and rms < 2e-2 and mx < 5e-2
             ok &= good
-            print(f"check d{D} T4K {name:2s}: max-rel {mx:.2e} rel-RMS {rms:.2e} " + ("ok" if good else "FAIL"))
+            print(f"check d{D} T4K {name:2s}: max-rel {mx:.2e} rel-RMS {rms:.2e} " + ("ok" if good else "FAIL"),
+                  flush=True)
+        save()
+    # every kernel variant is compiled by now, in the order d64 then d128 (the walk: forward, then backward)
+    results["resources"]["d64, d128"] = compiled_resources(seen)
+    print(f"resources {results['resources']}", flush=True)
     for B, H, D, T in (QUICK if a.quick else ROWS):
         row = time_row(B, H, D, T, tuning)
         results["rows"].append(row)
         print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
-    if a.json:
-        with open(a.json, "w") as fh:
-            json.dump(results, fh, indent=1)
-    print(f"\n{results['device']}, torch {results['torch']}, triton {results['triton']}, bf16 causal, "
-          f"f = 1 + x + x²/2 normalised; ms (do_bench)")
-    print("| B H D T | ours fwd | ours fwd+bwd | model fwd+bwd | % of 695 TF | SDPA fwd | SDPA fwd+bwd | SDPA backend |"
-          " speed-up fwd+bwd |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in results["rows"]:
-        print(f"| {r['B']} {r['H']} d{r['D']} {r['T'] // 1024}K | {r['ours_fwd']:.2f} | {r['ours_fwdbwd']:.2f} | "
-              f"{r['model_fwdbwd']:.2f} | {r['pct_peak_fwdbwd']:.0f} | {r['sdpa_fwd']:.2f} | {r['sdpa_fwdbwd']:.2f} | "
-              f"{r['sdpa_backend']} | {r['sdpa_fwdbwd'] / r['ours_fwdbwd']:.2f}x |")
+        if (B, H, D, T) in QUICK:
+            shape = f"d{D} {T // 1024}K"
+            results["passes"][shape] = time_passes(B, H, D, T, tuning)
+            print(f"passes {shape}: {results['passes'][shape]}", flush=True)
+        save()
+    print()
+    print_table(results)
     return 0 if ok else 1
 
 

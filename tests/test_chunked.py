@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -58,21 +59,23 @@ def test_plan_counts_the_d64_basis():
 
 
 # T = 200: 4 chunks of 64, the last 8 rows long; D = 60 pads to 64 (33 circulant tiles), D = 4 to 16.
-# One head except where two check the per-head offsets: the interpreter pays per program and per tile.
-LARGE = dict(chunk=64, block=32, step=64)
+# One head except where two check the per-head offsets (T = 200), and row blocks as long as the chunk but at
+# d4 (SMALL: two blocks per chunk): the interpreter pays per program and per tile (~3 s a case at d64).
+LARGE = dict(chunk=64, block=64, step=64)
+MID = dict(chunk=32, block=32, step=32)
 CASES = [
     # T, D, DV, H, causal, normalize, dtype, tuning
     (200, 60, 48, 2, True, True, torch.float32, LARGE),
     (200, 64, 64, 1, False, True, torch.float32, LARGE),
-    (63, 64, 48, 1, True, False, torch.float32, SMALL),
-    (63, 60, 64, 1, False, False, torch.float32, SMALL),
-    (1, 64, 48, 1, True, True, torch.float32, SMALL),
-    (130, 4, 16, 2, True, True, torch.float32, SMALL),
-    (40, 128, 48, 1, True, True, torch.float32, SMALL),
+    (63, 64, 48, 1, True, False, torch.float32, MID),
+    (63, 60, 64, 1, False, False, torch.float32, MID),
+    (1, 64, 48, 1, True, True, torch.float32, MID),
+    (130, 4, 16, 1, True, True, torch.float32, SMALL),
+    (40, 128, 48, 1, True, True, torch.float32, MID),
     (200, 60, 64, 1, True, True, torch.float16, LARGE),
-    (63, 64, 48, 1, True, False, torch.float16, SMALL),
+    (63, 64, 48, 1, True, False, torch.float16, MID),
     # the other ways to turn a tile (loads at turned offsets) and its gradient (tl.gather, no second MMA)
-    (63, 60, 48, 1, True, True, torch.float32, dict(SMALL, rotate="load", vjp="gather")),
+    (63, 60, 48, 1, True, True, torch.float32, dict(MID, rotate="load", vjp="gather")),
 ]
 IDS = ["T200-d60-v48-causal-norm", "T200-d64-noncausal-norm", "T63-d64-v48-causal", "T63-d60-noncausal",
        "T1-d64-norm", "T130-d4-causal-norm", "T40-d128-causal-norm", "fp16-T200-d60-causal-norm",
@@ -115,14 +118,17 @@ def test_bad_inputs_are_refused():
 
 @pytest.mark.slow
 def test_every_kernel_compiles_for_sm90():
+    # d64 only (~10 s of CPU); the GPU probe reports d128's registers and spills from the kernels it runs
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "chunked_probe.py"), "--aot"],
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "chunked_probe.py"), "--aot", "--dims", "64"],
                        capture_output=True, text=True, env=env, timeout=900, cwd=ROOT)
     assert p.returncode == 0, p.stderr[-2000:]
     rows = [line for line in p.stdout.splitlines() if "REG:" in line]
     names = {re.match(r"(d\d+ .+?)\s+REG:", r).group(1) for r in rows}
-    assert names == {f"d{d} {n}" for d in (64, 128) for n in ("walk fwd", "walk bwd", "out", "dq", "dkv")}, p.stdout
+    assert names == {f"d64 {n}" for n in ("walk fwd", "walk bwd", "out", "dq", "dkv")}, p.stdout
     for line in rows:
         assert 0 < int(re.search(r"REG:(\d+)", line).group(1)) <= 255, line
         # the dynamic shared memory a launch asks for fits an sm_90 block (227 KB)
         assert 0 < int(re.search(r"SMEM:(\d+)", line).group(1)) <= 232448, line
+    # spills are reported, not asserted: they cost speed, not correctness (the warnings summary shows them)
+    warnings.warn("chunked sm_90 resources: " + "; ".join(" ".join(r.split()) for r in rows))
