@@ -5,7 +5,8 @@
 ``tuning=`` dict where a small shape cannot select it (one row uses FASTATTN_FUSED=0, the user's
 "general path" knob), runs it under the interpreter in fp32 and fp16 (o, dq, dk, dv with a random
 upstream gradient against the float64 quadratic reference, through ``run_case``) and asserts that
-exactly those routes ran. The last tests check that the rows cover ``ROUTES`` and that ``ROUTES`` is
+exactly those routes ran; then again in fp32 with an initial state in and the final state out (o, the
+final state and every gradient, the initial state's too, against the float64 torch path). The last tests check that the rows cover ``ROUTES`` and that ``ROUTES`` is
 every name ``plan`` can give.
 """
 
@@ -20,6 +21,7 @@ import torch
 from fastattn.kernels.codegen import load_module
 from fastattn.kernels.poly import polynomial
 from test_kernels import run_case
+from test_triton_state import run_state_case
 
 pytestmark = pytest.mark.usefixtures("kernel_env")
 
@@ -70,6 +72,34 @@ def test_route_matches_reference(row, dtype, monkeypatch):
     mod.routes_taken.clear()
     run_case(spec, dtype, **{**SMALL, **case}, tuning=tuning)
     assert mod.routes_taken == routes
+
+
+def _routes_with_state(routes, normalize):
+    """The routes a row takes with a carried state: a degree-2 f keeps its constant in a Kronecker tile
+    (no ".../const"), and an unnormalised call with a gradient on its final z rebuilds the fused
+    backward's segment states (their z sums) instead of reusing the forward's."""
+    out = {r.replace("/const", "") for r in routes}
+    if not normalize:
+        out = {r.replace("/saved", "/rebuilt") for r in out}
+    return out
+
+
+# the empty call passes its state through untouched (test_triton_state.test_empty_call_passes_the_state_through)
+STATE_ROWS = [r for r in ROWS if r[0] != "empty"]
+
+
+@pytest.mark.parametrize("row", STATE_ROWS, ids=[r[0] for r in STATE_ROWS])
+def test_route_with_a_carried_state_matches_torch(row, monkeypatch):
+    # fp32: fp16 with a state runs in tests/test_triton_state.py on the default routes
+    _, spec, env, tuning, case, routes = row
+    monkeypatch.delenv("FASTATTN_FUSED", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    mod = load_module(polynomial(spec))
+    mod.routes_taken.clear()
+    case = {**SMALL, **case}
+    run_state_case(spec, torch.float32, **case, tuning=tuning)
+    assert mod.routes_taken == _routes_with_state(routes, case["normalize"])
 
 
 def test_rows_cover_every_route():
