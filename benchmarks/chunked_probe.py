@@ -89,10 +89,10 @@ def aot_report(D=64, DV=64, dtype="bf16", causal=True, normalize=True, arch=90, 
     walk = dict(x=ptr, y=ptr, c=f32, S=ptr, Z=f32, **ints, NC="i32", NS="i32", F_ROWS="i32")
     scal = dict(a0="fp32", a1="fp32", a2="fp32", scale="fp32", **ints, NS="i32", F_ROWS="i32")
     jobs = [
-        ("walk fwd", chunked._state_walk_kernel, walk, dict(consts, BT=p["step"], REVERSE=False, HAS_C=False),
-         p["walk_warps"]),
-        ("walk bwd", chunked._state_walk_kernel, walk, dict(consts, BT=p["step"], REVERSE=True, HAS_C=normalize),
-         p["walk_warps"]),
+        ("walk fwd", chunked._state_walk_kernel, walk,
+         dict(consts, BV=p["walk_cols"], BT=p["step"], REVERSE=False, HAS_C=False), p["walk_warps"]),
+        ("walk bwd", chunked._state_walk_kernel, walk,
+         dict(consts, BV=p["walk_cols"], BT=p["step"], REVERSE=True, HAS_C=normalize), p["walk_warps"]),
         ("out", chunked._chunk_out_kernel, dict(q=ptr, k=ptr, v=ptr, S=ptr, Z=f32, o=ptr, z=f32, **scal),
          dict(consts, BM=p["block"]), p["warps"]),
         ("dq", chunked._chunk_dq_kernel, dict(q=ptr, k=ptr, v=ptr, dn=ptr, dl=f32, S=ptr, Z=f32, dq=ptr, **scal),

@@ -16,10 +16,11 @@ CHUNKED.md beside this file. Four passes, every heavy step a tensor-core GEMM, n
 The feature map is never written to HBM: the quadratic features are grouped by the cyclic distance
 d = (b − a) mod BD of their pair {a, b} (BD: the head dim padded to a power of two). Circulant tile
 d = 0 .. BD/2 has BD columns, column c = x_c · x_{(c−d) mod BD}: the row tile times a copy of itself
-read with rotated column offsets, no reshape. Weights a2 s² on d = 0, 2 a2 s² on 0 < d < BD/2, and
-a2 s² on d = BD/2, whose columns c and c + BD/2 hold the same pair. One "low" tile [x, 1] carries
-a1 s x and a0. Weights sit on the query side only, so the walks over k (forward) and over q
-(backward) share one kernel.
+with its columns turned by d (``tl.gather`` in registers, or loads at turned offsets), no reshape and
+no pair table: d is the program id or the loop counter. 2177 feature rows at D = 64. Weights a2 s²
+on d = 0, 2 a2 s² on 0 < d < BD/2, and a2 s² on d = BD/2, whose columns c and c + BD/2 hold the same
+pair. One "low" tile [x, 1] carries a1 s x and a0. Weights sit on the query side only, so the walks
+over k (forward) and over q (backward) share one kernel.
 
 >>> import torch
 >>> q, k, v = (torch.randn(1, 1, 8, 4, dtype=torch.float64) for _ in range(3))
@@ -52,11 +53,16 @@ def _state_walk_kernel(x, y, c, S, Z, T, D: tl.constexpr, DV, NC, NS, F_ROWS,
     x [BH, T, D], y [BH, T, DV] (input dtype), c [BH, T] fp32 (1 where not HAS_C); writes
     S [BH, NS, F_ROWS, DV] (input dtype) and Z [BH, NS, F_ROWS] fp32: with CAUSAL, slot c holds
     the sum over the chunks before c in walk order (NS = NC); else slot 0 holds the total (NS = 1).
-    Grid (BD/2 + 2, BH): program d ≤ BD/2 owns circulant tile d (rows d·BD + c: x_c x_{(c−d) mod BD}),
-    program BD/2 + 1 the low tile (rows (BD/2 + 1)·BD + [0, BD): x; the row after: the constant 1).
+    Grid (BD/2 + 2, BH, cdiv(DV, BV)): program d ≤ BD/2 owns circulant tile d (rows d·BD + c:
+    x_c x_{(c−d) mod BD}), program BD/2 + 1 the low tile (rows (BD/2 + 1)·BD + [0, BD): x; the row
+    after: the constant 1); the third axis splits the value columns into blocks of BV, and its first
+    block writes Z.
     """
     d = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
+    iv = tl.program_id(2)
+    # the first block of value columns writes Z (a mask as a tensor: the interpreter takes no scalar one)
+    m_z = (tl.zeros([BD], dtype=tl.int32) + iv) == 0
     x += bh * T * D
     y += bh * T * DV
     c += bh * T
@@ -64,7 +70,7 @@ def _state_walk_kernel(x, y, c, S, Z, T, D: tl.constexpr, DV, NC, NS, F_ROWS,
     Z += bh * NS * F_ROWS
     NT: tl.constexpr = BD // 2 + 1
     o_t = tl.arange(0, BT)
-    o_v = tl.arange(0, BV)
+    o_v = iv * BV + tl.arange(0, BV)
     o_d = tl.arange(0, BD)
     m_v, m_d = o_v < DV, o_d < D
     if d < NT:
@@ -83,7 +89,7 @@ def _state_walk_kernel(x, y, c, S, Z, T, D: tl.constexpr, DV, NC, NS, F_ROWS,
             if CAUSAL:
                 tl.store(p_s + ci * F_ROWS * DV, b_s.to(S.dtype.element_ty), mask=m_v[None, :])
                 if NORMALIZE:
-                    tl.store(Z + ci * F_ROWS + o_f, b_z)
+                    tl.store(Z + ci * F_ROWS + o_f, b_z, mask=m_z)
             for r0 in range(ci * CHUNK, ci * CHUNK + CHUNK, BT):
                 # pointer tiles built inside the loop: hoisted, [BD, BT] 64-bit pointers spilled (sm_90)
                 rows = r0 + o_t
@@ -108,7 +114,7 @@ def _state_walk_kernel(x, y, c, S, Z, T, D: tl.constexpr, DV, NC, NS, F_ROWS,
         if not CAUSAL:
             tl.store(p_s, b_s.to(S.dtype.element_ty), mask=m_v[None, :])
             if NORMALIZE:
-                tl.store(Z + o_f, b_z)
+                tl.store(Z + o_f, b_z, mask=m_z)
     else:
         f_lo = NT * BD
         b_sl = tl.zeros([BD, BV], dtype=tl.float32)
@@ -125,8 +131,10 @@ def _state_walk_kernel(x, y, c, S, Z, T, D: tl.constexpr, DV, NC, NS, F_ROWS,
                 tl.store(p_s + o_d[:, None] * DV + o_v[None, :], b_sl.to(S.dtype.element_ty), mask=m_v[None, :])
                 tl.store(p_s + BD * DV + o_v, b_sc.to(S.dtype.element_ty), mask=m_v)
                 if NORMALIZE:
-                    tl.store(Z + ci * F_ROWS + f_lo + o_d, b_zl)
-                    tl.store(Z + ci * F_ROWS + f_lo + BD, b_zc)
+                    tl.store(Z + ci * F_ROWS + f_lo + o_d, b_zl, mask=m_z)
+                    # the constant's row: one element, stored from a [BD] block to take the tensor mask
+                    tl.store(Z + ci * F_ROWS + f_lo + BD + o_d, tl.where(o_d == 0, b_zc, 0.0),
+                             mask=m_z & (o_d == 0))
             for r0 in range(ci * CHUNK, ci * CHUNK + CHUNK, BT):
                 rows = r0 + o_t
                 m_t = rows < T
@@ -148,8 +156,8 @@ def _state_walk_kernel(x, y, c, S, Z, T, D: tl.constexpr, DV, NC, NS, F_ROWS,
             tl.store(p_s + o_d[:, None] * DV + o_v[None, :], b_sl.to(S.dtype.element_ty), mask=m_v[None, :])
             tl.store(p_s + BD * DV + o_v, b_sc.to(S.dtype.element_ty), mask=m_v)
             if NORMALIZE:
-                tl.store(Z + f_lo + o_d, b_zl)
-                tl.store(Z + f_lo + BD, b_zc)
+                tl.store(Z + f_lo + o_d, b_zl, mask=m_z)
+                tl.store(Z + f_lo + BD + o_d, tl.where(o_d == 0, b_zc, 0.0), mask=m_z & (o_d == 0))
 
 
 @triton.jit
@@ -439,8 +447,9 @@ def plan(T: int, D: int, DV: int, dtype: torch.dtype, *, tuning: dict | None = N
     # 1016 to 0 / 0 / 64; 64-row blocks took d128 out / dq / dk,dv from 880 / 1680 / 3720 to 312 / 296 / 904;
     # turning tiles by tl.gather spilled less than loads at turned offsets (d64 out 104 against 352, dq 80 / 568).
     # 3 walk stages at d128: 9.0 -> 7.1 ms in the Kronecker layout (H200, triton 3.6); not re-measured since.
+    # 64 value columns per walk program: the d128 walk's [128, 128] fp32 state spilled 632 B, [128, 64] none
     p = dict(chunk=512, block=64, step=64, warps=8, walk_warps=8 if big else 4, stages=2,
-             walk_stages=3 if big else 2, rotate="gather", vjp="mma")
+             walk_stages=3 if big else 2, walk_cols=min(BV, 64), rotate="gather", vjp="mma")
     p.update(tuning or {})
     if p["chunk"] % p["block"] or p["chunk"] % p["step"]:
         raise ValueError(f"plan: block {p['block']} and step {p['step']} must divide chunk {p['chunk']}; got {p}")
@@ -461,11 +470,11 @@ def _walk(x, y, c, p, *, causal, reverse, normalize):
     ns = nc if causal else 1
     S = torch.empty(BH, ns, p["feature_rows"], DV, dtype=x.dtype, device=x.device)
     Z = torch.empty(BH, ns, p["feature_rows"] if normalize else 1, dtype=torch.float32, device=x.device)
-    _state_walk_kernel[(p["ntiles"] + 1, BH)](
+    _state_walk_kernel[(p["ntiles"] + 1, BH, triton.cdiv(DV, p["walk_cols"]))](
         x=x, y=y, c=x if c is None else c, S=S, Z=Z, T=T, D=D, DV=DV, NC=nc, NS=ns, F_ROWS=p["feature_rows"],
-        CHUNK=p["chunk"], BT=p["step"], BD=p["BD"], BV=p["BV"], CAUSAL=causal, REVERSE=reverse, HAS_C=c is not None,
-        NORMALIZE=normalize, ROTATE=p["rotate"], PRECISION=p["precision"], num_warps=p["walk_warps"],
-        num_stages=p["walk_stages"])
+        CHUNK=p["chunk"], BT=p["step"], BD=p["BD"], BV=p["walk_cols"], CAUSAL=causal, REVERSE=reverse,
+        HAS_C=c is not None, NORMALIZE=normalize, ROTATE=p["rotate"], PRECISION=p["precision"],
+        num_warps=p["walk_warps"], num_stages=p["walk_stages"])
     return S, Z, ns
 
 
