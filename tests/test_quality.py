@@ -221,3 +221,14 @@ def test_bench_decode_without_its_module_fails_alone_with_one_line(capsys, monke
     err = capsys.readouterr().err
     assert "fastattn bench decode needs fastattn/bench/decode.py" in err and len(err.strip().splitlines()) == 1
     assert main(["bench", "quality", "--help"]) == 0  # the other subcommands still parse
+
+
+@pytest.mark.parametrize("argv, match", [(["--steps", "0"], "--steps 0: must be > 0"),
+                                         (["--lm-d-model", "30", "--lm-heads", "4"], "--lm-d-model 30: must be > 0 and a multiple"),
+                                         (["--lrs", "1e-3", "-1"], "--lrs"), (["--train", "16x8"], "seq >= 4 \\* pairs")])
+def test_quality_refuses_bad_sizes_with_the_option_named(argv, match, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["bench", "quality", "--cpu", *argv]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert __import__("re").search(match, err), err

@@ -341,7 +341,7 @@ def _seed(seed):
 def train_mqar_variant(variant: Variant, cfg: dict, *, device, eval_sets, deadline) -> dict:
     """Train one model per learning rate; keep the best on the validation sets; its test accuracies.
 
-    ``eval_sets`` = {"val": {(T, n): (tokens, targets)}, "test": {...}}; ``cfg`` as :func:`_mqar_config` builds.
+    ``eval_sets`` = {"val": {(T, n): (tokens, targets)}, "test": {...}}; ``cfg`` as ``_mqar_config`` builds.
     """
     warm = _warm_up(variant, cfg, device, [(cfg["batch"], T, n) for T, n in cfg["train"]])
     runs = []
@@ -491,7 +491,7 @@ LM_QUICK = dict(LM_FULL, layers=2, context=256, batch=32, steps=600, lr=3e-3, tr
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``fastattn bench quality``; unset ones come from the full or the --quick preset."""
     p.add_argument("--task", choices=("mqar", "lm", "both"), default="both", help="which task(s) (default both)")
-    p.add_argument("--quick", action="store_true", help="the few-GPU-minutes preset (about 3 + 2 minutes on an H200)")
+    p.add_argument("--quick", action="store_true", help="the few-GPU-minutes preset: MQAR within 165 s, the LM within 65 s (budgets)")
     p.add_argument("--cpu", action="store_true", help="allow running on the CPU (tiny sizes only; for smoke tests)")
     p.add_argument("--variants", nargs="+", default=None, metavar="NAME",
                    help=f"MQAR variants (default all: {' '.join(VARIANTS)})")
@@ -528,6 +528,13 @@ def _config(args, prefix, full, quick):
     preset = quick if args.quick else full
     cfg = {k: (getattr(args, f"{prefix}_{k}") if getattr(args, f"{prefix}_{k}", None) is not None else v)
            for k, v in preset.items()}
+    for k, v in cfg.items():
+        bad = (isinstance(v, (int, float)) and not v > 0 or k == "lrs" and not all(lr > 0 for lr in v)
+               or k == "d_model" and v % cfg["heads"])
+        if bad and not (k == "window" and v == 0):
+            option = f"--{'lm-' if prefix == 'lm' else ''}{k.replace('_', '-')}"
+            raise ValueError(f"{option} {v}: must be > 0" + (f" and a multiple of the heads ({cfg['heads']})"
+                                                              if k == "d_model" else ""))
     cfg.update(seed=args.seed, backend=args.backend)
     return cfg
 
@@ -642,12 +649,17 @@ def _with_fallback(train, variant, cfg, device, row):
         return train(dict(cfg, backend="torch"))
 
 
-def _run_mqar(args, device, data):
+def _mqar_config(args):
     cfg = _config(args, "mqar", MQAR_FULL, MQAR_QUICK)
-    names = _names(args.variants, VARIANTS, "--variants")
     cfg["train"], cfg["test"] = _parse_settings(cfg["train"], "--train"), _parse_settings(cfg["test"], "--test")
     for T, n in cfg["train"] + cfg["test"]:
         mqar_batch(1, T, n, cfg["vocab"])  # refuse a setting the vocabulary cannot hold before any training
+    return cfg
+
+
+def _run_mqar(args, device, data):
+    cfg = _mqar_config(args)
+    names = _names(args.variants, VARIANTS, "--variants")
     start = time.monotonic()
     end = math.inf if cfg["budget"] is None else start + cfg["budget"]
     eval_sets = {}
@@ -712,6 +724,9 @@ def run(args: argparse.Namespace) -> int:
             raise OSError(2, f"the directory {str(Path(path).parent)!r} does not exist (for {option})", path)
     _names(args.variants, VARIANTS, "--variants")
     _names(args.lm_variants, LM_VARIANTS, "--lm-variants")
+    # every size is checked before any training, the LM's too
+    _mqar_config(args)
+    _config(args, "lm", LM_FULL, LM_QUICK)
     if torch.cuda.is_available():
         device = torch.device("cuda")
     elif args.cpu:
