@@ -75,8 +75,8 @@ CASES = [
     (130, 60, 64, 1, True, True, torch.float16, LARGE),
     (63, 64, 48, 1, True, False, torch.float16, MID),
     # the other ways to turn a tile (loads at turned offsets) and its gradient (tl.gather, no second MMA);
-    # the walk's value columns in two blocks, the second one partial
-    (63, 60, 48, 1, True, True, torch.float32, dict(MID, rotate="load", vjp="gather", walk_cols=32)),
+    # the walk's and the output pass's value columns in two blocks, the second one partial
+    (63, 60, 48, 1, True, True, torch.float32, dict(MID, rotate="load", vjp="gather", walk_cols=32, out_cols=32)),
 ]
 IDS = ["T200-d60-v48-causal-norm", "T130-d64-noncausal-norm", "T63-d64-v48-causal", "T63-d60-noncausal",
        "T1-d64-norm", "T130-d4-causal-norm", "T40-d128-causal-norm", "fp16-T130-d60-causal-norm",

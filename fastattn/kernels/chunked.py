@@ -168,10 +168,12 @@ def _chunk_out_kernel(q, k, v, S, Z, o, z, a0, a1, a2, scale, T, D: tl.constexpr
     """o = φ(Q)·S_c (all feature tiles) + f(s QKᵀ) ⊙ mask @ V inside the chunk, [/ z].
 
     q, k [BH, T, D], v [BH, T, DV], S / Z as the walk writes them; writes o [BH, T, DV] (input
-    dtype) and, with NORMALIZE, z [BH, T] fp32. Grid (cdiv(T, BM), BH).
+    dtype) and, with NORMALIZE, z [BH, T] fp32. Grid (cdiv(T, BM), BH, cdiv(DV, BV)): the third axis
+    splits the value columns into blocks of BV (each program forms all of φ(Q) and z; the first writes z).
     """
     mb = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
+    iv = tl.program_id(2)
     q += bh * T * D
     k += bh * T * D
     v += bh * T * DV
@@ -186,7 +188,7 @@ def _chunk_out_kernel(q, k, v, S, Z, o, z, a0, a1, a2, scale, T, D: tl.constexpr
     Z += (bh * NS + ci) * F_ROWS
     NT: tl.constexpr = BD // 2 + 1
     o_m = tl.arange(0, BM)
-    o_v = tl.arange(0, BV)
+    o_v = iv * BV + tl.arange(0, BV)
     o_d = tl.arange(0, BD)
     m_v, m_d = o_v < DV, o_d < D
     rows = r0 + o_m
@@ -233,7 +235,8 @@ def _chunk_out_kernel(q, k, v, S, Z, o, z, a0, a1, a2, scale, T, D: tl.constexpr
                 b_z += tl.sum(b_a, 1)
     if NORMALIZE:
         b_o = b_o / b_z[:, None]
-        tl.store(z + rows, b_z, mask=m_r)
+        # the first block of value columns writes z (a tensor mask: the interpreter takes no scalar one)
+        tl.store(z + rows, b_z, mask=m_r & ((tl.zeros([BM], dtype=tl.int32) + iv) == 0))
     tl.store(o + rows[:, None] * DV + o_v[None, :], b_o.to(o.dtype.element_ty), mask=m_r[:, None] & m_v[None, :])
 
 
@@ -447,9 +450,11 @@ def plan(T: int, D: int, DV: int, dtype: torch.dtype, *, tuning: dict | None = N
     # 1016 to 0 / 0 / 64; 64-row blocks took d128 out / dq / dk,dv from 880 / 1680 / 3720 to 312 / 296 / 904;
     # turning tiles by tl.gather spilled less than loads at turned offsets (d64 out 104 against 352, dq 80 / 568).
     # 3 walk stages at d128: 9.0 -> 7.1 ms in the Kronecker layout (H200, triton 3.6); not re-measured since.
-    # 64 value columns per walk program: the d128 walk's [128, 128] fp32 state spilled 632 B, [128, 64] none
+    # 64 value columns per walk and output program: at d128 the walk's [128, 128] fp32 state spilled 632 B,
+    # [128, 64] none; the output pass 312 B, none at 64 (the φ(Q) tiles and z are formed twice)
     p = dict(chunk=512, block=64, step=64, warps=8, walk_warps=8 if big else 4, stages=2,
-             walk_stages=3 if big else 2, walk_cols=min(BV, 64), rotate="gather", vjp="mma")
+             walk_stages=3 if big else 2, walk_cols=min(BV, 64), out_cols=min(BV, 64), rotate="gather",
+             vjp="mma")
     p.update(tuning or {})
     if p["chunk"] % p["block"] or p["chunk"] % p["step"]:
         raise ValueError(f"plan: block {p['block']} and step {p['step']} must divide chunk {p['chunk']}; got {p}")
@@ -485,10 +490,11 @@ def _forward(q, k, v, coeffs, scale, causal, normalize, p):
     o = torch.empty(BH, T, DV, dtype=q.dtype, device=q.device)
     z = torch.empty(BH, T if normalize else 1, dtype=torch.float32, device=q.device)
     a0, a1, a2 = coeffs
-    _chunk_out_kernel[(triton.cdiv(T, p["block"]), BH)](
+    _chunk_out_kernel[(triton.cdiv(T, p["block"]), BH, triton.cdiv(DV, p["out_cols"]))](
         q=q, k=k, v=v, S=S, Z=Z, o=o, z=z, a0=a0, a1=a1, a2=a2, scale=scale, T=T, D=D, DV=DV, NS=ns,
-        F_ROWS=p["feature_rows"], CHUNK=p["chunk"], BM=p["block"], BD=p["BD"], BV=p["BV"], CAUSAL=causal,
-        NORMALIZE=normalize, ROTATE=p["rotate"], PRECISION=p["precision"], num_warps=p["warps"], num_stages=p["stages"])
+        F_ROWS=p["feature_rows"], CHUNK=p["chunk"], BM=p["block"], BD=p["BD"], BV=p["out_cols"], CAUSAL=causal,
+        NORMALIZE=normalize, ROTATE=p["rotate"], PRECISION=p["precision"], num_warps=p["warps"],
+        num_stages=p["stages"])
     return o, z, S, Z
 
 
