@@ -46,11 +46,13 @@ def model(B, H, T, D, DV, tuning=None, elem=2):
     gemm = 2 * F * DV * n  # one pass of φ(X)ᵀY or φ(X)·S over all tokens
     # vjp "mma": the turned gradient of each circulant tile is one more MMA in dq and in dk/dv
     turned = 2 * p["ntiles"] * p["BD"] * DV * n if p["vjp"] == "mma" else 0
+    # the output pass's value-column blocks each form the intra-chunk score tile QKᵀ
+    splits = -(-DV // p["out_cols"])
     state = n / L * F * (DV * elem + 4)  # the materialised states (input dtype) and ζ (fp32)
     qkv = n * (2 * D + DV) * elem
     passes = {
         "fwd walk": (gemm, qkv + state),
-        "fwd out": (gemm + 2 * (D + DV) * keys * n, qkv + state + n * (DV * elem + 4)),
+        "fwd out": (gemm + 2 * (D * splits + DV) * keys * n, qkv + state + n * (DV * elem + 4)),
         "bwd walk": (gemm, n * (D + DV) * elem + n * 4 + state),
         "bwd dq": (gemm + turned + 2 * (2 * D + DV) * keys * n, qkv + state + n * (DV * elem + 4 + D * elem)),
         "bwd dkv": (2 * gemm + turned + 4 * (D + DV) * keys * n, qkv + state + n * (DV * elem + 4 + (D + DV) * elem)),
