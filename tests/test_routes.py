@@ -102,6 +102,16 @@ def test_route_with_a_carried_state_matches_torch(row, monkeypatch):
     assert mod.routes_taken == _routes_with_state(routes, case["normalize"])
 
 
+def test_kronecker_routes_with_a_carried_state_in_fp16(monkeypatch):
+    # the state in and out of 16-bit Kronecker tiles (test_triton_state runs fp16 on the symmetric layouts)
+    _, spec, _, tuning, case, routes = next(r for r in ROWS if r[0] == "chunk-kron")
+    monkeypatch.delenv("FASTATTN_FUSED", raising=False)
+    mod = load_module(polynomial(spec))
+    mod.routes_taken.clear()
+    run_state_case(spec, torch.float16, **{**SMALL, **case}, tuning=tuning)
+    assert mod.routes_taken == routes == {"fwd/chunk/kron", "bwd/scan/causal/kron"}
+
+
 def test_rows_cover_every_route():
     covered = set().union(*(r[-1] for r in ROWS))
     mod = load_module(polynomial("1 + x + x**2/2"))
