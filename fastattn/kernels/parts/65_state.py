@@ -42,15 +42,18 @@ def state_map(p, D, scale, device):
                 f = t * bf + c
                 if w_k[f] == 0.0:
                     continue
+                # a low tile reads columns of x' = [x, 1]; a Kronecker tile's column `one` reads as 1; every
+                # other column from D on reads as 0, and its feature is 0 whatever its weight
                 if row[0] < 0:
-                    # a low tile: columns of x' = [x, 1]
                     col = row[1] + c
-                    cols = (col,) if col < D else () if col == D else None
+                    pair, unit = (col,), D
                 else:
                     i_g, a, b = c // (KA * KA), c // KA % KA, c % KA
-                    pair = (row[2 + i_g * KA + a], row[2 + KG * KA + i_g * KA + b])
-                    cols = tuple(sorted(x for x in pair if x < D)) if all(x < D or x == one for x in pair) else None
-                if cols is None or cols not in index:
+                    pair, unit = (row[2 + i_g * KA + a], row[2 + KG * KA + i_g * KA + b]), one
+                if any(x >= D and x != unit for x in pair):
+                    continue
+                cols = tuple(sorted(x for x in pair if x < D))
+                if cols not in index:
                     raise ValueError(f"Kronecker feature {f} (columns {cols}) of block_f={bf} at D={D} has weight "
                                      f"{w_k[f]:.6g} but is no feature of the State's basis")
                 feat[f] = index[cols]
