@@ -484,7 +484,8 @@ MQAR_QUICK = dict(MQAR_FULL, d_model=64, steps=2000, lrs=[5e-3], train=["64x4", 
                   test=["128x8", "256x16", "512x64"], eval_size=256, budget=165.0)
 LM_FULL = dict(d_model=128, layers=4, heads=2, context=512, batch=32, steps=3000, lr=2e-3, window=64,
                train_bytes=16 << 20, val_bytes=1 << 20, budget=None)
-LM_QUICK = dict(LM_FULL, layers=2, context=256, batch=32, steps=600, lr=3e-3, train_bytes=4 << 20,
+# quick: 4 heads, so head_dim_v = 32 as in quick MQAR and the LM reuses the kernels compiled there
+LM_QUICK = dict(LM_FULL, layers=2, heads=4, context=256, batch=32, steps=600, lr=3e-3, train_bytes=4 << 20,
                 val_bytes=256 << 10, budget=65.0)
 
 
