@@ -34,6 +34,8 @@ QUICK = [(2, 16, 64, 8192), (2, 8, 128, 16384)]
 # the quick rows first, so that a run cut short by a timeout still has both head dims
 ROWS = QUICK + [(2, 16, 64, 32768), (2, 8, 128, 32768), (2, 16, 64, 65536), (2, 8, 128, 65536)]
 PEAK, BW, EFF = 695e12, 4.3e12, 0.5
+# where and in what the GPU runs are made (a CPU smoke test of this file sets cpu and fp16)
+DEVICE, DTYPE = "cuda", torch.bfloat16
 
 
 # ----------------------------------------------------------------------------------- the model
@@ -139,11 +141,12 @@ def reference(q, k, v, do, scale, block=1024):
     return (o, *torch.autograd.grad(o, (q, k, v), do.float()))
 
 
-def check(D, T=4096, B=1, H=4, dtype=torch.bfloat16):
+def check(D, T=4096, B=1, H=4, dtype=None):
     """bf16 o, dq, dk, dv against the fp32 reference: {name: (max-abs / max|ref|, rel-RMS)}."""
     torch.manual_seed(0)
-    q, k, v = (torch.randn(B, H, T, D, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
-    do = torch.randn(B, H, T, D, device="cuda", dtype=dtype)
+    dtype = DTYPE if dtype is None else dtype
+    q, k, v = (torch.randn(B, H, T, D, device=DEVICE, dtype=dtype, requires_grad=True) for _ in range(3))
+    do = torch.randn(B, H, T, D, device=DEVICE, dtype=dtype)
     o = chunked.chunked_poly_attention(q, k, v, COEFFS)
     got = (o, *torch.autograd.grad(o, (q, k, v), do))
     ref = reference(q, k, v, do, D ** -0.5)
@@ -172,7 +175,7 @@ def sdpa_backend(q, k, v):
 def time_row(B, H, D, T, tuning=None):
     from triton.testing import do_bench
     torch.manual_seed(0)
-    q, k, v = (torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    q, k, v = (torch.randn(B, H, T, D, device=DEVICE, dtype=DTYPE, requires_grad=True) for _ in range(3))
     do = torch.randn_like(v)
 
     def ours():
@@ -200,12 +203,12 @@ def time_passes(B, H, D, T, tuning=None):
     """ms of each pass (do_bench): fwd walk, fwd out, bwd walk, bwd dq + dk/dv; and the model's."""
     from triton.testing import do_bench
     torch.manual_seed(0)
-    q, k, v, do = (torch.randn(B * H, T, D, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+    q, k, v, do = (torch.randn(B * H, T, D, device=DEVICE, dtype=DTYPE) for _ in range(4))
     p = chunked.plan(T, D, D, q.dtype, tuning=tuning)
     o, z, S, Z = chunked._forward(q, k, v, COEFFS, D ** -0.5, True, True, p)
     walk = do_bench(lambda: chunked._walk(k, v, None, p, causal=True, reverse=False, normalize=True))
     fwd = do_bench(lambda: chunked._forward(q, k, v, COEFFS, D ** -0.5, True, True, p))
-    dl = torch.randn(B * H, T, device="cuda")
+    dl = torch.randn(B * H, T, device=DEVICE)
     bwalk = do_bench(lambda: chunked._walk(q, do, dl, p, causal=True, reverse=True, normalize=True))
     bwd = do_bench(lambda: chunked._backward(do, q, k, v, o, z, S, Z, COEFFS, D ** -0.5, True, True, p))
     m = model(B, H, T, D, D, tuning)["ms"]
