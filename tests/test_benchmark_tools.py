@@ -13,7 +13,7 @@ from fastattn.bench import cases, plot, table
 from fastattn.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
-V15 = ROOT / "benchmarks" / "out" / "v15.json"
+V16 = ROOT / "benchmarks" / "out" / "v16.json"
 META = dict(card="H200", date="2026-12-01", torch="2", triton="3", fla="0", power="1.4.4", command="c",
             rate=7e14, bw=4e12, check_ok=True)
 
@@ -55,7 +55,7 @@ def test_cases_reject_malformed_strings_with_the_expected_form(text):
 
 
 def test_a_recorded_run_draws_every_row_and_each_floor():
-    data = json.loads(V15.read_text())
+    data = json.loads(V16.read_text())
     fig = plot.figure(data)
     rows = list(data["results"])
     ours = [r for r in rows if r.startswith("ours")]
@@ -94,34 +94,34 @@ def test_bad_input_is_an_error_not_an_empty_figure(tmp_path, capsys):
 
 def test_fastattn_bench_plot_writes_a_png(tmp_path, capsys):
     out = tmp_path / "run.png"
-    assert main(["bench", "plot", str(V15), "-o", str(out), "--rows", "ours x d64", "sdpa d64"]) == 0
+    assert main(["bench", "plot", str(V16), "-o", str(out), "--rows", "ours x d64", "sdpa d64"]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"wrote {out}" in capsys.readouterr().out
 
 
 def test_the_old_plot_script_still_draws(tmp_path):
     out = tmp_path / "run.png"
-    assert _script("plot").main([str(V15), "-o", str(out)]) == 0
+    assert _script("plot").main([str(V16), "-o", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_from_json_renders_the_recorded_run_with_its_targets(tmp_path, capsys):
     out = tmp_path / "RESULTS.md"
     out.write_text("# results\n\n<!-- bench:begin -->\nold\n<!-- bench:end -->\n\nthe decision log stays\n")
-    assert main(["bench", "table", "--from-json", str(V15), "--results", str(out)]) == 0
+    assert main(["bench", "table", "--from-json", str(V16), "--results", str(out)]) == 0
     text = out.read_text()
-    assert "| ours x d64 | 8K | 0.25 | 1.23 | 296 | 0.032 / 0.095 |  |" in text
-    assert "| 1. 1+x+x²/2 d64 vs SDPA d64 fwd+bwd at 8K | 0.30 | >= 1x | no |" in text
+    assert "| ours x d64 | 8K | 0.12 | 0.88 | 296 | 0.032 / 0.095 |  |" in text
+    assert "| 1. 1+x+x²/2 d64 vs SDPA d64 fwd+bwd at 8K | 0.34 | >= 1x | no |" in text
     assert "rows not timed: fla linear_attn d64" in text
     assert "old" not in text and text.endswith("the decision log stays\n")
 
 
-def test_the_results_file_is_what_the_code_renders_from_v15(tmp_path):
-    # RESULTS.md's table is the v15 run as this code writes it, not a hand edit
+def test_the_results_file_is_what_the_code_renders_from_the_latest_run(tmp_path):
+    # RESULTS.md's table is the latest run (v16) as this code writes it, not a hand edit
     out = tmp_path / "RESULTS.md"
     text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
     out.write_text(text)
-    assert table.render_saved(V15, out) == 0
+    assert table.render_saved(V16, out) == 0
     assert out.read_text() == text
 
 
@@ -178,7 +178,7 @@ def test_every_row_names_a_known_kind_and_ours_have_a_feature_count():
 
 
 def test_floors_are_those_of_the_recorded_run():
-    data = json.loads(V15.read_text())
+    data = json.loads(V16.read_text())
     rate, bw = data["meta"]["rate"], data["meta"]["bw"]
     for row in table.OURS:
         for t, cell in data["results"].get(row.name, {}).items():
@@ -205,7 +205,7 @@ def test_a_saved_run_cut_short_renders_with_the_missing_rows_named(tmp_path, cap
 
 
 def test_from_json_into_a_missing_directory_is_refused_before_any_work(tmp_path, capsys):
-    assert main(["bench", "table", "--from-json", str(V15), "--results", str(tmp_path / "no" / "R.md")]) == 2
+    assert main(["bench", "table", "--from-json", str(V16), "--results", str(tmp_path / "no" / "R.md")]) == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and len(err.strip().splitlines()) == 1
 
