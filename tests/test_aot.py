@@ -13,23 +13,27 @@ import sys
 import pytest
 
 
-@pytest.mark.parametrize("spec, D, DV, T, tuning, kernels", [
+FUSED = {"_segment_state_kernel", "_segment_scan_kernel", "_fused_fwd_kernel", "_bwd_prep_kernel",
+         "_segment_state_kernel[SCALE_Y]", "_segment_scan_kernel[REVERSE]", "_fused_bwd_kernel[PASS=0]",
+         "_fused_bwd_kernel[PASS=1]"}
+
+
+@pytest.mark.parametrize("spec, D, DV, T, tuning, kernels, dtype", [
     ("x", 64, 64, 8192, None,
      {"_segment_state_kernel", "_segment_scan_kernel", "_fused_fwd_kernel", "_bwd_prep_kernel",
       "_segment_state_kernel[SCALE_Y]", "_segment_scan_kernel[REVERSE]", "_fused_bwd_kernel[PASS=0]",
-      "_fused_bwd_kernel[PASS=1]"}),
-    ("1 + x + x**2/2", 16, 64, 2048, None,
-     {"_segment_state_kernel", "_segment_scan_kernel", "_fused_fwd_kernel", "_bwd_prep_kernel",
-      "_segment_state_kernel[SCALE_Y]", "_segment_scan_kernel[REVERSE]", "_fused_bwd_kernel[PASS=0]",
-      "_fused_bwd_kernel[PASS=1]"}),
+      "_fused_bwd_kernel[PASS=1]"}, "bf16"),
+    ("1 + x + x**2/2", 16, 64, 2048, None, FUSED, "bf16"),
+    # fp32 operands double the fused tiles: the plan must still fit shared memory
+    ("1 + x + x**2/2", 16, 64, 2048, None, FUSED, "fp32"),
     ("1 + x + x**2/2", 16, 64, 4096, '{"fused": false}',
      {"_intra_fwd_kernel", "_segment_state_kernel", "_segment_scan_kernel", "_inter_fwd_kernel", "_finalize_kernel",
       "_bwd_prep_kernel", "_intra_bwd_kernel", "_segment_state_kernel[SCALE_Y]", "_segment_scan_kernel[REVERSE]",
-      "_inter_bwd_kernel[PASS=0]", "_inter_bwd_kernel[PASS=1]"}),
-], ids=["fused-x-d64", "fused-based", "kron-based"])
-def test_every_kernel_compiles_for_sm90(spec, D, DV, T, tuning, kernels):
+      "_inter_bwd_kernel[PASS=0]", "_inter_bwd_kernel[PASS=1]"}, "bf16"),
+], ids=["fused-x-d64", "fused-based", "fused-based-fp32", "kron-based"])
+def test_every_kernel_compiles_for_sm90(spec, D, DV, T, tuning, kernels, dtype):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    args = [sys.executable, "-m", "fastattn.kernels.aot", spec, "--dtype", "bf16", "--head-dim", str(D),
+    args = [sys.executable, "-m", "fastattn.kernels.aot", spec, "--dtype", dtype, "--head-dim", str(D),
             "--head-dim-v", str(DV), "--T", str(T)] + (["--tuning", tuning] if tuning else [])
     p = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
