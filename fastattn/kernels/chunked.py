@@ -452,7 +452,8 @@ def plan(T: int, D: int, DV: int, dtype: torch.dtype, *, tuning: dict | None = N
     # 3 walk stages at d128: 9.0 -> 7.1 ms in the Kronecker layout (H200, triton 3.6); not re-measured since.
     # 64 value columns per walk and output program: at d128 the walk's [128, 128] fp32 state spilled 632 B,
     # [128, 64] none; the output pass 312 B, none at 64 (the φ(Q) tiles and z are formed twice)
-    p = dict(chunk=512, block=64, step=64, warps=8, walk_warps=8 if big else 4, stages=2,
+    # 1 stage at d128: with 2 the dk/dv kernel asked 245,760 B of shared memory on the H200 (triton 3.6), above 232,448
+    p = dict(chunk=512, block=64, step=64, warps=8, walk_warps=8 if big else 4, stages=1 if big else 2,
              walk_stages=3 if big else 2, walk_cols=min(BV, 64), out_cols=min(BV, 64), rotate="gather",
              vjp="mma")
     p.update(tuning or {})
