@@ -33,35 +33,15 @@ import time
 
 import torch
 
+from fastattn.bench.timing import median_ms, sdpa_kernel_name
 from fastattn.attention import fast_attention, hybrid_attention
 from fastattn.kernels.poly import polynomial
 
 SPEC = "1 + x + x**2/2"
 
 
-def bench(fn, warmup, rep):
-    """Median ms of fn(): triton's do_bench on a GPU, wall time on the CPU (interpreter smoke runs)."""
-    if torch.cuda.is_available():
-        import triton.testing
-        return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
-    t = time.perf_counter()
-    fn()
-    return 1e3 * (time.perf_counter() - t)
+bench = median_ms
 
-
-def sdpa_kernel_name(q, k, v):
-    """The longest-running CUDA kernel of one causal SDPA call, from torch.profiler ('' on the CPU)."""
-    if not q.is_cuda:
-        return ""
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-        torch.cuda.synchronize()
-    rows = [e for e in prof.key_averages() if "cuda" in str(getattr(e, "device_type", "")).lower()]
-    if not rows:
-        return "?"
-    top = max(rows, key=lambda e: getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)))
-    return top.key[:60]
 
 
 def err(ref, got):

@@ -21,10 +21,10 @@ import argparse
 import json
 import math
 import sys
-import time
 
 import torch
 
+from fastattn.bench.timing import median_ms, sdpa_kernel_name
 from fastattn.attention import lsh_buckets, pattern_attention, sparse_attention
 from fastattn.kernels.sparse import allowed_pairs, masked_attention
 from fastattn.patterns import global_tokens, local
@@ -32,30 +32,8 @@ from fastattn.patterns import global_tokens, local
 DT = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-def bench(fn, warmup, rep):
-    """Median ms of fn(): triton's do_bench on a GPU, wall time on the CPU (interpreter smoke runs)."""
-    if torch.cuda.is_available():
-        import triton.testing
-        return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
-    t = time.perf_counter()
-    fn()
-    return 1e3 * (time.perf_counter() - t)
+bench = median_ms
 
-
-def sdpa_kernel_name(q, k, v):
-    """The longest-running CUDA kernel of one SDPA call, from torch.profiler ('' on the CPU, '?' if unreadable)."""
-    if not q.is_cuda:
-        return ""
-    from torch.profiler import ProfilerActivity, profile
-    try:
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-            torch.cuda.synchronize()
-        rows = [e for e in prof.key_averages() if "cuda" in str(getattr(e, "device_type", "")).lower()]
-        top = max(rows, key=lambda e: getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)))
-        return top.key[:60]
-    except Exception as e:  # the name is a label: never let the profiler stop the timings
-        return f"? ({type(e).__name__})"
 
 
 def pair_share(T, keep=None, buckets=None):

@@ -117,6 +117,33 @@ def sdpa_backend(name, T, gen):
     return found[0] if found[0] == found[1] else f"{found[0]} fwd / {found[1]} bwd"
 
 
+def median_ms(fn, warmup, rep):
+    """Median ms of fn(): triton's do_bench on a GPU, one wall-clock call on the CPU (interpreter smoke runs)."""
+    if torch.cuda.is_available():
+        import triton.testing
+        return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
+    import time
+    t = time.perf_counter()
+    fn()
+    return 1e3 * (time.perf_counter() - t)
+
+
+def sdpa_kernel_name(q, k, v):
+    """The longest-running CUDA kernel of one causal SDPA call, from torch.profiler ('' on the CPU, '?' if unreadable)."""
+    if not q.is_cuda:
+        return ""
+    from torch.profiler import ProfilerActivity, profile
+    try:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            torch.cuda.synchronize()
+        rows = [e for e in prof.key_averages() if "cuda" in str(getattr(e, "device_type", "")).lower()]
+        top = max(rows, key=lambda e: getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)))
+        return top.key[:60]
+    except Exception as e:  # the name is a label: never let the profiler stop the timings
+        return f"? ({type(e).__name__})"
+
+
 def time_row(name, T, seed, warmup, rep, tiling=None, graphs=False):
     """One row at length T: each of its settings timed, the fastest kept per column (with the setting's name).
 
