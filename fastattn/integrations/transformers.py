@@ -22,12 +22,14 @@ transformers is optional: importing this module does not import it; :func:`regis
 Examples
 --------
 >>> import torch
->>> from transformers import LlamaConfig, LlamaForCausalLM   # doctest: +SKIP
->>> name = register("1 + x + x**2/2")                          # doctest: +SKIP
+>>> from transformers import LlamaConfig, LlamaForCausalLM
+>>> name = register("1 + x + x**2/2")
 >>> cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-...                   num_attention_heads=4, num_key_value_heads=2)  # doctest: +SKIP
->>> model = LlamaForCausalLM(cfg).to(torch.float32)            # doctest: +SKIP
->>> model.set_attn_implementation(name)                        # doctest: +SKIP
+...                   num_attention_heads=4, num_key_value_heads=2)
+>>> model = LlamaForCausalLM(cfg)
+>>> model.set_attn_implementation(name)
+>>> model(input_ids=torch.randint(0, 128, (1, 10))).logits.shape
+torch.Size([1, 10, 128])
 """
 
 from __future__ import annotations
