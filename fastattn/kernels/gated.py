@@ -1,0 +1,458 @@
+"""Gated causal feature-map attention on Triton: a log forget gate g <= 0 in the chunk kernels.
+
+With G = cumsum(g), phi(q).psi(k) = f(s q.k) (:func:`fastattn.kernels.naive.symmetric_features`),
+
+    o_t = sum_{i <= t} exp(G_t - G_i) (phi_t . psi_i) v_i,    S_t = exp(g_t) S_{t-1} + psi_t v_t^T
+
+(the normaliser z_t is the same sum with v = 1: a column of ones rides on v). The feature maps are
+materialised by torch, so torch's autograd carries dphi -> dq and dpsi -> dk; the kernels here are
+"simple GLA" kernels with key dim F, in chunks of C tokens with b the chunk's local cumulative
+gate (every exponent <= 0, so a strongly negative g cannot overflow):
+
+* ``_fwd_states``: one program per (F tile, DV tile, batch.head) walks the chunks and writes the
+  state before each, S_c = exp(b_last) S_{c-1} + sum_i exp(b_last - b_i) psi_i v_i^T (fp32), from S_0.
+* ``_fwd_output``: one program per (DV tile, chunk, batch.head):
+  o = exp(b) * (phi S_{c-1}) + (phi psi^T * exp(b_t - b_i), causal) v, summed over F tiles.
+* ``_bwd_dstates``: the reverse walk of dS_c = exp(b'_last) dS_{c+1} + (exp(b') phi)^T dO (chunk c+1),
+  from the final state's gradient; its last value is dS_0.
+* ``_bwd_dv`` and ``_bwd_dfeat``: dv per (DV tile, chunk), dphi, dpsi per (F tile, chunk), and
+  the per-tile parts of dL/dG_t = phi_t . dphi_t - psi_t . dpsi_t (plus <dS_T, S_T> at the last
+  token); dg is the reverse cumulative sum of dL/dG. The derivation is in CHUNKED.md's gating section
+  and is checked against torch autograd in float64 by tests/test_gated.py.
+
+Memory traffic (forward, per batch.head): reads phi, psi (2 T F) and v (T DV) once per DV tile,
+writes and reads the chunk states (T/C) F DV in fp32, writes o (T DV).
+
+>>> import torch
+>>> from fastattn.kernels import polynomial
+>>> q, k, v = torch.randn(3, 1, 2, 20, 4)
+>>> g = -torch.rand(1, 2, 20)
+>>> o, _ = gated_attention(q, k, v, g, polynomial("1 + x + x**2/2"), scale=0.5)
+>>> o.shape
+torch.Size([1, 2, 20, 4])
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from fastattn.errors import KernelError
+from fastattn.kernels import naive
+
+__all__ = ["GATE_FLOOR", "Plan", "plan", "gated_chunk", "gated_attention"]
+
+#: g is clamped at this floor: exp(-128) = 2.6e-56 is 0 in float32 already, and a finite floor keeps
+#: b_t - b_i exact where g = -inf would give -inf - (-inf) = NaN (its gradient below the floor is 0).
+GATE_FLOOR = -128.0
+
+
+# -- kernels ------------------------------------------------------------------------------------------------------
+@triton.jit
+def _chunk_gate(g_ptr, i_bh, i_c, T, C: tl.constexpr):
+    """Local cumulative gate b [C] of chunk i_c (tokens past T read 0) and its total, b's minimum (<= every b)."""
+    o_t = i_c * C + tl.arange(0, C)
+    b_g = tl.load(g_ptr + i_bh * T + o_t, mask=o_t < T, other=0.0).to(tl.float32)
+    b_b = tl.cumsum(b_g, axis=0)  # [C]
+    return b_b, tl.min(b_b, axis=0)
+
+
+@triton.jit
+def _decay_tile(b_b, C: tl.constexpr):
+    """exp(b_t - b_i) for i <= t, 0 above the diagonal (exp of -inf: nothing overflows there)."""
+    o = tl.arange(0, C)
+    causal = o[:, None] >= o[None, :]
+    return tl.exp(tl.where(causal, b_b[:, None] - b_b[None, :], float("-inf")))  # [C, C]
+
+
+@triton.jit
+def _tile(ptr, i_bh, i_c, T, X, o_x, C: tl.constexpr):
+    """Rows [i_c C, (i_c + 1) C) and columns o_x of a [BH, T, X] tensor; 0 outside."""
+    o_t = (i_c * C + tl.arange(0, C)).to(tl.int64)
+    p = ptr + i_bh * T * X + o_t[:, None] * X + o_x[None, :]
+    return tl.load(p, mask=(o_t < T)[:, None] & (o_x < X)[None, :], other=0.0)  # [C, BX]
+
+
+@triton.jit
+def _store_tile(ptr, val, i_bh, i_c, T, X, o_x, C: tl.constexpr):
+    o_t = (i_c * C + tl.arange(0, C)).to(tl.int64)
+    p = ptr + i_bh * T * X + o_t[:, None] * X + o_x[None, :]
+    tl.store(p, val.to(ptr.dtype.element_ty), mask=(o_t < T)[:, None] & (o_x < X)[None, :])
+
+
+@triton.jit
+def _state_ptrs(ptr, i_bh, i_c, N, F, DV, o_f, o_v):
+    """Pointers and mask of the [BF, BV] tile of state i_c in a [BH, N, F, DV] tensor."""
+    p = ptr + (i_bh * N + i_c) * F * DV + o_f[:, None] * DV + o_v[None, :]
+    return p, (o_f < F)[:, None] & (o_v < DV)[None, :]
+
+
+@triton.jit
+def _fwd_states(psi_ptr, v_ptr, g_ptr, s0_ptr, h_ptr, sT_ptr, T, F, DV, N, HAS_S0: tl.constexpr,
+                STORE_FINAL: tl.constexpr, C: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
+                PRECISION: tl.constexpr):
+    """The state before every chunk, h [BH, N, F, DV] fp32, and after the last, sT [BH, F, DV].
+
+    psi [BH, T, F], v [BH, T, DV] (one dtype), g [BH, T] fp32, s0 [BH, F, DV] fp32 (HAS_S0).
+    """
+    i_f, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    o_f = (i_f * BF + tl.arange(0, BF)).to(tl.int64)
+    o_v = (i_v * BV + tl.arange(0, BV)).to(tl.int64)
+    p_s, m_s = _state_ptrs(s0_ptr, i_bh, 0, 1, F, DV, o_f, o_v)
+    if HAS_S0:
+        b_s = tl.load(p_s, mask=m_s, other=0.0).to(tl.float32)  # [BF, BV]
+    else:
+        b_s = tl.zeros([BF, BV], dtype=tl.float32)
+    for i_c in range(N):
+        p_h, m_h = _state_ptrs(h_ptr, i_bh, i_c, N, F, DV, o_f, o_v)
+        tl.store(p_h, b_s, mask=m_h)
+        b_psi = _tile(psi_ptr, i_bh, i_c, T, F, o_f, C)  # [C, BF]
+        b_v = _tile(v_ptr, i_bh, i_c, T, DV, o_v, C)  # [C, BV]
+        b_b, b_last = _chunk_gate(g_ptr, i_bh, i_c, T, C)
+        b_k = (b_psi * tl.exp(b_last - b_b)[:, None]).to(b_v.dtype)  # [C, BF]
+        b_s = b_s * tl.exp(b_last) + tl.dot(tl.trans(b_k), b_v, input_precision=PRECISION)  # [BF, BV]
+    if STORE_FINAL:
+        p_s, m_s = _state_ptrs(sT_ptr, i_bh, 0, 1, F, DV, o_f, o_v)
+        tl.store(p_s, b_s, mask=m_s)
+
+
+@triton.jit
+def _fwd_output(phi_ptr, psi_ptr, v_ptr, g_ptr, h_ptr, o_ptr, T, F, DV, N, C: tl.constexpr, BF: tl.constexpr,
+                BV: tl.constexpr, PRECISION: tl.constexpr):
+    """o [BH, T, DV] fp32 = exp(b) (phi h_{c-1}) + (phi psi^T * decay) v for one chunk and DV tile."""
+    i_v, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    o_v = (i_v * BV + tl.arange(0, BV)).to(tl.int64)
+    b_o = tl.zeros([C, BV], dtype=tl.float32)
+    b_a = tl.zeros([C, C], dtype=tl.float32)
+    for f0 in range(0, F, BF):
+        o_f = (f0 + tl.arange(0, BF)).to(tl.int64)
+        b_phi = _tile(phi_ptr, i_bh, i_c, T, F, o_f, C)  # [C, BF]
+        b_psi = _tile(psi_ptr, i_bh, i_c, T, F, o_f, C)  # [C, BF]
+        p_h, m_h = _state_ptrs(h_ptr, i_bh, i_c, N, F, DV, o_f, o_v)
+        b_h = tl.load(p_h, mask=m_h, other=0.0).to(b_phi.dtype)  # [BF, BV]
+        b_o += tl.dot(b_phi, b_h, input_precision=PRECISION)
+        b_a += tl.dot(b_phi, tl.trans(b_psi), input_precision=PRECISION)  # [C, C]
+    b_b, _ = _chunk_gate(g_ptr, i_bh, i_c, T, C)
+    b_v = _tile(v_ptr, i_bh, i_c, T, DV, o_v, C)  # [C, BV]
+    b_a = (b_a * _decay_tile(b_b, C)).to(b_v.dtype)
+    b_o = b_o * tl.exp(b_b)[:, None] + tl.dot(b_a, b_v, input_precision=PRECISION)  # [C, BV]
+    _store_tile(o_ptr, b_o, i_bh, i_c, T, DV, o_v, C)
+
+
+@triton.jit
+def _bwd_dstates(phi_ptr, do_ptr, g_ptr, dsT_ptr, dh_ptr, ds0_ptr, T, F, DV, N, HAS_DST: tl.constexpr,
+                 C: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr):
+    """dh [BH, N, F, DV] fp32: the gradient of the state after every chunk (what its keys feed), and dS_0.
+
+    phi [BH, T, F], do [BH, T, DV] (one dtype), g [BH, T] fp32, dsT [BH, F, DV] fp32 (HAS_DST).
+    """
+    i_f, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    o_f = (i_f * BF + tl.arange(0, BF)).to(tl.int64)
+    o_v = (i_v * BV + tl.arange(0, BV)).to(tl.int64)
+    p_s, m_s = _state_ptrs(dsT_ptr, i_bh, 0, 1, F, DV, o_f, o_v)
+    if HAS_DST:
+        b_ds = tl.load(p_s, mask=m_s, other=0.0).to(tl.float32)  # [BF, BV]
+    else:
+        b_ds = tl.zeros([BF, BV], dtype=tl.float32)
+    for j in range(N):
+        i_c = N - 1 - j
+        p_h, m_h = _state_ptrs(dh_ptr, i_bh, i_c, N, F, DV, o_f, o_v)
+        tl.store(p_h, b_ds, mask=m_h)
+        b_phi = _tile(phi_ptr, i_bh, i_c, T, F, o_f, C)  # [C, BF]
+        b_do = _tile(do_ptr, i_bh, i_c, T, DV, o_v, C)  # [C, BV]
+        b_b, b_last = _chunk_gate(g_ptr, i_bh, i_c, T, C)
+        b_q = (b_phi * tl.exp(b_b)[:, None]).to(b_do.dtype)  # [C, BF]
+        b_ds = b_ds * tl.exp(b_last) + tl.dot(tl.trans(b_q), b_do, input_precision=PRECISION)  # [BF, BV]
+    p_s, m_s = _state_ptrs(ds0_ptr, i_bh, 0, 1, F, DV, o_f, o_v)
+    tl.store(p_s, b_ds, mask=m_s)
+
+
+@triton.jit
+def _bwd_dv(phi_ptr, psi_ptr, do_ptr, g_ptr, dh_ptr, dv_ptr, T, F, DV, N, C: tl.constexpr, BF: tl.constexpr,
+            BV: tl.constexpr, PRECISION: tl.constexpr):
+    """dv [BH, T, DV] = exp(b_last - b) (psi dh_c) + (psi phi^T * decay^T) dO for one chunk and DV tile."""
+    i_v, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    o_v = (i_v * BV + tl.arange(0, BV)).to(tl.int64)
+    b_dv = tl.zeros([C, BV], dtype=tl.float32)
+    b_at = tl.zeros([C, C], dtype=tl.float32)
+    for f0 in range(0, F, BF):
+        o_f = (f0 + tl.arange(0, BF)).to(tl.int64)
+        b_phi = _tile(phi_ptr, i_bh, i_c, T, F, o_f, C)  # [C, BF]
+        b_psi = _tile(psi_ptr, i_bh, i_c, T, F, o_f, C)  # [C, BF]
+        p_h, m_h = _state_ptrs(dh_ptr, i_bh, i_c, N, F, DV, o_f, o_v)
+        b_dh = tl.load(p_h, mask=m_h, other=0.0).to(b_psi.dtype)  # [BF, BV]
+        b_dv += tl.dot(b_psi, b_dh, input_precision=PRECISION)
+        b_at += tl.dot(b_psi, tl.trans(b_phi), input_precision=PRECISION)  # [C, C]: psi_i . phi_t
+    b_b, b_last = _chunk_gate(g_ptr, i_bh, i_c, T, C)
+    b_do = _tile(do_ptr, i_bh, i_c, T, DV, o_v, C)  # [C, BV]
+    b_at = (b_at * tl.trans(_decay_tile(b_b, C))).to(b_do.dtype)
+    b_dv = b_dv * tl.exp(b_last - b_b)[:, None] + tl.dot(b_at, b_do, input_precision=PRECISION)
+    _store_tile(dv_ptr, b_dv, i_bh, i_c, T, DV, o_v, C)
+
+
+@triton.jit
+def _bwd_dfeat(phi_ptr, psi_ptr, v_ptr, do_ptr, g_ptr, h_ptr, dh_ptr, dphi_ptr, dpsi_ptr, dgate_ptr, T, F, DV, N,
+               BH, C: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr):
+    """dphi, dpsi [BH, T, F] of one chunk and F tile, and this tile's part of dL/dG, dgate [NF, BH, T] fp32.
+
+    dphi = exp(b) (dO h_{c-1}^T) + (dO v^T * decay) psi,
+    dpsi = exp(b_last - b) (v dh_c^T) + (dO v^T * decay)^T phi.
+    """
+    i_f, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    o_f = (i_f * BF + tl.arange(0, BF)).to(tl.int64)
+    b_dphi = tl.zeros([C, BF], dtype=tl.float32)
+    b_dpsi = tl.zeros([C, BF], dtype=tl.float32)
+    b_da = tl.zeros([C, C], dtype=tl.float32)
+    for v0 in range(0, DV, BV):
+        o_v = (v0 + tl.arange(0, BV)).to(tl.int64)
+        b_do = _tile(do_ptr, i_bh, i_c, T, DV, o_v, C)  # [C, BV]
+        b_v = _tile(v_ptr, i_bh, i_c, T, DV, o_v, C)  # [C, BV]
+        p_h, m_h = _state_ptrs(h_ptr, i_bh, i_c, N, F, DV, o_f, o_v)
+        b_h = tl.load(p_h, mask=m_h, other=0.0).to(b_do.dtype)  # [BF, BV]
+        p_h, m_h = _state_ptrs(dh_ptr, i_bh, i_c, N, F, DV, o_f, o_v)
+        b_dh = tl.load(p_h, mask=m_h, other=0.0).to(b_do.dtype)  # [BF, BV]
+        b_dphi += tl.dot(b_do, tl.trans(b_h), input_precision=PRECISION)  # [C, BF]
+        b_dpsi += tl.dot(b_v, tl.trans(b_dh), input_precision=PRECISION)  # [C, BF]
+        b_da += tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)  # [C, C]: dO_t . v_i
+    b_b, b_last = _chunk_gate(g_ptr, i_bh, i_c, T, C)
+    b_phi = _tile(phi_ptr, i_bh, i_c, T, F, o_f, C)  # [C, BF]
+    b_psi = _tile(psi_ptr, i_bh, i_c, T, F, o_f, C)  # [C, BF]
+    b_da = (b_da * _decay_tile(b_b, C)).to(b_phi.dtype)
+    b_dphi = b_dphi * tl.exp(b_b)[:, None] + tl.dot(b_da, b_psi, input_precision=PRECISION)
+    b_dpsi = b_dpsi * tl.exp(b_last - b_b)[:, None] + tl.dot(tl.trans(b_da), b_phi, input_precision=PRECISION)
+    _store_tile(dphi_ptr, b_dphi, i_bh, i_c, T, F, o_f, C)
+    _store_tile(dpsi_ptr, b_dpsi, i_bh, i_c, T, F, o_f, C)
+    # the tile's share of phi_t . dphi_t - psi_t . dpsi_t, from the fp32 values before they are rounded
+    b_dg = tl.sum(b_phi.to(tl.float32) * b_dphi - b_psi.to(tl.float32) * b_dpsi, axis=1)  # [C]
+    o_t = i_c * C + tl.arange(0, C)
+    tl.store(dgate_ptr + (i_f * BH + i_bh) * T + o_t, b_dg, mask=o_t < T)
+
+
+# -- host side ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Plan:
+    """How the gated kernels are launched: chunk (tokens), feature and value tiles, dot precision, warps."""
+
+    chunk: int
+    block_f: int
+    block_v: int
+    precision: str
+    num_warps: int
+
+
+def _pow2(n: int) -> int:
+    # tl.dot needs every tile side >= 16
+    return max(16, triton.next_power_of_2(n))
+
+
+def plan(features: int, head_dim_v: int, dtype: torch.dtype, chunk: int | None = None) -> Plan:
+    """The launch of the gated kernels for F features and DV value columns (v's ones column included).
+
+    >>> plan(2145, 65, torch.bfloat16)
+    Plan(chunk=64, block_f=64, block_v=64, precision='tf32', num_warps=4)
+    >>> plan(5, 4, torch.float32, chunk=16).block_f
+    16
+    """
+    chunk = 64 if chunk is None else chunk
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 16 or chunk & (chunk - 1):
+        raise KernelError(f"chunk={chunk!r}: the gated Triton kernels need a power of two >= 16 (tokens per chunk)")
+    # fp32 inputs keep fp32 accuracy through three tf32 passes, as the ungated kernels do
+    precision = "tf32x3" if dtype == torch.float32 else "tf32"
+    return Plan(chunk=chunk, block_f=min(64, _pow2(features)), block_v=min(64, _pow2(head_dim_v)),
+                precision=precision, num_warps=4)
+
+
+def _empty(shape, device, dtype):
+    # FASTATTN_NAN_FILL=1 (the tests) makes fresh buffers NaN, so a row a kernel forgot to write cannot pass
+    if os.environ.get("FASTATTN_NAN_FILL", "0") == "1":
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _cdiv(a, b):
+    return -(-a // b)
+
+
+def _gated_fwd(phi, psi, v, g, s0, want_final, p):
+    BH, T, F = phi.shape
+    DV = v.shape[-1]
+    N = _cdiv(T, p.chunk)
+    common = dict(T=T, F=F, DV=DV, N=N, C=p.chunk, BF=p.block_f, BV=p.block_v, PRECISION=p.precision,
+                  num_warps=p.num_warps)
+    h = _empty((BH, N, F, DV), phi.device, torch.float32)
+    sT = _empty((BH, F, DV), phi.device, torch.float32) if want_final else h
+    _fwd_states[(_cdiv(F, p.block_f), _cdiv(DV, p.block_v), BH)](
+        psi_ptr=psi, v_ptr=v, g_ptr=g, s0_ptr=h if s0 is None else s0, h_ptr=h, sT_ptr=sT, HAS_S0=s0 is not None,
+        STORE_FINAL=want_final, **common)
+    o = _empty((BH, T, DV), phi.device, torch.float32)
+    _fwd_output[(_cdiv(DV, p.block_v), N, BH)](phi_ptr=phi, psi_ptr=psi, v_ptr=v, g_ptr=g, h_ptr=h, o_ptr=o, **common)
+    return o, h, (sT if want_final else None)
+
+
+def _gated_bwd(phi, psi, v, g, h, do, dsT, p):
+    BH, T, F = phi.shape
+    DV = v.shape[-1]
+    N = _cdiv(T, p.chunk)
+    NF = _cdiv(F, p.block_f)
+    common = dict(T=T, F=F, DV=DV, N=N, C=p.chunk, BF=p.block_f, BV=p.block_v, PRECISION=p.precision,
+                  num_warps=p.num_warps)
+    dh = _empty((BH, N, F, DV), phi.device, torch.float32)
+    ds0 = _empty((BH, F, DV), phi.device, torch.float32)
+    _bwd_dstates[(NF, _cdiv(DV, p.block_v), BH)](phi_ptr=phi, do_ptr=do, g_ptr=g, dsT_ptr=dh if dsT is None else dsT,
+                                                 dh_ptr=dh, ds0_ptr=ds0, HAS_DST=dsT is not None, **common)
+    dv = _empty(v.shape, v.device, v.dtype)
+    _bwd_dv[(_cdiv(DV, p.block_v), N, BH)](phi_ptr=phi, psi_ptr=psi, do_ptr=do, g_ptr=g, dh_ptr=dh, dv_ptr=dv,
+                                           **common)
+    dphi, dpsi = _empty(phi.shape, phi.device, phi.dtype), _empty(psi.shape, psi.device, psi.dtype)
+    dgate = _empty((NF, BH, T), phi.device, torch.float32)
+    _bwd_dfeat[(NF, N, BH)](phi_ptr=phi, psi_ptr=psi, v_ptr=v, do_ptr=do, g_ptr=g, h_ptr=h, dh_ptr=dh,
+                            dphi_ptr=dphi, dpsi_ptr=dpsi, dgate_ptr=dgate, BH=BH, **common)
+    return dphi, dpsi, dv, dgate.sum(0), ds0
+
+
+class _GatedChunk(torch.autograd.Function):
+    """(phi, psi, v, g, s0) -> (o fp32, final state fp32 or None); the backward gives all five gradients."""
+
+    @staticmethod
+    def forward(ctx, phi, psi, v, g, s0, want_final, p):
+        o, h, sT = _gated_fwd(phi, psi, v, g, s0, want_final, p)
+        ctx.save_for_backward(phi, psi, v, g, h, sT)
+        ctx.p, ctx.has_s0 = p, s0 is not None
+        return o if sT is None else (o, sT)
+
+    @staticmethod
+    def backward(ctx, do, dsT=None):
+        phi, psi, v, g, h, sT = ctx.saved_tensors
+        do = do.to(phi.dtype).contiguous()
+        dsT = None if dsT is None else dsT.float().contiguous()
+        dphi, dpsi, dv, dG, ds0 = _gated_bwd(phi, psi, v, g, h, do, dsT, ctx.p)
+        if dsT is not None:
+            # the final state decays with every gate: dS_T / dG_T = S_T
+            dG[:, -1] += (dsT * sT).sum((-1, -2))
+        # G_t = g_1 + ... + g_t, so dg_m = sum_{t >= m} dL/dG_t
+        dg = dG.flip(-1).cumsum(-1).flip(-1)
+        return dphi, dpsi, dv, dg, (ds0 if ctx.has_s0 else None), None, None
+
+
+def gated_chunk(phi, psi, v, g, initial_state=None, output_final_state=False, chunk=None):
+    """o_t = sum_{i <= t} exp(G_t - G_i) (phi_t . psi_i) v_i + exp(G_t) phi_t . S_0, G = cumsum(g), on Triton.
+
+    Parameters
+    ----------
+    phi, psi : tensor [BH, T, F]
+    v : tensor [BH, T, DV]
+        One dtype (float32, float16; bfloat16 on a GPU), one device.
+    g : tensor [BH, T]
+        Log forget gate <= 0 (not checked here); clamped at :data:`GATE_FLOOR`.
+    initial_state : tensor [BH, F, DV], optional
+        S_0, float32.
+    output_final_state : bool
+        Also return S_T = exp(G_T) S_0 + sum_i exp(G_T - G_i) psi_i v_i^T [BH, F, DV] float32.
+    chunk : int, optional
+        Tokens per chunk, a power of two >= 16 (default 64).
+
+    Returns
+    -------
+    o : tensor [BH, T, DV] float32, and S_T with ``output_final_state``. Differentiable in phi,
+    psi, v, g and the initial state.
+
+    Examples
+    --------
+    >>> phi, psi = torch.rand(2, 1, 30, 6)
+    >>> v = torch.randn(1, 30, 3)
+    >>> o, S = gated_chunk(phi, psi, v, torch.zeros(1, 30), output_final_state=True)
+    >>> bool(torch.allclose(S, psi[0].T @ v[0], atol=1e-5))
+    True
+    """
+    BH, T, F = phi.shape
+    p = plan(F, v.shape[-1], phi.dtype, chunk)
+    g = g.float().clamp_min(GATE_FLOOR).contiguous()
+    s0 = None if initial_state is None else initial_state.float().contiguous()
+    out = _GatedChunk.apply(phi.contiguous(), psi.contiguous(), v.contiguous(), g, s0, output_final_state, p)
+    return out if output_final_state else (out, None)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def gated_attention(q, k, v, g, poly, *, scale, normalize=True, normalizer_fix=None, eps=1e-6, chunk=None,
+                    tables=None, initial_state=None, output_final_state=False, check_output=None):
+    """Causal gated polynomial attention on the gated Triton kernels (what ``fast_attention`` routes g to).
+
+    Parameters
+    ----------
+    q, k : tensor [B, H, T, D]
+    v : tensor [B, H, T, DV]
+        float32 or float16 (bfloat16 on a GPU: the interpreter's bf16 dot is wrong); H equal on all
+        three (repeat grouped key/value heads first).
+    g : tensor [B, H, T]
+        Log forget gate <= 0 (checked by the caller).
+    poly : Polynomial
+    scale : float
+    normalize, normalizer_fix, eps
+        As in :func:`fastattn.kernels.poly.poly_attention` (``normalizer_fix`` already resolved by
+        :func:`~fastattn.kernels.poly.check_normalizer`); the denominator is
+        :func:`~fastattn.kernels.naive.guarded_denominator`, as on the torch path.
+    chunk : int, optional
+        A power of two >= 16 (default 64).
+    tables : tuple, optional
+        :func:`fastattn.kernels.naive.symmetric_tables` of (poly, D, scale).
+    initial_state : (S [B, H, F, DV], z [B, H, F]), optional
+    output_final_state : bool
+    check_output : bool or None
+        With ``normalize``: :func:`~fastattn.kernels.naive.check_normalized` (one host sync); None
+        checks on the CPU, and on CUDA under ``torch.autograd.detect_anomaly()``.
+
+    Returns
+    -------
+    (o [B, H, T, DV] in q's dtype, (S, z) float32 or None)
+    """
+    B, H, T, D = q.shape
+    DV = v.shape[-1]
+    if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise KernelError(f"the gated Triton kernels take float32, float16 or bfloat16; got {q.dtype} (float64 "
+                          "runs on the torch path: backend='torch')")
+    if q.dtype == torch.bfloat16 and _interpreting() and not q.is_cuda:
+        raise KernelError("bfloat16 under TRITON_INTERPRET=1 is refused: the interpreter's bf16 dot gives wrong "
+                          "results; use float32 or float16 on the CPU, bfloat16 on a GPU")
+    tables = naive.symmetric_tables(poly, D, scale) if tables is None else tables
+    F = tables[0].shape[1]
+    with_z = normalize or initial_state is not None or output_final_state
+    if T == 0:
+        o = naive.empty_output(q, k, v)
+        if initial_state is not None:
+            final = initial_state
+        else:
+            final = (q.new_zeros(B, H, F, DV, dtype=torch.float32), q.new_zeros(B, H, F, dtype=torch.float32))
+        return o, (final if output_final_state else None)
+    plan(F, DV + with_z, q.dtype, chunk)  # refuses a bad chunk before any work
+    # features in fp32, rounded once to the input dtype the kernels read
+    phi = naive.symmetric_features(q.float(), poly, scale, "phi", tables).to(q.dtype).reshape(B * H, T, F)
+    psi = naive.symmetric_features(k.float(), poly, scale, "psi", tables).to(q.dtype).reshape(B * H, T, F)
+    vv = v.reshape(B * H, T, DV)
+    if with_z:
+        # z is the same sum with v = 1: one more value column
+        vv = torch.cat([vv, torch.ones_like(vv[..., :1])], -1)
+    s0 = None
+    if initial_state is not None:
+        S, z = initial_state
+        s0 = torch.cat([S.float(), z.float()[..., None]], -1).reshape(B * H, F, DV + 1)
+    out, sT = gated_chunk(phi, psi, vv, g.reshape(B * H, T), s0, output_final_state, chunk)
+    out = out.reshape(B, H, T, -1)
+    final = None
+    if output_final_state:
+        sT = sT.reshape(B, H, F, DV + 1)
+        final = (sT[..., :DV], sT[..., DV])
+    n = out[..., :DV]
+    if not normalize:
+        return n.to(q.dtype), final
+    z = out[..., DV]
+    o = (n / naive.guarded_denominator(z, normalizer_fix, eps)[..., None]).to(q.dtype)
+    if check_output is True or (check_output is None and (not q.is_cuda or torch.is_anomaly_enabled())):
+        naive.check_normalized(o, z, normalizer_fix, q, k, v)
+    return o, final
