@@ -215,6 +215,27 @@ def _triton_with_state(q, k, v, poly, scale, causal, normalize, fix, eps, chunk,
     return o, State(SF[:, ::G], zF[:, ::G], seen + k.shape[2])
 
 
+def _triton_gated(q, k, v, g, poly, scale, normalize, fix, eps, chunk, tables, check_output, initial_state,
+                  output_final_state, G):
+    """The gated Triton kernels (:mod:`fastattn.kernels.gated`), with K, V already repeated per GQA group: g and
+    a carried state are repeated the same way, and the final state is read from each group's first head."""
+    from fastattn.kernels.gated import gated_attention
+
+    g = g if G == 1 else g.repeat_interleave(G, 1)
+    init = None
+    if initial_state is not None:
+        S, z = initial_state.S, initial_state.z
+        init = (S, z) if G == 1 else (S.repeat_interleave(G, 1), z.repeat_interleave(G, 1))
+    o, final = gated_attention(q, k, v, g, poly, scale=scale, normalize=normalize, normalizer_fix=fix, eps=eps,
+                               chunk=chunk, tables=tables, initial_state=init, output_final_state=output_final_state,
+                               check_output=check_output)
+    if not output_final_state:
+        return o
+    seen = initial_state.tokens if initial_state is not None else torch.zeros(q.shape[0], dtype=torch.int64,
+                                                                              device=q.device)
+    return o, State(final[0][:, ::G], final[1][:, ::G], seen + k.shape[2])
+
+
 def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, normalize=True, enable_gqa=False,
                    g=None, initial_state=None, output_final_state=False, cu_seqlens=None, key_padding_mask=None,
                    normalizer_fix=None, eps=1e-6, degree=None, chunk=None, backend="auto", tables=None,
@@ -265,9 +286,11 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
         As in :func:`fastattn.kernels.poly.poly_attention`.
     backend : "auto", "triton" or "torch"
         The Triton kernels serve a carried state (``initial_state``, ``output_final_state``, gradients
-        both ways) but neither a padding mask, a gate g, cu_seqlens, T_q != T_k nor float64 inputs yet:
-        with any of these, "auto" runs the torch path (CUDA tensors through torch ops) and "triton"
-        raises KernelError naming the missing support.
+        both ways) and a gate g (:mod:`fastattn.kernels.gated`: phi(q), psi(k) materialised by torch,
+        chunk kernels with the decays; with GQA, g is repeated per group like K and V; ``chunk`` a
+        power of two >= 16), but neither a padding mask, cu_seqlens, T_q != T_k nor float64 inputs
+        yet: with any of these, "auto" runs the torch path (CUDA tensors through torch ops) and
+        "triton" raises KernelError naming the missing support.
     tables : tuple, optional
         Precomputed :func:`fastattn.kernels.naive.symmetric_tables` for this f, D and scale.
 
@@ -313,7 +336,7 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
     n_seq = B if cu_seqlens is None else _check_cu_seqlens(cu_seqlens, B, Tq, Tk, key.device)
     if initial_state is not None:
         check_state(initial_state, n_seq, Hk, poly.feature_dim(D), DV, query.dtype, query.device)
-    needs = [name for name, on in (("key_padding_mask", key_padding_mask is not None), ("g", g is not None),
+    needs = [name for name, on in (("key_padding_mask", key_padding_mask is not None),
                                    ("cu_seqlens", cu_seqlens is not None),
                                    (f"T_q={Tq} != T_k={Tk}", Tq != Tk),
                                    ("float64 inputs", query.dtype == torch.float64)) if on]
@@ -327,6 +350,9 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
         # no GQA kernel yet: repeat K and V per query group
         G = Hq // Hk
         k, v = (key, value) if G == 1 else (key.repeat_interleave(G, 1), value.repeat_interleave(G, 1))
+        if g is not None:
+            return _triton_gated(query, k, v, g, poly, scale, normalize, fix, eps, chunk, tables, check_output,
+                                 initial_state, output_final_state, G)
         if initial_state is None and not output_final_state:
             return poly_attention(query, k, v, poly, scale=scale, causal=is_causal, normalize=normalize,
                                   normalizer_fix=fix, eps=eps, chunk=chunk, backend="triton", check_output=check_output)

@@ -447,7 +447,8 @@ def gated_attention(q, k, v, g, poly, *, scale, normalize=True, normalizer_fix=N
     final = None
     if output_final_state:
         sT = sT.reshape(B, H, F, DV + 1)
-        final = (sT[..., :DV], sT[..., DV])
+        # contiguous copies: a consumer may assume a unit feature stride on z (the decoding kernel does)
+        final = (sT[..., :DV].contiguous(), sT[..., DV].contiguous())
     n = out[..., :DV]
     if not normalize:
         return n.to(q.dtype), final

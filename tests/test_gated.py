@@ -1,0 +1,203 @@
+"""The gated Triton route of ``fast_attention(..., g=...)`` (fastattn/kernels/gated.py), on the interpreter.
+
+Chain: the identity dL/dG_t = phi_t . dphi_t - psi_t . dpsi_t the backward rests on, against torch
+autograd of a float64 quadratic form -> the torch path of ``fast_attention`` in float64 (itself tested
+against the quadratic reference in test_attention.py) -> the Triton route in fp32 and fp16, on o and on
+dq, dk, dv, dg (and the carried state and its gradient), with a random upstream gradient. Every case
+proves the Triton kernels ran: the torch path is made to fail and the kernel entry counts its calls.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fastattn.attention import FastAttention, State, fast_attention, functional
+from fastattn.errors import KernelError
+from fastattn.kernels import gated, naive, polynomial
+from fastattn.kernels.checks import assert_close
+
+pytestmark = pytest.mark.usefixtures("kernel_env")
+
+F2 = "1 + x + x**2/2"
+# the torch path itself, kept before any test replaces it
+_TORCH = functional._torch_attention
+
+
+@pytest.fixture
+def triton_only(monkeypatch):
+    """Counts the gated kernel's calls and makes the torch path raise: a case cannot pass by falling back."""
+    calls = []
+    kernel = gated.gated_chunk
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape)
+        return kernel(*args, **kwargs)
+
+    def no_torch(*args, **kwargs):
+        raise AssertionError("the torch path ran where the gated Triton kernels should have")
+
+    monkeypatch.setattr(gated, "gated_chunk", counted)
+    monkeypatch.setattr(functional, "_torch_attention", no_torch)
+    return calls
+
+
+def _inputs(B, Hq, Hk, T, D, DV, seed, strong=True):
+    # strong: g = -5 on tokens 5..8 and -8 on token 63 (T >= 64)
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, Hq, T, D, generator=gen, dtype=torch.float64)
+    k = torch.randn(B, Hk, T, D, generator=gen, dtype=torch.float64)
+    v = torch.randn(B, Hk, T, DV, generator=gen, dtype=torch.float64)
+    g = -torch.rand(B, Hk, T, generator=gen, dtype=torch.float64)
+    if strong:
+        # strongly negative gates inside a chunk and on a chunk's last token (the state's decay)
+        g[..., 5:9] = -5.0
+        g[..., 63] = -8.0
+    return q, k, v, g
+
+
+def _run(q, k, v, g, f, normalize, gqa, dtype, state, backend, chunk=None):
+    xs = [x.detach().to(dtype).requires_grad_() for x in (q, k, v)]
+    gate = g.detach().to(torch.float32 if dtype != torch.float64 else dtype).requires_grad_()
+    st = None
+    if state is not None:
+        S, z = (x.detach().clone().requires_grad_() for x in state)
+        st = State(S, z, torch.full((q.shape[0],), 7))
+    out = fast_attention(*xs, f, normalize=normalize, enable_gqa=gqa, g=gate, initial_state=st,
+                         output_final_state=state is not None, backend=backend, chunk=chunk)
+    o, fin = out if state is not None else (out, None)
+    return xs, gate, st, o, fin
+
+
+# id: f, normalize, (B, H_q, H_kv), T, D, DV, dtype, carried state
+CASES = [
+    ("taylor2-norm-fp32", F2, True, (1, 2, 2), 100, 4, 6, torch.float32, False),
+    ("taylor2-norm-gqa-state-fp32", F2, True, (1, 4, 2), 100, 4, 5, torch.float32, True),
+    ("linear-unnorm-fp32", "x", False, (2, 1, 1), 100, 8, 4, torch.float32, False),
+    ("linear-unnorm-state-fp32", "x", False, (1, 2, 2), 70, 16, 8, torch.float32, True),
+    ("power2-norm-fp32", "x**2", True, (1, 2, 2), 100, 4, 4, torch.float32, False),
+    ("power2-unnorm-state-fp32", "x**2", False, (1, 1, 1), 100, 8, 4, torch.float32, True),
+    ("taylor2-unnorm-fp16", F2, False, (1, 2, 2), 100, 4, 6, torch.float16, False),
+    ("taylor2-norm-state-fp16", F2, True, (1, 2, 1), 100, 4, 4, torch.float16, True),
+    ("linear-unnorm-fp16", "x", False, (1, 2, 2), 100, 8, 4, torch.float16, False),
+    ("power2-norm-fp16", "x**2", True, (1, 2, 2), 100, 4, 4, torch.float16, False),
+]
+
+
+@pytest.mark.parametrize("f, normalize, heads, T, D, DV, dtype, carried", [c[1:] for c in CASES],
+                         ids=[c[0] for c in CASES])
+def test_triton_route_matches_the_torch_path(triton_only, f, normalize, heads, T, D, DV, dtype, carried):
+    B, Hq, Hk = heads
+    q, k, v, g = _inputs(B, Hq, Hk, T, D, DV, seed=T + D)
+    # inputs rounded to the dtype first, so both sides see the same numbers
+    q, k, v = (x.to(dtype).double() for x in (q, k, v))
+    state = None
+    if carried:
+        F = polynomial(f).feature_dim(D)
+        gen = torch.Generator().manual_seed(1)
+        # a state as a prefill of a few unit-scale tokens leaves it (z > 0 for the normalised f)
+        keys = torch.randn(B, Hk, 3, D, generator=gen, dtype=torch.float64)
+        psi = naive.symmetric_features(keys, polynomial(f), 1 / math.sqrt(D), "psi")
+        state = (psi.transpose(-1, -2) @ torch.randn(B, Hk, 3, DV, generator=gen, dtype=torch.float64),
+                 psi.sum(-2))
+        assert state[0].shape == (B, Hk, F, DV)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(functional, "_torch_attention", _TORCH)
+        ref = _run(q, k, v, g, f, normalize, Hq != Hk, torch.float64, state, "torch")
+    got = _run(q, k, v, g, f, normalize, Hq != Hk, dtype, None if state is None else
+               tuple(x.float() for x in state), "auto")
+    assert len(triton_only) == 1, "the gated Triton kernel did not run exactly once"
+    assert got[3].dtype == dtype
+    gen = torch.Generator().manual_seed(2)
+    do = torch.randn(ref[3].shape, generator=gen, dtype=torch.float64)
+    loss_ref, loss_got = (ref[3] * do).sum(), (got[3].double() * do).sum()
+    if carried:
+        dS = torch.randn(ref[4].S.shape, generator=gen, dtype=torch.float64)
+        dz = torch.randn(ref[4].z.shape, generator=gen, dtype=torch.float64)
+        loss_ref = loss_ref + (ref[4].S * dS).sum() + (ref[4].z * dz).sum()
+        loss_got = loss_got + (got[4].S.double() * dS).sum() + (got[4].z.double() * dz).sum()
+        assert got[4].S.dtype == torch.float32 and got[4].tokens.tolist() == ref[4].tokens.tolist()
+        # the state's sums never pass through 16 bits, but the features they sum do
+        assert_close("S_T", ref[4].S, got[4].S, dtype)
+        assert_close("z_T", ref[4].z, got[4].z, dtype)
+    loss_ref.backward()
+    loss_got.backward()
+    assert_close("o", ref[3], got[3], dtype)
+    for name, a, b in (("dq", ref[0][0], got[0][0]), ("dk", ref[0][1], got[0][1]), ("dv", ref[0][2], got[0][2]),
+                       ("dg", ref[1], got[1])):
+        assert_close(name, a.grad, b.grad, dtype)
+    if carried:
+        assert_close("dS0", ref[2].S.grad, got[2].S.grad, dtype)
+        assert_close("dz0", ref[2].z.grad, got[2].z.grad, dtype)
+
+
+def test_zero_gate_equals_the_ungated_triton_call(triton_only):
+    q, k, v, _ = _inputs(1, 2, 2, 100, 4, 4, seed=3)
+    q, k, v = (x.float() for x in (q, k, v))
+    want = fast_attention(q, k, v, F2)
+    got = fast_attention(q, k, v, F2, g=torch.zeros(1, 2, 100))
+    assert len(triton_only) == 1
+    assert_close("o", want, got, torch.float32)
+
+
+def test_minus_infinity_forgets_everything_before_it(triton_only):
+    # g = -inf on token 30: no later query sees a key before it, and nothing is NaN
+    q, k, v, g = _inputs(1, 1, 1, 80, 4, 4, seed=4, strong=False)
+    q, k, v = (x.float() for x in (q, k, v))
+    g = g.float()
+    g[..., 30] = -math.inf
+    fresh = g[..., 30:].clone()
+    fresh[..., 0] = 0.0  # the first token's gate decays an empty state
+    after = fast_attention(q[..., 30:, :], k[..., 30:, :], v[..., 30:, :], F2, g=fresh)
+    got = fast_attention(q, k, v, F2, g=g)
+    assert len(triton_only) == 2
+    assert bool(torch.isfinite(got).all())
+    assert_close("o after the reset", after, got[..., 30:, :], torch.float32)
+
+
+def test_gate_gradient_identity_against_autograd_in_float64():
+    # dL/dG_t = phi_t . dphi_t - psi_t . dpsi_t for A_ti = exp(G_t - G_i) phi_t . psi_i (i <= t)
+    gen = torch.Generator().manual_seed(5)
+    T, F, DV = 12, 5, 3
+    phi, psi = (torch.randn(T, F, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    v = torch.randn(T, DV, generator=gen, dtype=torch.float64)
+    G = (-torch.rand(T, generator=gen, dtype=torch.float64)).cumsum(0).requires_grad_()
+    tri = torch.ones(T, T, dtype=torch.bool).tril()
+    A = torch.exp((G[:, None] - G[None, :]).masked_fill(~tri, -math.inf)) * (phi @ psi.T)
+    (A @ v * torch.randn(T, DV, generator=gen, dtype=torch.float64)).sum().backward()
+    want = (phi * phi.grad).sum(-1) - (psi * psi.grad).sum(-1)
+    assert_close("dL/dG", G.grad, want, torch.float64)
+
+
+def test_prefill_on_the_gated_kernels_then_decode_steps_equals_one_forward(triton_only):
+    attn = FastAttention.from_spec(F2, head_dim=4)
+    q, k, v, g = _inputs(1, 2, 2, 70, 4, 4, seed=6)
+    q, k, v, g = (x.float() for x in (q, k, v, g))
+    want = fast_attention(q, k, v, F2, g=g)
+    o, st = fast_attention(q[..., :67, :], k[..., :67, :], v[..., :67, :], F2, g=g[..., :67], output_final_state=True)
+    outs = [o]
+    with torch.no_grad():
+        for t in range(67, 70):
+            o_t, st = attn.step(q[..., t:t + 1, :], k[..., t:t + 1, :], v[..., t:t + 1, :], st, g=g[..., t:t + 1],
+                                _kernel=True)
+            outs.append(o_t)
+    assert len(triton_only) == 2
+    assert_close("o", want, torch.cat(outs, 2), torch.float32)
+
+
+def test_bad_requests_are_refused_with_what_to_do():
+    q, k, v, g = (x.float() for x in _inputs(1, 2, 2, 40, 4, 4, seed=7, strong=False))
+    with pytest.raises(KernelError, match="power of two >= 16"):
+        fast_attention(q, k, v, F2, g=g, chunk=24)
+    with pytest.raises(KernelError, match="bfloat16 under TRITON_INTERPRET=1"):
+        fast_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), F2, g=g)
+    with pytest.raises(KernelError, match=r"g must be <= 0"):
+        fast_attention(q, k, v, F2, g=g + 1)
+    with pytest.raises(KernelError, match=r"g must be a float tensor \[B, H_kv, T_k\]"):
+        fast_attention(q, k, v, F2, g=g[..., :-1])
+    with pytest.raises(KernelError, match="do not support key_padding_mask"):
+        fast_attention(q, k, v, F2, g=g, key_padding_mask=torch.zeros(1, 40, dtype=torch.bool), backend="triton")
+    with pytest.raises(KernelError, match="needs is_causal=True"):
+        fast_attention(q, k, v, F2, g=g, is_causal=False)
