@@ -12,10 +12,11 @@ With d = |i - j|:
 =========================  ====================================================
 
 ``p | q`` allows a pair when either does. :meth:`Pattern.compile` turns a pattern into a
-:class:`BlockPlan` once per (T, block, is_causal): for each query block the key blocks to visit and
+:class:`BlockPlan` once per (T, block, is_causal, device): for each query block the key blocks to visit and
 whether each needs an element mask (a block whose pairs are all allowed needs none), the list the
-kernels of :func:`fastattn.attention.pattern_attention` walk. :meth:`Pattern.dense` is the T x T
-bool mask, for tests.
+kernels of :func:`fastattn.attention.pattern_attention` walk. It is decided per block pair from the
+primitives' structure (offset intervals, cells cut at global and blocked boundaries) on the device, with
+no host sync, and cached. :meth:`Pattern.dense` is the T x T bool mask, for tests.
 
 >>> p = local(4) | global_tokens(2)
 >>> plan = p.compile(100, block=16)
@@ -80,8 +81,9 @@ class Pattern:
         return torch.tensor([(p.kind, *p.params()) for p in self.parts()], dtype=torch.int32)
 
     def compile(self, T, *, block=64, is_causal=True, device=None):
-        """The :class:`BlockPlan` of this pattern for sequences of T tokens in blocks of ``block`` (cached; the
-        O(T^2) elementwise evaluation runs on ``device``, the CPU by default)."""
+        """The :class:`BlockPlan` of this pattern for sequences of T tokens in blocks of ``block``, built on
+        ``device`` (the CPU by default) from the primitives' structure, O(T + NB^2) torch work and no host sync,
+        and cached per (pattern, T, block, is_causal, device)."""
         _positive("T", T, "tokens")
         _positive("block", block, "tokens per block")
         return _compile(self, T, block, bool(is_causal), str(torch.device(device or "cpu")))
@@ -186,8 +188,9 @@ def global_tokens(n):
 class BlockPlan:
     """A pattern compiled for T tokens in blocks of ``block``.
 
-    state : int8 [NB, NB] per (query block, key block): 0 skip, 1 visit with the element mask, 2 visit,
-        every pair allowed (bounds aside). visited / full count the blocks with state >= 1 / == 2.
+    state : int8 [NB, NB] per (query block, key block), on the device it was compiled for: 0 skip, 1 visit with
+        the element mask, 2 visit, every pair allowed (bounds aside). visited / full count the blocks with
+        state >= 1 / == 2 (reading them back to the host: for inspection, not the call path).
     """
 
     pattern: Pattern
@@ -208,7 +211,7 @@ class BlockPlan:
         """The T x T bool mask the kernel computes from the list: full blocks whole, masked ones through the
         pattern's element mask (compare with :meth:`Pattern.dense`)."""
         which = torch.arange(self.T) // self.block
-        blocks = self.state[which][:, which]  # [T, T] the state of each pair's block
+        blocks = self.state.cpu()[which][:, which]  # [T, T] the state of each pair's block
         exact = self.pattern.dense(self.T, is_causal=self.is_causal)
         return (blocks == 2) | ((blocks == 1) & exact)
 
@@ -217,10 +220,11 @@ class BlockPlan:
         return _schedule(self, str(torch.device(device)), warps)
 
 
-@functools.lru_cache(maxsize=64)
-def _compile(pattern, T, block, is_causal, device):
-    # a band of query blocks at a time (about 2^22 pairs): O(2^22) memory, O(T^2) elementwise work once per
-    # (pattern, T, block, is_causal); on a GPU that is milliseconds even at T = 64K
+def _states_by_pairs(pattern, T, block, is_causal, device="cpu"):
+    """int8 [NB, NB] block states from every (i, j) pair, a band of query blocks at a time: O(T^2) work.
+
+    The reference :func:`_block_states` is tested against; it loops over bands and reads nothing back.
+    """
     NB = -(-T // block)
     step = block * max(1, (1 << 22) // (block * NB * block))
     j = torch.arange(NB * block, device=device)
@@ -237,7 +241,102 @@ def _compile(pattern, T, block, is_causal, device):
         any_ = ok.view(rows, block, NB, block).any(3).any(1)
         all_ = (ok | out).view(rows, block, NB, block).all(3).all(1)
         state[a // block:a // block + rows] = torch.where(all_, 2, torch.where(any_, 1, 0)).to(torch.int8)
-    return BlockPlan(pattern, T, block, is_causal, state.cpu())
+    return state
+
+
+def _diagonal_hits(parts, T, is_causal, device):
+    """(prefix [2T] int64, any): prefix[e] = how many offsets d = i - j in [-(T-1), -(T-1) + e) the union of
+    the primitives that depend on d alone (local, dilated, strided, blocked(1)) allows, causality included."""
+    d = torch.arange(-(T - 1), T, device=device)
+    ad = d.abs()
+    hit = torch.zeros_like(d, dtype=torch.bool)
+    for p in parts:
+        if isinstance(p, Local):
+            hit |= ad < p.window
+        elif isinstance(p, Dilated):
+            hit |= (ad % p.dilation == 0) & (ad < p.window * p.dilation)
+        elif isinstance(p, Strided):
+            hit |= ad % p.stride == 0
+        elif isinstance(p, Blocked) and p.block == 1:
+            hit |= ad == 0
+    if is_causal:
+        hit &= d >= 0
+    prefix = torch.zeros(2 * T, dtype=torch.int64, device=device)
+    prefix[1:] = hit.long().cumsum(0)
+    return prefix
+
+
+def _count(prefix, T, lo, hi):
+    """How many offsets in [lo, hi] (elementwise; lo <= hi + 1, both in [-(T-1), T-1] or an empty range) hit."""
+    lo = lo.clamp(-(T - 1), T)
+    hi = hi.clamp(-T, T - 1)
+    return torch.where(hi >= lo, prefix[(hi + T).clamp(0, 2 * T - 1)] - prefix[(lo + T - 1).clamp(0, 2 * T - 1)], 0)
+
+
+def _cuts(lo, hi, n, sizes, block):
+    """[NB, M + 1] sorted cut points of each block [lo, hi]: lo, hi + 1, the global bound n and every multiple
+    of a blocked size inside; consecutive cuts bound the block's cells, inside which "i < n" and i // a hold
+    one value each (cells may be empty)."""
+    parts = [lo[:, None], (hi + 1)[:, None], torch.where((lo < n) & (n <= hi), n, hi + 1)[:, None]]
+    for a in sizes:
+        m = (lo // a + 1)[:, None] * a + a * torch.arange(block // a + 1, device=lo.device)[None, :]
+        parts.append(torch.where(m <= hi[:, None], m, (hi + 1)[:, None]))
+    return torch.cat(parts, 1).sort(1).values
+
+
+def _block_states(pattern, T, block, is_causal, device):
+    """int8 [NB, NB] block states on ``device`` from the primitives' structure, with torch ops and no host sync.
+
+    A block pair is the rectangle i in [qlo, qhi], j in [klo, khi] (clipped to T); its offsets d = i - j fill the
+    interval [qlo - khi, qhi - klo]. The d-only primitives are a hit vector over d (one prefix sum answers "any
+    offset of an interval" and "every offset"); global tokens allow the rows i < n and columns j < n; blocked(a)
+    the pairs with i // a == j // a. Visited (any allowed pair) is the union of per-primitive tests. Full (every
+    in-bounds pair allowed) splits the rectangle at n and at the multiples of each blocked size into cells, in
+    each of which the global and blocked tests are constant, and asks every cell to be allowed by one of them or
+    by every offset of its interval. Cost O(T) for the hit vector plus O(NB^2 M^2) for M cells per block side
+    (M = 2 without blocked primitives), in bands of query blocks that keep about 2^24 cells.
+    """
+    parts = pattern.parts()
+    NB = -(-T // block)
+    n = max([p.n for p in parts if isinstance(p, GlobalTokens)], default=0)
+    sizes = sorted({p.block for p in parts if isinstance(p, Blocked) and p.block > 1})
+    prefix = _diagonal_hits(parts, T, is_causal, device)
+    lo = torch.arange(NB, device=device) * block
+    hi = (lo + block - 1).clamp(max=T - 1)
+    cuts = _cuts(lo, hi, n, sizes, block)  # [NB, M + 1]
+    c_lo, c_hi = cuts[:, :-1], cuts[:, 1:] - 1  # [NB, M] cells, empty where c_hi < c_lo
+    M = c_lo.shape[1]
+    # keys: every block at once; queries: bands of rows
+    k_lo, k_hi = lo[None, :], hi[None, :]
+    kc_lo, kc_hi = c_lo[None, :, None, :], c_hi[None, :, None, :]  # [1, NB, 1, M]
+    rows = max(1, (1 << 24) // (NB * M * M))
+    state = torch.empty(NB, NB, dtype=torch.int8, device=device)
+    for r0 in range(0, NB, rows):
+        q_lo, q_hi = lo[r0:r0 + rows, None], hi[r0:r0 + rows, None]  # [R, 1]
+        visit = _count(prefix, T, q_lo - k_hi, q_hi - k_lo) > 0
+        for a in sizes:
+            meet = (torch.maximum(q_lo // a, k_lo // a) <= torch.minimum(q_hi // a, k_hi // a))
+            visit |= meet & (k_lo <= q_hi) if is_causal else meet
+        if n:
+            visit |= (q_lo < n) & (k_lo <= q_hi.clamp(max=n - 1)) if is_causal else q_lo < n
+            visit |= (k_lo < n) & (k_lo <= q_hi) if is_causal else k_lo < n
+        qc_lo, qc_hi = c_lo[r0:r0 + rows, None, :, None], c_hi[r0:r0 + rows, None, :, None]  # [R, 1, M, 1]
+        dl, dh = qc_lo - kc_hi, qc_hi - kc_lo  # [R, NB, M, M]
+        ok = (qc_hi < qc_lo) | (kc_hi < kc_lo) | (qc_lo < n) | (kc_lo < n)
+        for a in sizes:
+            ok |= qc_lo // a == kc_lo // a
+        ok |= _count(prefix, T, dl, dh) == dh - dl + 1
+        full = ok.flatten(2).all(2) & visit
+        if is_causal:
+            full &= k_hi <= q_lo
+        state[r0:r0 + rows] = torch.where(full, 2, torch.where(visit, 1, 0)).to(torch.int8)
+    return state
+
+
+@functools.lru_cache(maxsize=64)
+def _compile(pattern, T, block, is_causal, device):
+    # built on the inputs' device with no host sync; kept there, so a training loop pays it once per shape
+    return BlockPlan(pattern, T, block, is_causal, _block_states(pattern, T, block, is_causal, device))
 
 
 @functools.lru_cache(maxsize=64)

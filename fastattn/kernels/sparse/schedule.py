@@ -204,22 +204,33 @@ def range_schedule(BH, T, *, keep=None, buckets=None, is_causal=True, block_q=64
                     perm_q=perm_q, perm_k=perm_k)
 
 
+def _padded_lists(state):
+    """(start [1, NB], end [1, NB], blocks [NB * NB], full [NB * NB]) int32: row r's visited columns (state > 0)
+    in increasing order at blocks[r * NB : r * NB + count_r], the rest of its NB slots padding. A fixed-width
+    layout: its size comes from the shape, so building it reads nothing back to the host (a compact list would
+    need the number of visited pairs there first)."""
+    NB = state.shape[0]
+    visit = state > 0
+    count = visit.sum(1)
+    seen = visit.long().cumsum(1)
+    dest = torch.where(visit, seen - 1, count[:, None] + torch.arange(NB, device=state.device) - seen)
+    cols = torch.arange(NB, device=state.device).expand(NB, NB)
+    blocks = torch.empty_like(cols).scatter_(1, dest, cols)
+    full = (state.gather(1, blocks) == 2) & (torch.arange(NB, device=state.device) < count[:, None])
+    start = torch.arange(NB, device=state.device) * NB
+    return (start.int()[None].contiguous(), (start + count).int()[None].contiguous(), blocks.int().flatten(),
+            full.int().flatten())
+
+
 def list_schedule(T, block, state, prims, warps=4, device=None):
     """The list-mode :class:`Schedule` of a block-state matrix ``state`` [NB, NB] (0 skip, 1 needs the element
-    mask, 2 every pair allowed) and the pattern's primitive table ``prims`` [N, 3]."""
+    mask, 2 every pair allowed) and the pattern's primitive table ``prims`` [N, 3]: each query block walks its
+    visited key blocks, each key block (for dk, dv) the query blocks that visit it, in fixed-width lists built on
+    ``device`` without a host sync."""
     NB = state.shape[0]
     state = state.to(device)
-
-    def csr(s):
-        rows, cols = torch.nonzero(s, as_tuple=True)  # row-major: each row's blocks in increasing order
-        ptr = torch.zeros(NB + 1, dtype=torch.int64, device=device)
-        ptr[1:] = torch.bincount(rows, minlength=NB).cumsum(0)
-        full = (s[rows, cols] == 2).int()
-        ptr = ptr.int()
-        return ptr[:-1].contiguous()[None], ptr[1:].contiguous()[None], cols.int().contiguous(), full.contiguous()
-
-    f_start, f_end, f_blocks, f_full = csr(state)
-    b_start, b_end, b_blocks, b_full = csr(state.t().contiguous())
+    f_start, f_end, f_blocks, f_full = _padded_lists(state)
+    b_start, b_end, b_blocks, b_full = _padded_lists(state.t().contiguous())
     pos = torch.arange(T, dtype=torch.int32, device=device)[None]
     none = torch.zeros(1, dtype=torch.int32, device=device)
     return Schedule(block_q=block, block_k=block, n_q=NB, n_k=NB, warps=warps, use_list=True, pos_q=pos, pos_k=pos,
