@@ -18,6 +18,7 @@ per-block extremes ``qmax`` (largest query position) and ``kmin`` (smallest key 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -148,7 +149,98 @@ def _clean(lo, hi, seq_min, seq_max, whole, clean, start, end):
 def range_schedule(BH, T, *, keep=None, buckets=None, is_causal=True, block_q=64, block_k=64, warps=4, clean=True,
                    device=None):
     """The range-mode :class:`Schedule` of keep ([BH, T] bool) and/or buckets ((query ids, key ids), [BH, T]
-    ints, any values; renumbered per row). ``clean=False`` masks every tile (no unmasked sub-runs; for measuring them)."""
+    ints, any values; renumbered per row). ``clean=False`` masks every tile (no unmasked sub-runs; for measuring them).
+
+    Built on ``device`` with torch ops whose sizes come from the shapes: nothing is read back to the host, so a
+    call queues its launches without waiting for the GPU. Without buckets the runs are closed forms of the kept
+    count (:func:`_compact_schedule`, cached when nothing is dropped); with buckets, searches over the sorted
+    composites (:func:`_composite_schedule`).
+    """
+    if buckets is None:
+        if keep is None:
+            return _full_schedule(BH, T, bool(is_causal), block_q, block_k, warps, bool(clean),
+                                  str(torch.device(device or "cpu")))
+        return _compact_schedule(BH, T, keep, is_causal, block_q, block_k, warps, clean, keep.device)
+    return _composite_schedule(BH, T, keep=keep, buckets=buckets, is_causal=is_causal, block_q=block_q,
+                               block_k=block_k, warps=warps, clean=clean, device=device)
+
+
+@functools.lru_cache(maxsize=32)
+def _full_schedule(BH, T, is_causal, block_q, block_k, warps, clean, device):
+    # nothing dropped: a function of the shapes alone, built once per shape
+    return _compact_schedule(BH, T, None, is_causal, block_q, block_k, warps, clean, device)
+
+
+def _compact_schedule(BH, T, keep, is_causal, block_q, block_k, warps, clean, device):
+    """Range mode for keep alone (or nothing dropped, ``keep=None``): the kept tokens take slots 0 .. n - 1 in
+    order, so slot order is position order and every run is a closed form of n = count per row.
+
+    Query block qb holds slots [qb Bq, min(qb Bq + Bq, n)), key block kb [kb Bk, min(kb Bk + Bk, n)). Causal:
+    qb walks key blocks 0 .. (last slot) // Bk, kb is walked by query blocks (kb Bk) // Bq .. ceil(n / Bq) - 1;
+    unmasked are the whole key blocks wholly at or before qb's first slot, floor((qb Bq + 1) / Bk) of them, and
+    for kb the query blocks from ceil(((kb + 1) Bk - 1) / Bq) to the last whole one. Equal, field by field, to
+    :func:`_composite_schedule` with no buckets (the tests check it), with O(1) ops per field instead of
+    searches."""
+    NQ, NK = -(-T // block_q), -(-T // block_k)
+    if keep is None:
+        n = torch.full((BH, 1), T, dtype=torch.int64, device=device)
+        perm = torch.arange(T, device=device, dtype=torch.int64).expand(BH, T)
+    else:
+        kept = keep.long()
+        seen = kept.cumsum(-1)
+        n = seen[:, -1:]
+        # kept tokens first in their order, then the dropped ones: slot of each token, inverted by a scatter
+        dest = torch.where(keep, seen - 1, n + torch.arange(T, device=device) - seen)
+        perm = torch.empty_like(dest).scatter_(-1, dest, torch.arange(T, device=device).expand(BH, T))
+    qb = torch.arange(NQ, device=device)[None]  # [1, NQ]
+    kb = torch.arange(NK, device=device)[None]
+    q0, k0 = qb * block_q, kb * block_k  # first slots
+    q_last = torch.minimum(q0 + block_q, n) - 1  # [BH, NQ] last valid slot (< first where empty)
+    k_last = torch.minimum(k0 + block_k, n) - 1
+    q_some, k_some = q0 < n, k0 < n
+    nq_some, nk_some = -(-n // block_q), -(-n // block_k)  # [BH, 1] non-empty blocks
+    nq_whole, nk_whole = n // block_q, n // block_k
+    zero = torch.zeros((), dtype=torch.int64, device=device)
+    if is_causal:
+        f_end = torch.where(q_some, q_last // block_k + 1, zero)
+        b_start = torch.where(k_some, k0 // block_q, zero)
+    else:
+        f_end = torch.where(q_some, nk_some, zero)
+        b_start = zero.expand(BH, NK)
+    f_start = zero.expand(BH, NQ)
+    b_end = torch.where(k_some, nq_some, zero)
+    q_clean = (q0 + block_q <= n) & clean
+    k_clean = (k0 + block_k <= n) & clean
+    if is_causal:
+        fc_lo, fc_hi = zero, torch.minimum((q0 + 1) // block_k, nk_whole)
+        bc_lo, bc_hi = -(-(k0 + block_k - 1) // block_q), nq_whole
+    else:
+        fc_lo, fc_hi, bc_lo, bc_hi = zero, nk_whole, zero, nq_whole
+    fc_lo = torch.maximum(torch.minimum(fc_lo, f_end), f_start)
+    fc_hi = torch.maximum(torch.minimum(fc_hi, f_end), fc_lo)
+    bc_lo = torch.maximum(torch.minimum(bc_lo, b_end), b_start)
+    bc_hi = torch.maximum(torch.minimum(bc_hi, b_end), bc_lo)
+    qmax = torch.where(q_some, perm.gather(-1, q_last.clamp(0, T - 1).expand(BH, NQ)), -1)
+    kmin = torch.where(k_some, perm.gather(-1, k0.clamp(max=T - 1).expand(BH, NK)), T)
+    i32 = lambda x: x.int().contiguous()  # noqa: E731
+    none = torch.zeros(1, dtype=torch.int32, device=device)
+    pos = i32(perm)
+    return Schedule(block_q=block_q, block_k=block_k, n_q=NQ, n_k=NK, warps=warps, use_list=False, pos_q=pos,
+                    pos_k=pos, bkt_q=None, bkt_k=None, count=i32(n[:, 0]), fwd_start=i32(f_start),
+                    fwd_end=i32(f_end), bwd_start=i32(b_start), bwd_end=i32(b_end),
+                    fwd_clean_lo=i32(torch.where(q_clean, fc_lo, f_end)),
+                    fwd_clean_hi=i32(torch.where(q_clean, fc_hi, f_end)),
+                    bwd_clean_lo=i32(torch.where(k_clean, bc_lo, b_end)),
+                    bwd_clean_hi=i32(torch.where(k_clean, bc_hi, b_end)), fwd_blocks=none, fwd_full=none,
+                    bwd_blocks=none, bwd_full=none, qmax=i32(qmax), kmin=i32(kmin),
+                    q_mixed=torch.zeros(BH, NQ, dtype=torch.int32, device=device),
+                    k_mixed=torch.zeros(BH, NK, dtype=torch.int32, device=device), prims=none, perm_q=perm,
+                    perm_k=perm)
+
+
+def _composite_schedule(BH, T, *, keep=None, buckets=None, is_causal=True, block_q=64, block_k=64, warps=4,
+                        clean=True, device=None):
+    """Range mode by composites (any keep and buckets): sort, block statistics, two searches per run."""
     pos = torch.arange(T, device=device, dtype=torch.int64).expand(BH, T)
     if buckets is not None:
         buckets = _dense_ids(*buckets)
