@@ -76,9 +76,15 @@ class Pattern:
         ok = self.allows(i[:, None], i[None, :])
         return ok & (i[None, :] <= i[:, None]) if is_causal else ok
 
-    def table(self):
-        """int32 [N, 3]: rows (kind, a, b), the form the kernels read."""
-        return torch.tensor([(p.kind, *p.params()) for p in self.parts()], dtype=torch.int32)
+    def table(self, device=None):
+        """int32 [N, 3]: rows (kind, a, b), the form the kernels read, on ``device`` (filled there: no copy from
+        the host, which would wait for the GPU)."""
+        rows = [(p.kind, *p.params()) for p in self.parts()]
+        out = torch.zeros(len(rows), 3, dtype=torch.int32, device=device)
+        for r, row in enumerate(rows):
+            for c, value in enumerate(row):
+                out[r, c] = value
+        return out
 
     def compile(self, T, *, block=64, is_causal=True, device=None):
         """The :class:`BlockPlan` of this pattern for sequences of T tokens in blocks of ``block``, built on
@@ -343,4 +349,4 @@ def _compile(pattern, T, block, is_causal, device):
 def _schedule(plan, device, warps):
     from fastattn.kernels.sparse.schedule import list_schedule
 
-    return list_schedule(plan.T, plan.block, plan.state, plan.pattern.table(), warps=warps, device=device)
+    return list_schedule(plan.T, plan.block, plan.state, plan.pattern.table(device), warps=warps, device=device)

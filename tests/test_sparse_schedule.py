@@ -1,0 +1,202 @@
+"""Sparse schedules built on the device: no host reads, and the same schedules as the builders they replace.
+
+* Every call path (keep, buckets, both, nothing dropped, a pattern on its first call) builds its schedule
+  with no op that reads a device value back to the host: ``Tensor.item`` / ``tolist`` / ``cpu`` / ``numpy``
+  raise, and so does every aten op that must wait for the GPU (``nonzero``, ``_local_scalar_dense`` behind
+  ``bool``/``int``, boolean-mask indexing, ``bincount``, ...). The kernel is stubbed out: the interpreter
+  itself copies tensors to the host.
+* The pattern block states from the primitives' structure equal the pair-by-pair states, and the
+  fixed-width lists hold exactly each row's visited blocks.
+* Keep's closed-form schedule equals the composite (sort + search) one field by field.
+* A few random rows through the interpreter kernels against the float64 masked reference.
+"""
+
+import contextlib
+import random
+from dataclasses import fields
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import fastattn.attention.sparse as sparse_mod
+from fastattn.attention import pattern_attention, sparse_attention
+from fastattn.kernels.checks import assert_close
+from fastattn.kernels.sparse import allowed_pairs, gradient_terms, masked_attention
+from fastattn.kernels.sparse.schedule import _compact_schedule, _composite_schedule, _padded_lists
+from fastattn.patterns import (_block_states, _compile, _schedule, _states_by_pairs, blocked, dilated, global_tokens,
+                               local, strided)
+
+# aten ops that cannot finish without the device's answer on the host (they sync on CUDA)
+SYNCING = {"_local_scalar_dense", "nonzero", "masked_select", "bincount", "unique_dim", "_unique", "_unique2",
+           "unique_consecutive", "equal", "is_nonzero", "histc", "repeat_interleave", "allclose"}
+
+
+class _NoHostReads(TorchDispatchMode):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func.overloadpacket.__name__
+        if name in SYNCING:
+            raise AssertionError(f"host sync: aten.{name}")
+        if name in ("index", "index_put", "index_put_"):
+            # a boolean mask as an index needs the count of its True entries on the host
+            idx = args[1] if len(args) > 1 else kwargs.get("indices", ())
+            if any(isinstance(t, torch.Tensor) and t.dtype in (torch.bool, torch.uint8) for t in idx or ()):
+                raise AssertionError(f"host sync: aten.{name} with a boolean mask")
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def no_host_reads(monkeypatch):
+    """Raise on anything that reads a tensor's values back to the host."""
+    def refuse(name):
+        def f(*a, **k):
+            raise AssertionError(f"host read: Tensor.{name}")
+        return f
+
+    with monkeypatch.context() as mp:
+        for name in ("item", "tolist", "cpu", "numpy"):
+            mp.setattr(torch.Tensor, name, refuse(name))
+        with _NoHostReads():
+            yield
+
+
+class _StubFlash:
+    """Stands in for the kernels' autograd Function: records the schedule, returns zeros shaped like o."""
+    seen = []
+
+    @staticmethod
+    def apply(q, k, v, sched, scale, is_causal):
+        _StubFlash.seen.append(sched)
+        return torch.zeros_like(v)
+
+
+def test_the_guard_catches_host_reads(monkeypatch):
+    x = torch.tensor([0, 3, 0, 5])
+    reads = [lambda: x.item(), lambda: x.tolist(), lambda: x.cpu(), lambda: bool(x.any()), lambda: int(x[1]),
+             lambda: torch.nonzero(x), lambda: x[x > 0], lambda: torch.bincount(x)]
+    with no_host_reads(monkeypatch):
+        for read in reads:
+            with pytest.raises(AssertionError, match="host"):
+                read()
+        # what the schedules use passes
+        assert x.cumsum(0).shape == (4,) and torch.where(x > 0, x, 7).shape == (4,)
+
+
+@pytest.mark.parametrize("what", ["none", "keep", "buckets", "keep+buckets", "pattern"])
+def test_a_call_builds_its_schedule_without_host_reads(what, monkeypatch):
+    B, H, T, D = 2, 3, 77, 16
+    g = torch.Generator().manual_seed(1)
+    q, k, v = torch.randn(3, B, H, T, D, generator=g)
+    keep = torch.rand(B, H, T, generator=g) < 0.5
+    keep[1, 2] = False  # a head with nothing kept
+    ids = torch.randint(0, 4, (2, B, H, T), generator=g)
+    pattern = local(9) | strided(13) | blocked(20) | global_tokens(3)
+    monkeypatch.setattr(sparse_mod, "SparseFlash", _StubFlash)
+    _StubFlash.seen.clear()
+    _compile.cache_clear()  # the pattern's first call builds its plan under the guard too
+    _schedule.cache_clear()
+    kw = {"keep": dict(keep=keep), "buckets": dict(buckets=tuple(ids)), "none": {},
+          "keep+buckets": dict(keep=keep, buckets=tuple(ids))}.get(what)
+    with no_host_reads(monkeypatch):
+        for causal in (True, False):
+            if kw is None:
+                o = pattern_attention(q, k, v, pattern, is_causal=causal, tuning={"block": 16})
+            else:
+                o = sparse_attention(q, k, v, is_causal=causal, tuning={"block_q": 32, "block_k": 16}, **kw)
+            assert o.shape == (B, H, T, D)
+    assert len(_StubFlash.seen) == 2 and all(s.use_list == (what == "pattern") for s in _StubFlash.seen)
+    if what == "pattern":
+        # a second call finds the plan and the lists in the cache
+        plan = pattern.compile(T, block=16, is_causal=True)
+        assert plan is pattern.compile(T, block=16, is_causal=True)
+        assert plan.schedule("cpu") is _StubFlash.seen[0]
+
+
+def _random_pattern(rng):
+    make = [lambda: local(rng.randint(1, 40)), lambda: dilated(rng.randint(1, 6), rng.randint(1, 9)),
+            lambda: strided(rng.randint(1, 30)), lambda: blocked(rng.choice([1, 2, 3, 5, 10, 16, 17, 33, 64])),
+            lambda: global_tokens(rng.randint(1, 40))]
+    p = rng.choice(make)()
+    for _ in range(rng.randint(0, 3)):
+        p = p | rng.choice(make)()
+    return p
+
+
+def test_block_states_equal_the_pair_by_pair_states():
+    rng = random.Random(0)
+    kinds = set()
+    for case in range(150):
+        p = _random_pattern(rng)
+        T, block, causal = rng.choice([1, 2, 15, 16, 17, 45, 64, 100, 130]), rng.choice([16, 32]), case % 2 == 0
+        new = _block_states(p, T, block, causal, "cpu")
+        assert torch.equal(new, _states_by_pairs(p, T, block, causal)), (p, T, block, causal)
+        kinds |= set(new.unique().tolist())
+    assert kinds == {0, 1, 2}
+
+
+def test_padded_lists_hold_each_rows_visited_blocks():
+    g = torch.Generator().manual_seed(2)
+    for NB in (1, 2, 7, 13):
+        state = torch.randint(0, 3, (NB, NB), generator=g, dtype=torch.int8)
+        state[0] = 0  # a row that visits nothing
+        start, end, blocks, full = _padded_lists(state)
+        assert blocks.shape == (NB * NB,) and start.shape == end.shape == (1, NB)
+        for r in range(NB):
+            s, e = int(start[0, r]), int(end[0, r])
+            assert s == r * NB and torch.equal(blocks[s:e].long(), torch.nonzero(state[r])[:, 0])
+            assert torch.equal(full[s:e].bool(), state[r][blocks[s:e].long()] == 2)
+            # the padding holds the skipped blocks, never flagged full
+            assert sorted(blocks[r * NB:(r + 1) * NB].tolist()) == list(range(NB))
+            assert not full[e:(r + 1) * NB].any()
+
+
+def test_compact_keep_schedule_equals_the_composite_one():
+    g = torch.Generator().manual_seed(3)
+    for T, (bq, bk), causal, p in [(1, (16, 16), True, 1.0), (17, (16, 16), False, 0.5), (37, (32, 16), True, 0.6),
+                                   (64, (16, 64), True, 0.3), (100, (64, 16), False, 0.8), (130, (32, 32), True, 0.0)]:
+        keep = torch.rand(3, T, generator=g) < p
+        keep[1] = True
+        for kp, clean in ((keep, True), (keep, False), (None, True)):
+            a = _compact_schedule(3, T, kp, causal, bq, bk, 4, clean, "cpu")
+            b = _composite_schedule(3, T, keep=kp, is_causal=causal, block_q=bq, block_k=bk, clean=clean)
+            for f in fields(a):
+                x, y = getattr(a, f.name), getattr(b, f.name)
+                case = (T, bq, bk, causal, p, kp is None, clean, f.name)
+                if isinstance(x, torch.Tensor):
+                    assert x.dtype == y.dtype and torch.equal(x, y), case
+                else:
+                    assert x == y, case
+
+
+# (restriction, T, causal, (block_q, block_k)): random data with a head that keeps nothing
+KERNEL_ROWS = [("keep", 50, False, (16, 32)), ("keep+buckets", 45, True, (32, 16)), ("pattern", 45, False, (16, 16)),
+               ("pattern", 70, True, (32, 32))]
+
+
+@pytest.mark.usefixtures("kernel_env")
+@pytest.mark.parametrize("what,T,causal,tiles", KERNEL_ROWS,
+                         ids=[f"{r[0]}-T{r[1]}-{'causal' if r[2] else 'full'}-{r[3][0]}x{r[3][1]}" for r in KERNEL_ROWS])
+def test_random_rows_match_the_dense_reference(what, T, causal, tiles):
+    g = torch.Generator().manual_seed(T)
+    rng = random.Random(T)
+    q, k, v = (torch.randn(1, 2, T, 16, generator=g).requires_grad_() for _ in range(3))
+    do = torch.randn(1, 2, T, 16, generator=g)
+    if what == "pattern":
+        pattern = _random_pattern(rng) | blocked(rng.choice([3, 10]))
+        o = pattern_attention(q, k, v, pattern, is_causal=causal, tuning={"block": tiles[0]})
+        allowed = pattern.dense(T, is_causal=causal)
+    else:
+        kw = dict(keep=torch.rand(1, 2, T, generator=g) < 0.6)
+        kw["keep"][0, 1] = False
+        if "buckets" in what:
+            kw["buckets"] = tuple(torch.randint(-3, 3, (2, 1, 2, T), generator=g))
+        o = sparse_attention(q, k, v, is_causal=causal, tuning={"block_q": tiles[0], "block_k": tiles[1]}, **kw)
+        allowed = allowed_pairs(T, is_causal=causal, **kw)
+        assert (o[0, 1] == 0).all()
+    got = (o,) + torch.autograd.grad(o, (q, k, v), do)
+    ref = masked_attention(q, k, v, allowed)
+    ref = (ref,) + torch.autograd.grad(ref, (q, k, v), do.double())
+    terms = gradient_terms(q, k, v, ref[0], do, allowed)
+    for part, a, b, t in zip(("o", "dq", "dk", "dv"), ref, got, terms):
+        assert_close(part, a, b, torch.float32, terms=t)
