@@ -1,6 +1,8 @@
 """``fastattn.analyze``: one verdict about a candidate attention function f, with its proofs and costs,
 and 3-5 recommended feature maps within a feature budget (certified errors, predicted times from
-:mod:`fastattn.costmodel`).
+:mod:`fastattn.costmodel`); with ``window=w``, what each map gives as the outside part of
+``hybrid_attention`` (exact softmax over the last w keys): the window kernel's cost, the outside sums'
+cost, the certified error against softmax, and the predicted ms (:mod:`fastattn.recommend`).
 
 >>> a = analyze("1 + x + x**2/2", dim=16, certify=False)
 >>> a.low_rank, a.rank_bound, a.feature_dim
@@ -24,7 +26,7 @@ import sympy as sp
 from fastattn.budget import limited
 from fastattn.errors import FastAttnError, FeatureMapError, SpecError
 from fastattn import recommend
-from fastattn.recommend import Candidate
+from fastattn.recommend import BOUND_STATEMENT, Candidate, Hybrid
 from fastattn.transforms import Spec, spec as make_spec, symmetric_dim
 
 __all__ = ["analyze", "Analysis", "Candidate", "CostModel", "ANALYSIS_SECONDS", "STEP_SECONDS", "SEQ_LEN"]
@@ -135,6 +137,8 @@ class Analysis:
     seq_len: int = SEQ_LEN
     eps: float = 1e-3
     value_dim: int | None = None
+    #: The hybrid section (``analyze(..., window=w)``), else None.
+    hybrid: Hybrid | None = None
 
     # -- derived -------------------------------------------------------------------------------
     def feature_map(self):
@@ -227,6 +231,7 @@ class Analysis:
             "candidates": [c.to_dict() for c in self.candidates],
             "predicted_ms": [{"T": T, "ours": o, "sdpa": s} for T, o, s in self._predicted()],
             "cost_model": _cost_model_source(),
+            "hybrid": None if self.hybrid is None else self.hybrid.to_dict(),
             "notes": list(self.notes),
         }
 
@@ -274,6 +279,8 @@ class Analysis:
                 rows.append((f"  {i}. {method} p={p}", f"{n} feature{plural}, error {err}, {ms} ms: {why}"))
         for T, ours, sdpa in self._predicted():
             rows.append((f"  T = {T}", f"ours {ours:.3g} ms, SDPA {sdpa:.3g} ms (fwd+bwd, predicted)"))
+        if self.hybrid is not None:
+            rows += _hybrid_rows(self.hybrid, table)
         for n in self.notes:
             rows.append(("note", n))
         return rows
@@ -298,6 +305,14 @@ class Analysis:
                            for c in self.candidates)
             out += (f"<p>Candidates within {self.budget:,} features ({html.escape(self.budget_reason)}); ms are "
                     f"forward+backward at T = {self.seq_len}, predicted.</p><table><tr>{head}</tr>{rows}</table>")
+        if self.hybrid is not None:
+            h = self.hybrid
+            head = "".join(f"<th {cell}>{x}</th>" for x in _HYBRID_HEADER)
+            rows = "".join("<tr>" + "".join(f"<td {cell}>{html.escape(v)}</td>" for v in m.cells()) + "</tr>"
+                           for m in h.maps)
+            out += (f"<p>Hybrid, window {h.window} at T = {h.seq_len}. Exact part: {html.escape(_exact_part(h))}. "
+                    f"Feature part: {html.escape(_feature_part(h))}. Bound: {html.escape(BOUND_STATEMENT)}.</p>"
+                    f"<table><tr>{head}</tr>{rows}</table><p>{html.escape(h.calibration)}</p>")
         return out
 
     def __repr__(self) -> str:
@@ -305,6 +320,46 @@ class Analysis:
 
 
 _HEADER = ("method", "degree", "features", "certified error", "ms vs SDPA", "trade-off")
+_HYBRID_HEADER = ("map outside the window", "features", "delta = sup |f e^-x - 1|", "output error",
+                  "ms: outside + window = total vs SDPA")
+
+
+def _exact_part(h: Hybrid) -> str:
+    c = h.exact
+    if c is None:
+        return "none (window 0: the plain normalised feature-map attention over every key)"
+    bm, bn, bbm, bbn = c.blocks
+    ms = "uncalibrated" if c.ms is None else f"{c.ms:.3g} ms"
+    return (f"window kernel ({c.dtype}, B{c.B} H{c.H}): {c.tiles[0]:,} tiles of {bm}x{bn} forward, "
+            f"{c.tiles[1]:,} + {c.tiles[2]:,} of {bbm}x{bbn} backward per sequence (key blocks that meet the window; "
+            f"{c.pairs:,} window pairs), {sum(c.flops):.3g} MMA FLOPs fwd+bwd, {sum(c.tile_bytes):.3g} bytes in tiles "
+            f"({c.min_bytes:.3g} at least); floor {c.floor_ms:.3g} ms, predicted {ms}")
+
+
+def _feature_part(h: Hybrid) -> str:
+    if h.window >= h.seq_len:
+        return "none: the window holds every key (exact causal softmax)"
+    if h.window == 0:
+        return f"the map's normalised attention over all {h.seq_len:,} tokens"
+    return (f"the outside sums of the {h.outside_tokens:,} queries past the window (fast_attention of "
+            f"q[w:] against k[:T-w], v widened by a ones column)")
+
+
+def _hybrid_rows(h: Hybrid, table: bool) -> list[tuple[str, str]]:
+    rows = [("hybrid", f"window {h.window} at T = {h.seq_len}: exact softmax over the last {h.window} keys, the map "
+                       f"f over the keys before, one normaliser; scores |x| <= {h.radius:g}"),
+            ("  exact part", _exact_part(h)), ("  feature part", _feature_part(h)), ("  bound", BOUND_STATEMENT)]
+    if table:
+        for i, m in enumerate(h.maps, 1):
+            name, n, rel, out, ms = m.cells()
+            if not m.usable:
+                rows.append((f"  {i}. {m.method} p={m.degree}", f"{name.partition(': ')[2]}: {ms}"))
+                continue
+            rows.append((f"  {i}. {m.method} p={m.degree}", f"{name.partition(': ')[2]}: {n} features, delta {rel}, "
+                                                           f"output error {out}; ms {ms}"))
+    rows.append(("  calibration", h.calibration))
+    rows += [("  note", n) for n in h.notes]
+    return rows
 
 
 def _cost_model_source() -> str:
@@ -411,7 +466,7 @@ def analyze(f, dim: int = 16, *, radius: float = 1.0, eps: float = 1e-3, degree:
             value_dim: int | None = None, seq_lens: Sequence[int] = _DEFAULT_SEQ_LENS, n_witness: int = 16,
             certify: bool = True, verify: bool = True, definiteness: bool = True, params=None,
             progress: bool = False, budget: float = ANALYSIS_SECONDS, seq_len: int = SEQ_LEN,
-            max_features: int | None = None) -> Analysis:
+            max_features: int | None = None, window: int | None = None) -> Analysis:
     """Analyse an entrywise attention function f of the score x = q·k.
 
     Every verdict comes from a certificate: a step that cannot build one (or runs past its
@@ -452,6 +507,13 @@ def analyze(f, dim: int = 16, *, radius: float = 1.0, eps: float = 1e-3, degree:
         the feature budget is the most features predicted to beat SDPA at T (:mod:`fastattn.costmodel`).
     max_features : int, optional
         Feature budget of the candidates (at head dim ``dim``).
+    window : int, optional
+        w >= 0: add the hybrid section (:attr:`Analysis.hybrid`, :func:`fastattn.recommend.hybrid`) for
+        ``hybrid_attention(..., window=w)`` at T = ``seq_len``: the window kernel's tiles, FLOPs, bytes and
+        floor, the outside sums' cost, and per map (the given polynomial, else each candidate) the certified
+        delta = sup |f(x) exp(-x) - 1| on |x| <= radius with the output bound kappa(delta) x range(v) against
+        softmax (:func:`fastattn.recommend.output_bound` proves it). KernelError for a window that is not an
+        int >= 0 or a polynomial f negative somewhere on the reals (hybrid_attention's own check).
 
     Examples
     --------
@@ -465,6 +527,9 @@ def analyze(f, dim: int = 16, *, radius: float = 1.0, eps: float = 1e-3, degree:
     [('minimax', 3, 969), ('chebyshev', 3, 969), ('taylor', 3, 969)]
     >>> analyze("exp(x)", dim=16, certify=False).low_rank is None  # "no" needs a certificate
     True
+    >>> h = analyze("1 + x + x**2/2", dim=16, certify=False, definiteness=False, window=512).hybrid
+    >>> h.maps[0].text, round(h.maps[0].relative_error, 4), h.maps[0].ms   # window kernel uncalibrated: no total
+    ('1 + x + 0.5*x**2', 0.3592, None)
     """
     from fastattn.lowrank.numeric import _pos_float
     from fastattn.proofs_checks import Undecided, metric_transform, positive_definite, rank_bound
@@ -479,6 +544,8 @@ def analyze(f, dim: int = 16, *, radius: float = 1.0, eps: float = 1e-3, degree:
             raise FastAttnError(f"{name}={value!r} must be an integer >= 1")
     eps = _pos_float(eps, "eps")
     value_dim = dim if value_dim is None else value_dim
+    if window is not None:
+        recommend.check_hybrid(f, window)
     clock = _Clock(budget)
     notes: list[str] = []
     steps = ["class", "certificate", "positivity", "definiteness", "feature map"]
@@ -555,6 +622,9 @@ def analyze(f, dim: int = 16, *, radius: float = 1.0, eps: float = 1e-3, degree:
     if bar is not None:
         bar.close()
 
+    section = None
+    if window is not None:
+        section = recommend.hybrid(f, candidates, dim, value_dim, radius, window, seq_len)
     cost_dim = None if too_large else fdim
     cost = CostModel(head_dim=dim, value_dim=value_dim, feature_dim=cost_dim, degree=fdeg or 0, seq_lens=tuple(seq_lens))
     return Analysis(
@@ -562,5 +632,5 @@ def analyze(f, dim: int = 16, *, radius: float = 1.0, eps: float = 1e-3, degree:
         certificate=cert, positivity=positivity, positive_definite=pd, metric_transform=mt, feature_method=method,
         feature_degree=fdeg, feature_dim=fdim, error_bound=err, cost=cost, notes=notes,
         low_rank_reason=low_rank_reason, feature_too_large=too_large, candidates=candidates, budget=fbudget,
-        budget_reason=budget_reason, seq_len=seq_len, eps=eps, value_dim=value_dim,
+        budget_reason=budget_reason, seq_len=seq_len, eps=eps, value_dim=value_dim, hybrid=section,
     )

@@ -86,6 +86,11 @@ def _add_analyze(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seq-len", type=int, default=8192, metavar="T",
                    help="sequence length of the recommendation and its predicted times (default 8192)")
     p.add_argument("--seq-lens", type=int, nargs="+", default=[2048, 8192, 32768, 65536], help="sequence lengths of the cost table")
+    p.add_argument("--value-dim", type=int, default=None, metavar="DV", help="value head dimension of the costs (default --dim)")
+    p.add_argument("--window", type=int, default=None, metavar="W",
+                   help="add the hybrid section for hybrid_attention(..., window=W) at --seq-len: the window kernel's "
+                        "cost, the outside sums' cost, each map's certified error against softmax on |x| <= --radius "
+                        "and the predicted ms (W >= 0; f must be >= 0 on the reals)")
     p.add_argument("--n-witness", type=int, default=16, help="size of the full-rank witness of a non-polynomial (default 16)")
     p.add_argument("--param", action="append", metavar="NAME=VALUE", help="a constant used in SPEC, e.g. tau=8 (repeatable)")
     p.add_argument("--no-certify", action="store_true", help="skip the rank certificate")
@@ -103,17 +108,23 @@ def _check_parent(path: str, option: str) -> None:
 
 
 def _run_analyze(args) -> int:
-    """Analyse f: class, rank, certificate, positivity, PD/metric class, recommended maps under a budget."""
+    """Analyse f: class, rank, certificate, positivity, PD/metric class, recommended maps under a budget
+    (with --window, the window + feature-map hybrid)."""
     from fastattn.analysis import PLOT_DPI, analyze
 
-    for option, value in (("--max-features", args.max_features), ("--seq-len", args.seq_len)):
+    for option, value in (("--max-features", args.max_features), ("--seq-len", args.seq_len),
+                          ("--value-dim", args.value_dim)):
         if value is not None and value < 1:
             raise UsageError("fastattn analyze", f"argument {option}: must be an integer >= 1, got {value}")
+    if args.window is not None and args.window < 0:
+        raise UsageError("fastattn analyze", f"argument --window: must be an integer >= 0 (the keys that get exact "
+                                             f"softmax; 0 means none), got {args.window}")
     if args.plot:
         _check_parent(args.plot, "--plot")
     a = analyze(args.spec, dim=args.dim, radius=args.radius, eps=args.eps, degree=args.degree, seq_lens=args.seq_lens,
                 n_witness=args.n_witness, certify=not args.no_certify, params=_params(args.param) or None,
-                progress=not args.json and sys.stderr.isatty(), seq_len=args.seq_len, max_features=args.max_features)
+                progress=not args.json and sys.stderr.isatty(), seq_len=args.seq_len, max_features=args.max_features,
+                value_dim=args.value_dim, window=args.window)
     if args.plot:
         fig = a.plot()
         fig.savefig(args.plot, dpi=PLOT_DPI)

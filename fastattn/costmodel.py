@@ -37,7 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["CARD", "RUN", "DATE", "OURS", "SDPA", "FIT_ERROR", "ours_ms", "sdpa_ms", "max_features", "Cell",
-           "cells", "fit", "feature_count"]
+           "cells", "fit", "feature_count", "RATE", "BANDWIDTH", "WINDOW", "WINDOW_CALIBRATION", "WindowCost",
+           "window_cost", "window_ms", "fit_window"]
 
 CARD, RUN, DATE = "NVIDIA H200", "v15", "2026-12-01"
 #: The table's default shape: batch and heads of every row without ``b8`` / ``h8`` in its name.
@@ -50,6 +51,17 @@ OURS = (1.1191, 0.15431, 2.0108)
 SDPA = (0.1618, 0.0, 0.017346)
 #: Largest |predicted / measured - 1| over the v15 cells each model was fitted to.
 FIT_ERROR = {"ours": 0.28, "sdpa": 0.37}
+#: The ceilings v15 measured at the start of its run (``meta`` of benchmarks/out/v15.json): bf16 matmul FLOP/s
+#: and device-copy bytes/s. The window kernel's floor divides by them.
+RATE, BANDWIDTH = 685e12, 4.22e12
+#: (c0 ms, c1 ms per TFLOP of the visited tiles) of the window kernel, or None while no correct run measured it.
+WINDOW = None
+#: Where :data:`WINDOW` comes from, as the output says it.
+WINDOW_CALIBRATION = (
+    "uncalibrated: RESULTS.md's only window-kernel times (section 'Hybrid window + feature map', "
+    "benchmarks/hybrid_bench.py on the H200, 2026-12-01) are of a Triton path that failed its bf16 check "
+    "(o rel-RMS 0.20 at 4K), so no constant is fitted to them; fit_window() takes the JSON of a run whose "
+    "check passed")
 _RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "out" / "v15.json"
 
 
@@ -181,20 +193,190 @@ def fit(results=None) -> dict:
 
     Returns ``{kind: (constants, max relative error)}``.
     """
-    import numpy as np
-    from scipy.optimize import linprog
-
     rows: dict = {"ours": ([], []), "sdpa": ([], [])}
     for name, kind, F, D, DV, B, H, T, ms in _measured(_load(results)):
         rows[kind][0].append(_regressors(kind, F, D, DV, B, H, T))
         rows[kind][1].append(ms)
-    out = {}
-    for kind, (X, y) in rows.items():
-        A = np.asarray(X) / np.asarray(y)[:, None]
-        m, n = A.shape
-        # minimise s subject to -s <= A c - 1 <= s, c >= 0
-        ub = np.block([[A, -np.ones((m, 1))], [-A, -np.ones((m, 1))]])
-        res = linprog(np.r_[np.zeros(n), 1.0], A_ub=ub, b_ub=np.r_[np.ones(m), -np.ones(m)],
-                      bounds=[(0, None)] * (n + 1))
-        out[kind] = (tuple(float(c) for c in res.x[:n]), float(res.x[n]))
-    return out
+    return {kind: _relative_fit(X, y) for kind, (X, y) in rows.items()}
+
+
+def _relative_fit(X, y) -> tuple[tuple, float]:
+    """(c >= 0 minimising max_i |X_i c / y_i - 1|, that maximum): a linear programme."""
+    import numpy as np
+    from scipy.optimize import linprog
+
+    A = np.asarray(X, dtype=float) / np.asarray(y, dtype=float)[:, None]
+    m, n = A.shape
+    # minimise s subject to -s <= A c - 1 <= s, c >= 0
+    ub = np.block([[A, -np.ones((m, 1))], [-A, -np.ones((m, 1))]])
+    res = linprog(np.r_[np.zeros(n), 1.0], A_ub=ub, b_ub=np.r_[np.ones(m), -np.ones(m)],
+                  bounds=[(0, None)] * (n + 1))
+    return tuple(float(c) for c in res.x[:n]), float(res.x[n])
+
+
+# -- the window kernel of hybrid_attention -----------------------------------------------------------------------
+#: Longest sequence :func:`window_cost` enumerates (its tile counts are per block: 2^27 tokens is 1M blocks of 128).
+MAX_WINDOW_SEQ_LEN = 1 << 27
+
+
+@dataclass(frozen=True)
+class WindowCost:
+    """What :mod:`fastattn.kernels.window.flash` does for B·H sequences of T tokens at window w, counted from its tiling.
+
+    Per sequence, the forward visits ``tiles[0]`` tiles of ``block_m x block_n`` (query block x key block: for
+    each query block, the key blocks from the one holding its earliest window key to the diagonal, the kernel's
+    ``lo .. hi``), the dq pass ``tiles[1]`` at the backward blocks (the same walk) and the dk-dv pass ``tiles[2]``
+    (for each key block, the query blocks that hold it in their window). ``pairs`` is the (i, j) pairs inside
+    the window, the useful part of those tiles. ``flops``: the MMA work of the visited tiles over the padded
+    head dims (masked pairs included; the exp2 calls are not counted), forward and backward:
+    2(D + DV), 2(2D + DV) and 2(2D + 2DV) per tile pair. ``tile_bytes``: what the tiles load and store
+    (before any cache); ``min_bytes``: each tensor read or written once. ``floor_ms`` = max(flops / RATE,
+    min_bytes / BANDWIDTH) of v15's ceilings, a lower bound on this kernel's fwd+bwd time; ``ms`` the
+    calibrated prediction, None while :data:`WINDOW` is (``calibration`` says why).
+    """
+
+    T: int
+    window: int
+    D: int
+    DV: int
+    B: int
+    H: int
+    dtype: str
+    blocks: tuple  # (block_m, block_n, bwd_block_m, bwd_block_n) of the kernel's plan
+    tiles: tuple  # (forward, dq, dk-dv) tiles per sequence
+    pairs: int
+    flops: tuple  # (forward, backward), all B·H sequences
+    tile_bytes: tuple  # (forward, backward)
+    min_bytes: float
+    floor_ms: float
+    ms: float | None
+    calibration: str
+
+    def to_dict(self) -> dict:
+        bm, bn, bbm, bbn = self.blocks
+        return {"T": self.T, "window": self.window, "D": self.D, "DV": self.DV, "B": self.B, "H": self.H,
+                "dtype": self.dtype, "blocks": {"block_m": bm, "block_n": bn, "bwd_block_m": bbm, "bwd_block_n": bbn},
+                "tiles_per_sequence": {"forward": self.tiles[0], "dq": self.tiles[1], "dkdv": self.tiles[2]},
+                "window_pairs_per_sequence": self.pairs, "flops": {"forward": self.flops[0], "backward": self.flops[1]},
+                "tile_bytes": {"forward": self.tile_bytes[0], "backward": self.tile_bytes[1]},
+                "min_bytes": self.min_bytes, "floor_ms": self.floor_ms, "predicted_ms": self.ms,
+                "calibration": self.calibration}
+
+
+def _query_walk(T: int, window: int, block_m: int, block_n: int):
+    """[query blocks] key tiles each query block visits: window_fwd_kernel's (and window_dq_kernel's) lo .. hi."""
+    import numpy as np
+
+    m0 = np.arange(0, T, block_m, dtype=np.int64)
+    lo = np.maximum(m0 - window + 1, 0) // block_n * block_n
+    hi = np.minimum(m0 + block_m, T)
+    return -(-(hi - lo) // block_n)
+
+
+def _key_walk(T: int, window: int, block_m: int, block_n: int):
+    """[key blocks] query tiles each key block visits: window_dkdv_kernel's lo .. hi."""
+    import numpy as np
+
+    n0 = np.arange(0, T, block_n, dtype=np.int64)
+    lo = n0 // block_m * block_m
+    hi = np.minimum(n0 + block_n - 1 + window, T)
+    return -(-(hi - lo) // block_m)
+
+
+def window_cost(T: int, window: int, D: int, DV: int | None = None, *, B: int = BATCH, H: int = HEADS,
+                dtype: str = "bfloat16") -> WindowCost:
+    """The :class:`WindowCost` of the window kernel at length T, window w (1 <= w; w >= T is causal softmax).
+
+    >>> c = window_cost(8192, 512, 16, 64)
+    >>> c.blocks, c.tiles                          # bf16 plan: 128 x 64 forward, 64 x 64 backward
+    ((128, 64, 64, 64), (620, 1116, 1116))
+    >>> c.ms is None, c.calibration.startswith("uncalibrated")
+    (True, True)
+    """
+    import torch
+
+    from fastattn.kernels.window.flash import plan
+
+    DV = D if DV is None else DV
+    for v, n in ((T, "T"), (window, "window"), (D, "D"), (DV, "DV"), (B, "B"), (H, "H")):
+        _check_positive(v, n)
+    if T > MAX_WINDOW_SEQ_LEN:
+        raise ValueError(f"T={T:,} is above {MAX_WINDOW_SEQ_LEN:,}, the longest sequence whose window tiles are "
+                         "counted; pass a shorter sequence length")
+    dtypes = {"bfloat16": (torch.bfloat16, 2), "float16": (torch.float16, 2), "float32": (torch.float32, 4)}
+    if dtype not in dtypes:
+        raise ValueError(f"dtype={dtype!r}; use one of {sorted(dtypes)} (the window kernel's input dtypes)")
+    torch_dtype, b = dtypes[dtype]
+    w = min(window, T)
+    pl = plan(D, DV, torch_dtype)
+    BD, BDV = max(16, 1 << (D - 1).bit_length()), max(16, 1 << (DV - 1).bit_length())
+    fwd, dq, dkdv = (_query_walk(T, w, pl.block_m, pl.block_n), _query_walk(T, w, pl.bwd_block_m, pl.bwd_block_n),
+                     _key_walk(T, w, pl.bwd_block_m, pl.bwd_block_n))
+    tiles = (int(fwd.sum()), int(dq.sum()), int(dkdv.sum()))
+    pairs = T * (T + 1) // 2 if w >= T else w * (w + 1) // 2 + (T - w) * w
+    BH = B * H
+    area, barea = pl.block_m * pl.block_n, pl.bwd_block_m * pl.bwd_block_n
+    flops = (BH * tiles[0] * area * 2 * (BD + BDV),
+             BH * (tiles[1] * barea * 2 * (2 * BD + BDV) + tiles[2] * barea * 2 * (2 * BD + 2 * BDV)))
+    outside = w < T  # the outside sums (n, z) come in (and their gradient goes out) only when some key left the window
+    rows_f, rows_q, rows_k = len(fwd) * pl.block_m, len(dq) * pl.bwd_block_m, len(dkdv) * pl.bwd_block_n
+    bytes_f = (rows_f * ((D + DV) * b + 4 + outside * (DV + 1) * b) + tiles[0] * pl.block_n * (D + DV) * b)
+    bytes_b = (T * (2 * DV * b + 4)  # delta = rowsum(o * do) on the host
+               + rows_q * ((2 * D + DV) * b + 8 + outside * (DV + 2) * b) + tiles[1] * pl.bwd_block_n * (2 * D + DV) * b
+               + rows_k * 2 * (D + DV) * b + tiles[2] * pl.bwd_block_m * ((D + DV) * b + 8))
+    out_rows = (T - w) * (DV + 1) * b
+    min_bytes = BH * ((2 * D + 2 * DV) * T * b + 4 * T + out_rows  # forward: q, k, v, o, lse, outside
+                      + (4 * D + 4 * DV) * T * b + 8 * T + 2 * out_rows)  # backward: q, k, v, o, do, dq, dk, dv, dout
+    floor = max(sum(flops) / RATE, min_bytes / BANDWIDTH) * 1e3
+    return WindowCost(T=T, window=w, D=D, DV=DV, B=B, H=H, dtype=dtype,
+                      blocks=(pl.block_m, pl.block_n, pl.bwd_block_m, pl.bwd_block_n), tiles=tiles, pairs=pairs,
+                      flops=tuple(float(f) for f in flops), tile_bytes=(float(BH * bytes_f), float(BH * bytes_b)),
+                      min_bytes=float(min_bytes), floor_ms=floor, ms=_window_prediction(sum(flops)),
+                      calibration=WINDOW_CALIBRATION)
+
+
+def _window_prediction(flops: float, constants=None) -> float | None:
+    constants = WINDOW if constants is None else constants
+    if constants is None:
+        return None
+    c0, c1 = constants
+    return c0 + c1 * flops * 1e-12
+
+
+def window_ms(T: int, window: int, D: int, DV: int | None = None, *, B: int = BATCH, H: int = HEADS,
+              dtype: str = "bfloat16") -> float | None:
+    """Predicted fwd+bwd ms of the window kernel, ``c0 + c1 · TFLOPs of its visited tiles``; None while uncalibrated.
+
+    >>> window_ms(8192, 512, 16, 64) is None     # see WINDOW_CALIBRATION
+    True
+    """
+    return window_cost(T, window, D, DV, B=B, H=H, dtype=dtype).ms
+
+
+def fit_window(runs) -> tuple[tuple, float]:
+    """(c0, c1) of :data:`WINDOW` and the largest relative error, from ``benchmarks/hybrid_bench.py --json`` runs.
+
+    Each run must carry its correctness check and every check must have passed: a time of a wrong result
+    calibrates nothing. The rows used are the ``window kernel`` ones (the kernel alone, the outside sums given).
+
+    >>> run = {"dtype": "bfloat16", "B": 2, "H": 16, "D": 16, "DV": 64, "window": 512, "checks": [{"ok": True}],
+    ...        "rows": [{"T": T, "method": "  window kernel", "fwd_bwd_ms": 0.1 + 2e-4 * T} for T in (8192, 16384)]}
+    >>> constants, error = fit_window([run])
+    >>> error < 1e-6
+    True
+    """
+    X, y = [], []
+    for run in runs:
+        checks = run.get("checks") or []
+        if not checks or not all(c.get("ok") is True for c in checks):
+            raise ValueError("fit_window: a run without a passing correctness check ('checks' with ok true) cannot "
+                             "calibrate the window kernel; rerun benchmarks/hybrid_bench.py with its check")
+        for r in run.get("rows", []):
+            if r.get("method", "").strip() == "window kernel" and r.get("fwd_bwd_ms"):
+                c = window_cost(int(r["T"]), int(run["window"]), int(run["D"]), int(run["DV"]), B=int(run["B"]),
+                                H=int(run["H"]), dtype=run.get("dtype", "bfloat16"))
+                X.append([1.0, sum(c.flops) * 1e-12])
+                y.append(float(r["fwd_bwd_ms"]))
+    if len(y) < 2:
+        raise ValueError(f"fit_window: {len(y)} 'window kernel' row(s) found; two constants need at least 2")
+    return _relative_fit(X, y)
