@@ -1,0 +1,195 @@
+"""Sparse attention with device-built schedules on the GPU: bf16 against the dense masked reference, and times
+with the schedule build included (and alone) against SDPA at its default backend.
+
+bf16, B2 H16 d64, causal, T 8192 and 16384 by default. Rows:
+
+* ``sdpa``: ``scaled_dot_product_attention(is_causal=True)``; its backend is named from the profiler
+  (:func:`fastattn.bench.timing.sdpa_backend`, the label the other benchmarks print);
+* ``keep p%``: :func:`sparse_attention` with a random p % of the tokens kept (25, 50, 75);
+* ``local+strided``: :func:`pattern_attention` with ``local(256) | strided(1024)``.
+
+Columns: ``pairs`` the share of the causal pairs computed; ``sched`` the schedule build alone (keep: per call,
+as :func:`range_schedule` runs inside every call; pattern: the cached lookup a call pays, and in brackets the
+first, uncached build); ``fwd`` and ``fwd+bwd`` whole calls, schedule included (``triton.testing.do_bench``
+medians); ``graph`` fwd+bwd replayed from a CUDA graph (a call that read anything back to the host could not
+be captured: "-" says so); o, dq, dk, dv rel-RMS against the float64 masked reference on head (0, 0), with the
+upstream gradient of every head random. Exit status 0 when every check passes (rel-RMS < 2e-2, all finite).
+
+    python benchmarks/sparse_sched_check.py
+    python benchmarks/sparse_sched_check.py --T 8192 --tiles 128x64x8     # other tiles for our rows
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+
+import torch
+
+from fastattn.attention import pattern_attention, sparse_attention
+from fastattn.attention.sparse import plan_tiles
+from fastattn.bench.timing import median_ms, sdpa_backend, sdpa_kernel_name, time_graph
+from fastattn.kernels.checks import errors
+from fastattn.kernels.sparse import allowed_pairs, masked_attention
+from fastattn.kernels.sparse.schedule import range_schedule
+from fastattn.patterns import _compile, _schedule, local, strided
+
+DT = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+PATTERN = local(256) | strided(1024)
+PATTERN_NAME = "local(256)|strided(1024)"
+
+
+def parse_tiles(text):
+    """"128x64x8" -> {"block_q": 128, "block_k": 64, "warps": 8}; "default" -> None (the plan's tiles)."""
+    if text == "default":
+        return None
+    try:
+        bq, bk, w = (int(x) for x in text.split("x"))
+    except ValueError:
+        raise SystemExit(f"--tiles {text!r}: write BLOCK_QxBLOCK_KxWARPS, e.g. 128x64x8, or 'default'") from None
+    return {"block_q": bq, "block_k": bk, "warps": w}
+
+
+def sync_ms(fn, dev):
+    """Wall ms of one fn() between two device syncs (for a build that runs once)."""
+    sync = torch.cuda.synchronize if torch.device(dev).type == "cuda" else (lambda: None)
+    sync()
+    t = time.perf_counter()
+    fn()
+    sync()
+    return 1e3 * (time.perf_counter() - t)
+
+
+def check(fn, q, k, v, do, allowed):
+    """rel-RMS of o, dq, dk, dv of fn on head (0, 0) against the float64 masked reference (allowed: [T, T])."""
+    x = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    o = fn(*x)
+    got = [o] + list(torch.autograd.grad(o, x, do))
+    got = [t[0, 0] for t in got]
+    del o
+    ref_in = [t.detach()[0:1, 0:1].double().requires_grad_() for t in (q, k, v)]
+    ref = masked_attention(*ref_in, allowed)
+    ref = [ref] + list(torch.autograd.grad(ref, ref_in, do[0:1, 0:1].double()))
+    out = {}
+    for name, a, b in zip(("o", "dq", "dk", "dv"), ref, got):
+        e = errors(a[0, 0], b)
+        out[name] = e["rel_rms"] if e["nonfinite"] == 0 else math.inf
+    del ref, ref_in, got
+    if q.is_cuda:
+        torch.cuda.empty_cache()
+    return out
+
+
+def run(args):
+    dev, dt = args.device, DT[args.dtype]
+    gpu = torch.device(dev).type == "cuda"
+    tuning = parse_tiles(args.tiles)
+    block_q, block_k, warps, clean = plan_tiles(args.D, args.D, dev, tuning)
+    rows = []
+    backends = {}
+    for T in args.T:
+        g = torch.Generator(device="cpu").manual_seed(T)
+        q, k, v, do = (torch.randn(args.B, args.H, T, args.D, generator=g).to(dev, dt) for _ in range(4))
+        q, k, v = (t.requires_grad_() for t in (q, k, v))
+        causal = T * (T + 1) / 2
+        # the bench table's "sdpa d64" row has this shape; its label reads the fwd and bwd kernels
+        default = gpu and (args.B, args.H, args.D, dt) == (2, 16, 64, torch.bfloat16)
+        backends[T] = (sdpa_backend("sdpa d64", T, torch.Generator(device=dev).manual_seed(T)) if default
+                       else sdpa_kernel_name(q.detach(), k.detach(), v.detach()) or "-")
+        cases = [("sdpa", lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True),
+                  1.0, None, None, None)]
+        for p in args.keep:
+            keep = torch.rand(args.B, args.H, T, generator=g).to(dev) < p / 100
+            n = keep.sum(-1).double()
+            flat = keep.reshape(-1, T)
+            cases.append((f"keep {p}%", lambda q, k, v, keep=keep: sparse_attention(q, k, v, keep=keep, tuning=tuning),
+                          float((n * (n + 1) / 2).mean() / causal),
+                          lambda flat=flat: range_schedule(flat.shape[0], T, keep=flat, block_q=block_q,
+                                                           block_k=block_k, warps=warps, clean=clean, device=dev),
+                          None, allowed_pairs(T, keep=keep[0:1, 0:1])))
+        if args.pattern:
+            cold = None
+            if block_q == block_k:
+                _compile.cache_clear()
+                _schedule.cache_clear()
+                cold = sync_ms(lambda: PATTERN.compile(T, block=block_q, device=dev).schedule(dev, warps=warps), dev)
+            dense = PATTERN.dense(T, device=dev)
+            cases.append(("local+strided", lambda q, k, v: pattern_attention(q, k, v, PATTERN, tuning=tuning),
+                          float(dense.sum() / causal),
+                          lambda: PATTERN.compile(T, block=block_q, device=dev).schedule(dev, warps=warps),
+                          cold, dense))
+        for name, fn, share, build, cold, allowed in cases:
+            r = {"T": T, "method": name, "pairs": share, "cold_ms": cold}
+            r["sched_ms"] = median_ms(build, args.warmup, args.rep) if build is not None else None
+            r["err"] = check(fn, q, k, v, do, allowed) if allowed is not None else None
+            with torch.no_grad():
+                fn(q, k, v)
+                r["fwd_ms"] = median_ms(lambda fn=fn: fn(q, k, v), args.warmup, args.rep)
+
+            def fwd_bwd(fn=fn):
+                fn(q, k, v).backward(do)
+                q.grad = k.grad = v.grad = None
+            fwd_bwd()
+            r["fwd_bwd_ms"] = median_ms(fwd_bwd, args.warmup, args.rep)
+            r["graph_ms"] = time_graph(fn, [q, k, v], do, args.warmup, args.rep) if args.graphs and gpu else None
+            rows.append(r)
+            print(f"  T={T} {name:14s} pairs {share:6.1%} sched {fmt(r['sched_ms'])} fwd {fmt(r['fwd_ms'])} "
+                  f"fwd+bwd {fmt(r['fwd_bwd_ms'])} graph {fmt(r['graph_ms'])} ms  err {r['err']}", flush=True)
+            del allowed
+            if gpu:
+                torch.cuda.empty_cache()
+    return {"device": torch.cuda.get_device_name() if gpu else dev, "dtype": args.dtype, "backends": backends,
+            "rows": rows, "tiles": (block_q, block_k, warps), "B": args.B, "H": args.H, "D": args.D}
+
+
+def fmt(x, nd=3):
+    return "-" if x is None else f"{x:.{nd}f}"
+
+
+def ok(r):
+    return r["err"] is None or all(math.isfinite(e) and e < 2e-2 for e in r["err"].values())
+
+
+def table(res):
+    bq, bk, w = res["tiles"]
+    lines = [f"sparse schedules on the device: {res['device']}, {res['dtype']}, B{res['B']} H{res['H']} d{res['D']}, causal, "
+             f"tiles {bq}x{bk}x{w}, pattern {PATTERN_NAME}; SDPA backend: "
+             + ", ".join(f"{T}: {b}" for T, b in res["backends"].items()), "",
+             "| T | method | pairs | sched ms | fwd ms | fwd+bwd ms | graph fwd+bwd ms | fwd+bwd vs SDPA | "
+             "o / dq / dk / dv rel-RMS | ok |", "|---|---|---|---|---|---|---|---|---|---|"]
+    sdpa = {r["T"]: r["fwd_bwd_ms"] for r in res["rows"] if r["method"] == "sdpa"}
+    for r in res["rows"]:
+        sched = fmt(r["sched_ms"]) + (f" ({r['cold_ms']:.1f} first)" if r["cold_ms"] is not None else "")
+        err = " / ".join(f"{e:.1e}" for e in r["err"].values()) if r["err"] else "-"
+        lines.append(f"| {r['T']} | {r['method']} | {r['pairs']:.0%} | {sched} | {fmt(r['fwd_ms'])} | "
+                     f"{fmt(r['fwd_bwd_ms'])} | {fmt(r['graph_ms'])} | {sdpa[r['T']] / r['fwd_bwd_ms']:.2f}x | {err} | "
+                     f"{'yes' if ok(r) else 'NO'} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--T", type=int, nargs="+", default=[8192, 16384])
+    ap.add_argument("--B", type=int, default=2)
+    ap.add_argument("--H", type=int, default=16)
+    ap.add_argument("--D", type=int, default=64)
+    ap.add_argument("--keep", type=int, nargs="*", default=[25, 50, 75], help="percent of tokens kept")
+    ap.add_argument("--no-pattern", dest="pattern", action="store_false", help="leave out the local+strided row")
+    ap.add_argument("--no-graphs", dest="graphs", action="store_false", help="leave out the CUDA-graph column")
+    ap.add_argument("--tiles", default="default", help="BLOCK_QxBLOCK_KxWARPS of our rows (e.g. 128x64x8)")
+    ap.add_argument("--device", default="cuda", help="cuda; cpu only for a smoke run under TRITON_INTERPRET=1")
+    ap.add_argument("--dtype", choices=sorted(DT), default="bf16", help="bf16; fp32 for a CPU smoke run")
+    ap.add_argument("--warmup", type=int, default=25)
+    ap.add_argument("--rep", type=int, default=100)
+    args = ap.parse_args(argv)
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("sparse_sched_check needs a CUDA GPU (or --device cpu --dtype fp32 under TRITON_INTERPRET=1)")
+    res = run(args)
+    print(table(res))
+    return 0 if all(ok(r) for r in res["rows"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
