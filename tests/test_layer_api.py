@@ -345,8 +345,6 @@ def test_triton_backend_refuses_what_its_kernels_lack_and_auto_falls_back(monkey
     mask = torch.zeros(1, 6, dtype=torch.bool)
     with pytest.raises(KernelError, match="do not support key_padding_mask yet"):
         fast_attention(q, k, v, F2, key_padding_mask=mask, backend="triton")
-    with pytest.raises(KernelError, match="do not support g yet"):
-        fast_attention(q, k, v, F2, g=torch.zeros(1, 2, 6), backend="triton")
     with pytest.raises(KernelError, match="do not support T_q=3 != T_k=6 yet"):
         fast_attention(q[:, :, :3], k, v, F2, is_causal=False, backend="triton")
     # auto under the interpreter picks Triton; with a mask it runs the torch path instead
@@ -355,6 +353,10 @@ def test_triton_backend_refuses_what_its_kernels_lack_and_auto_falls_back(monkey
     # a carried state is served by the kernels now (issue 15): both routes agree
     tri = fast_attention(q, k, v, F2, initial_state=st, backend="triton")
     assert_close("o", fast_attention(q, k, v, F2, initial_state=st, backend="torch"), tri, torch.float32)
+    # so is a gate g (fastattn/kernels/gated.py; tests/test_gated.py checks it in depth)
+    gate = -torch.rand(1, 2, 6)
+    tri = fast_attention(q, k, v, F2, g=gate, backend="triton")
+    assert_close("o", fast_attention(q, k, v, F2, g=gate, backend="torch"), tri, torch.float32)
 
 
 # ---- the multi-head block
