@@ -253,7 +253,7 @@ def plan(features: int, head_dim_v: int, dtype: torch.dtype, chunk: int | None =
     """The launch of the gated kernels for F features and DV value columns (v's ones column included).
 
     >>> plan(2145, 65, torch.bfloat16)
-    Plan(chunk=64, block_f=64, block_v=64, precision='tf32', num_warps=4)
+    Plan(chunk=64, block_f=64, block_v=128, precision='tf32', num_warps=4)
     >>> plan(5, 4, torch.float32, chunk=16).block_f
     16
     """
@@ -262,7 +262,9 @@ def plan(features: int, head_dim_v: int, dtype: torch.dtype, chunk: int | None =
         raise KernelError(f"chunk={chunk!r}: the gated Triton kernels need a power of two >= 16 (tokens per chunk)")
     # fp32 inputs keep fp32 accuracy through three tf32 passes, as the ungated kernels do
     precision = "tf32x3" if dtype == torch.float32 else "tf32"
-    return Plan(chunk=chunk, block_f=min(64, _pow2(features)), block_v=min(64, _pow2(head_dim_v)),
+    # one value tile up to 128 columns (DV 64 plus the normaliser's column): the passes that loop over F
+    # rebuild the [C, C] score tile once per value tile
+    return Plan(chunk=chunk, block_f=min(64, _pow2(features)), block_v=min(128, _pow2(head_dim_v)),
                 precision=precision, num_warps=4)
 
 
