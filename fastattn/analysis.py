@@ -320,7 +320,7 @@ class Analysis:
 
 
 _HEADER = ("method", "degree", "features", "certified error", "ms vs SDPA", "trade-off")
-_HYBRID_HEADER = ("map outside the window", "features", "delta = sup |f e^-x - 1|", "output error",
+_HYBRID_HEADER = ("map outside the window", "features", "delta = sup |f e^-x - 1| (range)", "output error",
                   "ms: outside + window = total vs SDPA")
 
 
@@ -512,7 +512,7 @@ def analyze(f, dim: int = 16, *, radius: float = 1.0, eps: float = 1e-3, degree:
         ``hybrid_attention(..., window=w)`` at T = ``seq_len``: the window kernel's tiles, FLOPs, bytes and
         floor, the outside sums' cost, and per map (the given polynomial, else each candidate) the certified
         delta = sup |f(x) exp(-x) - 1| on |x| <= radius with the output bound kappa(delta) x range(v) against
-        softmax (:func:`fastattn.recommend.output_bound` proves it). KernelError for a window that is not an
+        softmax, from the certified range of f(x) exp(-x) - 1 (:func:`fastattn.recommend.output_bound` proves it). KernelError for a window that is not an
         int >= 0 or a polynomial f negative somewhere on the reals (hybrid_attention's own check).
 
     Examples
@@ -528,8 +528,9 @@ def analyze(f, dim: int = 16, *, radius: float = 1.0, eps: float = 1e-3, degree:
     >>> analyze("exp(x)", dim=16, certify=False).low_rank is None  # "no" needs a certificate
     True
     >>> h = analyze("1 + x + x**2/2", dim=16, certify=False, definiteness=False, window=512).hybrid
-    >>> h.maps[0].text, round(h.maps[0].relative_error, 4), h.maps[0].ms   # window kernel uncalibrated: no total
-    ('1 + x + 0.5*x**2', 0.3592, None)
+    >>> m = h.maps[0]
+    >>> m.text, round(m.relative_error, 3), round(m.output_bound, 4), m.ms   # window kernel uncalibrated: no total
+    ('1 + x + 0.5*x**2', 0.359, 0.0974, None)
     """
     from fastattn.lowrank.numeric import _pos_float
     from fastattn.proofs_checks import Undecided, metric_transform, positive_definite, rank_bound

@@ -9,13 +9,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import sympy as sp
 
 from fastattn.transforms import symmetric_dim
 
 __all__ = ["Candidate", "feature_budget", "candidates", "MAX_CANDIDATE_DEGREE", "APPROX_SECONDS", "Hybrid",
-           "HybridMap", "hybrid", "check_hybrid", "relative_error", "output_bound"]
+           "HybridMap", "hybrid", "check_hybrid", "relative_range", "output_bound", "BOUND_STATEMENT"]
 
 
 @dataclass(frozen=True)
@@ -204,64 +205,86 @@ def _degree_cap(dim: int, budget: int) -> int:
 
 
 # -- the hybrid: exact softmax over the last w keys, a map f over the keys before ---------------------------
-def output_bound(delta: float) -> float:
-    """kappa(delta): the hybrid's output error per value column is at most kappa times the column's range.
+def output_bound(low: float, high: float) -> float:
+    """kappa: the hybrid's output error per value column is at most kappa times the column's range, when
+    f(x) exp(-x) - 1 lies in [low, high] for every score outside the window.
 
     Claim. Let query i see keys j <= i with scores x_j, softmax weights a_j = exp(x_j), and let the hybrid
-    weigh key j by b_j = a_j (1 + e_j): e_j = 0 inside the window, e_j = f(x_j) exp(-x_j) - 1 outside,
-    where |e_j| <= delta < 1 (|x_j| <= R). Then for every value column c,
-    |o_c - o*_c| <= kappa(delta) (max_j v_jc - min_j v_jc), kappa(delta) = (1 - sqrt(1 - delta^2)) / delta
-    = delta / (1 + sqrt(1 - delta^2)) ~ delta / 2, with o the hybrid and o* softmax; kappa = 1 for
-    delta >= 1, kappa(0) = 0. Proof. Both outputs are convex combinations of the v_j: o* with
-    p*_j = a_j / sum a, o with p_j = b_j / sum b (b_j >= 0 as f >= 0, and sum b = (1 + m) sum a > 0, where
-    m = sum_j p*_j e_j is the p*-mean of e). So |o_c - o*_c| <= range_c always (kappa = 1), and since
-    sum_j (p_j - p*_j) = 0, o_c - o*_c = sum_j (p_j - p*_j)(v_jc - mid_c) with |v_jc - mid_c| <= range_c / 2
-    (mid_c the middle of the column's range): |o_c - o*_c| <= (range_c / 2) sum_j |p_j - p*_j|. Now
-    p_j - p*_j = p*_j (e_j - m) / (1 + m), and for any law of e on [-delta, delta] with mean m the chord of
-    the convex (t - m)_+ over [-delta, delta] gives E (e - m)_+ <= (delta^2 - m^2) / (2 delta), so
-    sum_j p*_j |e_j - m| = 2 E (e - m)_+ <= (delta^2 - m^2) / delta. Hence
-    |o_c - o*_c| <= range_c (delta^2 - m^2) / (2 delta (1 + m)), and the maximum of
-    (delta^2 - m^2) / (1 + m) over m in [-delta, delta], at 1 + m = sqrt(1 - delta^2), is 2 (1 - sqrt(1 - delta^2)).
-    The bound is attained in the limit (every key outside, e = +-delta on two groups of keys with the values
-    0 and 1), so no better constant holds for all inputs; keys inside the window only shrink it (their
-    e_j = 0), a query whose keys all lie in the window (i < w, or w >= T) is exact, and window = 0 is the
-    normalised map (there, an f with real zeros divides by sum b + 1e-6: the stated bound is for sum b).
+    weigh key j by b_j = a_j (1 + e_j): e_j = 0 inside the window, e_j = f(x_j) exp(-x_j) - 1 outside, with
+    e_j in [low, high] (|x_j| <= R). With lo = min(low, 0) >= -1 (f >= 0) and hi = max(high, 0), for every
+    value column c, |o_c - o*_c| <= kappa (max_j v_jc - min_j v_jc), where o is the hybrid, o* softmax and
+    kappa = (sqrt(1 + hi) - sqrt(1 + lo))^2 / (hi - lo) = (hi - lo) / (sqrt(1 + hi) + sqrt(1 + lo))^2 <= 1
+    (0 when hi = lo = 0; for [-delta, delta] it is (1 - sqrt(1 - delta^2)) / delta ~ delta / 2). Proof. Both
+    outputs are convex combinations of the v_j: o* with p*_j = a_j / sum a, o with p_j = b_j / sum b, where
+    b_j >= 0 as f >= 0 and sum b = (1 + m) sum a with m = sum_j p*_j e_j, the p*-mean of e (take lo > -1, so
+    1 + m > 0; at lo = -1, kappa = 1 is the plain convex-combination bound). As sum_j (p_j - p*_j) = 0,
+    o_c - o*_c = sum_j (p_j - p*_j)(v_jc - mid_c) with |v_jc - mid_c| <= range_c / 2 (mid_c the middle of the
+    column's range), so |o_c - o*_c| <= (range_c / 2) sum_j |p_j - p*_j|, and p_j - p*_j = p*_j (e_j - m) / (1 + m).
+    The law of e under p* lives on [lo, hi] with mean m; the chord of the convex (t - m)_+ over [lo, hi] lies
+    above it, so E (e - m)_+ <= (m - lo)(hi - m) / (hi - lo), and sum_j p*_j |e_j - m| = 2 E (e - m)_+. Hence
+    |o_c - o*_c| <= range_c (m - lo)(hi - m) / ((hi - lo)(1 + m)); with u = 1 + m, A = 1 + lo, B = 1 + hi the
+    last factor is (A + B - u - AB / u) / (hi - lo), largest at u = sqrt(AB): (sqrt B - sqrt A)^2 / (hi - lo).
+    It is attained in the limit (every key outside, two groups at e = lo and e = hi with p*-masses giving
+    1 + m = sqrt(AB), values 0 and 1), so no smaller constant holds for all inputs. Window keys only add
+    e_j = 0 (inside [lo, hi]); a query whose keys all lie in the window (i < w, or w >= T) is exact; window 0
+    is the normalised map alone, which divides by sum b + 1e-6 when f is not known to be > 0 (the bound is
+    for sum b).
 
-    >>> output_bound(0.0), round(output_bound(0.1), 6), output_bound(2.0)
-    (0.0, 0.050126, 1.0)
+    >>> output_bound(0.0, 0.0), round(output_bound(-0.1, 0.1), 6), round(output_bound(-0.0803, 0.3592), 4)
+    (0.0, 0.050126, 0.0973)
+    >>> output_bound(-1.0, 3.0)     # f has a zero on the range: only the convex-combination bound is left
+    1.0
     """
-    if not delta >= 0:
-        raise ValueError(f"delta={delta!r} must be a number >= 0 (a bound on |f(x) exp(-x) - 1|)")
-    if delta >= 1:
-        return 1.0
-    # delta / (1 + sqrt(1 - delta^2)) rather than (1 - sqrt(.)) / delta: no cancellation; a few ulps up keep it a bound
-    kappa = delta / (1 + math.sqrt(1 - delta * delta))
-    return 0.0 if kappa == 0 else min(1.0, kappa * (1 + 4 * 2.0**-52))
+    for v, name in ((low, "low"), (high, "high")):
+        if not math.isfinite(v):
+            raise ValueError(f"{name}={v!r} must be finite (a bound on f(x) exp(-x) - 1)")
+    lo, hi = min(low, 0.0), max(high, 0.0)
+    if lo < -1:
+        raise ValueError(f"low={low!r} is below -1: f(x) exp(-x) - 1 >= -1 for an f >= 0")
+    if hi == lo:
+        return 0.0
+    # the form without cancellation; a few ulps up keep it a bound
+    kappa = (hi - lo) / (math.sqrt(1 + hi) + math.sqrt(1 + lo)) ** 2
+    return min(1.0, kappa * (1 + 8 * 2.0**-52))
 
 
-def relative_error(coefficients, radius: float, *, seconds: float = APPROX_SECONDS) -> float:
-    """A certified bound on sup_{|x| <= R} |f(x) - exp(x)| / exp(x) for f(x) = sum_j a_j x^j (exact coefficients).
+def relative_range(coefficients, radius: float, *, seconds: float = APPROX_SECONDS) -> tuple[float, float, float]:
+    """(delta, low, high): certified delta >= sup_{|x| <= R} |f(x) - exp(x)| / exp(x), and low <= f(x) exp(-x) - 1
+    <= high on |x| <= R, for f(x) = sum_j a_j x^j (exact coefficients).
 
-    It is the uniform error of the constant 1 against f(x) exp(-x), certified by
-    :func:`fastattn.transforms.error_bound` (interval Taylor enclosures, cells bisected until the bound is within
-    10 % of an attained error or the time runs out: rigorous either way).
+    Both come from :func:`fastattn.transforms.error_bound` (interval Taylor enclosures, cells bisected until the
+    bound is within 1 % of an attained error or the time runs out: rigorous either way): delta is the uniform
+    error of the constant 1 against g(x) = f(x) exp(-x), and [low, high] is c -+ (the uniform error of the
+    constant c against g) - 1, c the middle of g's range on a grid, intersected with [-delta, delta].
 
-    >>> b = relative_error([1, 1, sp.Rational(1, 2)], 1.0)    # Taylor-2 of exp: (5/2) / e - 1 at x = -1
-    >>> 0.35914 < b < 0.3951
-    True
+    >>> delta, low, high = relative_range([1, 1, sp.Rational(1, 2)], 1.0)   # Taylor-2 of exp
+    >>> 0.35914 < delta < 0.3628, -0.0812 < low < -0.0803, 0.35914 < high < 0.3628    # (5/2)/e - 1 at x = -1
+    (True, True, True)
     """
+    import numpy as np
+
     from fastattn.transforms import X, error_bound
 
-    poly = sum((sp.Rational(c) * X**j for j, c in enumerate(coefficients)), sp.Integer(0))
-    return error_bound([1], poly * sp.exp(-X), radius, seconds=seconds)
+    exact = [sp.Rational(c) for c in coefficients]
+    g = sum((c * X**j for j, c in enumerate(exact)), sp.Integer(0)) * sp.exp(-X)
+    delta = error_bound([1], g, radius, tolerance=1.01, seconds=seconds)
+    x = np.linspace(-float(radius), float(radius), 2049)
+    seen = np.polyval([float(c) for c in exact[::-1]], x) * np.exp(-x)
+    middle = Fraction((float(seen.min()) + float(seen.max())) / 2)
+    half = Fraction(error_bound([middle], g, radius, tolerance=1.01, seconds=seconds))
+    # exact rationals, then outward to floats
+    low = math.nextafter(float(middle - half - 1), -math.inf)
+    high = math.nextafter(float(middle + half - 1), math.inf)
+    return delta, max(low, -delta), min(high, delta)
 
 
 @dataclass(frozen=True)
 class HybridMap:
     """One map f used outside the window: its certified error against softmax and its predicted cost at T.
 
-    ``relative_error`` bounds sup |f(x) exp(-x) - 1| on |x| <= radius (None for a map hybrid_attention refuses);
-    ``output_bound`` is kappa of :func:`output_bound` (0 when the window covers T); ``feature_*`` are the outside
+    ``relative_error`` bounds sup |f(x) exp(-x) - 1| on |x| <= radius and ``relative_range`` encloses
+    f(x) exp(-x) - 1 there (:func:`relative_range`; None for a map hybrid_attention refuses);
+    ``output_bound`` is kappa of :func:`output_bound` from that range (0 when the window covers T); ``feature_*`` are the outside
     sums at T - w tokens (forward FLOPs and bytes by the analysis's per-token formulas, ms by
     :func:`fastattn.costmodel.ours_ms` at v dim DV + 1, the ones column of the normaliser); ``window_ms`` the
     window kernel's (None: uncalibrated) and ``ms`` their sum (None when a part is unknown).
@@ -274,6 +297,7 @@ class HybridMap:
     usable: bool
     why: str
     relative_error: float | None
+    relative_range: tuple | None
     output_bound: float | None
     feature_flops: float
     feature_bytes: float
@@ -287,7 +311,9 @@ class HybridMap:
     def to_dict(self) -> dict:
         return {"method": self.method, "degree": self.degree, "polynomial": self.text,
                 "coefficients": [str(c) for c in self.coefficients], "features": self.features, "usable": self.usable,
-                "why": self.why, "relative_error_bound": self.relative_error, "output_error_bound": self.output_bound,
+                "why": self.why, "relative_error_bound": self.relative_error,
+                "relative_error_range": None if self.relative_range is None else list(self.relative_range),
+                "output_error_bound": self.output_bound,
                 "feature_part": {"flops_forward": self.feature_flops, "bytes_forward": self.feature_bytes,
                                  "predicted_ms": self.feature_ms},
                 "window_part_ms": self.window_ms, "window_part_floor_ms": self.window_floor_ms,
@@ -298,7 +324,8 @@ class HybridMap:
         name = f"{self.method} p={self.degree}: {self.text}"
         if not self.usable:
             return name, f"{self.features:,}", "-", "-", f"not usable: {self.why}"
-        rel = "-" if self.relative_error is None else f"<= {self.relative_error:.3g}"
+        rel = "-" if self.relative_error is None else (f"<= {self.relative_error:.3g} (f e^-x - 1 in "
+                                                      f"[{self.relative_range[0]:.3g}, {self.relative_range[1]:.3g}])")
         out = "-" if self.output_bound is None else ("0 (exact)" if self.output_bound == 0 else
                                                      f"<= {self.output_bound:.3g} x range(v)")
         fm = "-" if self.feature_ms is None else f"{self.feature_ms:.3g}"
@@ -345,8 +372,8 @@ class Hybrid:
 
 #: The output bound in one line (the proof is :func:`output_bound`'s docstring).
 BOUND_STATEMENT = ("|o - softmax|_c <= kappa * (max_j v_jc - min_j v_jc) over the keys j a query sees, "
-                   "kappa = (1 - sqrt(1 - delta^2)) / delta (~ delta / 2, 1 for delta >= 1), delta = sup |f(x) "
-                   "exp(-x) - 1| on |x| <= R; 0 for the first w queries and for w >= T")
+                   "kappa = (sqrt(1 + hi) - sqrt(1 + lo))^2 / (hi - lo) <= 1 where f(x) exp(-x) - 1 lies in "
+                   "[lo, hi] on |x| <= R (~ delta / 2 for [-delta, delta]); 0 for the first w queries and for w >= T")
 
 
 def _refusal(text: str, why: str):
@@ -412,8 +439,8 @@ def hybrid(f, found: list, dim: int, value_dim: int, radius: float, window: int,
     >>> from fastattn import spec
     >>> h = hybrid(spec("1 + x + x**2/2"), [], 16, 64, 1.0, 512, 8192)
     >>> m = h.maps[0]
-    >>> m.method, m.features, m.usable, 0.35 < m.relative_error < 0.4, round(m.output_bound, 3)
-    ('exact', 153, True, True, 0.186)
+    >>> m.method, m.features, m.usable, 0.35 < m.relative_error < 0.37, round(m.output_bound, 3)
+    ('exact', 153, True, True, 0.097)
     >>> h.exact.tiles, m.window_ms, m.ms       # the window kernel's term is uncalibrated: no total
     ((620, 1116, 1116), None, None)
     """
@@ -466,19 +493,20 @@ def hybrid(f, found: list, dim: int, value_dim: int, radius: float, window: int,
             feature_ms = cm.ours_ms(features, dim, value_dim + 1, outside) if outside else 0.0
         window_ms = None if exact is None else exact.ms
         ms = (feature_ms if w == 0 else None if window_ms is None or feature_ms is None else feature_ms + window_ms)
-        delta = kappa = None
+        delta = low = high = kappa = None
         if ok:
             try:
-                delta = relative_error(coefficients, radius)
+                delta, low, high = relative_range(coefficients, radius)
             except SpecError as exc:
                 notes.append(f"{method} p={degree}: no relative error bound ({exc})")
-            kappa = 0.0 if w >= T else (None if delta is None else output_bound(delta))
+            kappa = 0.0 if w >= T else (None if delta is None else output_bound(low, high))
             why = "exact causal softmax: the window holds every key" if w >= T else why
         else:
             why = f"hybrid_attention refuses it: f < 0 somewhere on the reals ({why})"
         tokens = (T if w == 0 else outside) * cm.BATCH * cm.HEADS
         out.append(HybridMap(method=method, degree=degree, text=_short(coefficients), features=features, usable=ok,
                              why=why, relative_error=delta, output_bound=kappa,
+                             relative_range=None if delta is None else (low, high),
                              feature_flops=float(cost.linear_flops() * tokens) if features else 0.0,
                              feature_bytes=float(cost.linear_bytes() * tokens) if features else 0.0,
                              feature_ms=feature_ms, window_ms=window_ms, ms=ms, sdpa_ms=sdpa,
@@ -487,8 +515,8 @@ def hybrid(f, found: list, dim: int, value_dim: int, radius: float, window: int,
         raise KernelError(f"no candidate map of f = {f.source} is >= 0 on the reals, and hybrid_attention needs f >= 0 "
                           "outside the window: pass a polynomial f >= 0 (e.g. 1 + x + x**2/2) or an even --degree "
                           "whose map is >= 0")
-    if any(m.usable and m.relative_error is not None and m.relative_error >= 1 for m in out) and w < T:
-        notes.append(f"delta >= 1 for some map on |x| <= {radius:g}: its output bound is the trivial one (the range "
-                     "of v); lower --radius")
+    if any(m.usable and m.output_bound == 1 for m in out):
+        notes.append(f"a map has a zero on |x| <= {radius:g} (f exp(-x) - 1 reaches -1): its output bound is the "
+                     "trivial one, the range of v; lower --radius")
     return Hybrid(window=w, seq_len=T, radius=radius, dim=dim, value_dim=value_dim, exact=exact, maps=out,
                   calibration=cm.WINDOW_CALIBRATION if w else "no window kernel at window 0", notes=notes)
