@@ -17,8 +17,12 @@ gate (every exponent <= 0, so a strongly negative g cannot overflow):
   from the final state's gradient; its last value is dS_0.
 * ``_bwd_dv`` and ``_bwd_dfeat``: dv per (DV tile, chunk), dphi, dpsi per (F tile, chunk), and
   the per-tile parts of dL/dG_t = phi_t . dphi_t - psi_t . dpsi_t (plus <dS_T, S_T> at the last
-  token); dg is the reverse cumulative sum of dL/dG. The derivation is in CHUNKED.md's gating section
-  and is checked against torch autograd in float64 by tests/test_gated.py.
+  token); dg is the reverse cumulative sum of dL/dG.
+
+Why dL/dG has that form: A_ti = exp(G_t - G_i) phi_t . psi_i is the only place G enters the
+outputs (S_0 enters as exp(G_t) phi_t . S_0, the i = 0 term), dA_ti/dG_t = A_ti = -dA_ti/dG_i, and
+phi_t . dphi_t = sum_i dA_ti A_ti, psi_i . dpsi_i = sum_t dA_ti A_ti; tests/test_gated.py checks it
+against torch autograd in float64.
 
 Memory traffic (forward, per batch.head): reads phi, psi (2 T F) and v (T DV) once per DV tile,
 writes and reads the chunk states (T/C) F DV in fp32, writes o (T DV).

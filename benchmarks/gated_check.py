@@ -1,0 +1,129 @@
+"""Gated attention on the GPU: the gated Triton route (bf16) against the fp32 torch path, and its speed.
+
+    python benchmarks/gated_check.py      # check lines, "N failing", then a table of fwd+bwd ms
+
+Rows (B2 H8 T4096, bf16, causal, g = logsigmoid(...) with a run of g = -5): Based (1 + x + x**2/2, qk 16,
+v 64, normalised) and linear "x" d64 (unnormalised). For each: o, dq, dk, dv, dg of
+``fast_attention(..., g=g)`` on the Triton route vs the torch path in fp32 (rel-RMS); then fwd and
+fwd+bwd milliseconds of ours gated, ours ungated (the same call without g), and, for the linear row,
+fla's ``chunk_simple_gla`` with the same g (its output is also compared with ours: the same map).
+"""
+import inspect
+import sys
+
+import torch
+
+from fastattn.attention import fast_attention
+from fastattn.kernels.checks import errors
+
+B, H, T = 2, 8, 4096
+DEVICE, DTYPE = "cuda", torch.bfloat16
+ROWS = [("based d16 v64", "1 + x + x**2/2", 16, 64, True), ("linear x d64", "x", 64, 64, False)]
+TOL = 2e-2  # bf16 inputs and features against fp32: rel-RMS
+
+
+def inputs(D, DV, seed):
+    gen = torch.Generator(device=DEVICE).manual_seed(seed)
+    q, k = (0.5 * torch.randn(B, H, T, D, device=DEVICE, generator=gen) for _ in range(2))
+    v, do = (torch.randn(B, H, T, DV, device=DEVICE, generator=gen) for _ in range(2))
+    g = torch.nn.functional.logsigmoid(2 * torch.randn(B, H, T, device=DEVICE, generator=gen) + 4)
+    g[..., T // 4:T // 4 + 40] = -5.0  # a stretch of strong forgetting
+    return q, k, v, g, do
+
+
+def run(spec, normalize, q, k, v, g, do, dtype, backend):
+    xs = [x.detach().to(dtype).requires_grad_() for x in (q, k, v)]
+    gate = g.detach().clone().requires_grad_()
+    o = fast_attention(*xs, spec, normalize=normalize, g=gate, backend=backend)
+    (o.float() * do).sum().backward()
+    return [o.float()] + [x.grad.float() for x in xs] + [gate.grad.float()]
+
+
+def fla_op():
+    try:
+        from fla.ops.simple_gla import chunk_simple_gla
+    except ImportError:
+        return None
+    params = inspect.signature(chunk_simple_gla).parameters
+    # fla's layout is [B, T, H, D] and g [B, T, H]; older releases take head_first (True meant [B, H, T, D])
+    extra = {"head_first": False} if "head_first" in params else {}
+
+    def op(q, k, v, g, scale):
+        out = chunk_simple_gla(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), g=g.transpose(1, 2),
+                               scale=scale, **extra)
+        o = out[0] if isinstance(out, tuple) else out
+        return o.transpose(1, 2)
+
+    return op
+
+
+def ms(fn):
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def fwd_bwd(f, ins, do):
+    def step():
+        o = f(*ins)
+        o.backward(do)
+        for x in ins:
+            x.grad = None
+
+    return step
+
+
+def main():
+    if not torch.cuda.is_available():
+        print("gated_check.py needs a CUDA GPU")
+        return 2
+    fla = fla_op()
+    if fla is None:
+        print("fla not installed")
+    bad, table = 0, []
+    for i, (name, spec, D, DV, normalize) in enumerate(ROWS):
+        q, k, v, g, do = inputs(D, DV, seed=i)
+        ref = run(spec, normalize, q, k, v, g, do, torch.float32, "torch")
+        got = run(spec, normalize, q, k, v, g, do, DTYPE, "triton")
+        line = []
+        for n, r, x in zip(["o", "dq", "dk", "dv", "dg"], ref, got):
+            e = errors(r, x)
+            ok = e["nonfinite"] == 0 and e["rel_rms"] < TOL
+            bad += not ok
+            line.append(f"{n} {e['rel_rms']:.1e}" + ("" if ok else " FAIL"))
+        print(f"{name}: gated Triton {str(DTYPE)[6:]} vs fp32 torch path, rel-RMS: " + ", ".join(line))
+        del ref, got
+        torch.cuda.empty_cache()
+
+        bq, bk, bv = (x.to(DTYPE).requires_grad_() for x in (q, k, v))
+        gate = g.clone().requires_grad_()
+        bdo = do.to(DTYPE)
+        ours = lambda q, k, v, g: fast_attention(q, k, v, spec, normalize=normalize, g=g, backend="triton")  # noqa
+        plain = lambda q, k, v: fast_attention(q, k, v, spec, normalize=normalize, backend="triton")  # noqa
+        with torch.no_grad():
+            times = {"gated": ms(lambda: ours(bq, bk, bv, gate)), "ungated": ms(lambda: plain(bq, bk, bv))}
+        times["gated fb"] = ms(fwd_bwd(ours, (bq, bk, bv, gate), bdo))
+        times["ungated fb"] = ms(fwd_bwd(plain, (bq, bk, bv), bdo))
+        fla_fwd = fla_fb = None
+        if fla is not None and spec == "x":
+            scale = D ** -0.5
+            theirs = lambda q, k, v, g: fla(q, k, v, g, scale)  # noqa: E731
+            with torch.no_grad():
+                e = errors(ours(bq, bk, bv, gate).float(), theirs(bq, bk, bv, gate).float())
+                print(f"{name}: ours vs fla chunk_simple_gla ({str(DTYPE)[6:]} both), rel-RMS of o: {e['rel_rms']:.1e}")
+                fla_fwd = ms(lambda: theirs(bq, bk, bv, gate))
+            fla_fb = ms(fwd_bwd(theirs, (bq, bk, bv, gate), bdo))
+        table.append((name, times, fla_fwd, fla_fb))
+    print(f"{bad} failing")
+    print()
+    print(f"B{B} H{H} T{T} {str(DTYPE)[6:]}, ms (median)  | gated fwd | gated fwd+bwd | ungated fwd | ungated fwd+bwd | "
+          "fla simple_gla fwd | fla fwd+bwd")
+    for name, t, ff, fb in table:
+        fla_cols = " | ".join("-" if x is None else f"{x:.3f}" for x in (ff, fb))
+        print(f"{name:33s} | {t['gated']:.3f} | {t['gated fb']:.3f} | {t['ungated']:.3f} | {t['ungated fb']:.3f} | "
+              f"{fla_cols}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
