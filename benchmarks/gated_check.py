@@ -116,8 +116,8 @@ def main():
         table.append((name, times, fla_fwd, fla_fb))
     print(f"{bad} failing")
     print()
-    print(f"B{B} H{H} T{T} {str(DTYPE)[6:]}, ms (median)  | gated fwd | gated fwd+bwd | ungated fwd | ungated fwd+bwd | "
-          "fla simple_gla fwd | fla fwd+bwd")
+    print(f"B{B} H{H} T{T} {str(DTYPE)[6:]}, ms (median)  | gated fwd | gated fwd+bwd | ungated fwd | "
+          "ungated fwd+bwd | fla simple_gla fwd | fla fwd+bwd")
     for name, t, ff, fb in table:
         fla_cols = " | ".join("-" if x is None else f"{x:.3f}" for x in (ff, fb))
         print(f"{name:33s} | {t['gated']:.3f} | {t['gated fb']:.3f} | {t['ungated']:.3f} | {t['ungated fb']:.3f} | "
