@@ -221,7 +221,7 @@ MAX_WINDOW_SEQ_LEN = 1 << 27
 
 @dataclass(frozen=True)
 class WindowCost:
-    """What :mod:`fastattn.kernels.window.flash` does for B·H sequences of T tokens at window w, counted from its tiling.
+    """What :mod:`fastattn.kernels.window.flash` does for B·H sequences of T tokens at window w, from its tiling.
 
     Per sequence, the forward visits ``tiles[0]`` tiles of ``block_m x block_n`` (query block x key block: for
     each query block, the key blocks from the one holding its earliest window key to the diagonal, the kernel's

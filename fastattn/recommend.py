@@ -284,10 +284,11 @@ class HybridMap:
 
     ``relative_error`` bounds sup |f(x) exp(-x) - 1| on |x| <= radius and ``relative_range`` encloses
     f(x) exp(-x) - 1 there (:func:`relative_range`; None for a map hybrid_attention refuses);
-    ``output_bound`` is kappa of :func:`output_bound` from that range (0 when the window covers T); ``feature_*`` are the outside
-    sums at T - w tokens (forward FLOPs and bytes by the analysis's per-token formulas, ms by
-    :func:`fastattn.costmodel.ours_ms` at v dim DV + 1, the ones column of the normaliser); ``window_ms`` the
-    window kernel's (None: uncalibrated) and ``ms`` their sum (None when a part is unknown).
+    ``output_bound`` is kappa of :func:`output_bound` from that range (0 when the window covers T);
+    ``feature_*`` are the outside sums at T - w tokens (forward FLOPs and bytes by the analysis's per-token
+    formulas, ms by :func:`fastattn.costmodel.ours_ms` at v dim DV + 1, the ones column of the normaliser; at
+    window 0 the plain map at DV); ``window_ms`` the window kernel's (None: uncalibrated), ``window_floor_ms``
+    its floor, and ``ms`` their sum (None when a part is unknown).
     """
 
     method: str

@@ -66,7 +66,7 @@ def test_the_bound_holds_against_float64_softmax(f, radius, window):
         err = (o - ref).abs()
         bound = m.output_bound * ranges
         if window == 0:
-            # the plain map divides by z + 1e-6 when f is not known > 0 (its docstring): |n/z - n/(z + eps)| <= |n/z| eps/z
+            # the plain map divides by z + 1e-6 when f is not known > 0: |n/z - n/(z + eps)| <= |n/z| eps/z
             x = (q @ k.transpose(-1, -2)) / math.sqrt(D)
             z = (torch.tril(torch.ones(T, T, dtype=torch.bool)) * sum(c * x**j for j, c in spec.items())).sum(-1)
             bound = bound + (ref.abs() + bound) * 1e-6 / z[..., None]
