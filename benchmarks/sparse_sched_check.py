@@ -16,7 +16,8 @@ be captured: "-" says so); o, dq, dk, dv rel-RMS against the float64 masked refe
 upstream gradient of every head random. Exit status 0 when every check passes (rel-RMS < 2e-2, all finite).
 
     python benchmarks/sparse_sched_check.py
-    python benchmarks/sparse_sched_check.py --T 8192 --tiles 128x64x8     # other tiles for our rows
+    python benchmarks/sparse_sched_check.py --T 8192 --tiles 64x64x4      # every launch at 64 x 64 (no 128 x 64 forward)
+    python benchmarks/sparse_sched_check.py --fwd-tiles 128x128x8          # another forward tile
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from fastattn.attention.sparse import plan_tiles
 from fastattn.bench.timing import median_ms, sdpa_backend, sdpa_kernel_name, time_graph
 from fastattn.kernels.checks import errors
 from fastattn.kernels.sparse import allowed_pairs, masked_attention
-from fastattn.kernels.sparse.schedule import range_schedule
+from fastattn.kernels.sparse.schedule import range_schedules
 from fastattn.patterns import _compile, _schedule, local, strided
 
 DT = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -41,15 +42,22 @@ PATTERN = local(256) | strided(1024)
 PATTERN_NAME = "local(256)|strided(1024)"
 
 
-def parse_tiles(text):
-    """"128x64x8" -> {"block_q": 128, "block_k": 64, "warps": 8}; "default" -> None (the plan's tiles)."""
-    if text == "default":
-        return None
-    try:
-        bq, bk, w = (int(x) for x in text.split("x"))
-    except ValueError:
-        raise SystemExit(f"--tiles {text!r}: write BLOCK_QxBLOCK_KxWARPS, e.g. 128x64x8, or 'default'") from None
-    return {"block_q": bq, "block_k": bk, "warps": w}
+def parse_tiles(text, fwd_text):
+    """The ``tuning`` of our rows: --tiles "64x64x4" sets every launch, --fwd-tiles "128x64x8" the forward alone;
+    "default" leaves the plan's choice."""
+    def tile(t, flag):
+        try:
+            bq, bk, w = (int(x) for x in t.split("x"))
+        except ValueError:
+            raise SystemExit(f"{flag} {t!r}: write BLOCK_QxBLOCK_KxWARPS, e.g. 128x64x8, or 'default'") from None
+        return bq, bk, w
+
+    tuning = {}
+    if text != "default":
+        tuning.update(zip(("block_q", "block_k", "warps"), tile(text, "--tiles")))
+    if fwd_text != "default":
+        tuning["fwd"] = tile(fwd_text, "--fwd-tiles")
+    return tuning or None
 
 
 def sync_ms(fn, dev):
@@ -85,8 +93,9 @@ def check(fn, q, k, v, do, allowed):
 def run(args):
     dev, dt = args.device, DT[args.dtype]
     gpu = torch.device(dev).type == "cuda"
-    tuning = parse_tiles(args.tiles)
-    block_q, block_k, warps, clean = plan_tiles(args.D, args.D, dev, tuning)
+    tuning = parse_tiles(args.tiles, args.fwd_tiles)
+    tiles = plan_tiles(args.D, args.D, dev, dt, tuning)
+    both = tuple(dict.fromkeys((tiles.fwd, tiles.bwd)))
     rows = []
     backends = {}
     for T in args.T:
@@ -106,20 +115,19 @@ def run(args):
             flat = keep.reshape(-1, T)
             cases.append((f"keep {p}%", lambda q, k, v, keep=keep: sparse_attention(q, k, v, keep=keep, tuning=tuning),
                           float((n * (n + 1) / 2).mean() / causal),
-                          lambda flat=flat: range_schedule(flat.shape[0], T, keep=flat, block_q=block_q,
-                                                           block_k=block_k, warps=warps, clean=clean, device=dev),
+                          lambda flat=flat: range_schedules(flat.shape[0], T, both, keep=flat, clean=tiles.clean,
+                                                            device=dev),
                           None, allowed_pairs(T, keep=keep[0:1, 0:1])))
         if args.pattern:
-            cold = None
-            if block_q == block_k:
-                _compile.cache_clear()
-                _schedule.cache_clear()
-                cold = sync_ms(lambda: PATTERN.compile(T, block=block_q, device=dev).schedule(dev, warps=warps), dev)
+            def build():
+                return [PATTERN.compile(T, block=bq, block_k=bk, device=dev).schedule(dev, warps=w)
+                        for bq, bk, w in both]
+            _compile.cache_clear()
+            _schedule.cache_clear()
+            cold = sync_ms(build, dev)
             dense = PATTERN.dense(T, device=dev)
             cases.append(("local+strided", lambda q, k, v: pattern_attention(q, k, v, PATTERN, tuning=tuning),
-                          float(dense.sum() / causal),
-                          lambda: PATTERN.compile(T, block=block_q, device=dev).schedule(dev, warps=warps),
-                          cold, dense))
+                          float(dense.sum() / causal), build, cold, dense))
         for name, fn, share, build, cold, allowed in cases:
             r = {"T": T, "method": name, "pairs": share, "cold_ms": cold}
             r["sched_ms"] = median_ms(build, args.warmup, args.rep) if build is not None else None
@@ -141,7 +149,7 @@ def run(args):
             if gpu:
                 torch.cuda.empty_cache()
     return {"device": torch.cuda.get_device_name() if gpu else dev, "dtype": args.dtype, "backends": backends,
-            "rows": rows, "tiles": (block_q, block_k, warps), "B": args.B, "H": args.H, "D": args.D}
+            "rows": rows, "tiles": tiles, "B": args.B, "H": args.H, "D": args.D}
 
 
 def fmt(x, nd=3):
@@ -153,9 +161,9 @@ def ok(r):
 
 
 def table(res):
-    bq, bk, w = res["tiles"]
+    t = res["tiles"]
     lines = [f"sparse schedules on the device: {res['device']}, {res['dtype']}, B{res['B']} H{res['H']} d{res['D']}, causal, "
-             f"tiles {bq}x{bk}x{w}, pattern {PATTERN_NAME}; SDPA backend: "
+             f"tiles fwd {'x'.join(map(str, t.fwd))} bwd {'x'.join(map(str, t.bwd))}, pattern {PATTERN_NAME}; SDPA backend: "
              + ", ".join(f"{T}: {b}" for T, b in res["backends"].items()), "",
              "| T | method | pairs | sched ms | fwd ms | fwd+bwd ms | graph fwd+bwd ms | fwd+bwd vs SDPA | "
              "o / dq / dk / dv rel-RMS | ok |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -178,7 +186,8 @@ def main(argv=None):
     ap.add_argument("--keep", type=int, nargs="*", default=[25, 50, 75], help="percent of tokens kept")
     ap.add_argument("--no-pattern", dest="pattern", action="store_false", help="leave out the local+strided row")
     ap.add_argument("--no-graphs", dest="graphs", action="store_false", help="leave out the CUDA-graph column")
-    ap.add_argument("--tiles", default="default", help="BLOCK_QxBLOCK_KxWARPS of our rows (e.g. 128x64x8)")
+    ap.add_argument("--tiles", default="default", help="BLOCK_QxBLOCK_KxWARPS of every launch of ours (e.g. 64x64x4)")
+    ap.add_argument("--fwd-tiles", default="default", help="BLOCK_QxBLOCK_KxWARPS of our forward alone")
     ap.add_argument("--device", default="cuda", help="cuda; cpu only for a smoke run under TRITON_INTERPRET=1")
     ap.add_argument("--dtype", choices=sorted(DT), default="bf16", help="bf16; fp32 for a CPU smoke run")
     ap.add_argument("--warmup", type=int, default=25)

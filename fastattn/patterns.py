@@ -86,13 +86,15 @@ class Pattern:
                 out[r, c] = value
         return out
 
-    def compile(self, T, *, block=64, is_causal=True, device=None):
-        """The :class:`BlockPlan` of this pattern for sequences of T tokens in blocks of ``block``, built on
-        ``device`` (the CPU by default) from the primitives' structure, O(T + NB^2) torch work and no host sync,
-        and cached per (pattern, T, block, is_causal, device)."""
+    def compile(self, T, *, block=64, block_k=None, is_causal=True, device=None):
+        """The :class:`BlockPlan` of this pattern for sequences of T tokens in query blocks of ``block`` and key
+        blocks of ``block_k`` (default ``block``), built on ``device`` (the CPU by default) from the primitives'
+        structure, O(T + NQ NK) torch work and no host sync, and cached per (pattern, T, blocks, is_causal,
+        device)."""
         _positive("T", T, "tokens")
         _positive("block", block, "tokens per block")
-        return _compile(self, T, block, bool(is_causal), str(torch.device(device or "cpu")))
+        block_k = block if block_k is None else _positive("block_k", block_k, "tokens per key block")
+        return _compile(self, T, block, block_k, bool(is_causal), str(torch.device(device or "cpu")))
 
 
 @dataclass(frozen=True)
@@ -194,7 +196,7 @@ def global_tokens(n):
 class BlockPlan:
     """A pattern compiled for T tokens in blocks of ``block``.
 
-    state : int8 [NB, NB] per (query block, key block), on the device it was compiled for: 0 skip, 1 visit with
+    state : int8 [NQ, NK] per (query block, key block), on the device it was compiled for: 0 skip, 1 visit with
         the element mask, 2 visit, every pair allowed (bounds aside). visited / full count the blocks with
         state >= 1 / == 2 (reading them back to the host: for inspection, not the call path).
     """
@@ -204,6 +206,7 @@ class BlockPlan:
     block: int
     is_causal: bool
     state: torch.Tensor
+    block_k: int | None = None  # key block size where it differs from ``block``
 
     @property
     def visited(self):
@@ -216,8 +219,8 @@ class BlockPlan:
     def covered(self):
         """The T x T bool mask the kernel computes from the list: full blocks whole, masked ones through the
         pattern's element mask (compare with :meth:`Pattern.dense`)."""
-        which = torch.arange(self.T) // self.block
-        blocks = self.state.cpu()[which][:, which]  # [T, T] the state of each pair's block
+        pos = torch.arange(self.T)
+        blocks = self.state.cpu()[pos // self.block][:, pos // (self.block_k or self.block)]  # [T, T] pair -> block
         exact = self.pattern.dense(self.T, is_causal=self.is_causal)
         return (blocks == 2) | ((blocks == 1) & exact)
 
@@ -226,26 +229,27 @@ class BlockPlan:
         return _schedule(self, str(torch.device(device)), warps)
 
 
-def _states_by_pairs(pattern, T, block, is_causal, device="cpu"):
-    """int8 [NB, NB] block states from every (i, j) pair, a band of query blocks at a time: O(T^2) work.
+def _states_by_pairs(pattern, T, block, is_causal, device="cpu", block_k=None):
+    """int8 [NQ, NK] block states from every (i, j) pair, a band of query blocks at a time: O(T^2) work.
 
     The reference :func:`_block_states` is tested against; it loops over bands and reads nothing back.
     """
-    NB = -(-T // block)
-    step = block * max(1, (1 << 22) // (block * NB * block))
-    j = torch.arange(NB * block, device=device)
+    block_k = block_k or block
+    NQ, NB = -(-T // block), -(-T // block_k)
+    step = block * max(1, (1 << 22) // (block * NB * block_k))
+    j = torch.arange(NB * block_k, device=device)
     inside = j < T
-    state = torch.zeros(NB, NB, dtype=torch.int8, device=device)
-    for a in range(0, NB * block, step):
-        i = torch.arange(a, min(a + step, NB * block), device=device)[:, None]
-        ok = pattern.allows(i, j[None, :]) & inside[None, :] & (i < T)  # [rows, NB * block]
+    state = torch.zeros(NQ, NB, dtype=torch.int8, device=device)
+    for a in range(0, NQ * block, step):
+        i = torch.arange(a, min(a + step, NQ * block), device=device)[:, None]
+        ok = pattern.allows(i, j[None, :]) & inside[None, :] & (i < T)  # [rows, NB * block_k]
         if is_causal:
             ok = ok & (j[None, :] <= i)
         # a pair out of bounds never needs the element mask (the kernels bound-check every tile)
         out = ~inside[None, :] | (i >= T)
         rows = len(i) // block
-        any_ = ok.view(rows, block, NB, block).any(3).any(1)
-        all_ = (ok | out).view(rows, block, NB, block).all(3).all(1)
+        any_ = ok.view(rows, block, NB, block_k).any(3).any(1)
+        all_ = (ok | out).view(rows, block, NB, block_k).all(3).all(1)
         state[a // block:a // block + rows] = torch.where(all_, 2, torch.where(any_, 1, 0)).to(torch.int8)
     return state
 
@@ -290,8 +294,8 @@ def _cuts(lo, hi, n, sizes, block):
     return torch.cat(parts, 1).sort(1).values
 
 
-def _block_states(pattern, T, block, is_causal, device):
-    """int8 [NB, NB] block states on ``device`` from the primitives' structure, with torch ops and no host sync.
+def _block_states(pattern, T, block, is_causal, device, block_k=None):
+    """int8 [NQ, NK] block states on ``device`` from the primitives' structure, with torch ops and no host sync.
 
     A block pair is the rectangle i in [qlo, qhi], j in [klo, khi] (clipped to T); its offsets d = i - j fill the
     interval [qlo - khi, qhi - klo]. The d-only primitives are a hit vector over d (one prefix sum answers "any
@@ -299,25 +303,31 @@ def _block_states(pattern, T, block, is_causal, device):
     the pairs with i // a == j // a. Visited (any allowed pair) is the union of per-primitive tests. Full (every
     in-bounds pair allowed) splits the rectangle at n and at the multiples of each blocked size into cells, in
     each of which the global and blocked tests are constant, and asks every cell to be allowed by one of them or
-    by every offset of its interval. Cost O(T) for the hit vector plus O(NB^2 M^2) for M cells per block side
+    by every offset of its interval. Cost O(T) for the hit vector plus O(NQ NK M^2) for M cells per block side
     (M = 2 without blocked primitives), in bands of query blocks that keep about 2^24 cells.
     """
     parts = pattern.parts()
-    NB = -(-T // block)
+    block_k = block_k or block
+    NQ, NK = -(-T // block), -(-T // block_k)
     n = max([p.n for p in parts if isinstance(p, GlobalTokens)], default=0)
     sizes = sorted({p.block for p in parts if isinstance(p, Blocked) and p.block > 1})
     prefix = _diagonal_hits(parts, T, is_causal, device)
-    lo = torch.arange(NB, device=device) * block
-    hi = (lo + block - 1).clamp(max=T - 1)
-    cuts = _cuts(lo, hi, n, sizes, block)  # [NB, M + 1]
-    c_lo, c_hi = cuts[:, :-1], cuts[:, 1:] - 1  # [NB, M] cells, empty where c_hi < c_lo
-    M = c_lo.shape[1]
+
+    def cells(nb, size):
+        lo = torch.arange(nb, device=device) * size
+        hi = (lo + size - 1).clamp(max=T - 1)
+        cuts = _cuts(lo, hi, n, sizes, size)  # [nb, M + 1]
+        return lo, hi, cuts[:, :-1], cuts[:, 1:] - 1  # cells [nb, M], empty where c_hi < c_lo
+
+    lo, hi, c_lo, c_hi = cells(NQ, block)
+    k_lo, k_hi, kc_lo, kc_hi = cells(NK, block_k)
+    M, MK = c_lo.shape[1], kc_lo.shape[1]
     # keys: every block at once; queries: bands of rows
-    k_lo, k_hi = lo[None, :], hi[None, :]
-    kc_lo, kc_hi = c_lo[None, :, None, :], c_hi[None, :, None, :]  # [1, NB, 1, M]
-    rows = max(1, (1 << 24) // (NB * M * M))
-    state = torch.empty(NB, NB, dtype=torch.int8, device=device)
-    for r0 in range(0, NB, rows):
+    k_lo, k_hi = k_lo[None, :], k_hi[None, :]
+    kc_lo, kc_hi = kc_lo[:, None, :][None], kc_hi[:, None, :][None]  # [1, NK, 1, MK]
+    rows = max(1, (1 << 24) // (NK * M * MK))
+    state = torch.empty(NQ, NK, dtype=torch.int8, device=device)
+    for r0 in range(0, NQ, rows):
         q_lo, q_hi = lo[r0:r0 + rows, None], hi[r0:r0 + rows, None]  # [R, 1]
         visit = _count(prefix, T, q_lo - k_hi, q_hi - k_lo) > 0
         for a in sizes:
@@ -327,7 +337,7 @@ def _block_states(pattern, T, block, is_causal, device):
             visit |= (q_lo < n) & (k_lo <= q_hi.clamp(max=n - 1)) if is_causal else q_lo < n
             visit |= (k_lo < n) & (k_lo <= q_hi) if is_causal else k_lo < n
         qc_lo, qc_hi = c_lo[r0:r0 + rows, None, :, None], c_hi[r0:r0 + rows, None, :, None]  # [R, 1, M, 1]
-        dl, dh = qc_lo - kc_hi, qc_hi - kc_lo  # [R, NB, M, M]
+        dl, dh = qc_lo - kc_hi, qc_hi - kc_lo  # [R, NK, M, MK]
         ok = (qc_hi < qc_lo) | (kc_hi < kc_lo) | (qc_lo < n) | (kc_lo < n)
         for a in sizes:
             ok |= qc_lo // a == kc_lo // a
@@ -340,13 +350,15 @@ def _block_states(pattern, T, block, is_causal, device):
 
 
 @functools.lru_cache(maxsize=64)
-def _compile(pattern, T, block, is_causal, device):
+def _compile(pattern, T, block, block_k, is_causal, device):
     # built on the inputs' device with no host sync; kept there, so a training loop pays it once per shape
-    return BlockPlan(pattern, T, block, is_causal, _block_states(pattern, T, block, is_causal, device))
+    state = _block_states(pattern, T, block, is_causal, device, block_k=block_k)
+    return BlockPlan(pattern, T, block, is_causal, state, None if block_k == block else block_k)
 
 
 @functools.lru_cache(maxsize=64)
 def _schedule(plan, device, warps):
     from fastattn.kernels.sparse.schedule import list_schedule
 
-    return list_schedule(plan.T, plan.block, plan.state, plan.pattern.table(device), warps=warps, device=device)
+    return list_schedule(plan.T, plan.block, plan.state, plan.pattern.table(device), warps=warps, device=device,
+                         block_k=plan.block_k)

@@ -21,6 +21,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastattn.attention.sparse as sparse_mod
 from fastattn.attention import pattern_attention, sparse_attention
+from fastattn.attention.sparse import SparseTiles, plan_tiles
+from fastattn.errors import KernelError
 from fastattn.kernels.checks import assert_close
 from fastattn.kernels.sparse import allowed_pairs, gradient_terms, masked_attention
 from fastattn.kernels.sparse.schedule import _compact_schedule, _composite_schedule, _padded_lists
@@ -66,7 +68,7 @@ class _StubFlash:
     seen = []
 
     @staticmethod
-    def apply(q, k, v, sched, scale, is_causal):
+    def apply(q, k, v, sched, sched_bwd, scale, is_causal):
         _StubFlash.seen.append(sched)
         return torch.zeros_like(v)
 
@@ -100,16 +102,18 @@ def test_a_call_builds_its_schedule_without_host_reads(what, monkeypatch):
           "keep+buckets": dict(keep=keep, buckets=tuple(ids))}.get(what)
     with no_host_reads(monkeypatch):
         for causal in (True, False):
+            # a forward tiled apart from the backward: both schedules are built under the guard
             if kw is None:
-                o = pattern_attention(q, k, v, pattern, is_causal=causal, tuning={"block": 16})
+                o = pattern_attention(q, k, v, pattern, is_causal=causal, tuning={"block": 16, "fwd": (32, 16, 4)})
             else:
-                o = sparse_attention(q, k, v, is_causal=causal, tuning={"block_q": 32, "block_k": 16}, **kw)
+                o = sparse_attention(q, k, v, is_causal=causal, tuning={"block_q": 32, "block_k": 16,
+                                                                         "fwd": (64, 32, 4)}, **kw)
             assert o.shape == (B, H, T, D)
     assert len(_StubFlash.seen) == 2 and all(s.use_list == (what == "pattern") for s in _StubFlash.seen)
     if what == "pattern":
         # a second call finds the plan and the lists in the cache
-        plan = pattern.compile(T, block=16, is_causal=True)
-        assert plan is pattern.compile(T, block=16, is_causal=True)
+        plan = pattern.compile(T, block=32, block_k=16, is_causal=True)
+        assert plan is pattern.compile(T, block=32, block_k=16, is_causal=True)
         assert plan.schedule("cpu") is _StubFlash.seen[0]
 
 
@@ -128,9 +132,10 @@ def test_block_states_equal_the_pair_by_pair_states():
     kinds = set()
     for case in range(150):
         p = _random_pattern(rng)
-        T, block, causal = rng.choice([1, 2, 15, 16, 17, 45, 64, 100, 130]), rng.choice([16, 32]), case % 2 == 0
-        new = _block_states(p, T, block, causal, "cpu")
-        assert torch.equal(new, _states_by_pairs(p, T, block, causal)), (p, T, block, causal)
+        T, causal = rng.choice([1, 2, 15, 16, 17, 45, 64, 100, 130]), case % 2 == 0
+        bq, bk = rng.choice([(16, 16), (32, 32), (32, 16), (16, 32), (64, 16)])
+        new = _block_states(p, T, bq, causal, "cpu", block_k=bk)
+        assert torch.equal(new, _states_by_pairs(p, T, bq, causal, block_k=bk)), (p, T, bq, bk, causal)
         kinds |= set(new.unique().tolist())
     assert kinds == {0, 1, 2}
 
@@ -167,6 +172,55 @@ def test_compact_keep_schedule_equals_the_composite_one():
                     assert x.dtype == y.dtype and torch.equal(x, y), case
                 else:
                     assert x == y, case
+
+
+def test_plan_tiles_routes_16_bit_forwards_to_128_by_64():
+    for dtype in (torch.float16, torch.bfloat16):
+        assert plan_tiles(64, 64, "cuda", dtype) == SparseTiles(fwd=(128, 64, 8), bwd=(64, 64, 4))
+        assert plan_tiles(128, 128, "cuda", dtype).fwd == (128, 64, 8)
+        # tiles set by hand hold for every launch; "fwd" sets the forward alone
+        assert plan_tiles(64, 64, "cuda", dtype, {"block": 32}) == SparseTiles(fwd=(32, 32, 4), bwd=(32, 32, 4))
+        assert plan_tiles(64, 64, "cuda", dtype, {"fwd": (64, 64, 4)}).fwd == (64, 64, 4)
+    assert plan_tiles(64, 64, "cuda", torch.float32) == SparseTiles(fwd=(64, 64, 4), bwd=(64, 64, 4))
+    assert plan_tiles(64, 64, "cpu", torch.float16) == SparseTiles(fwd=(32, 32, 4), bwd=(32, 32, 4))
+    assert plan_tiles(64, 64, "cpu", torch.float16, {"block": 16, "fwd": (128, 64, 8)}).fwd == (128, 64, 8)
+    with pytest.raises(KernelError, match=r"tuning fwd=\(128, 64\) must be \(block_q, block_k, warps\)"):
+        plan_tiles(64, 64, "cpu", tuning={"fwd": (128, 64)})
+    with pytest.raises(KernelError, match="fwd block_k=48 must be a power of two"):
+        plan_tiles(64, 64, "cpu", tuning={"fwd": (128, 48, 8)})
+
+
+# the plan's 16-bit GPU forward (128 x 64 x 8) forced on the interpreter, the backward at 16 x 16
+FWD_128 = [("keep", 130, True, torch.float16), ("buckets", 130, False, torch.float16),
+           ("pattern", 130, True, torch.float16), ("keep+buckets", 130, True, torch.float32)]
+
+
+@pytest.mark.usefixtures("kernel_env")
+@pytest.mark.parametrize("what,T,causal,dtype", FWD_128,
+                         ids=[f"{r[0]}-T{r[1]}-{'causal' if r[2] else 'full'}-{str(r[3])[6:]}" for r in FWD_128])
+def test_forward_at_128_by_64_matches_the_dense_reference(what, T, causal, dtype):
+    g = torch.Generator().manual_seed(T)
+    q, k, v = (torch.randn(1, 2, T, 16, generator=g).to(dtype).requires_grad_() for _ in range(3))
+    do = torch.randn(1, 2, T, 16, generator=g).to(dtype)
+    tuning = {"block": 16, "fwd": (128, 64, 8)}
+    if what == "pattern":
+        pattern = local(20) | strided(33) | global_tokens(2)
+        o = pattern_attention(q, k, v, pattern, is_causal=causal, tuning=tuning)
+        allowed = pattern.dense(T, is_causal=causal)
+    else:
+        kw = {}
+        if "keep" in what:
+            kw["keep"] = torch.rand(1, 2, T, generator=g) < 0.7
+        if "buckets" in what:
+            kw["buckets"] = tuple(torch.randint(0, 3, (2, 1, 2, T), generator=g))
+        o = sparse_attention(q, k, v, is_causal=causal, tuning=tuning, **kw)
+        allowed = allowed_pairs(T, is_causal=causal, **kw)
+    got = (o,) + torch.autograd.grad(o, (q, k, v), do)
+    ref = masked_attention(q, k, v, allowed)
+    ref = (ref,) + torch.autograd.grad(ref, (q, k, v), do.double())
+    terms = gradient_terms(q, k, v, ref[0], do, allowed)
+    for part, a, b, t in zip(("o", "dq", "dk", "dv"), ref, got, terms):
+        assert_close(part, a, b, dtype, terms=t)
 
 
 # (restriction, T, causal, (block_q, block_k)): random data with a head that keeps nothing

@@ -15,41 +15,78 @@ torch.Size([1, 2, 16, 8])
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from fastattn.attention.functional import check_tensors
 from fastattn.errors import KernelError
 from fastattn.kernels import naive
 from fastattn.kernels.sparse.flash import SparseFlash, default_scale
-from fastattn.kernels.sparse.schedule import range_schedule
+from fastattn.kernels.sparse.schedule import range_schedules
 from fastattn.patterns import Pattern
 
-__all__ = ["sparse_attention", "pattern_attention", "lsh_buckets", "plan_tiles"]
+__all__ = ["sparse_attention", "pattern_attention", "lsh_buckets", "plan_tiles", "SparseTiles"]
 
 
-def plan_tiles(D, DV, device, tuning=None):
-    """(block_q, block_k, warps, clean): query and key slots per block, warps per program, and whether
-    tiles with every pair allowed run without the element mask.
+@dataclass(frozen=True)
+class SparseTiles:
+    """The sparse kernels' tiles: ``fwd`` and ``bwd`` are (block_q, block_k, warps) of the forward and of the
+    dq / dk-dv launches (query and key slots per block, warps per program); ``clean`` says whether tiles with
+    every pair allowed run without the element mask."""
 
-    64 x 64 with 4 warps on a GPU (a [64, 64] score tile and a [64, DV] accumulator per program; the
-    sm_90 build at d64 holds them without spills: forward 168 registers, dk/dv 254; see the kernels'
-    README), 32 x 32 on the CPU interpreter. ``tuning`` (private, for tests and sweeps) overrides any of "block" (both sizes),
-    "block_q", "block_k", "warps", "clean".
+    fwd: tuple
+    bwd: tuple
+    clean: bool = True
+
+
+def _tile_size(name, n):
+    if isinstance(n, bool) or not isinstance(n, int) or n < 16 or n & (n - 1):
+        raise KernelError(f"tuning {name}={n!r} must be a power of two >= 16 (tl.dot's smallest tile)")
+    return n
+
+
+def _warps(name, w):
+    if w not in (1, 2, 4, 8, 16):
+        raise KernelError(f"tuning {name}={w!r} must be 1, 2, 4, 8 or 16")
+    return w
+
+
+def plan_tiles(D, DV, device, dtype=torch.float32, tuning=None):
+    """The :class:`SparseTiles` of one call.
+
+    On a GPU the backward runs 64 x 64 with 4 warps (a [64, 64] score tile and [64, D] dk, dv accumulators per
+    program; the sm_90 build at d64 holds them without spills: dq 164 registers, dk/dv 254, see the kernels'
+    README). The forward of 16-bit inputs runs 128 query x 64 key slots with 8 warps, as flash attention does
+    (half the programs re-reading K and V; sm_90 builds without spills up to d128: 214 registers); float32
+    keeps 64 x 64 x 4, its tiles twice the bytes. The CPU interpreter runs 32 x 32. ``tuning`` (private, for
+    tests and sweeps) overrides: "block" (both sizes), "block_q", "block_k", "warps" set every launch; "fwd"
+    = (block_q, block_k, warps) the forward alone; "clean" as in :class:`SparseTiles`.
+
+    >>> plan_tiles(64, 64, "cuda", torch.bfloat16)
+    SparseTiles(fwd=(128, 64, 8), bwd=(64, 64, 4), clean=True)
+    >>> plan_tiles(64, 64, "cuda", torch.float32).fwd
+    (64, 64, 4)
     """
     gpu = torch.device(device).type == "cuda"
     tuning = dict(tuning or {})
-    bad = set(tuning) - {"block", "block_q", "block_k", "warps", "clean"}
+    bad = set(tuning) - {"block", "block_q", "block_k", "warps", "clean", "fwd"}
     if bad:
-        raise KernelError(f"tuning keys {sorted(bad)} unknown; use 'block', 'block_q', 'block_k', 'warps', 'clean'")
+        raise KernelError(f"tuning keys {sorted(bad)} unknown; use 'block', 'block_q', 'block_k', 'warps', 'fwd', "
+                          "'clean'")
     block = tuning.get("block", 64 if gpu else 32)
-    sizes = {"block_q": tuning.get("block_q", block), "block_k": tuning.get("block_k", block)}
-    for name, n in sizes.items():
-        if isinstance(n, bool) or not isinstance(n, int) or n < 16 or n & (n - 1):
-            raise KernelError(f"tuning {name}={n!r} must be a power of two >= 16 (tl.dot's smallest tile)")
-    warps = tuning.get("warps", 8 if max(sizes.values()) >= 128 else 4)
-    if warps not in (1, 2, 4, 8, 16):
-        raise KernelError(f"tuning warps={warps!r} must be 1, 2, 4, 8 or 16")
-    return sizes["block_q"], sizes["block_k"], warps, bool(tuning.get("clean", True))
+    bq = _tile_size("block_q", tuning.get("block_q", block))
+    bk = _tile_size("block_k", tuning.get("block_k", block))
+    bwd = (bq, bk, _warps("warps", tuning.get("warps", 8 if max(bq, bk) >= 128 else 4)))
+    fwd = bwd
+    if gpu and dtype in (torch.float16, torch.bfloat16) and not set(tuning) & {"block", "block_q", "block_k", "warps"}:
+        fwd = (128, 64, 8)
+    if "fwd" in tuning:
+        f = tuning["fwd"]
+        if not isinstance(f, (tuple, list)) or len(f) != 3:
+            raise KernelError(f"tuning fwd={f!r} must be (block_q, block_k, warps)")
+        fwd = (_tile_size("fwd block_q", f[0]), _tile_size("fwd block_k", f[1]), _warps("fwd warps", f[2]))
+    return SparseTiles(fwd=fwd, bwd=bwd, clean=bool(tuning.get("clean", True)))
 
 
 def _check(query, key, value, scale):
@@ -138,14 +175,16 @@ def sparse_attention(query, key, value, *, keep=None, buckets=None, is_causal=Tr
     _check_restrictions(keep, buckets, (B, H, T), query.device)
     if T == 0:
         return naive.empty_output(query, key, value)
-    block_q, block_k, warps, clean = plan_tiles(D, value.shape[-1], query.device, tuning)
+    tiles = plan_tiles(D, value.shape[-1], query.device, query.dtype, tuning)
     flat = lambda x: None if x is None else x.reshape(B * H, T)  # noqa: E731
-    sched = range_schedule(B * H, T, keep=flat(keep), buckets=None if buckets is None else tuple(map(flat, buckets)),
-                           is_causal=is_causal, block_q=block_q, block_k=block_k, warps=warps, clean=clean,
-                           device=query.device)
+    # one token order, tiled twice when the forward's tiles differ from the backward's
+    scheds = range_schedules(B * H, T, tuple(dict.fromkeys((tiles.fwd, tiles.bwd))), keep=flat(keep),
+                             buckets=None if buckets is None else tuple(map(flat, buckets)), is_causal=is_causal,
+                             clean=tiles.clean, device=query.device)
+    sched = scheds[0]
     sorted_ = keep is not None or buckets is not None
     perm_q, perm_k = (sched.perm_q, sched.perm_k) if sorted_ else (None, None)
-    o = SparseFlash.apply(_slots(query, perm_q), _slots(key, perm_k), _slots(value, perm_k), sched,
+    o = SparseFlash.apply(_slots(query, perm_q), _slots(key, perm_k), _slots(value, perm_k), sched, scheds[-1],
                           default_scale(D, scale), bool(is_causal))
     if perm_q is not None:
         inv = torch.empty_like(perm_q).scatter_(1, perm_q, torch.arange(T, device=query.device).expand(B * H, T))
@@ -156,7 +195,7 @@ def sparse_attention(query, key, value, *, keep=None, buckets=None, is_causal=Tr
 def pattern_attention(query, key, value, pattern, *, is_causal=True, scale=None, tuning=None):
     """Softmax attention over the pairs a static pattern allows (and j <= i with ``is_causal``).
 
-    The pattern is compiled once per (T, block, is_causal) to a list of key blocks per query block
+    The pattern is compiled once per (T, tiles, is_causal, device) to a list of key blocks per query block
     (:meth:`fastattn.patterns.Pattern.compile`); the kernels visit only those, and apply the element
     mask only in blocks the pattern covers partly. Arguments as in :func:`sparse_attention`, plus
 
@@ -175,12 +214,10 @@ def pattern_attention(query, key, value, pattern, *, is_causal=True, scale=None,
     B, H, T, D = query.shape
     if T == 0:
         return naive.empty_output(query, key, value)
-    block_q, block_k, warps, _ = plan_tiles(D, value.shape[-1], query.device, tuning)
-    if block_q != block_k:
-        raise KernelError(f"a pattern compiles to square blocks; got block_q={block_q}, block_k={block_k}")
-    plan = pattern.compile(T, block=block_q, is_causal=bool(is_causal), device=query.device)
-    sched = plan.schedule(query.device, warps=warps)
-    o = SparseFlash.apply(_slots(query, None), _slots(key, None), _slots(value, None), sched,
+    tiles = plan_tiles(D, value.shape[-1], query.device, query.dtype, tuning)
+    fwd, bwd = ((pattern.compile(T, block=bq, block_k=bk, is_causal=bool(is_causal), device=query.device)
+                 .schedule(query.device, warps=w)) for bq, bk, w in (tiles.fwd, tiles.bwd))
+    o = SparseFlash.apply(_slots(query, None), _slots(key, None), _slots(value, None), fwd, bwd,
                           default_scale(D, scale), bool(is_causal))
     return o.reshape(B, H, T, -1)
 

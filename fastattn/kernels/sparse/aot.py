@@ -67,12 +67,10 @@ def compile_kernels(*, tiles=(64, 64, 4), T=4096, head_dim=64, head_dim_v=64, dt
                                              warps=warps),
               "buckets": lambda: range_schedule(2, T, buckets=(ids, ids), is_causal=causal, block_q=bq, block_k=bk,
                                                 warps=warps),
-              "pattern": lambda: (local(256) | global_tokens(4)).compile(T, block=bq, is_causal=causal)
+              "pattern": lambda: (local(256) | global_tokens(4)).compile(T, block=bq, block_k=bk, is_causal=causal)
               .schedule("cpu", warps=warps)}
     report = {}
     for mode in modes:
-        if mode == "pattern" and bq != bk:
-            continue
         s = scheds[mode]()
         common = flash._common(s, q, v, 0.125, causal)
         for fn, extra, backward in (

@@ -425,23 +425,24 @@ def flash_bwd(q, k, v, o, lse, do, sched, scale, is_causal):
 class SparseFlash(torch.autograd.Function):
     """o = sparse softmax attention of q, k [BH, T, D], v [BH, T, DV] already in schedule order.
 
-    The schedule (a record of int32 index tensors, no gradient) rides on ctx rather than through
-    save_for_backward: it is an argument like ``scale``, never an output of the graph.
+    ``sched`` drives the forward, ``sched_bwd`` the dq and dk-dv launches: two tilings over the same slots (the
+    same object when the tiles agree). The schedules (records of int32 index tensors, no gradient) ride on ctx
+    rather than through save_for_backward: they are arguments like ``scale``, never outputs of the graph.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, sched, scale, is_causal):
+    def forward(ctx, q, k, v, sched, sched_bwd, scale, is_causal):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         o, lse = flash_fwd(q, k, v, sched, scale, is_causal)
         ctx.save_for_backward(q, k, v, o, lse)
-        ctx.sched, ctx.scale, ctx.is_causal = sched, scale, is_causal
+        ctx.sched, ctx.scale, ctx.is_causal = sched_bwd, scale, is_causal
         return o
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse = ctx.saved_tensors
         dq, dk, dv = flash_bwd(q, k, v, o, lse, do.contiguous(), ctx.sched, ctx.scale, ctx.is_causal)
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None
 
 
 def default_scale(D, scale):

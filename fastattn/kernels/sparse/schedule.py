@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Schedule", "range_schedule", "list_schedule"]
+__all__ = ["Schedule", "range_schedule", "range_schedules", "list_schedule"]
 
 # above every composite id * T + position of a kept token (ids and T stay below 2^31)
 BIG = 1 << 62
@@ -153,16 +153,24 @@ def range_schedule(BH, T, *, keep=None, buckets=None, is_causal=True, block_q=64
 
     Built on ``device`` with torch ops whose sizes come from the shapes: nothing is read back to the host, so a
     call queues its launches without waiting for the GPU. Without buckets the runs are closed forms of the kept
-    count (:func:`_compact_schedule`, cached when nothing is dropped); with buckets, searches over the sorted
-    composites (:func:`_composite_schedule`).
+    count (:func:`_compact_blocks`, cached when nothing is dropped); with buckets, searches over the sorted
+    composites (:func:`_composite_blocks`).
     """
+    return range_schedules(BH, T, ((block_q, block_k, warps),), keep=keep, buckets=buckets, is_causal=is_causal,
+                           clean=clean, device=device)[0]
+
+
+def range_schedules(BH, T, tiles, *, keep=None, buckets=None, is_causal=True, clean=True, device=None):
+    """One range-mode :class:`Schedule` per (block_q, block_k, warps) in ``tiles``, sharing one token order (one
+    compaction or sort): the forward and the backward may run different tiles over the same slots."""
+    if buckets is None and keep is None:
+        dev = str(torch.device(device or "cpu"))
+        return tuple(_full_schedule(BH, T, bool(is_causal), bq, bk, w, bool(clean), dev) for bq, bk, w in tiles)
     if buckets is None:
-        if keep is None:
-            return _full_schedule(BH, T, bool(is_causal), block_q, block_k, warps, bool(clean),
-                                  str(torch.device(device or "cpu")))
-        return _compact_schedule(BH, T, keep, is_causal, block_q, block_k, warps, clean, keep.device)
-    return _composite_schedule(BH, T, keep=keep, buckets=buckets, is_causal=is_causal, block_q=block_q,
-                               block_k=block_k, warps=warps, clean=clean, device=device)
+        perm, n = _compact_order(BH, T, keep, keep.device)
+        return tuple(_compact_blocks(perm, n, T, is_causal, bq, bk, w, clean) for bq, bk, w in tiles)
+    order = _composite_order(BH, T, keep, buckets, device)
+    return tuple(_composite_blocks(order, T, is_causal, bq, bk, w, clean) for bq, bk, w in tiles)
 
 
 @functools.lru_cache(maxsize=32)
@@ -172,31 +180,38 @@ def _full_schedule(BH, T, is_causal, block_q, block_k, warps, clean, device):
 
 
 def _compact_schedule(BH, T, keep, is_causal, block_q, block_k, warps, clean, device):
-    """Range mode for keep alone (or nothing dropped, ``keep=None``): the kept tokens take slots 0 .. n - 1 in
-    order, so slot order is position order and every run is a closed form of n = count per row.
+    """Range mode for keep alone (or nothing dropped, ``keep=None``): see :func:`_compact_blocks`."""
+    return _compact_blocks(*_compact_order(BH, T, keep, device), T, is_causal, block_q, block_k, warps, clean)
+
+
+def _compact_order(BH, T, keep, device):
+    """(perm [BH, T] int64 slot -> position, n [BH, 1] int64 kept count): the kept tokens first in their order,
+    then the dropped ones; a cumsum and a scatter, no sort."""
+    if keep is None:
+        return (torch.arange(T, device=device, dtype=torch.int64).expand(BH, T),
+                torch.full((BH, 1), T, dtype=torch.int64, device=device))
+    seen = keep.long().cumsum(-1)
+    n = seen[:, -1:]
+    dest = torch.where(keep, seen - 1, n + torch.arange(T, device=device) - seen)  # the slot of each token
+    return torch.empty_like(dest).scatter_(-1, dest, torch.arange(T, device=device).expand(BH, T)), n
+
+
+def _compact_blocks(perm, n, T, is_causal, block_q, block_k, warps, clean):
+    """Range mode for keep alone: the kept tokens take slots 0 .. n - 1 in order, so slot order is position order
+    and every run is a closed form of n = count per row.
 
     Query block qb holds slots [qb Bq, min(qb Bq + Bq, n)), key block kb [kb Bk, min(kb Bk + Bk, n)). Causal:
     qb walks key blocks 0 .. (last slot) // Bk, kb is walked by query blocks (kb Bk) // Bq .. ceil(n / Bq) - 1;
     unmasked are the whole key blocks wholly at or before qb's first slot, floor((qb Bq + 1) / Bk) of them, and
     for kb the query blocks from ceil(((kb + 1) Bk - 1) / Bq) to the last whole one. Equal, field by field, to
-    :func:`_composite_schedule` with no buckets (the tests check it), with O(1) ops per field instead of
+    :func:`_composite_blocks` with no buckets (the tests check it), with O(1) ops per field instead of
     searches."""
+    BH, device = perm.shape[0], perm.device
     NQ, NK = -(-T // block_q), -(-T // block_k)
-    if keep is None:
-        n = torch.full((BH, 1), T, dtype=torch.int64, device=device)
-        perm = torch.arange(T, device=device, dtype=torch.int64).expand(BH, T)
-    else:
-        kept = keep.long()
-        seen = kept.cumsum(-1)
-        n = seen[:, -1:]
-        # kept tokens first in their order, then the dropped ones: slot of each token, inverted by a scatter
-        dest = torch.where(keep, seen - 1, n + torch.arange(T, device=device) - seen)
-        perm = torch.empty_like(dest).scatter_(-1, dest, torch.arange(T, device=device).expand(BH, T))
     qb = torch.arange(NQ, device=device)[None]  # [1, NQ]
     kb = torch.arange(NK, device=device)[None]
     q0, k0 = qb * block_q, kb * block_k  # first slots
     q_last = torch.minimum(q0 + block_q, n) - 1  # [BH, NQ] last valid slot (< first where empty)
-    k_last = torch.minimum(k0 + block_k, n) - 1
     q_some, k_some = q0 < n, k0 < n
     nq_some, nk_some = -(-n // block_q), -(-n // block_k)  # [BH, 1] non-empty blocks
     nq_whole, nk_whole = n // block_q, n // block_k
@@ -241,6 +256,13 @@ def _compact_schedule(BH, T, keep, is_causal, block_q, block_k, warps, clean, de
 def _composite_schedule(BH, T, *, keep=None, buckets=None, is_causal=True, block_q=64, block_k=64, warps=4,
                         clean=True, device=None):
     """Range mode by composites (any keep and buckets): sort, block statistics, two searches per run."""
+    return _composite_blocks(_composite_order(BH, T, keep, buckets, device), T, is_causal, block_q, block_k, warps,
+                             clean)
+
+
+def _composite_order(BH, T, keep, buckets, device):
+    """(perm_q, perm_k, sorted query composites, sorted key composites, count, query ids, key ids) of the slots:
+    tokens in increasing composite id * T + position (a dropped token BIG + position)."""
     pos = torch.arange(T, device=device, dtype=torch.int64).expand(BH, T)
     if buckets is not None:
         buckets = _dense_ids(*buckets)
@@ -257,6 +279,16 @@ def _composite_schedule(BH, T, *, keep=None, buckets=None, is_causal=True, block
     else:
         perm_q, cq_s = _order(cq, keep, sort)
     perm_k, ck_s = (perm_q, cq_s) if ck is cq else _order(ck, keep, sort)
+    count = (keep.sum(-1) if keep is not None else torch.full((BH,), T, device=device)).int()
+    bkt_q = buckets[0].gather(-1, perm_q).int().contiguous() if buckets is not None else None
+    bkt_k = buckets[1].gather(-1, perm_k).int().contiguous() if buckets is not None else None
+    return perm_q, perm_k, cq_s, ck_s, count, bkt_q, bkt_k
+
+
+def _composite_blocks(order, T, is_causal, block_q, block_k, warps, clean):
+    """The block statistics and runs of one tile over a :func:`_composite_order` (see the module docstring)."""
+    perm_q, perm_k, cq_s, ck_s, count, bkt_q, bkt_k = order
+    device = perm_q.device
     NQ, NK = -(-T // block_q), -(-T // block_k)
     qc_min, qc_max, q_pos_max, _ = _block_stats(cq_s, perm_q, block_q, NQ, T)
     kc_min, kc_max, _, k_pos_min = _block_stats(ck_s, perm_k, block_k, NK, T)
@@ -269,7 +301,6 @@ def _composite_schedule(BH, T, *, keep=None, buckets=None, is_causal=True, block
     else:
         fwd = _runs(qb_lo, torch.where(q_empty, 0, qc_max // T * T + T - 1), kc_max, kc_min, q_empty)
         bwd = _runs(torch.where(k_empty, 0, kc_min // T * T), kb_hi, qc_max, qc_min, k_empty)
-    count = (keep.sum(-1) if keep is not None else torch.full((BH,), T, device=device)).int()
     # tiles needing no mask: a one-bucket, wholly valid query block of bucket b meets every key with
     # b T <= c_k <= cq_min (causal; <= b T + T - 1 without) in full, and a key block every query with
     # ck_max <= c_q <= b T + T - 1 (without causality from b T)
@@ -284,8 +315,6 @@ def _composite_schedule(BH, T, *, keep=None, buckets=None, is_causal=True, block
     bwd_clean = _clean(kc_max if is_causal else k_bucket[0], k_bucket[1] + T - 1, qc_min, qc_max,
                        count // block_q, k_clean, *bwd)
     none = torch.zeros(1, dtype=torch.int32, device=device)
-    bkt_q = buckets[0].gather(-1, perm_q).int().contiguous() if buckets is not None else None
-    bkt_k = buckets[1].gather(-1, perm_k).int().contiguous() if buckets is not None else None
     return Schedule(block_q=block_q, block_k=block_k, n_q=NQ, n_k=NK, warps=warps, use_list=False,
                     pos_q=perm_q.int().contiguous(), pos_k=perm_k.int().contiguous(), bkt_q=bkt_q, bkt_k=bkt_k,
                     count=count.contiguous(), fwd_start=fwd[0], fwd_end=fwd[1], bwd_start=bwd[0], bwd_end=bwd[1],
@@ -297,36 +326,37 @@ def _composite_schedule(BH, T, *, keep=None, buckets=None, is_causal=True, block
 
 
 def _padded_lists(state):
-    """(start [1, NB], end [1, NB], blocks [NB * NB], full [NB * NB]) int32: row r's visited columns (state > 0)
-    in increasing order at blocks[r * NB : r * NB + count_r], the rest of its NB slots padding. A fixed-width
-    layout: its size comes from the shape, so building it reads nothing back to the host (a compact list would
-    need the number of visited pairs there first)."""
-    NB = state.shape[0]
+    """(start [1, R], end [1, R], blocks [R * C], full [R * C]) int32 of a state [R, C]: row r's visited columns
+    (state > 0) in increasing order at blocks[r * C : r * C + count_r], the rest of its C slots padding. A
+    fixed-width layout: its size comes from the shape, so building it reads nothing back to the host (a compact
+    list would need the number of visited pairs there first)."""
+    R, C = state.shape
     visit = state > 0
     count = visit.sum(1)
     seen = visit.long().cumsum(1)
-    dest = torch.where(visit, seen - 1, count[:, None] + torch.arange(NB, device=state.device) - seen)
-    cols = torch.arange(NB, device=state.device).expand(NB, NB)
-    blocks = torch.empty_like(cols).scatter_(1, dest, cols)
-    full = (state.gather(1, blocks) == 2) & (torch.arange(NB, device=state.device) < count[:, None])
-    start = torch.arange(NB, device=state.device) * NB
+    cols = torch.arange(C, device=state.device)
+    dest = torch.where(visit, seen - 1, count[:, None] + cols - seen)
+    blocks = torch.empty_like(seen).scatter_(1, dest, cols.expand(R, C))
+    full = (state.gather(1, blocks) == 2) & (cols < count[:, None])
+    start = torch.arange(R, device=state.device) * C
     return (start.int()[None].contiguous(), (start + count).int()[None].contiguous(), blocks.int().flatten(),
             full.int().flatten())
 
 
-def list_schedule(T, block, state, prims, warps=4, device=None):
-    """The list-mode :class:`Schedule` of a block-state matrix ``state`` [NB, NB] (0 skip, 1 needs the element
-    mask, 2 every pair allowed) and the pattern's primitive table ``prims`` [N, 3]: each query block walks its
-    visited key blocks, each key block (for dk, dv) the query blocks that visit it, in fixed-width lists built on
-    ``device`` without a host sync."""
-    NB = state.shape[0]
+def list_schedule(T, block, state, prims, warps=4, device=None, block_k=None):
+    """The list-mode :class:`Schedule` of a block-state matrix ``state`` [NQ, NK] (0 skip, 1 needs the element
+    mask, 2 every pair allowed) over query blocks of ``block`` and key blocks of ``block_k`` (default ``block``)
+    tokens, and the pattern's primitive table ``prims`` [N, 3]: each query block walks its visited key blocks,
+    each key block (for dk, dv) the query blocks that visit it, in fixed-width lists built on ``device``
+    without a host sync."""
+    NQ, NK = state.shape
     state = state.to(device)
     f_start, f_end, f_blocks, f_full = _padded_lists(state)
     b_start, b_end, b_blocks, b_full = _padded_lists(state.t().contiguous())
     pos = torch.arange(T, dtype=torch.int32, device=device)[None]
     none = torch.zeros(1, dtype=torch.int32, device=device)
-    return Schedule(block_q=block, block_k=block, n_q=NB, n_k=NB, warps=warps, use_list=True, pos_q=pos, pos_k=pos,
-                    bkt_q=None, bkt_k=None, count=torch.full((1,), T, dtype=torch.int32, device=device),
+    return Schedule(block_q=block, block_k=block_k or block, n_q=NQ, n_k=NK, warps=warps, use_list=True, pos_q=pos,
+                    pos_k=pos, bkt_q=None, bkt_k=None, count=torch.full((1,), T, dtype=torch.int32, device=device),
                     fwd_start=f_start, fwd_end=f_end, bwd_start=b_start, bwd_end=b_end, fwd_clean_lo=none,
                     fwd_clean_hi=none, bwd_clean_lo=none, bwd_clean_hi=none, fwd_blocks=f_blocks, fwd_full=f_full,
                     bwd_blocks=b_blocks, bwd_full=b_full, qmax=none, kmin=none, q_mixed=none, k_mixed=none,
