@@ -16,6 +16,11 @@ its rows so that the largest relative error over the cells is smallest (a linear
 
       ms = s0 + B·H·T² · (s1 + s2·D) · 1e-9
 
+* the window kernel of ``hybrid_attention`` (:func:`window_cost`): its tiles are counted from the kernel's
+  plan (the key blocks that meet the window), with MMA FLOPs, bytes and a floor at v15's ceilings; its
+  time ``c0 + c1 · TFLOPs`` is **uncalibrated** (:data:`WINDOW` is None, :data:`WINDOW_CALIBRATION` says
+  why) until :func:`fit_window` is given a run whose correctness check passed.
+
 Fit error (max over the cells, |predicted / measured - 1|): :data:`FIT_ERROR` — 0.28 for ours
 (32 cells of 7 rows: the d16 rows run slower per feature than the model says, d128 faster), 0.37 for
 SDPA (10 cells of 2 rows; d128 at 2K and 4K, launch-bound, pull against the rest; the fit puts s1 at 0,

@@ -498,6 +498,8 @@ def hybrid(f, found: list, dim: int, value_dim: int, radius: float, window: int,
         if ok:
             try:
                 delta, low, high = relative_range(coefficients, radius)
+                # f >= 0 (checked above), so f exp(-x) - 1 >= -1: the enclosure's slack below -1 is no information
+                low = max(low, -1.0)
             except SpecError as exc:
                 notes.append(f"{method} p={degree}: no relative error bound ({exc})")
             kappa = 0.0 if w >= T else (None if delta is None else output_bound(low, high))

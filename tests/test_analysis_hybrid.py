@@ -118,6 +118,14 @@ def test_the_worst_case_meets_the_bound_in_hybrid_attention():
     assert 0.99 * kappa <= err <= kappa
 
 
+def test_an_f_with_a_zero_on_the_range_keeps_only_the_convex_combination_bound():
+    # (1 + x)**2 vanishes at x = -1: the enclosure's slack below -1 must not break the bound (it is then 1)
+    h = _analyze("(1 + x)**2", 4, radius=1.0).hybrid
+    m = h.maps[0]
+    assert m.relative_range[0] == -1.0 and m.output_bound == 1.0
+    assert any("trivial one" in n for n in h.notes)
+
+
 def test_a_window_that_covers_T_is_exact():
     h = _analyze("exp(x)", T + 3, max_features=40).hybrid
     assert h.outside_tokens == 0 and h.exact.window == T and h.exact.pairs == T * (T + 1) // 2
