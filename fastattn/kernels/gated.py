@@ -10,7 +10,8 @@ materialised by torch, so torch's autograd carries dphi -> dq and dpsi -> dk; th
 gate (every exponent <= 0, so a strongly negative g cannot overflow):
 
 * ``_fwd_states``: one program per (F tile, DV tile, batch.head) walks the chunks and writes the
-  state before each, S_c = exp(b_last) S_{c-1} + sum_i exp(b_last - b_i) psi_i v_i^T (fp32), from S_0.
+  state before each, S_c = exp(b_last) S_{c-1} + sum_i exp(b_last - b_i) psi_i v_i^T (summed in fp32,
+  stored in the inputs' dtype, which the readers' dots take), from S_0.
 * ``_fwd_output``: one program per (DV tile, chunk, batch.head):
   o = exp(b) * (phi S_{c-1}) + (phi psi^T * exp(b_t - b_i), causal) v, summed over F tiles.
 * ``_bwd_dstates``: the reverse walk of dS_c = exp(b'_last) dS_{c+1} + (exp(b') phi)^T dO (chunk c+1),
@@ -25,7 +26,7 @@ phi_t . dphi_t = sum_i dA_ti A_ti, psi_i . dpsi_i = sum_t dA_ti A_ti; tests/test
 against torch autograd in float64.
 
 Memory traffic (forward, per batch.head): reads phi, psi (2 T F) and v (T DV) once per DV tile,
-writes and reads the chunk states (T/C) F DV in fp32, writes o (T DV).
+writes and reads the chunk states (T/C) F DV, writes o (T DV) in fp32.
 
 >>> import torch
 >>> from fastattn.kernels import polynomial
@@ -99,7 +100,7 @@ def _state_ptrs(ptr, i_bh, i_c, N, F, DV, o_f, o_v):
 def _fwd_states(psi_ptr, v_ptr, g_ptr, s0_ptr, h_ptr, sT_ptr, T, F, DV, N, HAS_S0: tl.constexpr,
                 STORE_FINAL: tl.constexpr, C: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
                 PRECISION: tl.constexpr):
-    """The state before every chunk, h [BH, N, F, DV] fp32, and after the last, sT [BH, F, DV].
+    """The state before every chunk, h [BH, N, F, DV] in the inputs' dtype, and after the last, sT [BH, F, DV] fp32.
 
     psi [BH, T, F], v [BH, T, DV] (one dtype), g [BH, T] fp32, s0 [BH, F, DV] fp32 (HAS_S0).
     """
@@ -113,7 +114,7 @@ def _fwd_states(psi_ptr, v_ptr, g_ptr, s0_ptr, h_ptr, sT_ptr, T, F, DV, N, HAS_S
         b_s = tl.zeros([BF, BV], dtype=tl.float32)
     for i_c in range(N):
         p_h, m_h = _state_ptrs(h_ptr, i_bh, i_c, N, F, DV, o_f, o_v)
-        tl.store(p_h, b_s, mask=m_h)
+        tl.store(p_h, b_s.to(h_ptr.dtype.element_ty), mask=m_h)
         b_psi = _tile(psi_ptr, i_bh, i_c, T, F, o_f, C)  # [C, BF]
         b_v = _tile(v_ptr, i_bh, i_c, T, DV, o_v, C)  # [C, BV]
         b_b, b_last = _chunk_gate(g_ptr, i_bh, i_c, T, C)
@@ -150,7 +151,8 @@ def _fwd_output(phi_ptr, psi_ptr, v_ptr, g_ptr, h_ptr, o_ptr, T, F, DV, N, C: tl
 @triton.jit
 def _bwd_dstates(phi_ptr, do_ptr, g_ptr, dsT_ptr, dh_ptr, ds0_ptr, T, F, DV, N, HAS_DST: tl.constexpr,
                  C: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr):
-    """dh [BH, N, F, DV] fp32: the gradient of the state after every chunk (what its keys feed), and dS_0.
+    """dh [BH, N, F, DV] (the inputs' dtype): the gradient of the state after every chunk (what its keys feed),
+    and dS_0 [BH, F, DV] fp32 (the walk itself sums in fp32).
 
     phi [BH, T, F], do [BH, T, DV] (one dtype), g [BH, T] fp32, dsT [BH, F, DV] fp32 (HAS_DST).
     """
@@ -165,7 +167,7 @@ def _bwd_dstates(phi_ptr, do_ptr, g_ptr, dsT_ptr, dh_ptr, ds0_ptr, T, F, DV, N, 
     for j in range(N):
         i_c = N - 1 - j
         p_h, m_h = _state_ptrs(dh_ptr, i_bh, i_c, N, F, DV, o_f, o_v)
-        tl.store(p_h, b_ds, mask=m_h)
+        tl.store(p_h, b_ds.to(dh_ptr.dtype.element_ty), mask=m_h)
         b_phi = _tile(phi_ptr, i_bh, i_c, T, F, o_f, C)  # [C, BF]
         b_do = _tile(do_ptr, i_bh, i_c, T, DV, o_v, C)  # [C, BV]
         b_b, b_last = _chunk_gate(g_ptr, i_bh, i_c, T, C)
@@ -289,7 +291,8 @@ def _gated_fwd(phi, psi, v, g, s0, want_final, p):
     N = _cdiv(T, p.chunk)
     common = dict(T=T, F=F, DV=DV, N=N, C=p.chunk, BF=p.block_f, BV=p.block_v, PRECISION=p.precision,
                   num_warps=p.num_warps)
-    h = _empty((BH, N, F, DV), phi.device, torch.float32)
+    # the chunk states in the inputs' dtype: every reader rounds them to it for its dot anyway
+    h = _empty((BH, N, F, DV), phi.device, phi.dtype)
     sT = _empty((BH, F, DV), phi.device, torch.float32) if want_final else h
     _fwd_states[(_cdiv(F, p.block_f), _cdiv(DV, p.block_v), BH)](
         psi_ptr=psi, v_ptr=v, g_ptr=g, s0_ptr=h if s0 is None else s0, h_ptr=h, sT_ptr=sT, HAS_S0=s0 is not None,
@@ -306,7 +309,7 @@ def _gated_bwd(phi, psi, v, g, h, do, dsT, p):
     NF = _cdiv(F, p.block_f)
     common = dict(T=T, F=F, DV=DV, N=N, C=p.chunk, BF=p.block_f, BV=p.block_v, PRECISION=p.precision,
                   num_warps=p.num_warps)
-    dh = _empty((BH, N, F, DV), phi.device, torch.float32)
+    dh = _empty((BH, N, F, DV), phi.device, phi.dtype)
     ds0 = _empty((BH, F, DV), phi.device, torch.float32)
     _bwd_dstates[(NF, _cdiv(DV, p.block_v), BH)](phi_ptr=phi, do_ptr=do, g_ptr=g, dsT_ptr=dh if dsT is None else dsT,
                                                  dh_ptr=dh, ds0_ptr=ds0, HAS_DST=dsT is not None, **common)
