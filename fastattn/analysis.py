@@ -511,9 +511,10 @@ def analyze(f, dim: int = 16, *, radius: float = 1.0, eps: float = 1e-3, degree:
         w >= 0: add the hybrid section (:attr:`Analysis.hybrid`, :func:`fastattn.recommend.hybrid`) for
         ``hybrid_attention(..., window=w)`` at T = ``seq_len``: the window kernel's tiles, FLOPs, bytes and
         floor, the outside sums' cost, and per map (the given polynomial, else each candidate) the certified
-        delta = sup |f(x) exp(-x) - 1| on |x| <= radius with the output bound kappa(delta) x range(v) against
-        softmax, from the certified range of f(x) exp(-x) - 1 (:func:`fastattn.recommend.output_bound` proves it). KernelError for a window that is not an
-        int >= 0 or a polynomial f negative somewhere on the reals (hybrid_attention's own check).
+        delta = sup |f(x) exp(-x) - 1| on |x| <= radius, an enclosure [lo, hi] of f(x) exp(-x) - 1 there, and
+        the output bound kappa(lo, hi) x range(v) against softmax (:func:`fastattn.recommend.output_bound`
+        proves it). KernelError for a window that is not an int >= 0 or a polynomial f negative somewhere on
+        the reals (hybrid_attention's own check).
 
     Examples
     --------
@@ -546,7 +547,7 @@ def analyze(f, dim: int = 16, *, radius: float = 1.0, eps: float = 1e-3, degree:
     eps = _pos_float(eps, "eps")
     value_dim = dim if value_dim is None else value_dim
     if window is not None:
-        recommend.check_hybrid(f, window)
+        recommend.check_hybrid(f, window, seq_len)
     clock = _Clock(budget)
     notes: list[str] = []
     steps = ["class", "certificate", "positivity", "definiteness", "feature map"]

@@ -392,22 +392,27 @@ def _kernel_poly(coefficients):
     return Polynomial.from_coefficients({j: sp.Rational(c) for j, c in enumerate(coefficients) if c != 0})
 
 
-def check_hybrid(f, window) -> None:
-    """Refuse what :func:`hybrid` cannot analyse, before any work: a window that is not an int >= 0, or a
-    polynomial f negative somewhere on the reals (hybrid_attention's check, :func:`fastattn.kernels.poly.nonnegative`).
+def check_hybrid(f, window, seq_len: int = 1) -> None:
+    """Refuse what :func:`hybrid` cannot analyse, before any work: a window that is not an int >= 0, a sequence
+    longer than :data:`fastattn.costmodel.MAX_WINDOW_SEQ_LEN`, or a polynomial f negative somewhere on the reals
+    (hybrid_attention's check, :func:`fastattn.kernels.poly.nonnegative`).
 
     >>> from fastattn import spec
-    >>> check_hybrid(spec("1 + x"), 4)
+    >>> check_hybrid(spec("1 + x"), 4, 8192)
     Traceback (most recent call last):
     ...
     fastattn.errors.KernelError: hybrid_attention adds f(s q.k) over the keys outside the window to one normaliser with the window's exp terms, so f must be >= 0 on the reals; f(x) = 1 + x is not (f changes sign at its real root x = -1 (multiplicity 1)): use an f >= 0 such as 1 + x + x**2/2 or (1 + x)**2
     """
+    from fastattn.costmodel import MAX_WINDOW_SEQ_LEN
     from fastattn.errors import KernelError
     from fastattn.kernels.poly import nonnegative
 
     if isinstance(window, bool) or not isinstance(window, int) or window < 0:
         raise KernelError(f"window={window!r} must be an int >= 0 (keys i - window < j <= i get exact softmax; "
                           "0 means none)")
+    if seq_len > MAX_WINDOW_SEQ_LEN:
+        raise KernelError(f"seq_len={seq_len:,} is above {MAX_WINDOW_SEQ_LEN:,}, the longest sequence whose window "
+                          "tiles the hybrid section counts; pass a shorter --seq-len")
     if f.is_polynomial:
         coefficients = f.coefficients(max(int(f.degree), 0))
         if not any(coefficients):
@@ -451,7 +456,7 @@ def hybrid(f, found: list, dim: int, value_dim: int, radius: float, window: int,
     from fastattn.kernels.poly import nonnegative
     from fastattn.transforms import X
 
-    check_hybrid(f, window)
+    check_hybrid(f, window, seq_len)
     T, w = seq_len, window
     exact = None if w == 0 else cm.window_cost(T, w, dim, value_dim)
     notes = []

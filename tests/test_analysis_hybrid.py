@@ -200,6 +200,11 @@ def test_bad_input_is_refused(f, window, needle):
         _analyze(f, window, max_features=40)
 
 
+def test_a_sequence_too_long_to_count_is_refused_before_the_analysis():
+    with pytest.raises(KernelError, match="the longest sequence"):
+        _analyze("exp(x)", 8, seq_len=cm.MAX_WINDOW_SEQ_LEN + 1)
+
+
 def test_the_refusal_of_a_sign_changing_f_is_hybrid_attentions():
     q, k, v = _inputs(1.0, seed=0)
     with pytest.raises(KernelError) as ours:
