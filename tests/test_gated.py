@@ -175,10 +175,18 @@ def test_minus_infinity_forgets_everything_before_it(triton_only):
     fresh = g[..., 30:].clone()
     fresh[..., 0] = 0.0  # the first token's gate decays an empty state
     after = fast_attention(q[..., 30:, :], k[..., 30:, :], v[..., 30:, :], F2, g=fresh)
-    got = fast_attention(q, k, v, F2, g=g)
+    xs = [x.clone().requires_grad_() for x in (q, k, v, g)]
+    got = fast_attention(*xs[:3], F2, g=xs[3])
     assert len(triton_only) == 2
     assert bool(torch.isfinite(got).all())
     assert_close("o after the reset", after, got[..., 30:, :], torch.float32)
+    # keys before the reset reach no later query: their gradient from every output is that from the outputs before it
+    early = torch.autograd.grad(got[..., :30, :].sum(), xs[1], retain_graph=True)[0]
+    got.sum().backward()
+    assert all(bool(torch.isfinite(x.grad).all()) for x in xs)
+    assert_close("dk before the reset", early[..., :30, :], xs[1].grad[..., :30, :], torch.float32)
+    # below the floor the gate has no effect left to move: no gradient
+    assert xs[3].grad[..., 30].item() == 0.0
 
 
 def test_gate_gradient_identity_against_autograd_in_float64():
