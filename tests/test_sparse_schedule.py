@@ -69,7 +69,7 @@ class _StubFlash:
 
     @staticmethod
     def apply(q, k, v, sched, sched_bwd, scale, is_causal):
-        _StubFlash.seen.append(sched)
+        _StubFlash.seen.append((sched, sched_bwd))
         return torch.zeros_like(v)
 
 
@@ -89,7 +89,7 @@ def test_the_guard_catches_host_reads(monkeypatch):
 def test_a_call_builds_its_schedule_without_host_reads(what, monkeypatch):
     B, H, T, D = 2, 3, 77, 16
     g = torch.Generator().manual_seed(1)
-    q, k, v = torch.randn(3, B, H, T, D, generator=g)
+    q, k, v = torch.randn(3, B, H, T, D, generator=g).requires_grad_().unbind(0)  # a backward may follow
     keep = torch.rand(B, H, T, generator=g) < 0.5
     keep[1, 2] = False  # a head with nothing kept
     ids = torch.randint(0, 4, (2, B, H, T), generator=g)
@@ -109,12 +109,16 @@ def test_a_call_builds_its_schedule_without_host_reads(what, monkeypatch):
                 o = sparse_attention(q, k, v, is_causal=causal, tuning={"block_q": 32, "block_k": 16,
                                                                          "fwd": (64, 32, 4)}, **kw)
             assert o.shape == (B, H, T, D)
-    assert len(_StubFlash.seen) == 2 and all(s.use_list == (what == "pattern") for s in _StubFlash.seen)
+    assert len(_StubFlash.seen) == 2
+    for fwd, bwd in _StubFlash.seen:
+        assert fwd.use_list == bwd.use_list == (what == "pattern")
+        assert (fwd.block_q, fwd.block_k, bwd.block_q, bwd.block_k) == ((32, 16, 16, 16) if what == "pattern"
+                                                                        else (64, 32, 32, 16))
     if what == "pattern":
         # a second call finds the plan and the lists in the cache
         plan = pattern.compile(T, block=32, block_k=16, is_causal=True)
         assert plan is pattern.compile(T, block=32, block_k=16, is_causal=True)
-        assert plan.schedule("cpu") is _StubFlash.seen[0]
+        assert plan.schedule("cpu") is _StubFlash.seen[0][0]
 
 
 def _random_pattern(rng):

@@ -128,6 +128,12 @@ def _check_restrictions(keep, buckets, shape, device):
                 raise KernelError(f"{name} must hold integer ids; got {x.dtype}")
 
 
+def _tilings(tiles, *inputs):
+    """The distinct tilings a call needs: the forward's, and the backward's when a gradient can flow."""
+    grad = torch.is_grad_enabled() and any(x.requires_grad for x in inputs)
+    return tuple(dict.fromkeys((tiles.fwd, tiles.bwd) if grad else (tiles.fwd,)))
+
+
 def _slots(x, perm):
     """[B, H, T, C] -> [BH, T, C] in schedule order (slot t holds token perm[bh, t])."""
     B, H, T, C = x.shape
@@ -177,8 +183,8 @@ def sparse_attention(query, key, value, *, keep=None, buckets=None, is_causal=Tr
         return naive.empty_output(query, key, value)
     tiles = plan_tiles(D, value.shape[-1], query.device, query.dtype, tuning)
     flat = lambda x: None if x is None else x.reshape(B * H, T)  # noqa: E731
-    # one token order, tiled twice when the forward's tiles differ from the backward's
-    scheds = range_schedules(B * H, T, tuple(dict.fromkeys((tiles.fwd, tiles.bwd))), keep=flat(keep),
+    # one token order, tiled twice when the forward's tiles differ from the backward's and a backward may run
+    scheds = range_schedules(B * H, T, _tilings(tiles, query, key, value), keep=flat(keep),
                              buckets=None if buckets is None else tuple(map(flat, buckets)), is_causal=is_causal,
                              clean=tiles.clean, device=query.device)
     sched = scheds[0]
@@ -215,9 +221,9 @@ def pattern_attention(query, key, value, pattern, *, is_causal=True, scale=None,
     if T == 0:
         return naive.empty_output(query, key, value)
     tiles = plan_tiles(D, value.shape[-1], query.device, query.dtype, tuning)
-    fwd, bwd = ((pattern.compile(T, block=bq, block_k=bk, is_causal=bool(is_causal), device=query.device)
-                 .schedule(query.device, warps=w)) for bq, bk, w in (tiles.fwd, tiles.bwd))
-    o = SparseFlash.apply(_slots(query, None), _slots(key, None), _slots(value, None), fwd, bwd,
+    scheds = [pattern.compile(T, block=bq, block_k=bk, is_causal=bool(is_causal), device=query.device)
+              .schedule(query.device, warps=w) for bq, bk, w in _tilings(tiles, query, key, value)]
+    o = SparseFlash.apply(_slots(query, None), _slots(key, None), _slots(value, None), scheds[0], scheds[-1],
                           default_scale(D, scale), bool(is_causal))
     return o.reshape(B, H, T, -1)
 
