@@ -1,8 +1,9 @@
 """Schedules for the sparse flash kernels: the token order they run in and the blocks each block visits.
 
-A :class:`Schedule` is a record of int32 index tensors, built in torch once per call (range mode:
-O(T log T) per (b, h) for the sort, O(T / block) block statistics and searches) or once per pattern
-(list mode, see :mod:`fastattn.patterns`). The kernels in :mod:`.flash` read nothing else.
+A :class:`Schedule` is a record of int32 index tensors, built in torch on the inputs' device once per call
+(range mode: O(T log T) per (b, h) for the sort, O(T / block) block statistics and searches; keep alone, a
+cumsum and closed forms) or once per pattern (list mode, see :mod:`fastattn.patterns`), with sizes from the
+shapes only: no value is read back to the host. The kernels in :mod:`.flash` read nothing else.
 
 Range mode. Each token gets a composite key c = id * T + position (id = its bucket, 0 without buckets);
 a dropped token gets c = BIG + position. Tokens run in increasing c (keep alone: a cumsum compaction,
@@ -43,7 +44,8 @@ class Schedule:
     bwd_start, bwd_end : int32 [BH, n_k] the entries each key block walks (dk, dv).
     fwd_clean_lo, fwd_clean_hi, bwd_clean_lo, bwd_clean_hi : int32 range mode's sub-run of each block's run
         whose tiles have every pair allowed (the kernels skip the element mask there).
-    fwd_blocks, fwd_full, bwd_blocks, bwd_full : int32 [nnz] list mode's block ids and "no element mask" flags.
+    fwd_blocks, fwd_full, bwd_blocks, bwd_full : int32 [n_q * n_k] list mode's block ids and "no element mask"
+        flags, one fixed-width row per block (entries start .. end - 1 of it hold the visited ones).
     qmax, kmin : int32 [BH, n_q], [BH, n_k] range mode's per-block largest query / smallest key position.
     q_mixed, k_mixed : int32 [BH, n_q], [BH, n_k] range mode's 1 where a block holds several buckets (only such
         blocks test qmax / kmin: a one-bucket block's run holds no block wholly after it).
