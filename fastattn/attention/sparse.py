@@ -15,6 +15,7 @@ torch.Size([1, 2, 16, 8])
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -228,11 +229,20 @@ def pattern_attention(query, key, value, pattern, *, is_causal=True, scale=None,
     return o.reshape(B, H, T, -1)
 
 
+@functools.lru_cache(maxsize=32)
+def _rotation(seed, H, D, n, device):
+    # drawn on the CPU (the same ids on every device), moved once: a copy from the host per call would wait
+    # for the GPU to drain its queue
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(H, D, n, generator=g, dtype=torch.float32).to(device)
+
+
 def lsh_buckets(query, key, n_buckets, *, seed):
     """Reformer-style angular LSH: ids argmax([xR, -xR]) with one random rotation R [D, n_buckets / 2] per head.
 
     Queries and keys share R, so a query and a key pointing the same way tend to share a bucket. The same
-    ``seed`` gives the same R (drawn on the CPU, then moved), hence the same ids on any device.
+    ``seed`` gives the same R (drawn on the CPU, then moved, once per (seed, shape, device): cached), hence the
+    same ids on any device.
 
     Parameters
     ----------
@@ -264,8 +274,7 @@ def lsh_buckets(query, key, n_buckets, *, seed):
     if n_buckets == 1:
         return (torch.zeros(query.shape[:3], dtype=torch.long, device=query.device),
                 torch.zeros(key.shape[:3], dtype=torch.long, device=key.device))
-    g = torch.Generator().manual_seed(seed)
-    R = torch.randn(H, D, n_buckets // 2, generator=g, dtype=torch.float32).to(query.device)
+    R = _rotation(seed, H, D, n_buckets // 2, str(query.device))
 
     def ids(x):
         r = torch.einsum("bhtd,hdn->bhtn", x.float(), R)

@@ -9,6 +9,7 @@ The public functions are :func:`fastattn.attention.sparse_attention` and
 """
 
 from fastattn.kernels.sparse.naive import allowed_pairs, gradient_terms, masked_attention
-from fastattn.kernels.sparse.schedule import Schedule, list_schedule, range_schedule
+from fastattn.kernels.sparse.schedule import Schedule, list_schedule, range_schedule, range_schedules
 
-__all__ = ["allowed_pairs", "masked_attention", "gradient_terms", "Schedule", "range_schedule", "list_schedule"]
+__all__ = ["allowed_pairs", "masked_attention", "gradient_terms", "Schedule", "range_schedule", "range_schedules",
+           "list_schedule"]
