@@ -26,11 +26,15 @@ FUSED = {"_segment_state_kernel", "_segment_scan_kernel", "_fused_fwd_kernel", "
     ("1 + x + x**2/2", 16, 64, 2048, None, FUSED, "bf16"),
     # fp32 operands double the fused tiles: the plan must still fit shared memory
     ("1 + x + x**2/2", 16, 64, 2048, None, FUSED, "fp32"),
+    # a small v tile with a 256-feature table: chunk 64 asked 458,752 B in fp32 and read out of bounds in bf16
+    ("1 + x + x**2/2", 16, 16, 2048, None, FUSED, "fp32"),
+    ("1 + x + x**2/2", 16, 1, 2048, None, FUSED, "bf16"),
     ("1 + x + x**2/2", 16, 64, 4096, '{"fused": false}',
      {"_intra_fwd_kernel", "_segment_state_kernel", "_segment_scan_kernel", "_inter_fwd_kernel", "_finalize_kernel",
       "_bwd_prep_kernel", "_intra_bwd_kernel", "_segment_state_kernel[SCALE_Y]", "_segment_scan_kernel[REVERSE]",
       "_inter_bwd_kernel[PASS=0]", "_inter_bwd_kernel[PASS=1]"}, "bf16"),
-], ids=["fused-x-d64", "fused-based", "fused-based-fp32", "kron-based"])
+], ids=["fused-x-d64", "fused-based", "fused-based-fp32", "fused-based-v16-fp32", "fused-based-v1",
+     "kron-based"])
 def test_every_kernel_compiles_for_sm90(spec, D, DV, T, tuning, kernels, dtype):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     args = [sys.executable, "-m", "fastattn.kernels.aot", spec, "--dtype", dtype, "--head-dim", str(D),
