@@ -6,9 +6,10 @@ bf16, B2 H16 d64, causal, T 8192 and 16384 by default. Rows:
 * ``sdpa``: ``scaled_dot_product_attention(is_causal=True)``; its backend is named from the profiler
   (:func:`fastattn.bench.timing.sdpa_backend`, the label the other benchmarks print);
 * ``keep p%``: :func:`sparse_attention` with a random p % of the tokens kept (25, 50, 75);
+* ``hash/n``: :func:`sparse_attention` with :func:`lsh_buckets` ids (n = 4; hashed outside the timings);
 * ``local+strided``: :func:`pattern_attention` with ``local(256) | strided(1024)``.
 
-Columns: ``pairs`` the share of the causal pairs computed; ``sched`` the schedule build alone (keep: per call,
+Columns: ``pairs`` the share of the causal pairs computed (hash: on head (0, 0)); ``sched`` the schedule build alone (keep: per call,
 as :func:`range_schedule` runs inside every call; pattern: the cached lookup a call pays, and in brackets the
 first, uncached build); ``fwd`` and ``fwd+bwd`` whole calls, schedule included (``triton.testing.do_bench``
 medians); ``graph`` fwd+bwd replayed from a CUDA graph (a call that read anything back to the host could not
@@ -29,7 +30,7 @@ import time
 
 import torch
 
-from fastattn.attention import pattern_attention, sparse_attention
+from fastattn.attention import lsh_buckets, pattern_attention, sparse_attention
 from fastattn.attention.sparse import plan_tiles
 from fastattn.bench.timing import median_ms, sdpa_backend, sdpa_kernel_name, time_graph
 from fastattn.kernels.checks import errors
@@ -58,6 +59,13 @@ def parse_tiles(text, fwd_text):
     if fwd_text != "default":
         tuning["fwd"] = tile(fwd_text, "--fwd-tiles")
     return tuning or None
+
+
+def bucket_share(qid, kid, causal):
+    """Share of the causal pairs (j <= i) with equal ids, on one head ([T] ids), without a T x T mask."""
+    n = int(torch.maximum(qid.max(), kid.max())) + 1
+    seen = torch.nn.functional.one_hot(kid, n).cumsum(0)  # [T, n] keys of each id at positions <= i
+    return float(seen.gather(1, qid[:, None]).double().sum() / causal)
 
 
 def sync_ms(fn, dev):
@@ -118,6 +126,16 @@ def run(args):
                           lambda flat=flat: range_schedules(flat.shape[0], T, both, keep=flat, clean=tiles.clean,
                                                             device=dev),
                           None, allowed_pairs(T, keep=keep[0:1, 0:1])))
+        for nb in args.buckets:
+            # hashed once, outside the timings: the rows time the attention with its schedule
+            ids = lsh_buckets(q.detach(), k.detach(), nb, seed=0)
+            flat = tuple(x.reshape(-1, T) for x in ids)
+            head = tuple(x[0:1, 0:1] for x in ids)
+            cases.append((f"hash/{nb}", lambda q, k, v, ids=ids: sparse_attention(q, k, v, buckets=ids, tuning=tuning),
+                          bucket_share(head[0][0, 0], head[1][0, 0], causal),
+                          lambda flat=flat: range_schedules(flat[0].shape[0], T, both, buckets=flat,
+                                                            clean=tiles.clean, device=dev),
+                          None, allowed_pairs(T, buckets=head)))
         if args.pattern:
             def build():
                 return [PATTERN.compile(T, block=bq, block_k=bk, device=dev).schedule(dev, warps=w)
@@ -184,6 +202,7 @@ def main(argv=None):
     ap.add_argument("--H", type=int, default=16)
     ap.add_argument("--D", type=int, default=64)
     ap.add_argument("--keep", type=int, nargs="*", default=[25, 50, 75], help="percent of tokens kept")
+    ap.add_argument("--buckets", type=int, nargs="*", default=[4], help="LSH bucket counts (hash rows)")
     ap.add_argument("--no-pattern", dest="pattern", action="store_false", help="leave out the local+strided row")
     ap.add_argument("--no-graphs", dest="graphs", action="store_false", help="leave out the CUDA-graph column")
     ap.add_argument("--tiles", default="default", help="BLOCK_QxBLOCK_KxWARPS of every launch of ours (e.g. 64x64x4)")
