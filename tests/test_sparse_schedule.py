@@ -25,7 +25,8 @@ from fastattn.attention.sparse import SparseTiles, plan_tiles
 from fastattn.errors import KernelError
 from fastattn.kernels.checks import assert_close
 from fastattn.kernels.sparse import allowed_pairs, gradient_terms, masked_attention
-from fastattn.kernels.sparse.schedule import _compact_schedule, _composite_schedule, _padded_lists
+from fastattn.kernels.sparse.schedule import (_compact_schedule, _composite_schedule, _padded_lists, range_schedule,
+                                              range_schedules)
 from fastattn.patterns import (_block_states, _compile, _schedule, _states_by_pairs, blocked, dilated, global_tokens,
                                local, strided)
 
@@ -176,6 +177,23 @@ def test_compact_keep_schedule_equals_the_composite_one():
                     assert x.dtype == y.dtype and torch.equal(x, y), case
                 else:
                     assert x == y, case
+
+
+def test_tilings_of_one_order_equal_their_own_schedules():
+    # range_schedules sorts or compacts once and shares block statistics between tilings: each tiling must
+    # equal the schedule built for it alone
+    g = torch.Generator().manual_seed(4)
+    tiles = ((64, 16, 8), (16, 16, 4), (16, 32, 4))
+    for T, causal in ((37, True), (130, False)):
+        keep = torch.rand(2, T, generator=g) < 0.6
+        ids = tuple(torch.randint(-2, 3, (2, 2, T), generator=g))
+        for kw in (dict(keep=keep), dict(buckets=ids), dict(keep=keep, buckets=ids), {}):
+            for (bq, bk, w), got in zip(tiles, range_schedules(2, T, tiles, is_causal=causal, **kw)):
+                ref = range_schedule(2, T, is_causal=causal, block_q=bq, block_k=bk, warps=w, **kw)
+                assert torch.equal(got.pos_q, ref.pos_q) and got.block_q == bq and got.warps == w
+                for f in fields(got):
+                    x, y = getattr(got, f.name), getattr(ref, f.name)
+                    assert torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y, (T, list(kw), f.name)
 
 
 def test_plan_tiles_routes_16_bit_forwards_to_128_by_64():

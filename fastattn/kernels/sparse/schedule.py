@@ -172,7 +172,8 @@ def range_schedules(BH, T, tiles, *, keep=None, buckets=None, is_causal=True, cl
         perm, n = _compact_order(BH, T, keep, keep.device)
         return tuple(_compact_blocks(perm, n, T, is_causal, bq, bk, w, clean) for bq, bk, w in tiles)
     order = _composite_order(BH, T, keep, buckets, device)
-    return tuple(_composite_blocks(order, T, is_causal, bq, bk, w, clean) for bq, bk, w in tiles)
+    stats = {}  # block statistics per (side, block size), shared by tilings that agree on a side
+    return tuple(_composite_blocks(order, T, is_causal, bq, bk, w, clean, stats) for bq, bk, w in tiles)
 
 
 @functools.lru_cache(maxsize=32)
@@ -287,13 +288,19 @@ def _composite_order(BH, T, keep, buckets, device):
     return perm_q, perm_k, cq_s, ck_s, count, bkt_q, bkt_k
 
 
-def _composite_blocks(order, T, is_causal, block_q, block_k, warps, clean):
-    """The block statistics and runs of one tile over a :func:`_composite_order` (see the module docstring)."""
+def _composite_blocks(order, T, is_causal, block_q, block_k, warps, clean, stats=None):
+    """The block statistics and runs of one tile over a :func:`_composite_order` (see the module docstring);
+    ``stats`` (a dict) keeps each side's block statistics for the next tiling."""
     perm_q, perm_k, cq_s, ck_s, count, bkt_q, bkt_k = order
     device = perm_q.device
     NQ, NK = -(-T // block_q), -(-T // block_k)
-    qc_min, qc_max, q_pos_max, _ = _block_stats(cq_s, perm_q, block_q, NQ, T)
-    kc_min, kc_max, _, k_pos_min = _block_stats(ck_s, perm_k, block_k, NK, T)
+    stats = {} if stats is None else stats
+    if ("q", block_q) not in stats:
+        stats["q", block_q] = _block_stats(cq_s, perm_q, block_q, NQ, T)
+    if ("k", block_k) not in stats:
+        stats["k", block_k] = _block_stats(ck_s, perm_k, block_k, NK, T)
+    qc_min, qc_max, q_pos_max, _ = stats["q", block_q]
+    kc_min, kc_max, _, k_pos_min = stats["k", block_k]
     q_empty, k_empty = qc_min >= BIG, kc_min >= BIG
     qb_lo = torch.where(q_empty, 0, qc_min // T * T)
     kb_hi = torch.where(k_empty, 0, kc_max // T * T + T - 1)
