@@ -211,14 +211,15 @@ def _compact_blocks(perm, n, T, is_causal, block_q, block_k, warps, clean):
     searches."""
     BH, device = perm.shape[0], perm.device
     NQ, NK = -(-T // block_q), -(-T // block_k)
-    qb = torch.arange(NQ, device=device)[None]  # [1, NQ]
-    kb = torch.arange(NK, device=device)[None]
-    q0, k0 = qb * block_q, kb * block_k  # first slots
+    # int32 throughout (the kernels' type): no conversions at the end
+    n = n.int()
+    q0 = torch.arange(0, NQ * block_q, block_q, device=device, dtype=torch.int32)[None]  # [1, NQ] first slots
+    k0 = torch.arange(0, NK * block_k, block_k, device=device, dtype=torch.int32)[None]
     q_last = torch.minimum(q0 + block_q, n) - 1  # [BH, NQ] last valid slot (< first where empty)
     q_some, k_some = q0 < n, k0 < n
-    nq_some, nk_some = -(-n // block_q), -(-n // block_k)  # [BH, 1] non-empty blocks
+    nq_some, nk_some = (n + block_q - 1) // block_q, (n + block_k - 1) // block_k  # [BH, 1] non-empty blocks
     nq_whole, nk_whole = n // block_q, n // block_k
-    zero = torch.zeros((), dtype=torch.int64, device=device)
+    zero = torch.zeros((), dtype=torch.int32, device=device)
     if is_causal:
         f_end = torch.where(q_some, q_last // block_k + 1, zero)
         b_start = torch.where(k_some, k0 // block_q, zero)
@@ -231,26 +232,24 @@ def _compact_blocks(perm, n, T, is_causal, block_q, block_k, warps, clean):
     k_clean = (k0 + block_k <= n) & clean
     if is_causal:
         fc_lo, fc_hi = zero, torch.minimum((q0 + 1) // block_k, nk_whole)
-        bc_lo, bc_hi = -(-(k0 + block_k - 1) // block_q), nq_whole
+        bc_lo, bc_hi = (k0 + block_k + block_q - 2) // block_q, nq_whole
     else:
         fc_lo, fc_hi, bc_lo, bc_hi = zero, nk_whole, zero, nq_whole
     fc_lo = torch.maximum(torch.minimum(fc_lo, f_end), f_start)
     fc_hi = torch.maximum(torch.minimum(fc_hi, f_end), fc_lo)
     bc_lo = torch.maximum(torch.minimum(bc_lo, b_end), b_start)
     bc_hi = torch.maximum(torch.minimum(bc_hi, b_end), bc_lo)
-    qmax = torch.where(q_some, perm.gather(-1, q_last.clamp(0, T - 1).expand(BH, NQ)), -1)
-    kmin = torch.where(k_some, perm.gather(-1, k0.clamp(max=T - 1).expand(BH, NK)), T)
-    i32 = lambda x: x.int().contiguous()  # noqa: E731
+    pos = perm.int().contiguous()
+    qmax = torch.where(q_some, pos.gather(-1, q_last.clamp(0, T - 1).long()), -1)
+    kmin = torch.where(k_some, pos.gather(-1, k0.clamp(max=T - 1).long().expand(BH, NK)), T)
+    c = lambda x: x.contiguous()  # noqa: E731
     none = torch.zeros(1, dtype=torch.int32, device=device)
-    pos = i32(perm)
     return Schedule(block_q=block_q, block_k=block_k, n_q=NQ, n_k=NK, warps=warps, use_list=False, pos_q=pos,
-                    pos_k=pos, bkt_q=None, bkt_k=None, count=i32(n[:, 0]), fwd_start=i32(f_start),
-                    fwd_end=i32(f_end), bwd_start=i32(b_start), bwd_end=i32(b_end),
-                    fwd_clean_lo=i32(torch.where(q_clean, fc_lo, f_end)),
-                    fwd_clean_hi=i32(torch.where(q_clean, fc_hi, f_end)),
-                    bwd_clean_lo=i32(torch.where(k_clean, bc_lo, b_end)),
-                    bwd_clean_hi=i32(torch.where(k_clean, bc_hi, b_end)), fwd_blocks=none, fwd_full=none,
-                    bwd_blocks=none, bwd_full=none, qmax=i32(qmax), kmin=i32(kmin),
+                    pos_k=pos, bkt_q=None, bkt_k=None, count=c(n[:, 0]), fwd_start=c(f_start), fwd_end=f_end,
+                    bwd_start=c(b_start), bwd_end=b_end, fwd_clean_lo=torch.where(q_clean, fc_lo, f_end),
+                    fwd_clean_hi=torch.where(q_clean, fc_hi, f_end), bwd_clean_lo=torch.where(k_clean, bc_lo, b_end),
+                    bwd_clean_hi=torch.where(k_clean, bc_hi, b_end), fwd_blocks=none, fwd_full=none,
+                    bwd_blocks=none, bwd_full=none, qmax=qmax, kmin=kmin,
                     q_mixed=torch.zeros(BH, NQ, dtype=torch.int32, device=device),
                     k_mixed=torch.zeros(BH, NK, dtype=torch.int32, device=device), prims=none, perm_q=perm,
                     perm_k=perm)
