@@ -56,6 +56,11 @@ class Pattern:
     def params(self) -> tuple[int, int]:
         raise NotImplementedError
 
+    def by_offset(self, ad):
+        """Bool tensor like ``ad``: the pairs allowed at |i - j| = ad, for a primitive that depends on the offset
+        alone; None for the others (blocked sizes above 1, global tokens)."""
+        return None
+
     def allows(self, i, j):
         """Bool tensor: does the pattern allow query positions ``i`` with key positions ``j`` (broadcast)?"""
         out = None
@@ -106,7 +111,10 @@ class Local(Pattern):
         return self.window, 1
 
     def _allows(self, i, j):
-        return (i - j).abs() < self.window
+        return self.by_offset((i - j).abs())
+
+    def by_offset(self, ad):
+        return ad < self.window
 
 
 @dataclass(frozen=True)
@@ -119,8 +127,10 @@ class Dilated(Pattern):
         return self.window, self.dilation
 
     def _allows(self, i, j):
-        d = (i - j).abs()
-        return (d < self.window * self.dilation) & (d % self.dilation == 0)
+        return self.by_offset((i - j).abs())
+
+    def by_offset(self, ad):
+        return (ad < self.window * self.dilation) & (ad % self.dilation == 0)
 
 
 @dataclass(frozen=True)
@@ -132,7 +142,10 @@ class Strided(Pattern):
         return self.stride, 1
 
     def _allows(self, i, j):
-        return (i - j).abs() % self.stride == 0
+        return self.by_offset((i - j).abs())
+
+    def by_offset(self, ad):
+        return ad % self.stride == 0
 
 
 @dataclass(frozen=True)
@@ -145,6 +158,10 @@ class Blocked(Pattern):
 
     def _allows(self, i, j):
         return i // self.block == j // self.block
+
+    def by_offset(self, ad):
+        # blocks of one token are the diagonal; larger ones depend on where the pair sits
+        return ad == 0 if self.block == 1 else None
 
 
 @dataclass(frozen=True)
@@ -255,20 +272,15 @@ def _states_by_pairs(pattern, T, block, is_causal, device="cpu", block_k=None):
 
 
 def _diagonal_hits(parts, T, is_causal, device):
-    """(prefix [2T] int64, any): prefix[e] = how many offsets d = i - j in [-(T-1), -(T-1) + e) the union of
-    the primitives that depend on d alone (local, dilated, strided, blocked(1)) allows, causality included."""
+    """prefix [2T] int64: prefix[e] = how many offsets d = i - j in [-(T-1), -(T-1) + e) the union of the
+    primitives that depend on d alone (local, dilated, strided, blocked(1)) allows, causality included."""
     d = torch.arange(-(T - 1), T, device=device)
     ad = d.abs()
     hit = torch.zeros_like(d, dtype=torch.bool)
     for p in parts:
-        if isinstance(p, Local):
-            hit |= ad < p.window
-        elif isinstance(p, Dilated):
-            hit |= (ad % p.dilation == 0) & (ad < p.window * p.dilation)
-        elif isinstance(p, Strided):
-            hit |= ad % p.stride == 0
-        elif isinstance(p, Blocked) and p.block == 1:
-            hit |= ad == 0
+        h = p.by_offset(ad)
+        if h is not None:
+            hit |= h
     if is_causal:
         hit &= d >= 0
     prefix = torch.zeros(2 * T, dtype=torch.int64, device=device)
