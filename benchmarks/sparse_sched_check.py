@@ -9,16 +9,16 @@ bf16, B2 H16 d64, causal, T 8192 and 16384 by default. Rows:
 * ``hash/n``: :func:`sparse_attention` with :func:`lsh_buckets` ids (n = 4; hashed outside the timings);
 * ``local+strided``: :func:`pattern_attention` with ``local(256) | strided(1024)``.
 
-Columns: ``pairs`` the share of the causal pairs computed (hash: on head (0, 0)); ``sched`` the schedule build alone (keep: per call,
-as :func:`range_schedule` runs inside every call; pattern: the cached lookup a call pays, and in brackets the
-first, uncached build); ``fwd`` and ``fwd+bwd`` whole calls, schedule included (``triton.testing.do_bench``
-medians); ``graph`` fwd+bwd replayed from a CUDA graph (a call that read anything back to the host could not
+Columns: ``pairs`` the share of the causal pairs computed (hash: on head (0, 0)); ``sched`` the schedule build
+alone (keep, hash: per call, as :func:`range_schedules` runs inside every call, both tilings; pattern: the
+cached lookup a call pays, and in brackets the first, uncached build); ``fwd`` and ``fwd+bwd`` whole calls,
+schedule included (``triton.testing.do_bench`` medians); ``graph`` fwd+bwd replayed from a CUDA graph (a call that read anything back to the host could not
 be captured: "-" says so); o, dq, dk, dv rel-RMS against the float64 masked reference on head (0, 0), with the
 upstream gradient of every head random. Exit status 0 when every check passes (rel-RMS < 2e-2, all finite).
 
     python benchmarks/sparse_sched_check.py
-    python benchmarks/sparse_sched_check.py --T 8192 --tiles 64x64x4      # every launch at 64 x 64 (no 128 x 64 forward)
-    python benchmarks/sparse_sched_check.py --fwd-tiles 128x128x8          # another forward tile
+    python benchmarks/sparse_sched_check.py --T 8192 --tiles 64x64x4   # every launch 64 x 64 (no 128 x 64 forward)
+    python benchmarks/sparse_sched_check.py --fwd-tiles 128x128x8       # another forward tile
 """
 
 from __future__ import annotations
@@ -180,9 +180,9 @@ def ok(r):
 
 def table(res):
     t = res["tiles"]
-    lines = [f"sparse schedules on the device: {res['device']}, {res['dtype']}, B{res['B']} H{res['H']} d{res['D']}, causal, "
-             f"tiles fwd {'x'.join(map(str, t.fwd))} bwd {'x'.join(map(str, t.bwd))}, pattern {PATTERN_NAME}; SDPA backend: "
-             + ", ".join(f"{T}: {b}" for T, b in res["backends"].items()), "",
+    lines = [f"sparse schedules on the device: {res['device']}, {res['dtype']}, B{res['B']} H{res['H']} d{res['D']}, "
+             f"causal, tiles fwd {'x'.join(map(str, t.fwd))} bwd {'x'.join(map(str, t.bwd))}, pattern {PATTERN_NAME}; "
+             "SDPA backend: " + ", ".join(f"{T}: {b}" for T, b in res["backends"].items()), "",
              "| T | method | pairs | sched ms | fwd ms | fwd+bwd ms | graph fwd+bwd ms | fwd+bwd vs SDPA | "
              "o / dq / dk / dv rel-RMS | ok |", "|---|---|---|---|---|---|---|---|---|---|"]
     sdpa = {r["T"]: r["fwd_bwd_ms"] for r in res["rows"] if r["method"] == "sdpa"}

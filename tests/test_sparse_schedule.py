@@ -246,13 +246,14 @@ def test_forward_at_128_by_64_matches_the_dense_reference(what, T, causal, dtype
 
 
 # (restriction, T, causal, (block_q, block_k)): random data with a head that keeps nothing
-KERNEL_ROWS = [("keep", 50, False, (16, 32)), ("keep+buckets", 45, True, (32, 16)), ("pattern", 45, False, (16, 16)),
-               ("pattern", 70, True, (32, 32))]
+# (the 128 x 64 rows above run the causal ones)
+KERNEL_ROWS = [("keep", 50, False, (16, 32)), ("pattern", 45, False, (16, 16))]
 
 
 @pytest.mark.usefixtures("kernel_env")
 @pytest.mark.parametrize("what,T,causal,tiles", KERNEL_ROWS,
-                         ids=[f"{r[0]}-T{r[1]}-{'causal' if r[2] else 'full'}-{r[3][0]}x{r[3][1]}" for r in KERNEL_ROWS])
+                         ids=[f"{r[0]}-T{r[1]}-{'causal' if r[2] else 'full'}-{r[3][0]}x{r[3][1]}"
+                              for r in KERNEL_ROWS])
 def test_random_rows_match_the_dense_reference(what, T, causal, tiles):
     g = torch.Generator().manual_seed(T)
     rng = random.Random(T)
