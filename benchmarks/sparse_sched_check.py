@@ -5,6 +5,8 @@ bf16, B2 H16 d64, causal, T 8192 and 16384 by default. Rows:
 
 * ``sdpa``: ``scaled_dot_product_attention(is_causal=True)``; its backend is named from the profiler
   (:func:`fastattn.bench.timing.sdpa_backend`, the label the other benchmarks print);
+* ``dense``: :func:`sparse_attention` with nothing dropped (SDPA's pairs; the schedule is cached, so this
+  row is the kernels alone);
 * ``keep p%``: :func:`sparse_attention` with a random p % of the tokens kept (25, 50, 75);
 * ``hash/n``: :func:`sparse_attention` with :func:`lsh_buckets` ids (n = 4; hashed outside the timings);
 * ``local+strided``: :func:`pattern_attention` with ``local(256) | strided(1024)``.
@@ -117,6 +119,10 @@ def run(args):
                        else sdpa_kernel_name(q.detach(), k.detach(), v.detach()) or "-")
         cases = [("sdpa", lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True),
                   1.0, None, None, None)]
+        # nothing dropped: the same pairs as SDPA, its schedule cached per shape, so the row times the kernels
+        cases.append(("dense", lambda q, k, v: sparse_attention(q, k, v, tuning=tuning), 1.0,
+                      lambda: range_schedules(args.B * args.H, T, both, clean=tiles.clean, device=dev), None,
+                      allowed_pairs(T, device=dev)))
         for p in args.keep:
             keep = torch.rand(args.B, args.H, T, generator=g).to(dev) < p / 100
             n = keep.sum(-1).double()
