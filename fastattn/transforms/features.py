@@ -21,12 +21,15 @@ import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from numbers import Real
 
 import sympy as sp
 import torch
+from mpmath import iv
 
 from fastattn.errors import FeatureMapError
+from fastattn.transforms.intervals import mpf_to_fraction
 from fastattn.transforms.parse import X
 from fastattn.transforms.spec import Spec, spec as make_spec
 
@@ -360,11 +363,78 @@ class GaussianFeatureMap(FeatureMap):
         return self._feat(X, True)
 
     def error_bound(self, R):
-        """Bound for ‖q‖, ‖k‖ <= R: the prefactors are <= 1 and |q·k|/σ² <= R²/σ²."""
+        """The sup of |phi(q)·psi(k) - exp(-‖q-k‖²/2σ²)| over ‖q‖, ‖k‖ <= R, rounded up.
+
+        With t = q·k/σ² and s = (‖q‖² + ‖k‖²)/2σ² >= |t|, the error of the degree-p map is
+        e^{-s} |e^t - T_p(t)| <= e^{-s} Σ_{k>p} s^k/k! = P(Poisson(s) > p), which increases with s
+        (its derivative is e^{-s} s^p/p!); so the sup is P(Poisson(S) > p) with S = R²/σ², attained
+        at q = k, ‖q‖ = R. Keeping the prefactors matters: bounding them by 1 leaves the bound of
+        e^t - T_p(t) on |t| <= S, e^S times larger (8100× at R = 3, σ = 1, degree 4). The number is
+        enclosed by interval arithmetic (:func:`_poisson_tail`), so it is rigorous.
+
+        Before (prefactors bounded by 1) and after, against the true sup (mpmath, q = k, ‖q‖ = R):
+
+        ====  ====  ===  ==============  ==========  =========
+        R     σ     p    prefactors = 1  this bound  true sup
+        ====  ====  ===  ==============  ==========  =========
+        3     1     4    7658            0.9450      0.9450
+        3     1     12   1007            0.1242      0.1242
+        3     1     20   3.559           4.393e-4    4.393e-4
+        2     1     8    1.166           0.02136     0.02136
+        1     1     4    0.009948        0.003660    0.003660
+        ====  ====  ===  ==============  ==========  =========
+
+        >>> fm = gaussian_feature_map(2, sigma=1.0, degree=4)
+        >>> round(fm.error_bound(3), 4)            # P(Poisson(9) > 4)
+        0.945
+        """
+        if isinstance(R, bool) or not isinstance(R, (Real, sp.Basic)):
+            raise FeatureMapError(f"R={R!r} must be a finite number >= 0 (a bound on the norms of q and k)")
         R = float(R)
         if not math.isfinite(R) or R < 0:
             raise FeatureMapError(f"R={R!r} must be a finite number >= 0 (a bound on the norms of q and k)")
-        return self.inner.error_bound(sp.Rational(R) ** 2 / sp.Rational(self.sigma) ** 2)
+        S = Fraction(R) ** 2 / Fraction(self.sigma) ** 2
+        return _poisson_tail(S, self.inner.degree)
+
+
+def _poisson_tail(S: Fraction, p: int) -> float:
+    """P(Poisson(S) > p) = e^{-S} Σ_{k>p} S^k/k!, rounded up (mpmath.iv, outward rounding at 40 digits).
+
+    Below S = p + 1 the tail series is summed until its terms fall under 2^-200 of the sum, the rest
+    bounded by a geometric series (term ratios S/(k+1) <= 1/2 from there); above it the complement
+    1 - e^{-S} Σ_{k<=p} S^k/k! is at least about 1/2, so it loses no digits.
+
+    >>> _poisson_tail(Fraction(9), 4) > 0.9450
+    True
+    """
+    if S == 0:
+        return 0.0
+    old = iv.dps
+    iv.dps = 40
+    try:
+        s = iv.mpf(S.numerator) / S.denominator
+        if S >= p + 1:
+            term, head = iv.mpf(1), iv.mpf(1)
+            for k in range(1, p + 1):
+                term = term * s / k
+                head = head + term
+            value = 1 - iv.exp(-s) * head
+        else:
+            term = iv.mpf(1)
+            for k in range(1, p + 2):
+                term = term * s / k
+            total, k = term, p + 1
+            while not (2 * S <= k + 1 and term.b < total.a * iv.mpf(2) ** -200):
+                k += 1
+                term = term * s / k
+                total = total + term
+            # the terms after the k-th: each at most half the one before
+            value = iv.exp(-s) * (total + iv.mpf([0, 1]) * term * s / (k + 1) * 2)
+        up = mpf_to_fraction(value._mpi_[1])
+    finally:
+        iv.dps = old
+    out = float(min(up, Fraction(1)))
+    return out if Fraction(out) >= min(up, Fraction(1)) else math.nextafter(out, math.inf)
 
 
 def gaussian_feature_map(dim: int, *, sigma: float = 1.0, degree: int = 4) -> GaussianFeatureMap:

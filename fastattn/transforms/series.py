@@ -12,16 +12,23 @@ Two tree walks over a sympy expression in :data:`~fastattn.transforms.parse.X`:
   ``|exp(g0 + h) - exp(g0)| <= |exp(g0)| (e^d - 1)``). A finite result proves f
   analytic on the open disc of radius r and bounds |f| there, which is what the
   Cauchy estimate |a_n| <= M(r) / r^n needs.
+* :func:`rational_remainder` bounds the Taylor remainder of a rational f = P/Q exactly: the tail
+  sum has the closed form x^(p+1) N(x) / Q(x) with N a polynomial (for 1/(1-x) it is x^(p+1)/(1-x)).
 """
 
 from __future__ import annotations
+
+import heapq
+import math
+from fractions import Fraction
 
 import mpmath
 import sympy as sp
 
 from fastattn.transforms.parse import X
 
-__all__ = ["NotAnalyticAtZero", "taylor_coefficients", "enclosed_coefficients", "disc_bound", "NON_ANALYTIC_FUNCS"]
+__all__ = ["NotAnalyticAtZero", "taylor_coefficients", "enclosed_coefficients", "disc_bound", "rational_remainder",
+           "NON_ANALYTIC_FUNCS"]
 
 #: sympy classes whose presence (applied to something that depends on x) makes f not analytic.
 NON_ANALYTIC_FUNCS = (sp.Abs, sp.Heaviside, sp.Max, sp.Min, sp.sign, sp.floor, sp.ceiling, sp.Piecewise)
@@ -316,6 +323,107 @@ def enclosed_coefficients(expr: sp.Expr, n: int) -> list:
     [1.0, 1.0, 0.5]
     """
     return list(_Walk(_Enclosed()).series(expr, n))
+
+
+# ----------------------------------------------------------------------------------------------
+# exact tails of rational functions
+
+
+def rational_remainder(expr: sp.Expr, p: int, R: Fraction, *, tolerance=Fraction(21, 20),
+                       max_cells: int = 2048) -> tuple[Fraction, Fraction] | None:
+    """``(bound, attained)`` for ``sup_{|x| <= R} |f(x) - T_p(x)|`` when f = P/Q with rational coefficients, else None.
+
+    P - Q T_p vanishes to order p+1 at 0, so the tail of the series is exactly
+    f - T_p = x^(p+1) N(x) / Q(x) with N = (P - Q T_p) / x^(p+1): for 1/(1-x) it is x^(p+1)/(1-x),
+    for 1/(1+x^2) it is -(-x^2)^(m)/(1+x^2). Its sup is bounded in exact rationals on cells of
+    [-R, R] (|x|^(p+1) by its value at the outer end, |N| and |Q| from exact Taylor shifts to the
+    centre), bisecting until the bound is within ``tolerance`` of a value |f - T_p| takes at a centre
+    or an end (``attained``), or ``max_cells`` is reached (the bound stays rigorous, only looser).
+    R must be inside the radius of convergence (Q has no zero on |x| <= R).
+
+    >>> from fastattn.transforms.parse import X
+    >>> rational_remainder(1 / (1 - X), 5, Fraction(99, 100))[1] == Fraction(99, 100) ** 6 * 100
+    True
+    """
+    if not expr.is_rational_function(X) or not expr.has(X):
+        return None
+    num, den = sp.fraction(sp.cancel(sp.together(expr)))
+    try:
+        P, Q = sp.Poly(num, X), sp.Poly(den, X)
+    except (sp.PolynomialError, sp.GeneratorsNeeded):
+        return None
+    if not all(c.is_Rational for c in P.all_coeffs() + Q.all_coeffs()):
+        return None  # sqrt(2), pi or a float among the coefficients: not exact rationals
+    if Q.degree() < 1:
+        return None
+    P = [Fraction(int(c.p), int(c.q)) for c in reversed(P.all_coeffs())]
+    Q = [Fraction(int(c.p), int(c.q)) for c in reversed(Q.all_coeffs())]
+    if Q[0] == 0:
+        return None  # a pole at 0: no Taylor series
+    T = []
+    for k in range(p + 1):
+        acc = P[k] if k < len(P) else Fraction(0)
+        acc -= sum((Q[j] * T[k - j] for j in range(1, min(k, len(Q) - 1) + 1)), Fraction(0))
+        T.append(acc / Q[0])
+    rest = P + [Fraction(0)] * (len(Q) + p + 1 - len(P))
+    for i, t in enumerate(T):
+        for j, q in enumerate(Q):
+            rest[i + j] -= t * q
+    N = rest[p + 1:]  # rest[:p+1] is zero: T_p matches P/Q to order p
+    while len(N) > 1 and N[-1] == 0:
+        N.pop()
+    if not any(N):
+        return Fraction(0), Fraction(0)
+
+    def value(x: Fraction) -> Fraction:
+        return abs(x) ** (p + 1) * abs(_horner(N, x)) / abs(_horner(Q, x))
+
+    def cell(a: Fraction, b: Fraction):
+        m, h = (a + b) / 2, (b - a) / 2
+        n_up = sum((abs(c) * h**k for k, c in enumerate(_shift(N, m))), Fraction(0))
+        q = _shift(Q, m)
+        q_low = abs(q[0]) - sum((abs(c) * h**k for k, c in enumerate(q) if k), Fraction(0))
+        if q_low <= 0:
+            return None
+        return max(abs(a), abs(b)) ** (p + 1) * n_up / q_low
+
+    def entry(a: Fraction, b: Fraction):
+        up = cell(a, b)
+        return (-up if up is not None else -math.inf, a, b)
+
+    attained = max(value(R), value(-R))
+    heap = [entry(a, b) for a, b in ((-R, -R / 2), (-R / 2, Fraction(0)), (Fraction(0), R / 2), (R / 2, R))]
+    heapq.heapify(heap)
+    while True:
+        worst = -heap[0][0]
+        if worst <= Fraction(tolerance) * attained or len(heap) >= max_cells:
+            break
+        _, a, b = heapq.heappop(heap)
+        mid = (a + b) / 2
+        attained = max(attained, value(mid))
+        heapq.heappush(heap, entry(a, mid))
+        heapq.heappush(heap, entry(mid, b))
+    worst = -heap[0][0]
+    if worst == math.inf:
+        return None
+    return worst, attained
+
+
+def _horner(c: list[Fraction], x: Fraction) -> Fraction:
+    out = Fraction(0)
+    for a in reversed(c):
+        out = out * x + a
+    return out
+
+
+def _shift(c: list[Fraction], m: Fraction) -> list[Fraction]:
+    """Coefficients of poly(m + t) in t, exactly (repeated synthetic division)."""
+    c = list(c)
+    n = len(c)
+    for i in range(n - 1):
+        for j in range(n - 2, i - 1, -1):
+            c[j] += m * c[j + 1]
+    return c
 
 
 # ----------------------------------------------------------------------------------------------

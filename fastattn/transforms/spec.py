@@ -7,8 +7,10 @@ remainder bounds, positivity and feature maps are all derived from it.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from functools import cached_property
 from numbers import Real
 
@@ -20,7 +22,8 @@ from fastattn.budget import limited
 from fastattn.errors import SpecError
 from fastattn.transforms.classify import canonical, check_limits, check_real_at_zero, classify
 from fastattn.transforms.parse import X, parse_spec
-from fastattn.transforms.series import enclosed_coefficients, sup_on_disc, taylor_coefficients
+from fastattn.transforms.enclosure import taylor_error_at, taylor_remainder
+from fastattn.transforms.series import enclosed_coefficients, rational_remainder, sup_on_disc, taylor_coefficients
 
 __all__ = ["Spec", "spec", "Positivity", "KINDS"]
 
@@ -32,12 +35,37 @@ _CLASSIFY_SECONDS = 2.5
 _SERIES_SECONDS = 2.5
 _BOUND_SECONDS = 2.5
 _POSITIVITY_SECONDS = 2.0
+#: Cells and wall-clock budget of the real-interval Lagrange bound (past either it returns its best bound so far).
+_INTERVAL_CELLS = 64
+_INTERVAL_SECONDS = 2.0
 
 
 def _round_up(value) -> float:
     """Float >= value (value an mpmath number or sympy number), rounded outward."""
     f = float(mpmath.mpf(value) * (1 + mpmath.mpf(10) ** -25))
     return math.nextafter(f, math.inf)
+
+
+def _interval_seconds() -> float:
+    """The real-interval bound's budget, ending half a second before the enclosing :func:`limited` budget does."""
+    from fastattn.budget import _deadline  # the enclosing deadline; the interval bound stops early, it never fails
+
+    if not _deadline:
+        return _INTERVAL_SECONDS
+    return max(0.0, min(_INTERVAL_SECONDS, _deadline[-1] - time.monotonic() - 0.5))
+
+
+def _fraction_up(value: Fraction) -> float:
+    """The float nearest above the rational value."""
+    out = float(value)
+    return out if Fraction(out) >= value else math.nextafter(out, math.inf)
+
+
+def _fraction_above(value: sp.Expr) -> Fraction:
+    """A rational >= value (value itself when it is rational): bounds on a larger interval hold on the smaller."""
+    if value.is_Rational:
+        return Fraction(int(value.p), int(value.q))
+    return Fraction(int(sp.ceiling(value * 2**64)), 2**64)
 
 
 def _as_rational(value, name: str) -> sp.Rational:
@@ -179,11 +207,16 @@ class Spec:
             Truncation degree.
         R : real
             Radius of the interval (for analytic f, R must be below :attr:`radius`).
-        method : {"best", "lagrange", "cauchy"}
-            ``"lagrange"``: the Lagrange remainder, for c·exp(a·x+b), c·sin(a·x+b)
-            and c·cos(a·x+b). ``"cauchy"``: enclosed coefficients up to degree p+30
-            plus a Cauchy-estimate tail from a certified bound on |f| over a complex
-            disc. ``"best"``: the smaller of those available.
+        method : {"best", "lagrange", "cauchy", "rational"}
+            ``"lagrange"``: the Lagrange remainder in closed form for c·exp(a·x+b), c·sin(a·x+b)
+            and c·cos(a·x+b); for other f its integral form with f^(p+1) enclosed cell by cell
+            on the real interval (:func:`~fastattn.transforms.enclosure.taylor_remainder`).
+            ``"cauchy"``: enclosed coefficients up to degree p+30 plus a Cauchy-estimate tail
+            from a certified bound on |f| over a complex disc. ``"rational"``: the exact tail
+            x^(p+1) N(x)/Q(x) of a rational f with rational coefficients
+            (:func:`~fastattn.transforms.series.rational_remainder`). ``"best"``: the smallest of
+            those that apply; the real-interval Lagrange form is computed only when the others
+            are above twice an error the truncation attains at sample points.
 
         Returns
         -------
@@ -199,8 +232,8 @@ class Spec:
         R = _as_rational(R, "R")
         if R < 0:
             raise SpecError(f"radius R={R} must be >= 0")
-        if method not in ("best", "lagrange", "cauchy"):
-            raise SpecError(f"method={method!r}; choose 'best', 'lagrange' or 'cauchy'")
+        if method not in ("best", "lagrange", "cauchy", "rational"):
+            raise SpecError(f"method={method!r}; choose 'best', 'lagrange', 'cauchy' or 'rational'")
         if self.kind == "not-analytic":
             raise SpecError(f"{self.source!r} has no Taylor remainder bound: {self.reason}")
         if self.is_polynomial:
@@ -211,16 +244,44 @@ class Spec:
                 f"R={R} is not inside the radius of convergence {self.radius} of {self.source!r}: "
                 "the Taylor series diverges there"
             )
+        Rq = _fraction_above(R)
         candidates = []
+        if method in ("best", "rational"):
+            tail = rational_remainder(self.expr, p, Rq)
+            if tail is None and method == "rational":
+                raise SpecError(f"{self.source!r} is not a rational function with rational coefficients; "
+                                "use method='best'")
+            if tail is not None:
+                # exact to within 5 %: nothing below can beat it by more
+                return _fraction_up(tail[0])
+        closed = None
         if method in ("best", "lagrange"):
-            lag = _lagrange_bound(self.expr, p, R)
-            if lag is None and method == "lagrange":
-                raise SpecError(f"no Lagrange bound rule for {self.source!r}; use method='cauchy'")
-            if lag is not None:
-                candidates.append(lag)
+            closed = _lagrange_bound(self.expr, p, R)
+            if closed is not None:
+                candidates.append(closed)
         if method in ("best", "cauchy"):
-            candidates.append(self._cauchy_bound(p, R))
+            try:
+                candidates.append(self._cauchy_bound(p, R))
+            except SpecError:
+                if method == "cauchy":
+                    raise
+        if (method == "lagrange" and closed is None) or (method == "best" and self._loose(p, Rq, candidates)):
+            interval = taylor_remainder(self.expr, p, Rq, seconds=_interval_seconds(), max_cells=_INTERVAL_CELLS)
+            if interval is not None:
+                candidates.append(_fraction_up(interval[0]))
+        if not candidates:
+            raise SpecError(f"could not bound the Taylor remainder of {self.source!r} on |x| <= {R}: no complex "
+                            "disc bound and no enclosure of its derivatives on the real interval")
         return min(candidates)
+
+    def _loose(self, p: int, R: Fraction, candidates: list) -> bool:
+        """Whether the best bound so far is above twice the error T_p attains at 16 sample points (or there is none)."""
+        if not candidates:
+            return R > 0
+        with mpmath.workdps(50):
+            coeffs = self._enclosed_series(p)[: p + 1]
+        points = [s * R * k / 8 for s in (1, -1) for k in range(1, 9)]
+        return min(candidates) > 2 * taylor_error_at(self.expr, coeffs, points)
 
     def _cauchy_bound(self, p: int, R) -> float:
         if R == 0:
