@@ -162,8 +162,9 @@ def _taylor_remainder(expr, p, R, tolerance, seconds, digits, max_cells):
                 break
             _, a, b, M, m, w = heapq.heappop(heaps[side])
             if M == math.inf:
-                if b - a < R * _TINY:
-                    return None  # no enclosure on a cell this small: f^(p+1) is undefined or unbounded there
+                if b - a < R * _TINY or (a == 0 and b <= R / 8):
+                    # undefined or unbounded there; at 0 it is the form of f (sin(x)/x), which bisection keeps
+                    return None
                 unbounded[side] -= 1
             else:
                 finite[side] -= M * w

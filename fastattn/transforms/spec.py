@@ -38,6 +38,8 @@ _POSITIVITY_SECONDS = 2.0
 #: Cells and wall-clock budget of the real-interval Lagrange bound (past either it returns its best bound so far).
 _INTERVAL_CELLS = 64
 _INTERVAL_SECONDS = 2.0
+#: The real-interval bound is tried when the others exceed this multiple of an attained error.
+_LOOSE = 4
 
 
 def _round_up(value) -> float:
@@ -216,7 +218,7 @@ class Spec:
             x^(p+1) N(x)/Q(x) of a rational f with rational coefficients
             (:func:`~fastattn.transforms.series.rational_remainder`). ``"best"``: the smallest of
             those that apply; the real-interval Lagrange form is computed only when the others
-            are above twice an error the truncation attains at sample points.
+            are above 4x an error the truncation attains at sample points.
 
         Returns
         -------
@@ -275,13 +277,21 @@ class Spec:
         return min(candidates)
 
     def _loose(self, p: int, R: Fraction, candidates: list) -> bool:
-        """Whether the best bound so far is above twice the error T_p attains at 16 sample points (or there is none)."""
+        """Whether the best bound so far is above 4x the error T_p attains at 16 sample points (or there is none).
+
+        A bound below 1e-35 of the size of the terms of T_p is not called loose: the 50-digit
+        coefficient enclosures cannot resolve the attained error there.
+        """
         if not candidates:
             return R > 0
         with mpmath.workdps(50):
             coeffs = self._enclosed_series(p)[: p + 1]
+            size = max(abs(mpmath.mpf(c.b)) * mpmath.mpf(R.numerator) ** k / mpmath.mpf(R.denominator) ** k
+                       for k, c in enumerate(coeffs))
+            if min(candidates) < size * mpmath.mpf(10) ** -35:
+                return False
         points = [s * R * k / 8 for s in (1, -1) for k in range(1, 9)]
-        return min(candidates) > 2 * taylor_error_at(self.expr, coeffs, points)
+        return min(candidates) > _LOOSE * taylor_error_at(self.expr, coeffs, points, digits=50)
 
     def _cauchy_bound(self, p: int, R) -> float:
         if R == 0:
