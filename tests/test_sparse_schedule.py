@@ -12,6 +12,7 @@
 """
 
 import contextlib
+import itertools
 import random
 from dataclasses import fields
 
@@ -25,6 +26,7 @@ from fastattn.attention.sparse import SparseTiles, plan_tiles
 from fastattn.errors import KernelError
 from fastattn.kernels.checks import assert_close
 from fastattn.kernels.sparse import allowed_pairs, gradient_terms, masked_attention
+from fastattn.kernels.sparse.flash import flash_bwd
 from fastattn.kernels.sparse.schedule import (_compact_schedule, _composite_schedule, _padded_lists, range_schedule,
                                               range_schedules)
 from fastattn.patterns import (_block_states, _compile, _schedule, _states_by_pairs, blocked, dilated, global_tokens,
@@ -194,6 +196,27 @@ def test_tilings_of_one_order_equal_their_own_schedules():
                 for f in fields(got):
                     x, y = getattr(got, f.name), getattr(ref, f.name)
                     assert torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y, (T, list(kw), f.name)
+
+
+def test_forward_only_tilings_keep_the_forward_fields():
+    g = torch.Generator().manual_seed(5)
+    T = 90
+    keep = torch.rand(2, T, generator=g) < 0.6
+    ids = tuple(torch.randint(0, 3, (2, 2, T), generator=g))
+    back = ("bwd_start", "bwd_end", "bwd_clean_lo", "bwd_clean_hi", "k_mixed")
+    restrictions = (dict(keep=keep), dict(buckets=ids), dict(keep=keep, buckets=ids))
+    for causal, kw in itertools.product((True, False), restrictions):
+        fwd_only, full = range_schedules(2, T, ((32, 16, 4),) * 2, is_causal=causal, backward=(False, True), **kw)
+        assert not fwd_only.has_backward and full.has_backward
+        for f in fields(full):
+            x, y = getattr(fwd_only, f.name), getattr(full, f.name)
+            if f.name in back:
+                assert x.shape == (1,), f.name
+            elif f.name != "has_backward":
+                assert torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y, (causal, list(kw), f.name)
+    q = torch.zeros(2, T, 16)
+    with pytest.raises(KernelError, match="built forward-only"):
+        flash_bwd(q, q, q, q, q[..., 0], q, fwd_only, 0.25, True)
 
 
 def test_plan_tiles_routes_16_bit_forwards_to_128_by_64():

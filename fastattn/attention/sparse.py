@@ -130,9 +130,13 @@ def _check_restrictions(keep, buckets, shape, device):
 
 
 def _tilings(tiles, *inputs):
-    """The distinct tilings a call needs: the forward's, and the backward's when a gradient can flow."""
-    grad = torch.is_grad_enabled() and any(x.requires_grad for x in inputs)
-    return tuple(dict.fromkeys((tiles.fwd, tiles.bwd) if grad else (tiles.fwd,)))
+    """(tilings, backward flags): the distinct tilings a call needs, the forward's and, when a gradient can flow,
+    the backward's; a flag says the dk-dv launch walks that tiling (the others skip its transposed runs)."""
+    if not (torch.is_grad_enabled() and any(x.requires_grad for x in inputs)):
+        return (tiles.fwd,), (False,)
+    if tiles.fwd == tiles.bwd:
+        return (tiles.fwd,), (True,)
+    return (tiles.fwd, tiles.bwd), (False, True)
 
 
 def _slots(x, perm):
@@ -185,9 +189,10 @@ def sparse_attention(query, key, value, *, keep=None, buckets=None, is_causal=Tr
     tiles = plan_tiles(D, value.shape[-1], query.device, query.dtype, tuning)
     flat = lambda x: None if x is None else x.reshape(B * H, T)  # noqa: E731
     # one token order, tiled twice when the forward's tiles differ from the backward's and a backward may run
-    scheds = range_schedules(B * H, T, _tilings(tiles, query, key, value), keep=flat(keep),
+    tilings, backward = _tilings(tiles, query, key, value)
+    scheds = range_schedules(B * H, T, tilings, keep=flat(keep),
                              buckets=None if buckets is None else tuple(map(flat, buckets)), is_causal=is_causal,
-                             clean=tiles.clean, device=query.device)
+                             clean=tiles.clean, device=query.device, backward=backward)
     sched = scheds[0]
     sorted_ = keep is not None or buckets is not None
     perm_q, perm_k = (sched.perm_q, sched.perm_k) if sorted_ else (None, None)
@@ -223,7 +228,7 @@ def pattern_attention(query, key, value, pattern, *, is_causal=True, scale=None,
         return naive.empty_output(query, key, value)
     tiles = plan_tiles(D, value.shape[-1], query.device, query.dtype, tuning)
     scheds = [pattern.compile(T, block=bq, block_k=bk, is_causal=bool(is_causal), device=query.device)
-              .schedule(query.device, warps=w) for bq, bk, w in _tilings(tiles, query, key, value)]
+              .schedule(query.device, warps=w) for bq, bk, w in _tilings(tiles, query, key, value)[0]]
     o = SparseFlash.apply(_slots(query, None), _slots(key, None), _slots(value, None), scheds[0], scheds[-1],
                           default_scale(D, scale), bool(is_causal))
     return o.reshape(B, H, T, -1)

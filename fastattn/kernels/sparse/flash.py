@@ -24,6 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fastattn.errors import KernelError
+
 __all__ = ["flash_fwd", "flash_bwd", "SparseFlash"]
 
 # kinds of pattern primitives, rows of the int32 table [N, 3] = (kind, a, b) read by _pattern_mask
@@ -409,6 +411,9 @@ def flash_fwd(q, k, v, sched, scale, is_causal):
 
 def flash_bwd(q, k, v, o, lse, do, sched, scale, is_causal):
     """dq, dk, dv (fp32, schedule order) of the forward :func:`flash_fwd` ran."""
+    if not sched.has_backward:
+        raise KernelError("this schedule was built forward-only (backward=False in range_schedules): build the "
+                          "backward's tiling with backward=True")
     BH, T, D = q.shape
     delta = (o.float() * do.float()).sum(-1)  # [BH, T]
     dq = _empty((BH, T, D), q.device, torch.float32)

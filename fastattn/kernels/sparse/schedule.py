@@ -51,6 +51,7 @@ class Schedule:
         blocks test qmax / kmin: a one-bucket block's run holds no block wholly after it).
     prims : int32 [N, 3] list mode's pattern primitives (kind, a, b).
     perm_q, perm_k : int64 [BH, T] the original position of each slot (None in list mode: identity).
+    has_backward : False for a forward-only tiling, whose bwd_* and k_mixed are left out (int32 [1] zeros).
     """
 
     block_q: int
@@ -83,6 +84,7 @@ class Schedule:
     prims: torch.Tensor
     perm_q: torch.Tensor | None
     perm_k: torch.Tensor | None
+    has_backward: bool = True
 
 
 def _dense_ids(qid, kid):
@@ -162,18 +164,24 @@ def range_schedule(BH, T, *, keep=None, buckets=None, is_causal=True, block_q=64
                            clean=clean, device=device)[0]
 
 
-def range_schedules(BH, T, tiles, *, keep=None, buckets=None, is_causal=True, clean=True, device=None):
+def range_schedules(BH, T, tiles, *, keep=None, buckets=None, is_causal=True, clean=True, device=None,
+                    backward=None):
     """One range-mode :class:`Schedule` per (block_q, block_k, warps) in ``tiles``, sharing one token order (one
-    compaction or sort): the forward and the backward may run different tiles over the same slots."""
+    compaction or sort): the forward and the backward may run different tiles over the same slots.
+    ``backward`` (a bool per tiling, default all True) says which tilings the dk-dv launch will walk; the others
+    leave out the transposed runs (about a quarter of the ops)."""
+    backward = (True,) * len(tiles) if backward is None else tuple(backward)
     if buckets is None and keep is None:
         dev = str(torch.device(device or "cpu"))
         return tuple(_full_schedule(BH, T, bool(is_causal), bq, bk, w, bool(clean), dev) for bq, bk, w in tiles)
     if buckets is None:
         perm, n = _compact_order(BH, T, keep, keep.device)
-        return tuple(_compact_blocks(perm, n, T, is_causal, bq, bk, w, clean) for bq, bk, w in tiles)
+        return tuple(_compact_blocks(perm, n, T, is_causal, bq, bk, w, clean, bwd)
+                     for (bq, bk, w), bwd in zip(tiles, backward))
     order = _composite_order(BH, T, keep, buckets, device)
     stats = {}  # block statistics per (side, block size), shared by tilings that agree on a side
-    return tuple(_composite_blocks(order, T, is_causal, bq, bk, w, clean, stats) for bq, bk, w in tiles)
+    return tuple(_composite_blocks(order, T, is_causal, bq, bk, w, clean, stats, bwd)
+                 for (bq, bk, w), bwd in zip(tiles, backward))
 
 
 @functools.lru_cache(maxsize=32)
@@ -199,7 +207,7 @@ def _compact_order(BH, T, keep, device):
     return torch.empty_like(dest).scatter_(-1, dest, torch.arange(T, device=device).expand(BH, T)), n
 
 
-def _compact_blocks(perm, n, T, is_causal, block_q, block_k, warps, clean):
+def _compact_blocks(perm, n, T, is_causal, block_q, block_k, warps, clean, backward=True):
     """Range mode for keep alone: the kept tokens take slots 0 .. n - 1 in order, so slot order is position order
     and every run is a closed form of n = count per row.
 
@@ -220,39 +228,34 @@ def _compact_blocks(perm, n, T, is_causal, block_q, block_k, warps, clean):
     nq_some, nk_some = (n + block_q - 1) // block_q, (n + block_k - 1) // block_k  # [BH, 1] non-empty blocks
     nq_whole, nk_whole = n // block_q, n // block_k
     zero = torch.zeros((), dtype=torch.int32, device=device)
-    if is_causal:
-        f_end = torch.where(q_some, q_last // block_k + 1, zero)
-        b_start = torch.where(k_some, k0 // block_q, zero)
-    else:
-        f_end = torch.where(q_some, nk_some, zero)
-        b_start = zero.expand(BH, NK)
+    f_end = torch.where(q_some, q_last // block_k + 1 if is_causal else nk_some, zero)
     f_start = zero.expand(BH, NQ)
-    b_end = torch.where(k_some, nq_some, zero)
     q_clean = (q0 + block_q <= n) & clean
-    k_clean = (k0 + block_k <= n) & clean
-    if is_causal:
-        fc_lo, fc_hi = zero, torch.minimum((q0 + 1) // block_k, nk_whole)
-        bc_lo, bc_hi = (k0 + block_k + block_q - 2) // block_q, nq_whole
-    else:
-        fc_lo, fc_hi, bc_lo, bc_hi = zero, nk_whole, zero, nq_whole
+    fc_lo, fc_hi = zero, torch.minimum((q0 + 1) // block_k, nk_whole) if is_causal else nk_whole
     fc_lo = torch.maximum(torch.minimum(fc_lo, f_end), f_start)
     fc_hi = torch.maximum(torch.minimum(fc_hi, f_end), fc_lo)
-    bc_lo = torch.maximum(torch.minimum(bc_lo, b_end), b_start)
-    bc_hi = torch.maximum(torch.minimum(bc_hi, b_end), bc_lo)
+    none = torch.zeros(1, dtype=torch.int32, device=device)
+    bwd = dict(bwd_start=none, bwd_end=none, bwd_clean_lo=none, bwd_clean_hi=none, k_mixed=none)
+    if backward:
+        b_start = torch.where(k_some, k0 // block_q, zero) if is_causal else zero.expand(BH, NK)
+        b_end = torch.where(k_some, nq_some, zero)
+        k_clean = (k0 + block_k <= n) & clean
+        bc_lo = (k0 + block_k + block_q - 2) // block_q if is_causal else zero
+        bc_lo = torch.maximum(torch.minimum(bc_lo, b_end), b_start)
+        bc_hi = torch.maximum(torch.minimum(nq_whole, b_end), bc_lo)
+        bwd = dict(bwd_start=b_start.contiguous(), bwd_end=b_end, bwd_clean_lo=torch.where(k_clean, bc_lo, b_end),
+                   bwd_clean_hi=torch.where(k_clean, bc_hi, b_end),
+                   k_mixed=torch.zeros(BH, NK, dtype=torch.int32, device=device))
     pos = perm.int().contiguous()
     qmax = torch.where(q_some, pos.gather(-1, q_last.clamp(0, T - 1).long()), -1)
     kmin = torch.where(k_some, pos.gather(-1, k0.clamp(max=T - 1).long().expand(BH, NK)), T)
-    c = lambda x: x.contiguous()  # noqa: E731
-    none = torch.zeros(1, dtype=torch.int32, device=device)
     return Schedule(block_q=block_q, block_k=block_k, n_q=NQ, n_k=NK, warps=warps, use_list=False, pos_q=pos,
-                    pos_k=pos, bkt_q=None, bkt_k=None, count=c(n[:, 0]), fwd_start=c(f_start), fwd_end=f_end,
-                    bwd_start=c(b_start), bwd_end=b_end, fwd_clean_lo=torch.where(q_clean, fc_lo, f_end),
-                    fwd_clean_hi=torch.where(q_clean, fc_hi, f_end), bwd_clean_lo=torch.where(k_clean, bc_lo, b_end),
-                    bwd_clean_hi=torch.where(k_clean, bc_hi, b_end), fwd_blocks=none, fwd_full=none,
+                    pos_k=pos, bkt_q=None, bkt_k=None, count=n[:, 0].contiguous(), fwd_start=f_start.contiguous(),
+                    fwd_end=f_end, fwd_clean_lo=torch.where(q_clean, fc_lo, f_end),
+                    fwd_clean_hi=torch.where(q_clean, fc_hi, f_end), fwd_blocks=none, fwd_full=none,
                     bwd_blocks=none, bwd_full=none, qmax=qmax, kmin=kmin,
-                    q_mixed=torch.zeros(BH, NQ, dtype=torch.int32, device=device),
-                    k_mixed=torch.zeros(BH, NK, dtype=torch.int32, device=device), prims=none, perm_q=perm,
-                    perm_k=perm)
+                    q_mixed=torch.zeros(BH, NQ, dtype=torch.int32, device=device), prims=none, perm_q=perm,
+                    perm_k=perm, has_backward=bool(backward), **bwd)
 
 
 def _composite_schedule(BH, T, *, keep=None, buckets=None, is_causal=True, block_q=64, block_k=64, warps=4,
@@ -263,8 +266,8 @@ def _composite_schedule(BH, T, *, keep=None, buckets=None, is_causal=True, block
 
 
 def _composite_order(BH, T, keep, buckets, device):
-    """(perm_q, perm_k, sorted query composites, sorted key composites, count, query ids, key ids) of the slots:
-    tokens in increasing composite id * T + position (a dropped token BIG + position)."""
+    """(perm_q, perm_k, their int32 copies, sorted query composites, sorted key composites, count, query ids, key
+    ids) of the slots: tokens in increasing composite id * T + position (a dropped token BIG + position)."""
     pos = torch.arange(T, device=device, dtype=torch.int64).expand(BH, T)
     if buckets is not None:
         buckets = _dense_ids(*buckets)
@@ -284,13 +287,16 @@ def _composite_order(BH, T, keep, buckets, device):
     count = (keep.sum(-1) if keep is not None else torch.full((BH,), T, device=device)).int()
     bkt_q = buckets[0].gather(-1, perm_q).int().contiguous() if buckets is not None else None
     bkt_k = buckets[1].gather(-1, perm_k).int().contiguous() if buckets is not None else None
-    return perm_q, perm_k, cq_s, ck_s, count, bkt_q, bkt_k
+    pos_q = perm_q.int().contiguous()
+    pos_k = pos_q if perm_k is perm_q else perm_k.int().contiguous()
+    return perm_q, perm_k, pos_q, pos_k, cq_s, ck_s, count, bkt_q, bkt_k
 
 
-def _composite_blocks(order, T, is_causal, block_q, block_k, warps, clean, stats=None):
+def _composite_blocks(order, T, is_causal, block_q, block_k, warps, clean, stats=None, backward=True):
     """The block statistics and runs of one tile over a :func:`_composite_order` (see the module docstring);
-    ``stats`` (a dict) keeps each side's block statistics for the next tiling."""
-    perm_q, perm_k, cq_s, ck_s, count, bkt_q, bkt_k = order
+    ``stats`` (a dict) keeps each side's block statistics for the next tiling; ``backward=False`` leaves out
+    the transposed runs."""
+    perm_q, perm_k, pos_q, pos_k, cq_s, ck_s, count, bkt_q, bkt_k = order
     device = perm_q.device
     NQ, NK = -(-T // block_q), -(-T // block_k)
     stats = {} if stats is None else stats
@@ -302,35 +308,34 @@ def _composite_blocks(order, T, is_causal, block_q, block_k, warps, clean, stats
     kc_min, kc_max, _, k_pos_min = stats["k", block_k]
     q_empty, k_empty = qc_min >= BIG, kc_min >= BIG
     qb_lo = torch.where(q_empty, 0, qc_min // T * T)
-    kb_hi = torch.where(k_empty, 0, kc_max // T * T + T - 1)
-    if is_causal:
-        fwd = _runs(qb_lo, torch.where(q_empty, 0, qc_max), kc_max, kc_min, q_empty)
-        bwd = _runs(torch.where(k_empty, 0, kc_min), kb_hi, qc_max, qc_min, k_empty)
-    else:
-        fwd = _runs(qb_lo, torch.where(q_empty, 0, qc_max // T * T + T - 1), kc_max, kc_min, q_empty)
-        bwd = _runs(torch.where(k_empty, 0, kc_min // T * T), kb_hi, qc_max, qc_min, k_empty)
+    fwd = _runs(qb_lo, torch.where(q_empty, 0, qc_max if is_causal else qc_max // T * T + T - 1), kc_max, kc_min,
+                q_empty)
     # tiles needing no mask: a one-bucket, wholly valid query block of bucket b meets every key with
     # b T <= c_k <= cq_min (causal; <= b T + T - 1 without) in full, and a key block every query with
     # ck_max <= c_q <= b T + T - 1 (without causality from b T)
     q_mixed = (qc_min // T != qc_max // T) & ~q_empty
-    k_mixed = (kc_min // T != kc_max // T) & ~k_empty
     q_whole = (torch.arange(1, NQ + 1, device=device) * block_q)[None] <= count[:, None]
-    k_whole = (torch.arange(1, NK + 1, device=device) * block_k)[None] <= count[:, None]
-    q_clean, k_clean = q_whole & ~q_mixed & ~q_empty & clean, k_whole & ~k_mixed & ~k_empty & clean
-    q_bucket, k_bucket = qc_min // T * T, (kc_min // T * T, kc_max // T * T)
-    fwd_clean = _clean(q_bucket, qc_min if is_causal else q_bucket + T - 1, kc_min, kc_max, count // block_k,
-                       q_clean, *fwd)
-    bwd_clean = _clean(kc_max if is_causal else k_bucket[0], k_bucket[1] + T - 1, qc_min, qc_max,
-                       count // block_q, k_clean, *bwd)
+    q_clean = q_whole & ~q_mixed & ~q_empty & clean
+    fwd_clean = _clean(qb_lo, qc_min if is_causal else qb_lo + T - 1, kc_min, kc_max, count // block_k, q_clean,
+                       *fwd)
     none = torch.zeros(1, dtype=torch.int32, device=device)
-    return Schedule(block_q=block_q, block_k=block_k, n_q=NQ, n_k=NK, warps=warps, use_list=False,
-                    pos_q=perm_q.int().contiguous(), pos_k=perm_k.int().contiguous(), bkt_q=bkt_q, bkt_k=bkt_k,
-                    count=count.contiguous(), fwd_start=fwd[0], fwd_end=fwd[1], bwd_start=bwd[0], bwd_end=bwd[1],
-                    fwd_clean_lo=fwd_clean[0], fwd_clean_hi=fwd_clean[1], bwd_clean_lo=bwd_clean[0],
-                    bwd_clean_hi=bwd_clean[1], fwd_blocks=none, fwd_full=none, bwd_blocks=none, bwd_full=none,
-                    qmax=q_pos_max.int().contiguous(), kmin=k_pos_min.int().contiguous(),
-                    q_mixed=q_mixed.int().contiguous(), k_mixed=k_mixed.int().contiguous(), prims=none,
-                    perm_q=perm_q, perm_k=perm_k)
+    bwd = dict(bwd_start=none, bwd_end=none, bwd_clean_lo=none, bwd_clean_hi=none, k_mixed=none)
+    if backward:
+        k_bucket = kc_min // T * T
+        kb_hi = torch.where(k_empty, 0, kc_max // T * T + T - 1)
+        runs = _runs(torch.where(k_empty, 0, kc_min if is_causal else k_bucket), kb_hi, qc_max, qc_min, k_empty)
+        k_mixed = (k_bucket != kc_max // T * T) & ~k_empty
+        k_whole = (torch.arange(1, NK + 1, device=device) * block_k)[None] <= count[:, None]
+        k_clean = k_whole & ~k_mixed & ~k_empty & clean
+        lo, hi = _clean(kc_max if is_causal else k_bucket, kb_hi, qc_min, qc_max, count // block_q, k_clean, *runs)
+        bwd = dict(bwd_start=runs[0], bwd_end=runs[1], bwd_clean_lo=lo, bwd_clean_hi=hi,
+                   k_mixed=k_mixed.int().contiguous())
+    return Schedule(block_q=block_q, block_k=block_k, n_q=NQ, n_k=NK, warps=warps, use_list=False, pos_q=pos_q,
+                    pos_k=pos_k, bkt_q=bkt_q, bkt_k=bkt_k, count=count.contiguous(), fwd_start=fwd[0],
+                    fwd_end=fwd[1], fwd_clean_lo=fwd_clean[0], fwd_clean_hi=fwd_clean[1], fwd_blocks=none,
+                    fwd_full=none, bwd_blocks=none, bwd_full=none, qmax=q_pos_max.int().contiguous(),
+                    kmin=k_pos_min.int().contiguous(), q_mixed=q_mixed.int().contiguous(), prims=none,
+                    perm_q=perm_q, perm_k=perm_k, has_backward=bool(backward), **bwd)
 
 
 def _padded_lists(state):
