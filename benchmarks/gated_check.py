@@ -1,6 +1,7 @@
 """Gated attention on the GPU: the gated Triton route (bf16) against the fp32 torch path, and its speed.
 
-    python benchmarks/gated_check.py      # check lines, "N failing", then a table of fwd+bwd ms
+    python benchmarks/gated_check.py             # check lines, "N failing", then a table of fwd+bwd ms
+    python benchmarks/gated_check.py --compile   # no GPU needed: registers and spills of each kernel on sm_90
 
 Rows (B2 H8 T4096, bf16, causal, g = logsigmoid(...) with a run of g = -5): Based (1 + x + x**2/2, qk 16,
 v 64, normalised) and linear "x" d64 (unnormalised). For each: o, dq, dk, dv, dg of
@@ -73,7 +74,65 @@ def fwd_bwd(f, ins, do):
     return step
 
 
+def compile_report(arch=90):
+    """Compile the five gated kernels for sm_<arch> on the CPU (Triton ships ptxas) as the launchers call them
+    for the rows' shapes (and F 2145, d64 degree 2), and print REG / STACK (spills) / SMEM per kernel."""
+    import os
+
+    os.environ.pop("TRITON_INTERPRET", None)
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from fastattn.kernels import gated
+    from fastattn.kernels.aot import _resources
+
+    types = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+    for F, DV in ((153, 65), (64, 64), (2145, 65)):
+        p = gated.plan(F, DV, DTYPE)
+        N, BH = -(-T // p.chunk), B * H
+
+        def e(*shape, dt=DTYPE):
+            return torch.empty(*shape, dtype=dt, device="meta")
+
+        x, v, g, h, s = e(BH, T, F), e(BH, T, DV), e(BH, T, dt=torch.float32), e(BH, N, F, DV), e(BH, F, DV,
+                                                                                                  dt=torch.float32)
+        o = e(BH, T, DV, dt=torch.float32)
+        runs = {
+            "_fwd_states": dict(psi_ptr=x, v_ptr=v, g_ptr=g, s0_ptr=s, h_ptr=h, sT_ptr=s, HAS_S0=True,
+                                STORE_FINAL=True),
+            "_fwd_output": dict(phi_ptr=x, psi_ptr=x, v_ptr=v, g_ptr=g, h_ptr=h, o_ptr=o),
+            "_bwd_dstates": dict(phi_ptr=x, do_ptr=v, g_ptr=g, dsT_ptr=s, dh_ptr=h, ds0_ptr=s, HAS_DST=True),
+            "_bwd_dv": dict(phi_ptr=x, psi_ptr=x, do_ptr=v, g_ptr=g, dh_ptr=h, dv_ptr=v),
+            "_bwd_dfeat": dict(phi_ptr=x, psi_ptr=x, v_ptr=v, do_ptr=v, g_ptr=g, h_ptr=h, dh_ptr=h, dphi_ptr=x,
+                               dpsi_ptr=x, dgate_ptr=g, BH=BH),
+        }
+        for name, kw in runs.items():
+            fn = getattr(gated, name)
+            kw = dict(kw, T=T, F=F, DV=DV, N=N, C=p.chunk, BF=p.block_f, BV=p.block_v, PRECISION=p.precision)
+            sig, consts, attrs = {}, {}, {}
+            for i, arg in enumerate(fn.arg_names):
+                val = kw[arg]
+                if arg.isupper() and not isinstance(val, int) or isinstance(val, (bool, str)) or arg in (
+                        "C", "BF", "BV"):
+                    consts[arg], sig[arg] = val, "constexpr"
+                elif isinstance(val, torch.Tensor):
+                    # the runtime's divisibility-16 hint on real pointers and multiples of 16
+                    sig[arg], attrs[(i,)] = "*" + types[val.dtype], [["tt.divisibility", 16]]
+                else:
+                    sig[arg] = "i32"
+                    if val % 16 == 0:
+                        attrs[(i,)] = [["tt.divisibility", 16]]
+            k = triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", arch, 32),
+                               options={"num_warps": p.num_warps})
+            print(f"F{F} DV{DV} {str(DTYPE)[6:]} BF{p.block_f} BV{p.block_v} warps {p.num_warps} {name:13s} "
+                  f"{_resources(k.asm['cubin'])} SMEM:{k.metadata.shared}")
+    return 0
+
+
 def main():
+    if "--compile" in sys.argv[1:]:
+        return compile_report()
     if not torch.cuda.is_available():
         print("gated_check.py needs a CUDA GPU")
         return 2

@@ -74,26 +74,46 @@ def _decay_tile(b_b, C: tl.constexpr):
     return tl.exp(tl.where(causal, b_b[:, None] - b_b[None, :], float("-inf")))  # [C, C]
 
 
+# Addresses: an int64 base (i_bh is int64: bases pass 2**31) plus int32 tile offsets (F * DV < 2**31 is
+# checked by plan). Block pointers are gone from Triton 3.9 and tensor descriptors need 16-byte row strides.
 @triton.jit
-def _tile(ptr, i_bh, i_c, T, X, o_x, C: tl.constexpr):
-    """Rows [i_c C, (i_c + 1) C) and columns o_x of a [BH, T, X] tensor; 0 outside."""
-    o_t = (i_c * C + tl.arange(0, C)).to(tl.int64)
-    p = ptr + i_bh * T * X + o_t[:, None] * X + o_x[None, :]
-    return tl.load(p, mask=(o_t < T)[:, None] & (o_x < X)[None, :], other=0.0)  # [C, BX]
-
-
-@triton.jit
-def _store_tile(ptr, val, i_bh, i_c, T, X, o_x, C: tl.constexpr):
-    o_t = (i_c * C + tl.arange(0, C)).to(tl.int64)
-    p = ptr + i_bh * T * X + o_t[:, None] * X + o_x[None, :]
-    tl.store(p, val.to(ptr.dtype.element_ty), mask=(o_t < T)[:, None] & (o_x < X)[None, :])
+def _rows_ptrs(ptr, i_bh, i_c, T, X, x0, C: tl.constexpr, BX: tl.constexpr):
+    """Pointers and mask of rows [i_c C, (i_c + 1) C) and columns [x0, x0 + BX) of a [BH, T, X] tensor."""
+    o_t, o_x = tl.arange(0, C), x0 + tl.arange(0, BX)
+    p = ptr + (i_bh * T + i_c * C) * X + (o_t[:, None] * X + o_x[None, :])
+    return p, ((i_c * C + o_t) < T)[:, None] & (o_x < X)[None, :]
 
 
 @triton.jit
-def _state_ptrs(ptr, i_bh, i_c, N, F, DV, o_f, o_v):
-    """Pointers and mask of the [BF, BV] tile of state i_c in a [BH, N, F, DV] tensor."""
-    p = ptr + (i_bh * N + i_c) * F * DV + o_f[:, None] * DV + o_v[None, :]
+def _load_rows(ptr, i_bh, i_c, T, X, x0, C: tl.constexpr, BX: tl.constexpr):
+    p, m = _rows_ptrs(ptr, i_bh, i_c, T, X, x0, C, BX)
+    return tl.load(p, mask=m, other=0.0)  # [C, BX]
+
+
+@triton.jit
+def _store_rows(ptr, val, i_bh, i_c, T, X, x0, C: tl.constexpr, BX: tl.constexpr):
+    p, m = _rows_ptrs(ptr, i_bh, i_c, T, X, x0, C, BX)
+    tl.store(p, val.to(ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _state_ptrs(ptr, i_bh, i_c, N, F, DV, f0, v0, BF: tl.constexpr, BV: tl.constexpr):
+    """Pointers and mask of the [BF, BV] tile at (f0, v0) of state i_c in a [BH, N, F, DV] tensor."""
+    o_f, o_v = f0 + tl.arange(0, BF), v0 + tl.arange(0, BV)
+    p = ptr + (i_bh * N + i_c) * F * DV + (o_f[:, None] * DV + o_v[None, :])
     return p, (o_f < F)[:, None] & (o_v < DV)[None, :]
+
+
+@triton.jit
+def _load_state(ptr, i_bh, i_c, N, F, DV, f0, v0, BF: tl.constexpr, BV: tl.constexpr):
+    p, m = _state_ptrs(ptr, i_bh, i_c, N, F, DV, f0, v0, BF, BV)
+    return tl.load(p, mask=m, other=0.0)  # [BF, BV]
+
+
+@triton.jit
+def _store_state(ptr, val, i_bh, i_c, N, F, DV, f0, v0, BF: tl.constexpr, BV: tl.constexpr):
+    p, m = _state_ptrs(ptr, i_bh, i_c, N, F, DV, f0, v0, BF, BV)
+    tl.store(p, val.to(ptr.dtype.element_ty), mask=m)
 
 
 @triton.jit
@@ -105,24 +125,20 @@ def _fwd_states(psi_ptr, v_ptr, g_ptr, s0_ptr, h_ptr, sT_ptr, T, F, DV, N, HAS_S
     psi [BH, T, F], v [BH, T, DV] (one dtype), g [BH, T] fp32, s0 [BH, F, DV] fp32 (HAS_S0).
     """
     i_f, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-    o_f = (i_f * BF + tl.arange(0, BF)).to(tl.int64)
-    o_v = (i_v * BV + tl.arange(0, BV)).to(tl.int64)
-    p_s, m_s = _state_ptrs(s0_ptr, i_bh, 0, 1, F, DV, o_f, o_v)
+    f0, v0 = i_f * BF, i_v * BV
     if HAS_S0:
-        b_s = tl.load(p_s, mask=m_s, other=0.0).to(tl.float32)  # [BF, BV]
+        b_s = _load_state(s0_ptr, i_bh, 0, 1, F, DV, f0, v0, BF, BV).to(tl.float32)  # [BF, BV]
     else:
         b_s = tl.zeros([BF, BV], dtype=tl.float32)
     for i_c in range(N):
-        p_h, m_h = _state_ptrs(h_ptr, i_bh, i_c, N, F, DV, o_f, o_v)
-        tl.store(p_h, b_s.to(h_ptr.dtype.element_ty), mask=m_h)
-        b_psi = _tile(psi_ptr, i_bh, i_c, T, F, o_f, C)  # [C, BF]
-        b_v = _tile(v_ptr, i_bh, i_c, T, DV, o_v, C)  # [C, BV]
+        _store_state(h_ptr, b_s, i_bh, i_c, N, F, DV, f0, v0, BF, BV)
+        b_psi = _load_rows(psi_ptr, i_bh, i_c, T, F, f0, C, BF)  # [C, BF]
+        b_v = _load_rows(v_ptr, i_bh, i_c, T, DV, v0, C, BV)  # [C, BV]
         b_b, b_last = _chunk_gate(g_ptr, i_bh, i_c, T, C)
         b_k = (b_psi * tl.exp(b_last - b_b)[:, None]).to(b_v.dtype)  # [C, BF]
         b_s = b_s * tl.exp(b_last) + tl.dot(tl.trans(b_k), b_v, input_precision=PRECISION)  # [BF, BV]
     if STORE_FINAL:
-        p_s, m_s = _state_ptrs(sT_ptr, i_bh, 0, 1, F, DV, o_f, o_v)
-        tl.store(p_s, b_s, mask=m_s)
+        _store_state(sT_ptr, b_s, i_bh, 0, 1, F, DV, f0, v0, BF, BV)
 
 
 @triton.jit
@@ -130,22 +146,20 @@ def _fwd_output(phi_ptr, psi_ptr, v_ptr, g_ptr, h_ptr, o_ptr, T, F, DV, N, C: tl
                 BV: tl.constexpr, PRECISION: tl.constexpr):
     """o [BH, T, DV] fp32 = exp(b) (phi h_{c-1}) + (phi psi^T * decay) v for one chunk and DV tile."""
     i_v, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-    o_v = (i_v * BV + tl.arange(0, BV)).to(tl.int64)
+    v0 = i_v * BV
     b_o = tl.zeros([C, BV], dtype=tl.float32)
     b_a = tl.zeros([C, C], dtype=tl.float32)
     for f0 in range(0, F, BF):
-        o_f = (f0 + tl.arange(0, BF)).to(tl.int64)
-        b_phi = _tile(phi_ptr, i_bh, i_c, T, F, o_f, C)  # [C, BF]
-        b_psi = _tile(psi_ptr, i_bh, i_c, T, F, o_f, C)  # [C, BF]
-        p_h, m_h = _state_ptrs(h_ptr, i_bh, i_c, N, F, DV, o_f, o_v)
-        b_h = tl.load(p_h, mask=m_h, other=0.0).to(b_phi.dtype)  # [BF, BV]
+        b_phi = _load_rows(phi_ptr, i_bh, i_c, T, F, f0, C, BF)  # [C, BF]
+        b_psi = _load_rows(psi_ptr, i_bh, i_c, T, F, f0, C, BF)  # [C, BF]
+        b_h = _load_state(h_ptr, i_bh, i_c, N, F, DV, f0, v0, BF, BV).to(b_phi.dtype)  # [BF, BV]
         b_o += tl.dot(b_phi, b_h, input_precision=PRECISION)
         b_a += tl.dot(b_phi, tl.trans(b_psi), input_precision=PRECISION)  # [C, C]
     b_b, _ = _chunk_gate(g_ptr, i_bh, i_c, T, C)
-    b_v = _tile(v_ptr, i_bh, i_c, T, DV, o_v, C)  # [C, BV]
+    b_v = _load_rows(v_ptr, i_bh, i_c, T, DV, v0, C, BV)  # [C, BV]
     b_a = (b_a * _decay_tile(b_b, C)).to(b_v.dtype)
     b_o = b_o * tl.exp(b_b)[:, None] + tl.dot(b_a, b_v, input_precision=PRECISION)  # [C, BV]
-    _store_tile(o_ptr, b_o, i_bh, i_c, T, DV, o_v, C)
+    _store_rows(o_ptr, b_o, i_bh, i_c, T, DV, v0, C, BV)
 
 
 @triton.jit
@@ -157,24 +171,20 @@ def _bwd_dstates(phi_ptr, do_ptr, g_ptr, dsT_ptr, dh_ptr, ds0_ptr, T, F, DV, N, 
     phi [BH, T, F], do [BH, T, DV] (one dtype), g [BH, T] fp32, dsT [BH, F, DV] fp32 (HAS_DST).
     """
     i_f, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-    o_f = (i_f * BF + tl.arange(0, BF)).to(tl.int64)
-    o_v = (i_v * BV + tl.arange(0, BV)).to(tl.int64)
-    p_s, m_s = _state_ptrs(dsT_ptr, i_bh, 0, 1, F, DV, o_f, o_v)
+    f0, v0 = i_f * BF, i_v * BV
     if HAS_DST:
-        b_ds = tl.load(p_s, mask=m_s, other=0.0).to(tl.float32)  # [BF, BV]
+        b_ds = _load_state(dsT_ptr, i_bh, 0, 1, F, DV, f0, v0, BF, BV).to(tl.float32)  # [BF, BV]
     else:
         b_ds = tl.zeros([BF, BV], dtype=tl.float32)
     for j in range(N):
         i_c = N - 1 - j
-        p_h, m_h = _state_ptrs(dh_ptr, i_bh, i_c, N, F, DV, o_f, o_v)
-        tl.store(p_h, b_ds.to(dh_ptr.dtype.element_ty), mask=m_h)
-        b_phi = _tile(phi_ptr, i_bh, i_c, T, F, o_f, C)  # [C, BF]
-        b_do = _tile(do_ptr, i_bh, i_c, T, DV, o_v, C)  # [C, BV]
+        _store_state(dh_ptr, b_ds, i_bh, i_c, N, F, DV, f0, v0, BF, BV)
+        b_phi = _load_rows(phi_ptr, i_bh, i_c, T, F, f0, C, BF)  # [C, BF]
+        b_do = _load_rows(do_ptr, i_bh, i_c, T, DV, v0, C, BV)  # [C, BV]
         b_b, b_last = _chunk_gate(g_ptr, i_bh, i_c, T, C)
         b_q = (b_phi * tl.exp(b_b)[:, None]).to(b_do.dtype)  # [C, BF]
         b_ds = b_ds * tl.exp(b_last) + tl.dot(tl.trans(b_q), b_do, input_precision=PRECISION)  # [BF, BV]
-    p_s, m_s = _state_ptrs(ds0_ptr, i_bh, 0, 1, F, DV, o_f, o_v)
-    tl.store(p_s, b_ds, mask=m_s)
+    _store_state(ds0_ptr, b_ds, i_bh, 0, 1, F, DV, f0, v0, BF, BV)
 
 
 @triton.jit
@@ -182,22 +192,20 @@ def _bwd_dv(phi_ptr, psi_ptr, do_ptr, g_ptr, dh_ptr, dv_ptr, T, F, DV, N, C: tl.
             BV: tl.constexpr, PRECISION: tl.constexpr):
     """dv [BH, T, DV] = exp(b_last - b) (psi dh_c) + (psi phi^T * decay^T) dO for one chunk and DV tile."""
     i_v, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-    o_v = (i_v * BV + tl.arange(0, BV)).to(tl.int64)
+    v0 = i_v * BV
     b_dv = tl.zeros([C, BV], dtype=tl.float32)
     b_at = tl.zeros([C, C], dtype=tl.float32)
     for f0 in range(0, F, BF):
-        o_f = (f0 + tl.arange(0, BF)).to(tl.int64)
-        b_phi = _tile(phi_ptr, i_bh, i_c, T, F, o_f, C)  # [C, BF]
-        b_psi = _tile(psi_ptr, i_bh, i_c, T, F, o_f, C)  # [C, BF]
-        p_h, m_h = _state_ptrs(dh_ptr, i_bh, i_c, N, F, DV, o_f, o_v)
-        b_dh = tl.load(p_h, mask=m_h, other=0.0).to(b_psi.dtype)  # [BF, BV]
+        b_phi = _load_rows(phi_ptr, i_bh, i_c, T, F, f0, C, BF)  # [C, BF]
+        b_psi = _load_rows(psi_ptr, i_bh, i_c, T, F, f0, C, BF)  # [C, BF]
+        b_dh = _load_state(dh_ptr, i_bh, i_c, N, F, DV, f0, v0, BF, BV).to(b_psi.dtype)  # [BF, BV]
         b_dv += tl.dot(b_psi, b_dh, input_precision=PRECISION)
         b_at += tl.dot(b_psi, tl.trans(b_phi), input_precision=PRECISION)  # [C, C]: psi_i . phi_t
     b_b, b_last = _chunk_gate(g_ptr, i_bh, i_c, T, C)
-    b_do = _tile(do_ptr, i_bh, i_c, T, DV, o_v, C)  # [C, BV]
+    b_do = _load_rows(do_ptr, i_bh, i_c, T, DV, v0, C, BV)  # [C, BV]
     b_at = (b_at * tl.trans(_decay_tile(b_b, C))).to(b_do.dtype)
     b_dv = b_dv * tl.exp(b_last - b_b)[:, None] + tl.dot(b_at, b_do, input_precision=PRECISION)
-    _store_tile(dv_ptr, b_dv, i_bh, i_c, T, DV, o_v, C)
+    _store_rows(dv_ptr, b_dv, i_bh, i_c, T, DV, v0, C, BV)
 
 
 @triton.jit
@@ -209,29 +217,26 @@ def _bwd_dfeat(phi_ptr, psi_ptr, v_ptr, do_ptr, g_ptr, h_ptr, dh_ptr, dphi_ptr, 
     dpsi = exp(b_last - b) (v dh_c^T) + (dO v^T * decay)^T phi.
     """
     i_f, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-    o_f = (i_f * BF + tl.arange(0, BF)).to(tl.int64)
+    f0 = i_f * BF
     b_dphi = tl.zeros([C, BF], dtype=tl.float32)
     b_dpsi = tl.zeros([C, BF], dtype=tl.float32)
     b_da = tl.zeros([C, C], dtype=tl.float32)
     for v0 in range(0, DV, BV):
-        o_v = (v0 + tl.arange(0, BV)).to(tl.int64)
-        b_do = _tile(do_ptr, i_bh, i_c, T, DV, o_v, C)  # [C, BV]
-        b_v = _tile(v_ptr, i_bh, i_c, T, DV, o_v, C)  # [C, BV]
-        p_h, m_h = _state_ptrs(h_ptr, i_bh, i_c, N, F, DV, o_f, o_v)
-        b_h = tl.load(p_h, mask=m_h, other=0.0).to(b_do.dtype)  # [BF, BV]
-        p_h, m_h = _state_ptrs(dh_ptr, i_bh, i_c, N, F, DV, o_f, o_v)
-        b_dh = tl.load(p_h, mask=m_h, other=0.0).to(b_do.dtype)  # [BF, BV]
+        b_do = _load_rows(do_ptr, i_bh, i_c, T, DV, v0, C, BV)  # [C, BV]
+        b_v = _load_rows(v_ptr, i_bh, i_c, T, DV, v0, C, BV)  # [C, BV]
+        b_h = _load_state(h_ptr, i_bh, i_c, N, F, DV, f0, v0, BF, BV).to(b_do.dtype)  # [BF, BV]
+        b_dh = _load_state(dh_ptr, i_bh, i_c, N, F, DV, f0, v0, BF, BV).to(b_do.dtype)  # [BF, BV]
         b_dphi += tl.dot(b_do, tl.trans(b_h), input_precision=PRECISION)  # [C, BF]
         b_dpsi += tl.dot(b_v, tl.trans(b_dh), input_precision=PRECISION)  # [C, BF]
         b_da += tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)  # [C, C]: dO_t . v_i
     b_b, b_last = _chunk_gate(g_ptr, i_bh, i_c, T, C)
-    b_phi = _tile(phi_ptr, i_bh, i_c, T, F, o_f, C)  # [C, BF]
-    b_psi = _tile(psi_ptr, i_bh, i_c, T, F, o_f, C)  # [C, BF]
+    b_phi = _load_rows(phi_ptr, i_bh, i_c, T, F, f0, C, BF)  # [C, BF]
+    b_psi = _load_rows(psi_ptr, i_bh, i_c, T, F, f0, C, BF)  # [C, BF]
     b_da = (b_da * _decay_tile(b_b, C)).to(b_phi.dtype)
     b_dphi = b_dphi * tl.exp(b_b)[:, None] + tl.dot(b_da, b_psi, input_precision=PRECISION)
     b_dpsi = b_dpsi * tl.exp(b_last - b_b)[:, None] + tl.dot(tl.trans(b_da), b_phi, input_precision=PRECISION)
-    _store_tile(dphi_ptr, b_dphi, i_bh, i_c, T, F, o_f, C)
-    _store_tile(dpsi_ptr, b_dpsi, i_bh, i_c, T, F, o_f, C)
+    _store_rows(dphi_ptr, b_dphi, i_bh, i_c, T, F, f0, C, BF)
+    _store_rows(dpsi_ptr, b_dpsi, i_bh, i_c, T, F, f0, C, BF)
     # the tile's share of phi_t . dphi_t - psi_t . dpsi_t, from the fp32 values before they are rounded
     b_dg = tl.sum(b_phi.to(tl.float32) * b_dphi - b_psi.to(tl.float32) * b_dpsi, axis=1)  # [C]
     o_t = i_c * C + tl.arange(0, C)
@@ -259,19 +264,27 @@ def plan(features: int, head_dim_v: int, dtype: torch.dtype, chunk: int | None =
     """The launch of the gated kernels for F features and DV value columns (v's ones column included).
 
     >>> plan(2145, 65, torch.bfloat16)
-    Plan(chunk=64, block_f=64, block_v=128, precision='tf32', num_warps=4)
+    Plan(chunk=64, block_f=64, block_v=128, precision='tf32', num_warps=8)
     >>> plan(5, 4, torch.float32, chunk=16).block_f
     16
     """
     chunk = 64 if chunk is None else chunk
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 16 or chunk & (chunk - 1):
         raise KernelError(f"chunk={chunk!r}: the gated Triton kernels need a power of two >= 16 (tokens per chunk)")
+    if features * max(head_dim_v, chunk) >= 2**31:
+        raise KernelError(f"F={features} features x {head_dim_v} value columns: the gated kernels address one state "
+                          "with int32 offsets; lower the degree or the head dim")
     # fp32 inputs keep fp32 accuracy through three tf32 passes, as the ungated kernels do
     precision = "tf32x3" if dtype == torch.float32 else "tf32"
     # one value tile up to 128 columns (DV 64 plus the normaliser's column): the passes that loop over F
-    # rebuild the [C, C] score tile once per value tile
-    return Plan(chunk=chunk, block_f=min(64, _pow2(features)), block_v=min(128, _pow2(head_dim_v)),
-                precision=precision, num_warps=4)
+    # rebuild the [C, C] score tile once per value tile. fp32 (tf32x3) tiles of 128 ask for 164-328 KB of
+    # shared memory on sm_90, above its 227 KB: 64 there.
+    block_v = min(64 if dtype == torch.float32 else 128, _pow2(head_dim_v))
+    # sm_90 compile (benchmarks/gated_check.py --compile), bf16: BV 128 at 4 warps spills in every pass
+    # (256 B - 1 KB), at 8 only in the two state walks (104, 152 B); BV 64 at 4 warps spills nowhere
+    warps = 8 if block_v > 64 or dtype == torch.float32 else 4
+    return Plan(chunk=chunk, block_f=min(64, _pow2(features)), block_v=block_v, precision=precision,
+                num_warps=warps)
 
 
 def _empty(shape, device, dtype):
