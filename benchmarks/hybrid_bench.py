@@ -58,7 +58,7 @@ def check(device, dtype, T, D, DV, window, seed=0):
     v, do = (torch.randn(B, H, T, DV, generator=g) for _ in range(2))
     got_in = [x.to(device, dtype).requires_grad_() for x in (q, k, v)]
     ref_in = [x.to(device).requires_grad_() for x in (q, k, v)]
-    o = hybrid_attention(*got_in, SPEC, window=window, backend="triton", tuning={"gpu_unverified": True})
+    o = hybrid_attention(*got_in, SPEC, window=window, backend="triton")
     got = (o,) + torch.autograd.grad(o, got_in, do.to(device, dtype))
     r = hybrid_attention(*ref_in, SPEC, window=window, backend="torch")
     ref = (r,) + torch.autograd.grad(r, ref_in, do.to(device))
@@ -133,10 +133,9 @@ def run(args, sink):
             return _outside_sums(q, k, v, poly, scale, w, _outside_route(args.DV))
 
         d_out = torch.randn(B, H, T - w, args.DV + 1, generator=g).to(device, dtype)
-        cases = [("hybrid", lambda: hybrid_attention(q, k, v, SPEC, window=w, backend="triton",
-                                                 tuning={"gpu_unverified": True}), do),
+        cases = [("hybrid", lambda: hybrid_attention(q, k, v, SPEC, window=w, backend="triton"), do),
                  ("hybrid augment", lambda: hybrid_attention(q, k, v, SPEC, window=w, backend="triton",
-                                                             tuning={"outside": "augment", "gpu_unverified": True}), do),
+                                                             tuning={"outside": "augment"}), do),
                  ("  window kernel", window_only, do), ("  outside sums", outside_only, d_out)]
         if parallel_based is not None:
             qt, kt, vt = (x.detach().transpose(1, 2).contiguous().requires_grad_() for x in (q, k, v))

