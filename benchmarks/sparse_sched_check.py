@@ -106,6 +106,7 @@ def run(args):
     tuning = parse_tiles(args.tiles, args.fwd_tiles)
     tiles = plan_tiles(args.D, args.D, dev, dt, tuning)
     both = tuple(dict.fromkeys((tiles.fwd, tiles.bwd)))
+    back = (False, True) if len(both) == 2 else (True,)  # as a call with a gradient builds them
     rows = []
     backends = {}
     for T in args.T:
@@ -130,7 +131,7 @@ def run(args):
             cases.append((f"keep {p}%", lambda q, k, v, keep=keep: sparse_attention(q, k, v, keep=keep, tuning=tuning),
                           float((n * (n + 1) / 2).mean() / causal),
                           lambda flat=flat: range_schedules(flat.shape[0], T, both, keep=flat, clean=tiles.clean,
-                                                            device=dev),
+                                                            device=dev, backward=back),
                           None, allowed_pairs(T, keep=keep[0:1, 0:1])))
         for nb in args.buckets:
             # hashed once, outside the timings: the rows time the attention with its schedule
@@ -140,7 +141,7 @@ def run(args):
             cases.append((f"hash/{nb}", lambda q, k, v, ids=ids: sparse_attention(q, k, v, buckets=ids, tuning=tuning),
                           bucket_share(head[0][0, 0], head[1][0, 0], causal),
                           lambda flat=flat: range_schedules(flat[0].shape[0], T, both, buckets=flat,
-                                                            clean=tiles.clean, device=dev),
+                                                            clean=tiles.clean, device=dev, backward=back),
                           None, allowed_pairs(T, buckets=head)))
         if args.pattern:
             def build():
