@@ -235,7 +235,7 @@ def test_plan_tiles_routes_16_bit_forwards_to_128_by_64():
         plan_tiles(64, 64, "cpu", tuning={"fwd": (128, 48, 8)})
 
 
-# the plan's 16-bit GPU forward (128 x 64 x 8) forced on the interpreter, the backward at 16 x 16
+# the plan's 16-bit GPU forward (128 x 64 x 8) forced on the interpreter, the backward at 32 x 32
 FWD_128 = [("keep", 130, True, torch.float16), ("buckets", 130, False, torch.float16),
            ("pattern", 130, True, torch.float16), ("keep+buckets", 130, True, torch.float32)]
 
@@ -247,7 +247,7 @@ def test_forward_at_128_by_64_matches_the_dense_reference(what, T, causal, dtype
     g = torch.Generator().manual_seed(T)
     q, k, v = (torch.randn(1, 2, T, 16, generator=g).to(dtype).requires_grad_() for _ in range(3))
     do = torch.randn(1, 2, T, 16, generator=g).to(dtype)
-    tuning = {"block": 16, "fwd": (128, 64, 8)}
+    tuning = {"block": 32, "fwd": (128, 64, 8)}
     if what == "pattern":
         pattern = local(20) | strided(33) | global_tokens(2)
         o = pattern_attention(q, k, v, pattern, is_causal=causal, tuning=tuning)
