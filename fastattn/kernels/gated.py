@@ -25,8 +25,10 @@ outputs (S_0 enters as exp(G_t) phi_t . S_0, the i = 0 term), dA_ti/dG_t = A_ti 
 phi_t . dphi_t = sum_i dA_ti A_ti, psi_i . dpsi_i = sum_t dA_ti A_ti; tests/test_gated.py checks it
 against torch autograd in float64.
 
-Memory traffic (forward, per batch.head): reads phi, psi (2 T F) and v (T DV) once per DV tile,
-writes and reads the chunk states (T/C) F DV, writes o (T DV) in fp32.
+Memory traffic (forward, per batch.head): the walk reads psi (T F) once per DV tile and v (T DV)
+once per F tile and writes the chunk states ((T/C) F DV); the output pass reads phi, psi and the
+states once per DV tile (one tile up to DV = 128) and writes o (T DV, fp32). The backward moves
+about twice that, plus dphi, dpsi (2 T F).
 
 >>> import torch
 >>> from fastattn.kernels import polynomial
