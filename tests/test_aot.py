@@ -33,8 +33,13 @@ FUSED = {"_segment_state_kernel", "_segment_scan_kernel", "_fused_fwd_kernel", "
      {"_intra_fwd_kernel", "_segment_state_kernel", "_segment_scan_kernel", "_inter_fwd_kernel", "_finalize_kernel",
       "_bwd_prep_kernel", "_intra_bwd_kernel", "_segment_state_kernel[SCALE_Y]", "_segment_scan_kernel[REVERSE]",
       "_inter_bwd_kernel[PASS=0]", "_inter_bwd_kernel[PASS=1]"}, "bf16"),
+    # fp32 at a 128-wide v tile asked 263,168 B in the backward: the plan splits v into 64-wide tiles
+    ("1 + x + x**2/2", 16, 65, 2048, None,
+     {"_intra_fwd_kernel", "_segment_state_kernel", "_segment_scan_kernel", "_inter_fwd_kernel", "_finalize_kernel",
+      "_bwd_prep_kernel", "_intra_bwd_kernel", "_segment_state_kernel[SCALE_Y]", "_segment_scan_kernel[REVERSE]",
+      "_inter_bwd_kernel[PASS=0]", "_inter_bwd_kernel[PASS=1]"}, "fp32"),
 ], ids=["fused-x-d64", "fused-based", "fused-based-fp32", "fused-based-v16-fp32", "fused-based-v1",
-     "kron-based"])
+     "kron-based", "kron-based-v65-fp32"])
 def test_every_kernel_compiles_for_sm90(spec, D, DV, T, tuning, kernels, dtype):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     args = [sys.executable, "-m", "fastattn.kernels.aot", spec, "--dtype", dtype, "--head-dim", str(D),

@@ -430,7 +430,8 @@ def _plan(q_shape, v_shape, dtype, dev, causal, normalize, part, t, chunk, block
     bf = block_f or 64
     const = causal and kron and t["const_out"] and not state and kron_const_out(D, bf)
     f_pad = _kron_tiles(D, bf, const) * bf if kron else _sym_pad(D, bf)
-    BVs = BV if block_v is None else min(BV, block_v)
+    # fp32 operands at a 128-wide v tile ask 263,168 B of shared memory (sm_90 has 232,448): two v tiles instead
+    BVs = (min(BV, 64) if dtype == torch.float32 else BV) if block_v is None else min(BV, block_v)
     warps = _scan_warps(kron, bf, BVs)
     NC, NF, NV = _cdiv(T, chunk), f_pad // bf, _cdiv(DV, BVs)
     if part == "fwd":
