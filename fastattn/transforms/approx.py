@@ -2,8 +2,9 @@
 
 * :func:`chebyshev`: the degree-p interpolant at the Chebyshev points of [-R, R].
 * :func:`minimax`: the Remez best uniform approximation (mpmath, 50 digits).
-* :func:`taylor`: the Taylor polynomial at 0, certified on the real interval (often far tighter
-  than :meth:`Spec.remainder_bound`, which bounds |f| on a complex disc).
+* :func:`taylor`: the Taylor polynomial at 0, certified on the real interval for one radius (within
+  ``tolerance`` of the true error; :meth:`Spec.remainder_bound` answers for any R, from complex discs,
+  exact rational tails or the integral-form Lagrange remainder, within a small factor).
 * :func:`error_bound`: a rigorous upper bound on ``sup_{|x| <= R} |f(x) - poly(x)|``.
 
 Each returns an :class:`Approximation` with exact rational monomial coefficients. The coefficients
