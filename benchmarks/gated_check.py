@@ -101,11 +101,11 @@ def compile_report(arch=90):
         runs = {
             "_fwd_states": dict(psi_ptr=x, v_ptr=v, g_ptr=g, s0_ptr=s, h_ptr=h, sT_ptr=s, HAS_S0=True,
                                 STORE_FINAL=True),
-            "_fwd_output": dict(phi_ptr=x, psi_ptr=x, v_ptr=v, g_ptr=g, h_ptr=h, o_ptr=o),
-            "_bwd_dstates": dict(phi_ptr=x, do_ptr=v, g_ptr=g, dsT_ptr=s, dh_ptr=h, ds0_ptr=s, HAS_DST=True),
-            "_bwd_dv": dict(phi_ptr=x, psi_ptr=x, do_ptr=v, g_ptr=g, dh_ptr=h, dv_ptr=v),
+            "_fwd_output": dict(phi_ptr=x, psi_ptr=x, v_ptr=v, g_ptr=g, h_ptr=h, o_ptr=o, G=1),
+            "_bwd_dstates": dict(phi_ptr=x, do_ptr=v, g_ptr=g, dsT_ptr=s, dh_ptr=h, ds0_ptr=s, HAS_DST=True, G=1),
+            "_bwd_dv": dict(phi_ptr=x, psi_ptr=x, do_ptr=v, g_ptr=g, dh_ptr=h, dv_ptr=v, G=1),
             "_bwd_dfeat": dict(phi_ptr=x, psi_ptr=x, v_ptr=v, do_ptr=v, g_ptr=g, h_ptr=h, dh_ptr=h, dphi_ptr=x,
-                               dpsi_ptr=x, dgate_ptr=g, BH=BH),
+                               dpsi_ptr=x, dgate_ptr=g, BHkv=BH, G=1),
         }
         for name, kw in runs.items():
             fn = getattr(gated, name)
@@ -113,8 +113,8 @@ def compile_report(arch=90):
             sig, consts, attrs = {}, {}, {}
             for i, arg in enumerate(fn.arg_names):
                 val = kw[arg]
-                if arg.isupper() and not isinstance(val, int) or isinstance(val, (bool, str)) or arg in (
-                        "C", "BF", "BV"):
+                # constexprs, and an int equal to 1, which the runtime specialises into a constant (G, MHA)
+                if isinstance(val, (bool, str)) or arg in ("C", "BF", "BV") or (isinstance(val, int) and val == 1):
                     consts[arg], sig[arg] = val, "constexpr"
                 elif isinstance(val, torch.Tensor):
                     # the runtime's divisibility-16 hint on real pointers and multiples of 16

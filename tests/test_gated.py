@@ -33,7 +33,7 @@ def triton_only(monkeypatch):
     kernel = gated.gated_chunk
 
     def counted(*args, **kwargs):
-        calls.append(args[0].shape)
+        calls.append((args[0].shape[0], args[1].shape[0]))  # rows of phi and psi: query and key/value heads
         return kernel(*args, **kwargs)
 
     def no_torch(*args, **kwargs):
@@ -97,6 +97,7 @@ CASES = [
     ("taylor2-norm-fp32", F2, True, (1, 2, 2), 100, 4, 6, torch.float32, False),
     ("taylor2-norm-gqa-state-fp32", F2, True, (1, 4, 2), 100, 4, 5, torch.float32, True),
     ("linear-unnorm-fp32", "x", False, (2, 1, 1), 100, 8, 4, torch.float32, False),
+    ("linear-unnorm-gqa3-fp32", "x", False, (2, 6, 2), 70, 8, 4, torch.float32, False),
     ("linear-unnorm-state-fp32", "x", False, (1, 2, 2), 70, 16, 8, torch.float32, True),
     ("power2-norm-fp32", "x**2", True, (1, 2, 2), 100, 4, 4, torch.float32, False),
     ("power2-unnorm-state-fp32", "x**2", False, (1, 1, 1), 100, 8, 4, torch.float32, True),
@@ -131,7 +132,8 @@ def test_triton_route_matches_the_torch_path(triton_only, f, normalize, heads, T
         ref = _run(q, k, v, g, f, normalize, Hq != Hk, torch.float64, state, "torch")
     got = _run(q, k, v, g, f, normalize, Hq != Hk, dtype, None if state is None else
                tuple(x.float() for x in state), "auto")
-    assert len(triton_only) == 1, "the gated Triton kernel did not run exactly once"
+    # once, on every query head and only the key/value heads (GQA repeats nothing)
+    assert triton_only == [(B * Hq, B * Hk)], f"the gated Triton kernel ran as {triton_only}"
     assert got[3].dtype == dtype
     gen = torch.Generator().manual_seed(2)
     do = torch.randn(ref[3].shape, generator=gen, dtype=torch.float64)

@@ -216,16 +216,12 @@ def _triton_with_state(q, k, v, poly, scale, causal, normalize, fix, eps, chunk,
 
 
 def _triton_gated(q, k, v, g, poly, scale, normalize, fix, eps, chunk, tables, check_output, initial_state,
-                  output_final_state, G):
-    """The gated Triton kernels (:mod:`fastattn.kernels.gated`), with K, V already repeated per GQA group: g and
-    a carried state are repeated the same way, and the final state is read from each group's first head."""
+                  output_final_state):
+    """The gated Triton kernels (:mod:`fastattn.kernels.gated`); they read a GQA group's key/value head, g and
+    state from each of its query heads, so nothing is repeated."""
     from fastattn.kernels.gated import gated_attention
 
-    g = g if G == 1 else g.repeat_interleave(G, 1)
-    init = None
-    if initial_state is not None:
-        S, z = initial_state.S, initial_state.z
-        init = (S, z) if G == 1 else (S.repeat_interleave(G, 1), z.repeat_interleave(G, 1))
+    init = None if initial_state is None else (initial_state.S, initial_state.z)
     o, final = gated_attention(q, k, v, g, poly, scale=scale, normalize=normalize, normalizer_fix=fix, eps=eps,
                                chunk=chunk, tables=tables, initial_state=init, output_final_state=output_final_state,
                                check_output=check_output)
@@ -233,7 +229,7 @@ def _triton_gated(q, k, v, g, poly, scale, normalize, fix, eps, chunk, tables, c
         return o
     seen = initial_state.tokens if initial_state is not None else torch.zeros(q.shape[0], dtype=torch.int64,
                                                                               device=q.device)
-    return o, State(final[0][:, ::G], final[1][:, ::G], seen + k.shape[2])
+    return o, State(final[0], final[1], seen + k.shape[2])
 
 
 def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, normalize=True, enable_gqa=False,
@@ -262,8 +258,8 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
         Divide by sum_j f (see :func:`fastattn.kernels.poly.check_normalizer` and ``normalizer_fix``).
     enable_gqa : bool
         As in SDPA: H_q a multiple of H_kv, query head h reads key/value head h // (H_q / H_kv). The
-        torch path never copies K or V; the Triton path repeats them (no GQA kernel yet), and a carried
-        state with them.
+        torch path and the gated Triton kernels never copy K or V; the ungated Triton path repeats them
+        (no GQA kernel yet), and a carried state with them.
     g : tensor [B, H_kv, T_k], optional
         Log forget gate per token and key/value head, <= 0 (fla's convention; a fixed per-head decay
         is a constant g): S_t = exp(g_t) S_{t-1} + psi(k_t) v_t^T, i.e. pair (t, i) weighs
@@ -287,8 +283,8 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
     backend : "auto", "triton" or "torch"
         The Triton kernels serve a carried state (``initial_state``, ``output_final_state``, gradients
         both ways) and a gate g (:mod:`fastattn.kernels.gated`: phi(q), psi(k) materialised by torch,
-        chunk kernels with the decays; with GQA, g is repeated per group like K and V; ``chunk`` a
-        power of two >= 16), but neither a padding mask, cu_seqlens, T_q != T_k nor float64 inputs
+        chunk kernels with the decays, GQA without repeating K, V, g or the state; ``chunk`` a power
+        of two >= 16), but neither a padding mask, cu_seqlens, T_q != T_k nor float64 inputs
         yet: with any of these, "auto" runs the torch path (CUDA tensors through torch ops) and
         "triton" raises KernelError naming the missing support.
     tables : tuple, optional
@@ -346,13 +342,13 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
             raise KernelError(f"backend='triton': the Triton kernels do not support {', '.join(needs)} yet; "
                               "use backend='auto' or 'torch' (the torch path serves them)")
         route = "torch"
+    if route == "triton" and g is not None:
+        return _triton_gated(query, key, value, g, poly, scale, normalize, fix, eps, chunk, tables, check_output,
+                             initial_state, output_final_state)
     if route == "triton":
         # no GQA kernel yet: repeat K and V per query group
         G = Hq // Hk
         k, v = (key, value) if G == 1 else (key.repeat_interleave(G, 1), value.repeat_interleave(G, 1))
-        if g is not None:
-            return _triton_gated(query, k, v, g, poly, scale, normalize, fix, eps, chunk, tables, check_output,
-                                 initial_state, output_final_state, G)
         if initial_state is None and not output_final_state:
             return poly_attention(query, k, v, poly, scale=scale, causal=is_causal, normalize=normalize,
                                   normalizer_fix=fix, eps=eps, chunk=chunk, backend="triton", check_output=check_output)

@@ -144,105 +144,125 @@ def _fwd_states(psi_ptr, v_ptr, g_ptr, s0_ptr, h_ptr, sT_ptr, T, F, DV, N, HAS_S
 
 
 @triton.jit
-def _fwd_output(phi_ptr, psi_ptr, v_ptr, g_ptr, h_ptr, o_ptr, T, F, DV, N, C: tl.constexpr, BF: tl.constexpr,
+def _fwd_output(phi_ptr, psi_ptr, v_ptr, g_ptr, h_ptr, o_ptr, T, F, DV, N, G, C: tl.constexpr, BF: tl.constexpr,
                 BV: tl.constexpr, PRECISION: tl.constexpr):
-    """o [BH, T, DV] fp32 = exp(b) (phi h_{c-1}) + (phi psi^T * decay) v for one chunk and DV tile."""
+    """o [BHq, T, DV] fp32 = exp(b) (phi h_{c-1}) + (phi psi^T * decay) v for one chunk, DV tile and query head.
+
+    Query head i_bh reads key/value head i_bh // G (G query heads per group; psi, v, g, h are per key/value head).
+    """
     i_v, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    i_kv = i_bh // G
     v0 = i_v * BV
     b_o = tl.zeros([C, BV], dtype=tl.float32)
     b_a = tl.zeros([C, C], dtype=tl.float32)
     for f0 in range(0, F, BF):
         b_phi = _load_rows(phi_ptr, i_bh, i_c, T, F, f0, C, BF)  # [C, BF]
-        b_psi = _load_rows(psi_ptr, i_bh, i_c, T, F, f0, C, BF)  # [C, BF]
-        b_h = _load_state(h_ptr, i_bh, i_c, N, F, DV, f0, v0, BF, BV).to(b_phi.dtype)  # [BF, BV]
+        b_psi = _load_rows(psi_ptr, i_kv, i_c, T, F, f0, C, BF)  # [C, BF]
+        b_h = _load_state(h_ptr, i_kv, i_c, N, F, DV, f0, v0, BF, BV).to(b_phi.dtype)  # [BF, BV]
         b_o += tl.dot(b_phi, b_h, input_precision=PRECISION)
         b_a += tl.dot(b_phi, tl.trans(b_psi), input_precision=PRECISION)  # [C, C]
-    b_b, _ = _chunk_gate(g_ptr, i_bh, i_c, T, C)
-    b_v = _load_rows(v_ptr, i_bh, i_c, T, DV, v0, C, BV)  # [C, BV]
+    b_b, _ = _chunk_gate(g_ptr, i_kv, i_c, T, C)
+    b_v = _load_rows(v_ptr, i_kv, i_c, T, DV, v0, C, BV)  # [C, BV]
     b_a = (b_a * _decay_tile(b_b, C)).to(b_v.dtype)
     b_o = b_o * tl.exp(b_b)[:, None] + tl.dot(b_a, b_v, input_precision=PRECISION)  # [C, BV]
     _store_rows(o_ptr, b_o, i_bh, i_c, T, DV, v0, C, BV)
 
 
 @triton.jit
-def _bwd_dstates(phi_ptr, do_ptr, g_ptr, dsT_ptr, dh_ptr, ds0_ptr, T, F, DV, N, HAS_DST: tl.constexpr,
+def _bwd_dstates(phi_ptr, do_ptr, g_ptr, dsT_ptr, dh_ptr, ds0_ptr, T, F, DV, N, G, HAS_DST: tl.constexpr,
                  C: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr):
-    """dh [BH, N, F, DV] (the inputs' dtype): the gradient of the state after every chunk (what its keys feed),
-    and dS_0 [BH, F, DV] fp32 (the walk itself sums in fp32).
+    """dh [BHkv, N, F, DV] (the inputs' dtype): the gradient of the state after every chunk (what its keys feed),
+    and dS_0 [BHkv, F, DV] fp32 (the walk itself sums in fp32), summed over the G query heads of the group.
 
-    phi [BH, T, F], do [BH, T, DV] (one dtype), g [BH, T] fp32, dsT [BH, F, DV] fp32 (HAS_DST).
+    phi [BHq, T, F], do [BHq, T, DV] (one dtype), g [BHkv, T] fp32, dsT [BHkv, F, DV] fp32 (HAS_DST).
     """
-    i_f, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    i_f, i_v, i_kv = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     f0, v0 = i_f * BF, i_v * BV
     if HAS_DST:
-        b_ds = _load_state(dsT_ptr, i_bh, 0, 1, F, DV, f0, v0, BF, BV).to(tl.float32)  # [BF, BV]
+        b_ds = _load_state(dsT_ptr, i_kv, 0, 1, F, DV, f0, v0, BF, BV).to(tl.float32)  # [BF, BV]
     else:
         b_ds = tl.zeros([BF, BV], dtype=tl.float32)
     for j in range(N):
         i_c = N - 1 - j
-        _store_state(dh_ptr, b_ds, i_bh, i_c, N, F, DV, f0, v0, BF, BV)
-        b_phi = _load_rows(phi_ptr, i_bh, i_c, T, F, f0, C, BF)  # [C, BF]
-        b_do = _load_rows(do_ptr, i_bh, i_c, T, DV, v0, C, BV)  # [C, BV]
-        b_b, b_last = _chunk_gate(g_ptr, i_bh, i_c, T, C)
-        b_q = (b_phi * tl.exp(b_b)[:, None]).to(b_do.dtype)  # [C, BF]
-        b_ds = b_ds * tl.exp(b_last) + tl.dot(tl.trans(b_q), b_do, input_precision=PRECISION)  # [BF, BV]
-    _store_state(ds0_ptr, b_ds, i_bh, 0, 1, F, DV, f0, v0, BF, BV)
+        _store_state(dh_ptr, b_ds, i_kv, i_c, N, F, DV, f0, v0, BF, BV)
+        b_b, b_last = _chunk_gate(g_ptr, i_kv, i_c, T, C)
+        b_ds = b_ds * tl.exp(b_last)
+        for i_g in range(G):
+            b_phi = _load_rows(phi_ptr, i_kv * G + i_g, i_c, T, F, f0, C, BF)  # [C, BF]
+            b_do = _load_rows(do_ptr, i_kv * G + i_g, i_c, T, DV, v0, C, BV)  # [C, BV]
+            b_q = (b_phi * tl.exp(b_b)[:, None]).to(b_do.dtype)  # [C, BF]
+            b_ds += tl.dot(tl.trans(b_q), b_do, input_precision=PRECISION)  # [BF, BV]
+    _store_state(ds0_ptr, b_ds, i_kv, 0, 1, F, DV, f0, v0, BF, BV)
 
 
 @triton.jit
-def _bwd_dv(phi_ptr, psi_ptr, do_ptr, g_ptr, dh_ptr, dv_ptr, T, F, DV, N, C: tl.constexpr, BF: tl.constexpr,
+def _bwd_dv(phi_ptr, psi_ptr, do_ptr, g_ptr, dh_ptr, dv_ptr, T, F, DV, N, G, C: tl.constexpr, BF: tl.constexpr,
             BV: tl.constexpr, PRECISION: tl.constexpr):
-    """dv [BH, T, DV] = exp(b_last - b) (psi dh_c) + (psi phi^T * decay^T) dO for one chunk and DV tile."""
-    i_v, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    """dv [BHkv, T, DV] = exp(b_last - b) (psi dh_c) + sum over the group's query heads of (psi phi^T * decay^T) dO,
+    for one chunk and DV tile."""
+    i_v, i_c, i_kv = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     v0 = i_v * BV
+    b_b, b_last = _chunk_gate(g_ptr, i_kv, i_c, T, C)
     b_dv = tl.zeros([C, BV], dtype=tl.float32)
-    b_at = tl.zeros([C, C], dtype=tl.float32)
     for f0 in range(0, F, BF):
-        b_phi = _load_rows(phi_ptr, i_bh, i_c, T, F, f0, C, BF)  # [C, BF]
-        b_psi = _load_rows(psi_ptr, i_bh, i_c, T, F, f0, C, BF)  # [C, BF]
-        b_dh = _load_state(dh_ptr, i_bh, i_c, N, F, DV, f0, v0, BF, BV).to(b_psi.dtype)  # [BF, BV]
+        b_psi = _load_rows(psi_ptr, i_kv, i_c, T, F, f0, C, BF)  # [C, BF]
+        b_dh = _load_state(dh_ptr, i_kv, i_c, N, F, DV, f0, v0, BF, BV).to(b_psi.dtype)  # [BF, BV]
         b_dv += tl.dot(b_psi, b_dh, input_precision=PRECISION)
-        b_at += tl.dot(b_psi, tl.trans(b_phi), input_precision=PRECISION)  # [C, C]: psi_i . phi_t
-    b_b, b_last = _chunk_gate(g_ptr, i_bh, i_c, T, C)
-    b_do = _load_rows(do_ptr, i_bh, i_c, T, DV, v0, C, BV)  # [C, BV]
-    b_at = (b_at * tl.trans(_decay_tile(b_b, C))).to(b_do.dtype)
-    b_dv = b_dv * tl.exp(b_last - b_b)[:, None] + tl.dot(b_at, b_do, input_precision=PRECISION)
-    _store_rows(dv_ptr, b_dv, i_bh, i_c, T, DV, v0, C, BV)
+    b_dv = b_dv * tl.exp(b_last - b_b)[:, None]
+    b_dt = tl.trans(_decay_tile(b_b, C))  # [C, C]
+    for i_g in range(G):
+        b_at = tl.zeros([C, C], dtype=tl.float32)
+        for f0 in range(0, F, BF):
+            b_phi = _load_rows(phi_ptr, i_kv * G + i_g, i_c, T, F, f0, C, BF)  # [C, BF]
+            b_psi = _load_rows(psi_ptr, i_kv, i_c, T, F, f0, C, BF)  # [C, BF]
+            b_at += tl.dot(b_psi, tl.trans(b_phi), input_precision=PRECISION)  # [C, C]: psi_i . phi_t
+        b_do = _load_rows(do_ptr, i_kv * G + i_g, i_c, T, DV, v0, C, BV)  # [C, BV]
+        b_dv += tl.dot((b_at * b_dt).to(b_do.dtype), b_do, input_precision=PRECISION)
+    _store_rows(dv_ptr, b_dv, i_kv, i_c, T, DV, v0, C, BV)
 
 
 @triton.jit
 def _bwd_dfeat(phi_ptr, psi_ptr, v_ptr, do_ptr, g_ptr, h_ptr, dh_ptr, dphi_ptr, dpsi_ptr, dgate_ptr, T, F, DV, N,
-               BH, C: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr):
-    """dphi, dpsi [BH, T, F] of one chunk and F tile, and this tile's part of dL/dG, dgate [NF, BH, T] fp32.
+               BHkv, G, C: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr):
+    """dphi [BHq, T, F] of the group's query heads, dpsi [BHkv, T, F], for one chunk and F tile, and this tile's
+    part of dL/dG (per key/value head: its query heads' phi . dphi less psi . dpsi), dgate [NF, BHkv, T] fp32.
 
     dphi = exp(b) (dO h_{c-1}^T) + (dO v^T * decay) psi,
-    dpsi = exp(b_last - b) (v dh_c^T) + (dO v^T * decay)^T phi.
+    dpsi = exp(b_last - b) (v dh_c^T) + sum over query heads of (dO v^T * decay)^T phi.
     """
-    i_f, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    i_f, i_c, i_kv = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     f0 = i_f * BF
-    b_dphi = tl.zeros([C, BF], dtype=tl.float32)
+    b_b, b_last = _chunk_gate(g_ptr, i_kv, i_c, T, C)
+    b_d = _decay_tile(b_b, C)  # [C, C]
     b_dpsi = tl.zeros([C, BF], dtype=tl.float32)
-    b_da = tl.zeros([C, C], dtype=tl.float32)
     for v0 in range(0, DV, BV):
-        b_do = _load_rows(do_ptr, i_bh, i_c, T, DV, v0, C, BV)  # [C, BV]
-        b_v = _load_rows(v_ptr, i_bh, i_c, T, DV, v0, C, BV)  # [C, BV]
-        b_h = _load_state(h_ptr, i_bh, i_c, N, F, DV, f0, v0, BF, BV).to(b_do.dtype)  # [BF, BV]
-        b_dh = _load_state(dh_ptr, i_bh, i_c, N, F, DV, f0, v0, BF, BV).to(b_do.dtype)  # [BF, BV]
-        b_dphi += tl.dot(b_do, tl.trans(b_h), input_precision=PRECISION)  # [C, BF]
+        b_v = _load_rows(v_ptr, i_kv, i_c, T, DV, v0, C, BV)  # [C, BV]
+        b_dh = _load_state(dh_ptr, i_kv, i_c, N, F, DV, f0, v0, BF, BV).to(b_v.dtype)  # [BF, BV]
         b_dpsi += tl.dot(b_v, tl.trans(b_dh), input_precision=PRECISION)  # [C, BF]
-        b_da += tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)  # [C, C]: dO_t . v_i
-    b_b, b_last = _chunk_gate(g_ptr, i_bh, i_c, T, C)
-    b_phi = _load_rows(phi_ptr, i_bh, i_c, T, F, f0, C, BF)  # [C, BF]
-    b_psi = _load_rows(psi_ptr, i_bh, i_c, T, F, f0, C, BF)  # [C, BF]
-    b_da = (b_da * _decay_tile(b_b, C)).to(b_phi.dtype)
-    b_dphi = b_dphi * tl.exp(b_b)[:, None] + tl.dot(b_da, b_psi, input_precision=PRECISION)
-    b_dpsi = b_dpsi * tl.exp(b_last - b_b)[:, None] + tl.dot(tl.trans(b_da), b_phi, input_precision=PRECISION)
-    _store_rows(dphi_ptr, b_dphi, i_bh, i_c, T, F, f0, C, BF)
-    _store_rows(dpsi_ptr, b_dpsi, i_bh, i_c, T, F, f0, C, BF)
-    # the tile's share of phi_t . dphi_t - psi_t . dpsi_t, from the fp32 values before they are rounded
-    b_dg = tl.sum(b_phi.to(tl.float32) * b_dphi - b_psi.to(tl.float32) * b_dpsi, axis=1)  # [C]
+    b_dpsi = b_dpsi * tl.exp(b_last - b_b)[:, None]
+    b_psi = _load_rows(psi_ptr, i_kv, i_c, T, F, f0, C, BF)  # [C, BF]
+    b_dg = tl.zeros([C], dtype=tl.float32)
+    for i_g in range(G):
+        i_q = i_kv * G + i_g
+        b_dphi = tl.zeros([C, BF], dtype=tl.float32)
+        b_da = tl.zeros([C, C], dtype=tl.float32)
+        for v0 in range(0, DV, BV):
+            b_do = _load_rows(do_ptr, i_q, i_c, T, DV, v0, C, BV)  # [C, BV]
+            b_v = _load_rows(v_ptr, i_kv, i_c, T, DV, v0, C, BV)  # [C, BV]
+            b_h = _load_state(h_ptr, i_kv, i_c, N, F, DV, f0, v0, BF, BV).to(b_do.dtype)  # [BF, BV]
+            b_dphi += tl.dot(b_do, tl.trans(b_h), input_precision=PRECISION)  # [C, BF]
+            b_da += tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)  # [C, C]: dO_t . v_i
+        b_phi = _load_rows(phi_ptr, i_q, i_c, T, F, f0, C, BF)  # [C, BF]
+        b_da = (b_da * b_d).to(b_phi.dtype)
+        b_dphi = b_dphi * tl.exp(b_b)[:, None] + tl.dot(b_da, b_psi, input_precision=PRECISION)
+        b_dpsi += tl.dot(tl.trans(b_da), b_phi, input_precision=PRECISION)
+        _store_rows(dphi_ptr, b_dphi, i_q, i_c, T, F, f0, C, BF)
+        # from the fp32 values before they are rounded
+        b_dg += tl.sum(b_phi.to(tl.float32) * b_dphi, axis=1)  # [C]
+    _store_rows(dpsi_ptr, b_dpsi, i_kv, i_c, T, F, f0, C, BF)
+    b_dg -= tl.sum(b_psi.to(tl.float32) * b_dpsi, axis=1)
     o_t = i_c * C + tl.arange(0, C)
-    tl.store(dgate_ptr + (i_f * BH + i_bh) * T + o_t, b_dg, mask=o_t < T)
+    tl.store(dgate_ptr + (i_f * BHkv + i_kv) * T + o_t, b_dg, mask=o_t < T)
 
 
 # -- host side ----------------------------------------------------------------------------------------------------
@@ -301,8 +321,8 @@ def _cdiv(a, b):
 
 
 def _gated_fwd(phi, psi, v, g, s0, want_final, p):
-    BH, T, F = phi.shape
-    DV = v.shape[-1]
+    BHq, T, F = phi.shape
+    BH, DV = psi.shape[0], v.shape[-1]
     N = _cdiv(T, p.chunk)
     common = dict(T=T, F=F, DV=DV, N=N, C=p.chunk, BF=p.block_f, BV=p.block_v, PRECISION=p.precision,
                   num_warps=p.num_warps)
@@ -312,17 +332,18 @@ def _gated_fwd(phi, psi, v, g, s0, want_final, p):
     _fwd_states[(_cdiv(F, p.block_f), _cdiv(DV, p.block_v), BH)](
         psi_ptr=psi, v_ptr=v, g_ptr=g, s0_ptr=h if s0 is None else s0, h_ptr=h, sT_ptr=sT, HAS_S0=s0 is not None,
         STORE_FINAL=want_final, **common)
-    o = _empty((BH, T, DV), phi.device, torch.float32)
-    _fwd_output[(_cdiv(DV, p.block_v), N, BH)](phi_ptr=phi, psi_ptr=psi, v_ptr=v, g_ptr=g, h_ptr=h, o_ptr=o, **common)
+    o = _empty((BHq, T, DV), phi.device, torch.float32)
+    _fwd_output[(_cdiv(DV, p.block_v), N, BHq)](phi_ptr=phi, psi_ptr=psi, v_ptr=v, g_ptr=g, h_ptr=h, o_ptr=o,
+                                                G=BHq // BH, **common)
     return o, h, (sT if want_final else None)
 
 
 def _gated_bwd(phi, psi, v, g, h, do, dsT, p):
-    BH, T, F = phi.shape
-    DV = v.shape[-1]
+    BHq, T, F = phi.shape
+    BH, DV = psi.shape[0], v.shape[-1]
     N = _cdiv(T, p.chunk)
     NF = _cdiv(F, p.block_f)
-    common = dict(T=T, F=F, DV=DV, N=N, C=p.chunk, BF=p.block_f, BV=p.block_v, PRECISION=p.precision,
+    common = dict(T=T, F=F, DV=DV, N=N, G=BHq // BH, C=p.chunk, BF=p.block_f, BV=p.block_v, PRECISION=p.precision,
                   num_warps=p.num_warps)
     dh = _empty((BH, N, F, DV), phi.device, phi.dtype)
     ds0 = _empty((BH, F, DV), phi.device, torch.float32)
@@ -334,7 +355,7 @@ def _gated_bwd(phi, psi, v, g, h, do, dsT, p):
     dphi, dpsi = _empty(phi.shape, phi.device, phi.dtype), _empty(psi.shape, psi.device, psi.dtype)
     dgate = _empty((NF, BH, T), phi.device, torch.float32)
     _bwd_dfeat[(NF, N, BH)](phi_ptr=phi, psi_ptr=psi, v_ptr=v, do_ptr=do, g_ptr=g, h_ptr=h, dh_ptr=dh,
-                            dphi_ptr=dphi, dpsi_ptr=dpsi, dgate_ptr=dgate, BH=BH, **common)
+                            dphi_ptr=dphi, dpsi_ptr=dpsi, dgate_ptr=dgate, BHkv=BH, **common)
     return dphi, dpsi, dv, dgate.sum(0), ds0
 
 
@@ -367,9 +388,12 @@ def gated_chunk(phi, psi, v, g, initial_state=None, output_final_state=False, ch
 
     Parameters
     ----------
-    phi, psi : tensor [BH, T, F]
+    phi : tensor [BH_q, T, F]
+    psi : tensor [BH, T, F]
     v : tensor [BH, T, DV]
-        One dtype (float32, float16; bfloat16 on a GPU), one device.
+        One dtype (float32, float16; bfloat16 on a GPU), one device. BH_q a multiple of BH (grouped
+        queries: row r of phi reads row r // (BH_q / BH) of psi, v, g and the state; with [B, H] rows
+        that is query head h reading key/value head h // G).
     g : tensor [BH, T]
         Log forget gate <= 0 (not checked here); clamped at :data:`GATE_FLOOR`.
     initial_state : tensor [BH, F, DV], optional
@@ -381,7 +405,7 @@ def gated_chunk(phi, psi, v, g, initial_state=None, output_final_state=False, ch
 
     Returns
     -------
-    o : tensor [BH, T, DV] float32, and S_T with ``output_final_state``. Differentiable in phi,
+    o : tensor [BH_q, T, DV] float32, and S_T with ``output_final_state``. Differentiable in phi,
     psi, v, g and the initial state.
 
     Examples
@@ -392,7 +416,12 @@ def gated_chunk(phi, psi, v, g, initial_state=None, output_final_state=False, ch
     >>> bool(torch.allclose(S, psi[0].T @ v[0], atol=1e-5))
     True
     """
-    BH, T, F = phi.shape
+    BHq, T, F = phi.shape
+    if BHq % psi.shape[0] or psi.shape != (psi.shape[0], T, F) or v.shape[:2] != psi.shape[:2] or \
+            g.shape != psi.shape[:2]:
+        raise KernelError(f"gated_chunk needs phi [BH_q, T, F], psi [BH, T, F], v [BH, T, DV], g [BH, T] with BH_q a "
+                          f"multiple of BH; got phi {tuple(phi.shape)}, psi {tuple(psi.shape)}, v {tuple(v.shape)}, "
+                          f"g {tuple(g.shape)}")
     p = plan(F, v.shape[-1], phi.dtype, chunk)
     g = g.float().clamp_min(GATE_FLOOR).contiguous()
     s0 = None if initial_state is None else initial_state.float().contiguous()
@@ -410,12 +439,13 @@ def gated_attention(q, k, v, g, poly, *, scale, normalize=True, normalizer_fix=N
 
     Parameters
     ----------
-    q, k : tensor [B, H, T, D]
+    q : tensor [B, H_q, T, D]
+    k : tensor [B, H, T, D]
     v : tensor [B, H, T, DV]
-        float32 or float16 (bfloat16 on a GPU: the interpreter's bf16 dot is wrong); H equal on all
-        three (repeat grouped key/value heads first).
+        float32 or float16 (bfloat16 on a GPU: the interpreter's bf16 dot is wrong). H_q a multiple
+        of H: query head h reads key/value head h // (H_q / H), with no copy of K, V or the state.
     g : tensor [B, H, T]
-        Log forget gate <= 0 (checked by the caller).
+        Log forget gate <= 0 per key/value head (checked by the caller).
     poly : Polynomial
     scale : float
     normalize, normalizer_fix, eps
@@ -434,10 +464,10 @@ def gated_attention(q, k, v, g, poly, *, scale, normalize=True, normalizer_fix=N
 
     Returns
     -------
-    (o [B, H, T, DV] in q's dtype, (S, z) float32 or None)
+    (o [B, H_q, T, DV] in q's dtype, (S [B, H, F, DV], z [B, H, F]) float32 or None)
     """
-    B, H, T, D = q.shape
-    DV = v.shape[-1]
+    B, Hq, T, D = q.shape
+    H, DV = k.shape[1], v.shape[-1]
     if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise KernelError(f"the gated Triton kernels take float32, float16 or bfloat16; got {q.dtype} (float64 "
                           "runs on the torch path: backend='torch')")
@@ -456,7 +486,7 @@ def gated_attention(q, k, v, g, poly, *, scale, normalize=True, normalizer_fix=N
         return o, (final if output_final_state else None)
     plan(F, DV + with_z, q.dtype, chunk)  # refuses a bad chunk before any work
     # features in fp32, rounded once to the input dtype the kernels read
-    phi = naive.symmetric_features(q.float(), poly, scale, "phi", tables).to(q.dtype).reshape(B * H, T, F)
+    phi = naive.symmetric_features(q.float(), poly, scale, "phi", tables).to(q.dtype).reshape(B * Hq, T, F)
     psi = naive.symmetric_features(k.float(), poly, scale, "psi", tables).to(q.dtype).reshape(B * H, T, F)
     vv = v.reshape(B * H, T, DV)
     if with_z:
@@ -467,7 +497,7 @@ def gated_attention(q, k, v, g, poly, *, scale, normalize=True, normalizer_fix=N
         S, z = initial_state
         s0 = torch.cat([S.float(), z.float()[..., None]], -1).reshape(B * H, F, DV + 1)
     out, sT = gated_chunk(phi, psi, vv, g.reshape(B * H, T), s0, output_final_state, chunk)
-    out = out.reshape(B, H, T, -1)
+    out = out.reshape(B, Hq, T, -1)
     final = None
     if output_final_state:
         sT = sT.reshape(B, H, F, DV + 1)
