@@ -18,15 +18,18 @@ its rows so that the largest relative error over the cells is smallest (a linear
 
 * the window kernel of ``hybrid_attention`` (:func:`window_cost`): its tiles are counted from the kernel's
   plan (the key blocks that meet the window), with MMA FLOPs, bytes and a floor at v15's ceilings; its
-  time ``c0 + c1 · TFLOPs`` is **uncalibrated** (:data:`WINDOW` is None, :data:`WINDOW_CALIBRATION` says
-  why) until :func:`fit_window` is given a run whose correctness check passed.
+  time is ``c0 + c1 · TFLOPs`` of the visited tiles, :data:`WINDOW` fitted by :func:`fit_window` to the
+  three ``window kernel`` rows of **hybrid run v17** (``benchmarks/out/hybrid_v17.json``, H200, its bf16
+  check passed): one shape (D 16, DV 64, w 512, B 2, H 16, T 8K to 32K), within
+  :data:`WINDOW_FIT_ERROR`; :data:`WINDOW_CALIBRATION` says so in the output.
 
 Fit error (max over the cells, |predicted / measured - 1|): :data:`FIT_ERROR` — 0.28 for ours
 (32 cells of 7 rows: the d16 rows run slower per feature than the model says, d128 faster), 0.37 for
 SDPA (10 cells of 2 rows; d128 at 2K and 4K, launch-bound, pull against the rest; the fit puts s1 at 0,
 so below d64 SDPA's time is extrapolated in proportion to D, which likely flatters SDPA). Shapes
 not in the table (other D, DV, F, T, batch and heads, another card) are **extrapolations**: the
-model knows D ∈ {16, 64, 128}, DV ∈ {64, 128}, F from 64 to 8385, T from 2K to 64K.
+model knows D ∈ {16, 64, 128}, DV ∈ {64, 128}, F from 64 to 8385, T from 2K to 64K; the window
+kernel's model knows only v17's shape, so any other D, DV, w or T beyond 8K-32K is extrapolated.
 
 >>> round(sdpa_ms(64, 8192), 2), round(ours_ms(2145, 64, 64, 8192), 2)   # measured: 2.32, 7.68
 (2.55, 7.9)
@@ -43,7 +46,7 @@ from pathlib import Path
 
 __all__ = ["CARD", "RUN", "DATE", "OURS", "SDPA", "FIT_ERROR", "ours_ms", "sdpa_ms", "max_features", "Cell",
            "cells", "fit", "feature_count", "RATE", "BANDWIDTH", "WINDOW", "WINDOW_CALIBRATION", "WindowCost",
-           "window_cost", "window_ms", "fit_window"]
+           "WINDOW_FIT_ERROR", "window_cost", "window_ms", "fit_window"]
 
 CARD, RUN, DATE = "NVIDIA H200", "v15", "2026-12-01"
 #: The table's default shape: batch and heads of every row without ``b8`` / ``h8`` in its name.
@@ -59,15 +62,18 @@ FIT_ERROR = {"ours": 0.28, "sdpa": 0.37}
 #: The ceilings v15 measured at the start of its run (``meta`` of benchmarks/out/v15.json): bf16 matmul FLOP/s
 #: and device-copy bytes/s. The window kernel's floor divides by them.
 RATE, BANDWIDTH = 685e12, 4.22e12
-#: (c0 ms, c1 ms per TFLOP of the visited tiles) of the window kernel, or None while no correct run measured it.
-WINDOW = None
+#: (c0 ms, c1 ms per TFLOP of the visited tiles) of the window kernel: :func:`fit_window` of hybrid run v17
+#: (0.22378, 6.9914) to 4 digits; the test refits them from the file.
+WINDOW = (0.2238, 6.991)
+#: Largest |predicted / measured - 1| of :data:`WINDOW` over v17's three window-kernel rows (2.3 %).
+WINDOW_FIT_ERROR = 0.0232
 #: Where :data:`WINDOW` comes from, as the output says it.
 WINDOW_CALIBRATION = (
-    "uncalibrated: RESULTS.md's only window-kernel times (section 'Hybrid window + feature map', "
-    "benchmarks/hybrid_bench.py on the H200, 2026-12-01) are of a Triton path that failed its bf16 check "
-    "(o rel-RMS 0.20 at 4K), so no constant is fitted to them; fit_window() takes the JSON of a run whose "
-    "check passed")
+    "calibrated on NVIDIA H200, 2026-12-01: `python benchmarks/hybrid_bench.py --T 8192 16384 32768 --budget-s 150 "
+    "--rep 30 --warmup 10 --json benchmarks/out/hybrid_v17.json` (bf16 check at T = 4096 passed); fit_window on its "
+    "3 'window kernel' rows (D 16, DV 64, w 512, B 2, H 16, T 8K-32K), fit error 2.3 %; other shapes extrapolated")
 _RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "out" / "v15.json"
+_WINDOW_RESULTS = _RESULTS.with_name("hybrid_v17.json")
 
 
 def _check_positive(value, name: str) -> None:
@@ -237,7 +243,7 @@ class WindowCost:
     2(D + DV), 2(2D + DV) and 2(2D + 2DV) per tile pair. ``tile_bytes``: what the tiles load and store
     (before any cache); ``min_bytes``: each tensor read or written once. ``floor_ms`` = max(flops / RATE,
     min_bytes / BANDWIDTH) of v15's ceilings, a lower bound on this kernel's fwd+bwd time; ``ms`` the
-    calibrated prediction, None while :data:`WINDOW` is (``calibration`` says why).
+    prediction of :data:`WINDOW` (``calibration`` says where it comes from).
     """
 
     T: int
@@ -254,7 +260,7 @@ class WindowCost:
     tile_bytes: tuple  # (forward, backward)
     min_bytes: float
     floor_ms: float
-    ms: float | None
+    ms: float
     calibration: str
 
     def to_dict(self) -> dict:
@@ -295,8 +301,8 @@ def window_cost(T: int, window: int, D: int, DV: int | None = None, *, B: int = 
     >>> c = window_cost(8192, 512, 16, 64)
     >>> c.blocks, c.tiles                          # bf16 plan: 128 x 64 forward, 64 x 64 backward
     ((128, 64, 64, 64), (620, 1116, 1116))
-    >>> c.ms is None, c.calibration.startswith("uncalibrated")
-    (True, True)
+    >>> round(c.ms, 3), round(c.floor_ms, 3), c.calibration.startswith("calibrated")   # v17 measured 0.951 ms
+    (0.929, 0.147, True)
     """
     import torch
 
@@ -333,27 +339,20 @@ def window_cost(T: int, window: int, D: int, DV: int | None = None, *, B: int = 
     min_bytes = BH * ((2 * D + 2 * DV) * T * b + 4 * T + out_rows  # forward: q, k, v, o, lse, outside
                       + (4 * D + 4 * DV) * T * b + 8 * T + 2 * out_rows)  # backward: q, k, v, o, do, dq, dk, dv, dout
     floor = max(sum(flops) / RATE, min_bytes / BANDWIDTH) * 1e3
+    c0, c1 = WINDOW
     return WindowCost(T=T, window=w, D=D, DV=DV, B=B, H=H, dtype=dtype,
                       blocks=(pl.block_m, pl.block_n, pl.bwd_block_m, pl.bwd_block_n), tiles=tiles, pairs=pairs,
                       flops=tuple(float(f) for f in flops), tile_bytes=(float(BH * bytes_f), float(BH * bytes_b)),
-                      min_bytes=float(min_bytes), floor_ms=floor, ms=_window_prediction(sum(flops)),
+                      min_bytes=float(min_bytes), floor_ms=floor, ms=c0 + c1 * sum(flops) * 1e-12,
                       calibration=WINDOW_CALIBRATION)
 
 
-def _window_prediction(flops: float, constants=None) -> float | None:
-    constants = WINDOW if constants is None else constants
-    if constants is None:
-        return None
-    c0, c1 = constants
-    return c0 + c1 * flops * 1e-12
-
-
 def window_ms(T: int, window: int, D: int, DV: int | None = None, *, B: int = BATCH, H: int = HEADS,
-              dtype: str = "bfloat16") -> float | None:
-    """Predicted fwd+bwd ms of the window kernel, ``c0 + c1 · TFLOPs of its visited tiles``; None while uncalibrated.
+              dtype: str = "bfloat16") -> float:
+    """Predicted fwd+bwd ms of the window kernel, ``c0 + c1 · TFLOPs of its visited tiles`` (:data:`WINDOW`).
 
-    >>> window_ms(8192, 512, 16, 64) is None     # see WINDOW_CALIBRATION
-    True
+    >>> round(window_ms(32768, 512, 16, 64), 2)     # v17 measured 3.19 (see WINDOW_CALIBRATION)
+    3.11
     """
     return window_cost(T, window, D, DV, B=B, H=H, dtype=dtype).ms
 

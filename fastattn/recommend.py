@@ -287,8 +287,8 @@ class HybridMap:
     ``output_bound`` is kappa of :func:`output_bound` from that range (0 when the window covers T);
     ``feature_*`` are the outside sums at T - w tokens (forward FLOPs and bytes by the analysis's per-token
     formulas, ms by :func:`fastattn.costmodel.ours_ms` at v dim DV + 1, the ones column of the normaliser; at
-    window 0 the plain map at DV); ``window_ms`` the window kernel's (None: uncalibrated), ``window_floor_ms``
-    its floor, and ``ms`` their sum (None when a part is unknown).
+    window 0 the plain map at DV); ``window_ms`` the window kernel's (:func:`fastattn.costmodel.window_ms`; None
+    at window 0), ``window_floor_ms`` its floor, and ``ms`` their sum (None when the map has no features).
     """
 
     method: str
@@ -330,12 +330,11 @@ class HybridMap:
         out = "-" if self.output_bound is None else ("0 (exact)" if self.output_bound == 0 else
                                                      f"<= {self.output_bound:.3g} x range(v)")
         fm = "-" if self.feature_ms is None else f"{self.feature_ms:.3g}"
-        if self.window_floor_ms is None:  # window 0: the map alone
+        total = "-" if self.ms is None else f"{self.ms:.3g}"
+        if self.window_ms is None:  # window 0: the map alone
             ms = f"{fm} (the map alone)"
-        elif self.window_ms is None:
-            ms = f"outside {fm} + window uncalibrated (floor {self.window_floor_ms:.2g}) = at least {fm}"
         else:
-            ms = f"outside {fm} + window {self.window_ms:.3g} = {self.ms:.3g}"
+            ms = f"outside {fm} + window {self.window_ms:.3g} = {total}"
         return name, f"{self.features:,}", rel, out, f"{ms} vs SDPA {self.sdpa_ms:.3g}"
 
 
@@ -447,8 +446,8 @@ def hybrid(f, found: list, dim: int, value_dim: int, radius: float, window: int,
     >>> m = h.maps[0]
     >>> m.method, m.features, m.usable, 0.35 < m.relative_error < 0.37, round(m.output_bound, 3)
     ('exact', 153, True, True, 0.097)
-    >>> h.exact.tiles, m.window_ms, m.ms       # the window kernel's term is uncalibrated: no total
-    ((620, 1116, 1116), None, None)
+    >>> h.exact.tiles, round(m.feature_ms, 2), round(m.window_ms, 3), round(m.ms, 2)   # outside + window = total
+    ((620, 1116, 1116), 1.98, 0.929, 2.91)
     """
     from fastattn import costmodel as cm
     from fastattn.analysis import CostModel
@@ -498,7 +497,7 @@ def hybrid(f, found: list, dim: int, value_dim: int, radius: float, window: int,
         elif features:
             feature_ms = cm.ours_ms(features, dim, value_dim + 1, outside) if outside else 0.0
         window_ms = None if exact is None else exact.ms
-        ms = (feature_ms if w == 0 else None if window_ms is None or feature_ms is None else feature_ms + window_ms)
+        ms = feature_ms if window_ms is None or feature_ms is None else feature_ms + window_ms
         delta = low = high = kappa = None
         if ok:
             try:

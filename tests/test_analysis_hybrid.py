@@ -152,12 +152,28 @@ def test_the_tiles_are_the_key_blocks_that_meet_the_window(T, window):
     assert c.tiles == (_meets_window(T, window, bm, bn), _meets_window(T, window, bbm, bbn),
                        _meets_window(T, window, bbm, bbn))
     assert c.pairs == int(np.tril(np.ones((T, T)), 0).sum() - np.tril(np.ones((T, T)), -window).sum())
-    assert c.ms is None and c.calibration.startswith("uncalibrated") and c.floor_ms > 0
+    c0, c1 = cm.WINDOW
+    assert c.ms == pytest.approx(c0 + c1 * sum(c.flops) * 1e-12, rel=1e-12) and c.ms > c0 > 0 and c.floor_ms > 0
 
 
-def test_the_window_term_is_uncalibrated_and_refuses_a_failed_run():
-    assert cm.WINDOW is None and cm.window_ms(8192, 512, 16, 64) is None
-    # RESULTS.md's hybrid times: the check failed (o rel-RMS 0.20), so they cannot calibrate
+def test_the_window_constants_are_the_fit_of_hybrid_v17():
+    run = json.loads(cm._WINDOW_RESULTS.read_text())
+    assert run["device"] == "NVIDIA H200" and all(c["ok"] is True for c in run["checks"])
+    constants, error = cm.fit_window([run])
+    # WINDOW holds the fit to 4 significant digits
+    assert constants == pytest.approx(cm.WINDOW, rel=5e-4)
+    assert error <= cm.WINDOW_FIT_ERROR < error + 0.001
+    rows = [r for r in run["rows"] if r["method"].strip() == "window kernel"]
+    assert [r["T"] for r in rows] == [8192, 16384, 32768]
+    for r in rows:
+        predicted = cm.window_ms(r["T"], run["window"], run["D"], run["DV"], B=run["B"], H=run["H"])
+        assert abs(predicted / r["fwd_bwd_ms"] - 1) <= cm.WINDOW_FIT_ERROR, (r, predicted)
+    assert "hybrid_v17.json" in cm.WINDOW_CALIBRATION and "2.3 %" in cm.WINDOW_CALIBRATION
+    assert f"{cm.WINDOW_FIT_ERROR:.1%}".replace("%", " %") in cm.WINDOW_CALIBRATION
+
+
+def test_fit_window_refuses_a_failed_run():
+    # RESULTS.md's first hybrid times: the check failed (o rel-RMS 0.20), so they cannot calibrate
     failed = {"dtype": "bfloat16", "B": 2, "H": 16, "D": 16, "DV": 64, "window": 512, "checks": [{"ok": False}],
               "rows": [{"T": 8192, "method": "  window kernel", "fwd_bwd_ms": 5.6},
                        {"T": 16384, "method": "  window kernel", "fwd_bwd_ms": 6.2}]}
@@ -174,13 +190,25 @@ def test_json_text_html_and_the_command_line_carry_the_section(capsys):
     d = json.loads(a.to_json())["hybrid"]
     assert d["window"] == 8 and d["outside_tokens"] == T - 8
     assert d["exact_part"]["tiles_per_sequence"]["forward"] == a.hybrid.exact.tiles[0] > 0
-    assert d["exact_part"]["predicted_ms"] is None and d["calibration"].startswith("uncalibrated")
+    window = cm.window_ms(T, 8, D, DV)
+    assert d["exact_part"]["predicted_ms"] == window > 0 and d["calibration"] == cm.WINDOW_CALIBRATION
     maps = [m for m in d["maps"] if m["usable"]]
     assert maps and all(m["relative_error_bound"] > 0 and m["feature_part"]["predicted_ms"] > 0 for m in maps)
+    for m in maps:
+        # outside sums at T - w tokens and v dim DV + 1, plus the window kernel: the model's formula
+        outside = cm.ours_ms(m["features"], D, DV + 1, T - 8)
+        assert m["feature_part"]["predicted_ms"] == pytest.approx(outside, rel=1e-12)
+        assert m["window_part_ms"] == window
+        assert m["predicted_ms"] == pytest.approx(outside + window, rel=1e-12)
     text, page = str(a), a._repr_html_()
     for m in a.hybrid.maps:
         assert m.text in text and m.text in page
-    assert "exact part" in text and "uncalibrated" in text and "Hybrid, window 8" in page
+    assert "exact part" in text and "Hybrid, window 8" in page and "uncalibrated" not in text
+    for m in a.hybrid.maps:
+        if m.usable:
+            cell = f"outside {m.feature_ms:.3g} + window {m.window_ms:.3g} = {m.ms:.3g} vs SDPA {m.sdpa_ms:.3g}"
+            assert cell in text and cell in page
+    assert f"predicted {a.hybrid.exact.ms:.3g} ms" in text and cm.WINDOW_CALIBRATION in text
     assert main(["analyze", "1 + x + x**2/2", "--dim", "4", "--value-dim", "3", "--window", "8", "--seq-len", "40",
                  "--no-certify", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)["hybrid"]
