@@ -34,7 +34,7 @@ def _segment_state_kernel(x, y, yd, rden, cz, S, Z, idx, w, ktab, T, D, DV, F_PA
     b_zs = tl.zeros([BF], dtype=tl.float32)
     c_lo = i_s * CPS
     c_hi = tl.minimum(c_lo + CPS, NC)
-    for g in tl.static_range(G):
+    for g in range(G):
         i_x = i_bh * G + g
         i_x64 = i_x.to(tl.int64)
         p_x = x + i_x64 * T * D

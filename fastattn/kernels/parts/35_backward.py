@@ -28,7 +28,7 @@ def _intra_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, dns, a0, scale, T, D, D
     m_a = (o_t[:, None] >= o_t[None, :]) & m_t[None, :]
     b_dk = tl.zeros([BT, BD], dtype=tl.float32)
     b_dv = tl.zeros([BT, BV], dtype=tl.float32)
-    for g in tl.static_range(G):
+    for g in range(G):
         i_q64 = (i_bh * G + g).to(tl.int64)
         o_qk = i_q64 * T * D + o_t[:, None] * D + o_d[None, :]
         o_vv = i_q64 * T * DV + o_t[:, None] * DV + o_v[None, :]
@@ -65,7 +65,7 @@ def _query_grad_add(b_dS, b_dzs, q, do, dod, rden, dz, idx, o_f, F_PAD, b_wq, I0
     # chunk i_c's share of the dk / dv walk's state: dS += phi(q)^T dn and dzeta += phi(q)^T dz (an
     # MMA accumulator, see _colsum_mma), summed over the G query heads i_kv * G .. of key/value head i_kv
     DT = q.dtype.element_ty
-    for g in tl.static_range(G):
+    for g in range(G):
         i_q = i_kv * G + g
         i_q64 = i_q.to(tl.int64)
         b_phi = _feat(q + i_q64 * T * D, o_t, m_t, D, idx, o_f, F_PAD, b_wq, I0, J0, BT, BD, PRECISION, KRON, KG, KA)

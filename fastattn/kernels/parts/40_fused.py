@@ -276,7 +276,8 @@ def _fused_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, S0, Z0, idx, w_phi, w_p
         else:
             # each query head's intra tile, then the later chunks' share through the state; the state takes
             # this chunk's queries after that, in a second walk over the group (reloading q, dn keeps
-            # them out of registers while dk and dv are formed)
+            # them out of registers while dk and dv are formed). The walks over the group are unrolled: a
+            # loop carrying the [BF, BV] state spilled 3.9 KB a thread at Based d16 / G = 2 (sm_90), 0.7 unrolled
             b_dk = tl.zeros([BT, BD], dtype=tl.float32)
             b_dv = tl.zeros([BT, BV], dtype=tl.float32)
             for g in tl.static_range(G):
