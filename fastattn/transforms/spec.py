@@ -311,8 +311,11 @@ class Spec:
                                for k in range(p + 1, p + extra + 1))
             best = mpmath.inf
             limit = mpmath.mpf(sp.N(self.radius, 50)) if self.radius is not sp.oo else mpmath.inf
-            for t in (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8):
-                r = Rm * (1 + t) if Rm > 0 else mpmath.mpf(t)
+            radii = [Rm * (1 + t) if Rm > 0 else mpmath.mpf(t) for t in (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8)]
+            if limit < mpmath.inf and Rm > 0:
+                # just inside the radius (R = 0.99 of 1) no disc 5 % larger exists: try ones in between
+                radii += [Rm + (limit - Rm) * s for s in (0.25, 0.5, 0.75)]
+            for r in radii:
                 if not r < limit:
                     continue
                 M = self._sup_on_disc(r)
