@@ -9,25 +9,27 @@ materialised by torch, so torch's autograd carries dphi -> dq and dpsi -> dk; th
 "simple GLA" kernels with key dim F, in chunks of C tokens with b the chunk's local cumulative
 gate (every exponent <= 0, so a strongly negative g cannot overflow):
 
-* ``_fwd_states``: one program per (F tile, DV tile, batch.head) walks the chunks and writes the
+* ``_fwd_states``: one program per (F tile, DV tile, key/value head) walks the chunks and writes the
   state before each, S_c = exp(b_last) S_{c-1} + sum_i exp(b_last - b_i) psi_i v_i^T (summed in fp32,
   stored in the inputs' dtype, which the readers' dots take), from S_0.
-* ``_fwd_output``: one program per (DV tile, chunk, batch.head):
+* ``_fwd_output``: one program per (DV tile, chunk, query head), reading its group's key/value head:
   o = exp(b) * (phi S_{c-1}) + (phi psi^T * exp(b_t - b_i), causal) v, summed over F tiles.
 * ``_bwd_dstates``: the reverse walk of dS_c = exp(b'_last) dS_{c+1} + (exp(b') phi)^T dO (chunk c+1),
   from the final state's gradient; its last value is dS_0.
 * ``_bwd_dv`` and ``_bwd_dfeat``: dv per (DV tile, chunk), dphi, dpsi per (F tile, chunk), and
   the per-tile parts of dL/dG_t = phi_t . dphi_t - psi_t . dpsi_t (plus <dS_T, S_T> at the last
-  token); dg is the reverse cumulative sum of dL/dG.
+  token); dg is the reverse cumulative sum of dL/dG. Per key/value head, summing over the query
+  heads of its group (grouped-query attention repeats nothing).
 
 Why dL/dG has that form: A_ti = exp(G_t - G_i) phi_t . psi_i is the only place G enters the
 outputs (S_0 enters as exp(G_t) phi_t . S_0, the i = 0 term), dA_ti/dG_t = A_ti = -dA_ti/dG_i, and
 phi_t . dphi_t = sum_i dA_ti A_ti, psi_i . dpsi_i = sum_t dA_ti A_ti; tests/test_gated.py checks it
 against torch autograd in float64.
 
-Memory traffic (forward, per batch.head): the walk reads psi (T F) once per DV tile and v (T DV)
-once per F tile and writes the chunk states ((T/C) F DV); the output pass reads phi, psi and the
-states once per DV tile (one tile up to DV = 128) and writes o (T DV, fp32). The backward moves
+Memory traffic (forward, per query head with G = 1): the walk reads psi (T F) once per DV tile and
+v (T DV) once per F tile and writes the chunk states ((T/C) F DV); the output pass reads phi, psi
+and the states once per DV tile (one tile up to DV = 128) and writes o (T DV, fp32). With G query
+heads per key/value head the walk and the states are shared by the group. The backward moves
 about twice that, plus dphi, dpsi (2 T F).
 
 >>> import torch
