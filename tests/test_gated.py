@@ -101,8 +101,8 @@ CASES = [
     ("linear-unnorm-state-fp32", "x", False, (1, 2, 2), 70, 16, 8, torch.float32, True),
     ("power2-norm-fp32", "x**2", True, (1, 2, 2), 100, 4, 4, torch.float32, False),
     ("power2-unnorm-state-fp32", "x**2", False, (1, 1, 1), 100, 8, 4, torch.float32, True),
-    # two feature tiles (F = 91) and two value tiles (DV + 1 = 131 columns)
-    ("taylor2-d12-v130-tiles-state-fp32", F2, True, (1, 1, 1), 70, 12, 130, torch.float32, True),
+    # two feature tiles (F = 91) and two value tiles (DV + 1 = 71 columns, fp32 tiles of 64)
+    ("taylor2-d12-v70-tiles-state-fp32", F2, True, (1, 1, 1), 70, 12, 70, torch.float32, True),
     ("taylor2-unnorm-fp16", F2, False, (1, 2, 2), 100, 4, 6, torch.float16, False),
     ("taylor2-norm-state-fp16", F2, True, (1, 2, 1), 100, 4, 4, torch.float16, True),
     ("linear-unnorm-fp16", "x", False, (1, 2, 2), 100, 8, 4, torch.float16, False),
