@@ -152,7 +152,7 @@ STATE_ROWS = [r for r in GQA_ROWS if r[0] not in ("empty", "scan-causal-kron-con
 
 
 @pytest.mark.parametrize("row", STATE_ROWS, ids=[r[0] for r in STATE_ROWS])
-def test_gqa_route_with_a_carried_state_matches_repeated_kv_and_torch(row, monkeypatch):
+def test_gqa_route_with_a_carried_state_matches_torch(row, monkeypatch):
     mod, spec, tuning, case, routes = _force(row, monkeypatch)
     run_gqa_case(spec, torch.float32, GROUPS[True], **case, state=True, repeated=False, tuning=tuning)
     assert mod.routes_taken == _routes_with_state(routes, case["normalize"])
