@@ -58,7 +58,7 @@ def _inputs(B, Hq, Hk, T, D, DV, seed, strong=True):
     return q, k, v, g
 
 
-def _run(q, k, v, g, f, normalize, gqa, dtype, state, backend, chunk=None):
+def _run(q, k, v, g, f, normalize, gqa, dtype, state, backend):
     xs = [x.detach().to(dtype).requires_grad_() for x in (q, k, v)]
     gate = g.detach().to(torch.float32 if dtype != torch.float64 else dtype).requires_grad_()
     st = None
@@ -66,7 +66,7 @@ def _run(q, k, v, g, f, normalize, gqa, dtype, state, backend, chunk=None):
         S, z = (x.detach().clone().requires_grad_() for x in state)
         st = State(S, z, torch.full((q.shape[0],), 7))
     out = fast_attention(*xs, f, normalize=normalize, enable_gqa=gqa, g=gate, initial_state=st,
-                         output_final_state=state is not None, backend=backend, chunk=chunk)
+                         output_final_state=state is not None, backend=backend)
     o, fin = out if state is not None else (out, None)
     return xs, gate, st, o, fin
 
@@ -157,6 +157,17 @@ def test_triton_route_matches_the_torch_path(triton_only, f, normalize, heads, T
     if carried:
         assert_close("dS0", ref[2].S.grad, got[2].S.grad, dtype)
         assert_close("dz0", ref[2].z.grad, got[2].z.grad, dtype)
+
+
+def test_chunk_sizes_agree_with_the_torch_path(triton_only):
+    q, k, v, g = _inputs(1, 2, 2, 100, 4, 4, seed=8)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(functional, "_torch_attention", _TORCH)
+        want = fast_attention(q, k, v, F2, g=g, backend="torch")
+    for chunk in (16, 32, 128):
+        got = fast_attention(q.float(), k.float(), v.float(), F2, g=g.float(), chunk=chunk)
+        assert_close(f"o, chunk {chunk}", want, got, torch.float32)
+    assert len(triton_only) == 3
 
 
 def test_zero_gate_equals_the_ungated_triton_call(triton_only):
