@@ -23,6 +23,7 @@ import math
 
 import torch
 
+from fastattn.attention import varlen
 from fastattn.attention.state import State, check_state, state_dtype
 from fastattn.errors import KernelError
 from fastattn.kernels import naive
@@ -284,7 +285,8 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
         The Triton kernels serve a carried state (``initial_state``, ``output_final_state``, gradients
         both ways) and a gate g (:mod:`fastattn.kernels.gated`: phi(q), psi(k) materialised by torch,
         chunk kernels with the decays, GQA without repeating K, V, g or the state; ``chunk`` a power
-        of two >= 16), but neither a padding mask, cu_seqlens, T_q != T_k nor float64 inputs
+        of two >= 16), and cu_seqlens (:mod:`fastattn.attention.varlen`: causal calls as one zero-padded
+        batch, others one call per sequence), but neither a padding mask, T_q != T_k nor float64 inputs
         yet: with any of these, "auto" runs the torch path (CUDA tensors through torch ops) and
         "triton" raises KernelError naming the missing support.
     tables : tuple, optional
@@ -333,7 +335,6 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
     if initial_state is not None:
         check_state(initial_state, n_seq, Hk, poly.feature_dim(D), DV, query.dtype, query.device)
     needs = [name for name, on in (("key_padding_mask", key_padding_mask is not None),
-                                   ("cu_seqlens", cu_seqlens is not None),
                                    (f"T_q={Tq} != T_k={Tk}", Tq != Tk),
                                    ("float64 inputs", query.dtype == torch.float64)) if on]
     route = choose_backend(query, backend)
@@ -342,6 +343,15 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
             raise KernelError(f"backend='triton': the Triton kernels do not support {', '.join(needs)} yet; "
                               "use backend='auto' or 'torch' (the torch path serves them)")
         route = "torch"
+    if route == "triton" and cu_seqlens is not None:
+        def run(q, k, v, gate, state, final):  # one batched Triton call (no cu_seqlens)
+            return fast_attention(q, k, v, poly, is_causal=is_causal, scale=scale, normalize=normalize,
+                                  enable_gqa=enable_gqa, g=gate, initial_state=state, output_final_state=final,
+                                  normalizer_fix=fix, eps=eps, chunk=chunk, backend="triton", tables=tables,
+                                  check_output=check_output)
+
+        return varlen.varlen_call(run, query, key, value, cu_seqlens, is_causal=is_causal, g=g,
+                                  initial_state=initial_state, output_final_state=output_final_state)
     if route == "triton" and g is not None:
         return _triton_gated(query, key, value, g, poly, scale, normalize, fix, eps, chunk, tables, check_output,
                              initial_state, output_final_state)

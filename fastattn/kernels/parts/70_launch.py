@@ -367,10 +367,10 @@ def _poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, 
 
 def poly_attention_bwd(q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v,
                        segments=None, state=None, tuning=None, initial=None, dfinal=None, want_dinit=False):
-    """Backward pass: (dq, dk, dv) in the input dtypes, from the saved output ``o`` and normaliser ``z``
-    (and, on the fused path, the forward's segment prefix states ``state``). With a carried state (the
-    initial one ``initial`` (S, z), the final one's gradient ``dfinal`` (dS, dz or None), in the State's
-    basis) a fourth entry: the initial state's gradient (dS, dz) with ``want_dinit``, else None."""
+    """Backward pass: (dq, dk, dv, dinit), dq, dk, dv in the input dtypes, from the saved output ``o`` and
+    normaliser ``z`` (and, on the fused path, the forward's segment prefix states ``state``). dinit is the
+    initial state's gradient (dS, dz) when ``want_dinit``, else None; a carried state comes in as ``initial``
+    (S, z) and the final one's gradient as ``dfinal`` (dS, dz or None), in the State's basis."""
     carried = initial is not None or dfinal is not None or want_dinit
     # an unnormalised call with a gradient on its final z rebuilds the start states with their z sums
     if carried and not normalize and dfinal is not None and dfinal[1] is not None:
@@ -379,7 +379,7 @@ def poly_attention_bwd(q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps
     p = plan(q.shape, v.shape, q.dtype, q.device, causal, normalize, "bwd", tuning, chunk=chunk, block_f=block_f,
              block_v=block_v, segments=segments, saved=saved, state=carried)
     if not carried:
-        return _backward(p, q, k, v, o, z, do.contiguous(), scale, causal, normalize, fix_abs, eps, state)
+        return (*_backward(p, q, k, v, o, z, do.contiguous(), scale, causal, normalize, fix_abs, eps, state), None)
     smap = state_map(p, q.shape[-1], scale, q.device)
     init = None if initial is None else (to_kernel(initial[0], smap), to_kernel(initial[1], smap))
     dfin = None

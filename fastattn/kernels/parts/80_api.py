@@ -72,7 +72,7 @@ class PolyAttentionFunction(torch.autograd.Function):
         args = (q, k, v, o, z, do, ctx.scale, ctx.causal, ctx.normalize, ctx.fix_abs, ctx.eps, ctx.chunk, ctx.block_f,
                 ctx.block_v, ctx.segments, state, ctx.tuning)
         if not ctx.carried:
-            dq, dk, dv = poly_attention_bwd(*args)
+            dq, dk, dv, _ = poly_attention_bwd(*args)
             return dq, dk, dv, None, None, None, None, None, None, None, None, None, None, None, None, None, None
         dfinal = None
         if dS_final is not None or dz_final is not None:
