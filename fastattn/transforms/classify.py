@@ -158,17 +158,12 @@ def _linear(h: sp.Expr) -> tuple[sp.Expr, sp.Expr] | None:
 def _zeros(g: sp.Expr, many: int = 4) -> tuple[list[sp.Expr], bool] | None:
     """(zeros, complete): complex zeros of g nearest 0 (exact where possible), or None when g has no rule.
 
-    Polynomials (roots; floats at 30 digits from degree 3), and the families with infinitely many
+    Polynomials (:func:`_polynomial_zeros`), and the families with infinitely many
     zeros that specs produce: A + B*exp(a*x + b) (sigmoid, softplus, x/(exp(x) - 1)), cosh(a*x + b)
     (tanh) and cos(a*x + b) (tan); for those the zeros with |k| <= many around the nearest.
     """
     if g.is_polynomial(X):
-        poly = sp.Poly(g, X)
-        if poly.degree() <= 0:
-            return [], True
-        if poly.degree() <= 2:
-            return list(sp.roots(poly).keys()), True
-        return [sp.Float(r, 30) for r in poly.nroots(n=30)], True
+        return _polynomial_zeros(sp.Poly(g, X)), True
     A, rest = g.as_independent(X, as_Add=True)
     B, core = rest.as_independent(X, as_Add=False)
     if isinstance(core, (sp.exp, sp.cosh, sp.cos)) and _linear(core.args[0]) is not None:
@@ -189,6 +184,48 @@ def _zeros(g: sp.Expr, many: int = 4) -> tuple[list[sp.Expr], bool] | None:
         k0 = int(round(-float(sp.re(base / shift))))
         return [sp.expand((base + k * shift) / a) for k in range(k0 - many, k0 + many + 1)], False
     return None
+
+
+def _polynomial_zeros(poly: sp.Poly) -> list[sp.Expr]:
+    """The distinct complex zeros of poly: exact from factors of degree <= 2 and for real zeros of rational
+    factors (CRootOf), 30-digit floats for the other zeros.
+
+    Each squarefree factor is solved on its own, so a repeated zero ((1 - x)**3) is a simple zero
+    there, where the numeric root-finder converges; complex zeros stay complex numbers.
+
+    >>> from fastattn.transforms.parse import X
+    >>> sorted(_polynomial_zeros(sp.Poly((1 - X)**3 * (4 + X**2), X)), key=str)
+    [-2*I, 1, 2*I]
+    """
+    try:
+        factors = [h for h, _ in poly.factor_list()[1]]
+    except (sp.PolynomialError, NotImplementedError, sp.polys.polyerrors.DomainError):
+        # coefficients sympy cannot factor over (pi, E): their squarefree part is still exact
+        factors = [h for h, _ in poly.sqf_list()[1]]
+    zeros = []
+    for h in factors:
+        if h.degree() <= 2:
+            zeros.extend(sp.roots(h).keys())
+            continue
+        try:
+            found = h.nroots(n=30, maxsteps=200)
+        except mpmath.NoConvergence:
+            raise SpecError(f"the zeros of the denominator factor {h.as_expr()} (degree {h.degree()}) could not be "
+                            "located to 30 digits, so the radius of convergence is unknown; write the spec with "
+                            "denominators of lower degree") from None
+        if h.domain.is_ZZ or h.domain.is_QQ:
+            # real zeros exactly (CRootOf); the complex ones are the floats with the largest imaginary parts
+            real = h.real_roots()
+            found = real + sorted(found, key=lambda r: abs(sp.im(r)))[len(real):]
+        zeros.extend(found)
+    return zeros
+
+
+def _distance(r: sp.Expr) -> sp.Expr:
+    """|r|: exact for exact r (sqrt(re**2 + im**2)), a Float for floating r."""
+    if r.has(sp.Float):
+        return sp.Abs(sp.N(r, 30))
+    return sp.sqrt(sp.expand(sp.re(r) ** 2 + sp.im(r) ** 2))
 
 
 def _removable(g: sp.Expr, cofactor: sp.Expr | None, r: sp.Expr) -> bool:
@@ -218,13 +255,13 @@ def _radius(e: sp.Expr, singular: list) -> tuple[sp.Expr, str]:
             continue
         zeros, complete = found
         for r in sorted(zeros, key=lambda r: float(abs(sp.N(r, 30)))):
-            if r == 0 or (r.is_Float and abs(r) < 1e-25):
+            if r == 0 or (r.has(sp.Float) and _distance(r) < 1e-25):
                 skipped += 1  # f is analytic at 0: its Taylor walk succeeded
                 continue
             if _removable(g, cofactor, r):
                 skipped += 1
                 continue
-            dist = abs(r) if r.is_Float else sp.sqrt(sp.expand(sp.re(r) ** 2 + sp.im(r) ** 2))
+            dist = _distance(r)
             if best is sp.oo or float(dist) < float(best):
                 best, best_text = dist, f"|{r}| = {dist}"
             break
