@@ -28,7 +28,7 @@ from fastattn.attention.state import State, check_state, state_dtype
 from fastattn.errors import KernelError
 from fastattn.kernels import naive
 from fastattn.kernels.codegen import load_module
-from fastattn.kernels.poly import check_feature_count, check_normalizer, choose_backend, poly_attention, polynomial
+from fastattn.kernels.poly import check_feature_count, check_normalizer, choose_backend, polynomial
 
 __all__ = ["fast_attention"]
 
@@ -191,15 +191,11 @@ def _torch_attention(q, k, v, poly, scale, causal, normalize, fix, eps, chunk, t
     return o, final
 
 
-def _triton_with_state(q, k, v, poly, scale, causal, normalize, fix, eps, chunk, check_output, initial_state,
-                       output_final_state, G):
-    """The Triton path with a carried state: the kernels take it in the State's feature order; a GQA group's
-    query heads each start from their key/value head's state (autograd sums their gradients back), and the
-    final state is read from the group's first head (every head of a group sums the same keys)."""
-    init = None
-    if initial_state is not None:
-        S, z = initial_state.S, initial_state.z
-        init = (S, z) if G == 1 else (S.repeat_interleave(G, 1), z.repeat_interleave(G, 1))
+def _triton_kernels(q, k, v, poly, scale, causal, normalize, fix, eps, chunk, check_output, initial_state,
+                       output_final_state):
+    """The Triton path, with or without a carried state (one per key/value head (the kernels read a GQA group's K, V and
+    state from each of its query heads and sum their gradients back), in the State's feature order)."""
+    init = None if initial_state is None else (initial_state.S, initial_state.z)
     try:
         out = load_module(poly).poly_attention(q, k, v, scale=scale, causal=causal, normalize=normalize,
                                                normalizer_fix=fix, eps=eps, chunk=chunk, check_output=check_output,
@@ -213,7 +209,7 @@ def _triton_with_state(q, k, v, poly, scale, causal, normalize, fix, eps, chunk,
     o, (SF, zF) = out
     seen = initial_state.tokens if initial_state is not None else torch.zeros(q.shape[0], dtype=torch.int64,
                                                                               device=q.device)
-    return o, State(SF[:, ::G], zF[:, ::G], seen + k.shape[2])
+    return o, State(SF, zF, seen + k.shape[2])
 
 
 def _triton_gated(q, k, v, g, poly, scale, normalize, fix, eps, chunk, tables, check_output, initial_state,
@@ -259,8 +255,7 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
         Divide by sum_j f (see :func:`fastattn.kernels.poly.check_normalizer` and ``normalizer_fix``).
     enable_gqa : bool
         As in SDPA: H_q a multiple of H_kv, query head h reads key/value head h // (H_q / H_kv). The
-        torch path and the gated Triton kernels never copy K or V; the ungated Triton path repeats them
-        (no GQA kernel yet), and a carried state with them.
+        torch path and the Triton kernels never copy K or V (nor g, nor a carried state).
     g : tensor [B, H_kv, T_k], optional
         Log forget gate per token and key/value head, <= 0 (fla's convention; a fixed per-head decay
         is a constant g): S_t = exp(g_t) S_{t-1} + psi(k_t) v_t^T, i.e. pair (t, i) weighs
@@ -356,14 +351,9 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
         return _triton_gated(query, key, value, g, poly, scale, normalize, fix, eps, chunk, tables, check_output,
                              initial_state, output_final_state)
     if route == "triton":
-        # no GQA kernel yet: repeat K and V per query group
-        G = Hq // Hk
-        k, v = (key, value) if G == 1 else (key.repeat_interleave(G, 1), value.repeat_interleave(G, 1))
-        if initial_state is None and not output_final_state:
-            return poly_attention(query, k, v, poly, scale=scale, causal=is_causal, normalize=normalize,
-                                  normalizer_fix=fix, eps=eps, chunk=chunk, backend="triton", check_output=check_output)
-        return _triton_with_state(query, k, v, poly, scale, is_causal, normalize, fix, eps, chunk, check_output,
-                                  initial_state, output_final_state, G)
+        # grouped-query heads go to the kernels as they are: no K/V copy
+        return _triton_kernels(query, key, value, poly, scale, is_causal, normalize, fix, eps, chunk, check_output,
+                                  initial_state, output_final_state)
     keep = None if key_padding_mask is None else ~key_padding_mask
     chunk = 64 if chunk is None else chunk
     if cu_seqlens is None:
