@@ -261,26 +261,37 @@ def test_triton_kron_rows_float32(row):
     run_case(spec, torch.float32, B, H, T, D, DV, chunk, block_f, block_v, causal, normalize)
 
 
-@pytest.mark.parametrize("spec, D, DV, T, normalize", [("1 + x + x**2/2", 16, 12, 70, True),
-                                                       ("1 + x + x**2/2", 16, 12, 70, False),
-                                                       ("3 + x**2", 8, 5, 33, True),
-                                                       ("3 + x**2", 8, 20, 64, False)])
-def test_kron_constant_outside_the_scans(spec, D, DV, T, normalize, monkeypatch):
+# spec, H, D, DV, T, normalize: f with a linear term (its constant leaves the Kronecker tiles only where
+# D fills whole low tiles: D = 16 at block_f 16) and without one (3 + x**2: at every D), normalised or not
+CONST_ROWS = [("1 + x + x**2/2", 1, 16, 12, 40, True),
+              ("3 + x**2", 2, 8, 5, 33, True),
+              ("3 + x**2", 2, 8, 20, 64, False)]
+
+
+@pytest.mark.parametrize("spec, H, D, DV, T, normalize", CONST_ROWS)
+def test_kron_constant_outside_the_scans(spec, H, D, DV, T, normalize, monkeypatch):
     # where the constant would take a Kronecker tile of its own, the causal scans leave it out and
     # the intra / finalize kernels add a0 times prefix sums of v (and counts to z), the backward a0
     # times suffix sums of dn to dv: forward and gradients still match the reference, with segments
-    # (several chunks each), a ragged last chunk and one v tile narrower than DV
+    # (several chunks each), a ragged last chunk or (DV 20) one v tile narrower than DV
     monkeypatch.setenv("FASTATTN_FUSED", "0")
     mod = load_module(polynomial(spec))
     assert mod.kron_const_out(D, 16)
     with_const = mod.kron_tables(D, 0.5, "cpu", 16)[0].shape[0]
     assert mod.kron_tables(D, 0.5, "cpu", 16, const_out=True)[0].shape[0] == with_const - 1
-    run_case(spec, torch.float32, 1, 2, T, D, DV, 16, 16, 16, True, normalize)
+
+    def plan(part, tuning):
+        return mod.plan((1, H, T, D), (1, H, T, DV), torch.float32, "cpu", True, normalize, part, tuning, chunk=16,
+                        block_f=16, block_v=16)
+    for part in ("fwd", "bwd"):
+        assert plan(part, None).route == f"{part}/scan/causal/kron/const" and plan(part, None).segments > 1
+        assert plan(part, {"const_out": False}).route == f"{part}/scan/causal/kron"
+    mod.routes_taken.clear()
+    run_case(spec, torch.float32, 1, H, T, D, DV, 16, 16, 16, True, normalize)
+    assert mod.routes_taken == {"fwd/scan/causal/kron/const", "bwd/scan/causal/kron/const"}
     # the same rows with the constant's tile kept agree too (tuning const_out=False turns the split off)
-    plan = lambda tuning: mod.plan((1, 2, T, D), (1, 2, T, DV), torch.float32, "cpu", True, normalize, "fwd",  # noqa: E731
-                                   tuning, chunk=16, block_f=16, block_v=16)
-    assert plan(None).const_out and not plan({"const_out": False}).const_out
-    run_case(spec, torch.float32, 1, 2, T, D, DV, 16, 16, 16, True, normalize, tuning={"const_out": False})
+    run_case(spec, torch.float32, 1, H, T, D, DV, 16, 16, 16, True, normalize, tuning={"const_out": False})
+    assert {"fwd/scan/causal/kron", "bwd/scan/causal/kron"} <= mod.routes_taken
 
 
 @pytest.mark.parametrize("fused", ["0", "1"])
@@ -300,27 +311,52 @@ def test_segment_pass_steps_over_several_chunks(rows, fused, monkeypatch):
                 return kernel[grid](*args, **kw)
             return launch
     monkeypatch.setattr(mod, "_segment_state_kernel", Spy())
-    # 19 chunks of 16 in 4 segments: 5 chunks each, rounded up to a multiple of the step
+    # 9 chunks of 16 (the last ragged) in 2 segments: 5 chunks each, rounded up to a multiple of the step
     g = int(rows)
-    assert mod._segments(19, 8, 4, seg_rows=g) == (-(-19 // (-(-5 // g) * g)), -(-5 // g) * g)
-    run_case("1 + x + x**2/2", torch.float32, 1, 2, 300, 12, 20, 16, 16, None, True, True, segments=4,
-             tuning={"seg_rows": g})
+    assert mod._segments(9, 8, 2, seg_rows=g) == (2, -(-5 // g) * g)
+    tuning = {"seg_rows": g}
+    # D = 4: one low tile and one Kronecker tile on the general path (the fused path below FASTATTN_FUSED=1)
+    for part, route in (("fwd", ("fwd/scan/causal/kron", "fwd/fused/segments")),
+                        ("bwd", ("bwd/scan/causal/kron", "bwd/fused/segments/saved"))):
+        saved = (16 * -(-5 // g) * g, 2) if fused == "1" and part == "bwd" else None
+        p = mod.plan((1, 2, 130, 4), (1, 2, 130, 20), torch.float32, "cpu", True, True, part, tuning, chunk=16,
+                     block_f=16, segments=2, saved=saved)
+        assert (p.route, p.segments, p.seg_step, p.seg_step_q) == (route[int(fused)], 2, g, 1)
+    mod.routes_taken.clear()
+    run_case("1 + x + x**2/2", torch.float32, 1, 2, 130, 4, 20, 16, 16, None, True, True, segments=2,
+             tuning=tuning)
+    assert mod.routes_taken == ({"fwd/scan/causal/kron", "bwd/scan/causal/kron"} if fused == "0" else
+                                {"fwd/fused/segments", "bwd/fused/segments/saved"})
     assert {bt for scaled, bt in steps if not scaled} == {16 * g}
-    assert {bt for scaled, bt in steps if scaled} <= {16}
+    assert {bt for scaled, bt in steps if scaled} == {16}
 
 
-@pytest.mark.parametrize("spec, D, DV, block_f", [("1 + x + x**2/2", 4, 8, 16), ("(1+x)**3", 3, 5, 16),
-                                                  ("x", 6, 4, 16), ("1 + x + x**2/2", 24, 64, 64)])
-def test_chunk_forward_over_many_segments(spec, D, DV, block_f, monkeypatch):
+# spec, D, DV, block_f, more tuning, the routes taken (forward, backward)
+CHUNK_FWD_ROWS = [
+    ("1 + x + x**2/2", 4, 8, 16, {}, {"fwd/chunk/fused-table", "bwd/fused/segments/saved"}),
+    ("(1+x)**3", 3, 5, 16, {"fused": False}, {"fwd/chunk/symmetric", "bwd/scan/causal/symmetric"}),
+    ("x", 6, 4, 16, {}, {"fwd/chunk/fused-table", "bwd/fused/segments/saved"}),
+    # 8 x 8 Kronecker groups (block_f 64) at a head dim small enough for the fused path: tuning fused off
+    ("1 + x + x**2/2", 8, 16, 64, {"fused": False}, {"fwd/chunk/kron", "bwd/scan/causal/kron"}),
+]
+
+
+@pytest.mark.parametrize("spec, D, DV, block_f, tuning, routes", CHUNK_FWD_ROWS,
+                         ids=["fused-table-based", "symmetric-cubic", "fused-table-x", "kron-based"])
+def test_chunk_forward_over_many_segments(spec, D, DV, block_f, tuning, routes, monkeypatch):
     # the chunk-parallel forward forced on for every layout (fused-size symmetric, general symmetric,
     # Kronecker), with segments of 2 chunks: every query chunk past the first segment reads a prefix
     # state, and the fused backward re-cuts the forward's states into its own chunks
+    monkeypatch.delenv("FASTATTN_FUSED", raising=False)
     mod = load_module(polynomial(spec))
+    tuning = {"chunk_fwd": True, "chunk_fwd_cps": 2, **tuning}
+    p = mod.plan((1, 2, 150, D), (1, 2, 150, DV), torch.float32, "cpu", True, polynomial(spec).positive, "fwd",
+                 tuning, chunk=16, block_f=block_f)
+    assert (p.segments, p.cps) == (5, 2) and p.group[1] == (8 if p.kron else 1)
     mod.routes_taken.clear()
     run_case(spec, torch.float32, 1, 2, 150, D, DV, 16, block_f, None, True, polynomial(spec).positive,
-             tuning={"chunk_fwd": True, "chunk_fwd_cps": 2})
-    assert {r for r in mod.routes_taken if r.startswith("fwd/")} <= {"fwd/chunk/fused-table", "fwd/chunk/symmetric",
-                                                                      "fwd/chunk/kron"}
+             tuning=tuning)
+    assert mod.routes_taken == routes
 
 
 @pytest.mark.parametrize("fwd, bwd", [("0", "1"), ("1", "0")])
