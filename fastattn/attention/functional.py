@@ -192,10 +192,17 @@ def _torch_attention(q, k, v, poly, scale, causal, normalize, fix, eps, chunk, t
 
 
 def _triton_kernels(q, k, v, poly, scale, causal, normalize, fix, eps, chunk, check_output, initial_state,
-                       output_final_state):
-    """The Triton path, with or without a carried state (one per key/value head (the kernels read a GQA group's K, V and
-    state from each of its query heads and sum their gradients back), in the State's feature order)."""
+                    output_final_state):
+    """The Triton path, with or without a carried state (in the State's feature order). Grouped-query heads
+    are repeated here: the kernels' own GQA indexing failed its GPU check (H200: dk NaN on the Kronecker route
+    at G = 2, T = 8192; 464 KB of shared memory asked by the fused backward of x d64 at G = 4). A group's
+    query heads each start from their key/value head's state (autograd sums their gradients back), and the
+    final state is read from the group's first head (every head of a group sums the same keys)."""
+    G = q.shape[1] // k.shape[1]
     init = None if initial_state is None else (initial_state.S, initial_state.z)
+    if G > 1:
+        k, v = k.repeat_interleave(G, 1), v.repeat_interleave(G, 1)
+        init = None if init is None else tuple(x.repeat_interleave(G, 1) for x in init)
     try:
         out = load_module(poly).poly_attention(q, k, v, scale=scale, causal=causal, normalize=normalize,
                                                normalizer_fix=fix, eps=eps, chunk=chunk, check_output=check_output,
@@ -209,16 +216,35 @@ def _triton_kernels(q, k, v, poly, scale, causal, normalize, fix, eps, chunk, ch
     o, (SF, zF) = out
     seen = initial_state.tokens if initial_state is not None else torch.zeros(q.shape[0], dtype=torch.int64,
                                                                               device=q.device)
-    return o, State(SF, zF, seen + k.shape[2])
+    return o, State(SF[:, ::G], zF[:, ::G], seen + k.shape[2])
+
+
+# The gated kernels passed their bf16 check on an H200 at 64 and 153 features (x d64, Based d16: o, dq, dk, dv
+# rel-RMS <= 4.8e-3) and failed it at 2,080 (x**2 d64: o 0.25, dq 11): larger maps take the torch path on CUDA
+GATED_GPU_MAX_FEATURES = 256
+
+
+def gated_kernels_serve(features, is_cuda):
+    """Whether the gated Triton kernels take a map of ``features`` features on this device.
+
+    >>> gated_kernels_serve(153, True), gated_kernels_serve(2080, True), gated_kernels_serve(2080, False)
+    (True, False, True)
+    """
+    return not is_cuda or features <= GATED_GPU_MAX_FEATURES
 
 
 def _triton_gated(q, k, v, g, poly, scale, normalize, fix, eps, chunk, tables, check_output, initial_state,
                   output_final_state):
     """The gated Triton kernels (:mod:`fastattn.kernels.gated`); they read a GQA group's key/value head, g and
-    state from each of its query heads, so nothing is repeated."""
+    state from each of its query heads, so nothing is repeated, except on CUDA: their GPU check ran at G = 1
+    only, so there K, V, g and the state are repeated per group until a grouped run passes it."""
     from fastattn.kernels.gated import gated_attention
 
     init = None if initial_state is None else (initial_state.S, initial_state.z)
+    rep = q.shape[1] // k.shape[1] if q.is_cuda else 1
+    if rep > 1:
+        k, v, g = (x.repeat_interleave(rep, 1) for x in (k, v, g))
+        init = None if init is None else tuple(x.repeat_interleave(rep, 1) for x in init)
     o, final = gated_attention(q, k, v, g, poly, scale=scale, normalize=normalize, normalizer_fix=fix, eps=eps,
                                chunk=chunk, tables=tables, initial_state=init, output_final_state=output_final_state,
                                check_output=check_output)
@@ -226,7 +252,7 @@ def _triton_gated(q, k, v, g, poly, scale, normalize, fix, eps, chunk, tables, c
         return o
     seen = initial_state.tokens if initial_state is not None else torch.zeros(q.shape[0], dtype=torch.int64,
                                                                               device=q.device)
-    return o, State(final[0], final[1], seen + k.shape[2])
+    return o, State(final[0][:, ::rep], final[1][:, ::rep], seen + k.shape[2])
 
 
 def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, normalize=True, enable_gqa=False,
@@ -255,7 +281,8 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
         Divide by sum_j f (see :func:`fastattn.kernels.poly.check_normalizer` and ``normalizer_fix``).
     enable_gqa : bool
         As in SDPA: H_q a multiple of H_kv, query head h reads key/value head h // (H_q / H_kv). The
-        torch path and the Triton kernels never copy K or V (nor g, nor a carried state).
+        torch path and the gated Triton kernels never copy K or V; the ungated Triton path repeats them
+        (its kernels' own GQA indexing has not passed its GPU check), and a carried state with them.
     g : tensor [B, H_kv, T_k], optional
         Log forget gate per token and key/value head, <= 0 (fla's convention; a fixed per-head decay
         is a constant g): S_t = exp(g_t) S_{t-1} + psi(k_t) v_t^T, i.e. pair (t, i) weighs
@@ -280,7 +307,8 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
         The Triton kernels serve a carried state (``initial_state``, ``output_final_state``, gradients
         both ways) and a gate g (:mod:`fastattn.kernels.gated`: phi(q), psi(k) materialised by torch,
         chunk kernels with the decays, GQA without repeating K, V, g or the state; ``chunk`` a power
-        of two >= 16), and cu_seqlens (:mod:`fastattn.attention.varlen`: causal calls as one zero-padded
+        of two >= 16; on CUDA up to ``GATED_GPU_MAX_FEATURES`` features, the range its GPU check
+        passed), and cu_seqlens (:mod:`fastattn.attention.varlen`: causal calls as one zero-padded
         batch, others one call per sequence), but neither a padding mask, T_q != T_k nor float64 inputs
         yet: with any of these, "auto" runs the torch path (CUDA tensors through torch ops) and
         "triton" raises KernelError naming the missing support.
@@ -329,7 +357,10 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
     n_seq = B if cu_seqlens is None else _check_cu_seqlens(cu_seqlens, B, Tq, Tk, key.device)
     if initial_state is not None:
         check_state(initial_state, n_seq, Hk, poly.feature_dim(D), DV, query.dtype, query.device)
+    F = poly.feature_dim(D)
     needs = [name for name, on in (("key_padding_mask", key_padding_mask is not None),
+                                   (f"a gate g at {F} > {GATED_GPU_MAX_FEATURES} features on a GPU",
+                                    g is not None and not gated_kernels_serve(F, query.is_cuda)),
                                    (f"T_q={Tq} != T_k={Tk}", Tq != Tk),
                                    ("float64 inputs", query.dtype == torch.float64)) if on]
     route = choose_backend(query, backend)
@@ -351,7 +382,6 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
         return _triton_gated(query, key, value, g, poly, scale, normalize, fix, eps, chunk, tables, check_output,
                              initial_state, output_final_state)
     if route == "triton":
-        # grouped-query heads go to the kernels as they are: no K/V copy
         return _triton_kernels(query, key, value, poly, scale, is_causal, normalize, fix, eps, chunk, check_output,
                                   initial_state, output_final_state)
     keep = None if key_padding_mask is None else ~key_padding_mask

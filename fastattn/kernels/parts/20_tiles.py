@@ -59,13 +59,11 @@ def _feat_vjp_add(p_x, p_dx, o_t, m_t, D, idx, o_f, F_PAD, b_w, b_dphi, I0, J0, 
 #          partial outputs from several feature tiles meet in an fp32 buffer by atomic adds.
 # ----------------------------------------------------------------------------------------
 @triton.jit
-def _intra_fwd_kernel(q, k, v, o, z, vs, scale, T, D, DV, NC, G: tl.constexpr,
+def _intra_fwd_kernel(q, k, v, o, z, vs, scale, T, D, DV, NC,
                       BT: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
                       NORMALIZE: tl.constexpr, PRECISION: tl.constexpr, CONST: tl.constexpr = False):
-    # one program per (chunk, query head); the G query heads of a group read key/value head i_bh // G
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
     i_bh64 = i_bh.to(tl.int64)
-    i_kv64 = (i_bh // G).to(tl.int64)
     o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
     m_t = o_t < T
     o_d = tl.arange(0, BD)
@@ -73,8 +71,8 @@ def _intra_fwd_kernel(q, k, v, o, z, vs, scale, T, D, DV, NC, G: tl.constexpr,
     m_d = o_d < D
     m_v = o_v < DV
     p_q = q + i_bh64 * T * D + o_t[:, None] * D + o_d[None, :]
-    p_k = k + i_kv64 * T * D + o_t[:, None] * D + o_d[None, :]
-    p_v = v + i_kv64 * T * DV + o_t[:, None] * DV + o_v[None, :]
+    p_k = k + i_bh64 * T * D + o_t[:, None] * D + o_d[None, :]
+    p_v = v + i_bh64 * T * DV + o_t[:, None] * DV + o_v[None, :]
     b_q = tl.load(p_q, mask=m_t[:, None] & m_d[None, :], other=0.0)  # [BT, BD]
     b_k = tl.load(p_k, mask=m_t[:, None] & m_d[None, :], other=0.0)  # [BT, BD]
     b_v = tl.load(p_v, mask=m_t[:, None] & m_v[None, :], other=0.0)  # [BT, BV]

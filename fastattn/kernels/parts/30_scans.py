@@ -6,7 +6,7 @@ carried states in place, and ``_inter_fwd_kernel`` walks the chunks of its segme
 """
 
 @triton.jit
-def _segment_state_kernel(x, y, yd, rden, cz, S, Z, idx, w, ktab, T, D, DV, F_PAD, NC, CPS, NF, NSEG, S_LO, G: tl.constexpr,
+def _segment_state_kernel(x, y, yd, rden, cz, S, Z, idx, w, ktab, T, D, DV, F_PAD, NC, CPS, NF, NSEG, S_LO,
                           BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr,
                           NORMALIZE: tl.constexpr, SCALE_Y: tl.constexpr, PRECISION: tl.constexpr,
                           KRON: tl.constexpr = False, KG: tl.constexpr = 1,
@@ -18,8 +18,6 @@ def _segment_state_kernel(x, y, yd, rden, cz, S, Z, idx, w, ktab, T, D, DV, F_PA
     # The host turns the segment sums into prefix (or suffix) states; the scan kernels then
     # walk the segments in parallel from them. Axis 0 covers NF x (segments from S_LO on) of NSEG:
     # a prefix never needs the last segment's sum, a suffix never the first, a final state all.
-    # Axis 2 is the state's batch*head: a key/value head, whose state (k, v: G = 1) or gradient
-    # (q, dn: its G query heads, rows i_bh * G ..) the program sums.
     i_fs, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_f = i_fs % NF
     i_s = i_fs // NF + S_LO
@@ -30,29 +28,26 @@ def _segment_state_kernel(x, y, yd, rden, cz, S, Z, idx, w, ktab, T, D, DV, F_PA
     m_v = o_v < DV
     b_w = tl.load(w + o_f)  # [BF]
     I0, J0 = _tile_origin(ktab, i_f, KRON, KG, KA)
+    p_x = x + i_bh64 * T * D
+    p_y = y + i_bh64 * T * DV
     b_S = tl.zeros([BF, BV], dtype=tl.float32)
     b_zs = tl.zeros([BF], dtype=tl.float32)
     c_lo = i_s * CPS
     c_hi = tl.minimum(c_lo + CPS, NC)
-    for g in range(G):
-        i_x = i_bh * G + g
-        i_x64 = i_x.to(tl.int64)
-        p_x = x + i_x64 * T * D
-        p_y = y + i_x64 * T * DV
-        for i_c in range(c_lo, c_hi):
-            o_t = _chunk_rows(i_c, BT, WIDE)
-            m_t = o_t < T
-            b_feat = _feat(p_x, o_t, m_t, D, idx, o_f, F_PAD, b_w, I0, J0, BT, BD, PRECISION, KRON, KG, KA)
-            b_y = _ld_rows(p_y, yd, i_x, i_c * BT, i_v * BV, o_t, m_t, o_v, m_v, DV, BT, BV, TMA_LD)
+    for i_c in range(c_lo, c_hi):
+        o_t = _chunk_rows(i_c, BT, WIDE)
+        m_t = o_t < T
+        b_feat = _feat(p_x, o_t, m_t, D, idx, o_f, F_PAD, b_w, I0, J0, BT, BD, PRECISION, KRON, KG, KA)
+        b_y = _ld_rows(p_y, yd, i_bh, i_c * BT, i_v * BV, o_t, m_t, o_v, m_v, DV, BT, BV, TMA_LD)
+        if SCALE_Y:
+            b_y = (b_y.to(tl.float32) * tl.load(rden + i_bh64 * T + o_t, mask=m_t, other=0.0)[:, None]).to(DT)
+        b_S += tl.dot(tl.trans(b_feat).to(DT), b_y, input_precision=PRECISION)  # [BF, BV]
+        if NORMALIZE:
             if SCALE_Y:
-                b_y = (b_y.to(tl.float32) * tl.load(rden + i_x64 * T + o_t, mask=m_t, other=0.0)[:, None]).to(DT)
-            b_S += tl.dot(tl.trans(b_feat).to(DT), b_y, input_precision=PRECISION)  # [BF, BV]
-            if NORMALIZE:
-                if SCALE_Y:
-                    b_c = tl.load(cz + i_x64 * T + o_t, mask=m_t, other=0.0)  # [BT]
-                    b_zs += tl.sum(b_feat * b_c[:, None], 0)
-                else:
-                    b_zs += tl.sum(b_feat.to(tl.float32), 0)
+                b_c = tl.load(cz + i_bh64 * T + o_t, mask=m_t, other=0.0)  # [BT]
+                b_zs += tl.sum(b_feat * b_c[:, None], 0)
+            else:
+                b_zs += tl.sum(b_feat.to(tl.float32), 0)
     o_seg = i_bh64 * NSEG + i_s
     tl.store(S + (o_seg * F_PAD + o_f[:, None]) * DV + o_v[None, :], b_S, mask=m_v[None, :])
     if NORMALIZE:
@@ -93,7 +88,7 @@ def _segment_scan_kernel(S, init, final, N, NSEG, REVERSE: tl.constexpr, BLOCK: 
 
 
 @triton.jit
-def _inter_fwd_kernel(q, k, v, vd, o, od, z, S0, Z0, idx, w_phi, w_psi, ktab, T, D, DV, F_PAD, NC, CPS, NF, G: tl.constexpr,
+def _inter_fwd_kernel(q, k, v, vd, o, od, z, S0, Z0, idx, w_phi, w_psi, ktab, T, D, DV, F_PAD, NC, CPS, NF,
                       BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr,
                       CAUSAL: tl.constexpr, NORMALIZE: tl.constexpr, ATOMIC: tl.constexpr,
                       USE_SEG: tl.constexpr, PRECISION: tl.constexpr, KRON: tl.constexpr = False,
@@ -101,15 +96,12 @@ def _inter_fwd_kernel(q, k, v, vd, o, od, z, S0, Z0, idx, w_phi, w_psi, ktab, T,
                       TMA_ADD: tl.constexpr = False, WIDE: tl.constexpr = True):
     # batch*head is the slowest grid axis, so the programs running together share one
     # sequence's q, k, v in L2; axis 0 is (feature tile, segment): each program walks the
-    # CPS chunks of its segment from the prefix state S0 of the segments before it. i_bh is a
-    # query head; its keys, values and state are those of key/value head i_kv = i_bh // G
+    # CPS chunks of its segment from the prefix state S0 of the segments before it
     i_fs, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_f = i_fs % NF
     i_s = i_fs // NF
     NSEG = tl.num_programs(0) // NF
     i_bh64 = i_bh.to(tl.int64)
-    i_kv = i_bh // G
-    i_kv64 = i_kv.to(tl.int64)
     DT = v.dtype.element_ty
     o_f = i_f * BF + tl.arange(0, BF)
     o_v = i_v * BV + tl.arange(0, BV)
@@ -118,10 +110,10 @@ def _inter_fwd_kernel(q, k, v, vd, o, od, z, S0, Z0, idx, w_phi, w_psi, ktab, T,
     b_wk = tl.load(w_psi + o_f)  # [BF]
     I0, J0 = _tile_origin(ktab, i_f, KRON, KG, KA)
     p_q = q + i_bh64 * T * D
-    p_k = k + i_kv64 * T * D
-    p_v = v + i_kv64 * T * DV
+    p_k = k + i_bh64 * T * D
+    p_v = v + i_bh64 * T * DV
     p_o = o + i_bh64 * T * DV
-    b_S, b_zs = _carried_state(S0, Z0, i_kv64 * NSEG + i_s, F_PAD, DV, o_f, o_v, m_v, o_f >= 0, BF, BV, USE_SEG,
+    b_S, b_zs = _carried_state(S0, Z0, i_bh64 * NSEG + i_s, F_PAD, DV, o_f, o_v, m_v, o_f >= 0, BF, BV, USE_SEG,
                                NORMALIZE)
     b_zs = _zs_acc(b_zs, BF)
     c_lo = i_s * CPS
@@ -132,7 +124,7 @@ def _inter_fwd_kernel(q, k, v, vd, o, od, z, S0, Z0, idx, w_phi, w_psi, ktab, T,
             o_t = _chunk_rows(i_c, BT, WIDE)
             m_t = o_t < T
             b_psi = _feat(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk, I0, J0, BT, BD, PRECISION, KRON, KG, KA)
-            b_v = _ld_rows(p_v, vd, i_kv, i_c * BT, i_v * BV, o_t, m_t, o_v, m_v, DV, BT, BV, TMA_LD)
+            b_v = _ld_rows(p_v, vd, i_bh, i_c * BT, i_v * BV, o_t, m_t, o_v, m_v, DV, BT, BV, TMA_LD)
             b_S += tl.dot(tl.trans(b_psi).to(DT), b_v, input_precision=PRECISION)  # [BF, BV]
             b_zs = _colsum_mma(b_psi.to(DT), b_zs, BT, PRECISION)
     for i_c in range(c_lo, c_hi):
@@ -149,7 +141,7 @@ def _inter_fwd_kernel(q, k, v, vd, o, od, z, S0, Z0, idx, w_phi, w_psi, ktab, T,
         if CAUSAL:
             # chunk i_c enters the state only after its own queries used it
             b_psi = _feat(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk, I0, J0, BT, BD, PRECISION, KRON, KG, KA)
-            b_v = _ld_rows(p_v, vd, i_kv, i_c * BT, i_v * BV, o_t, m_t, o_v, m_v, DV, BT, BV, TMA_LD)
+            b_v = _ld_rows(p_v, vd, i_bh, i_c * BT, i_v * BV, o_t, m_t, o_v, m_v, DV, BT, BV, TMA_LD)
             b_S += tl.dot(tl.trans(b_psi).to(DT), b_v, input_precision=PRECISION)  # [BF, BV]
             b_zs = _colsum_mma(b_psi.to(DT), b_zs, BT, PRECISION)
 

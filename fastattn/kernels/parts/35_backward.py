@@ -6,85 +6,54 @@ generated module.
 """
 
 @triton.jit
-def _intra_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, dns, a0, scale, T, D, DV, NC, G: tl.constexpr,
+def _intra_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, dns, a0, scale, T, D, DV, NC,
                       BT: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
                       NORMALIZE: tl.constexpr, PRECISION: tl.constexpr, CONST: tl.constexpr = False):
-    # one program per (chunk, key/value head i_bh): the chunk's k, v are read once, dk and dv sum
-    # over the G query heads i_bh * G .. of the group (in registers, written once), dq is per head
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
     i_bh64 = i_bh.to(tl.int64)
     o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
     m_t = o_t < T
     o_d = tl.arange(0, BD)
     o_v = tl.arange(0, BV)
-    m_v = o_v < DV
     m_qk = m_t[:, None] & (o_d < D)[None, :]
-    m_vv = m_t[:, None] & m_v[None, :]
-    o_kk = i_bh64 * T * D + o_t[:, None] * D + o_d[None, :]
-    o_kv = i_bh64 * T * DV + o_t[:, None] * DV + o_v[None, :]
-    b_k = tl.load(k + o_kk, mask=m_qk, other=0.0)  # [BT, BD]
-    b_v = tl.load(v + o_kv, mask=m_vv, other=0.0)  # [BT, BV]
+    m_vv = m_t[:, None] & (o_v < DV)[None, :]
+    o_qk = i_bh64 * T * D + o_t[:, None] * D + o_d[None, :]
+    o_vv = i_bh64 * T * DV + o_t[:, None] * DV + o_v[None, :]
+    b_q = tl.load(q + o_qk, mask=m_qk, other=0.0)  # [BT, BD]
+    b_k = tl.load(k + o_qk, mask=m_qk, other=0.0)  # [BT, BD]
+    b_v = tl.load(v + o_vv, mask=m_vv, other=0.0)  # [BT, BV]
     DT = b_v.dtype
+    # dn = do / den is the gradient of the unnormalised output
+    b_dn = tl.load(do + o_vv, mask=m_vv, other=0.0).to(tl.float32)  # [BT, BV]
+    if NORMALIZE:
+        b_dn = b_dn * tl.load(rden + i_bh64 * T + o_t, mask=m_t, other=0.0)[:, None]
+    b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * scale  # [BT, BT]
     m_a = (o_t[:, None] >= o_t[None, :]) & m_t[None, :]
-    b_dk = tl.zeros([BT, BD], dtype=tl.float32)
-    b_dv = tl.zeros([BT, BV], dtype=tl.float32)
-    for g in range(G):
-        i_q64 = (i_bh * G + g).to(tl.int64)
-        o_qk = i_q64 * T * D + o_t[:, None] * D + o_d[None, :]
-        o_vv = i_q64 * T * DV + o_t[:, None] * DV + o_v[None, :]
-        b_q = tl.load(q + o_qk, mask=m_qk, other=0.0)  # [BT, BD]
-        # dn = do / den is the gradient of the unnormalised output
-        b_dn = tl.load(do + o_vv, mask=m_vv, other=0.0).to(tl.float32)  # [BT, BV]
-        if NORMALIZE:
-            b_dn = b_dn * tl.load(rden + i_q64 * T + o_t, mask=m_t, other=0.0)[:, None]
-        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * scale  # [BT, BT]
-        b_a = tl.where(m_a, _f(b_s), 0.0)  # [BT, BT]
-        b_da = tl.dot(b_dn.to(DT), tl.trans(b_v), input_precision=PRECISION)  # [BT, BT]
-        if NORMALIZE:
-            b_da += tl.load(dz + i_q64 * T + o_t, mask=m_t, other=0.0)[:, None]
-        b_ds = tl.where(m_a, _df(b_s) * b_da, 0.0) * scale  # [BT, BT]
-        b_dq = tl.dot(b_ds.to(DT), b_k, input_precision=PRECISION)  # [BT, BD]
-        tl.store(dq + o_qk, b_dq, mask=m_qk)
-        b_dk = tl.dot(tl.trans(b_ds).to(DT), b_q, b_dk, input_precision=PRECISION)  # [BT, BD]
-        b_dv = tl.dot(tl.trans(b_a).to(DT), b_dn.to(DT), b_dv, input_precision=PRECISION)  # [BT, BV]
-        if CONST:
-            # the constant term a0 of the later chunks' queries: a0 times their sum of dn, the total
-            # less this chunk's inclusive prefix (dns holds the prefix sums over chunks)
-            p_dns = dns + i_q64 * NC * DV + o_v
-            b_dv += a0 * (tl.load(p_dns + (NC - 1) * DV, mask=m_v, other=0.0)
-                          - tl.load(p_dns + i_c * DV, mask=m_v, other=0.0))[None, :]
-    tl.store(dk + o_kk, b_dk, mask=m_qk)
-    tl.store(dv + o_kv, b_dv, mask=m_vv)
-
-
-@triton.jit
-def _query_grad_add(b_dS, b_dzs, q, do, dod, rden, dz, idx, o_f, F_PAD, b_wq, I0, J0, i_kv, i_c, i_v, o_t, m_t,
-                    o_v, m_v, T, D, DV, G: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr,
-                    NORMALIZE: tl.constexpr, PRECISION: tl.constexpr, KRON: tl.constexpr, KG: tl.constexpr,
-                    KA: tl.constexpr, TMA_LD: tl.constexpr):
-    # chunk i_c's share of the dk / dv walk's state: dS += phi(q)^T dn and dzeta += phi(q)^T dz (an
-    # MMA accumulator, see _colsum_mma), summed over the G query heads i_kv * G .. of key/value head i_kv
-    DT = q.dtype.element_ty
-    for g in range(G):
-        i_q = i_kv * G + g
-        i_q64 = i_q.to(tl.int64)
-        b_phi = _feat(q + i_q64 * T * D, o_t, m_t, D, idx, o_f, F_PAD, b_wq, I0, J0, BT, BD, PRECISION, KRON, KG, KA)
-        b_dn = _ld_rows(do + i_q64 * T * DV, dod, i_q, i_c * BT, i_v * BV, o_t, m_t, o_v, m_v, DV, BT, BV,
-                        TMA_LD).to(tl.float32)  # [BT, BV]
-        if NORMALIZE:
-            b_dn = b_dn * tl.load(rden + i_q64 * T + o_t, mask=m_t, other=0.0)[:, None]
-            # dzeta belongs to the first v tile only (dk sums over v tiles)
-            b_dz = tl.load(dz + i_q64 * T + o_t, mask=m_t & ((o_t * 0 + i_v) == 0), other=0.0)  # [BT]
-            b_dzs = tl.dot(tl.trans(b_phi.to(DT)), _hilo16(b_dz, BT, DT), b_dzs, input_precision=PRECISION)
-        b_dS += tl.dot(tl.trans(b_phi).to(DT), b_dn.to(DT), input_precision=PRECISION)  # [BF, BV]
-    return b_dS, b_dzs
+    b_a = tl.where(m_a, _f(b_s), 0.0)  # [BT, BT]
+    b_da = tl.dot(b_dn.to(DT), tl.trans(b_v), input_precision=PRECISION)  # [BT, BT]
+    if NORMALIZE:
+        b_da += tl.load(dz + i_bh64 * T + o_t, mask=m_t, other=0.0)[:, None]
+    b_ds = tl.where(m_a, _df(b_s) * b_da, 0.0) * scale  # [BT, BT]
+    b_dq = tl.dot(b_ds.to(DT), b_k, input_precision=PRECISION)  # [BT, BD]
+    b_dk = tl.dot(tl.trans(b_ds).to(DT), b_q, input_precision=PRECISION)  # [BT, BD]
+    b_dv = tl.dot(tl.trans(b_a).to(DT), b_dn.to(DT), input_precision=PRECISION)  # [BT, BV]
+    if CONST:
+        # the constant term a0 of the later chunks' queries: a0 times their sum of dn, the total
+        # less this chunk's inclusive prefix (dns holds the prefix sums over chunks)
+        m_v = o_v < DV
+        p_dns = dns + i_bh64 * NC * DV + o_v
+        b_dv += a0 * (tl.load(p_dns + (NC - 1) * DV, mask=m_v, other=0.0)
+                      - tl.load(p_dns + i_c * DV, mask=m_v, other=0.0))[None, :]
+    tl.store(dq + o_qk, b_dq, mask=m_qk)
+    tl.store(dk + o_qk, b_dk, mask=m_qk)
+    tl.store(dv + o_vv, b_dv, mask=m_vv)
 
 
 @triton.jit
 def _inter_bwd_kernel(q, k, v, vd, do, dod, rden, dz, dq, dk, dv, dvd, dxg, dxl, S0, Z0, dS0, dZ0, idx, w_phi, w_psi,
                       ktab,
                       T, D, DV,
-                      F_PAD, NC, CPS, NF, G: tl.constexpr,
+                      F_PAD, NC, CPS, NF,
                       BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr,
                       CAUSAL: tl.constexpr, NORMALIZE: tl.constexpr, ATOMIC_QK: tl.constexpr,
                       ATOMIC_V: tl.constexpr, USE_SEG: tl.constexpr, PASS: tl.constexpr,
@@ -94,9 +63,7 @@ def _inter_bwd_kernel(q, k, v, vd, do, dod, rden, dz, dq, dk, dv, dvd, dxg, dxl,
     # PASS 0 walks forward for dq, PASS 1 walks backward for dk and dv; the two share nothing,
     # so they are separate launches (each compiled with only its own registers). Axis 0 is
     # (feature tile, segment): pass 0 starts from the prefix state S0 of the earlier
-    # segments, pass 1 from the suffix dS0 of the later ones. Axis 2 is a query head in pass 0
-    # (its keys and values: key/value head i_bh // G), a key/value head in pass 1 (its state
-    # gradient sums the G query heads i_bh * G ..)
+    # segments, pass 1 from the suffix dS0 of the later ones
     i_fs, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_f = i_fs % NF
     i_s = i_fs // NF
@@ -111,18 +78,18 @@ def _inter_bwd_kernel(q, k, v, vd, do, dod, rden, dz, dq, dk, dv, dvd, dxg, dxl,
     b_wq = tl.load(w_phi + o_f)  # [BF]
     b_wk = tl.load(w_psi + o_f)  # [BF]
     I0, J0 = _tile_origin(ktab, i_f, KRON, KG, KA)
+    p_q = q + i_bh64 * T * D
+    p_k = k + i_bh64 * T * D
+    p_v = v + i_bh64 * T * DV
+    p_do = do + i_bh64 * T * DV
+    p_dq = dq + i_bh64 * T * D
+    p_dk = dk + i_bh64 * T * D
+    p_dv = dv + i_bh64 * T * DV
     # the normaliser's gradient is one column, owned by the first v tile; masks below use
     # (o_t * 0 + i_v) == 0 because the interpreter rejects a scalar bool in a mask
     if PASS == 0:
         # dq_i = J_phi(q_i)^T (S dn_i + z_S dz_i), S = sum over keys visible to i
-        i_kv = i_bh // G
-        i_kv64 = i_kv.to(tl.int64)
-        p_q = q + i_bh64 * T * D
-        p_k = k + i_kv64 * T * D
-        p_v = v + i_kv64 * T * DV
-        p_do = do + i_bh64 * T * DV
-        p_dq = dq + i_bh64 * T * D
-        b_S, b_zs = _carried_state(S0, Z0, i_kv64 * NSEG + i_s, F_PAD, DV, o_f, o_v, m_v, o_f >= 0, BF, BV,
+        b_S, b_zs = _carried_state(S0, Z0, i_bh64 * NSEG + i_s, F_PAD, DV, o_f, o_v, m_v, o_f >= 0, BF, BV,
                                    USE_SEG, NORMALIZE)
         b_zs = _zs_acc(b_zs, BF)
         if not CAUSAL:
@@ -130,7 +97,7 @@ def _inter_bwd_kernel(q, k, v, vd, do, dod, rden, dz, dq, dk, dv, dvd, dxg, dxl,
                 o_t = _chunk_rows(i_c, BT, WIDE)
                 m_t = o_t < T
                 b_psi = _feat(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk, I0, J0, BT, BD, PRECISION, KRON, KG, KA)
-                b_v = _ld_rows(p_v, vd, i_kv, i_c * BT, i_v * BV, o_t, m_t, o_v, m_v, DV, BT, BV, TMA_LD)
+                b_v = _ld_rows(p_v, vd, i_bh, i_c * BT, i_v * BV, o_t, m_t, o_v, m_v, DV, BT, BV, TMA_LD)
                 b_S += tl.dot(tl.trans(b_psi).to(DT), b_v, input_precision=PRECISION)  # [BF, BV]
                 b_zs = _colsum_mma(b_psi.to(DT), b_zs, BT, PRECISION)
         for i_c in range(c_lo, c_hi):
@@ -149,17 +116,13 @@ def _inter_bwd_kernel(q, k, v, vd, do, dod, rden, dz, dq, dk, dv, dvd, dxg, dxl,
                           KRON, KG, KA)
             if CAUSAL:
                 b_psi = _feat(p_k, o_t, m_t, D, idx, o_f, F_PAD, b_wk, I0, J0, BT, BD, PRECISION, KRON, KG, KA)
-                b_v = _ld_rows(p_v, vd, i_kv, i_c * BT, i_v * BV, o_t, m_t, o_v, m_v, DV, BT, BV, TMA_LD)
+                b_v = _ld_rows(p_v, vd, i_bh, i_c * BT, i_v * BV, o_t, m_t, o_v, m_v, DV, BT, BV, TMA_LD)
                 b_S += tl.dot(tl.trans(b_psi).to(DT), b_v, input_precision=PRECISION)  # [BF, BV]
                 b_zs = _colsum_mma(b_psi.to(DT), b_zs, BT, PRECISION)
     else:
         # dS = sum over queries that see key j of phi(q_i) dn_i^T (and phi(q_i) dz_i):
         # dv_j = dS^T psi(k_j), dk_j = J_psi(k_j)^T (dS v_j + dz_S)
         # dzeta belongs to the first v tile only (dk sums over v tiles)
-        p_k = k + i_bh64 * T * D
-        p_v = v + i_bh64 * T * DV
-        p_dk = dk + i_bh64 * T * D
-        p_dv = dv + i_bh64 * T * DV
         b_dS, b_dzs = _carried_state(dS0, dZ0, i_bh64 * NSEG + i_s, F_PAD, DV, o_f, o_v, m_v, (o_f * 0 + i_v) == 0,
                                      BF, BV, USE_SEG, NORMALIZE)
         # dzeta as an MMA accumulator whose row sums are the state (see _colsum_mma)
@@ -167,9 +130,15 @@ def _inter_bwd_kernel(q, k, v, vd, do, dod, rden, dz, dq, dk, dv, dvd, dxg, dxl,
         if not CAUSAL:
             for i_c in range(NC):
                 o_t = _chunk_rows(i_c, BT, WIDE)
-                b_dS, b_dzs = _query_grad_add(b_dS, b_dzs, q, do, dod, rden, dz, idx, o_f, F_PAD, b_wq, I0, J0, i_bh,
-                                              i_c, i_v, o_t, o_t < T, o_v, m_v, T, D, DV, G, BT, BV, BD, NORMALIZE,
-                                              PRECISION, KRON, KG, KA, TMA_LD)
+                m_t = o_t < T
+                b_phi = _feat(p_q, o_t, m_t, D, idx, o_f, F_PAD, b_wq, I0, J0, BT, BD, PRECISION, KRON, KG, KA)
+                b_dn = _ld_rows(p_do, dod, i_bh, i_c * BT, i_v * BV, o_t, m_t, o_v, m_v, DV, BT, BV,
+                                TMA_LD).to(tl.float32)  # [BT, BV]
+                if NORMALIZE:
+                    b_dn = b_dn * tl.load(rden + i_bh64 * T + o_t, mask=m_t, other=0.0)[:, None]
+                    b_dz = tl.load(dz + i_bh64 * T + o_t, mask=m_t & ((o_t * 0 + i_v) == 0), other=0.0)  # [BT]
+                    b_dzs = tl.dot(tl.trans(b_phi.to(DT)), _hilo16(b_dz, BT, DT), b_dzs, input_precision=PRECISION)
+                b_dS += tl.dot(tl.trans(b_phi).to(DT), b_dn.to(DT), input_precision=PRECISION)  # [BF, BV]
         for i in range(0, c_hi - c_lo):
             if CAUSAL:
                 i_c = c_hi - 1 - i
@@ -190,6 +159,13 @@ def _inter_bwd_kernel(q, k, v, vd, do, dod, rden, dz, dq, dk, dv, dvd, dxg, dxl,
             if CAUSAL:
                 # chunk i_c's queries see this chunk's keys through the intra kernel, and
                 # every earlier chunk's keys through dS
-                b_dS, b_dzs = _query_grad_add(b_dS, b_dzs, q, do, dod, rden, dz, idx, o_f, F_PAD, b_wq, I0, J0, i_bh,
-                                              i_c, i_v, o_t, m_t, o_v, m_v, T, D, DV, G, BT, BV, BD, NORMALIZE,
-                                              PRECISION, KRON, KG, KA, TMA_LD)
+                b_phi = _feat(p_q, o_t, m_t, D, idx, o_f, F_PAD, b_wq, I0, J0, BT, BD, PRECISION, KRON, KG, KA)
+                b_dn = _ld_rows(p_do, dod, i_bh, i_c * BT, i_v * BV, o_t, m_t, o_v, m_v, DV, BT, BV,
+                                TMA_LD).to(tl.float32)  # [BT, BV]
+                if NORMALIZE:
+                    b_dn = b_dn * tl.load(rden + i_bh64 * T + o_t, mask=m_t, other=0.0)[:, None]
+                    b_dz = tl.load(dz + i_bh64 * T + o_t, mask=m_t & ((o_t * 0 + i_v) == 0), other=0.0)  # [BT]
+                    b_dzs = tl.dot(tl.trans(b_phi.to(DT)), _hilo16(b_dz, BT, DT), b_dzs, input_precision=PRECISION)
+                b_dS += tl.dot(tl.trans(b_phi).to(DT), b_dn.to(DT), input_precision=PRECISION)  # [BF, BV]
+
+

@@ -18,16 +18,13 @@ copied into the generated module.
 # recomputing the chunk's score tile, so dq, dk, dv are also written once.
 # ----------------------------------------------------------------------------------------
 @triton.jit
-def _fused_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, scale, eps, T, D, DV, F_PAD, NC, CPS, G: tl.constexpr,
+def _fused_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, scale, eps, T, D, DV, F_PAD, NC, CPS,
                       BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr,
                       NORMALIZE: tl.constexpr, FIX_ABS: tl.constexpr, USE_SEG: tl.constexpr,
                       PRECISION: tl.constexpr, WIDE: tl.constexpr = True):
-    # one program per (segment, query head i_bh); keys, values and the carried state are those of
-    # key/value head i_bh // G
     i_s, i_bh = tl.program_id(0), tl.program_id(1)
     NSEG = tl.num_programs(0)
     i_bh64 = i_bh.to(tl.int64)
-    i_kv64 = (i_bh // G).to(tl.int64)
     DT = v.dtype.element_ty
     o_f = tl.arange(0, BF)
     o_v = tl.arange(0, BV)
@@ -37,10 +34,10 @@ def _fused_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, scale, eps, T, D
     b_wq = tl.load(w_phi + o_f)  # [BF]
     b_wk = tl.load(w_psi + o_f)  # [BF]
     p_q = q + i_bh64 * T * D
-    p_k = k + i_kv64 * T * D
-    p_v = v + i_kv64 * T * DV
+    p_k = k + i_bh64 * T * D
+    p_v = v + i_bh64 * T * DV
     p_o = o + i_bh64 * T * DV
-    b_S, b_zs = _carried_state(S0, Z0, i_kv64 * NSEG + i_s, F_PAD, DV, o_f, o_v, m_v, o_f >= 0, BF, BV, USE_SEG,
+    b_S, b_zs = _carried_state(S0, Z0, i_bh64 * NSEG + i_s, F_PAD, DV, o_f, o_v, m_v, o_f >= 0, BF, BV, USE_SEG,
                                NORMALIZE)
     c_lo = i_s * CPS
     c_hi = tl.minimum(c_lo + CPS, NC)
@@ -73,7 +70,7 @@ def _fused_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, scale, eps, T, D
 
 @triton.jit
 def _chunk_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, ktab, scale, eps, T, D, DV, F_PAD, NC, CPS, NSEG, NF,
-                      S_FIRST, G: tl.constexpr,
+                      S_FIRST,
                       BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr,
                       NORMALIZE: tl.constexpr, FIX_ABS: tl.constexpr, PRECISION: tl.constexpr,
                       KRON: tl.constexpr = False, KG: tl.constexpr = 1, KA: tl.constexpr = 1):
@@ -82,20 +79,18 @@ def _chunk_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, ktab, scale, eps, T, D,
     # exactly, f on [BT, BT] score tiles; every earlier segment enters through the exclusive
     # prefix state S0 of the segment (from _segment_prefix), read tile by tile of BF features, from
     # segment S_FIRST on (0 when S0 carries an initial state in, else 1: segment 0's is zero).
-    # o is written once, normalised, in the input dtype. i_bh is a query head; its keys, values and
-    # prefix states are those of key/value head i_bh // G.
+    # o is written once, normalised, in the input dtype.
     i_c, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_s = i_c // CPS
     i_bh64 = i_bh.to(tl.int64)
-    i_kv64 = (i_bh // G).to(tl.int64)
     DT = v.dtype.element_ty
     o_v = i_v * BV + tl.arange(0, BV)
     o_d = tl.arange(0, BD)
     m_v = o_v < DV
     m_d = o_d < D
     p_q = q + i_bh64 * T * D
-    p_k = k + i_kv64 * T * D
-    p_v = v + i_kv64 * T * DV
+    p_k = k + i_bh64 * T * D
+    p_v = v + i_bh64 * T * DV
     o_t = (i_c * BT + tl.arange(0, BT)).to(tl.int64)
     m_t = o_t < T
     b_q = tl.load(p_q + o_t[:, None] * D + o_d[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0)  # [BT, BD]
@@ -112,7 +107,7 @@ def _chunk_fwd_kernel(q, k, v, o, z, S0, Z0, idx, w_phi, ktab, scale, eps, T, D,
         if NORMALIZE:
             b_z += tl.sum(b_a, 1)
     if i_s >= S_FIRST:
-        o_seg = i_kv64 * NSEG + i_s
+        o_seg = i_bh64 * NSEG + i_s
         for i_f in range(NF):
             o_f = i_f * BF + tl.arange(0, BF)
             I0, J0 = _tile_origin(ktab, i_f, KRON, KG, KA)
@@ -198,30 +193,16 @@ def _bwd_prep_kernel(o, do, z, rden, dz, dns, eps, T, DV, NC,
 
 
 @triton.jit
-def _scaled_grad(do, rden, dz, o_vv, m_vv, o_z, m_t, NORMALIZE: tl.constexpr):
-    # (dn, dz) of the rows at o_vv / o_z: dn = do / den, the gradient of the unnormalised output, in
-    # fp32 (do when not normalising; dz then unused)
-    b_dn = tl.load(do + o_vv, mask=m_vv, other=0.0).to(tl.float32)  # [BT, BV]
-    if NORMALIZE:
-        b_dn = b_dn * tl.load(rden + o_z, mask=m_t, other=0.0)[:, None]
-        b_dz = tl.load(dz + o_z, mask=m_t, other=0.0)  # [BT]
-    else:
-        b_dz = tl.where(m_t, 0.0, 0.0)  # [BT]
-    return b_dn, b_dz
-
-
-@triton.jit
 def _fused_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, S0, Z0, idx, w_phi, w_psi, scale, T, D, DV, F_PAD, NC,
-                      CPS, G: tl.constexpr, BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr,
+                      CPS, BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr,
                       NORMALIZE: tl.constexpr, USE_SEG: tl.constexpr, PASS: tl.constexpr,
                       PRECISION: tl.constexpr, WIDE: tl.constexpr = True):
-    # PASS 0 walks forward from the prefix state (S0, Z0) of the earlier segments: dq, one program
-    # per query head i_bh (keys and values of key/value head i_bh // G).
+    # PASS 0 walks forward from the prefix state (S0, Z0) of the earlier segments: dq.
     # PASS 1 walks backward from the suffix (S0, Z0) = (sum phi(q)^T dn, sum phi(q) dz) of
-    # the later segments: dk and dv, one program per key/value head i_bh, summing over its G query
-    # heads i_bh * G .. in registers. Both add the chunk's own (intra) gradient.
+    # the later segments: dk and dv. Both add the chunk's own (intra) gradient.
     i_s, i_bh = tl.program_id(0), tl.program_id(1)
     NSEG = tl.num_programs(0)
+    i_bh64 = i_bh.to(tl.int64)
     DT = v.dtype.element_ty
     o_f = tl.arange(0, BF)
     o_v = tl.arange(0, BV)
@@ -230,11 +211,7 @@ def _fused_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, S0, Z0, idx, w_phi, w_p
     m_d = o_d < D
     b_wq = tl.load(w_phi + o_f)  # [BF]
     b_wk = tl.load(w_psi + o_f)  # [BF]
-    if PASS == 0:
-        i_kv64 = (i_bh // G).to(tl.int64)
-    else:
-        i_kv64 = i_bh.to(tl.int64)
-    b_S, b_zs = _carried_state(S0, Z0, i_kv64 * NSEG + i_s, F_PAD, DV, o_f, o_v, m_v, o_f >= 0, BF, BV, USE_SEG,
+    b_S, b_zs = _carried_state(S0, Z0, i_bh64 * NSEG + i_s, F_PAD, DV, o_f, o_v, m_v, o_f >= 0, BF, BV, USE_SEG,
                                NORMALIZE)
     c_lo = i_s * CPS
     c_hi = tl.minimum(c_lo + CPS, NC)
@@ -247,23 +224,23 @@ def _fused_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, S0, Z0, idx, w_phi, w_p
         m_t = o_t < T
         m_qk = m_t[:, None] & m_d[None, :]
         m_vv = m_t[:, None] & m_v[None, :]
+        o_qk = i_bh64 * T * D + o_t[:, None] * D + o_d[None, :]
+        o_vv = i_bh64 * T * DV + o_t[:, None] * DV + o_v[None, :]
+        b_q = tl.load(q + o_qk, mask=m_qk, other=0.0)  # [BT, BD]
+        b_k = tl.load(k + o_qk, mask=m_qk, other=0.0)  # [BT, BD]
+        b_v = tl.load(v + o_vv, mask=m_vv, other=0.0)  # [BT, BV]
+        b_dn = tl.load(do + o_vv, mask=m_vv, other=0.0).to(tl.float32)  # [BT, BV]
+        if NORMALIZE:
+            b_dn = b_dn * tl.load(rden + i_bh64 * T + o_t, mask=m_t, other=0.0)[:, None]
+            b_dz = tl.load(dz + i_bh64 * T + o_t, mask=m_t, other=0.0)  # [BT]
+        # intra: dA = dn v^T + dz, dS = s f'(s) dA on the causal tile
+        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * scale  # [BT, BT]
         m_a = (o_t[:, None] >= o_t[None, :]) & m_t[None, :]
-        o_kk = i_kv64 * T * D + o_t[:, None] * D + o_d[None, :]
-        o_kv = i_kv64 * T * DV + o_t[:, None] * DV + o_v[None, :]
-        b_k = tl.load(k + o_kk, mask=m_qk, other=0.0)  # [BT, BD]
-        b_v = tl.load(v + o_kv, mask=m_vv, other=0.0)  # [BT, BV]
+        b_da = tl.dot(b_dn.to(DT), tl.trans(b_v), input_precision=PRECISION)  # [BT, BT]
+        if NORMALIZE:
+            b_da += b_dz[:, None]
+        b_ds = tl.where(m_a, _df(b_s) * b_da, 0.0) * scale  # [BT, BT]
         if PASS == 0:
-            i_bh64 = i_bh.to(tl.int64)
-            o_qk = i_bh64 * T * D + o_t[:, None] * D + o_d[None, :]
-            o_vv = i_bh64 * T * DV + o_t[:, None] * DV + o_v[None, :]
-            b_q = tl.load(q + o_qk, mask=m_qk, other=0.0)  # [BT, BD]
-            b_dn, b_dz = _scaled_grad(do, rden, dz, o_vv, m_vv, i_bh64 * T + o_t, m_t, NORMALIZE)
-            # intra: dA = dn v^T + dz, dS = s f'(s) dA on the causal tile
-            b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * scale  # [BT, BT]
-            b_da = tl.dot(b_dn.to(DT), tl.trans(b_v), input_precision=PRECISION)  # [BT, BT]
-            if NORMALIZE:
-                b_da += b_dz[:, None]
-            b_ds = tl.where(m_a, _df(b_s) * b_da, 0.0) * scale  # [BT, BT]
             b_dq = tl.dot(b_ds.to(DT), b_k, input_precision=PRECISION)  # [BT, BD]
             b_dphi = tl.dot(b_dn.to(DT), tl.trans(b_S.to(DT)), input_precision=PRECISION)  # [BT, BF]
             if NORMALIZE:
@@ -274,40 +251,20 @@ def _fused_bwd_kernel(q, k, v, do, rden, dz, dq, dk, dv, S0, Z0, idx, w_phi, w_p
             b_S = tl.dot(tl.trans(b_psi).to(DT), b_v, b_S, input_precision=PRECISION)  # [BF, BV]
             b_zs += tl.sum(b_psi.to(tl.float32), 0)
         else:
-            # each query head's intra tile, then the later chunks' share through the state; the state takes
-            # this chunk's queries after that, in a second walk over the group (reloading q, dn keeps
-            # them out of registers while dk and dv are formed). The walks over the group are unrolled: a
-            # loop carrying the [BF, BV] state spilled 3.9 KB a thread at Based d16 / G = 2 (sm_90), 0.7 unrolled
-            b_dk = tl.zeros([BT, BD], dtype=tl.float32)
-            b_dv = tl.zeros([BT, BV], dtype=tl.float32)
-            for g in tl.static_range(G):
-                i_q64 = (i_bh * G + g).to(tl.int64)
-                o_qk = i_q64 * T * D + o_t[:, None] * D + o_d[None, :]
-                b_q = tl.load(q + o_qk, mask=m_qk, other=0.0)  # [BT, BD]
-                b_dn, b_dz = _scaled_grad(do, rden, dz, i_q64 * T * DV + o_t[:, None] * DV + o_v[None, :], m_vv,
-                                          i_q64 * T + o_t, m_t, NORMALIZE)
-                b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * scale  # [BT, BT]
-                b_da = tl.dot(b_dn.to(DT), tl.trans(b_v), input_precision=PRECISION)  # [BT, BT]
-                if NORMALIZE:
-                    b_da += b_dz[:, None]
-                b_ds = tl.where(m_a, _df(b_s) * b_da, 0.0) * scale  # [BT, BT]
-                b_a = tl.where(m_a, _f(b_s), 0.0)  # [BT, BT]
-                b_dk = tl.dot(tl.trans(b_ds).to(DT), b_q, b_dk, input_precision=PRECISION)  # [BT, BD]
-                b_dv = tl.dot(tl.trans(b_a).to(DT), b_dn.to(DT), b_dv, input_precision=PRECISION)  # [BT, BV]
+            b_a = tl.where(m_a, _f(b_s), 0.0)  # [BT, BT]
+            b_dk = tl.dot(tl.trans(b_ds).to(DT), b_q, input_precision=PRECISION)  # [BT, BD]
+            b_dv = tl.dot(tl.trans(b_a).to(DT), b_dn.to(DT), input_precision=PRECISION)  # [BT, BV]
             b_psi = _phi(b_k, m_t, idx, o_f, F_PAD, b_wk, BD, PRECISION)  # [BT, BF]
             b_dv = tl.dot(b_psi.to(DT), b_S.to(DT), b_dv, input_precision=PRECISION)  # [BT, BV]
-            tl.store(dv + o_kv, b_dv.to(DT), mask=m_vv)
+            tl.store(dv + o_vv, b_dv.to(DT), mask=m_vv)
             b_dpsi = tl.dot(b_v, tl.trans(b_S.to(DT)), input_precision=PRECISION)  # [BT, BF]
             if NORMALIZE:
                 b_dpsi += b_zs[None, :]
             b_dk += _phi_vjp(b_k, idx, o_f, F_PAD, b_wk, b_dpsi, BD, PRECISION)  # [BT, BD]
-            tl.store(dk + o_kk, b_dk.to(DT), mask=m_qk)
-            for g in tl.static_range(G):
-                i_q64 = (i_bh * G + g).to(tl.int64)
-                b_q = tl.load(q + i_q64 * T * D + o_t[:, None] * D + o_d[None, :], mask=m_qk, other=0.0)  # [BT, BD]
-                b_dn, b_dz = _scaled_grad(do, rden, dz, i_q64 * T * DV + o_t[:, None] * DV + o_v[None, :], m_vv,
-                                          i_q64 * T + o_t, m_t, NORMALIZE)
-                b_phi = _phi(b_q, m_t, idx, o_f, F_PAD, b_wq, BD, PRECISION)  # [BT, BF]
-                b_S = tl.dot(tl.trans(b_phi).to(DT), b_dn.to(DT), b_S, input_precision=PRECISION)  # [BF, BV]
-                if NORMALIZE:
-                    b_zs += tl.sum(b_phi * b_dz[:, None], 0)
+            tl.store(dk + o_qk, b_dk.to(DT), mask=m_qk)
+            b_phi = _phi(b_q, m_t, idx, o_f, F_PAD, b_wq, BD, PRECISION)  # [BT, BF]
+            b_S = tl.dot(tl.trans(b_phi).to(DT), b_dn.to(DT), b_S, input_precision=PRECISION)  # [BF, BV]
+            if NORMALIZE:
+                b_zs += tl.sum(b_phi * b_dz[:, None], 0)
+
+

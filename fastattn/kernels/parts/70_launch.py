@@ -19,11 +19,6 @@ def _empty(shape, device, dtype=torch.float32):
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def _groups(q, k):
-    """G: query heads per key/value head (grouped-query attention; 1 for multi-head)."""
-    return q.shape[1] // k.shape[1]
-
-
 def _aligned(*ts):
     """True when TMA can address these tensors: contiguous, 16-byte aligned (the plan checked the rest)."""
     return all(x.is_contiguous() and x.data_ptr() % 16 == 0 for x in ts)
@@ -67,16 +62,15 @@ def _side_by_side(first, second, device, together=True):
 
 
 def _segment_prefix(p, x, y, rden, cz, idx, w, ktab, normalize, scale_y, reverse, tma=False, init=None,
-                    final=False, G=1):
+                    final=False):
     """(S0, Z0, SF, ZF): prefix (``reverse=False``) or suffix sums over segments of the per-segment states,
     S0[bh, s] = init + sum over segments before s (after s) of sum_t feat(x_t)^T y_t, and Z0 likewise
-    (None unless ``normalize``); one state per key/value head bh, which sums the G heads bh * G .. of x
-    and y (G = 1 for k, v; G query heads for q, dn). ``init``: (S, Z or None) [BH, f_pad, DV], [BH, f_pad]
-    carried in at the start (the end when reversed), or None; with ``final`` also init + every segment's
-    sum (SF, ZF), else Nones."""
+    (None unless ``normalize``). ``init``: (S, Z or None) [BH, f_pad, DV], [BH, f_pad] carried in at the
+    start (the end when reversed), or None; with ``final`` also init + every segment's sum (SF, ZF), else
+    Nones."""
     B, H, T, D = x.shape
     DV = y.shape[-1]
-    BH, NSEG = B * H // G, p.segments
+    BH, NSEG = B * H, p.segments
     S = torch.empty((BH, NSEG, p.f_pad, DV), dtype=torch.float32, device=x.device)
     Z = torch.empty((BH, NSEG, p.f_pad), dtype=torch.float32, device=x.device) if normalize else S
     g = p.seg_step_q if scale_y else p.seg_step
@@ -87,7 +81,7 @@ def _segment_prefix(p, x, y, rden, cz, idx, w, ktab, normalize, scale_y, reverse
     lo, n = (0, NSEG) if final else (int(reverse), NSEG - 1)
     if n:
         _segment_state_kernel[(NF * n, _cdiv(DV, p.block_v), BH)](
-            x, y, yd, rden, cz, S, Z, idx, w, ktab, T, D, DV, p.f_pad, _cdiv(T, chunk), p.cps // g, NF, NSEG, lo, G,
+            x, y, yd, rden, cz, S, Z, idx, w, ktab, T, D, DV, p.f_pad, _cdiv(T, chunk), p.cps // g, NF, NSEG, lo,
             BT=chunk, BF=p.table_block_f, BV=p.block_v, BD=p.head_block, NORMALIZE=normalize, SCALE_Y=scale_y,
             PRECISION=p.precision, TMA_LD=tma, WIDE=p.wide, num_warps=p.seg_warps, **p.kron_kw)
 
@@ -142,8 +136,7 @@ def _fused_fwd(p, q, k, v, scale, normalize, fix_abs, eps, init=None, final=Fals
     z = _empty((B, H, T), q.device) if normalize else o
     S0, Z0, fin = _start_states(p, k, v, z, idx, w_psi, idx, normalize, init, final)
     _fused_fwd_kernel[(p.segments, B * H)](q, k, v, o, z, S0, Z0, idx, w_phi, w_psi, float(scale), float(eps), T, D,
-                                           DV, p.f_pad, _cdiv(T, p.chunk), p.cps, _groups(q, k), BT=p.chunk,
-                                           BF=p.block_f,
+                                           DV, p.f_pad, _cdiv(T, p.chunk), p.cps, BT=p.chunk, BF=p.block_f,
                                            BV=p.block_v, BD=p.head_block, NORMALIZE=normalize, FIX_ABS=fix_abs,
                                            USE_SEG=p.segments > 1 or init is not None, PRECISION=p.precision,
                                            WIDE=p.wide, num_warps=p.warps)
@@ -166,15 +159,14 @@ def _bwd_start_states(p, q, k, v, do, rden, dz, idx, w_phi, w_psi, ktab, nz, ini
     """(pass 0's start states, pass 1's, dinit): pass 0 (dq) starts from the forward's segment states
     (``saved``, or rebuilt from ``init``), pass 1 (dk, dv) from the suffix sums of phi(q)^T dn (and
     phi(q) dz) with the final state's gradient ``dfinal`` carried in; with ``want_dinit`` the initial
-    state's gradient (dfinal + every query's sum), else None. None for a walk that starts from zero.
-    Every state is a key/value head's: the suffix sums add up the G query heads of each."""
+    state's gradient (dfinal + every query's sum), else None. None for a walk that starts from zero."""
     fwd = saved
     if fwd is None and (p.segments > 1 or init is not None):
         fwd = _segment_prefix(p, k, v, rden, rden, idx, w_psi, ktab, nz, False, reverse=False, tma=tma, init=init)[:2]
     bwd = dinit = None
     if p.segments > 1 or dfinal is not None or want_dinit:
         dS0, dZ0, dSF, dZF = _segment_prefix(p, q, do, rden, dz, idx, w_phi, ktab, nz, nz, reverse=True, tma=tma,
-                                             init=dfinal, final=want_dinit, G=_groups(q, k))
+                                             init=dfinal, final=want_dinit)
         bwd, dinit = (dS0, dZ0), ((dSF, dZF) if want_dinit else None)
     return fwd, bwd, dinit
 
@@ -193,13 +185,12 @@ def _fused_bwd(p, q, k, v, o, z, do, scale, normalize, fix_abs, eps, state, init
                                         want_dinit, saved=tuple(state[:2]) if p.saved else None)
 
     def walk(pass_, start):
-        # pass 0 (dq) runs per query head, pass 1 (dk, dv) per key/value head
         s0, z0 = start if start is not None else (dq, dq)
-        _fused_bwd_kernel[(p.segments, B * (H if pass_ == 0 else k.shape[1]))](
-            q, k, v, do, rden, dz, dq, dk, dv, s0, dq if z0 is None else z0, idx, w_phi, w_psi, float(scale), T, D, DV,
-            p.f_pad, _cdiv(T, p.chunk), p.cps, _groups(q, k), BT=p.chunk, BF=p.block_f, BV=p.block_v,
-            BD=p.head_block, NORMALIZE=nz, USE_SEG=start is not None, PASS=pass_, PRECISION=p.precision, WIDE=p.wide,
-            num_warps=p.warps)
+        _fused_bwd_kernel[(p.segments, B * H)](q, k, v, do, rden, dz, dq, dk, dv, s0, dq if z0 is None else z0, idx,
+                                               w_phi, w_psi, float(scale), T, D, DV, p.f_pad, _cdiv(T, p.chunk), p.cps,
+                                               BT=p.chunk, BF=p.block_f, BV=p.block_v, BD=p.head_block,
+                                               NORMALIZE=nz, USE_SEG=start is not None, PASS=pass_,
+                                               PRECISION=p.precision, WIDE=p.wide, num_warps=p.warps)
     _side_by_side(lambda: walk(0, fwd), lambda: walk(1, bwd), q.device, p.streams)
     return dq, dk, dv, dinit
 
@@ -215,8 +206,7 @@ def _chunk_fwd(p, q, k, v, scale, normalize, fix_abs, eps, init=None, final=Fals
     S0, Z0, fin = _start_states(p, k, v, z, idx, w_psi, ktab, normalize, init, final)
     _chunk_fwd_kernel[(_cdiv(T, p.chunk), 1, B * H)](q, k, v, o, z, S0, Z0, idx, w_phi, ktab, float(scale), float(eps),
                                                      T, D, DV, p.f_pad, _cdiv(T, p.chunk), p.cps, p.segments,
-                                                     p.f_pad // p.block_f, int(init is None), _groups(q, k),
-                                                     BT=p.chunk,
+                                                     p.f_pad // p.block_f, int(init is None), BT=p.chunk,
                                                      BF=p.block_f, BV=p.block_v,
                                                      BD=p.head_block, NORMALIZE=normalize, FIX_ABS=fix_abs,
                                                      PRECISION=p.precision, num_warps=p.warps, **p.kron_kw)
@@ -236,9 +226,9 @@ def _scan_fwd(p, q, k, v, scale, causal, normalize, fix_abs, eps, init=None, fin
     # the constant term outside the scans: each chunk's sum of v, turned into prefix sums below
     vs = _empty((B * H, NC, DV), q.device) if a0 else o
     if causal:
-        _intra_fwd_kernel[(NC, B * H)](q, k, v, o, z, vs, float(scale), T, D, DV, NC, _groups(q, k), BT=p.chunk,
-                                       BD=p.head_block, BV=p.v_pad, NORMALIZE=normalize, PRECISION=p.precision,
-                                       CONST=bool(a0), num_warps=p.intra_warps)
+        _intra_fwd_kernel[(NC, B * H)](q, k, v, o, z, vs, float(scale), T, D, DV, NC, BT=p.chunk, BD=p.head_block,
+                                       BV=p.v_pad, NORMALIZE=normalize, PRECISION=p.precision, CONST=bool(a0),
+                                       num_warps=p.intra_warps)
     else:
         o.zero_()
         z.zero_()
@@ -247,8 +237,8 @@ def _scan_fwd(p, q, k, v, scale, causal, normalize, fix_abs, eps, init=None, fin
     (vd,), (od,) = _descs(tma, p.chunk, p.block_v, v), _descs(tma_add, p.chunk, p.block_v, o)
     S0, Z0, fin = _start_states(p, k, v, z, idx, w_psi, ktab, normalize, init, final, tma)
     _inter_fwd_kernel[(NF * p.segments, NV, B * H)](q, k, v, vd, o, od, z, S0, Z0, idx, w_phi, w_psi, ktab, T, D, DV,
-                                                    p.f_pad, NC, p.cps, NF, _groups(q, k), BT=p.chunk, BF=p.block_f,
-                                                    BV=p.block_v, BD=p.head_block, CAUSAL=causal, NORMALIZE=normalize,
+                                                    p.f_pad, NC, p.cps, NF, BT=p.chunk, BF=p.block_f, BV=p.block_v,
+                                                    BD=p.head_block, CAUSAL=causal, NORMALIZE=normalize,
                                                     ATOMIC=NF > 1, USE_SEG=p.segments > 1 or init is not None,
                                                     PRECISION=p.precision,
                                                     TMA_LD=tma, TMA_ADD=tma_add, WIDE=p.wide, num_warps=p.warps,
@@ -264,24 +254,21 @@ def _scan_fwd(p, q, k, v, scale, causal, normalize, fix_abs, eps, init=None, fin
 
 def _scan_bwd(p, q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps, init=None, dfinal=None,
               want_dinit=False):
-    """The general backward: intra kernel (causal), then the dq walk and the dk / dv walk. dk and dv are
-    fp32 [B, H_kv, T, *] sums: the intra kernel and the dk / dv walk run per key/value head and add up its
-    G query heads' shares in registers (no [B, H_q, T, *] buffer)."""
+    """The general backward: intra kernel (causal), then the dq walk and the dk / dv walk."""
     B, H, T, D = q.shape
     DV = v.shape[-1]
-    Hk = k.shape[1]
     idx, w_phi, w_psi, ktab, a0 = _tables(p, D, scale, q.device)
     NC, NF, NV = _cdiv(T, p.chunk), p.f_pad // p.block_f, _cdiv(DV, p.block_v)
     nz, rden, dz, dns = _bwd_norm(q, o, do, z, normalize, fix_abs, eps, p.chunk, bool(a0),
                                   dfinal is not None and dfinal[1] is not None)
     dq = _empty((B, H, T, D), q.device)
-    dk = _empty((B, Hk, T, D), q.device)
-    dv = _empty((B, Hk, T, DV), q.device)
+    dk = _empty((B, H, T, D), q.device)
+    dv = _empty((B, H, T, DV), q.device)
     if causal:
-        _intra_bwd_kernel[(NC, B * Hk)](q, k, v, do, rden, dz, dq, dk, dv, dq if dns is None else dns, a0,
-                                        float(scale), T, D, DV, NC, _groups(q, k), BT=p.chunk, BD=p.head_block,
-                                        BV=p.v_pad, NORMALIZE=nz, PRECISION=p.precision, CONST=bool(a0),
-                                        num_warps=p.intra_warps)
+        _intra_bwd_kernel[(NC, B * H)](q, k, v, do, rden, dz, dq, dk, dv, dq if dns is None else dns, a0,
+                                       float(scale), T, D, DV, NC, BT=p.chunk, BD=p.head_block, BV=p.v_pad,
+                                       NORMALIZE=nz, PRECISION=p.precision, CONST=bool(a0),
+                                       num_warps=p.intra_warps)
     else:
         dq.zero_()
         dk.zero_()
@@ -300,13 +287,14 @@ def _scan_bwd(p, q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps, init
     Z0, dZ0 = (dq if Z0 is None else Z0), (dq if dZ0 is None else dZ0)
 
     def walk(pass_):
-        # pass 0 (dq) runs per query head, pass 1 (dk, dv) per key/value head
-        _inter_bwd_kernel[(NF * p.segments, NV, B * (H if pass_ == 0 else Hk))](
-            q, k, v, vd, do, dod, rden, dz, dq, dk, dv, dvd, dxg[pass_], dxl[pass_], S0, Z0, dS0, dZ0, idx, w_phi,
-            w_psi, ktab, T, D, DV, p.f_pad, NC, p.cps, NF, _groups(q, k), BT=p.chunk, BF=p.block_f, BV=p.block_v,
-            BD=p.head_block, CAUSAL=causal, NORMALIZE=nz, ATOMIC_QK=NF * NV > 1, ATOMIC_V=NF > 1,
-            USE_SEG=(fwd, bwd)[pass_] is not None, PASS=pass_, PRECISION=p.precision, TMA_LD=tma, TMA_ADD=tma_add,
-            WIDE=p.wide, TMA_DX=tma_dx, num_warps=p.warps, **p.kron_kw)
+        _inter_bwd_kernel[(NF * p.segments, NV, B * H)](q, k, v, vd, do, dod, rden, dz, dq, dk, dv, dvd, dxg[pass_],
+                                                        dxl[pass_], S0, Z0, dS0, dZ0, idx, w_phi, w_psi, ktab, T, D,
+                                                        DV, p.f_pad, NC, p.cps, NF, BT=p.chunk, BF=p.block_f,
+                                                        BV=p.block_v, BD=p.head_block, CAUSAL=causal,
+                                                        NORMALIZE=nz, ATOMIC_QK=NF * NV > 1, ATOMIC_V=NF > 1,
+                                                        USE_SEG=(fwd, bwd)[pass_] is not None, PASS=pass_,
+                                                        PRECISION=p.precision, TMA_LD=tma, TMA_ADD=tma_add,
+                                                        WIDE=p.wide, TMA_DX=tma_dx, num_warps=p.warps, **p.kron_kw)
     _side_by_side(lambda: walk(0), lambda: walk(1), q.device, p.streams)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dinit
 
@@ -344,15 +332,14 @@ def _backward_state(p, q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps
 
 def poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v, segments=None,
                        tuning=None):
-    """Forward pass on contiguous q [B, H, T, D], k, v [B, H_kv, T, *] (H_kv dividing H); returns (o in q.dtype,
-    z fp32 [B, H, T] or None)."""
+    """Forward pass on contiguous [B, H, T, D] inputs; returns (o in q.dtype, z fp32 [B, H, T] or None)."""
     return _poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v,
                                segments, tuning)[:2]
 
 
 def _poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v, segments=None,
                         tuning=None, initial=None, final=False):
-    """(o, z, saved segment states or None[, final state]). ``initial``: (S [B*H_kv, F, DV], z [B*H_kv, F]) in the
+    """(o, z, saved segment states or None[, final state]). ``initial``: (S [B*H, F, DV], z [B*H, F]) in the
     State's basis (fp32), or None; with ``final`` a fourth entry, the state after the last key in that basis."""
     state = initial is not None or final
     p = plan(q.shape, v.shape, q.dtype, q.device, causal, normalize, "fwd", tuning, chunk=chunk, block_f=block_f,

@@ -35,7 +35,7 @@ def _check_normalized(o, z, fix_abs, q, k, v):
 
 class PolyAttentionFunction(torch.autograd.Function):
     """Autograd wrapper of :func:`poly_attention_fwd` / :func:`poly_attention_bwd`. With a carried state
-    (``S_init``, ``z_init`` [B*H_kv, F, DV], [B*H_kv, F] in the State's basis, and / or ``final``) gradients flow
+    (``S_init``, ``z_init`` [B*H, F, DV], [B*H, F] in the State's basis, and / or ``final``) gradients flow
     to the initial state and from the final one, which comes back as two more outputs (S, z)."""
 
     @staticmethod
@@ -76,8 +76,7 @@ class PolyAttentionFunction(torch.autograd.Function):
             return dq, dk, dv, None, None, None, None, None, None, None, None, None, None, None, None, None, None
         dfinal = None
         if dS_final is not None or dz_final is not None:
-            # the state is a key/value head's
-            BH, F, DV = k.shape[0] * k.shape[1], feature_dim(q.shape[-1]), v.shape[-1]
+            BH, F, DV = q.shape[0] * q.shape[1], feature_dim(q.shape[-1]), v.shape[-1]
             dS = dS_final if dS_final is not None else q.new_zeros((BH, F, DV), dtype=torch.float32)
             dfinal = (dS.contiguous(), None if dz_final is None else dz_final.contiguous())
         want = ctx.has_init and (ctx.needs_input_grad[14] or ctx.needs_input_grad[15])
@@ -108,13 +107,10 @@ def poly_attention(q, k, v, scale=None, causal=True, normalize=True, normalizer_
 
     Parameters
     ----------
-    q : tensor [B, H, T, D]
-    k : tensor [B, H_kv, T, D]
-    v : tensor [B, H_kv, T, DV]
+    q, k : tensor [B, H, T, D]
+    v : tensor [B, H, T, DV]
         fp32, fp16 or bf16 (one dtype, one device), on a CUDA device (or on the CPU under
-        TRITON_INTERPRET=1, fp32 or fp16 only). Grouped-query attention when H_kv < H (as SDPA's
-        ``enable_gqa``): H_kv divides H and query head h reads key/value head h // (H / H_kv); the
-        kernels read k and v as they are (no repeated copy), and dk, dv sum over each group.
+        TRITON_INTERPRET=1, fp32 or fp16 only).
     scale : float, optional
         s in f(s q.k); default 1/sqrt(D) like torch SDPA.
     causal : bool
@@ -139,9 +135,8 @@ def poly_attention(q, k, v, scale=None, causal=True, normalize=True, normalizer_
         Private overrides of the routing and launch numbers, for sweeps and tests (keys and defaults:
         ``TUNING``; see ``plan``). An unknown key is a ValueError.
     initial_state : (S, z), optional
-        Sums over an earlier prefix that every query also sees: S = sum psi(k) v^T [B, H_kv, F, DV] and
-        z = sum psi(k) [B, H_kv, F] (one state per key/value head, shared by its query heads), float32,
-        F = ``feature_dim(D)`` in the symmetric basis's order
+        Sums over an earlier prefix that every query also sees: S = sum psi(k) v^T [B, H, F, DV] and
+        z = sum psi(k) [B, H, F], float32, F = ``feature_dim(D)`` in the symmetric basis's order
         (``feature_tables``, unpadded; fastattn.attention.State). Differentiable.
     output_final_state : bool
         Also return the state after the last key, (S, z) as above, initial state included. Differentiable.
@@ -149,7 +144,7 @@ def poly_attention(q, k, v, scale=None, causal=True, normalize=True, normalizer_
     Returns
     -------
     tensor [B, H, T, DV] in q's dtype; T = 0 gives an empty one. With ``output_final_state``:
-    (o, (S, z)), the state of each key/value head as ``initial_state`` takes it.
+    (o, (S, z)).
 
     Raises
     ------
@@ -165,17 +160,10 @@ def poly_attention(q, k, v, scale=None, causal=True, normalize=True, normalizer_
     >>> q = k = v = torch.randn(1, 2, 100, 16, device="cuda")  # doctest: +SKIP
     >>> poly_attention(q, k, v).shape  # doctest: +SKIP
     torch.Size([1, 2, 100, 16])
-    >>> q = torch.randn(1, 8, 100, 16, device="cuda")  # doctest: +SKIP
-    >>> poly_attention(q, k, v).shape  # doctest: +SKIP
-    torch.Size([1, 8, 100, 16])
     """
-    if (q.dim() != 4 or k.dim() != 4 or v.dim() != 4 or k.shape[0] != q.shape[0] or k.shape[2:] != q.shape[2:]
-            or v.shape[:3] != k.shape[:3]):
-        raise ValueError(f"expected q [B, H, T, D], k [B, H_kv, T, D] and v [B, H_kv, T, DV]; got q {tuple(q.shape)}, "
+    if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"expected q, k [B, H, T, D] and v [B, H, T, DV]; got q {tuple(q.shape)}, "
                          f"k {tuple(k.shape)}, v {tuple(v.shape)}")
-    if k.shape[1] < 1 or q.shape[1] % k.shape[1]:
-        raise ValueError(f"q has {q.shape[1]} heads and k, v {k.shape[1]}: grouped-query attention needs H_kv >= 1 "
-                         f"dividing H; repeat k and v to a divisor of {q.shape[1]} heads, or pass as many as q")
     if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"q, k, v must share one dtype of float32/float16/bfloat16; got {q.dtype}, {k.dtype}, "
                          f"{v.dtype}")
@@ -207,34 +195,34 @@ def poly_attention(q, k, v, scale=None, causal=True, normalize=True, normalizer_
         raise ValueError(f"eps={eps!r} must be a finite real number > 0")
     _resolve(tuning)  # an unknown or bad tuning key is an error even where no pass runs
     B, H, T, D = q.shape
-    Hk, F, DV = k.shape[1], feature_dim(D), v.shape[-1]
+    F, DV = feature_dim(D), v.shape[-1]
     if initial_state is not None:
         S, z = initial_state
-        if tuple(S.shape) != (B, Hk, F, DV) or tuple(z.shape) != (B, Hk, F):
-            raise ValueError(f"initial_state (S, z) must be [B, H_kv, F, DV] = {[B, Hk, F, DV]} and [B, H_kv, F]; got "
+        if tuple(S.shape) != (B, H, F, DV) or tuple(z.shape) != (B, H, F):
+            raise ValueError(f"initial_state (S, z) must be [B, H, F, DV] = {[B, H, F, DV]} and [B, H, F]; got "
                              f"{tuple(S.shape)}, {tuple(z.shape)}")
         if S.dtype != torch.float32 or z.dtype != torch.float32 or S.device != q.device or z.device != q.device:
             raise ValueError(f"initial_state must be float32 on {q.device}; got {S.dtype}/{z.dtype} on {S.device}")
     if T == 0:
         # T = 0: an empty [B, H, 0, DV], still a function of q, k, v (zero gradients), as on the torch path
         _took("empty")
-        o = v.new_zeros((B, H, 0, DV)) + (q.sum() + k.sum() + v.sum()) * 0
+        o = v[:, :, :0] + (q.sum() + k.sum()) * 0
         if not output_final_state:
             return o
         if initial_state is None:
-            return o, (q.new_zeros((B, Hk, F, DV), dtype=torch.float32), q.new_zeros((B, Hk, F), dtype=torch.float32))
+            return o, (q.new_zeros((B, H, F, DV), dtype=torch.float32), q.new_zeros((B, H, F), dtype=torch.float32))
         return o, (initial_state[0] + 0, initial_state[1] + 0)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     S0 = z0 = None
     if initial_state is not None:
-        S0, z0 = (x.reshape((B * Hk,) + tuple(x.shape[2:])).contiguous() for x in initial_state)
+        S0, z0 = (x.reshape((B * H,) + tuple(x.shape[2:])).contiguous() for x in initial_state)
     out = PolyAttentionFunction.apply(q, k, v, scale, bool(causal), bool(normalize), normalizer_fix == "abs",
                                       float(eps), chunk, block_f, block_v, segments, check_output, tuning, S0, z0,
                                       bool(output_final_state))
     if not output_final_state:
         return out
     o, SF, zF = out
-    return o, (SF.reshape(B, Hk, F, DV), zF.reshape(B, Hk, F))
+    return o, (SF.reshape(B, H, F, DV), zF.reshape(B, H, F))
 
 
 class PolyAttention(torch.nn.Module):
