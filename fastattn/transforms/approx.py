@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -232,8 +233,35 @@ def _clenshaw(cheb, x, R):
     return y * b1 - b2 + cheb[0]
 
 
+def _mpf_of(n: int):
+    """n to working precision (mpmath.mpf(n) of a million-bit int takes seconds)."""
+    drop = max(0, n.bit_length() - 4 * _DIGITS)
+    return mpmath.ldexp(mpmath.mpf(n >> drop if n >= 0 else -(-n >> drop)), drop)
+
+
+def _beyond_floats(f: Spec, coeffs: list[Fraction], R: Fraction) -> None:
+    """SpecError where |f - poly| at a sample of [-R, R] already passes the float range (so must its bound).
+
+    A fixed amount of work in place of the clock: certifying such an f spends its time in exact
+    arithmetic on numbers like 2^5502841 (exp(exp(exp(exp(x)))), a minute) only to overflow at the end.
+    """
+    with mpmath.workdps(_DIGITS):
+        xs = [mpmath.mpf(R.numerator) / R.denominator * k / 8 for k in range(-8, 9)]
+        try:
+            values = _real_values(f, xs)
+        except SpecError:
+            return  # undefined somewhere on the sample: certify names the cell
+        poly = [_mpf_of(c.numerator) / _mpf_of(c.denominator) for c in reversed(coeffs)]
+        for x, v in zip(xs, values):
+            e = abs(v - mpmath.polyval(poly, x))
+            if e > 2 * mpmath.mpf(sys.float_info.max):
+                raise SpecError(f"the error is at least 2^{int(mpmath.log(e, 2))} (at x = {mpmath.nstr(x, 4)}), beyond "
+                                "the float range: f is too large on this radius for a polynomial map; use a smaller radius")
+
+
 def _finish(f, method, p, R, coeffs: list[Fraction], tolerance, seconds, cost_from=None) -> Approximation:
     Rf = Fraction(int(R.p), int(R.q))
+    _beyond_floats(f, coeffs, Rf)
     cert = certify(f.expr, coeffs, Rf, tolerance=tolerance, seconds=seconds)
     bound = _round_up(cert.upper)
     return Approximation(
