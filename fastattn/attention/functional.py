@@ -370,7 +370,7 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
                               "use backend='auto' or 'torch' (the torch path serves them)")
         route = "torch"
     if route == "triton" and cu_seqlens is not None:
-        def run(q, k, v, gate, state, final):  # one batched Triton call (no cu_seqlens)
+        def run(q, k, v, gate, _keep, state, final):  # one batched Triton call (no cu_seqlens, no mask)
             return fast_attention(q, k, v, poly, is_causal=is_causal, scale=scale, normalize=normalize,
                                   enable_gqa=enable_gqa, g=gate, initial_state=state, output_final_state=final,
                                   normalizer_fix=fix, eps=eps, chunk=chunk, backend="triton", tables=tables,
@@ -390,19 +390,11 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
         o, final = _torch_attention(query, key, value, poly, scale, is_causal, normalize, fix, eps, chunk, tables,
                                     initial_state, keep, check_output, g)
         return (o, final) if output_final_state else o
-    outs, finals = [], []
-    bounds = cu_seqlens.tolist()
-    for n, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
-        part = lambda x: None if x is None else x[..., a:b]  # noqa: E731
-        st = None if initial_state is None else State(initial_state.S[n:n + 1], initial_state.z[n:n + 1],
-                                                      initial_state.tokens[n:n + 1])
-        o, fin = _torch_attention(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], poly, scale, is_causal,
-                                  normalize, fix, eps, chunk, tables, st, part(keep), check_output, part(g))
-        outs.append(o)
-        finals.append(fin)
-    o = torch.cat(outs, 2)
-    if not output_final_state:
-        return o
-    return o, State(torch.cat([f.S for f in finals]), torch.cat([f.z for f in finals]),
-                    torch.cat([f.tokens for f in finals]))
+    def run(q, k, v, gate, kept, state, final):  # one sequence on the torch path
+        o, fin = _torch_attention(q, k, v, poly, scale, is_causal, normalize, fix, eps, chunk, tables, state, kept,
+                                  check_output, gate)
+        return (o, fin) if final else o
+
+    return varlen.varlen_call(run, query, key, value, cu_seqlens, is_causal=is_causal, g=g, keep=keep,
+                              initial_state=initial_state, output_final_state=output_final_state, pad=False)
 
