@@ -121,6 +121,16 @@ def _store_state(ptr, val, i_bh, i_c, N, F, DV, f0, v0, BF: tl.constexpr, BV: tl
 
 
 @triton.jit
+def _start_state(ptr, i_bh, F, DV, f0, v0, HAS: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr):
+    """The fp32 [BF, BV] tile a state walk starts from: the given state's (HAS) or zeros."""
+    if HAS:
+        b = _load_state(ptr, i_bh, 0, 1, F, DV, f0, v0, BF, BV).to(tl.float32)
+    else:
+        b = tl.zeros([BF, BV], dtype=tl.float32)
+    return b
+
+
+@triton.jit
 def _fwd_states(psi_ptr, v_ptr, g_ptr, s0_ptr, h_ptr, sT_ptr, T, F, DV, N, HAS_S0: tl.constexpr,
                 STORE_FINAL: tl.constexpr, C: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
                 PRECISION: tl.constexpr):
@@ -130,10 +140,7 @@ def _fwd_states(psi_ptr, v_ptr, g_ptr, s0_ptr, h_ptr, sT_ptr, T, F, DV, N, HAS_S
     """
     i_f, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     f0, v0 = i_f * BF, i_v * BV
-    if HAS_S0:
-        b_s = _load_state(s0_ptr, i_bh, 0, 1, F, DV, f0, v0, BF, BV).to(tl.float32)  # [BF, BV]
-    else:
-        b_s = tl.zeros([BF, BV], dtype=tl.float32)
+    b_s = _start_state(s0_ptr, i_bh, F, DV, f0, v0, HAS_S0, BF, BV)  # [BF, BV]
     for i_c in range(N):
         _store_state(h_ptr, b_s, i_bh, i_c, N, F, DV, f0, v0, BF, BV)
         b_psi = _load_rows(psi_ptr, i_bh, i_c, T, F, f0, C, BF)  # [C, BF]
@@ -180,10 +187,7 @@ def _bwd_dstates(phi_ptr, do_ptr, g_ptr, dsT_ptr, dh_ptr, ds0_ptr, T, F, DV, N, 
     """
     i_f, i_v, i_kv = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     f0, v0 = i_f * BF, i_v * BV
-    if HAS_DST:
-        b_ds = _load_state(dsT_ptr, i_kv, 0, 1, F, DV, f0, v0, BF, BV).to(tl.float32)  # [BF, BV]
-    else:
-        b_ds = tl.zeros([BF, BV], dtype=tl.float32)
+    b_ds = _start_state(dsT_ptr, i_kv, F, DV, f0, v0, HAS_DST, BF, BV)  # [BF, BV]
     for j in range(N):
         i_c = N - 1 - j
         _store_state(dh_ptr, b_ds, i_kv, i_c, N, F, DV, f0, v0, BF, BV)
