@@ -12,9 +12,9 @@ its rows so that the largest relative error over the cells is smallest (a linear
   a0 is the fixed cost of the launches of one forward+backward (about 1.1 ms: the measured times
   stop falling below 8K tokens); the state work grows with the features, padded to the kernel's
   feature block of 64, times DV; small D runs at a lower rate per feature (the a2 / D term).
-* SDPA (cuDNN on Hopper), head dim D::
+* SDPA (cuDNN on Hopper), q/k dim D, v dim DV (the kernels pad both to max(D, DV))::
 
-      ms = s0 + B·H·T² · (s1 + s2·D) · 1e-9
+      ms = s0 + B·H·T² · (s1 + s2·max(D, DV)) · 1e-9
 
 * the window kernel of ``hybrid_attention`` (:func:`window_cost`): its tiles are counted from the kernel's
   plan (the key blocks that meet the window), with MMA FLOPs, bytes and a floor at v15's ceilings; its
@@ -96,16 +96,22 @@ def ours_ms(F: int, D: int, DV: int | None = None, T: int = 8192, *, B: int = BA
     return a0 + B * H * T * padded * DV * (a1 + a2 / D) * 1e-9
 
 
-def sdpa_ms(D: int, T: int = 8192, *, B: int = BATCH, H: int = HEADS, constants=SDPA) -> float:
-    """Predicted forward+backward ms of ``scaled_dot_product_attention`` (causal) at head dim D, length T.
+def sdpa_ms(D: int, T: int = 8192, *, DV: int | None = None, B: int = BATCH, H: int = HEADS,
+            constants=SDPA) -> float:
+    """Predicted forward+backward ms of ``scaled_dot_product_attention`` (causal) at q/k dim D, v dim DV, length T.
+
+    cuDNN / flash kernels pad q, k and v to one head dim, max(D, DV): SDPA is costed there.
 
     >>> 30 < sdpa_ms(64, 32768) < 40     # measured: 36.6
     True
+    >>> round(sdpa_ms(16, 8192, DV=64), 2)   # hybrid run v17 measured 2.29 at q/k d16, v d64
+    2.55
     """
-    for v, n in ((D, "D"), (T, "T"), (B, "B"), (H, "H")):
+    DV = D if DV is None else DV
+    for v, n in ((D, "D"), (DV, "DV"), (T, "T"), (B, "B"), (H, "H")):
         _check_positive(v, n)
     s0, s1, s2 = constants
-    return s0 + B * H * T * T * (s1 + s2 * D) * 1e-9
+    return s0 + B * H * T * T * (s1 + s2 * max(D, DV)) * 1e-9
 
 
 def max_features(D: int, DV: int | None = None, T: int = 8192, *, B: int = BATCH, H: int = HEADS) -> int:
@@ -115,7 +121,7 @@ def max_features(D: int, DV: int | None = None, T: int = 8192, *, B: int = BATCH
     (0, 6080)
     """
     DV = D if DV is None else DV
-    target = sdpa_ms(D, T, B=B, H=H)
+    target = sdpa_ms(D, T, DV=DV, B=B, H=H)
     a0, a1, a2 = OURS
     per_feature = B * H * T * DV * (a1 + a2 / D) * 1e-9
     if target <= a0 + per_feature * BLOCK_F:

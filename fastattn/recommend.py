@@ -87,7 +87,7 @@ def feature_budget(dim: int, value_dim: int, seq_len: int, max_features: int | N
         if n:
             break
     why = (f"no map is predicted to beat SDPA at T = {seq_len} ({cm.OURS[0]:.2g} ms of fixed cost against SDPA's "
-           f"{cm.sdpa_ms(dim, seq_len):.2g} ms); the budget is what beats it at T = {longer} ({model})")
+           f"{cm.sdpa_ms(dim, seq_len, DV=value_dim):.2g} ms); the budget is what beats it at T = {longer} ({model})")
     return min(n or MAX_FEATURES, MAX_FEATURES), why
 
 
@@ -98,7 +98,7 @@ def _candidate(a, dim: int, value_dim: int, seq_len: int, budget: int, why: str)
     n = feature_count(a.coefficients, dim)
     ms = cm.ours_ms(n, dim, value_dim, seq_len) if n else None
     return Candidate(method=a.method, degree=a.degree, features=n, error=0.0 if a.method == "exact" else a.bound,
-                     estimate=0.0 if a.method == "exact" else a.estimate, ms=ms, sdpa_ms=cm.sdpa_ms(dim, seq_len),
+                     estimate=0.0 if a.method == "exact" else a.estimate, ms=ms, sdpa_ms=cm.sdpa_ms(dim, seq_len, DV=value_dim),
                      within_budget=n <= budget, why=why, approximation=a)
 
 
@@ -123,7 +123,7 @@ def candidates(f, dim: int, value_dim: int, radius: float, eps: float, budget: i
         n = cm.feature_count(f.coefficients(p), dim)
         over = "" if n <= budget else f"; {n:,} features is above the budget of {budget:,}"
         out.append(Candidate("exact", p, n, 0.0, 0.0, cm.ours_ms(n, dim, value_dim, seq_len) if n else None,
-                             cm.sdpa_ms(dim, seq_len), n <= budget, f"exact: phi(q).psi(k) = f(q.k), no error{over}"))
+                             cm.sdpa_ms(dim, seq_len, DV=value_dim), n <= budget, f"exact: phi(q).psi(k) = f(q.k), no error{over}"))
         q = min(p - 1, top_degree)
         if q >= 0 and _dense_features(dim, q) < n:
             out.append(make(approx.minimax, q, lambda a: f"fewer features than the exact map, at the price of error "
@@ -481,7 +481,7 @@ def hybrid(f, found: list, dim: int, value_dim: int, radius: float, window: int,
         notes.append(f"f = {f.source} is not exp(x): delta measures how far each map is from exp, the weight "
                      "softmax gives inside the window")
     outside = max(T - w, 0)
-    sdpa = cm.sdpa_ms(dim, T)
+    sdpa = cm.sdpa_ms(dim, T, DV=value_dim)
     out, seen = [], set()
     for method, degree, coefficients in maps:
         if coefficients in seen:

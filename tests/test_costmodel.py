@@ -55,3 +55,14 @@ def test_it_is_not_a_flop_count():
 def test_bad_shapes_are_refused(call, needle):
     with pytest.raises(ValueError, match=needle):
         call()
+
+
+def test_sdpa_at_a_small_qk_dim_is_costed_at_the_wider_v():
+    # hybrid run v17: q/k d16, v d64; cuDNN pads both to 64, so costing SDPA at d16 predicted a third of it
+    run = json.loads((V15.parent / "hybrid_v17.json").read_text())
+    rows = [r for r in run["rows"] if r["method"].strip() == "sdpa causal"]
+    assert [r["T"] for r in rows] == [8192, 16384, 32768]
+    for r in rows:
+        got = cm.sdpa_ms(run["D"], r["T"], DV=run["DV"], B=run["B"], H=run["H"])
+        assert abs(got / r["fwd_bwd_ms"] - 1) <= 0.4, (r, got)
+    assert cm.sdpa_ms(16, 8192, DV=64) == cm.sdpa_ms(64, 8192) > cm.sdpa_ms(16, 8192)
