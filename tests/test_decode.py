@@ -214,6 +214,12 @@ def test_decode_step_direct_call_with_a_strided_state():
     assert_close("o", want_o, o, torch.float32)
     assert_close("S", want.S, new.S, torch.float32)
     assert zq.shape == (B, H) and bool((zq > 0).all())
+    # z with a feature stride of 3 (the kernel reads features densely): copied, not misread
+    zf = (torch.rand(B, H, F, 3) + 1)[..., 0]
+    o2, new2, _ = decode_step(q, k, v, State(st.S, zf, st.tokens), attn.poly, tables)
+    want_o2, want2 = attn.step(q, k, v, State(st.S.contiguous(), zf.contiguous(), st.tokens), _kernel=False)
+    assert_close("o", want_o2, o2, torch.float32)
+    assert_close("z", want2.z, new2.z, torch.float32)
 
 
 @pytest.mark.parametrize("route", ["torch", "kernel"])

@@ -319,7 +319,8 @@ def decode_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: State,
         fp32, fp16 or bf16, one device (CUDA, or CPU under ``TRITON_INTERPRET=1``); H_q a multiple
         of H_kv. Any strides with a unit stride on the last dim (else copied).
     state : State
-        S [B, H_kv, F, DV], z [B, H_kv, F] float32 (batch/head/feature strides free, unit stride on DV).
+        S [B, H_kv, F, DV], z [B, H_kv, F] float32 (S: batch/head/feature strides free, unit stride on DV;
+        z: batch/head strides free, unit stride on F; others are copied, or refused when ``inplace``).
     poly : Polynomial
         f; only used to find the generated kernels' denominator rule.
     tables : tuple
@@ -368,6 +369,12 @@ def decode_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: State,
         if inplace:
             raise KernelError(f"inplace decoding needs state.S with unit stride on DV; got strides {S.stride()}")
         S = S.contiguous()
+    if z.stride(-1) != 1:
+        # the kernel takes z's batch and head strides only: its feature axis must be dense
+        if inplace:
+            raise KernelError(f"inplace decoding needs state.z with unit stride on its features; got strides "
+                              f"{z.stride()}")
+        z = z.contiguous()
     G = Hq // Hk
     p = plan(batch=B, heads_kv=Hk, group=G, features=F, head_dim_v=DV, device=q.device, tuning=tuning)
     q, sq_b, sq_h = _rows(q)
@@ -382,7 +389,8 @@ def decode_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: State,
     if inplace:
         S_out, z_out, tokens_out = S, z, state.tokens
     else:
-        S_out, z_out = torch.empty(B, Hk, F, DV, device=S.device, dtype=S.dtype), torch.empty_like(z)
+        S_out, z_out = (torch.empty(B, Hk, F, DV, device=S.device, dtype=S.dtype),
+                        torch.empty(B, Hk, F, device=z.device, dtype=z.dtype))
         tokens_out = torch.empty_like(state.tokens)
     o = torch.empty(B, Hq, 1, DV, device=q.device, dtype=q.dtype)
     zq = torch.empty(B, Hq, device=q.device, dtype=torch.float32)
