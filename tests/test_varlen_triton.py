@@ -1,4 +1,4 @@
-"""cu_seqlens on the Triton route (fastattn.attention.varlen): equal to one call per sequence on the torch path.
+"""cu_seqlens on the Triton route (fastattn.attention.varlen), and a gate reset (g = -inf) on every route.
 
 backend="triton" raises when the Triton kernels cannot serve a call, so every call here that returns ran them.
 """
@@ -106,3 +106,27 @@ def test_a_final_state_nobody_differentiates_leaves_the_backward_whole():
     do = torch.randn_like(r)
     for a, b in zip(_grads(o, xs, do.float()), _grads(r, rs, do)):
         torch.testing.assert_close(a.double(), b, atol=5e-5, rtol=5e-5)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton", "reference"])
+def test_a_gate_of_minus_infinity_resets_the_state(backend):
+    # g_r = -inf wipes everything before token r: o[r:] is the call on the suffix alone, gradients finite
+    from fastattn.attention.reference import masked_quadratic_attention
+    from fastattn.kernels.poly import polynomial
+
+    q, k, v, g = _inputs(18)
+    r = 7
+    g[:, :, r] = -float("inf")
+    xs = [x.clone().requires_grad_() for x in (q, k, v)]
+    if backend == "reference":
+        o = masked_quadratic_attention(*xs, polynomial(SPEC), g=g)
+    else:
+        cast = (lambda x: x.float()) if backend == "triton" else (lambda x: x)
+        o = fast_attention(*(cast(x) for x in xs), SPEC, g=cast(g), backend=backend).double()
+    tail_g = g[:, :, r:].clone()
+    tail_g[:, :, 0] = 0.0  # the suffix never uses its first gate
+    want = fast_attention(q[:, :, r:], k[:, :, r:], v[:, :, r:], SPEC, g=tail_g, backend="torch")
+    tol = 2e-5 if backend == "triton" else 1e-12
+    torch.testing.assert_close(o[:, :, r:], want, atol=tol, rtol=tol)
+    grads = torch.autograd.grad(o.sum(), xs)
+    assert all(bool(torch.isfinite(x).all()) for x in grads)

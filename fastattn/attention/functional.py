@@ -28,6 +28,7 @@ from fastattn.attention.state import State, check_state, state_dtype
 from fastattn.errors import KernelError
 from fastattn.kernels import naive
 from fastattn.kernels.codegen import load_module
+from fastattn.kernels.gated import GATE_FLOOR
 from fastattn.kernels.poly import check_feature_count, check_normalizer, choose_backend, polynomial
 
 __all__ = ["fast_attention"]
@@ -154,7 +155,9 @@ def _torch_attention(q, k, v, poly, scale, causal, normalize, fix, eps, chunk, t
             zcum = torch.cat([z0[:, :, None], psic.sum(-2)], 2).cumsum(2)  # [B, Hk, N+1, F]
         else:
             # decays within a chunk from its local cumulative gate b; a masked key's gate is 0 (padding decays nothing)
-            gw = g.to(work) if keep is None else torch.where(keep[:, None, :], g.to(work), 0.0)
+            # g = -inf (a reset) would make -inf - (-inf) = NaN in the differences below: the kernels' floor
+            gw = g.to(work).clamp_min(GATE_FLOOR)
+            gw = gw if keep is None else torch.where(keep[:, None, :], gw, 0.0)
             b = split(gw[..., None])[..., 0].cumsum(-1)  # [B, Hk, N, C]
             wk = torch.exp(b[..., -1:] - b)[..., None]  # key i's weight in its chunk's end state
             add, zadd = (psic * wk).transpose(-1, -2) @ vc, (psic * wk).sum(-2)
@@ -286,7 +289,8 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
     g : tensor [B, H_kv, T_k], optional
         Log forget gate per token and key/value head, <= 0 (fla's convention; a fixed per-head decay
         is a constant g): S_t = exp(g_t) S_{t-1} + psi(k_t) v_t^T, i.e. pair (t, i) weighs
-        exp(g_{i+1} + ... + g_t). Causal only. A padded key's gate is taken as 0. Differentiable.
+        exp(g_{i+1} + ... + g_t). Causal only. A padded key's gate is taken as 0. g = -inf (a reset) is
+        taken as :data:`fastattn.kernels.gated.GATE_FLOOR` = -128 (exp = 2.6e-56). Differentiable.
     initial_state : State, optional
         Sums over an earlier prefix (:func:`fastattn.attention.init_state`, or a previous call's
         final state); every query also sees those tokens. Shape [B, H_kv, F, DV], in

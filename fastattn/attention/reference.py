@@ -13,6 +13,7 @@ import math
 import torch
 
 from fastattn.kernels.naive import denominator, horner, quadratic_attention
+from fastattn.kernels.gated import GATE_FLOOR
 
 __all__ = ["softmax_attention", "quadratic_attention", "masked_quadratic_attention"]
 
@@ -56,7 +57,8 @@ def masked_quadratic_attention(q, k, v, coeffs, *, scale=None, is_causal=True, n
     if g is not None:
         if key_padding_mask is not None:
             g = g.masked_fill(key_padding_mask[:, None, :], 0.0)
-        G = g.repeat_interleave(Hq // Hk, 1).cumsum(-1)  # [B, H, T_k]
+        # the floor of the kernels: g = -inf would make the differences below -inf - (-inf) = NaN
+        G = g.clamp_min(GATE_FLOOR).repeat_interleave(Hq // Hk, 1).cumsum(-1)  # [B, H, T_k]
         gap = G[..., Tk - Tq:, None] - G[..., None, :]  # [B, H, T_q, T_k]
         a = a * torch.exp(torch.where(see, gap, -math.inf))
     a = torch.where(see, a, 0.0)
