@@ -194,18 +194,31 @@ def _torch_attention(q, k, v, poly, scale, causal, normalize, fix, eps, chunk, t
     return o, final
 
 
+def _per_query_head(rep, tensors, initial_state):
+    """``tensors`` (K, V, and g when given) and the initial state's (S, z) repeated ``rep`` times along the heads,
+    so each query head of a group reads its own copy (autograd sums their gradients back)."""
+    init = None if initial_state is None else (initial_state.S, initial_state.z)
+    if rep == 1:
+        return tensors, init
+    return (tuple(x.repeat_interleave(rep, 1) for x in tensors),
+            None if init is None else tuple(x.repeat_interleave(rep, 1) for x in init))
+
+
+def _final_state(S, z, rep, initial_state, q, tokens):
+    """The State after ``tokens`` more keys: (S, z) read from each group's first head when they were repeated
+    ``rep`` times (every head of a group sums the same keys)."""
+    seen = initial_state.tokens if initial_state is not None else torch.zeros(q.shape[0], dtype=torch.int64,
+                                                                              device=q.device)
+    return State(S[:, ::rep], z[:, ::rep], seen + tokens)
+
+
 def _triton_kernels(q, k, v, poly, scale, causal, normalize, fix, eps, chunk, check_output, initial_state,
                     output_final_state):
     """The Triton path, with or without a carried state (in the State's feature order). Grouped-query heads
     are repeated here: the kernels' own GQA indexing failed its GPU check (H200: dk NaN on the Kronecker route
-    at G = 2, T = 8192; 464 KB of shared memory asked by the fused backward of x d64 at G = 4). A group's
-    query heads each start from their key/value head's state (autograd sums their gradients back), and the
-    final state is read from the group's first head (every head of a group sums the same keys)."""
-    G = q.shape[1] // k.shape[1]
-    init = None if initial_state is None else (initial_state.S, initial_state.z)
-    if G > 1:
-        k, v = k.repeat_interleave(G, 1), v.repeat_interleave(G, 1)
-        init = None if init is None else tuple(x.repeat_interleave(G, 1) for x in init)
+    at G = 2, T = 8192; 464 KB of shared memory asked by the fused backward of x d64 at G = 4)."""
+    rep = q.shape[1] // k.shape[1]
+    (k, v), init = _per_query_head(rep, (k, v), initial_state)
     try:
         out = load_module(poly).poly_attention(q, k, v, scale=scale, causal=causal, normalize=normalize,
                                                normalizer_fix=fix, eps=eps, chunk=chunk, check_output=check_output,
@@ -217,9 +230,7 @@ def _triton_kernels(q, k, v, poly, scale, causal, normalize, fix, eps, chunk, ch
     if not output_final_state:
         return out
     o, (SF, zF) = out
-    seen = initial_state.tokens if initial_state is not None else torch.zeros(q.shape[0], dtype=torch.int64,
-                                                                              device=q.device)
-    return o, State(SF[:, ::G], zF[:, ::G], seen + k.shape[2])
+    return o, _final_state(SF, zF, rep, initial_state, q, k.shape[2])
 
 
 # The gated kernels passed their bf16 check on an H200 at 64 and 153 features (x d64, Based d16: o, dq, dk, dv
@@ -243,19 +254,14 @@ def _triton_gated(q, k, v, g, poly, scale, normalize, fix, eps, chunk, tables, c
     only, so there K, V, g and the state are repeated per group until a grouped run passes it."""
     from fastattn.kernels.gated import gated_attention
 
-    init = None if initial_state is None else (initial_state.S, initial_state.z)
     rep = q.shape[1] // k.shape[1] if q.is_cuda else 1
-    if rep > 1:
-        k, v, g = (x.repeat_interleave(rep, 1) for x in (k, v, g))
-        init = None if init is None else tuple(x.repeat_interleave(rep, 1) for x in init)
+    (k, v, g), init = _per_query_head(rep, (k, v, g), initial_state)
     o, final = gated_attention(q, k, v, g, poly, scale=scale, normalize=normalize, normalizer_fix=fix, eps=eps,
                                chunk=chunk, tables=tables, initial_state=init, output_final_state=output_final_state,
                                check_output=check_output)
     if not output_final_state:
         return o
-    seen = initial_state.tokens if initial_state is not None else torch.zeros(q.shape[0], dtype=torch.int64,
-                                                                              device=q.device)
-    return o, State(final[0][:, ::rep], final[1][:, ::rep], seen + k.shape[2])
+    return o, _final_state(final[0], final[1], rep, initial_state, q, k.shape[2])
 
 
 def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, normalize=True, enable_gqa=False,
@@ -359,9 +365,9 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
     if g is not None:
         check_gate(g, B, Hk, Tk, key, is_causal)
     n_seq = B if cu_seqlens is None else _check_cu_seqlens(cu_seqlens, B, Tq, Tk, key.device)
-    if initial_state is not None:
-        check_state(initial_state, n_seq, Hk, poly.feature_dim(D), DV, query.dtype, query.device)
     F = poly.feature_dim(D)
+    if initial_state is not None:
+        check_state(initial_state, n_seq, Hk, F, DV, query.dtype, query.device)
     needs = [name for name, on in (("key_padding_mask", key_padding_mask is not None),
                                    (f"a gate g at {F} > {GATED_GPU_MAX_FEATURES} features on a GPU",
                                     g is not None and not gated_kernels_serve(F, query.is_cuda)),
@@ -373,21 +379,18 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
             raise KernelError(f"backend='triton': the Triton kernels do not support {', '.join(needs)} yet; "
                               "use backend='auto' or 'torch' (the torch path serves them)")
         route = "torch"
-    if route == "triton" and cu_seqlens is not None:
-        def run(q, k, v, gate, _keep, state, final):  # one batched Triton call (no cu_seqlens, no mask)
-            return fast_attention(q, k, v, poly, is_causal=is_causal, scale=scale, normalize=normalize,
-                                  enable_gqa=enable_gqa, g=gate, initial_state=state, output_final_state=final,
-                                  normalizer_fix=fix, eps=eps, chunk=chunk, backend="triton", tables=tables,
-                                  check_output=check_output)
+    if route == "triton":
+        def run(q, k, v, gate, _keep, state, final):  # one batched Triton call; the inputs are checked above
+            if gate is not None:
+                return _triton_gated(q, k, v, gate, poly, scale, normalize, fix, eps, chunk, tables, check_output,
+                                     state, final)
+            return _triton_kernels(q, k, v, poly, scale, is_causal, normalize, fix, eps, chunk, check_output, state,
+                                   final)
 
+        if cu_seqlens is None:
+            return run(query, key, value, g, None, initial_state, output_final_state)
         return varlen.varlen_call(run, query, key, value, cu_seqlens, is_causal=is_causal, g=g,
                                   initial_state=initial_state, output_final_state=output_final_state)
-    if route == "triton" and g is not None:
-        return _triton_gated(query, key, value, g, poly, scale, normalize, fix, eps, chunk, tables, check_output,
-                             initial_state, output_final_state)
-    if route == "triton":
-        return _triton_kernels(query, key, value, poly, scale, is_causal, normalize, fix, eps, chunk, check_output,
-                                  initial_state, output_final_state)
     keep = None if key_padding_mask is None else ~key_padding_mask
     chunk = 64 if chunk is None else chunk
     if cu_seqlens is None:
