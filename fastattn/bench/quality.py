@@ -73,6 +73,9 @@ VARIANTS = {v.name: v for v in (
     Variant("softmax", "softmax", "softmax (SDPA)"),
     Variant("x", "poly", "x (linear), d=16", "x", 16, normalize=False),
     Variant("taylor2", "poly", "1+x+x²/2 (Based), d=16", "1 + x + x**2/2", 16),
+    # the same map at a sharper temperature: Taylor-2 of exp(2x), exp(4x) (whether Based's scale is the problem)
+    Variant("taylor2s2", "poly", "1+2x+2x² (Based at 2x scale), d=16", "1 + (2*x) + (2*x)**2/2", 16),
+    Variant("taylor2s4", "poly", "1+4x+8x² (Based at 4x scale), d=16", "1 + (4*x) + (4*x)**2/2", 16),
     Variant("x2", "poly", "x², d=16", "x**2", 16),
     Variant("cube", "poly", "(1+x)³, d=8", "(1+x)**3", 8, normalize=False),
     Variant("cheb2", "poly", "exp ≈ Chebyshev-2 (R=2), d=16", "exp(x)", 16, approx=("chebyshev", 2, 2)),
