@@ -27,8 +27,11 @@ from fastattn.errors import KernelError
 from fastattn.kernels.checks import assert_close
 from fastattn.kernels.sparse import allowed_pairs, gradient_terms, masked_attention
 from fastattn.kernels.sparse.flash import flash_bwd
-from fastattn.kernels.sparse.schedule import (_compact_schedule, _composite_schedule, _padded_lists, range_schedule,
+from fastattn.kernels.sparse import schedule_kernels
+from fastattn.kernels.sparse.schedule import (_compact_blocks, _compact_order, _compact_schedule, _composite_blocks,
+                                              _composite_order, _composite_schedule, _padded_lists, range_schedule,
                                               range_schedules)
+from fastattn.kernels.sparse.schedule_kernels import bucket_schedules, keep_schedules
 from fastattn.patterns import (_block_states, _compile, _schedule, _states_by_pairs, blocked, dilated, global_tokens,
                                local, strided)
 
@@ -300,3 +303,136 @@ def test_random_rows_match_the_dense_reference(what, T, causal, tiles):
     terms = gradient_terms(q, k, v, ref[0], do, allowed)
     for part, a, b, t in zip(("o", "dq", "dk", "dv"), ref, got, terms):
         assert_close(part, a, b, torch.float32, terms=t)
+
+
+# -- the Triton schedule builders against the torch ones ----------------------------------------------------------
+def _assert_same_schedule(got, ref, case):
+    for f in fields(ref):
+        x, y = getattr(got, f.name), getattr(ref, f.name)
+        if isinstance(y, torch.Tensor):
+            assert isinstance(x, torch.Tensor) and x.dtype == y.dtype and x.shape == y.shape, (case, f.name)
+            assert torch.equal(x, y), (case, f.name, x, y)
+        else:
+            assert x == y, (case, f.name)
+
+
+# (T, tilings, causal): T not a multiple of the blocks, a forward tiling apart from the backward's, T = 1
+SCHEDULE_ROWS = [(1, ((16, 16, 4),), True), (37, ((32, 16, 4), (16, 16, 4)), True), (64, ((16, 64, 4),), False),
+                 (100, ((64, 16, 8), (16, 32, 4)), False), (130, ((32, 32, 4),), True)]
+
+
+@pytest.mark.usefixtures("kernel_env")
+@pytest.mark.parametrize("T,tiles,causal", SCHEDULE_ROWS, ids=[f"T{r[0]}-{len(r[1])}tilings-{r[2]}"
+                                                               for r in SCHEDULE_ROWS])
+def test_triton_keep_schedule_equals_the_torch_one(T, tiles, causal):
+    g = torch.Generator().manual_seed(T)
+    BH = 5
+    keep = torch.rand(BH, T, generator=g) < torch.rand(BH, 1, generator=g)
+    keep[0], keep[1] = False, True  # a row with nothing kept, one with everything
+    backward = (False, True)[-len(tiles):]
+    for clean in (True, False):
+        got = keep_schedules(BH, T, tiles, keep, is_causal=causal, clean=clean, backward=backward)
+        perm, n = _compact_order(BH, T, keep, "cpu")
+        for (bq, bk, w), bwd, s in zip(tiles, backward, got):
+            ref = _compact_blocks(perm, n, T, causal, bq, bk, w, clean, bwd)
+            _assert_same_schedule(s, ref, (T, bq, bk, causal, clean, bwd))
+
+
+def _ids(g, kind, BH, T):
+    """(query ids, key ids) [BH, T] of one kind of bucket assignment."""
+    r = lambda lo, hi: torch.randint(lo, hi, (BH, T), generator=g)  # noqa: E731
+    if kind == "one":
+        return torch.full((BH, T), 7), torch.full((BH, T), 7)
+    if kind == "gaps":  # most of the id range unused, ids negative and positive, keys in another order
+        q = r(-3, 3) * 5
+        return q, q.flip(-1)
+    if kind == "wide":  # spans far more than 2T values: ranked by the O(T^2) kernels
+        q, k = r(0, 4) * (1 << 40) - (1 << 50), r(0, 4) * (1 << 40) - (1 << 50)
+        q[0, 0], k[0, -1] = -(1 << 63), (1 << 63) - 1  # a span past int64
+        q[1], k[1] = r(0, 3)[1], r(0, 3)[1]  # a narrow row beside the wide ones
+        return q, k
+    return r(0, 4), r(0, 4)
+
+
+@pytest.mark.usefixtures("kernel_env")
+@pytest.mark.parametrize("kind", ["random", "one", "gaps", "wide"])
+@pytest.mark.parametrize("T,tiles,causal", SCHEDULE_ROWS[1:], ids=[f"T{r[0]}-{len(r[1])}tilings-{r[2]}"
+                                                                   for r in SCHEDULE_ROWS[1:]])
+def test_triton_bucket_schedule_equals_the_torch_one(T, tiles, causal, kind):
+    g = torch.Generator().manual_seed(T)
+    BH = 4
+    ids = _ids(g, kind, BH, T)
+    keep = torch.rand(BH, T, generator=g) < 0.7
+    keep[2] = False  # a row with nothing kept
+    backward = (False, True)[-len(tiles):]
+    for kp in (keep, None):
+        got = bucket_schedules(BH, T, tiles, ids, kp, is_causal=causal, backward=backward)
+        order = _composite_order(BH, T, kp, ids, "cpu")
+        for (bq, bk, w), bwd, s in zip(tiles, backward, got):
+            ref = _composite_blocks(order, T, causal, bq, bk, w, True, None, bwd)
+            _assert_same_schedule(s, ref, (T, bq, bk, causal, kind, kp is None, bwd))
+
+
+class _Launches(TorchDispatchMode):
+    """Counts the torch ops that start a device kernel (allocations and views start none) and, through
+    ``schedule_kernels._launch``, the Triton launches."""
+    FREE = {"empty", "empty_strided", "view", "_unsafe_view", "expand", "slice", "select", "split", "as_strided",
+            "split_with_sizes", "alias", "detach", "unsqueeze", "squeeze", "t", "transpose", "permute"}
+
+    def __init__(self, monkeypatch):
+        super().__init__()
+        self.torch_ops, self.triton = [], []
+        real = schedule_kernels._launch
+
+        def launch(kernel, grid, **kw):
+            self.triton.append(kernel.__name__)
+            with torch.utils._python_dispatch._disable_current_modes():
+                real(kernel, grid, **kw)  # the interpreter's own tensor copies are not device launches
+        monkeypatch.setattr(schedule_kernels, "_launch", launch)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ not in self.FREE:
+            self.torch_ops.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.usefixtures("kernel_env")
+def test_schedules_take_a_handful_of_launches(monkeypatch):
+    BH, T = 3, 100
+    g = torch.Generator().manual_seed(6)
+    keep = torch.rand(BH, T, generator=g) < 0.5
+    ids = tuple(torch.randint(0, 4, (2, BH, T), generator=g))
+    tiles, backward = ((64, 32, 8), (32, 32, 4)), (False, True)
+    for kw, most in ((dict(keep=keep), 5), (dict(buckets=ids), 8), (dict(keep=keep, buckets=ids), 8)):
+        with _Launches(monkeypatch) as count:
+            scheds = range_schedules(BH, T, tiles, backward=backward, **kw)
+        assert count.torch_ops == [], (list(kw), count.torch_ops)
+        assert len(count.triton) <= most, (list(kw), count.triton)
+        assert len(count.triton) == (3 if "buckets" not in kw else 7)
+        assert scheds[1].has_backward and not scheds[0].has_backward
+
+
+@pytest.mark.usefixtures("kernel_env")
+@pytest.mark.parametrize("what", ["keep", "buckets", "keep+buckets"])
+def test_a_call_with_its_kernels_reads_nothing_back(what, monkeypatch):
+    # the whole call under the interpreter, schedule kernels and flash kernels, forward and backward
+    B, H, T = 1, 2, 40
+    g = torch.Generator().manual_seed(7)
+    q, k, v = torch.randn(3, B, H, T, 16, generator=g).requires_grad_().unbind(0)
+    kw = {}
+    if "keep" in what:
+        kw["keep"] = torch.rand(B, H, T, generator=g) < 0.5
+    if "buckets" in what:
+        kw["buckets"] = tuple(torch.randint(0, 3, (2, B, H, T), generator=g))
+
+    def refuse(*a, **k):
+        raise AssertionError("host read")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(torch.Tensor, "item", refuse)
+        mp.setattr(torch.Tensor, "tolist", refuse)
+        o = sparse_attention(q, k, v, tuning={"block": 16}, **kw)
+        dq, = torch.autograd.grad(o.sum(), (q,))
+    ref = masked_attention(q, k, v, allowed_pairs(T, **kw))
+    assert_close("o", ref, o, torch.float32)
+    assert dq.shape == q.shape and dq.isfinite().all()

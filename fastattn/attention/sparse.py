@@ -199,8 +199,7 @@ def sparse_attention(query, key, value, *, keep=None, buckets=None, is_causal=Tr
     o = SparseFlash.apply(_slots(query, perm_q), _slots(key, perm_k), _slots(value, perm_k), sched, scheds[-1],
                           default_scale(D, scale), bool(is_causal))
     if perm_q is not None:
-        inv = torch.empty_like(perm_q).scatter_(1, perm_q, torch.arange(T, device=query.device).expand(B * H, T))
-        o = o.gather(1, inv[..., None].expand(-1, -1, o.shape[-1]))
+        o = o.gather(1, sched.slot_q[..., None].expand(-1, -1, o.shape[-1]))
     return o.reshape(B, H, T, -1)
 
 

@@ -14,7 +14,7 @@ import argparse
 import os
 import time
 
-__all__ = ["compile_kernels"]
+__all__ = ["compile_kernels", "compile_schedule_kernels"]
 
 
 def _build(fn, kw, arch):
@@ -24,9 +24,11 @@ def _build(fn, kw, arch):
     from triton.compiler import ASTSource
 
     types = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.int32: "i32",
-             torch.int64: "i64"}
+             torch.int64: "i64", torch.uint8: "u8"}
     kw = dict(kw)
     opts = {"num_warps": kw.pop("num_warps")}
+    if "num_stages" in kw:
+        opts["num_stages"] = kw.pop("num_stages")
     sig, consts, attrs = {}, {}, {}
     for i, name in enumerate(fn.arg_names):
         x = kw[name]
@@ -86,6 +88,35 @@ def compile_kernels(*, tiles=(64, 64, 4), T=4096, head_dim=64, head_dim_v=64, dt
     return report
 
 
+def compile_schedule_kernels(*, T=8192, BH=32, tiles=((128, 64, 8), (64, 64, 4)), causal=True, arch=90):
+    """{"kernel": "REG:n STACK:n SHARED:n SMEM:n (s)"} for every launch of the Triton schedule builders (keep, and
+    buckets with keep), recorded from the host code's own keywords and compiled, not run."""
+    os.environ.pop("TRITON_INTERPRET", None)
+    import torch
+
+    from fastattn.kernels.aot import _resources
+    from fastattn.kernels.sparse import schedule_kernels as sk
+
+    launches = []
+    real = sk._launch
+    sk._launch = lambda kernel, grid, **kw: launches.append((kernel, grid, kw))
+    try:
+        keep = torch.ones(BH, T, dtype=torch.bool)
+        ids = torch.zeros(BH, T, dtype=torch.long)
+        sk.keep_schedules(BH, T, tiles, keep, is_causal=causal, backward=(False, True)[-len(tiles):])
+        sk.bucket_schedules(BH, T, tiles, (ids, ids), keep, is_causal=causal, backward=(False, True)[-len(tiles):])
+    finally:
+        sk._launch = real
+    report = {}
+    for kernel, grid, kw in launches:
+        t0 = time.perf_counter()
+        kern = _build(kernel, kw, arch)
+        name = kernel.__name__ + ("" if "BQ" not in kw else f" {kw['BQ']}x{kw['BK']}")
+        report[name] = (f"{_resources(kern.asm['cubin'])} SMEM:{kern.metadata.shared} grid {grid} "
+                        f"({time.perf_counter() - t0:.1f} s)")
+    return report
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiles", default="64x64x4", help="BLOCK_QxBLOCK_KxWARPS")
@@ -94,7 +125,12 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
     ap.add_argument("--modes", nargs="+", default=["keep", "buckets", "pattern"])
     ap.add_argument("--arch", type=int, default=90)
+    ap.add_argument("--schedule", action="store_true", help="compile the schedule builders' kernels instead")
     args = ap.parse_args(argv)
+    if args.schedule:
+        for name, res in compile_schedule_kernels(arch=args.arch).items():
+            print(f"{name:32s} {res}")
+        return 0
     tiles = tuple(int(x) for x in args.tiles.split("x"))
     rep = compile_kernels(tiles=tiles, head_dim=args.D, head_dim_v=args.DV or args.D, dtype=args.dtype,
                           modes=args.modes, arch=args.arch)

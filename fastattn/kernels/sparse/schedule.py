@@ -20,9 +20,12 @@ per-block extremes ``qmax`` (largest query position) and ``kmin`` (smallest key 
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 
 import torch
+
+from fastattn.kernels.sparse.schedule_kernels import bucket_schedules, keep_schedules
 
 __all__ = ["Schedule", "range_schedule", "range_schedules", "list_schedule"]
 
@@ -51,6 +54,7 @@ class Schedule:
         blocks test qmax / kmin: a one-bucket block's run holds no block wholly after it).
     prims : int32 [N, 3] list mode's pattern primitives (kind, a, b).
     perm_q, perm_k : int64 [BH, T] the original position of each slot (None in list mode: identity).
+    slot_q : int64 [BH, T] the slot of each query token, perm_q's inverse (None in list mode).
     has_backward : False for a forward-only tiling, whose bwd_* and k_mixed are left out (int32 [1] zeros).
     """
 
@@ -85,6 +89,13 @@ class Schedule:
     perm_q: torch.Tensor | None
     perm_k: torch.Tensor | None
     has_backward: bool = True
+    slot_q: torch.Tensor | None = None
+
+
+def _inverse(perm):
+    """slot [BH, T] int64 of each token, for perm [BH, T] the token of each slot."""
+    T = perm.shape[-1]
+    return torch.empty_like(perm).scatter_(-1, perm, torch.arange(T, device=perm.device).expand_as(perm))
 
 
 def _dense_ids(qid, kid):
@@ -174,6 +185,12 @@ def range_schedules(BH, T, tiles, *, keep=None, buckets=None, is_causal=True, cl
     if buckets is None and keep is None:
         dev = str(torch.device(device or "cpu"))
         return tuple(_full_schedule(BH, T, bool(is_causal), bq, bk, w, bool(clean), dev) for bq, bk, w in tiles)
+    on = (keep if buckets is None else buckets[0]).device
+    if on.type == "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1":
+        # a handful of Triton launches; the torch builders below are their reference (and the CPU path)
+        if buckets is None:
+            return keep_schedules(BH, T, tiles, keep, is_causal=is_causal, clean=clean, backward=backward)
+        return bucket_schedules(BH, T, tiles, buckets, keep, is_causal=is_causal, clean=clean, backward=backward)
     if buckets is None:
         perm, n = _compact_order(BH, T, keep, keep.device)
         return tuple(_compact_blocks(perm, n, T, is_causal, bq, bk, w, clean, bwd)
@@ -255,7 +272,7 @@ def _compact_blocks(perm, n, T, is_causal, block_q, block_k, warps, clean, backw
                     fwd_clean_hi=torch.where(q_clean, fc_hi, f_end), fwd_blocks=none, fwd_full=none,
                     bwd_blocks=none, bwd_full=none, qmax=qmax, kmin=kmin,
                     q_mixed=torch.zeros(BH, NQ, dtype=torch.int32, device=device), prims=none, perm_q=perm,
-                    perm_k=perm, has_backward=bool(backward), **bwd)
+                    perm_k=perm, has_backward=bool(backward), slot_q=_inverse(perm), **bwd)
 
 
 def _composite_schedule(BH, T, *, keep=None, buckets=None, is_causal=True, block_q=64, block_k=64, warps=4,
@@ -335,7 +352,7 @@ def _composite_blocks(order, T, is_causal, block_q, block_k, warps, clean, stats
                     fwd_end=fwd[1], fwd_clean_lo=fwd_clean[0], fwd_clean_hi=fwd_clean[1], fwd_blocks=none,
                     fwd_full=none, bwd_blocks=none, bwd_full=none, qmax=q_pos_max.int().contiguous(),
                     kmin=k_pos_min.int().contiguous(), q_mixed=q_mixed.int().contiguous(), prims=none,
-                    perm_q=perm_q, perm_k=perm_k, has_backward=bool(backward), **bwd)
+                    perm_q=perm_q, perm_k=perm_k, has_backward=bool(backward), slot_q=_inverse(perm_q), **bwd)
 
 
 def _padded_lists(state):
