@@ -582,7 +582,8 @@ def _table_lm(res) -> str:
 
 
 def figure(data):
-    """Accuracy against state size per MQAR test setting, and LM bits per byte against state size."""
+    """Accuracy against state size per MQAR test setting; LM bits per byte against state size and the LM's
+    training curves (bits per byte, smoothed over 50 steps, against step)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -591,11 +592,15 @@ def figure(data):
 
     mqar, lm = data.get("mqar"), data.get("lm")
     panels = [("mqar", t) for t in (mqar["config"]["test"] if mqar else [])] + ([("lm", None)] if lm else [])
+    panels += [("curves", None)] if lm and any(r.get("losses") for r in lm["results"]) else []
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(3.6 * max(1, len(panels)) + 2.6, 3.6), squeeze=False)
     names = list(VARIANTS)
     colors = plt.get_cmap("tab10")
     handles = {}
     for ax, (task, setting) in zip(axes[0], panels):
+        if task == "curves":
+            _curves(ax, lm, names, colors)
+            continue
         for r in (mqar if task == "mqar" else lm)["results"]:
             if "error" in r:
                 continue
@@ -623,6 +628,22 @@ def figure(data):
                frameon=False)
     fig.tight_layout()
     return fig
+
+
+def _curves(ax, lm, names, colors, smooth=50):
+    for r in lm["results"]:
+        losses = r.get("losses") or []
+        if "error" in r or len(losses) < smooth:
+            continue
+        bits = torch.tensor(losses) / math.log(2)
+        avg = bits.unfold(0, smooth, 1).mean(-1)  # a moving mean: a single batch's loss is noisy
+        ax.plot(range(smooth, len(losses) + 1), avg.tolist(), color=colors(names.index(r["variant"])), lw=1.2)
+    ax.set_title("stdlib bytes LM: training", fontsize=9)
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"train bits / byte (mean of {smooth})")
+    ax.grid(True, alpha=0.3)
+    lo = min((min(r["losses"]) for r in lm["results"] if r.get("losses")), default=1.0) / math.log(2)
+    ax.set_ylim(lo * 0.95, lo * 2.2)  # the first steps (8 bits) would flatten the part that differs
 
 
 def _write(data, args):
