@@ -13,7 +13,11 @@ bf16, B2 H16 d64, causal, T 8192 and 16384 by default. Rows:
 
 Columns: ``pairs`` the share of the causal pairs computed (hash: on head (0, 0)); ``sched`` the schedule build
 alone (keep, hash: per call, as :func:`range_schedules` runs inside every call, both tilings; pattern: the
-cached lookup a call pays, and in brackets the first, uncached build); ``fwd`` and ``fwd+bwd`` whole calls,
+cached lookup a call pays, and in brackets the first, uncached build); ``torch sched`` the torch builders the
+Triton ones replaced (the reference), and ``launches`` the device kernels of one schedule build (Triton / torch,
+from torch.profiler); ``same`` whether the Triton schedule equals the torch one field by field on this GPU (the
+test of the schedule kernels' in-program ordering that the CPU interpreter cannot give; a row with ids spanning
+far more than 2T values, the O(T^2) ranking, is checked once per T); ``fwd`` and ``fwd+bwd`` whole calls,
 schedule included (``triton.testing.do_bench`` medians); ``graph`` fwd+bwd replayed from a CUDA graph (a call that read anything back to the host could not
 be captured: "-" says so); o, dq, dk, dv rel-RMS against the float64 masked reference on head (0, 0), with the
 upstream gradient of every head random. Exit status 0 when every check passes (rel-RMS < 2e-2, all finite).
@@ -21,11 +25,13 @@ upstream gradient of every head random. Exit status 0 when every check passes (r
     python benchmarks/sparse_sched_check.py
     python benchmarks/sparse_sched_check.py --T 8192 --tiles 64x64x4   # every launch 64 x 64 (no 128 x 64 forward)
     python benchmarks/sparse_sched_check.py --fwd-tiles 128x128x8       # another forward tile
+    python benchmarks/sparse_sched_check.py --json out/sparse_sched.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -37,7 +43,8 @@ from fastattn.attention.sparse import plan_tiles
 from fastattn.bench.timing import median_ms, sdpa_backend, sdpa_kernel_name, time_graph
 from fastattn.kernels.checks import errors
 from fastattn.kernels.sparse import allowed_pairs, masked_attention
-from fastattn.kernels.sparse.schedule import range_schedules
+from fastattn.kernels.sparse.schedule import (_compact_blocks, _compact_order, _composite_blocks, _composite_order,
+                                              range_schedules)
 from fastattn.patterns import _compile, _schedule, local, strided
 
 DT = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -80,6 +87,44 @@ def sync_ms(fn, dev):
     return 1e3 * (time.perf_counter() - t)
 
 
+def torch_schedules(BH, T, tiles, *, keep=None, buckets=None, clean=True, backward=None):
+    """The torch builders' schedules (the reference the Triton ones must equal), causal, as range_schedules ran
+    them before."""
+    if buckets is None:
+        perm, n = _compact_order(BH, T, keep, keep.device)
+        return tuple(_compact_blocks(perm, n, T, True, bq, bk, w, clean, b)
+                     for (bq, bk, w), b in zip(tiles, backward))
+    order, stats = _composite_order(BH, T, keep, buckets, buckets[0].device), {}
+    return tuple(_composite_blocks(order, T, True, bq, bk, w, clean, stats, b)
+                 for (bq, bk, w), b in zip(tiles, backward))
+
+
+def same_schedules(a, b):
+    """Every field of every tiling equal (tensors exactly)."""
+    for x, y in zip(a, b):
+        for name, u in vars(x).items():
+            w = getattr(y, name)
+            if isinstance(u, torch.Tensor) != isinstance(w, torch.Tensor):
+                return False
+            if isinstance(u, torch.Tensor) and not (u.dtype == w.dtype and u.shape == w.shape and torch.equal(u, w)):
+                return False
+            if not isinstance(u, torch.Tensor) and u != w:
+                return False
+    return True
+
+
+def device_launches(fn, dev):
+    """Device kernels (and copies) one fn() runs, from torch.profiler; None off the GPU."""
+    if torch.device(dev).type != "cuda":
+        return None
+    fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+
+
 def check(fn, q, k, v, do, allowed):
     """rel-RMS of o, dq, dk, dv of fn on head (0, 0) against the float64 masked reference (allowed: [T, T])."""
     x = [t.detach().clone().requires_grad_() for t in (q, k, v)]
@@ -119,11 +164,11 @@ def run(args):
         backends[T] = (sdpa_backend("sdpa d64", T, torch.Generator(device=dev).manual_seed(T)) if default
                        else sdpa_kernel_name(q.detach(), k.detach(), v.detach()) or "-")
         cases = [("sdpa", lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True),
-                  1.0, None, None, None)]
+                  1.0, None, None, None, None)]
         # nothing dropped: the same pairs as SDPA, its schedule cached per shape, so the row times the kernels
         cases.append(("dense", lambda q, k, v: sparse_attention(q, k, v, tuning=tuning), 1.0,
                       lambda: range_schedules(args.B * args.H, T, both, clean=tiles.clean, device=dev), None,
-                      allowed_pairs(T, device=dev)))
+                      allowed_pairs(T, device=dev), None))
         for p in args.keep:
             keep = torch.rand(args.B, args.H, T, generator=g).to(dev) < p / 100
             n = keep.sum(-1).double()
@@ -132,7 +177,9 @@ def run(args):
                           float((n * (n + 1) / 2).mean() / causal),
                           lambda flat=flat: range_schedules(flat.shape[0], T, both, keep=flat, clean=tiles.clean,
                                                             device=dev, backward=back),
-                          None, allowed_pairs(T, keep=keep[0:1, 0:1])))
+                          None, allowed_pairs(T, keep=keep[0:1, 0:1]),
+                          lambda flat=flat: torch_schedules(flat.shape[0], T, both, keep=flat, clean=tiles.clean,
+                                                            backward=back)))
         for nb in args.buckets:
             # hashed once, outside the timings: the rows time the attention with its schedule
             ids = lsh_buckets(q.detach(), k.detach(), nb, seed=0)
@@ -142,7 +189,9 @@ def run(args):
                           bucket_share(head[0][0, 0], head[1][0, 0], causal),
                           lambda flat=flat: range_schedules(flat[0].shape[0], T, both, buckets=flat,
                                                             clean=tiles.clean, device=dev, backward=back),
-                          None, allowed_pairs(T, buckets=head)))
+                          None, allowed_pairs(T, buckets=head),
+                          lambda flat=flat: torch_schedules(flat[0].shape[0], T, both, buckets=flat,
+                                                            clean=tiles.clean, backward=back)))
         if args.pattern:
             def build():
                 return [PATTERN.compile(T, block=bq, block_k=bk, device=dev).schedule(dev, warps=w)
@@ -152,10 +201,26 @@ def run(args):
             cold = sync_ms(build, dev)
             dense = PATTERN.dense(T, device=dev)
             cases.append(("local+strided", lambda q, k, v: pattern_attention(q, k, v, PATTERN, tuning=tuning),
-                          float(dense.sum() / causal), build, cold, dense))
-        for name, fn, share, build, cold, allowed in cases:
+                          float(dense.sum() / causal), build, cold, dense, None))
+        # ids spanning far more than 2T values, with a keep: the O(T^2) ranking, checked against torch once per T
+        BH = args.B * args.H
+        wide = tuple(torch.randint(0, 8, (BH, T), generator=g).to(dev) * (1 << 40) for _ in range(2))
+        wide_keep = torch.rand(BH, T, generator=g).to(dev) < 0.5
+        got = range_schedules(BH, T, both, keep=wide_keep, buckets=wide, clean=tiles.clean, device=dev, backward=back)
+        wide_ok = same_schedules(got, torch_schedules(BH, T, both, keep=wide_keep, buckets=wide, clean=tiles.clean,
+                                                      backward=back))
+        wide_ms = median_ms(lambda: range_schedules(BH, T, both, keep=wide_keep, buckets=wide, clean=tiles.clean,
+                                                    device=dev, backward=back), 3, 10)
+        rows.append({"T": T, "method": "schedule, wide ids", "same": wide_ok, "sched_ms": wide_ms})
+        print(f"  T={T} schedule with ids spanning 2^43 values (O(T^2) ranking): {wide_ms:.3f} ms, equals the torch "
+              f"one: {'ok' if wide_ok else 'FAIL'}", flush=True)
+        del got, wide, wide_keep
+        for name, fn, share, build, cold, allowed, ref in cases:
             r = {"T": T, "method": name, "pairs": share, "cold_ms": cold}
             r["sched_ms"] = median_ms(build, args.warmup, args.rep) if build is not None else None
+            r["torch_sched_ms"] = median_ms(ref, 3, 10) if ref is not None else None
+            r["launches"] = (device_launches(build, dev), device_launches(ref, dev)) if ref is not None else None
+            r["same"] = same_schedules(build(), ref()) if ref is not None else None
             r["err"] = check(fn, q, k, v, do, allowed) if allowed is not None else None
             with torch.no_grad():
                 fn(q, k, v)
@@ -168,8 +233,10 @@ def run(args):
             r["fwd_bwd_ms"] = median_ms(fwd_bwd, args.warmup, args.rep)
             r["graph_ms"] = time_graph(fn, [q, k, v], do, args.warmup, args.rep) if args.graphs and gpu else None
             rows.append(r)
-            print(f"  T={T} {name:14s} pairs {share:6.1%} sched {fmt(r['sched_ms'])} fwd {fmt(r['fwd_ms'])} "
-                  f"fwd+bwd {fmt(r['fwd_bwd_ms'])} graph {fmt(r['graph_ms'])} ms  err {r['err']}", flush=True)
+            print(f"  T={T} {name:14s} pairs {share:6.1%} sched {fmt(r['sched_ms'])} "
+                  f"(torch {fmt(r['torch_sched_ms'])}, "
+                  f"launches {r['launches']}, same {r['same']}) fwd {fmt(r['fwd_ms'])} fwd+bwd {fmt(r['fwd_bwd_ms'])} "
+                  f"graph {fmt(r['graph_ms'])} ms  err {r['err']}  {'ok' if ok(r) else 'FAIL'}", flush=True)
             del allowed
             if gpu:
                 torch.cuda.empty_cache()
@@ -182,7 +249,8 @@ def fmt(x, nd=3):
 
 
 def ok(r):
-    return r["err"] is None or all(math.isfinite(e) and e < 2e-2 for e in r["err"].values())
+    good = r.get("same") is not False
+    return good and (r.get("err") is None or all(math.isfinite(e) and e < 2e-2 for e in r["err"].values()))
 
 
 def table(res):
@@ -190,15 +258,22 @@ def table(res):
     lines = [f"sparse schedules on the device: {res['device']}, {res['dtype']}, B{res['B']} H{res['H']} d{res['D']}, "
              f"causal, tiles fwd {'x'.join(map(str, t.fwd))} bwd {'x'.join(map(str, t.bwd))}, pattern {PATTERN_NAME}; "
              "SDPA backend: " + ", ".join(f"{T}: {b}" for T, b in res["backends"].items()), "",
-             "| T | method | pairs | sched ms | fwd ms | fwd+bwd ms | graph fwd+bwd ms | fwd+bwd vs SDPA | "
-             "o / dq / dk / dv rel-RMS | ok |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| T | method | pairs | sched ms | torch sched ms | launches (Triton / torch) | same | fwd ms | "
+             "fwd+bwd ms | graph fwd+bwd ms | fwd+bwd vs SDPA | o / dq / dk / dv rel-RMS | ok |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     sdpa = {r["T"]: r["fwd_bwd_ms"] for r in res["rows"] if r["method"] == "sdpa"}
     for r in res["rows"]:
+        if "fwd_ms" not in r:  # the wide-id schedule check: no call timed
+            lines.append(f"| {r['T']} | {r['method']} | - | {fmt(r['sched_ms'])} | - | - | "
+                         f"{'yes' if r['same'] else 'NO'} | - | - | - | - | - | {'yes' if ok(r) else 'NO'} |")
+            continue
         sched = fmt(r["sched_ms"]) + (f" ({r['cold_ms']:.1f} first)" if r["cold_ms"] is not None else "")
         err = " / ".join(f"{e:.1e}" for e in r["err"].values()) if r["err"] else "-"
-        lines.append(f"| {r['T']} | {r['method']} | {r['pairs']:.0%} | {sched} | {fmt(r['fwd_ms'])} | "
-                     f"{fmt(r['fwd_bwd_ms'])} | {fmt(r['graph_ms'])} | {sdpa[r['T']] / r['fwd_bwd_ms']:.2f}x | {err} | "
-                     f"{'yes' if ok(r) else 'NO'} |")
+        launches = "-" if not r["launches"] or r["launches"][0] is None else "{} / {}".format(*r["launches"])
+        same = "-" if r["same"] is None else ("yes" if r["same"] else "NO")
+        lines.append(f"| {r['T']} | {r['method']} | {r['pairs']:.0%} | {sched} | {fmt(r['torch_sched_ms'])} | "
+                     f"{launches} | {same} | {fmt(r['fwd_ms'])} | {fmt(r['fwd_bwd_ms'])} | {fmt(r['graph_ms'])} | "
+                     f"{sdpa[r['T']] / r['fwd_bwd_ms']:.2f}x | {err} | {'yes' if ok(r) else 'NO'} |")
     return "\n".join(lines)
 
 
@@ -218,11 +293,15 @@ def main(argv=None):
     ap.add_argument("--dtype", choices=sorted(DT), default="bf16", help="bf16; fp32 for a CPU smoke run")
     ap.add_argument("--warmup", type=int, default=25)
     ap.add_argument("--rep", type=int, default=100)
+    ap.add_argument("--json", default=None, help="also write the rows here")
     args = ap.parse_args(argv)
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("sparse_sched_check needs a CUDA GPU (or --device cpu --dtype fp32 under TRITON_INTERPRET=1)")
     res = run(args)
     print(table(res))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(dict(res, tiles=vars(res["tiles"])), fh, indent=1, default=str)
     return 0 if all(ok(r) for r in res["rows"]) else 1
 
 

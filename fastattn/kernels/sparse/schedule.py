@@ -15,6 +15,10 @@ Without causality the run ends at the last composite of bucket cq_max // T. The 
 query blocks a key block meets, for dk/dv) is [ck_min, (ck_max // T) T + T - 1]. Inside a run, a block
 of another bucket can still lie wholly after the query block in position: the kernels skip it on the
 per-block extremes ``qmax`` (largest query position) and ``kmin`` (smallest key position).
+
+On a GPU (or under ``TRITON_INTERPRET=1``) :func:`range_schedules` builds keep and bucket schedules with the
+Triton kernels of :mod:`.schedule_kernels` (a few launches); the torch builders here are their reference, equal
+field by field, and the CPU path.
 """
 
 from __future__ import annotations
