@@ -62,7 +62,7 @@ def check(device, T=2048, r=256, D=64):
     got.backward(do.to(torch.bfloat16))
     out = {}
     for name, a, b in [("o", ref, got)] + [(f"d{n}", x.grad, y.grad) for n, x, y in zip("qkvEF", ref_in, got_in)]:
-        out[name] = float((b.double() - a).norm() / a.norm().clamp(min=1e-30))
+        out[name] = float((b.detach().double() - a.detach()).norm() / a.detach().norm().clamp(min=1e-30))
     return out
 
 
