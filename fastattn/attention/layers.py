@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from fastattn.attention.functional import check_gate, check_tensors, fast_attention
-from fastattn.attention.state import State, check_state, init_state
+from fastattn.attention.state import ReadMostlyState, State, check_read_mostly, check_state, init_state
 from fastattn.errors import KernelError
 from fastattn.kernels.codegen import Polynomial
 from fastattn.kernels.naive import check_normalized, is_finite_real, symmetric_tables
@@ -173,18 +173,28 @@ class FastAttention(nn.Module):
                               chunk=self.chunk, backend=self.backend, tables=self._tables(scale),
                               check_output=self.check_output)
 
-    def init_state(self, batch: int, heads: int, device=None, dtype: torch.dtype = torch.float32) -> State:
+    def init_state(self, batch: int, heads: int, device=None, dtype: torch.dtype = torch.float32,
+                   pending: int | None = None):
         """The empty carried state for ``heads`` key/value heads (:func:`fastattn.attention.init_state`).
 
         ``dtype`` is the dtype of the q, k, v that will meet it; the state is float32 (float64 for
-        float64 inputs).
+        float64 inputs). ``pending=R`` gives a :class:`~fastattn.attention.state.ReadMostlyState` instead
+        (read-mostly decoding: a step reads a bf16 copy of S and folds into the float32 sums every R tokens;
+        :meth:`step` takes it, ``inplace=True`` keeps it in place).
 
         Examples
         --------
         >>> FastAttention.from_spec("x**2", head_dim=4).init_state(2, 3).S.shape
         torch.Size([2, 3, 10, 4])
+        >>> FastAttention.from_spec("x**2", head_dim=4).init_state(2, 3, pending=16).k.shape
+        torch.Size([2, 3, 15, 4])
         """
-        return init_state(batch, heads, self.feature_dim, self.head_dim_v, device=device, dtype=dtype)
+        if pending is None:
+            return init_state(batch, heads, self.feature_dim, self.head_dim_v, device=device, dtype=dtype)
+        tables = tuple(t.to(device) for t in symmetric_tables(self.poly, self.head_dim, self.scale))
+        tables = (tables[0].to(torch.int32), tables[1].to(torch.float32), tables[2].to(torch.float32))
+        return init_state(batch, heads, self.feature_dim, self.head_dim_v, device=device, dtype=dtype,
+                          pending=pending, head_dim=self.head_dim, tables=tables)
 
     def step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: State, g: torch.Tensor | None = None, *,
              enable_gqa: bool | None = None, inplace: bool = False, _kernel: bool | None = None,
@@ -204,6 +214,11 @@ class FastAttention(nn.Module):
         numbers up to rounding. ``inplace=True`` writes the new sums into ``state``'s own tensors and
         returns that State (no second copy of the state in memory; what a CUDA graph replays);
         by default ``state`` is left as it was.
+
+        A :class:`~fastattn.attention.state.ReadMostlyState` (``init_state(..., pending=R)``) runs read-mostly
+        decoding (:mod:`fastattn.kernels.read_mostly`, torch ops off the GPU): the step reads a bf16 copy of S and
+        writes only its token, every R-th token folds into the float32 sums. Inference only; pass
+        ``inplace=True`` (out of place copies the whole state first).
 
         Examples
         --------
@@ -227,6 +242,43 @@ class FastAttention(nn.Module):
         gqa = q.shape[1] != k.shape[1] if enable_gqa is None else enable_gqa
         if isinstance(g, torch.Tensor) and g.dim() == 2:
             g = g[..., None]
+        if isinstance(state, ReadMostlyState):
+            # read-mostly decoding (inference only): the kernels where the ordinary step would run them, else
+            # their torch reference; out of place works on a copy of the whole state
+            check_tensors(q, k, v, True, gqa)
+            B, Hk = k.shape[:2]
+            check_read_mostly(state, B, Hk, self._feature_dim, k.shape[-1], v.shape[-1], q.dtype, q.device)
+            if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, g) if isinstance(x, torch.Tensor)):
+                raise KernelError("read-mostly decoding does not serve autograd: call step under torch.no_grad()")
+            if g is not None:
+                # the value check syncs with the host: as for the ordinary step, only where check_output asks
+                asked = self.check_output is True or (self.check_output is None
+                                                      and (not q.is_cuda or torch.is_anomaly_enabled()))
+                if asked and not (q.is_cuda and torch.cuda.is_current_stream_capturing()):
+                    check_gate(g, B, Hk, 1, k, True)
+                elif (not isinstance(g, torch.Tensor) or not g.dtype.is_floating_point
+                      or tuple(g.shape) != (B, Hk, 1) or g.device != k.device):
+                    raise KernelError(f"g must be a float tensor [B, H_kv, 1] = [{B}, {Hk}, 1] on {k.device}")
+            route = self._step_route(q, k, v, g, state, _kernel)
+            if not inplace:
+                state = state.clone()
+            if route == "kernel":
+                from fastattn.kernels.decode import decode_step, decode_tables
+
+                key = str(q.device)
+                if key not in self._decode_tables:
+                    self._decode_tables[key] = decode_tables(*symmetric_tables(self.poly, self.head_dim, self.scale),
+                                                             q.device)
+                o, state, zq = decode_step(q, k, v, state, self.poly, self._decode_tables[key], g=g,
+                                           normalize=self.normalize, normalizer_fix=self._fix, eps=self.eps,
+                                           inplace=True, tuning=_tuning, scale=self.scale)
+            else:
+                from fastattn.kernels.read_mostly_naive import read_mostly_step
+
+                tables = state.tables or symmetric_tables(self.poly, self.head_dim, self.scale)
+                o, zq = read_mostly_step(q, k, v, state, tables, g=g, normalize=self.normalize,
+                                         normalizer_fix=self._fix, eps=self.eps)
+            return o, state
         if self._step_route(q, k, v, g, state, _kernel) == "kernel":
             return self._kernel_step(q, k, v, state, g, gqa, inplace, _tuning)
         if inplace and torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, g, state.S, state.z)

@@ -8,7 +8,15 @@ copy of the same bytes, timed in the same run, is the ceiling it is reported aga
 length: SDPA with q [B, H, 1, D] against K/V [B, H, ctx, D] in bf16 (default backend, named from the
 kernels the profiler saw), whose cost is reading the cache, 2 B H ctx D bf16 numbers.
 
-Prints a markdown table (``--json OUT.json`` keeps the numbers); without a CUDA GPU, one line and exit 2.
+Read-mostly decoding (``--pending R``, default 16; 0 skips it): the same step on a
+:class:`~fastattn.attention.state.ReadMostlyState`, which reads a bf16 copy of S and writes only its token, and every
+R-th token folds the ring into the fp32 master. Timed per token over whole cycles of R steps (eager, and one CUDA
+graph per cycle); its bytes per token are ((R - 1) (S_bf16 + z) + 2 (S + z) + S_bf16) / R, against the copy's
+bandwidth and against a read of the bf16 copy alone (the read floor). Before timing, a correctness check: the bf16
+read-mostly kernels against the fp32 ordinary torch step over 64 tokens (folds, a gate with resets, GQA), o and the
+fp32 master after flush(), one line per case.
+
+Prints markdown tables (``--json OUT.json`` keeps the numbers); without a CUDA GPU, one line and exit 2.
 
 >>> import argparse
 >>> p = argparse.ArgumentParser()
@@ -25,7 +33,8 @@ import json
 import sys
 from pathlib import Path
 
-__all__ = ["add_arguments", "run", "time_ours", "time_sdpa", "copy_ms"]
+__all__ = ["add_arguments", "run", "time_ours", "time_read_mostly", "check_read_mostly", "time_sdpa", "copy_ms",
+           "read_ms"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,6 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=25, help="ms of warm-up before each timing")
     p.add_argument("--rep", type=int, default=100, help="ms of timed repetitions")
     p.add_argument("--no-graph", action="store_true", help="skip the CUDA-graph replay of our step")
+    p.add_argument("--pending", type=int, default=16,
+                   help="R of the read-mostly rows (fold every R tokens; default 16, 0 skips them)")
     p.add_argument("--tuning", default=None, metavar="JSON",
                    help='private plan overrides of our kernel for sweeps, e.g. \'{"block_f": 128, "splits": 4}\'')
     p.add_argument("--json", dest="json_out", default=None, metavar="OUT.json", help="also write the numbers here")
@@ -57,6 +68,14 @@ def copy_ms(nbytes: int, warmup: int = 25, rep: int = 100) -> float:
     src = torch.randn(nbytes // 4, device="cuda")
     dst = torch.empty_like(src)
     return _bench(lambda: dst.copy_(src), warmup, rep)
+
+
+def read_ms(nbytes: int, warmup: int = 25, rep: int = 100) -> float:
+    """Median ms of a torch sum over ``nbytes`` bytes of bf16: the least a read of the read copy costs."""
+    import torch
+
+    src = torch.randn(nbytes // 2, device="cuda").to(torch.bfloat16)
+    return _bench(lambda: src.sum(dtype=torch.float32), warmup, rep)
 
 
 def _capture(fn):
@@ -97,6 +116,90 @@ def time_ours(spec: str, B: int, H: int, D: int, warmup: int, rep: int, graph: b
             ms_graph = _bench(g.replay, warmup, rep)
     F = attn.feature_dim
     return dict(ms=ms, ms_graph=ms_graph, features=F, state_bytes=B * H * F * (D + 1) * 4)
+
+
+def time_read_mostly(spec: str, B: int, H: int, D: int, R: int, warmup: int, rep: int, graph: bool = True,
+                     tuning: dict | None = None) -> dict:
+    """ms per token of read-mostly decoding (a cycle of R in-place steps, the last one folding; eager and from a
+    CUDA graph of the cycle), and its bytes per token."""
+    import torch
+
+    from fastattn.attention import FastAttention
+
+    attn = FastAttention.from_spec(spec, head_dim=D).cuda()
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(B, H, 1, D, device="cuda", generator=gen).to(torch.bfloat16) for _ in range(3))
+    st = attn.init_state(B, H, device="cuda", dtype=torch.bfloat16, pending=R)
+    if attn._step_route(q, k, v, None, st, None) != "kernel":
+        raise RuntimeError("the read-mostly kernels did not serve the benchmark's step; it would time torch ops")
+
+    def cycle():
+        assert st.pending == 0
+        for _ in range(R):
+            attn.step(q, k, v, st, inplace=True, _tuning=tuning)
+
+    with torch.no_grad():
+        ms = _bench(cycle, warmup, rep) / R
+        ms_graph = None
+        if graph:
+            g = _capture(cycle)
+            ms_graph = _bench(g.replay, warmup, rep) / R
+    F = attn.feature_dim
+    S16, S32, z = B * H * F * D * 2, B * H * F * D * 4, B * H * F * 4
+    step_bytes = ((R - 1) * (S16 + z) + 2 * (S32 + z) + S16) / R
+    return dict(ms=ms, ms_graph=ms_graph, R=R, read_bytes=S16, step_bytes=step_bytes)
+
+
+def check_read_mostly(spec: str, D: int, R: int, steps: int = 64, device: str = "cuda") -> list:
+    """bf16 read-mostly kernels against the fp32 ordinary torch step over ``steps`` tokens: one dict per case.
+
+    o is compared per token (rel-RMS over all tokens, worst max-rel); the fp32 master after flush() against the
+    ordinary fp32 state (rel-RMS <= 1e-5). o's tolerance is the bf16 read copy's: rel-RMS 5e-3, max-rel 1e-2
+    (the torch reference on CPU measured 2.4e-3 and 3.5e-3 at d64). The kernels are also compared with their
+    torch reference on the same bf16 read copy (rel-RMS 2e-3, max-rel 8e-3: both outputs rounded to bf16, and a
+    read copy entry can round one bf16 ulp apart where the two fp32 masters differ in the last bit).
+    """
+    import math
+
+    import torch
+
+    from fastattn.attention import FastAttention, State
+    from fastattn.kernels.checks import errors
+
+    out = []
+    for name, B, Hq, Hk, gated in (("B2 H16 gate+resets", 2, 16, 16, True), ("B3 GQA 16/4 gate", 3, 16, 4, True),
+                                   ("B1 H16 no gate", 1, 16, 16, False)):
+        attn = FastAttention.from_spec(spec, head_dim=D).to(device)
+        gen = torch.Generator(device=device).manual_seed(B)
+        plain = attn.init_state(B, Hk, device=device)
+        kern = attn.init_state(B, Hk, device=device, dtype=torch.bfloat16, pending=R)
+        ref = attn.init_state(B, Hk, device=device, dtype=torch.bfloat16, pending=R)
+        want, got, back = [], [], []
+        with torch.no_grad():
+            for t in range(steps):
+                q = torch.randn(B, Hq, 1, D, device=device, generator=gen).to(torch.bfloat16)
+                k = torch.randn(B, Hk, 1, D, device=device, generator=gen).to(torch.bfloat16)
+                v = torch.randn(B, Hk, 1, D, device=device, generator=gen).to(torch.bfloat16)
+                g = None
+                if gated:
+                    g = -0.05 * torch.rand(B, Hk, 1, device=device, generator=gen)
+                    if t == steps // 3:
+                        g[0, 0] = -math.inf
+                o0, plain = attn.step(q.float(), k.float(), v.float(), plain, g=g, _kernel=False)
+                o1, kern = attn.step(q, k, v, kern, g=g, inplace=True, _kernel=True)
+                o2, ref = attn.step(q, k, v, ref, g=g, inplace=True, _kernel=False)
+                want.append(o0), got.append(o1.float()), back.append(o2.float())
+        pending = kern.pending
+        master = kern.flush()
+        e_o = errors(torch.cat(want, 2), torch.cat(got, 2))
+        e_r = errors(torch.cat(back, 2), torch.cat(got, 2))
+        e_S, e_z = errors(plain.S, master.S), errors(plain.z, master.z)
+        ok = (e_o["nonfinite"] == 0 and e_o["rel_rms"] <= 5e-3 and e_o["max_rel"] <= 1e-2 and e_r["rel_rms"] <= 2e-3
+              and e_r["max_rel"] <= 8e-3 and e_S["rel_rms"] <= 1e-5 and e_z["rel_rms"] <= 1e-5
+              and torch.equal(master.tokens, plain.tokens) and isinstance(master, State))
+        out.append(dict(case=name, steps=steps, R=R, pending_at_flush=pending, o=e_o, o_vs_reference=e_r, S=e_S, z=e_z,
+                        ok=bool(ok)))
+    return out
 
 
 def _sdpa_backend(fn) -> str:
@@ -151,7 +254,17 @@ def run(args: argparse.Namespace) -> int:
     H, D = args.heads, args.head_dim
     meta = dict(card=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__, spec=args.spec,
                 H=H, D=D, dtype="bf16 inputs, fp32 state", tuning=tuning)
-    rows = []
+    rows, checks = [], []
+    R = args.pending
+    if R:
+        checks = check_read_mostly(args.spec, D, R)
+        for c in checks:
+            print(f"check read-mostly {c['case']}, {c['steps']} tokens, R {R} ({c['pending_at_flush']} pending at "
+                  "flush): "
+                  f"o rel-RMS {c['o']['rel_rms']:.2e} max-rel {c['o']['max_rel']:.2e}; vs reference rel-RMS "
+                  f"{c['o_vs_reference']['rel_rms']:.2e}; master S {c['S']['rel_rms']:.2e} z {c['z']['rel_rms']:.2e} "
+                  f"{'ok' if c['ok'] else 'FAIL'}")
+        torch.cuda.empty_cache()
     for B in args.batch:
         # each timing frees its buffers on return; empty_cache hands them back before the next, larger one
         ours = time_ours(args.spec, B, H, D, args.warmup, args.rep, graph=not args.no_graph, tuning=tuning)
@@ -161,12 +274,22 @@ def run(args: argparse.Namespace) -> int:
         best = min(x for x in (ours["ms"], ours["ms_graph"]) if x is not None)
         ours.update(copy_ms=copy, copy_gbs=2 * ours["state_bytes"] / copy / 1e6,
                     pct_copy=100 * copy / best, gbs=2 * ours["state_bytes"] / best / 1e6)
+        rm = None
+        if R:
+            rm = time_read_mostly(args.spec, B, H, D, R, args.warmup, args.rep, graph=not args.no_graph, tuning=tuning)
+            torch.cuda.empty_cache()
+            rm_best = min(x for x in (rm["ms"], rm["ms_graph"]) if x is not None)
+            floor = read_ms(rm["read_bytes"], args.warmup, args.rep)
+            torch.cuda.empty_cache()
+            rm.update(best=rm_best, read_ms=floor, x_read_floor=rm_best / floor, gbs=rm["step_bytes"] / rm_best / 1e6,
+                      pct_copy=100 * rm["step_bytes"] / rm_best / 1e6 / ours["copy_gbs"])
         for ctx in args.context:
             sd = time_sdpa(B, H, D, ctx, args.warmup, args.rep)
             torch.cuda.empty_cache()
-            rows.append(dict(B=B, context=ctx, ours=ours, sdpa=sd, speedup=sd["ms"] / best))
+            rows.append(dict(B=B, context=ctx, ours=ours, sdpa=sd, speedup=sd["ms"] / best, read_mostly=rm,
+                             speedup_read_mostly=sd["ms"] / rm["best"] if rm else None))
             if args.json_out:  # a run cut short keeps the rows it finished
-                Path(args.json_out).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+                Path(args.json_out).write_text(json.dumps(dict(meta=meta, checks=checks, rows=rows), indent=1))
     print(f"card: {meta['card']}, torch {meta['torch']}, triton {meta['triton']}; ours: f(x) = {args.spec}, "
           f"d{D}, H {H}, F {rows[0]['ours']['features'] if rows else '-'}, fp32 state, bf16 q/k/v; SDPA: bf16 KV "
           "cache, default backend\n")
@@ -180,4 +303,18 @@ def run(args: argparse.Namespace) -> int:
               f"{s['cache_bytes'] / 1e6:,.0f} | {_fmt(o['ms'])} | {_fmt(o['ms_graph'])} | {B / best * 1e3:,.0f} | "
               f"{o['state_bytes'] / 1e6:,.1f} | {o['gbs']:,.0f} | {o['copy_gbs']:,.0f} | {o['pct_copy']:.0f}% | "
               f"{r['speedup']:.1f}x |")
+    if R and rows:
+        print(f"\nours read-mostly (R = {R}: bf16 read copy, fold every {R} tokens; per token, over whole cycles)\n")
+        print("| B | context | SDPA ms | ours rm ms | ours rm graph ms | ours rm tok/s | MB per token | GB/s | % copy "
+              "| bf16 read ms | x read floor | speedup |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            m, B = r["read_mostly"], r["B"]
+            print(f"| {B} | {r['context'] // 1024}K | {_fmt(r['sdpa']['ms'])} | {_fmt(m['ms'])} "
+                  f"| {_fmt(m['ms_graph'])} | {B / m['best'] * 1e3:,.0f} | {m['step_bytes'] / 1e6:,.1f} "
+                  f"| {m['gbs']:,.0f} | {m['pct_copy']:.0f}% "
+                  f"| {_fmt(m['read_ms'])} | {m['x_read_floor']:.2f} | {r['speedup_read_mostly']:.1f}x |")
+    if any(not c["ok"] for c in checks):
+        print("read-mostly check FAILED (see the lines above)", file=sys.stderr)
+        return 1
     return 0

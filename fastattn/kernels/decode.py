@@ -44,7 +44,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastattn.attention.state import State
+from fastattn.attention.state import ReadMostlyState, State
 from fastattn.errors import KernelError
 
 __all__ = ["Plan", "plan", "decode_tables", "decode_step", "compile_report"]
@@ -308,8 +308,12 @@ def _rows(x):
 # ----------------------------------------------------------------------------------------
 def decode_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: State, poly, tables: tuple, *,
                 g: torch.Tensor | None = None, normalize: bool = True, normalizer_fix: str | None = None,
-                eps: float = 1e-6, inplace: bool = False, tuning: dict | None = None):
+                eps: float = 1e-6, inplace: bool = False, tuning: dict | None = None, scale: float | None = None):
     """One decoding step on the Triton kernel: returns (o [B, H_q, 1, DV] in q's dtype, new State, zq [B, H_q] fp32).
+
+    A :class:`~fastattn.attention.state.ReadMostlyState` runs the read-mostly step instead (it needs ``scale``,
+    the s of f(s q.k) the tables were built with): S_read is read, the token joins the ring, and every R-th
+    token folds the ring into the float32 master (:mod:`fastattn.kernels.read_mostly`).
 
     Parameters
     ----------
@@ -336,6 +340,8 @@ def decode_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: State,
         into new tensors, leaving ``state`` as it was.
     tuning : dict, optional
         Private overrides for :func:`plan`.
+    scale : float, optional
+        Read-mostly states only: s, for the pending tokens' scores f(s q.k_j).
 
     Returns
     -------
@@ -358,6 +364,11 @@ def decode_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: State,
     >>> o.shape, st.tokens.tolist()
     (torch.Size([1, 2, 1, 4]), [1])
     """
+    if isinstance(state, ReadMostlyState):
+        from fastattn.kernels.read_mostly import read_mostly_step
+
+        return read_mostly_step(q, k, v, state, poly, tables, scale, g, normalize, normalizer_fix, eps, inplace,
+                                tuning)
     B, Hq, _, D = q.shape
     Hk, DV = k.shape[1], v.shape[-1]
     S, z = state.S, state.z
@@ -428,12 +439,13 @@ def decode_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: State,
 # ----------------------------------------------------------------------------------------
 def compile_report(spec: str = "1 + x + x**2/2", *, head_dim: int = 64, head_dim_v: int = 64, batch: int = 64,
                    heads_q: int = 16, heads_kv: int = 16, gated: bool = False, normalize: bool = True,
-                   tuning: dict | None = None, arch: int = 90) -> dict:
+                   tuning: dict | None = None, arch: int = 90, pending: int | None = None) -> dict:
     """Compile the kernels one bf16 step launches for ``sm_<arch>`` on the CPU: {kernel: "REG:n STACK:n ..."}.
 
     The launches are recorded on meta tensors (so the signatures are :func:`decode_step`'s own) with
     the divisibility the GPU launcher would see (pointers and ints that are multiples of 16), and
-    compiled by Triton's own ptxas; the interpreter checks no registers or layouts. Run it without
+    compiled by Triton's own ptxas; the interpreter checks no registers or layouts. With ``pending=R`` the
+    read-mostly kernels instead (a read step, a folding step, a flush; bf16 read copy). Run it without
     ``TRITON_INTERPRET`` (tests/test_decode.py runs it in a subprocess; a few seconds per kernel).
 
     For example, ``compile_report(batch=1, tuning={"splits": 4})`` gave ``{'_decode_kernel': 'REG:147 STACK:0
@@ -478,18 +490,33 @@ def compile_report(spec: str = "1 + x + x**2/2", *, head_dim: int = 64, head_dim
     st = State(meta(batch, heads_kv, F, head_dim_v, dtype=torch.float32), meta(batch, heads_kv, F, dtype=torch.float32),
                meta(batch, dtype=torch.int64))
     g = meta(batch, heads_kv, 1, dtype=torch.float32) if gated else None
+    from fastattn.kernels import read_mostly as rmk
+
     global _decode_kernel, _combine_kernel
-    kernels = (_decode_kernel, _combine_kernel)
+    kernels = (_decode_kernel, _combine_kernel, rmk._read_step_kernel, rmk._fold_kernel, rmk._combine_kernel)
+    qkv = (meta(batch, heads_q, 1, head_dim), meta(batch, heads_kv, 1, head_dim), meta(batch, heads_kv, 1, head_dim_v))
     try:
-        _decode_kernel, _combine_kernel = Recorder(kernels[0]), Recorder(kernels[1])
-        decode_step(meta(batch, heads_q, 1, head_dim), meta(batch, heads_kv, 1, head_dim),
-                    meta(batch, heads_kv, 1, head_dim_v), st, poly, tables, g=g, normalize=normalize,
-                    normalizer_fix=fix, tuning=tuning)
+        _decode_kernel, _combine_kernel, rmk._read_step_kernel, rmk._fold_kernel = (Recorder(kn) for kn in kernels[:4])
+        rmk._combine_kernel = _combine_kernel
+        if pending is None:
+            decode_step(*qkv, st, poly, tables, g=g, normalize=normalize, normalizer_fix=fix, tuning=tuning)
+        else:
+            R1 = pending - 1
+            rm = ReadMostlyState(st.S, st.z, st.tokens, meta(batch, heads_kv, F, head_dim_v),
+                                 meta(batch, heads_kv, R1, head_dim), meta(batch, heads_kv, R1, head_dim_v),
+                                 meta(batch, heads_kv, R1, dtype=torch.float32), 0, tables)
+            for n in (0, R1):
+                rm.pending = n
+                decode_step(*qkv, rm, poly, tables, g=g, normalize=normalize, normalizer_fix=fix, tuning=tuning,
+                            inplace=True, scale=1.0 / math.sqrt(head_dim))
+            rm.pending = R1
+            rmk.fold_pending(rm, tables, tuning=tuning)
     finally:
-        _decode_kernel, _combine_kernel = kernels
+        _decode_kernel, _combine_kernel, rmk._read_step_kernel, rmk._fold_kernel, rmk._combine_kernel = kernels
     report = {}
     for fn, sig, consts, attrs, opts in launches:
         src = ASTSource(fn, dict(sig, **{n: "constexpr" for n in consts}), consts, attrs)
         kern = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
-        report[fn.__name__] = f"{_resources(kern.asm['cubin'])} warps:{opts['num_warps']}"
+        name = fn.__name__ + (" (flush)" if consts.get("CUR") is False else "")
+        report[name] = f"{_resources(kern.asm['cubin'])} warps:{opts['num_warps']}"
     return report
