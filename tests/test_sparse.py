@@ -223,3 +223,14 @@ def test_zero_length():
     assert o.shape == (1, 2, 0, 16)
     o.sum().backward()
     assert q.grad.shape == q.shape and math.isfinite(float(q.grad.sum()))
+
+
+def test_wide_ids_with_keep_match_the_dense_reference():
+    # ids spanning far more than 2T values take the schedule's O(T^2) ranking; a head keeps nothing, one all
+    q, k, v, do, g = _inputs(2, 2, 45, 16, 16, torch.float32, seed=11)
+    qid, kid = (torch.randint(-2, 3, (2, 2, 45), generator=g) * (1 << 45) for _ in range(2))
+    keep = torch.rand(2, 2, 45, generator=g) < 0.6
+    keep[0, 1], keep[1, 0] = False, True
+    got = _compare(q, k, v, do, allowed_pairs(45, keep=keep, buckets=(qid, kid)), torch.float32,
+                   keep=keep, buckets=(qid, kid))
+    assert (got[0][0, 1] == 0).all() and (got[1][0, 1] == 0).all()
