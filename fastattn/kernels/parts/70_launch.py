@@ -296,7 +296,20 @@ def _scan_bwd(p, q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps, init
                                                         PRECISION=p.precision, TMA_LD=tma, TMA_ADD=tma_add,
                                                         WIDE=p.wide, TMA_DX=tma_dx, num_warps=p.warps, **p.kron_kw)
     _side_by_side(lambda: walk(0), lambda: walk(1), q.device, p.streams)
-    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dinit
+    # the fp32 sums go back in a list that holds the only references once this frame is gone:
+    # _cast_each frees each one as soon as it is cast
+    return [dq, dk, dv], dinit
+
+
+def _cast_each(sums, dtypes):
+    """The tensors of the list ``sums`` in ``dtypes``, cast one at a time, each dropped from the list as soon
+    as it is cast: with no other reference to them, the peak holds every fp32 sum and one cast, not one
+    cast of each (B2 H16 T64K d64 bf16: 512 MiB less; the accounting is in TUNING.md)."""
+    out = []
+    for i, dtype in enumerate(dtypes):
+        out.append(sums[i].to(dtype))
+        sums[i] = None
+    return out
 
 
 def _forward(p, q, k, v, scale, causal, normalize, fix_abs, eps):
@@ -327,7 +340,9 @@ def _backward_state(p, q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps
     _took(p.route)
     if p.path == "fused":
         return _fused_bwd(p, q, k, v, o, z, do, scale, normalize, fix_abs, eps, state, init, dfinal, want_dinit)
-    return _scan_bwd(p, q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps, init, dfinal, want_dinit)
+    sums, dinit = _scan_bwd(p, q, k, v, o, z, do, scale, causal, normalize, fix_abs, eps, init, dfinal,
+                            want_dinit)
+    return (*_cast_each(sums, (q.dtype, k.dtype, v.dtype)), dinit)
 
 
 def poly_attention_fwd(q, k, v, scale, causal, normalize, fix_abs, eps, chunk, block_f, block_v, segments=None,
