@@ -10,7 +10,7 @@ from fastattn.attention.hybrid import hybrid_attention
 from fastattn.attention.layers import FastAttention, FastMultiheadAttention
 from fastattn.attention.reference import quadratic_attention, softmax_attention
 from fastattn.attention.sparse import lsh_buckets, pattern_attention, sparse_attention
-from fastattn.attention.state import State, init_state
+from fastattn.attention.state import ReadMostlyState, State, init_state, read_mostly
 
-__all__ = ["fast_attention", "hybrid_attention", "State", "init_state", "FastAttention", "FastMultiheadAttention", "softmax_attention",
+__all__ = ["fast_attention", "hybrid_attention", "State", "ReadMostlyState", "init_state", "read_mostly", "FastAttention", "FastMultiheadAttention", "softmax_attention",
            "quadratic_attention", "sparse_attention", "pattern_attention", "lsh_buckets"]
