@@ -65,6 +65,59 @@ def _features(p_x, idx, w, o_f, m_f, F, D, SLOTS: tl.constexpr):
 
 
 @triton.jit
+def _accumulators(BF: tl.constexpr, BV: tl.constexpr, DEFER: tl.constexpr):
+    # the elementwise [BF, BV] / [BF] sums of a one-head (DEFER) program; placeholders otherwise
+    if DEFER:
+        return tl.zeros([BF, BV], dtype=tl.float32), tl.zeros([BF], dtype=tl.float32)
+    else:
+        return tl.zeros([1, 1], dtype=tl.float32), tl.zeros([1], dtype=tl.float32)
+
+
+@triton.jit
+def _read_block(p_q, sq_h, idx, w_phi, o_f, m_f, F, D, G, o_g, b_S, b_z, b_n, b_zq, b_acc, b_accz,
+                SLOTS: tl.constexpr, DEFER: tl.constexpr):
+    # phi(q) . (S, z) of one feature block: elementwise into b_acc (one query head, one reduction at the
+    # end) or reduced per query head of the group into rows of b_n, b_zq
+    if DEFER:
+        b_phi = _features(p_q, idx, w_phi, o_f, m_f, F, D, SLOTS)  # [BF]
+        b_acc += b_phi[:, None] * b_S
+        b_accz += b_phi * b_z
+    else:
+        for j in range(G):
+            b_phi = _features(p_q + j * sq_h, idx, w_phi, o_f, m_f, F, D, SLOTS)  # [BF]
+            b_n = tl.where((o_g == j)[:, None], b_n + tl.sum(b_phi[:, None] * b_S, 0)[None, :], b_n)
+            b_zq = tl.where(o_g == j, b_zq + tl.sum(b_phi * b_z, 0), b_zq)
+    return b_n, b_zq, b_acc, b_accz
+
+
+@triton.jit
+def _reduced(b_n, b_zq, b_acc, b_accz, DEFER: tl.constexpr):
+    # (numerator [BG, BV], denominator [BG]) of a program, its elementwise sums reduced once (DEFER)
+    if DEFER:
+        b_n = tl.sum(b_acc, 0)[None, :]  # [1, BV]
+        b_zq = tl.sum(b_accz[:, None], 0)  # [1]
+    return b_n, b_zq
+
+
+@triton.jit
+def _emit(o_ptr, zq_ptr, part_n, part_z, b_n, b_zq, eps, i_s, i_b, i_h, H_kv, G, DV, o_g, o_v, m_v,
+          NORMALIZE: tl.constexpr, FIX_ABS: tl.constexpr, DIRECT: tl.constexpr, DEN: tl.constexpr):
+    # o (and the normaliser's sum) of the group's query heads, or this split's fp32 partials
+    o_r = i_b * H_kv * G + i_h * G + o_g  # [BG] rows b * H_q + h_q of the group
+    m_g = o_g < G
+    m_gv = m_g[:, None] & m_v[None, :]
+    if DIRECT:
+        tl.store(zq_ptr + o_r, b_zq, mask=m_g)
+        if NORMALIZE:
+            b_n = b_n / DEN(b_zq, eps, FIX_ABS)[:, None]
+        tl.store(o_ptr + o_r[:, None] * DV + o_v[None, :], b_n.to(o_ptr.dtype.element_ty), mask=m_gv)
+    else:
+        R = tl.num_programs(1).to(tl.int64) * G  # B * H_q
+        tl.store(part_n + (i_s * R + o_r)[:, None] * DV + o_v[None, :], b_n, mask=m_gv)
+        tl.store(part_z + i_s * R + o_r, b_zq, mask=m_g)
+
+
+@triton.jit
 def _decode_kernel(q_ptr, k_ptr, v_ptr, g_ptr, S_ptr, z_ptr, S_out, z_out, tokens, tokens_out, o_ptr, zq_ptr,
                    part_n, part_z, idx, w_phi, w_psi, eps, H_kv, G, F, D, DV, NB, BPS,
                    sq_b, sq_h, sk_b, sk_h, sv_b, sv_h, sg_b, sg_h,
@@ -100,10 +153,8 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, g_ptr, S_ptr, z_ptr, S_out, z_out, token
         b_decay = tl.exp(tl.load(g_ptr + i_b * sg_b + i_h * sg_h).to(tl.float32))
     b_n = tl.zeros([BG, BV], dtype=tl.float32)
     b_zq = tl.zeros([BG], dtype=tl.float32)
-    if DEFER:
-        # one query head (G = 1): products accumulate elementwise, one cross-thread reduction at the end
-        b_acc = tl.zeros([BF, BV], dtype=tl.float32)
-        b_accz = tl.zeros([BF], dtype=tl.float32)
+    # one query head (G = 1, DEFER): products accumulate elementwise, one cross-thread reduction at the end
+    b_acc, b_accz = _accumulators(BF, BV, DEFER)
     # the head's base pointers in int64 once; offsets inside a head (F x DV) fit int32, which keeps the
     # per-element address arithmetic of the [BF, BV] tiles in 32 bits
     p_S = S_ptr + i_b * sS_b + i_h * sS_h
@@ -126,32 +177,11 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, g_ptr, S_ptr, z_ptr, S_out, z_out, token
         tl.store(p_So + o_f[:, None] * sSo_f + o_v[None, :], b_S, mask=m_fv)
         tl.store(p_zo + o_f, b_z, mask=m_f)
         # the token sees itself: its query heads read the updated block
-        if DEFER:
-            b_phi = _features(p_q, idx, w_phi, o_f, m_f, F, D, SLOTS)  # [BF]
-            b_acc += b_phi[:, None] * b_S
-            b_accz += b_phi * b_z
-        else:
-            for j in range(G):
-                b_phi = _features(p_q + j * sq_h, idx, w_phi, o_f, m_f, F, D, SLOTS)  # [BF]
-                b_nj = tl.sum(b_phi[:, None] * b_S, 0)  # [BV]
-                b_zj = tl.sum(b_phi * b_z, 0)
-                b_n = tl.where((o_g == j)[:, None], b_n + b_nj[None, :], b_n)
-                b_zq = tl.where(o_g == j, b_zq + b_zj, b_zq)
-    if DEFER:
-        b_n = tl.sum(b_acc, 0)[None, :]  # [1, BV]
-        b_zq = tl.sum(b_accz[:, None], 0)  # [1]
-    o_r = i_b * H_kv * G + i_h * G + o_g  # [BG] rows b * H_q + h_q of the group
-    m_g = o_g < G
-    m_gv = m_g[:, None] & m_v[None, :]
-    if DIRECT:
-        tl.store(zq_ptr + o_r, b_zq, mask=m_g)
-        if NORMALIZE:
-            b_n = b_n / DEN(b_zq, eps, FIX_ABS)[:, None]
-        tl.store(o_ptr + o_r[:, None] * DV + o_v[None, :], b_n.to(o_ptr.dtype.element_ty), mask=m_gv)
-    else:
-        R = tl.num_programs(1).to(tl.int64) * G  # B * H_q
-        tl.store(part_n + (i_s * R + o_r)[:, None] * DV + o_v[None, :], b_n, mask=m_gv)
-        tl.store(part_z + i_s * R + o_r, b_zq, mask=m_g)
+        b_n, b_zq, b_acc, b_accz = _read_block(p_q, sq_h, idx, w_phi, o_f, m_f, F, D, G, o_g, b_S, b_z, b_n, b_zq,
+                                               b_acc, b_accz, SLOTS, DEFER)
+    b_n, b_zq = _reduced(b_n, b_zq, b_acc, b_accz, DEFER)
+    _emit(o_ptr, zq_ptr, part_n, part_z, b_n, b_zq, eps, i_s, i_b, i_h, H_kv, G, DV, o_g, o_v, m_v,
+          NORMALIZE, FIX_ABS, DIRECT, DEN)
 
 
 @triton.jit

@@ -33,7 +33,8 @@ import triton.language as tl
 
 from fastattn.attention.state import ReadMostlyState
 from fastattn.errors import KernelError
-from fastattn.kernels.decode import _combine_kernel, _den_function, _features, _rows, plan
+from fastattn.kernels.decode import (_accumulators, _combine_kernel, _den_function, _emit, _features,
+                                     _read_block, _reduced, _rows, plan)
 
 __all__ = ["read_mostly_step", "fold_pending"]
 
@@ -94,9 +95,7 @@ def _read_step_kernel(q_ptr, k_ptr, v_ptr, g_ptr, Sr_ptr, z_ptr, K_ptr, V_ptr, G
     b_lw, b_lg = _ring_log_weights(p_G, g_cur, n_pend, BR)
     b_n = tl.zeros([BG, BV], dtype=tl.float32)
     b_zq = tl.zeros([BG], dtype=tl.float32)
-    if DEFER:
-        b_acc = tl.zeros([BF, BV], dtype=tl.float32)
-        b_accz = tl.zeros([BF], dtype=tl.float32)
+    b_acc, b_accz = _accumulators(BF, BV, DEFER)
     p_S = Sr_ptr + i_b * sSr_b + i_h * sSr_h
     p_z = z_ptr + i_b * sz_b + i_h * sz_h
     for i_f in range(i_s * BPS, tl.minimum(i_s * BPS + BPS, NB)):
@@ -105,18 +104,9 @@ def _read_step_kernel(q_ptr, k_ptr, v_ptr, g_ptr, Sr_ptr, z_ptr, K_ptr, V_ptr, G
         b_S = tl.load(p_S + o_f[:, None] * sSr_f + o_v[None, :], mask=m_f[:, None] & m_v[None, :],
                       other=0.0).to(tl.float32)  # [BF, BV]
         b_z = tl.load(p_z + o_f, mask=m_f, other=0.0)  # [BF]
-        if DEFER:
-            b_phi = _features(p_q, idx, w_phi, o_f, m_f, F, D, SLOTS)  # [BF]
-            b_acc += b_phi[:, None] * b_S
-            b_accz += b_phi * b_z
-        else:
-            for j in range(G):
-                b_phi = _features(p_q + j * sq_h, idx, w_phi, o_f, m_f, F, D, SLOTS)  # [BF]
-                b_n = tl.where((o_g == j)[:, None], b_n + tl.sum(b_phi[:, None] * b_S, 0)[None, :], b_n)
-                b_zq = tl.where(o_g == j, b_zq + tl.sum(b_phi * b_z, 0), b_zq)
-    if DEFER:
-        b_n = tl.sum(b_acc, 0)[None, :]  # [1, BV]
-        b_zq = tl.sum(b_accz[:, None], 0)  # [1]
+        b_n, b_zq, b_acc, b_accz = _read_block(p_q, sq_h, idx, w_phi, o_f, m_f, F, D, G, o_g, b_S, b_z, b_n, b_zq,
+                                               b_acc, b_accz, SLOTS, DEFER)
+    b_n, b_zq = _reduced(b_n, b_zq, b_acc, b_accz, DEFER)
     # the read copy holds the master of the last fold: the gates since then decay it as one factor
     b_decay = tl.exp(b_lg)
     b_n = b_n * b_decay
@@ -148,18 +138,8 @@ def _read_step_kernel(q_ptr, k_ptr, v_ptr, g_ptr, Sr_ptr, z_ptr, K_ptr, V_ptr, G
         tl.store(p_G + n_pend, g_cur)
         if i_h == 0:
             tl.store(tokens + i_b, tl.load(tokens + i_b) + 1)
-    o_rows = i_b * H_kv * G + i_h * G + o_g  # [BG] rows b * H_q + h_q of the group
-    m_g = o_g < G
-    m_gv = m_g[:, None] & m_v[None, :]
-    if DIRECT:
-        tl.store(zq_ptr + o_rows, b_zq, mask=m_g)
-        if NORMALIZE:
-            b_n = b_n / DEN(b_zq, eps, FIX_ABS)[:, None]
-        tl.store(o_ptr + o_rows[:, None] * DV + o_v[None, :], b_n.to(o_ptr.dtype.element_ty), mask=m_gv)
-    else:
-        NR = tl.num_programs(1).to(tl.int64) * G  # B * H_q
-        tl.store(part_n + (i_s * NR + o_rows)[:, None] * DV + o_v[None, :], b_n, mask=m_gv)
-        tl.store(part_z + i_s * NR + o_rows, b_zq, mask=m_g)
+    _emit(o_ptr, zq_ptr, part_n, part_z, b_n, b_zq, eps, i_s, i_b, i_h, H_kv, G, DV, o_g, o_v, m_v,
+          NORMALIZE, FIX_ABS, DIRECT, DEN)
 
 
 @triton.jit
@@ -200,9 +180,7 @@ def _fold_kernel(q_ptr, k_ptr, v_ptr, g_ptr, S_ptr, z_ptr, Sr_ptr, K_ptr, V_ptr,
         b_v = tl.load(v_ptr + i_b * sv_b + i_h * sv_h + o_v, mask=m_v, other=0.0).to(tl.float32)  # [BV]
     b_n = tl.zeros([BG, BV], dtype=tl.float32)
     b_zq = tl.zeros([BG], dtype=tl.float32)
-    if DEFER:
-        b_acc = tl.zeros([BF, BV], dtype=tl.float32)
-        b_accz = tl.zeros([BF], dtype=tl.float32)
+    b_acc, b_accz = _accumulators(BF, BV, DEFER)
     p_S = S_ptr + i_b * sS_b + i_h * sS_h
     p_z = z_ptr + i_b * sz_b + i_h * sz_h
     p_Sr = Sr_ptr + i_b * sSr_b + i_h * sSr_h
@@ -226,31 +204,12 @@ def _fold_kernel(q_ptr, k_ptr, v_ptr, g_ptr, S_ptr, z_ptr, Sr_ptr, K_ptr, V_ptr,
         tl.store(p_z + o_f, b_z, mask=m_f)
         tl.store(p_Sr + o_f[:, None] * sSr_f + o_v[None, :], b_S.to(Sr_ptr.dtype.element_ty), mask=m_fv)
         if CUR:
-            if DEFER:
-                b_phi = _features(p_q, idx, w_phi, o_f, m_f, F, D, SLOTS)  # [BF]
-                b_acc += b_phi[:, None] * b_S
-                b_accz += b_phi * b_z
-            else:
-                for j in range(G):
-                    b_phi = _features(p_q + j * sq_h, idx, w_phi, o_f, m_f, F, D, SLOTS)  # [BF]
-                    b_n = tl.where((o_g == j)[:, None], b_n + tl.sum(b_phi[:, None] * b_S, 0)[None, :], b_n)
-                    b_zq = tl.where(o_g == j, b_zq + tl.sum(b_phi * b_z, 0), b_zq)
+            b_n, b_zq, b_acc, b_accz = _read_block(p_q, sq_h, idx, w_phi, o_f, m_f, F, D, G, o_g, b_S, b_z, b_n,
+                                                   b_zq, b_acc, b_accz, SLOTS, DEFER)
     if CUR:
-        if DEFER:
-            b_n = tl.sum(b_acc, 0)[None, :]  # [1, BV]
-            b_zq = tl.sum(b_accz[:, None], 0)  # [1]
-        o_rows = i_b * H_kv * G + i_h * G + o_g  # [BG]
-        m_g = o_g < G
-        m_gv = m_g[:, None] & m_v[None, :]
-        if DIRECT:
-            tl.store(zq_ptr + o_rows, b_zq, mask=m_g)
-            if NORMALIZE:
-                b_n = b_n / DEN(b_zq, eps, FIX_ABS)[:, None]
-            tl.store(o_ptr + o_rows[:, None] * DV + o_v[None, :], b_n.to(o_ptr.dtype.element_ty), mask=m_gv)
-        else:
-            NR = tl.num_programs(1).to(tl.int64) * G
-            tl.store(part_n + (i_s * NR + o_rows)[:, None] * DV + o_v[None, :], b_n, mask=m_gv)
-            tl.store(part_z + i_s * NR + o_rows, b_zq, mask=m_g)
+        b_n, b_zq = _reduced(b_n, b_zq, b_acc, b_accz, DEFER)
+        _emit(o_ptr, zq_ptr, part_n, part_z, b_n, b_zq, eps, i_s, i_b, i_h, H_kv, G, DV, o_g, o_v, m_v,
+              NORMALIZE, FIX_ABS, DIRECT, DEN)
 
 
 # ----------------------------------------------------------------------------------------
