@@ -12,6 +12,8 @@
     python benchmarks/chunked_probe.py --table out.json   # the short table of a (maybe cut short) run
     python benchmarks/chunked_probe.py --model     # the model's table only (no GPU)
     python benchmarks/chunked_probe.py --aot       # compile every kernel for sm_90 (no GPU), REG/STACK/SMEM
+    python benchmarks/chunked_probe.py --aot --rotations gather,tma,window --vjps mma,gather   # per variant
+    python benchmarks/chunked_probe.py --rotations-gpu --json rot.json   # the rotations side by side (~3 min)
 """
 
 from __future__ import annotations
@@ -89,20 +91,26 @@ def aot_report(D=64, DV=64, dtype="bf16", causal=True, normalize=True, arch=90, 
     ptr, f32 = "*" + dtype, "*fp32"
     ints = dict(T="i32", DV="i32")
     consts = dict(CHUNK=p["chunk"], D=D, BD=p["BD"], BV=p["BV"], CAUSAL=causal, NORMALIZE=normalize,
-                  ROTATE=p["rotate"], VJP=p["vjp"], PRECISION=p["precision"])
-    walk = dict(x=ptr, y=ptr, c=f32, S=ptr, Z=f32, **ints, NC="i32", NS="i32", F_ROWS="i32")
+                  ROTATE=p["kernel_rotate"], VJP=p["vjp"], PRECISION=p["precision"])
+
+    def win(rows):
+        # the doubled rows' argument as the launchers pass it (chunked._windows): a descriptor or a pointer
+        return f"tensordesc<{dtype}[1,{rows},{p['BD']}]>" if p["kernel_rotate"] == "tma" else ptr
+
+    walk = dict(x=ptr, xx=win(p["step"]), y=ptr, c=f32, S=ptr, Z=f32, **ints, NC="i32", NS="i32", F_ROWS="i32")
     scal = dict(a0="fp32", a1="fp32", a2="fp32", scale="fp32", **ints, NS="i32", F_ROWS="i32")
     jobs = [
         ("walk fwd", chunked._state_walk_kernel, walk,
          dict(consts, BV=p["walk_cols"], BT=p["step"], REVERSE=False, HAS_C=False), p["walk_warps"]),
         ("walk bwd", chunked._state_walk_kernel, walk,
          dict(consts, BV=p["walk_cols"], BT=p["step"], REVERSE=True, HAS_C=normalize), p["walk_warps"]),
-        ("out", chunked._chunk_out_kernel, dict(q=ptr, k=ptr, v=ptr, S=ptr, Z=f32, o=ptr, z=f32, **scal),
-         dict(consts, BV=p["out_cols"], BM=p["block"]), p["warps"]),
-        ("dq", chunked._chunk_dq_kernel, dict(q=ptr, k=ptr, v=ptr, dn=ptr, dl=f32, S=ptr, Z=f32, dq=ptr, **scal),
-         dict(consts, BM=p["block"]), p["warps"]),
-        ("dkv", chunked._chunk_dkv_kernel, dict(q=ptr, k=ptr, v=ptr, dn=ptr, dl=f32, dS=ptr, dZ=f32, dk=ptr,
-                                                dv=ptr, **scal), dict(consts, BM=p["block"]), p["warps"]),
+        ("out", chunked._chunk_out_kernel, dict(q=ptr, qq=win(p["block"]), k=ptr, v=ptr, S=ptr, Z=f32, o=ptr, z=f32,
+                                                **scal), dict(consts, BV=p["out_cols"], BM=p["block"]), p["warps"]),
+        ("dq", chunked._chunk_dq_kernel, dict(q=ptr, qq=win(p["block"]), k=ptr, v=ptr, dn=ptr, dl=f32, S=ptr, Z=f32,
+                                              dq=ptr, **scal), dict(consts, BM=p["block"]), p["warps"]),
+        ("dkv", chunked._chunk_dkv_kernel, dict(q=ptr, k=ptr, kk=win(p["block"]), v=ptr, dn=ptr, dl=f32, dS=ptr,
+                                                dZ=f32, dk=ptr, dv=ptr, **scal), dict(consts, BM=p["block"]),
+         p["warps"]),
     ]
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     report = {}
@@ -141,13 +149,13 @@ def reference(q, k, v, do, scale, block=1024):
     return (o, *torch.autograd.grad(o, (q, k, v), do.float()))
 
 
-def check(D, T=4096, B=1, H=4, dtype=None):
-    """bf16 o, dq, dk, dv against the fp32 reference: {name: (max-abs / max|ref|, rel-RMS)}."""
+def check(D, T=4096, B=1, H=4, dtype=None, tuning=None):
+    """bf16 o, dq, dk, dv against the fp32 reference: {name: (max-abs / max|ref|, rel-RMS, non-finite)}."""
     torch.manual_seed(0)
     dtype = DTYPE if dtype is None else dtype
     q, k, v = (torch.randn(B, H, T, D, device=DEVICE, dtype=dtype, requires_grad=True) for _ in range(3))
     do = torch.randn(B, H, T, D, device=DEVICE, dtype=dtype)
-    o = chunked.chunked_poly_attention(q, k, v, COEFFS)
+    o = chunked.chunked_poly_attention(q, k, v, COEFFS, tuning=tuning)
     got = (o, *torch.autograd.grad(o, (q, k, v), do))
     ref = reference(q, k, v, do, D ** -0.5)
     out = {}
@@ -242,6 +250,111 @@ def compiled_resources(seen):
     return out
 
 
+def check_ok(c):
+    """bf16 against fp32: rounding of the inputs to the dots (~4e-3 relative) bounds these."""
+    return all(bad == 0 and rms < 2e-2 and mx < 5e-2 for mx, rms, bad in c.values())
+
+
+# ------------------------------------------------------------------ GPU: the rotations, side by side
+
+SWEEP = [(2, 16, 64, 8192), (2, 16, 64, 32768), (2, 8, 128, 16384)]
+SWEEP_COMBOS = [dict(rotate=r, vjp=j) for r in ("gather", "tma", "window") for j in ("mma", "gather")]
+
+
+def time_split(B, H, D, T, tuning, rep=20):
+    """ms of the forward (doubled rows included) and of the backward, by the private launchers (do_bench)."""
+    from triton.testing import do_bench
+    torch.manual_seed(0)
+    q, k, v, do = (torch.randn(B * H, T, D, device=DEVICE, dtype=DTYPE) for _ in range(4))
+    p = chunked.plan(T, D, D, q.dtype, tuning=tuning)
+    scale = D ** -0.5
+
+    def fwd():
+        return chunked._forward(q, k, v, COEFFS, scale, True, True, p, chunked._doubled(q, p), chunked._doubled(k, p))
+
+    qq, kk = chunked._doubled(q, p), chunked._doubled(k, p)
+    o, z, S, Z = chunked._forward(q, k, v, COEFFS, scale, True, True, p, qq, kk)
+    f = do_bench(fwd, warmup=2, rep=rep)
+    b = do_bench(lambda: chunked._backward(do, q, k, v, o, z, S, Z, COEFFS, scale, True, True, p, qq, kk),
+                 warmup=2, rep=rep)
+    return f, b
+
+
+def time_sdpa(B, H, D, T, rep=20):
+    from triton.testing import do_bench
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(B, H, T, D, device=DEVICE, dtype=DTYPE, requires_grad=True) for _ in range(3))
+    do = torch.randn_like(v)
+
+    def sdpa():
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    with torch.no_grad():
+        f = do_bench(sdpa, warmup=2, rep=rep)
+    fb = do_bench(lambda: torch.autograd.grad(sdpa(), (q, k, v), do), warmup=2, rep=rep)
+    return f, fb, sdpa_backend(q.detach(), k.detach(), v.detach())
+
+
+def rotation_sweep(results, save, rep=20):
+    """rotate gather / tma / window × vjp mma / gather: the bf16 check (T 4K) and ms at SWEEP, SDPA beside."""
+    seen = set()
+    compiled_resources(seen)
+    results.setdefault("sweep", dict(checks={}, rows=[], sdpa={}, skipped={}, resources={}))
+    sw = results["sweep"]
+    for B, H, D, T in SWEEP:
+        shape = f"d{D} {T // 1024}K"
+        sw["sdpa"][shape] = time_sdpa(B, H, D, T, rep)
+        print(f"{shape} sdpa fwd {sw['sdpa'][shape][0]:.2f} fwd+bwd {sw['sdpa'][shape][1]:.2f} ms "
+              f"({sw['sdpa'][shape][2]})", flush=True)
+    for D in sorted({row[2] for row in SWEEP}):
+        for combo in SWEEP_COMBOS:
+            key = f"d{D} {combo['rotate']}/{combo['vjp']}"
+            try:
+                c = check(D, tuning=combo)
+            except Exception as exc:  # noqa: BLE001 - a variant that does not compile or launch: say why, go on
+                sw["skipped"][key] = f"{type(exc).__name__}: {str(exc)[:300]}"
+                print(f"{key}: SKIPPED {sw['skipped'][key]}", flush=True)
+                save()
+                continue
+            sw["checks"][key] = c
+            sw["resources"][key] = res = compiled_resources(seen)
+            print(f"{key} check T4K: " + " ".join(f"{n} {rms:.1e}" for n, (mx, rms, bad) in c.items()) + " "
+                  + ("ok" if check_ok(c) else "FAIL") + " | regs:spills " + ", ".join(
+                      f"{n[1:].replace('_kernel', '').replace('chunk_', '')} "
+                      + "/".join(f"{e.get('regs')}:{e.get('spills')}" for e in v) for n, v in res.items()),
+                  flush=True)
+            for B, H, D_, T in SWEEP:
+                if D_ != D:
+                    continue
+                shape = f"d{D} {T // 1024}K"
+                f, b = time_split(B, H, D, T, combo, rep)
+                row = dict(shape=shape, B=B, H=H, D=D, T=T, **combo, fwd=f, bwd=b, fwdbwd=f + b,
+                           sdpa_fwdbwd=sw["sdpa"][shape][1], ok=check_ok(c))
+                sw["rows"].append(row)
+                print(f"{shape} {combo['rotate']:6s} {combo['vjp']:6s} fwd {f:.2f} bwd {b:.2f} fwd+bwd {f + b:.2f} ms, "
+                      f"SDPA/ours {row['sdpa_fwdbwd'] / (f + b):.2f}x", flush=True)
+                save()
+            torch.cuda.empty_cache()
+
+
+def print_sweep(results):
+    sw = results.get("sweep")
+    if not sw:
+        return
+    print(f"rotations: {results.get('device')}, torch {results.get('torch')}, triton {results.get('triton')}, bf16 "
+          f"causal normalised, ms (do_bench); check: bf16 vs fp32 at T 4K (B1 H4)")
+    print("| shape | rotate | vjp | fwd | bwd | fwd+bwd | / gather,mma | SDPA fwd+bwd | SDPA / ours | check |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    base = {r["shape"]: r["fwdbwd"] for r in sw["rows"] if (r["rotate"], r["vjp"]) == ("gather", "mma")}
+    for r in sw["rows"]:
+        rel = f"{r['fwdbwd'] / base[r['shape']]:.2f}" if r["shape"] in base else "-"
+        print(f"| {r['shape']} | {r['rotate']} | {r['vjp']} | {r['fwd']:.2f} | {r['bwd']:.2f} | {r['fwdbwd']:.2f} | "
+              f"{rel} | {r['sdpa_fwdbwd']:.2f} | {r['sdpa_fwdbwd'] / r['fwdbwd']:.2f}x | "
+              f"{'ok' if r['ok'] else 'FAIL'} |")
+    for key, why in sw.get("skipped", {}).items():
+        print(f"skipped {key}: {why[:120]}")
+
+
 def print_table(results):
     """The short table (<= 30 lines) of a results dict as main() writes it."""
     print(f"{results.get('device')}, torch {results.get('torch')}, triton {results.get('triton')}, bf16 causal, "
@@ -267,6 +380,7 @@ def print_table(results):
         print(f"regs/spills {shape}: " + ", ".join(
             f"{n[1:].replace('_kernel', '')} " + "/".join(f"{e.get('regs')}:{e.get('spills')}" for e in v)
             for n, v in res.items()))
+    print_sweep(results)
 
 
 def main(argv=None) -> int:
@@ -277,7 +391,11 @@ def main(argv=None) -> int:
     ap.add_argument("--model", action="store_true", help="print the cost model's table and exit")
     ap.add_argument("--aot", action="store_true", help="compile for sm_90 on the host and print resources")
     ap.add_argument("--dims", default="64,128", help="head dims of --aot, comma-separated")
+    ap.add_argument("--rotations", default=None, help="--aot: rotate variants to compile, e.g. gather,tma,window")
+    ap.add_argument("--vjps", default=None, help="--aot with --rotations: vjp variants, e.g. mma,gather")
     ap.add_argument("--passes", action="store_true", help="per-pass ms at d64 8K and d128 16K, and exit")
+    ap.add_argument("--rotations-gpu", action="store_true",
+                    help="rotate gather/tma/window x vjp mma/gather at d64 8K/32K, d128 16K against SDPA, and exit")
     ap.add_argument("--tuning", default=None, help="a JSON dict of plan overrides, e.g. '{\"vjp\": \"gather\"}'")
     a = ap.parse_args(argv)
     tuning = json.loads(a.tuning) if a.tuning else None
@@ -295,9 +413,20 @@ def main(argv=None) -> int:
                 flush=True)
         return 0
     if a.aot:
+        # one block of lines per (rotate, vjp) asked; the plan's (or --tuning's) own when none are
+        combos = [dict(rotate=r, vjp=v) for r in (a.rotations or "").split(",") if r
+                  for v in (a.vjps or "mma").split(",")] or [{}]
         for D in (int(d) for d in a.dims.split(",")):
-            for name, line in aot_report(D, D, tuning=tuning).items():
-                print(f"d{D} {name:10s} {line}")
+            for combo in combos:
+                if combo:
+                    print(f"d{D} rotate {combo['rotate']} vjp {combo['vjp']}:", flush=True)
+                try:
+                    report = aot_report(D, D, tuning=dict(tuning or {}, **combo))
+                except Exception as exc:  # noqa: BLE001 - a variant that does not compile is reported, not fatal
+                    print(f"d{D} {combo} does not compile: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+                    continue
+                for name, line in report.items():
+                    print(f"d{D} {name:10s} {line}", flush=True)
         return 0
     import triton
     results = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
@@ -308,6 +437,12 @@ def main(argv=None) -> int:
             with open(a.json, "w") as fh:
                 json.dump(results, fh, indent=1)
 
+    if a.rotations_gpu:
+        rotation_sweep(results, save)
+        print()
+        print_sweep(results)
+        rows = results["sweep"]["rows"]
+        return 0 if rows and all(r["ok"] for r in rows) else 1
     ok, seen = True, set()
     failed = set()
     for D in (64, 128):

@@ -11,9 +11,11 @@ import subprocess
 import sys
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
+from fastattn.kernels import chunked
 from fastattn.kernels.checks import assert_close
 from fastattn.kernels.chunked import chunked_poly_attention, feature_map, plan
 
@@ -56,6 +58,23 @@ def test_plan_counts_the_d64_basis():
     assert plan(8192, 128, 128, torch.bfloat16)["feature_rows"] == 65 * 128 + 128 + 1
     with pytest.raises(ValueError, match="must divide chunk"):
         plan(8192, 64, 64, torch.bfloat16, tuning=dict(chunk=96))
+    with pytest.raises(ValueError, match="rotate one of"):
+        plan(8192, 64, 64, torch.bfloat16, tuning=dict(rotate="roll"))
+
+
+def test_tma_reads_windows_by_pointers_in_the_interpreter(monkeypatch):
+    # the interpreter refuses descriptor loads at columns not 16-byte aligned: "tma" runs as "window" there
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert plan(8192, 64, 64, torch.float32, tuning=dict(rotate="tma"))["kernel_rotate"] == "window"
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert plan(8192, 64, 64, torch.bfloat16, tuning=dict(rotate="tma"))["kernel_rotate"] == "tma"
+    p = plan(8192, 48, 64, torch.float32, tuning=dict(rotate="window"))
+    x = torch.randn(2, 5, 48)
+    xx = chunked._doubled(x, p)
+    # the window at column BD − d is the tile turned by d: torch.roll(x, d) (zero-padded to BD)
+    xp = torch.nn.functional.pad(x, (0, 16))
+    for d in (0, 1, 17, 32):
+        assert torch.equal(xx[..., (64 - d) % 64:][..., :64], torch.roll(xp, d, -1)), d
 
 
 # T = 200 (130): 4 (3) chunks of 64, the last 8 (2) rows long; D = 60 pads to 64 (33 circulant tiles),
@@ -85,6 +104,10 @@ IDS = ["T200-d60-v48-causal-norm", "T130-d64-noncausal-norm", "T63-d64-v48-causa
 
 @pytest.mark.parametrize("T, D, DV, H, causal, normalize, dtype, tuning", CASES, ids=IDS)
 def test_kernels_match_quadratic_reference(kernel_env, T, D, DV, H, causal, normalize, dtype, tuning):
+    _check_against_reference(T, D, DV, H, causal, normalize, dtype, tuning)
+
+
+def _check_against_reference(T, D, DV, H, causal, normalize, dtype, tuning):
     g = torch.Generator().manual_seed(T * 100 + D)
     q, k = (torch.randn(1, H, T, D, generator=g) for _ in range(2))
     v, do = (torch.randn(1, H, T, DV, generator=g) for _ in range(2))
@@ -133,3 +156,62 @@ def test_every_kernel_compiles_for_sm90():
         assert 0 < int(re.search(r"SMEM:(\d+)", line).group(1)) <= 232448, line
     # spills are reported, not asserted: they cost speed, not correctness (the warnings summary shows them)
     warnings.warn("chunked sm_90 resources: " + "; ".join(" ".join(r.split()) for r in rows))
+
+
+# The turned tiles as windows of the doubled rows: rotate "window" (pointer loads) and "tma" (descriptor loads),
+# causal or not, normalised or not, d64 and d48 (padded to 64), T not a multiple of the chunk (32)
+WINDOW_CASES = [
+    # T, D, DV, causal, normalize, dtype, tuning
+    (130, 64, 64, True, True, torch.float32, dict(LARGE, rotate="window")),
+    (63, 48, 48, False, False, torch.float32, dict(MID, rotate="window", vjp="gather")),
+    (63, 48, 32, True, False, torch.float16, dict(MID, rotate="window")),
+]
+WINDOW_IDS = ["window-T130-d64-causal-norm", "window-T63-d48-noncausal-gathervjp", "window-fp16-T63-d48-causal"]
+TMA_CASES = [
+    (100, 48, 32, True, True, torch.float32, dict(MID, rotate="tma")),
+    (63, 64, 48, False, True, torch.float32, dict(MID, rotate="tma", vjp="gather")),
+    (63, 64, 48, True, False, torch.float32, dict(MID, rotate="tma", walk_cols=32, out_cols=32)),
+    (63, 48, 64, False, False, torch.float16, dict(MID, rotate="tma")),
+]
+TMA_IDS = ["tma-T100-d48-causal-norm", "tma-T63-d64-noncausal-norm-gathervjp", "tma-T63-d64-causal-splitcols",
+           "tma-fp16-T63-d48-noncausal"]
+
+
+@pytest.mark.parametrize("T, D, DV, causal, normalize, dtype, tuning", WINDOW_CASES, ids=WINDOW_IDS)
+def test_window_rotation_matches_quadratic_reference(kernel_env, T, D, DV, causal, normalize, dtype, tuning):
+    _check_against_reference(T, D, DV, 1, causal, normalize, dtype, tuning)
+
+
+@pytest.fixture
+def tma_in_interpreter(monkeypatch):
+    """Run rotate "tma" through its descriptor loads under the interpreter; returns the column offsets read.
+
+    The interpreter asserts that a descriptor load starts at a 16-byte aligned column; TMA's tile mode takes
+    any start coordinate, and the turned windows start at every column. This reads the box at column 0 and
+    moves its pointers and column mask to the asked column."""
+    from triton.runtime import interpreter
+
+    first = interpreter.TensorDescHandle.materialize_pointers
+    columns = []
+
+    def at_any_column(self, offsets):
+        col = offsets[-1]
+        columns.append(int(np.asarray(col.data).reshape(-1)[0]))
+        ptrs, mask = first(self, [*offsets[:-1], interpreter.TensorHandle(np.zeros_like(col.data), col.dtype)])
+        itemsize = self.base.dtype.element_ty.primitive_bitwidth // 8
+        o_c = col.data + np.arange(self.block_shape[-1])
+        ptrs.data = ptrs.data + (itemsize * col.data * self.strides[-1].data).astype(np.uint64)
+        mask.data = mask.data & (o_c >= 0) & (o_c < self.shape[-1].data)
+        return ptrs, mask
+
+    monkeypatch.setattr(interpreter.TensorDescHandle, "materialize_pointers", at_any_column)
+    monkeypatch.setattr(chunked, "_interpreting", lambda: False)
+    return columns
+
+
+@pytest.mark.parametrize("T, D, DV, causal, normalize, dtype, tuning", TMA_CASES, ids=TMA_IDS)
+def test_tma_rotation_matches_quadratic_reference(kernel_env, tma_in_interpreter, T, D, DV, causal, normalize,
+                                                   dtype, tuning):
+    _check_against_reference(T, D, DV, 1, causal, normalize, dtype, tuning)
+    # the descriptor path ran, at every window start: 0 .. BD − 1 (turned by d and by −d, d = 0 .. BD/2)
+    assert set(tma_in_interpreter) == set(range(64)), sorted(set(tma_in_interpreter))

@@ -16,8 +16,9 @@ CHUNKED.md beside this file. Four passes, every heavy step a tensor-core GEMM, n
 The feature map is never written to HBM: the quadratic features are grouped by the cyclic distance
 d = (b − a) mod BD of their pair {a, b} (BD: the head dim padded to a power of two). Circulant tile
 d = 0 .. BD/2 has BD columns, column c = x_c · x_{(c−d) mod BD}: the row tile times a copy of itself
-with its columns turned by d (``tl.gather`` in registers, or loads at turned offsets), no reshape and
-no pair table: d is the program id or the loop counter. 2177 feature rows at D = 64. Weights a2 s²
+with its columns turned by d (``tl.gather`` in registers, loads at turned offsets, or the contiguous
+window BD − d of the doubled rows cat([x, x], −1) read by TMA or by pointer loads), no reshape and no
+pair table: d is the program id or the loop counter. 2177 feature rows at D = 64. Weights a2 s²
 on d = 0, 2 a2 s² on 0 < d < BD/2, and a2 s² on d = BD/2, whose columns c and c + BD/2 hold the same
 pair. One "low" tile [x, 1] carries a1 s x and a0. Weights sit on the query side only, so the walks
 over k (forward) and over q (backward) share one kernel.
@@ -33,6 +34,7 @@ True
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import triton
@@ -44,13 +46,31 @@ __all__ = ["chunked_poly_attention", "feature_map", "plan"]
 # --------------------------------------------------------------------------------------- kernels
 
 @triton.jit
-def _state_walk_kernel(x, y, c, S, Z, T, D: tl.constexpr, DV, NC, NS, F_ROWS,
+def _window(xx, bh, r0, s, T, BR: tl.constexpr, BD: tl.constexpr, ROTATE: tl.constexpr):
+    """Rows r0 .. r0 + BR of the doubled tile cat([x, x], -1) [BH, T, 2 BD], columns s .. s + BD: [BR, BD].
+
+    Column c is x_{(s + c) mod BD}: the row tile turned by −s, a contiguous window (zeros past T). ROTATE
+    "tma": xx is a TMA descriptor with [1, BR, BD] boxes (no per-element pointers, no shuffles); "window":
+    xx is the doubled tensor, read by pointer loads contiguous along the columns.
+    """
+    if ROTATE == "tma":
+        b = tl.reshape(xx.load([bh.to(tl.int32), r0, s]), (BR, BD))
+    else:
+        rows = r0 + tl.arange(0, BR)
+        p = xx + bh * T * (2 * BD) + rows[:, None] * (2 * BD) + s + tl.arange(0, BD)[None, :]
+        b = tl.load(p, mask=(rows < T)[:, None], other=0.0)
+    return b
+
+
+@triton.jit
+def _state_walk_kernel(x, xx, y, c, S, Z, T, D: tl.constexpr, DV, NC, NS, F_ROWS,
                        CHUNK: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
                        CAUSAL: tl.constexpr, REVERSE: tl.constexpr, HAS_C: tl.constexpr,
                        NORMALIZE: tl.constexpr, ROTATE: tl.constexpr, PRECISION: tl.constexpr):
     """Per-chunk prefix (or, REVERSE, suffix) states of Σ feat(x)ᵀ y and Σ feat(x) c.
 
-    x [BH, T, D], y [BH, T, DV] (input dtype), c [BH, T] fp32 (1 where not HAS_C); writes
+    x [BH, T, D], y [BH, T, DV] (input dtype), c [BH, T] fp32 (1 where not HAS_C), xx the doubled x
+    (see ``_window``; read with ROTATE "tma" / "window"); writes
     S [BH, NS, F_ROWS, DV] (input dtype) and Z [BH, NS, F_ROWS] fp32: with CAUSAL, slot c holds
     the sum over the chunks before c in walk order (NS = NC); else slot 0 holds the total (NS = 1).
     Grid (BD/2 + 2, BH, cdiv(DV, BV)): program d ≤ BD/2 owns circulant tile d (rows d·BD + c:
@@ -94,14 +114,20 @@ def _state_walk_kernel(x, y, c, S, Z, T, D: tl.constexpr, DV, NC, NS, F_ROWS,
                 # pointer tiles built inside the loop: hoisted, [BD, BT] 64-bit pointers spilled (sm_90)
                 rows = r0 + o_t
                 m_t = rows < T
-                b_x = tl.load(x + rows[None, :] * D + o_d[:, None], mask=m_t[None, :] & m_d[:, None], other=0.0)
-                if ROTATE == "gather":
-                    b_xr = tl.gather(b_x, tl.broadcast_to(o_r[:, None], [BD, BT]), 0)  # [BD, BT]
+                if (ROTATE == "tma") | (ROTATE == "window"):
+                    # both tiles as windows of the doubled rows: window BD − d is the tile turned by d
+                    b_xw = _window(xx, bh, r0, 0, T, BT, BD, ROTATE)  # [BT, BD]
+                    b_f = tl.trans(b_xw * _window(xx, bh, r0, (BD - d) & (BD - 1), T, BT, BD, ROTATE))
                 else:
-                    # the same cache lines as the plain tile: an L1 hit
-                    b_xr = tl.load(x + rows[None, :] * D + o_r[:, None], mask=m_t[None, :] & m_r[:, None], other=0.0)
-                # a product of two 16-bit numbers rounded once: the same as forming it in fp32 and casting
-                b_f = b_x * b_xr
+                    b_x = tl.load(x + rows[None, :] * D + o_d[:, None], mask=m_t[None, :] & m_d[:, None], other=0.0)
+                    if ROTATE == "gather":
+                        b_xr = tl.gather(b_x, tl.broadcast_to(o_r[:, None], [BD, BT]), 0)  # [BD, BT]
+                    else:
+                        # the same cache lines as the plain tile: an L1 hit
+                        b_xr = tl.load(x + rows[None, :] * D + o_r[:, None], mask=m_t[None, :] & m_r[:, None],
+                                       other=0.0)
+                    # a product of two 16-bit numbers rounded once: the same as forming it in fp32 and casting
+                    b_f = b_x * b_xr  # [BD, BT]
                 b_y = tl.load(y + rows[:, None] * DV + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
                               other=0.0)  # [BT, BV]
                 b_s = tl.dot(b_f.to(b_y.dtype), b_y, b_s, input_precision=PRECISION)
@@ -161,15 +187,15 @@ def _state_walk_kernel(x, y, c, S, Z, T, D: tl.constexpr, DV, NC, NS, F_ROWS,
 
 
 @triton.jit
-def _chunk_out_kernel(q, k, v, S, Z, o, z, a0, a1, a2, scale, T, D: tl.constexpr, DV, NS, F_ROWS,
+def _chunk_out_kernel(q, qq, k, v, S, Z, o, z, a0, a1, a2, scale, T, D: tl.constexpr, DV, NS, F_ROWS,
                       CHUNK: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
                       CAUSAL: tl.constexpr, NORMALIZE: tl.constexpr, ROTATE: tl.constexpr,
                       PRECISION: tl.constexpr):
     """o = φ(Q)·S_c (all feature tiles) + f(s QKᵀ) ⊙ mask @ V inside the chunk, [/ z].
 
-    q, k [BH, T, D], v [BH, T, DV], S / Z as the walk writes them; writes o [BH, T, DV] (input
-    dtype) and, with NORMALIZE, z [BH, T] fp32. Grid (cdiv(T, BM), BH, cdiv(DV, BV)): the third axis
-    splits the value columns into blocks of BV (each program forms all of φ(Q) and z; the first writes z).
+    q, k [BH, T, D], v [BH, T, DV], qq the doubled q (``_window``), S / Z as the walk writes them; writes
+    o [BH, T, DV] (input dtype) and, with NORMALIZE, z [BH, T] fp32. Grid (cdiv(T, BM), BH, cdiv(DV, BV)): the
+    third axis splits the value columns into blocks of BV (each program forms all of φ(Q) and z; the first writes z).
     """
     mb = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -205,8 +231,10 @@ def _chunk_out_kernel(q, k, v, S, Z, o, z, a0, a1, a2, scale, T, D: tl.constexpr
         w = tl.where((d == 0) | (d == BD // 2), 1.0, 2.0)
         if ROTATE == "gather":
             b_qr = tl.gather(b_q, tl.broadcast_to(o_r[None, :], [BM, BD]), 1)
-        else:
+        elif ROTATE == "load":
             b_qr = tl.load(p_q + o_r[None, :], mask=m_r[:, None] & (o_r < D)[None, :], other=0.0)
+        else:
+            b_qr = _window(qq, bh, r0, (BD - d) & (BD - 1), T, BM, BD, ROTATE)
         b_phi = b_q * b_qr * w  # [BM, BD]
         b_st = tl.load(p_s + d * BD * DV, mask=m_v[None, :], other=0.0)  # [BD, BV]
         b_o = tl.dot(b_phi.to(b_st.dtype), b_st, b_o, input_precision=PRECISION)
@@ -268,14 +296,14 @@ def _circ_grad(b_a, S, Z, d, b_l, DV, BD: tl.constexpr, BV: tl.constexpr, HAS_L:
 
 
 @triton.jit
-def _chunk_dq_kernel(q, k, v, dn, dl, S, Z, dq, a0, a1, a2, scale, T, D: tl.constexpr, DV, NS, F_ROWS,
+def _chunk_dq_kernel(q, qq, k, v, dn, dl, S, Z, dq, a0, a1, a2, scale, T, D: tl.constexpr, DV, NS, F_ROWS,
                      CHUNK: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
                      CAUSAL: tl.constexpr, NORMALIZE: tl.constexpr, ROTATE: tl.constexpr, VJP: tl.constexpr,
                      PRECISION: tl.constexpr):
     """dq = J_φᵀ (w ⊙ (S_c dn + ζ_c δ)) over all feature tiles + the intra-chunk flash backward.
 
     dn [BH, T, DV] = do / z (input dtype), dl [BH, T] = δ = −(do·o)/z fp32 (read with NORMALIZE);
-    S / Z the forward's prefix states; writes dq [BH, T, D]. Grid (cdiv(T, BM), BH).
+    S / Z the forward's prefix states, qq the doubled q (``_window``); writes dq [BH, T, D]. Grid (cdiv(T, BM), BH).
     """
     mb = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -314,9 +342,12 @@ def _chunk_dq_kernel(q, k, v, dn, dl, S, Z, dq, a0, a1, a2, scale, T, D: tl.cons
         if ROTATE == "gather":
             b_qr = tl.gather(b_q, tl.broadcast_to(o_r[None, :], [BM, BD]), 1)
             b_qp = tl.gather(b_q, tl.broadcast_to(o_p[None, :], [BM, BD]), 1)
-        else:
+        elif ROTATE == "load":
             b_qr = tl.load(p_q + o_r[None, :], mask=m_r[:, None] & (o_r < D)[None, :], other=0.0)
             b_qp = tl.load(p_q + o_p[None, :], mask=m_r[:, None] & (o_p < D)[None, :], other=0.0)
+        else:
+            b_qr = _window(qq, bh, r0, (BD - d) & (BD - 1), T, BM, BD, ROTATE)
+            b_qp = _window(qq, bh, r0, d, T, BM, BD, ROTATE)
         w = tl.where((d == 0) | (d == BD // 2), 1.0, 2.0)
         b_dq += w * (b_g * b_qr.to(tl.float32) + b_gp * b_qp.to(tl.float32))
     b_dq *= a2 * scale * scale
@@ -342,14 +373,14 @@ def _chunk_dq_kernel(q, k, v, dn, dl, S, Z, dq, a0, a1, a2, scale, T, D: tl.cons
 
 
 @triton.jit
-def _chunk_dkv_kernel(q, k, v, dn, dl, dS, dZ, dk, dv, a0, a1, a2, scale, T, D: tl.constexpr, DV, NS, F_ROWS,
+def _chunk_dkv_kernel(q, k, kk, v, dn, dl, dS, dZ, dk, dv, a0, a1, a2, scale, T, D: tl.constexpr, DV, NS, F_ROWS,
                       CHUNK: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
                       CAUSAL: tl.constexpr, NORMALIZE: tl.constexpr, ROTATE: tl.constexpr, VJP: tl.constexpr,
                      PRECISION: tl.constexpr):
     """dv = (w ⊙ ψ(K)) dS_c, dk = J_ψᵀ (w ⊙ (V dS_cᵀ + dζ_c)) over all feature tiles + the intra part.
 
     dS / dZ: the backward walk's suffix states of Σ φ̂(q) dnᵀ and Σ φ̂(q) δ (unweighted features);
-    writes dk [BH, T, D], dv [BH, T, DV]. Grid (cdiv(T, BM), BH).
+    kk: the doubled k (``_window``); writes dk [BH, T, D], dv [BH, T, DV]. Grid (cdiv(T, BM), BH).
     """
     mb = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -387,9 +418,12 @@ def _chunk_dkv_kernel(q, k, v, dn, dl, dS, dZ, dk, dv, a0, a1, a2, scale, T, D: 
         if ROTATE == "gather":
             b_kr = tl.gather(b_k, tl.broadcast_to(o_r[None, :], [BM, BD]), 1)
             b_kp = tl.gather(b_k, tl.broadcast_to(o_p[None, :], [BM, BD]), 1)
-        else:
+        elif ROTATE == "load":
             b_kr = tl.load(p_k + o_r[None, :], mask=m_r[:, None] & (o_r < D)[None, :], other=0.0)
             b_kp = tl.load(p_k + o_p[None, :], mask=m_r[:, None] & (o_p < D)[None, :], other=0.0)
+        else:
+            b_kr = _window(kk, bh, r0, (BD - d) & (BD - 1), T, BM, BD, ROTATE)
+            b_kp = _window(kk, bh, r0, d, T, BM, BD, ROTATE)
         b_st = tl.load(p_s + d * BD * DV, mask=m_v[None, :], other=0.0)  # [BD, BV]
         b_dv = tl.dot((b_k * b_kr * w).to(b_st.dtype), b_st, b_dv, input_precision=PRECISION)
         b_g, b_gp = _circ_grad(b_v, dS, dZ, d, b_one, DV, BD, BV, NORMALIZE, VJP, PRECISION)
@@ -427,8 +461,37 @@ def _chunk_dkv_kernel(q, k, v, dn, dl, dS, dZ, dk, dv, a0, a1, a2, scale, T, D: 
 
 # ------------------------------------------------------------------------------------ host side
 
+# how a circulant tile's turned copy is formed (CHUNKED.md): shuffles in registers, loads at turned offsets,
+# or contiguous windows of the doubled rows cat([x, x], -1) read by TMA or by pointer loads
+ROTATIONS = ("gather", "load", "tma", "window")
+
+
 def _pow2(n: int, lo: int) -> int:
     return max(lo, 1 << (int(n) - 1).bit_length())
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _doubled(x, p):
+    """cat([x, x], -1) of x [BH, T, D] padded with zero columns to BD: [BH, T, 2 BD], or None where the plan's
+    rotation reads no windows. Column s + c of a row is x_{(s + c) mod BD}: the row turned by −s."""
+    if p["kernel_rotate"] not in ("tma", "window"):
+        return None
+    xp = torch.nn.functional.pad(x, (0, p["BD"] - x.shape[-1]))
+    return torch.cat([xp, xp], -1).contiguous()
+
+
+def _windows(x, xx, rows, p):
+    """The kernels' xx argument: a TMA descriptor over xx with [1, rows, BD] boxes ("tma"), xx ("window"),
+    or x itself where the kernels read no windows (an unused argument)."""
+    if xx is None:
+        return x
+    if p["kernel_rotate"] == "window":
+        return xx
+    from triton.tools.tensor_descriptor import TensorDescriptor
+    return TensorDescriptor(xx, list(xx.shape), list(xx.stride()), [1, rows, p["BD"]])
 
 
 def plan(T: int, D: int, DV: int, dtype: torch.dtype, *, tuning: dict | None = None) -> dict:
@@ -449,6 +512,7 @@ def plan(T: int, D: int, DV: int, dtype: torch.dtype, *, tuning: dict | None = N
     # sm_90 compile (triton 3.9, bf16, spill bytes per thread): 8 warps took d64 out / dq / dk,dv from 352 / 80 /
     # 1016 to 0 / 0 / 64; 64-row blocks took d128 out / dq / dk,dv from 880 / 1680 / 3720 to 312 / 296 / 904;
     # turning tiles by tl.gather spilled less than loads at turned offsets (d64 out 104 against 352, dq 80 / 568).
+    # rotate "tma" / "window" (windows of the doubled rows): sm_90 registers and spills per kernel in CHUNKED.md
     # 3 walk stages at d128: 9.0 -> 7.1 ms in the Kronecker layout (H200, triton 3.6); not re-measured since.
     # 64 value columns per walk and output program: at d128 the walk's [128, 128] fp32 state spilled 632 B,
     # [128, 64] none; the output pass 312 B, none at 64 (the φ(Q) tiles and z are formed twice)
@@ -459,17 +523,20 @@ def plan(T: int, D: int, DV: int, dtype: torch.dtype, *, tuning: dict | None = N
     p.update(tuning or {})
     if p["chunk"] % p["block"] or p["chunk"] % p["step"]:
         raise ValueError(f"plan: block {p['block']} and step {p['step']} must divide chunk {p['chunk']}; got {p}")
-    if p["vjp"] not in ("mma", "gather") or p["rotate"] not in ("load", "gather"):
-        raise ValueError(f"plan: vjp must be 'mma' or 'gather' and rotate 'load' or 'gather'; got vjp {p['vjp']!r}, "
+    if p["vjp"] not in ("mma", "gather") or p["rotate"] not in ROTATIONS:
+        raise ValueError(f"plan: vjp must be 'mma' or 'gather' and rotate one of {ROTATIONS}; got vjp {p['vjp']!r}, "
                          f"rotate {p['rotate']!r}")
     ntiles = BD // 2 + 1
-    p.update(BD=BD, BV=BV, ntiles=ntiles, feature_rows=ntiles * BD + BD + 1,
+    # the interpreter refuses descriptor loads whose column offset is not 16-byte aligned (the turned windows
+    # start at any column): there "tma" reads the same windows by pointer loads ("window")
+    kernel_rotate = "window" if p["rotate"] == "tma" and _interpreting() else p["rotate"]
+    p.update(BD=BD, BV=BV, ntiles=ntiles, feature_rows=ntiles * BD + BD + 1, kernel_rotate=kernel_rotate,
              precision="tf32x3" if dtype == torch.float32 else "tf32")
     return p
 
 
-def _walk(x, y, c, p, *, causal, reverse, normalize):
-    """Launch the state walk over x [BH, T, D] and y [BH, T, DV]; returns S, Z (see the kernel)."""
+def _walk(x, y, c, p, *, causal, reverse, normalize, xx=None):
+    """Launch the state walk over x [BH, T, D] and y [BH, T, DV] (xx: x doubled, see _doubled); returns S, Z."""
     BH, T, D = x.shape
     DV = y.shape[-1]
     nc = triton.cdiv(T, p["chunk"])
@@ -477,29 +544,33 @@ def _walk(x, y, c, p, *, causal, reverse, normalize):
     S = torch.empty(BH, ns, p["feature_rows"], DV, dtype=x.dtype, device=x.device)
     Z = torch.empty(BH, ns, p["feature_rows"] if normalize else 1, dtype=torch.float32, device=x.device)
     _state_walk_kernel[(p["ntiles"] + 1, BH, triton.cdiv(DV, p["walk_cols"]))](
-        x=x, y=y, c=x if c is None else c, S=S, Z=Z, T=T, D=D, DV=DV, NC=nc, NS=ns, F_ROWS=p["feature_rows"],
+        x=x, xx=_windows(x, xx, p["step"], p), y=y, c=x if c is None else c, S=S, Z=Z, T=T, D=D, DV=DV, NC=nc,
+        NS=ns, F_ROWS=p["feature_rows"],
         CHUNK=p["chunk"], BT=p["step"], BD=p["BD"], BV=p["walk_cols"], CAUSAL=causal, REVERSE=reverse,
-        HAS_C=c is not None, NORMALIZE=normalize, ROTATE=p["rotate"], PRECISION=p["precision"],
+        HAS_C=c is not None, NORMALIZE=normalize, ROTATE=p["kernel_rotate"], PRECISION=p["precision"],
         num_warps=p["walk_warps"], num_stages=p["walk_stages"])
     return S, Z, ns
 
 
-def _forward(q, k, v, coeffs, scale, causal, normalize, p):
+def _forward(q, k, v, coeffs, scale, causal, normalize, p, qq=None, kk=None):
+    """o, z, S, Z of q, k [BH, T, D], v [BH, T, DV]; qq, kk: q, k doubled (_doubled) where the plan reads windows."""
     BH, T, D = q.shape
     DV = v.shape[-1]
-    S, Z, ns = _walk(k, v, None, p, causal=causal, reverse=False, normalize=normalize)
+    S, Z, ns = _walk(k, v, None, p, causal=causal, reverse=False, normalize=normalize, xx=kk)
     o = torch.empty(BH, T, DV, dtype=q.dtype, device=q.device)
     z = torch.empty(BH, T if normalize else 1, dtype=torch.float32, device=q.device)
     a0, a1, a2 = coeffs
     _chunk_out_kernel[(triton.cdiv(T, p["block"]), BH, triton.cdiv(DV, p["out_cols"]))](
-        q=q, k=k, v=v, S=S, Z=Z, o=o, z=z, a0=a0, a1=a1, a2=a2, scale=scale, T=T, D=D, DV=DV, NS=ns,
+        q=q, qq=_windows(q, qq, p["block"], p), k=k, v=v, S=S, Z=Z, o=o, z=z, a0=a0, a1=a1, a2=a2, scale=scale, T=T,
+        D=D, DV=DV, NS=ns,
         F_ROWS=p["feature_rows"], CHUNK=p["chunk"], BM=p["block"], BD=p["BD"], BV=p["out_cols"], CAUSAL=causal,
-        NORMALIZE=normalize, ROTATE=p["rotate"], PRECISION=p["precision"], num_warps=p["warps"],
+        NORMALIZE=normalize, ROTATE=p["kernel_rotate"], PRECISION=p["precision"], num_warps=p["warps"],
         num_stages=p["stages"])
     return o, z, S, Z
 
 
-def _backward(do, q, k, v, o, z, S, Z, coeffs, scale, causal, normalize, p):
+def _backward(do, q, k, v, o, z, S, Z, coeffs, scale, causal, normalize, p, qq=None, kk=None):
+    """dq, dk, dv from the forward's o, z, S, Z (qq, kk as in _forward)."""
     BH, T, D = q.shape
     DV = v.shape[-1]
     if normalize:
@@ -508,17 +579,18 @@ def _backward(do, q, k, v, o, z, S, Z, coeffs, scale, causal, normalize, p):
         dl = -(do.float() * o.float()).sum(-1) / z
     else:
         dn, dl = do, None
-    dS, dZ, ns = _walk(q, dn, dl, p, causal=causal, reverse=True, normalize=normalize)
+    dS, dZ, ns = _walk(q, dn, dl, p, causal=causal, reverse=True, normalize=normalize, xx=qq)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     a0, a1, a2 = coeffs
     common = dict(a0=a0, a1=a1, a2=a2, scale=scale, T=T, D=D, DV=DV, NS=ns, F_ROWS=p["feature_rows"],
                   CHUNK=p["chunk"], BM=p["block"], BD=p["BD"], BV=p["BV"], CAUSAL=causal, NORMALIZE=normalize,
-                  ROTATE=p["rotate"], VJP=p["vjp"], PRECISION=p["precision"],
+                  ROTATE=p["kernel_rotate"], VJP=p["vjp"], PRECISION=p["precision"],
                   num_warps=p["warps"], num_stages=p["stages"])
     grid = (triton.cdiv(T, p["block"]), BH)
     dl = z if dl is None else dl
-    _chunk_dq_kernel[grid](q=q, k=k, v=v, dn=dn, dl=dl, S=S, Z=Z, dq=dq, **common)
-    _chunk_dkv_kernel[grid](q=q, k=k, v=v, dn=dn, dl=dl, dS=dS, dZ=dZ, dk=dk, dv=dv, **common)
+    _chunk_dq_kernel[grid](q=q, qq=_windows(q, qq, p["block"], p), k=k, v=v, dn=dn, dl=dl, S=S, Z=Z, dq=dq, **common)
+    _chunk_dkv_kernel[grid](q=q, k=k, kk=_windows(k, kk, p["block"], p), v=v, dn=dn, dl=dl, dS=dS, dZ=dZ, dk=dk,
+                            dv=dv, **common)
     return dq, dk, dv
 
 
@@ -530,19 +602,21 @@ class ChunkedPolyAttention(torch.autograd.Function):
         B, H, T, D = q.shape
         DV = v.shape[-1]
         qf, kf, vf = (x.reshape(B * H, T, -1).contiguous() for x in (q, k, v))
-        o, z, S, Z = _forward(qf, kf, vf, coeffs, scale, causal, normalize, p)
-        ctx.save_for_backward(qf, kf, vf, o, z, S, Z)
+        # the doubled rows, made once per call and kept for the backward (None unless the plan reads windows)
+        qq, kk = _doubled(qf, p), _doubled(kf, p)
+        o, z, S, Z = _forward(qf, kf, vf, coeffs, scale, causal, normalize, p, qq, kk)
+        ctx.save_for_backward(qf, kf, vf, o, z, S, Z, qq, kk)
         ctx.coeffs, ctx.scale, ctx.causal, ctx.normalize, ctx.p, ctx.shape = coeffs, scale, causal, normalize, p, \
             (B, H, T, D, DV)
         return o.reshape(B, H, T, DV)
 
     @staticmethod
     def backward(ctx, do):
-        qf, kf, vf, o, z, S, Z = ctx.saved_tensors
+        qf, kf, vf, o, z, S, Z, qq, kk = ctx.saved_tensors
         B, H, T, D, DV = ctx.shape
         dof = do.reshape(B * H, T, DV).contiguous()
         dq, dk, dv = _backward(dof, qf, kf, vf, o, z, S, Z, ctx.coeffs, ctx.scale, ctx.causal, ctx.normalize,
-                               ctx.p)
+                               ctx.p, qq, kk)
         return dq.reshape(B, H, T, D), dk.reshape(B, H, T, D), dv.reshape(B, H, T, DV), None, None, None, None, \
             None
 
