@@ -9,7 +9,12 @@ proves the Triton kernels ran: the torch path is made to fail and the kernel ent
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -246,3 +251,94 @@ def test_bad_requests_are_refused_with_what_to_do():
         fast_attention(q, k, v, F2, g=g, key_padding_mask=torch.zeros(1, 40, dtype=torch.bool), backend="triton")
     with pytest.raises(KernelError, match="needs is_causal=True"):
         fast_attention(q, k, v, F2, g=g, is_causal=False)
+
+
+def _gated_reference(phi, psi, v, g, s0):
+    """float64 o [BH_q, T, DV] and S_T [BH, F, DV] of gated_chunk's definition, A materialised (query row r reads
+    key/value row r // (BH_q / BH))."""
+    rep = phi.shape[0] // psi.shape[0]
+    psi, v, g, s0r = (x.repeat_interleave(rep, 0) for x in (psi, v, g, s0))
+    G = g.cumsum(-1)
+    T = phi.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    decay = torch.exp((G[:, :, None] - G[:, None, :]).masked_fill(~causal, -math.inf))
+    o = (decay * (phi @ psi.transpose(-1, -2))) @ v + torch.exp(G)[..., None] * (phi @ s0r)
+    w = torch.exp(G[:, -1:] - G)[..., None]
+    sT = torch.exp(G[:, -1])[:, None, None] * s0r + (psi * w).transpose(-1, -2) @ v
+    return o, sT[::rep]
+
+
+# id: BH_q, BH, T, F, DV, chunk. Many feature tiles with a ragged last one (2080 = 32 x 64 + 32: x**2 at d64), a
+# ragged F with many ragged chunks, and three value tiles of fp32's 64 under grouped queries.
+CHUNK_CASES = [
+    ("F2080-33tiles-T150", 1, 1, 150, 2080, 5, 64),
+    ("F91-T500-32chunks", 2, 2, 500, 91, 7, 16),
+    ("F200-DV130-gqa2-T70", 2, 1, 70, 200, 130, 32),
+]
+
+
+@pytest.mark.parametrize("BHq, BH, T, F, DV, chunk", [c[1:] for c in CHUNK_CASES], ids=[c[0] for c in CHUNK_CASES])
+def test_gated_chunk_over_many_tiles_and_chunks_matches_float64(BHq, BH, T, F, DV, chunk):
+    gen = torch.Generator().manual_seed(F + T)
+    phi = torch.randn(BHq, T, F, generator=gen, dtype=torch.float64) / F ** 0.5
+    psi = torch.randn(BH, T, F, generator=gen, dtype=torch.float64) / F ** 0.5
+    v = torch.randn(BH, T, DV, generator=gen, dtype=torch.float64)
+    g = -torch.rand(BH, T, generator=gen, dtype=torch.float64)
+    g[:, 5:9] = -5.0  # strong gates inside a chunk, and on the last token of the first chunk
+    g[:, chunk - 1] = -8.0
+    s0 = torch.randn(BH, F, DV, generator=gen, dtype=torch.float64) / F ** 0.5
+    do = torch.randn(BHq, T, DV, generator=gen, dtype=torch.float64)
+    dS = torch.randn(BH, F, DV, generator=gen, dtype=torch.float64)
+    ref_in = [x.clone().requires_grad_() for x in (phi, psi, v, g, s0)]
+    o, sT = _gated_reference(*ref_in)
+    ((o * do).sum() + (sT * dS).sum()).backward()
+    got_in = [x.float().requires_grad_() for x in (phi, psi, v, g, s0)]
+    o2, sT2 = gated.gated_chunk(*got_in[:4], initial_state=got_in[4], output_final_state=True, chunk=chunk)
+    ((o2.double() * do).sum() + (sT2.double() * dS).sum()).backward()
+    assert gated.plan(F, DV, torch.float32, chunk).hinted is False
+    assert_close("o", o, o2, torch.float32)
+    assert_close("S_T", sT, sT2, torch.float32)
+    for name, a, b in zip(("dphi", "dpsi", "dv", "dg", "dS0"), ref_in, got_in):
+        assert_close(name, a.grad, b.grad, torch.float32)
+
+
+def test_plan_runs_the_hinted_build_only_where_every_feature_and_value_loop_has_one_tile():
+    # the hinted build (F, DV specialised) was wrong on an H200 at F = 2080 and right at x d64 (one tile each way)
+    assert gated.plan(64, 64, torch.bfloat16).hinted
+    assert gated.plan(64, 65, torch.bfloat16).hinted  # one value tile of 128
+    assert not gated.plan(2080, 65, torch.bfloat16).hinted
+    assert not gated.plan(153, 65, torch.bfloat16).hinted
+    assert not gated.plan(64, 65, torch.float32).hinted  # fp32 value tiles of 64: two
+    assert gated.plan(2080, 65, torch.bfloat16).kernels is gated._PLAIN
+    assert gated.plan(64, 64, torch.bfloat16).kernels is gated._HINTED
+
+
+_COMPILE = """
+import json, sys
+from fastattn.kernels.gated_aot import compile_kernels
+F, DV, dtype = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+r = compile_kernels(F, DV, dtype)
+ref = compile_kernels(153, 65, dtype)
+print(json.dumps({k: {"smem": x["smem"], "grid": x["grid"], "resources": x["resources"],
+                      "same_as_F153": x["code"] == ref[k]["code"]} for k, x in r.items()}))
+"""
+
+
+@pytest.mark.parametrize("F, DV, dtype", [(2080, 65, "bf16"), (8256, 129, "bf16"), (2080, 65, "fp32"),
+                                          (8256, 129, "fp32")],
+                         ids=["x2-d64-bf16", "x2-d128-bf16", "x2-d64-fp32", "x2-d128-fp32"])
+def test_large_maps_compile_for_sm90_within_shared_memory(F, DV, dtype):
+    # x**2 at d64 and d128, normalised (the ones column on v): every launch fits an sm_90 block, and the chunk
+    # kernels are, instruction for instruction, those of F = 153, DV = 65 (Based d16, which passed on the H200 in bf16)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    p = subprocess.run([sys.executable, "-c", _COMPILE, str(F), str(DV), dtype], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    report = json.loads(p.stdout.strip().splitlines()[-1])
+    assert set(report) == {"_fwd_states", "_fwd_output", "_bwd_dstates", "_bwd_dv", "_bwd_dfeat", "_state_gate"}
+    for name, r in report.items():
+        assert 0 < r["smem"] <= 232448, (name, r)
+        assert 0 < int(re.search(r"REG:(\d+)", r["resources"]).group(1)) <= 255, (name, r)
+        assert max(r["grid"][1:]) <= 65535, (name, r)
+        if name != "_state_gate":
+            assert r["same_as_F153"], (name, r)

@@ -17,14 +17,20 @@ gate (every exponent <= 0, so a strongly negative g cannot overflow):
 * ``_bwd_dstates``: the reverse walk of dS_c = exp(b'_last) dS_{c+1} + (exp(b') phi)^T dO (chunk c+1),
   from the final state's gradient; its last value is dS_0.
 * ``_bwd_dv`` and ``_bwd_dfeat``: dv per (DV tile, chunk), dphi, dpsi per (F tile, chunk), and
-  the per-tile parts of dL/dG_t = phi_t . dphi_t - psi_t . dpsi_t (plus <dS_T, S_T> at the last
-  token); dg is the reverse cumulative sum of dL/dG. Per key/value head, summing over the query
+  the per-tile parts of phi_t . dphi_t - psi_t . dpsi_t. Per key/value head, summing over the query
   heads of its group (grouped-query attention repeats nothing).
+* ``_state_gate``: <dS_c, S_c> per chunk, what the chunk's last local gate gets from the state it decays.
 
-Why dL/dG has that form: A_ti = exp(G_t - G_i) phi_t . psi_i is the only place G enters the
-outputs (S_0 enters as exp(G_t) phi_t . S_0, the i = 0 term), dA_ti/dG_t = A_ti = -dA_ti/dG_i, and
-phi_t . dphi_t = sum_i dA_ti A_ti, psi_i . dpsi_i = sum_t dA_ti A_ti; tests/test_gated.py checks it
-against torch autograd in float64.
+The gate's gradient is taken per chunk: with b_t the chunk-local cumulative gate,
+dL/db_t = phi_t . dphi_t - psi_t . dpsi_t, plus <dS_c, S_c> at the chunk's last token (<dS_T, S_T>
+for the last chunk), and dg_m is the sum of dL/db_t over t >= m in m's chunk. Why: inside a chunk
+b enters only through A_ti = exp(b_t - b_i) phi_t . psi_i (the previous state as exp(b_t) phi_t . S_{c-1},
+an i before the chunk) and through S_c, whose every term carries exp(b_last); dA_ti/db_t = A_ti =
+-dA_ti/db_i, phi_t . dphi_t = sum_i dA_ti A_ti, psi_i . dpsi_i = sum_t dA_ti A_ti (tests/test_gated.py
+checks the global form of this identity against torch autograd in float64). The global form, a reverse
+sum over all T of phi . dphi - psi . dpsi, gives the same numbers in exact arithmetic but sums T terms that
+cancel: from bf16 chunk states (H200, B2 H8 T4096) its dg rel-RMS was 2.1-2.2e-2; a bf16 emulation of these
+kernels gives 2.1e-2 / 4.7e-2 (x d64 / Based d16) with it and 5.1e-3 / 5.4e-3 with the chunk-local form.
 
 Memory traffic (forward, per query head with G = 1): the walk reads psi (T F) once per DV tile and
 v (T DV) once per F tile and writes the chunk states ((T/C) F DV); the output pass reads phi, psi
@@ -45,6 +51,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 import triton
@@ -130,7 +137,6 @@ def _start_state(ptr, i_bh, F, DV, f0, v0, HAS: tl.constexpr, BF: tl.constexpr, 
     return b
 
 
-@triton.jit
 def _fwd_states(psi_ptr, v_ptr, g_ptr, s0_ptr, h_ptr, sT_ptr, T, F, DV, N, HAS_S0: tl.constexpr,
                 STORE_FINAL: tl.constexpr, C: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
                 PRECISION: tl.constexpr):
@@ -152,7 +158,6 @@ def _fwd_states(psi_ptr, v_ptr, g_ptr, s0_ptr, h_ptr, sT_ptr, T, F, DV, N, HAS_S
         _store_state(sT_ptr, b_s, i_bh, 0, 1, F, DV, f0, v0, BF, BV)
 
 
-@triton.jit
 def _fwd_output(phi_ptr, psi_ptr, v_ptr, g_ptr, h_ptr, o_ptr, T, F, DV, N, G, C: tl.constexpr, BF: tl.constexpr,
                 BV: tl.constexpr, PRECISION: tl.constexpr):
     """o [BHq, T, DV] fp32 = exp(b) (phi h_{c-1}) + (phi psi^T * decay) v for one chunk, DV tile and query head.
@@ -177,7 +182,6 @@ def _fwd_output(phi_ptr, psi_ptr, v_ptr, g_ptr, h_ptr, o_ptr, T, F, DV, N, G, C:
     _store_rows(o_ptr, b_o, i_bh, i_c, T, DV, v0, C, BV)
 
 
-@triton.jit
 def _bwd_dstates(phi_ptr, do_ptr, g_ptr, dsT_ptr, dh_ptr, ds0_ptr, T, F, DV, N, G, HAS_DST: tl.constexpr,
                  C: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr):
     """dh [BHkv, N, F, DV] (the inputs' dtype): the gradient of the state after every chunk (what its keys feed),
@@ -201,7 +205,6 @@ def _bwd_dstates(phi_ptr, do_ptr, g_ptr, dsT_ptr, dh_ptr, ds0_ptr, T, F, DV, N, 
     _store_state(ds0_ptr, b_ds, i_kv, 0, 1, F, DV, f0, v0, BF, BV)
 
 
-@triton.jit
 def _bwd_dv(phi_ptr, psi_ptr, do_ptr, g_ptr, dh_ptr, dv_ptr, T, F, DV, N, G, C: tl.constexpr, BF: tl.constexpr,
             BV: tl.constexpr, PRECISION: tl.constexpr):
     """dv [BHkv, T, DV] = exp(b_last - b) (psi dh_c) + sum over the group's query heads of (psi phi^T * decay^T) dO,
@@ -227,11 +230,10 @@ def _bwd_dv(phi_ptr, psi_ptr, do_ptr, g_ptr, dh_ptr, dv_ptr, T, F, DV, N, G, C: 
     _store_rows(dv_ptr, b_dv, i_kv, i_c, T, DV, v0, C, BV)
 
 
-@triton.jit
 def _bwd_dfeat(phi_ptr, psi_ptr, v_ptr, do_ptr, g_ptr, h_ptr, dh_ptr, dphi_ptr, dpsi_ptr, dgate_ptr, T, F, DV, N,
                BHkv, G, C: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr):
     """dphi [BHq, T, F] of the group's query heads, dpsi [BHkv, T, F], for one chunk and F tile, and this tile's
-    part of dL/dG (per key/value head: its query heads' phi . dphi less psi . dpsi), dgate [NF, BHkv, T] fp32.
+    part of dL/db (per key/value head: its query heads' phi . dphi less psi . dpsi), dgate [NF, BHkv, T] fp32.
 
     dphi = exp(b) (dO h_{c-1}^T) + (dO v^T * decay) psi,
     dpsi = exp(b_last - b) (v dh_c^T) + sum over query heads of (dO v^T * decay)^T phi.
@@ -271,16 +273,47 @@ def _bwd_dfeat(phi_ptr, psi_ptr, v_ptr, do_ptr, g_ptr, h_ptr, dh_ptr, dphi_ptr, 
     tl.store(dgate_ptr + (i_f * BHkv + i_kv) * T + o_t, b_dg, mask=o_t < T)
 
 
+@triton.jit
+def _state_gate(h_ptr, dh_ptr, sgate_ptr, N, S, BS: tl.constexpr):
+    """sgate [BH, N - 1] fp32: <dS_c, S_c> = <dh[c], h[c + 1]> for each chunk c but the last, over the S = F DV
+    entries of a state (h, dh [BH, N, F, DV], one dtype): the state after chunk c decays with its last local gate."""
+    i_c, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    p_dh = dh_ptr + (i_bh * N + i_c) * S
+    p_h = h_ptr + (i_bh * N + i_c + 1) * S
+    b_acc = tl.zeros([BS], dtype=tl.float32)
+    for x0 in range(0, S, BS):
+        o_x = x0 + tl.arange(0, BS)
+        m_x = o_x < S
+        b_acc += tl.load(p_dh + o_x, mask=m_x, other=0.0).to(tl.float32) * \
+            tl.load(p_h + o_x, mask=m_x, other=0.0).to(tl.float32)
+    tl.store(sgate_ptr + i_bh * (N - 1) + i_c, tl.sum(b_acc, axis=0))
+
+
+# Two builds of the five chunk kernels. "hinted": Triton specialises F and DV on their values (a multiple of 16 makes
+# the rows 16-byte aligned, and the F loops then load through pipelined cp.async); "plain": it does not, so every F
+# runs one code. On an H200 (Triton 3.6) the hinted code was wrong at F = 2080 (o rel-RMS 0.25, 33 F tiles) and right
+# at x d64 (one F tile, one DV tile); F = 153 (Based d16, 3 tiles) is no multiple of 16, ran the plain code, was right.
+_CHUNK_KERNELS = (_fwd_states, _fwd_output, _bwd_dstates, _bwd_dv, _bwd_dfeat)
+_HINTED = SimpleNamespace(**{f.__name__: triton.jit(f) for f in _CHUNK_KERNELS})
+_PLAIN = SimpleNamespace(**{f.__name__: triton.jit(do_not_specialize=["F", "DV"])(f) for f in _CHUNK_KERNELS})
+
+
 # -- host side ----------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Plan:
-    """How the gated kernels are launched: chunk (tokens), feature and value tiles, dot precision, warps."""
+    """How the gated kernels are launched: chunk (tokens), feature and value tiles, dot precision, warps, and
+    whether the hinted build runs (F, DV specialised; only where every F and DV loop has one tile)."""
 
     chunk: int
     block_f: int
     block_v: int
     precision: str
     num_warps: int
+    hinted: bool
+
+    @property
+    def kernels(self):
+        return _HINTED if self.hinted else _PLAIN
 
 
 def _pow2(n: int) -> int:
@@ -292,7 +325,9 @@ def plan(features: int, head_dim_v: int, dtype: torch.dtype, chunk: int | None =
     """The launch of the gated kernels for F features and DV value columns (v's ones column included).
 
     >>> plan(2145, 65, torch.bfloat16)
-    Plan(chunk=64, block_f=64, block_v=128, precision='tf32', num_warps=8)
+    Plan(chunk=64, block_f=64, block_v=128, precision='tf32', num_warps=8, hinted=False)
+    >>> plan(64, 64, torch.bfloat16).hinted
+    True
     >>> plan(5, 4, torch.float32, chunk=16).block_f
     16
     """
@@ -311,8 +346,9 @@ def plan(features: int, head_dim_v: int, dtype: torch.dtype, chunk: int | None =
     # sm_90 compile (benchmarks/gated_check.py --compile), bf16: BV 128 at 4 warps spills in every pass
     # (256 B - 1 KB), at 8 only in the two state walks (104, 152 B); BV 64 at 4 warps spills nowhere
     warps = 8 if block_v > 64 or dtype == torch.float32 else 4
-    return Plan(chunk=chunk, block_f=min(64, _pow2(features)), block_v=block_v, precision=precision,
-                num_warps=warps)
+    block_f = min(64, _pow2(features))
+    return Plan(chunk=chunk, block_f=block_f, block_v=block_v, precision=precision, num_warps=warps,
+                hinted=features <= block_f and head_dim_v <= block_v)
 
 
 def _empty(shape, device, dtype):
@@ -335,34 +371,51 @@ def _gated_fwd(phi, psi, v, g, s0, want_final, p):
     # the chunk states in the inputs' dtype: every reader rounds them to it for its dot anyway
     h = _empty((BH, N, F, DV), phi.device, phi.dtype)
     sT = _empty((BH, F, DV), phi.device, torch.float32) if want_final else h
-    _fwd_states[(_cdiv(F, p.block_f), _cdiv(DV, p.block_v), BH)](
+    k = p.kernels
+    k._fwd_states[(_cdiv(F, p.block_f), _cdiv(DV, p.block_v), BH)](
         psi_ptr=psi, v_ptr=v, g_ptr=g, s0_ptr=h if s0 is None else s0, h_ptr=h, sT_ptr=sT, HAS_S0=s0 is not None,
         STORE_FINAL=want_final, **common)
     o = _empty((BHq, T, DV), phi.device, torch.float32)
-    _fwd_output[(_cdiv(DV, p.block_v), N, BHq)](phi_ptr=phi, psi_ptr=psi, v_ptr=v, g_ptr=g, h_ptr=h, o_ptr=o,
-                                                G=BHq // BH, **common)
+    k._fwd_output[(_cdiv(DV, p.block_v), N, BHq)](phi_ptr=phi, psi_ptr=psi, v_ptr=v, g_ptr=g, h_ptr=h, o_ptr=o,
+                                                  G=BHq // BH, **common)
     return o, h, (sT if want_final else None)
 
 
 def _gated_bwd(phi, psi, v, g, h, do, dsT, p):
+    """dphi, dpsi, dv, dL/db [BH, T] fp32 and dS_0: db is the gradient of each token's chunk-local cumulative gate b,
+    every term but the final state's (<dS_T, S_T> at the last token)."""
     BHq, T, F = phi.shape
     BH, DV = psi.shape[0], v.shape[-1]
     N = _cdiv(T, p.chunk)
-    NF = _cdiv(F, p.block_f)
+    NF, NV = _cdiv(F, p.block_f), _cdiv(DV, p.block_v)
     common = dict(T=T, F=F, DV=DV, N=N, G=BHq // BH, C=p.chunk, BF=p.block_f, BV=p.block_v, PRECISION=p.precision,
                   num_warps=p.num_warps)
+    k = p.kernels
     dh = _empty((BH, N, F, DV), phi.device, phi.dtype)
     ds0 = _empty((BH, F, DV), phi.device, torch.float32)
-    _bwd_dstates[(NF, _cdiv(DV, p.block_v), BH)](phi_ptr=phi, do_ptr=do, g_ptr=g, dsT_ptr=dh if dsT is None else dsT,
-                                                 dh_ptr=dh, ds0_ptr=ds0, HAS_DST=dsT is not None, **common)
+    k._bwd_dstates[(NF, NV, BH)](phi_ptr=phi, do_ptr=do, g_ptr=g, dsT_ptr=dh if dsT is None else dsT, dh_ptr=dh,
+                                 ds0_ptr=ds0, HAS_DST=dsT is not None, **common)
     dv = _empty(v.shape, v.device, v.dtype)
-    _bwd_dv[(_cdiv(DV, p.block_v), N, BH)](phi_ptr=phi, psi_ptr=psi, do_ptr=do, g_ptr=g, dh_ptr=dh, dv_ptr=dv,
-                                           **common)
+    k._bwd_dv[(NV, N, BH)](phi_ptr=phi, psi_ptr=psi, do_ptr=do, g_ptr=g, dh_ptr=dh, dv_ptr=dv, **common)
     dphi, dpsi = _empty(phi.shape, phi.device, phi.dtype), _empty(psi.shape, psi.device, psi.dtype)
     dgate = _empty((NF, BH, T), phi.device, torch.float32)
-    _bwd_dfeat[(NF, N, BH)](phi_ptr=phi, psi_ptr=psi, v_ptr=v, do_ptr=do, g_ptr=g, h_ptr=h, dh_ptr=dh,
-                            dphi_ptr=dphi, dpsi_ptr=dpsi, dgate_ptr=dgate, BHkv=BH, **common)
-    return dphi, dpsi, dv, dgate.sum(0), ds0
+    k._bwd_dfeat[(NF, N, BH)](phi_ptr=phi, psi_ptr=psi, v_ptr=v, do_ptr=do, g_ptr=g, h_ptr=h, dh_ptr=dh,
+                              dphi_ptr=dphi, dpsi_ptr=dpsi, dgate_ptr=dgate, BHkv=BH, **common)
+    db = dgate.sum(0)
+    if N > 1:
+        sgate = _empty((BH, N - 1), phi.device, torch.float32)
+        _state_gate[(N - 1, BH)](h_ptr=h, dh_ptr=dh, sgate_ptr=sgate, N=N, S=F * DV, BS=1024, num_warps=4)
+        # the state after chunk c < N - 1 (a full chunk) decays with b at the chunk's last token
+        db[:, p.chunk - 1:(N - 1) * p.chunk:p.chunk] += sgate
+    return dphi, dpsi, dv, db, ds0
+
+
+def _chunk_reverse_cumsum(x, chunk):
+    """dL/dg from dL/db: g_m enters b_t for t >= m in its own chunk, so dg_m = sum over those t, x [BH, T]."""
+    BH, T = x.shape
+    pad = _cdiv(T, chunk) * chunk - T
+    y = torch.nn.functional.pad(x, (0, pad)).reshape(BH, -1, chunk)
+    return y.flip(-1).cumsum(-1).flip(-1).reshape(BH, -1)[:, :T]
 
 
 class _GatedChunk(torch.autograd.Function):
@@ -380,12 +433,11 @@ class _GatedChunk(torch.autograd.Function):
         phi, psi, v, g, h, sT = ctx.saved_tensors
         do = do.to(phi.dtype).contiguous()
         dsT = None if dsT is None else dsT.float().contiguous()
-        dphi, dpsi, dv, dG, ds0 = _gated_bwd(phi, psi, v, g, h, do, dsT, ctx.p)
+        dphi, dpsi, dv, db, ds0 = _gated_bwd(phi, psi, v, g, h, do, dsT, ctx.p)
         if dsT is not None:
-            # the final state decays with every gate: dS_T / dG_T = S_T
-            dG[:, -1] += (dsT * sT).sum((-1, -2))
-        # G_t = g_1 + ... + g_t, so dg_m = sum_{t >= m} dL/dG_t
-        dg = dG.flip(-1).cumsum(-1).flip(-1)
+            # the final state decays with the last chunk's whole gate: dS_T / db_last = S_T
+            db[:, -1] += (dsT * sT).sum((-1, -2))
+        dg = _chunk_reverse_cumsum(db, ctx.p.chunk)
         return dphi, dpsi, dv, dg, (ds0 if ctx.has_s0 else None), None, None
 
 
