@@ -1,0 +1,148 @@
+"""poly_flash_attention: the quadratic flash kernels on the interpreter against the float64 quadratic reference.
+
+Rows cover each route a launch can take: causal and not (T_q != T_k), normalised, unnormalised and |z| + eps,
+grouped-query heads, head dims that are no power of two and DV != D, tiles of 16 so a small T walks clean and
+masked blocks in every loop, the plan's own tiles, fp16, and T = 1. o, dq, dk, dv with a random upstream gradient.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fastattn.errors import KernelError
+from fastattn.kernels.checks import assert_close
+from fastattn.kernels.naive import quadratic_attention
+from fastattn.kernels.poly import polynomial
+from fastattn.kernels.poly_flash import coefficients, cost, plan, poly_flash_attention
+
+pytestmark = pytest.mark.usefixtures("kernel_env")
+SMALL = {"fwd": (16, 16, 4, 1), "bwd": (16, 16, 4, 1)}
+
+# id: B, H_q, H_kv, T_q, T_k, D, DV, causal, f, normalize, normalizer_fix, tuning, dtype
+CASES = [
+    ("taylor2-causal-ragged", 1, 2, 2, 150, 150, 16, 16, True, "1 + x + x**2/2", True, None, SMALL, torch.float32),
+    ("x2-gqa2-d20-v12-unnormalised", 2, 4, 2, 70, 70, 20, 12, True, "x**2", False, None, SMALL, torch.float32),
+    ("cubic-noncausal-Tq37-Tk90-abs", 1, 2, 1, 37, 90, 16, 24, False, "(1 + x)**3", True, "abs", SMALL,
+     torch.float32),
+    ("taylor2-plan-tiles-d64", 1, 1, 1, 100, 100, 64, 64, True, "1 + x + x**2/2", True, None, None, torch.float32),
+    ("taylor2-fp16-gqa4", 1, 4, 1, 45, 45, 32, 32, True, "1 + x + x**2/2", True, None, SMALL, torch.float16),
+    ("one-token-unnormalised", 1, 1, 1, 1, 1, 8, 8, True, "1 + x + x**2/2", False, None, None, torch.float32),
+]
+
+
+@pytest.mark.parametrize("B, Hq, Hk, Tq, Tk, D, DV, causal, f, normalize, fix, tuning, dtype",
+                         [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_flash_kernels_match_the_float64_quadratic_reference(B, Hq, Hk, Tq, Tk, D, DV, causal, f, normalize, fix,
+                                                            tuning, dtype):
+    gen = torch.Generator().manual_seed(Tq + 7 * D)
+    q = torch.randn(B, Hq, Tq, D, generator=gen).to(dtype).requires_grad_()
+    k = torch.randn(B, Hk, Tk, D, generator=gen).to(dtype).requires_grad_()
+    v = torch.randn(B, Hk, Tk, DV, generator=gen).to(dtype).requires_grad_()
+    do = torch.randn(B, Hq, Tq, DV, generator=gen).to(dtype)
+    o = poly_flash_attention(q, k, v, f, is_causal=causal, normalize=normalize, normalizer_fix=fix, tuning=tuning)
+    got = (o,) + torch.autograd.grad(o, (q, k, v), do)
+    G = Hq // Hk
+    qd, kd, vd = (x.detach().double().requires_grad_() for x in (q, k, v))
+    ref = quadratic_attention(qd, kd.repeat_interleave(G, 1), vd.repeat_interleave(G, 1), polynomial(f).as_dict(),
+                              causal=causal, normalize=normalize, normalizer_fix=fix)
+    ref = (ref,) + torch.autograd.grad(ref, (qd, kd, vd), do.double())
+    for name, a, b in zip(("o", "dq", "dk", "dv"), ref, got):
+        assert b.dtype == dtype
+        assert_close(name, a, b, dtype)
+
+
+def test_scale_rides_in_the_coefficients():
+    h, p = coefficients(polynomial("1 + x + x**2/2"), 0.5)
+    assert p == 2 and h[:3] == (0.125, 0.5, 1.0) and set(h[3:]) == {0.0}
+    q = torch.randn(1, 1, 33, 8, dtype=torch.float64)
+    k = torch.randn(1, 1, 33, 8, dtype=torch.float64)
+    v = torch.randn(1, 1, 33, 8, dtype=torch.float64)
+    o = poly_flash_attention(q.float(), k.float(), v.float(), "x**2 + 1", scale=0.3, tuning=SMALL)
+    assert_close("o", quadratic_attention(q, k, v, {0: 1.0, 2: 1.0}, scale=0.3), o, torch.float32)
+
+
+def test_a_denominator_that_overflows_gives_a_nan_row_never_a_finite_wrong_one():
+    # f = 1 + x**8 is positive (no |z| fix); a query of 1e6 makes f(q.k) overflow fp32, so its row's z is inf
+    q = torch.randn(1, 1, 20, 8)
+    q[0, 0, 3] = 1e6
+    k, v = torch.randn(1, 1, 20, 8), torch.randn(1, 1, 20, 8)
+    o = poly_flash_attention(q, k, v, "1 + x**8", tuning=SMALL)
+    assert torch.isnan(o[0, 0, 3]).all()
+    rest = torch.cat([o[0, 0, :3], o[0, 0, 4:]])
+    ref = quadratic_attention(q.double(), k.double(), v.double(), {0: 1.0, 8: 1.0})
+    assert_close("o", torch.cat([ref[0, 0, :3], ref[0, 0, 4:]]), rest, torch.float32)
+
+
+def test_empty_sequence_and_its_gradient():
+    q = torch.randn(1, 2, 0, 8, requires_grad=True)
+    o = poly_flash_attention(q, q, q, "1 + x + x**2/2")
+    assert o.shape == (1, 2, 0, 8)
+    o.sum().backward()
+    assert q.grad.shape == q.shape
+
+
+@pytest.mark.parametrize("kwargs, inputs, match", [
+    ({}, ((1, 2, 10, 8), (1, 2, 12, 8), (1, 2, 12, 8)), "is_causal=True needs T_q == T_k"),
+    ({}, ((1, 3, 10, 8), (1, 2, 10, 8), (1, 2, 10, 8)), "multiple of H_kv"),
+    ({}, ((1, 1, 10, 160), (1, 1, 10, 160), (1, 1, 10, 8)), "must lie in 1..128"),
+    ({"tuning": {"fwd": (24, 16, 4, 1)}}, ((1, 1, 10, 8),) * 3, "powers of two"),
+    ({"tuning": {"walk": (16, 16, 4, 1)}}, ((1, 1, 10, 8),) * 3, "not known"),
+    ({"scale": float("nan")}, ((1, 1, 10, 8),) * 3, "finite real"),
+    ({"is_causal": False}, ((1, 1, 10, 8), (1, 1, 0, 8), (1, 1, 0, 8)), "see no key"),
+])
+def test_bad_requests_are_refused_with_what_to_do(kwargs, inputs, match):
+    q, k, v = (torch.randn(*s) for s in inputs)
+    with pytest.raises(KernelError, match=match):
+        poly_flash_attention(q, k, v, "1 + x + x**2/2", **kwargs)
+
+
+def test_refusals_of_degree_dtype_and_sign():
+    x = torch.randn(1, 1, 10, 8)
+    with pytest.raises(KernelError, match="degree 9"):
+        poly_flash_attention(x, x, x, "x**9")
+    with pytest.raises(KernelError, match="bf16|bfloat16"):
+        poly_flash_attention(x.bfloat16(), x.bfloat16(), x.bfloat16(), "x**2")
+    with pytest.raises(KernelError):  # x is negative somewhere: normalising needs normalizer_fix="abs"
+        poly_flash_attention(x, x, x, "x")
+
+
+def test_plan_and_cost():
+    assert plan(torch.bfloat16, 64, 64).fwd == (128, 64, 8, 3)
+    assert plan(torch.float32, 128, 128).bwd == (16, 16, 4, 1)
+    c = cost(1024, 64, 64, causal=True)
+    assert c["fwd"] == 2 * 1024 * 1025 / 2 * 128 and c["fwdbwd"] == c["fwd"] + c["bwd"]
+    assert cost(1024, 64, 64, causal=False)["fwd"] == 4 * 1024**2 * 64
+
+
+_COMPILE = """
+import json
+from fastattn.kernels.poly_flash import compile_kernels
+print(json.dumps({d: compile_kernels(head_dim=d, head_dim_v=d, dtype="bf16") for d in (64, 128)}))
+"""
+
+
+@pytest.mark.slow
+def test_bf16_kernels_compile_for_sm90_without_spills():
+    import json
+    import re
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    p = subprocess.run([sys.executable, "-c", _COMPILE], capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    report = json.loads(p.stdout.strip().splitlines()[-1])
+    for d, kernels in report.items():
+        assert len(kernels) == 4, kernels
+        for name, line in kernels.items():
+            assert int(re.search(r"SMEM:(\d+)", line).group(1)) <= 232448, (d, name, line)
+            assert int(re.search(r"STACK:(\d+)", line).group(1)) == 0, (d, name, line)
+
+
+def test_cost_is_half_the_square_when_causal():
+    full, causal = cost(4096, 64, 64, causal=False), cost(4096, 64, 64, causal=True)
+    assert math.isclose(causal["fwd"] / full["fwd"], 4097 / 8192)
