@@ -46,7 +46,8 @@ from pathlib import Path
 
 __all__ = ["CARD", "RUN", "DATE", "OURS", "SDPA", "FIT_ERROR", "ours_ms", "sdpa_ms", "max_features", "Cell",
            "cells", "fit", "feature_count", "RATE", "BANDWIDTH", "WINDOW", "WINDOW_CALIBRATION", "WindowCost",
-           "WINDOW_FIT_ERROR", "window_cost", "window_ms", "fit_window"]
+           "WINDOW_FIT_ERROR", "window_cost", "window_ms", "fit_window", "FLASH", "FLASH_FIT_ERROR", "flash_ms",
+           "fit_flash", "quadratic_wins"]
 
 CARD, RUN, DATE = "NVIDIA H200", "v15", "2026-12-01"
 #: The table's default shape: batch and heads of every row without ``b8`` / ``h8`` in its name.
@@ -74,6 +75,13 @@ WINDOW_CALIBRATION = (
     "3 'window kernel' rows (D 16, DV 64, w 512, B 2, H 16, T 8K-32K), fit error 2.3 %; other shapes extrapolated")
 _RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "out" / "v15.json"
 _WINDOW_RESULTS = _RESULTS.with_name("hybrid_v17.json")
+_FLASH_RESULTS = _RESULTS.with_name("poly_flash_v19.json")
+#: (f0 ms, f1 ms per TFLOP of :func:`fastattn.kernels.poly_flash.cost`) of the quadratic flash kernels, fitted by
+#: :func:`fit_flash` to the flash cells of **run v19** (``benchmarks/out/poly_flash_v19.json``, H200, bf16, causal,
+#: d64 B2 H16 and d128 B2 H8, T 4K-32K; its bf16 checks passed); the test checks these are its result.
+FLASH = (0.5057, 1.7350)
+#: Largest |predicted / measured - 1| over those cells (T = 2K, launch-bound, is left out of the fit).
+FLASH_FIT_ERROR = 0.155
 
 
 def _check_positive(value, name: str) -> None:
@@ -128,6 +136,53 @@ def max_features(D: int, DV: int | None = None, T: int = 8192, *, B: int = BATCH
         return 0
     # whole feature blocks only: the padding makes every F in a block cost the same
     return int((target - a0) / per_feature // BLOCK_F) * BLOCK_F
+
+
+def flash_ms(D: int, DV: int | None = None, T: int = 8192, *, B: int = BATCH, H: int = HEADS, causal: bool = True,
+             constants=FLASH) -> float:
+    """Predicted forward+backward ms of the quadratic flash kernels (:mod:`fastattn.kernels.poly_flash`): their
+    matmul FLOPs times a fitted rate, plus a fixed cost. f's degree does not enter (Horner is not the bottleneck).
+
+    >>> 8 < flash_ms(64, 64, 16384) < 12        # run v19 measured 10.36 (1 + x + x**2/2, B2 H16)
+    True
+    """
+    from fastattn.kernels.poly_flash import cost
+
+    DV = D if DV is None else DV
+    for v, n in ((D, "D"), (DV, "DV"), (T, "T"), (B, "B"), (H, "H")):
+        _check_positive(v, n)
+    f0, f1 = constants
+    return f0 + f1 * B * H * cost(T, D, DV, causal)["fwdbwd"] * 1e-12
+
+
+def quadratic_wins(F: int, D: int, DV: int | None = None, T: int = 8192, *, B: int = BATCH, H: int = HEADS) -> bool:
+    """Whether the quadratic flash kernels are predicted faster than the chunkwise feature kernels (F features),
+    causal, forward+backward. Run v19 measured the crossover of degree 2 near 21K tokens at d64 and beyond
+    32K at d128; the models put it at about 30K and 110K.
+
+    >>> quadratic_wins(2145, 64, 65, 8192), quadratic_wins(2145, 64, 65, 65536), quadratic_wins(153, 16, 65, 32768)
+    (True, False, False)
+    >>> quadratic_wins(8385, 128, 129, 65536)
+    True
+    """
+    DV = D if DV is None else DV
+    return flash_ms(D, DV, T, B=B, H=H) < ours_ms(F, D, DV, T, B=B, H=H)
+
+
+def fit_flash(results=None) -> tuple[tuple, float]:
+    """Refit :data:`FLASH` on a ``benchmarks/poly_flash_check.py --json`` run: (constants, max relative error) over
+    its flash cells at T >= 4096."""
+    from fastattn.kernels.poly_flash import cost
+
+    results = json.loads(_FLASH_RESULTS.read_text()) if results is None else results
+    shapes = {"1+x+x²/2 d64": (2, 16, 64), "x² d64": (2, 16, 64), "1+x+x²/2 d128 h8": (2, 8, 128)}
+    X, y = [], []
+    for row in results["rows"]:
+        if row["T"] >= 4096:
+            B, H, D = shapes[row["row"]]
+            X.append([1.0, B * H * cost(row["T"], D, D)["fwdbwd"] * 1e-12])
+            y.append(float(row["flash"][1]))
+    return _relative_fit(X, y)
 
 
 def feature_count(coefficients, dim: int) -> int:

@@ -146,3 +146,61 @@ def test_bf16_kernels_compile_for_sm90_without_spills():
 def test_cost_is_half_the_square_when_causal():
     full, causal = cost(4096, 64, 64, causal=False), cost(4096, 64, 64, causal=True)
     assert math.isclose(causal["fwd"] / full["fwd"], 4097 / 8192)
+
+
+# -- routing: poly_attention and fast_attention send a large map at short T to these kernels ----------------------
+def _cuda_like(*shape):
+    """What quadratic_route reads of a tensor (shape, is_cuda), for a CUDA decision on a CPU machine."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(shape=shape, is_cuda=True)
+
+
+@pytest.mark.parametrize("spec, B, H, T, D, expected", [
+    ("1 + x + x**2/2", 2, 16, 8192, 64, True),     # run v19: flash 2.80 ms, feature kernels 6.69
+    ("1 + x + x**2/2", 2, 16, 65536, 64, False),   # linear beats quadratic at long T
+    ("1 + x + x**2/2", 2, 8, 32768, 128, True),    # run v19: 39.9 ms against 129
+    ("1 + x + x**2/2", 2, 16, 8192, 16, False),    # Based d16: 153 features, below QUADRATIC_MIN_FEATURES
+    ("x", 2, 16, 2048, 64, False),
+])
+def test_the_route_follows_the_measured_cost_model(spec, B, H, T, D, expected):
+    from fastattn.kernels.poly import quadratic_route
+
+    q = _cuda_like(B, H, T, D)
+    assert quadratic_route(polynomial(spec), q, q, q, True) is expected
+    assert quadratic_route(polynomial(spec), q, q, q, False) is False  # non-causal keeps the feature kernels
+    assert quadratic_route(polynomial(spec), q, q, q, True, check_output=True) is False
+
+
+def test_poly_attention_runs_the_flash_kernels_when_routed(monkeypatch):
+    import fastattn.kernels.poly as poly_mod
+    from fastattn.kernels.poly import poly_attention
+
+    def no_feature_kernels(*a, **k):
+        raise AssertionError("the feature kernels ran")
+    monkeypatch.setattr(poly_mod, "load_module", no_feature_kernels)
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 2, 40, 16, generator=gen, dtype=torch.float64) for _ in range(3))
+    o = poly_attention(q.float(), k.float(), v.float(), "1 + x + x**2/2", backend="triton",
+                       tuning={"quadratic": True})
+    assert_close("o", quadratic_attention(q, k, v, {0: 1.0, 1: 1.0, 2: 0.5}), o, torch.float32)
+
+
+def test_fast_attention_routes_gqa_to_the_flash_kernels_without_repeating_keys(monkeypatch):
+    import fastattn.kernels.poly as poly_mod
+    from fastattn.attention import fast_attention
+
+    calls = []
+    monkeypatch.setattr(poly_mod, "quadratic_route", lambda *a, **k: calls.append(a[1].shape) or True)
+    gen = torch.Generator().manual_seed(4)
+    q = torch.randn(1, 4, 33, 16, generator=gen, dtype=torch.float64)
+    k, v = (torch.randn(1, 2, 33, 16, generator=gen, dtype=torch.float64) for _ in range(2))
+    o = fast_attention(q.float(), k.float(), v.float(), "1 + x + x**2/2", enable_gqa=True, backend="triton")
+    ref = quadratic_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), {0: 1.0, 1: 1.0, 2: 0.5})
+    assert calls == [(1, 4, 33, 16)]
+    assert_close("o", ref, o, torch.float32)
+    # a carried state keeps the feature kernels (the flash kernels keep no state): the route is not asked
+    o2, st = fast_attention(q.float(), k.float(), v.float(), "1 + x + x**2/2", enable_gqa=True, backend="triton",
+                            output_final_state=True)
+    assert len(calls) == 1 and st.S.shape[1] == 2
+    assert_close("o", ref, o2, torch.float32)

@@ -26,6 +26,7 @@ import torch
 from fastattn.attention import varlen
 from fastattn.attention.state import State, check_state, state_dtype
 from fastattn.errors import KernelError
+import fastattn.kernels.poly as poly_module
 from fastattn.kernels import naive
 from fastattn.kernels.codegen import load_module
 from fastattn.kernels.gated import GATE_FLOOR
@@ -214,9 +215,17 @@ def _final_state(S, z, rep, initial_state, q, tokens):
 
 def _triton_kernels(q, k, v, poly, scale, causal, normalize, fix, eps, chunk, check_output, initial_state,
                     output_final_state):
-    """The Triton path, with or without a carried state (in the State's feature order). Grouped-query heads
-    are repeated here: the kernels' own GQA indexing failed its GPU check (H200: dk NaN on the Kronecker route
+    """The Triton path, with or without a carried state (in the State's feature order): a large map at short T
+    without a carried state runs on the quadratic flash kernels (:func:`fastattn.kernels.poly.quadratic_route`).
+    Otherwise grouped-query heads are repeated here: the kernels' own GQA indexing failed its GPU check (H200: dk NaN on the Kronecker route
     at G = 2, T = 8192; 464 KB of shared memory asked by the fused backward of x d64 at G = 4)."""
+    if initial_state is None and not output_final_state and poly_module.quadratic_route(
+            poly, q, k, v, causal, check_output=check_output):
+        # the flash kernels index a GQA group's key/value head themselves: nothing is repeated
+        from fastattn.kernels.poly_flash import poly_flash_attention
+
+        return poly_flash_attention(q, k, v, poly, scale=scale, is_causal=causal, normalize=normalize,
+                                    normalizer_fix=fix, eps=eps)
     rep = q.shape[1] // k.shape[1]
     (k, v), init = _per_query_head(rep, (k, v), initial_state)
     try:
@@ -233,18 +242,23 @@ def _triton_kernels(q, k, v, poly, scale, causal, normalize, fix, eps, chunk, ch
     return o, _final_state(SF, zF, rep, initial_state, q, k.shape[2])
 
 
-# The gated kernels passed their bf16 check on an H200 at 64 and 153 features (x d64, Based d16: o, dq, dk, dv
-# rel-RMS <= 4.8e-3) and failed it at 2,080 (x**2 d64: o 0.25, dq 11): larger maps take the torch path on CUDA
+# The gated kernels passed their bf16 check on an H200 (run v19) at 64, 153 and 8,385 features (x d64, Based d16,
+# 1 + x + x**2/2 d128: rel-RMS <= 4.5e-3) and failed it at 2,080 (x**2 d64: o 0.25): x**2's denominator has no
+# floor (f(0) = 0), so after a strong gate a row's few terms are small against the bf16 rounding of its 2,080
+# feature products. A positive f puts the row's own key, f(x_tt) >= min f > 0, in every denominator.
 GATED_GPU_MAX_FEATURES = 256
 
 
-def gated_kernels_serve(features, is_cuda):
-    """Whether the gated Triton kernels take a map of ``features`` features on this device.
+def gated_kernels_serve(features, is_cuda, positive=False):
+    """Whether the gated Triton kernels take a map of ``features`` features on this device: any map on the CPU
+    (fp32, the interpreter), and on CUDA a small map or one whose f is proven positive on the reals.
 
     >>> gated_kernels_serve(153, True), gated_kernels_serve(2080, True), gated_kernels_serve(2080, False)
     (True, False, True)
+    >>> gated_kernels_serve(8385, True, positive=True)
+    True
     """
-    return not is_cuda or features <= GATED_GPU_MAX_FEATURES
+    return not is_cuda or features <= GATED_GPU_MAX_FEATURES or bool(positive)
 
 
 def _triton_gated(q, k, v, g, poly, scale, normalize, fix, eps, chunk, tables, check_output, initial_state,
@@ -317,8 +331,8 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
         The Triton kernels serve a carried state (``initial_state``, ``output_final_state``, gradients
         both ways) and a gate g (:mod:`fastattn.kernels.gated`: phi(q), psi(k) materialised by torch,
         chunk kernels with the decays, GQA without repeating K, V, g or the state; ``chunk`` a power
-        of two >= 16; on CUDA up to ``GATED_GPU_MAX_FEATURES`` features, the range its GPU check
-        passed), and cu_seqlens (:mod:`fastattn.attention.varlen`: causal calls as one zero-padded
+        of two >= 16; on CUDA up to ``GATED_GPU_MAX_FEATURES`` features, or any size for an f proven
+        positive, what its GPU check passed), and cu_seqlens (:mod:`fastattn.attention.varlen`: causal calls as one zero-padded
         batch, others one call per sequence), but neither a padding mask, T_q != T_k nor float64 inputs
         yet: with any of these, "auto" runs the torch path (CUDA tensors through torch ops) and
         "triton" raises KernelError naming the missing support.
@@ -369,8 +383,8 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
     if initial_state is not None:
         check_state(initial_state, n_seq, Hk, F, DV, query.dtype, query.device)
     needs = [name for name, on in (("key_padding_mask", key_padding_mask is not None),
-                                   (f"a gate g at {F} > {GATED_GPU_MAX_FEATURES} features on a GPU",
-                                    g is not None and not gated_kernels_serve(F, query.is_cuda)),
+                                   (f"a gate g at {F} > {GATED_GPU_MAX_FEATURES} features of an f not proven positive on a GPU",
+                                    g is not None and not gated_kernels_serve(F, query.is_cuda, poly.positive)),
                                    (f"T_q={Tq} != T_k={Tk}", Tq != Tk),
                                    ("float64 inputs", query.dtype == torch.float64)) if on]
     route = choose_backend(query, backend)

@@ -28,12 +28,15 @@ from fastattn.kernels import naive
 from fastattn.kernels.codegen import Polynomial, load_module
 
 __all__ = ["polynomial", "nonnegative", "check_normalizer", "check_feature_count", "choose_backend", "poly_attention",
-           "MAX_FEATURES"]
+           "MAX_FEATURES", "QUADRATIC_MIN_FEATURES", "quadratic_route"]
 
 _ERROR_RADII = (1.0, 2.0, 4.0)
 #: Largest symmetric-basis feature count a layer or generated module is built for: (1+x)**3 at
 #: head dim 128 is 366,145; beyond ~1M the index tables alone take seconds and the state GBs.
 MAX_FEATURES = 1 << 20
+#: Maps with at least this many features may run on the quadratic flash kernels (the speed issue's "large" maps);
+#: smaller ones keep the chunkwise kernels, which run near their launch floor at every T measured.
+QUADRATIC_MIN_FEATURES = 1000
 
 
 def _truncation_note(sp, degree: int) -> str:
@@ -88,6 +91,18 @@ def polynomial(f, degree: int | None = None) -> Polynomial:
         return f
     if isinstance(f, dict):
         return Polynomial.from_coefficients(f)
+    if isinstance(f, str):
+        # parsing and the exact positivity proof cost 2-4 ms, more than a kernel call at 8K: once per text
+        return _polynomial_of_text(f, None if degree is None else int(degree))
+    return _polynomial_of_spec(f, degree)
+
+
+@functools.lru_cache(maxsize=256)
+def _polynomial_of_text(f: str, degree: int | None) -> Polynomial:
+    return _polynomial_of_spec(f, degree)
+
+
+def _polynomial_of_spec(f, degree):
     import fastattn
 
     sp = fastattn.spec(f) if isinstance(f, str) else f
@@ -227,6 +242,39 @@ def choose_backend(q, backend: str = "auto") -> str:
     raise KernelError(f"backend={backend!r}; use 'auto', 'triton' or 'torch'")
 
 
+def quadratic_route(poly, q, k, v, causal, *, check_output=None, force=None) -> bool:
+    """Whether the Triton backend computes f(s QK^T) V on the quadratic flash kernels
+    (:mod:`fastattn.kernels.poly_flash`) instead of the chunkwise feature kernels.
+
+    ``force`` (True / False; tests and sweeps) decides alone. Otherwise: CUDA tensors, causal, no carried state
+    (the caller's business), head dims <= 128, degree <= 8, at least :data:`QUADRATIC_MIN_FEATURES` features,
+    no output check asked for (the flash kernels keep no normaliser to check), and
+    :func:`fastattn.costmodel.quadratic_wins` (fitted on H200 runs v15 and v19) predicting it faster.
+
+    >>> import torch
+    >>> q = torch.empty(2, 16, 8192, 64, device="meta")
+    >>> quadratic_route(polynomial("1 + x + x**2/2"), q, q, q, True)   # not CUDA tensors
+    False
+    >>> quadratic_route(polynomial("x"), q, q, q, True, force=True)
+    True
+    """
+    import torch
+
+    from fastattn import costmodel
+    from fastattn.kernels.poly_flash import MAX_DEGREE
+
+    if force is not None:
+        return bool(force)
+    D, DV = q.shape[-1], v.shape[-1]
+    if not (q.is_cuda and causal) or check_output is True or torch.is_anomaly_enabled():
+        return False
+    if max(D, DV) > 128 or poly.degree > MAX_DEGREE:
+        return False
+    F = poly.feature_dim(D)
+    B, H, T = q.shape[:3]
+    return F >= QUADRATIC_MIN_FEATURES and costmodel.quadratic_wins(F, D, DV, T, B=B, H=H)
+
+
 def poly_attention(q, k, v, f, *, degree=None, scale=None, causal=True, normalize=True, normalizer_fix=None,
                    eps=1e-6, chunk=None, block_f=64, block_v=None, segments=None, backend="auto", tables=None,
                    check_output=None, tuning=None):
@@ -267,7 +315,10 @@ def poly_attention(q, k, v, f, *, degree=None, scale=None, causal=True, normaliz
         sync per call. None (default): on the torch path and the CPU, and on CUDA only under
         ``torch.autograd.detect_anomaly()``; True: always; False: never.
     tuning : dict, optional
-        Triton backend: private routing overrides for sweeps and tests (fastattn/kernels/TUNING.md).
+        Triton backend: private routing overrides for sweeps and tests (fastattn/kernels/TUNING.md);
+        ``{"quadratic": True / False}`` forces or forbids the quadratic flash kernels (:func:`quadratic_route`),
+        which a large map at short T runs by default on a GPU (H200 run v19: 2.4x faster than the feature
+        kernels for 1 + x + x**2/2 at d64, 8K; 12.7x at d128, 8K).
 
     Returns
     -------
@@ -297,11 +348,20 @@ def poly_attention(q, k, v, f, *, degree=None, scale=None, causal=True, normaliz
         return naive.chunk_attention(q, k, v, poly, scale=scale, causal=causal, normalize=normalize,
                                      normalizer_fix=fix, eps=eps, chunk=64 if chunk is None else chunk,
                                      tables=tables, check_output=check_output)
+    tuning = dict(tuning or {})
+    force = tuning.pop("quadratic", None)
+    if chunk is None and segments is None and quadratic_route(poly, q, k, v, causal, check_output=check_output,
+                                                              force=force):
+        from fastattn.kernels.poly_flash import poly_flash_attention
+
+        return poly_flash_attention(q, k, v, poly, scale=scale, is_causal=causal, normalize=normalize,
+                                    normalizer_fix=fix, eps=eps)
     mod = load_module(poly)
     try:
         return mod.poly_attention(q, k, v, scale=scale, causal=causal, normalize=normalize,
                                   normalizer_fix=fix, eps=eps, chunk=chunk, block_f=block_f,
-                                  block_v=block_v, segments=segments, check_output=check_output, tuning=tuning)
+                                  block_v=block_v, segments=segments, check_output=check_output,
+                                  tuning=tuning or None)
     except ValueError as exc:
         if isinstance(exc, KernelError):
             raise
