@@ -10,6 +10,7 @@ Rows (causal, g = logsigmoid(2 randn + 4) with a run of g = -5 over 40 tokens):
     based-d16   1 + x + x**2/2, qk 16, v 64, normalised       153 features    B2 H8 T4096
     x-d64       x, qk 64, v 64, unnormalised                   64 features    B2 H8 T4096
     x2-d64      x**2, qk 64, v 64, normalised               2,080 features    B2 H8 T4096
+    taylor-d64  1 + x + x**2/2, qk 64, v 64, normalised     2,145 features    B2 H8 T4096
     taylor-d128 1 + x + x**2/2, qk 128, v 128, normalised   8,385 features    B1 H4 T2048
 
 Each row calls :func:`fastattn.kernels.gated.gated_attention` directly, the function ``fast_attention(..., g=g)``
@@ -40,6 +41,7 @@ ROWS = {
     "based-d16": ("1 + x + x**2/2", 2, 8, 4096, 16, 64, True),
     "x-d64": ("x", 2, 8, 4096, 64, 64, False),
     "x2-d64": ("x**2", 2, 8, 4096, 64, 64, True),
+    "taylor-d64": ("1 + x + x**2/2", 2, 8, 4096, 64, 64, True),
     "taylor-d128": ("1 + x + x**2/2", 1, 4, 2048, 128, 128, True),
 }
 TOL = 2e-2  # rel-RMS, bf16 inputs and features against fp32
