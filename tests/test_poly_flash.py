@@ -113,7 +113,7 @@ def test_refusals_of_degree_dtype_and_sign():
 
 
 def test_plan_and_cost():
-    assert plan(torch.bfloat16, 64, 64).fwd == (128, 64, 8, 3)
+    assert plan(torch.bfloat16, 64, 64).fwd == (64, 64, 4, 3) and plan(torch.bfloat16, 128, 128).fwd == (128, 64, 8, 3)
     assert plan(torch.float32, 128, 128).bwd == (16, 16, 4, 1)
     c = cost(1024, 64, 64, causal=True)
     assert c["fwd"] == 2 * 1024 * 1025 / 2 * 128 and c["fwdbwd"] == c["fwd"] + c["bwd"]
