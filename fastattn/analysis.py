@@ -246,7 +246,7 @@ class Analysis:
         if not self.feature_dim or self.feature_too_large:
             return []
         dv = self.value_dim or self.dim
-        return [(T, cm.ours_ms(self.feature_dim, self.dim, dv, T), cm.sdpa_ms(self.dim, T, DV=dv)) for T in self.cost.seq_lens]
+        return [(T, cm.layer_ms(self.feature_dim, self.dim, dv, T), cm.sdpa_ms(self.dim, T, DV=dv)) for T in self.cost.seq_lens]
 
     def _rows(self, table: bool = True) -> list[tuple[str, str]]:
         rows = [("f(x)", self.spec.source), ("class", f"{self.kind}: {self.reason}")]

@@ -47,7 +47,7 @@ from pathlib import Path
 __all__ = ["CARD", "RUN", "DATE", "OURS", "SDPA", "FIT_ERROR", "ours_ms", "sdpa_ms", "max_features", "Cell",
            "cells", "fit", "feature_count", "RATE", "BANDWIDTH", "WINDOW", "WINDOW_CALIBRATION", "WindowCost",
            "WINDOW_FIT_ERROR", "window_cost", "window_ms", "fit_window", "FLASH", "FLASH_FIT_ERROR", "flash_ms",
-           "fit_flash", "quadratic_wins"]
+           "fit_flash", "quadratic_wins", "layer_ms"]
 
 CARD, RUN, DATE = "NVIDIA H200", "v15", "2026-12-01"
 #: The table's default shape: batch and heads of every row without ``b8`` / ``h8`` in its name.
@@ -167,6 +167,25 @@ def quadratic_wins(F: int, D: int, DV: int | None = None, T: int = 8192, *, B: i
     """
     DV = D if DV is None else DV
     return flash_ms(D, DV, T, B=B, H=H) < ours_ms(F, D, DV, T, B=B, H=H)
+
+
+def layer_ms(F: int, D: int, DV: int | None = None, T: int = 8192, *, B: int = BATCH, H: int = HEADS,
+             degree: int | None = None) -> float:
+    """Predicted forward+backward ms of what ``poly_attention`` runs on a GPU for this map: the faster of the feature
+    kernels and, for a map of >= ``QUADRATIC_MIN_FEATURES`` features, head dims <= 128 and degree <= 8, the quadratic
+    flash kernels (the route of :func:`fastattn.kernels.poly.quadratic_route`).
+
+    >>> round(layer_ms(2145, 64, 64, 8192), 2), round(ours_ms(2145, 64, 64, 8192), 2)
+    (2.65, 7.9)
+    """
+    from fastattn.kernels.poly import QUADRATIC_MIN_FEATURES
+    from fastattn.kernels.poly_flash import MAX_DEGREE
+
+    DV = D if DV is None else DV
+    ms = ours_ms(F, D, DV, T, B=B, H=H)
+    if F >= QUADRATIC_MIN_FEATURES and max(D, DV) <= 128 and (degree is None or degree <= MAX_DEGREE):
+        ms = min(ms, flash_ms(D, DV, T, B=B, H=H))
+    return ms
 
 
 def fit_flash(results=None) -> tuple[tuple, float]:

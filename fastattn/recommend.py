@@ -25,7 +25,8 @@ class Candidate:
 
     ``error`` is the certified bound on sup |f - poly| over the radius (0 for the exact map); ``ms`` and
     ``sdpa_ms`` are forward+backward milliseconds predicted by :mod:`fastattn.costmodel` (NVIDIA H200,
-    v15) at the analysis's sequence length; ``why`` is the trade-off in one line.
+    v15 and v19: :func:`fastattn.costmodel.layer_ms`, the faster of the feature and flash kernels, as the layer
+    routes) at the analysis's sequence length; ``why`` is the trade-off in one line.
     """
 
     method: str
@@ -96,7 +97,7 @@ def _candidate(a, dim: int, value_dim: int, seq_len: int, budget: int, why: str)
     from fastattn.costmodel import feature_count
 
     n = feature_count(a.coefficients, dim)
-    ms = cm.ours_ms(n, dim, value_dim, seq_len) if n else None
+    ms = cm.layer_ms(n, dim, value_dim, seq_len, degree=a.degree) if n else None
     return Candidate(method=a.method, degree=a.degree, features=n, error=0.0 if a.method == "exact" else a.bound,
                      estimate=0.0 if a.method == "exact" else a.estimate, ms=ms, sdpa_ms=cm.sdpa_ms(dim, seq_len, DV=value_dim),
                      within_budget=n <= budget, why=why, approximation=a)
@@ -122,7 +123,7 @@ def candidates(f, dim: int, value_dim: int, radius: float, eps: float, budget: i
         p = max(int(f.degree), 0)
         n = cm.feature_count(f.coefficients(p), dim)
         over = "" if n <= budget else f"; {n:,} features is above the budget of {budget:,}"
-        out.append(Candidate("exact", p, n, 0.0, 0.0, cm.ours_ms(n, dim, value_dim, seq_len) if n else None,
+        out.append(Candidate("exact", p, n, 0.0, 0.0, cm.layer_ms(n, dim, value_dim, seq_len, degree=p) if n else None,
                              cm.sdpa_ms(dim, seq_len, DV=value_dim), n <= budget, f"exact: phi(q).psi(k) = f(q.k), no error{over}"))
         q = min(p - 1, top_degree)
         if q >= 0 and _dense_features(dim, q) < n:

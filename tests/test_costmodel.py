@@ -66,3 +66,30 @@ def test_sdpa_at_a_small_qk_dim_is_costed_at_the_wider_v():
         got = cm.sdpa_ms(run["D"], r["T"], DV=run["DV"], B=run["B"], H=run["H"])
         assert abs(got / r["fwd_bwd_ms"] - 1) <= 0.4, (r, got)
     assert cm.sdpa_ms(16, 8192, DV=64) == cm.sdpa_ms(64, 8192) > cm.sdpa_ms(16, 8192)
+
+
+def test_flash_constants_are_the_fit_of_run_v19_and_within_their_stated_error():
+    import json
+    from pathlib import Path
+
+    from fastattn.kernels.poly_flash import cost
+
+    fitted, err = cm.fit_flash()
+    assert fitted == pytest.approx(cm.FLASH, rel=1e-3) and err <= cm.FLASH_FIT_ERROR
+    run = json.loads((Path(cm.__file__).parent.parent / "benchmarks" / "out" / "poly_flash_v19.json").read_text())
+    shapes = {"1+x+x²/2 d64": (2, 16, 64), "x² d64": (2, 16, 64), "1+x+x²/2 d128 h8": (2, 8, 128)}
+    cells = [r for r in run["rows"] if r["T"] >= 4096]
+    assert len(cells) == 12
+    for r in cells:
+        B, H, D = shapes[r["row"]]
+        assert abs(cm.flash_ms(D, D, r["T"], B=B, H=H) / r["flash"][1] - 1) <= cm.FLASH_FIT_ERROR + 1e-9, r
+    assert cost(4096, 64, 64)["fwdbwd"] > 0
+
+
+@pytest.mark.parametrize("F, D, T, degree, flash", [
+    (2145, 64, 8192, 2, True), (2145, 64, 65536, 2, False), (8385, 128, 32768, 2, True),
+    (153, 16, 2048, 2, False), (2145, 64, 8192, 9, False), (20000, 160, 8192, 2, False)])
+def test_layer_ms_is_the_faster_route_the_layer_can_take(F, D, T, degree, flash):
+    ms = cm.layer_ms(F, D, D, T, degree=degree)
+    assert ms == (min(cm.ours_ms(F, D, D, T), cm.flash_ms(D, D, T)) if flash else cm.ours_ms(F, D, D, T))
+    assert ms <= cm.ours_ms(F, D, D, T)
