@@ -11,6 +11,7 @@ Rows (causal, g = logsigmoid(2 randn + 4) with a run of g = -5 over 40 tokens):
     x-d64       x, qk 64, v 64, unnormalised                   64 features    B2 H8 T4096
     x2-d64      x**2, qk 64, v 64, normalised               2,080 features    B2 H8 T4096
     taylor-d64  1 + x + x**2/2, qk 64, v 64, normalised     2,145 features    B2 H8 T4096
+    *-flash     the same map and shape on the gated quadratic flash kernels (poly_flash_attention(..., g=g))
     taylor-d128 1 + x + x**2/2, qk 128, v 128, normalised   8,385 features    B1 H4 T2048
 
 Each row calls :func:`fastattn.kernels.gated.gated_attention` directly, the function ``fast_attention(..., g=g)``
@@ -42,12 +43,14 @@ ROWS = {
     "x-d64": ("x", 2, 8, 4096, 64, 64, False),
     "x2-d64": ("x**2", 2, 8, 4096, 64, 64, True),
     "taylor-d64": ("1 + x + x**2/2", 2, 8, 4096, 64, 64, True),
+    "taylor-d64-flash": ("1 + x + x**2/2", 2, 8, 4096, 64, 64, True),
+    "x2-d64-flash": ("x**2", 2, 8, 4096, 64, 64, True),
     "taylor-d128": ("1 + x + x**2/2", 1, 4, 2048, 128, 128, True),
 }
 TOL = 2e-2  # rel-RMS, bf16 inputs and features against fp32
 # x**2 normalised: its z nearly vanishes after the run of g = -5, and its bf16 features (materialised by torch)
 # cancel there; a bf16 emulation of these kernels (B1 H2 T4096) gives dq 3.4e-2, dk 3.0e-2 against the terms
-TOLS = {("x2-d64", "dq"): 8e-2, ("x2-d64", "dk"): 8e-2}
+TOLS = {("x2-d64", "dq"): 8e-2, ("x2-d64", "dk"): 8e-2, ("x2-d64-flash", "dq"): 8e-2, ("x2-d64-flash", "dk"): 8e-2}
 NAMES = ("o", "dq", "dk", "dv", "dg")
 
 
@@ -60,10 +63,16 @@ def inputs(B, H, T, D, DV, seed):
     return q, k, v, g, do
 
 
-def gated_op(spec, normalize, D):
-    """(q, k, v, g) -> o on the gated Triton kernels, as fast_attention(..., g=g) calls them on CUDA."""
+def gated_op(spec, normalize, D, flash=False):
+    """(q, k, v, g) -> o on the gated Triton kernels, as fast_attention(..., g=g) calls them on CUDA; ``flash``:
+    on the gated quadratic flash kernels instead."""
     poly = polynomial(spec)
     fix = check_normalizer(poly, normalize, None)
+    if flash:
+        from fastattn.kernels.poly_flash import poly_flash_attention
+
+        return lambda q, k, v, g: poly_flash_attention(q, k, v, poly, scale=D ** -0.5, normalize=normalize,
+                                                       normalizer_fix=fix, g=g)
 
     def op(q, k, v, g):
         o, _ = gated.gated_attention(q, k, v, g, poly, scale=D ** -0.5, normalize=normalize, normalizer_fix=fix,
@@ -94,7 +103,7 @@ def check(row, spec, B, H, T, D, DV, normalize, seed):
     q, k, v, g, do = inputs(B, H, T, D, DV, seed)
     torch_path = lambda q, k, v, g: fast_attention(q, k, v, spec, normalize=normalize, g=g, backend="torch")  # noqa
     ref = grads(torch_path, q, k, v, g, do, torch.float32)
-    got = grads(gated_op(spec, normalize, D), q, k, v, g, do, DTYPE)
+    got = grads(gated_op(spec, normalize, D, flash=row.endswith("-flash")), q, k, v, g, do, DTYPE)
     terms = numerator_terms(spec, q, k, v, g, do) if normalize else [None] * 5
     out, bad = {}, 0
     for n, r, x, t in zip(NAMES, ref, got, terms):
@@ -176,7 +185,7 @@ def timings(row, spec, B, H, T, D, DV, normalize, seed, fla):
     bq, bk, bv = (x.to(DTYPE).requires_grad_() for x in (q, k, v))
     gate = g.clone().requires_grad_()
     bdo = do.to(DTYPE)
-    ours = gated_op(spec, normalize, D)
+    ours = gated_op(spec, normalize, D, flash=row.endswith("-flash"))
     plain = lambda q, k, v: fast_attention(q, k, v, spec, normalize=normalize, backend="triton")  # noqa: E731
     t = {}
     with torch.no_grad():

@@ -115,6 +115,8 @@ def test_refusals_of_degree_dtype_and_sign():
 def test_plan_and_cost():
     assert plan(torch.bfloat16, 64, 64).fwd == (64, 64, 4, 3) and plan(torch.bfloat16, 128, 128).fwd == (128, 64, 8, 3)
     assert plan(torch.float32, 128, 128).bwd == (16, 16, 4, 1)
+    assert plan(torch.bfloat16, 128, 128, gated=True).bwd == (32, 64, 4, 3) == plan(torch.float16, 96, 64, gated=True).bwd
+    assert plan(torch.bfloat16, 64, 64, gated=True) == plan(torch.bfloat16, 64, 64)
     c = cost(1024, 64, 64, causal=True)
     assert c["fwd"] == 2 * 1024 * 1025 / 2 * 128 and c["fwdbwd"] == c["fwd"] + c["bwd"]
     assert cost(1024, 64, 64, causal=False)["fwd"] == 4 * 1024**2 * 64
@@ -204,3 +206,94 @@ def test_fast_attention_routes_gqa_to_the_flash_kernels_without_repeating_keys(m
                             output_final_state=True)
     assert len(calls) == 1 and st.S.shape[1] == 2
     assert_close("o", ref, o2, torch.float32)
+
+
+# -- gating: pair (i, j) weighted by exp(g_{j+1} + ... + g_i) -----------------------------------------------------
+GATED = [
+    # id: B, H_q, H_kv, T, D, DV, f, normalize, tuning
+    ("taylor2-normalised-ragged", 1, 2, 2, 70, 16, 16, "1 + x + x**2/2", True, SMALL),
+    ("x2-unnormalised-gqa2", 2, 4, 2, 45, 16, 8, "x**2", False, SMALL),
+    ("x2-normalised-plan-tiles", 1, 1, 1, 90, 32, 32, "x**2", True, None),
+]
+
+
+@pytest.mark.parametrize("B, Hq, Hk, T, D, DV, f, normalize, tuning", [c[1:] for c in GATED],
+                         ids=[c[0] for c in GATED])
+def test_gated_flash_matches_the_float64_torch_path(B, Hq, Hk, T, D, DV, f, normalize, tuning):
+    from fastattn.attention import fast_attention
+
+    gen = torch.Generator().manual_seed(T + D)
+    q = torch.randn(B, Hq, T, D, generator=gen, dtype=torch.float64)
+    k = torch.randn(B, Hk, T, D, generator=gen, dtype=torch.float64)
+    v = torch.randn(B, Hk, T, DV, generator=gen, dtype=torch.float64)
+    g = torch.nn.functional.logsigmoid(2 * torch.randn(B, Hk, T, generator=gen, dtype=torch.float64) + 3)
+    g[..., 10:14] = -5.0  # strong forgetting inside a tile
+    g[..., 20] = -math.inf  # a reset: counts as GATE_FLOOR
+    do = torch.randn(B, Hq, T, DV, generator=gen, dtype=torch.float64)
+    ref_in = [x.clone().requires_grad_() for x in (q, k, v, g)]
+    ref = fast_attention(*ref_in[:3], f, g=ref_in[3], normalize=normalize, enable_gqa=Hq != Hk, backend="torch")
+    ref = (ref,) + torch.autograd.grad(ref, ref_in, do)
+    got_in = [x.float().requires_grad_() for x in (q, k, v, g)]
+    o = poly_flash_attention(*got_in[:3], f, g=got_in[3], normalize=normalize, tuning=tuning)
+    got = (o,) + torch.autograd.grad(o, got_in, do.float())
+    for name, a, b in zip(("o", "dq", "dk", "dv", "dg"), ref, got):
+        assert torch.isfinite(b).all(), name
+        assert_close(name, a, b, torch.float32)
+
+
+def test_gates_of_zero_are_the_ungated_kernels():
+    gen = torch.Generator().manual_seed(11)
+    q, k, v = (torch.randn(1, 2, 40, 16, generator=gen) for _ in range(3))
+    g = torch.zeros(1, 2, 40, requires_grad=True)
+    o = poly_flash_attention(q, k, v, "1 + x + x**2/2", g=g, tuning=SMALL)
+    o0 = poly_flash_attention(q, k, v, "1 + x + x**2/2", tuning=SMALL)
+    assert_close("o", o0.double(), o, torch.float32)
+    o.sum().backward()
+    assert torch.isfinite(g.grad).all() and g.grad.shape == g.shape
+
+
+def test_bad_gates_are_refused():
+    x = torch.randn(1, 2, 10, 8)
+    with pytest.raises(KernelError, match="is_causal=True"):
+        poly_flash_attention(x, x, x, "1 + x + x**2/2", g=torch.zeros(1, 2, 10), is_causal=False)
+    with pytest.raises(KernelError, match=r"\[B, H_kv, T\]"):
+        poly_flash_attention(x, x, x, "1 + x + x**2/2", g=torch.zeros(1, 10))
+
+
+def test_fast_attention_routes_a_gated_large_map_to_the_flash_kernels(monkeypatch):
+    import fastattn.attention.functional as functional
+    import fastattn.kernels.gated as gated_mod
+    import fastattn.kernels.poly as poly_mod
+    from fastattn.attention import fast_attention
+
+    monkeypatch.setattr(poly_mod, "quadratic_route", lambda *a, **k: True)
+
+    def no_chunk_kernels(*a, **k):
+        raise AssertionError("the gated chunk kernels ran")
+    monkeypatch.setattr(gated_mod, "gated_attention", no_chunk_kernels)
+    gen = torch.Generator().manual_seed(5)
+    q = torch.randn(1, 4, 33, 16, generator=gen, dtype=torch.float64)
+    k, v = (torch.randn(1, 2, 33, 16, generator=gen, dtype=torch.float64) for _ in range(2))
+    g = -torch.rand(1, 2, 33, generator=gen, dtype=torch.float64)
+    o = fast_attention(q.float(), k.float(), v.float(), "x**2", g=g.float(), enable_gqa=True, backend="triton")
+    ref = fast_attention(q, k, v, "x**2", g=g, enable_gqa=True, backend="torch")
+    assert_close("o", ref, o, torch.float32)
+    assert functional.GATED_FLASH_GPU_CHECKED is False  # CUDA keeps the GPU-checked routes until a GPU run passes
+
+
+@pytest.mark.slow
+def test_gated_bf16_kernels_compile_for_sm90_without_spills():
+    import json
+    import re
+
+    code = ("import json\nfrom fastattn.kernels.poly_flash import compile_kernels\n"
+            "print(json.dumps({d: compile_kernels(head_dim=d, head_dim_v=d, gated=True, group=g) "
+            "for d, g in ((64, 1), (128, 2))}))")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    for d, kernels in json.loads(p.stdout.strip().splitlines()[-1]).items():
+        assert len(kernels) == 4, kernels
+        for name, line in kernels.items():
+            assert int(re.search(r"SMEM:(\d+)", line).group(1)) <= 232448, (d, name, line)
+            assert int(re.search(r"STACK:(\d+)", line).group(1)) == 0, (d, name, line)

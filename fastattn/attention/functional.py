@@ -247,6 +247,10 @@ def _triton_kernels(q, k, v, poly, scale, causal, normalize, fix, eps, chunk, ch
 # floor (f(0) = 0), so after a strong gate a row's few terms are small against the bf16 rounding of its 2,080
 # feature products. A positive f puts the row's own key, f(x_tt) >= min f > 0, in every denominator.
 GATED_GPU_MAX_FEATURES = 256
+# The gated quadratic flash kernels (poly_flash_attention(..., g=g)) match the float64 reference under the
+# interpreter and compile for sm_90 without spills, but no bf16 GPU run has checked them yet: until one does
+# (benchmarks/gated_check.py --rows taylor-d64-flash x2-d64-flash), CUDA calls keep the routes above.
+GATED_FLASH_GPU_CHECKED = False
 
 
 def gated_kernels_serve(features, is_cuda, positive=False):
@@ -382,9 +386,14 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
     F = poly.feature_dim(D)
     if initial_state is not None:
         check_state(initial_state, n_seq, Hk, F, DV, query.dtype, query.device)
+    # a gated large map at short T: the quadratic flash kernels take the gate per pair (no feature products)
+    gated_flash = (g is not None and initial_state is None and not output_final_state
+                   and (GATED_FLASH_GPU_CHECKED or not query.is_cuda)
+                   and poly_module.quadratic_route(poly, query, key, value, is_causal, check_output=check_output))
     needs = [name for name, on in (("key_padding_mask", key_padding_mask is not None),
                                    (f"a gate g at {F} > {GATED_GPU_MAX_FEATURES} features of an f not proven positive on a GPU",
-                                    g is not None and not gated_kernels_serve(F, query.is_cuda, poly.positive)),
+                                    g is not None and not gated_flash
+                                    and not gated_kernels_serve(F, query.is_cuda, poly.positive)),
                                    (f"T_q={Tq} != T_k={Tk}", Tq != Tk),
                                    ("float64 inputs", query.dtype == torch.float64)) if on]
     route = choose_backend(query, backend)
@@ -395,6 +404,11 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
         route = "torch"
     if route == "triton":
         def run(q, k, v, gate, _keep, state, final):  # one batched Triton call; the inputs are checked above
+            if gate is not None and gated_flash:
+                from fastattn.kernels.poly_flash import poly_flash_attention
+
+                return poly_flash_attention(q, k, v, poly, scale=scale, is_causal=is_causal, normalize=normalize,
+                                            normalizer_fix=fix, eps=eps, g=gate)
             if gate is not None:
                 return _triton_gated(q, k, v, gate, poly, scale, normalize, fix, eps, chunk, tables, check_output,
                                      state, final)

@@ -182,38 +182,55 @@ def _group_item(it, start, n, GROUP: tl.constexpr):
     return g, qb
 
 
+@triton.jit
+def _decay(gq, gk_ptr, o_n, Tk, seen, MASKED: tl.constexpr):
+    """[BM, BN] exp(G_i - G_j) for query rows with cumulative gates gq [BM] and keys o_n (G at gk_ptr): <= 1 where
+    j <= i (g <= 0); a pair the mask drops gets exp(-inf) = 0, never exp of a positive difference."""
+    if MASKED:
+        gk = tl.load(gk_ptr + o_n, mask=o_n < Tk, other=0.0)
+        diff = tl.where(seen, gq[:, None] - gk[None, :], float("-inf"))
+    else:
+        gk = tl.load(gk_ptr + o_n)
+        diff = gq[:, None] - gk[None, :]
+    return tl.exp(diff)
+
+
 # -- forward --------------------------------------------------------------------------------------------------------
 @triton.jit
-def _fwd_tile(acc, z, b_q, o_m, kb, k_ptr, v_ptr, Tq, Tk, h0, h1, h2, h3, h4, h5, h6, h7, h8,
-              DEGREE: tl.constexpr, IS_CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
-              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr,
-              MASKED: tl.constexpr):
-    """acc += g(q k^T) v and z += rowsum g(q k^T) over key block kb."""
+def _fwd_tile(acc, z, b_q, o_m, kb, k_ptr, v_ptr, gq, gk_ptr, Tq, Tk, h0, h1, h2, h3, h4, h5, h6, h7, h8,
+              DEGREE: tl.constexpr, IS_CAUSAL: tl.constexpr, GATED: tl.constexpr, HEAD_DIM: tl.constexpr,
+              HEAD_DIM_V: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+              PRECISION: tl.constexpr, MASKED: tl.constexpr):
+    """acc += A v and z += rowsum A over key block kb, A = g(q k^T) (times exp(G_i - G_j) when GATED)."""
     o_n = kb * BLOCK_N + tl.arange(0, BLOCK_N)
     b_k = _tile(k_ptr, o_n, tl.arange(0, BLOCK_D), Tk, HEAD_DIM, BLOCK_D, MASKED)  # [BN, BD]
     b_v = _tile(v_ptr, o_n, tl.arange(0, BLOCK_DV), Tk, HEAD_DIM_V, BLOCK_DV, MASKED)  # [BN, BDV]
     b_x = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION)  # [BM, BN]
     b_a = _g(b_x, h0, h1, h2, h3, h4, h5, h6, h7, h8, DEGREE)  # [BM, BN]
+    seen = _seen(o_m, o_n, Tq, Tk, IS_CAUSAL)
+    if GATED:
+        b_a = b_a * _decay(gq, gk_ptr, o_n, Tk, seen, MASKED)
     if MASKED:
         # a key past Tk reads as 0 and g(0) = a_0 is not 0: the mask keeps it out of z
-        b_a = tl.where(_seen(o_m, o_n, Tq, Tk, IS_CAUSAL), b_a, 0.0)
+        b_a = tl.where(seen, b_a, 0.0)
     z += tl.sum(b_a, 1)
     acc = tl.dot(b_a.to(b_v.dtype), b_v, acc, input_precision=PRECISION)  # [BM, BDV]
     return acc, z
 
 
 @triton.jit
-def poly_flash_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, z_ptr, h0, h1, h2, h3, h4, h5, h6, h7, h8, eps, Tq, Tk,
-                          n_qblocks, n_kblocks, GROUP: tl.constexpr, DEGREE: tl.constexpr, IS_CAUSAL: tl.constexpr,
-                          NORMALIZE: tl.constexpr, FIX_ABS: tl.constexpr, HEAD_DIM: tl.constexpr,
+def poly_flash_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, z_ptr, gc_ptr, h0, h1, h2, h3, h4, h5, h6, h7, h8, eps, Tq,
+                          Tk, n_qblocks, n_kblocks, GROUP: tl.constexpr, DEGREE: tl.constexpr,
+                          IS_CAUSAL: tl.constexpr, GATED: tl.constexpr, NORMALIZE: tl.constexpr, FIX_ABS: tl.constexpr, HEAD_DIM: tl.constexpr,
                           HEAD_DIM_V: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                           BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
     """o (and z) of one query block of one query head.
 
     q_ptr [BH_q, Tq, HEAD_DIM]; k_ptr [BH_kv, Tk, HEAD_DIM]; v_ptr [BH_kv, Tk, HEAD_DIM_V]; o_ptr [BH_q, Tq,
     HEAD_DIM_V] (q's dtype); z_ptr [BH_q, Tq] fp32, the raw normaliser (written when NORMALIZE); h0..h8 g's
-    coefficients, top first (:func:`coefficients`); query head bh reads key/value head bh // GROUP. The 1-D
-    grid holds n_qblocks * BH_q programs, the longest causal blocks first.
+    coefficients, top first (:func:`coefficients`); query head bh reads key/value head bh // GROUP; gc_ptr
+    [BH_kv, Tk] fp32 the cumulative log gates G (read when GATED, causal only). The 1-D grid holds n_qblocks * BH_q
+    programs, the longest causal blocks first.
     """
     pid = tl.program_id(0)
     qb = n_qblocks - 1 - pid % n_qblocks
@@ -224,15 +241,21 @@ def poly_flash_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, z_ptr, h0, h1, h2, h3, h4,
     v_ptr += kvh * Tk * HEAD_DIM_V
     o_m = qb * BLOCK_M + tl.arange(0, BLOCK_M)
     b_q = _tile(q_ptr, o_m, tl.arange(0, BLOCK_D), Tq, HEAD_DIM, BLOCK_D, True)  # [BM, BD]
+    gk_ptr = gc_ptr + kvh * Tk
+    gq = tl.zeros([BLOCK_M], tl.float32)
+    if GATED:
+        gq = tl.load(gk_ptr + o_m, mask=o_m < Tq, other=0.0)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     z = tl.zeros([BLOCK_M], tl.float32)
     clean, end = _key_range(qb, Tk, n_kblocks, IS_CAUSAL, BLOCK_M, BLOCK_N)
     for kb in range(0, clean):
-        acc, z = _fwd_tile(acc, z, b_q, o_m, kb, k_ptr, v_ptr, Tq, Tk, h0, h1, h2, h3, h4, h5, h6, h7, h8, DEGREE,
-                           IS_CAUSAL, HEAD_DIM, HEAD_DIM_V, BLOCK_N, BLOCK_D, BLOCK_DV, PRECISION, False)
+        acc, z = _fwd_tile(acc, z, b_q, o_m, kb, k_ptr, v_ptr, gq, gk_ptr, Tq, Tk, h0, h1, h2, h3, h4, h5, h6, h7,
+                           h8, DEGREE, IS_CAUSAL, GATED, HEAD_DIM, HEAD_DIM_V, BLOCK_N, BLOCK_D, BLOCK_DV, PRECISION,
+                           False)
     for kb in range(clean, end):
-        acc, z = _fwd_tile(acc, z, b_q, o_m, kb, k_ptr, v_ptr, Tq, Tk, h0, h1, h2, h3, h4, h5, h6, h7, h8, DEGREE,
-                           IS_CAUSAL, HEAD_DIM, HEAD_DIM_V, BLOCK_N, BLOCK_D, BLOCK_DV, PRECISION, True)
+        acc, z = _fwd_tile(acc, z, b_q, o_m, kb, k_ptr, v_ptr, gq, gk_ptr, Tq, Tk, h0, h1, h2, h3, h4, h5, h6, h7,
+                           h8, DEGREE, IS_CAUSAL, GATED, HEAD_DIM, HEAD_DIM_V, BLOCK_N, BLOCK_D, BLOCK_DV, PRECISION,
+                           True)
     if NORMALIZE:
         acc = acc / _den(z, eps, FIX_ABS)[:, None]
         tl.store(z_ptr + bh * Tq + o_m, z, mask=o_m < Tq)
@@ -267,11 +290,12 @@ def poly_flash_prep_kernel(o_ptr, do_ptr, z_ptr, dn_ptr, delta_ptr, eps, T, n_bl
 
 
 @triton.jit
-def _dkdv_tile(dk, dv, b_k, b_v, o_n, qb, q_ptr, dn_ptr, delta_ptr, Tq, Tk, h0, h1, h2, h3, h4, h5, h6, h7, h8,
-               DEGREE: tl.constexpr, IS_CAUSAL: tl.constexpr, NORMALIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
-               HEAD_DIM_V: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-               PRECISION: tl.constexpr, MASKED: tl.constexpr):
-    """dv += A^T dn and dk += dS^T q over query block qb, computed transposed ([BN, BM] tiles)."""
+def _dkdv_tile(dk, dv, dgk, b_k, b_v, o_n, qb, q_ptr, dn_ptr, delta_ptr, gk, gq_ptr, Tq, Tk, h0, h1, h2, h3, h4,
+               h5, h6, h7, h8, DEGREE: tl.constexpr, IS_CAUSAL: tl.constexpr, GATED: tl.constexpr,
+               NORMALIZE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_M: tl.constexpr,
+               BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr, MASKED: tl.constexpr):
+    """dv += A^T dn and dk += dS^T q over query block qb, computed transposed ([BN, BM] tiles); GATED: A and dS carry
+    exp(G_i - G_j), and dgk [BN] -= sum_i dA_ij A_ij (what G_j gets from the pairs it decays)."""
     o_m = qb * BLOCK_M + tl.arange(0, BLOCK_M)
     b_q = _tile(q_ptr, o_m, tl.arange(0, BLOCK_D), Tq, HEAD_DIM, BLOCK_D, MASKED)  # [BM, BD]
     b_dn = _tile(dn_ptr, o_m, tl.arange(0, BLOCK_DV), Tq, HEAD_DIM_V, BLOCK_DV, MASKED)  # [BM, BDV]
@@ -285,27 +309,39 @@ def _dkdv_tile(dk, dv, b_k, b_v, o_n, qb, q_ptr, dn_ptr, delta_ptr, Tq, Tk, h0, 
             delta = tl.load(delta_ptr + o_m)
         b_dat -= delta[None, :]
     b_dst = _dg(b_xt, h0, h1, h2, h3, h4, h5, h6, h7, h8, DEGREE) * b_dat  # [BN, BM]
+    m_t = tl.trans(_seen(o_m, o_n, Tq, Tk, IS_CAUSAL))  # [BN, BM]
+    if GATED:
+        if MASKED:
+            gq = tl.load(gq_ptr + o_m, mask=o_m < Tq, other=0.0)
+            b_et = tl.exp(tl.where(m_t, gq[None, :] - gk[:, None], float("-inf")))
+        else:
+            b_et = tl.exp(tl.load(gq_ptr + o_m)[None, :] - gk[:, None])
+        b_at = b_at * b_et
+        b_dst = b_dst * b_et
     if MASKED:
-        m_t = tl.trans(_seen(o_m, o_n, Tq, Tk, IS_CAUSAL))  # [BN, BM]
         b_at = tl.where(m_t, b_at, 0.0)
         b_dst = tl.where(m_t, b_dst, 0.0)
+    if GATED:
+        dgk -= tl.sum(b_dat * b_at, 1)
     dv = tl.dot(b_at.to(b_dn.dtype), b_dn, dv, input_precision=PRECISION)  # [BN, BDV]
     dk = tl.dot(b_dst.to(b_q.dtype), b_q, dk, input_precision=PRECISION)  # [BN, BD]
-    return dk, dv
+    return dk, dv, dgk
 
 
 @triton.jit
-def poly_flash_dkdv_kernel(q_ptr, k_ptr, v_ptr, dn_ptr, delta_ptr, dk_ptr, dv_ptr, h0, h1, h2, h3, h4, h5, h6, h7,
-                           h8, Tq, Tk, n_qblocks, n_kblocks, GROUP: tl.constexpr, DEGREE: tl.constexpr,
-                           IS_CAUSAL: tl.constexpr, NORMALIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
+def poly_flash_dkdv_kernel(q_ptr, k_ptr, v_ptr, dn_ptr, delta_ptr, dk_ptr, dv_ptr, gc_ptr, dgc_ptr, h0, h1, h2, h3,
+                           h4, h5, h6, h7, h8, Tq, Tk, n_qblocks, n_kblocks, GROUP: tl.constexpr,
+                           DEGREE: tl.constexpr, IS_CAUSAL: tl.constexpr, GATED: tl.constexpr,
+                           NORMALIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
                            HEAD_DIM_V: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                            BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
     """dk, dv of one key block of one key/value head, summed over the GROUP query heads that read it.
 
     q_ptr [BH_q, Tq, HEAD_DIM]; k_ptr, dk_ptr [BH_kv, Tk, HEAD_DIM]; v_ptr, dv_ptr [BH_kv, Tk, HEAD_DIM_V];
     dn_ptr [BH_q, Tq, HEAD_DIM_V] and delta_ptr [BH_q, Tq] fp32 from :func:`poly_flash_prep_kernel` (dn = do
-    and no delta when not NORMALIZE); dk, dv stored in their tensors' dtype. The 1-D grid holds n_kblocks *
-    BH_kv programs, key block 0 (the longest causal walk) first.
+    and no delta when not NORMALIZE); dk, dv stored in their tensors' dtype. GATED: gc_ptr [BH_kv, Tk] the
+    cumulative gates, dgc_ptr [BH_kv, Tk] fp32 receives -sum_i dA_ij A_ij over the group's queries. The 1-D grid
+    holds n_kblocks * BH_kv programs, key block 0 (the longest causal walk) first.
     """
     pid = tl.program_id(0)
     kb = pid % n_kblocks
@@ -317,6 +353,11 @@ def poly_flash_dkdv_kernel(q_ptr, k_ptr, v_ptr, dn_ptr, delta_ptr, dk_ptr, dv_pt
     b_v = _tile(v_ptr + kvh * Tk * HEAD_DIM_V, o_n, o_dv, Tk, HEAD_DIM_V, BLOCK_DV, True)  # [BN, BDV]
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
+    dgk = tl.zeros([BLOCK_N], tl.float32)
+    gq_ptr = gc_ptr + kvh * Tk
+    gk = tl.zeros([BLOCK_N], tl.float32)
+    if GATED:
+        gk = tl.load(gq_ptr + o_n, mask=o_n < Tk, other=0.0)
     lo, a, b = _query_range(kb, Tq, Tk, n_qblocks, IS_CAUSAL, BLOCK_M, BLOCK_N)
     # three flat loops over (query head of the group, query block): nesting them in a loop over the group
     # spills at GROUP > 1 (576 B at D = 128)
@@ -331,19 +372,23 @@ def poly_flash_dkdv_kernel(q_ptr, k_ptr, v_ptr, dn_ptr, delta_ptr, dk_ptr, dv_pt
         for it in range(0, GROUP * n):
             g, qb = _group_item(it, start, n, GROUP)
             bh = kvh * GROUP + g
-            dk, dv = _dkdv_tile(dk, dv, b_k, b_v, o_n, qb, q_ptr + bh * Tq * HEAD_DIM, dn_ptr + bh * Tq * HEAD_DIM_V,
-                                delta_ptr + bh * Tq, Tq, Tk, h0, h1, h2, h3, h4, h5, h6, h7, h8, DEGREE, IS_CAUSAL,
-                                NORMALIZE, HEAD_DIM, HEAD_DIM_V, BLOCK_M, BLOCK_D, BLOCK_DV, PRECISION, run != 1)
+            dk, dv, dgk = _dkdv_tile(dk, dv, dgk, b_k, b_v, o_n, qb, q_ptr + bh * Tq * HEAD_DIM,
+                                     dn_ptr + bh * Tq * HEAD_DIM_V, delta_ptr + bh * Tq, gk, gq_ptr, Tq, Tk, h0, h1,
+                                     h2, h3, h4, h5, h6, h7, h8, DEGREE, IS_CAUSAL, GATED, NORMALIZE, HEAD_DIM,
+                                     HEAD_DIM_V, BLOCK_M, BLOCK_D, BLOCK_DV, PRECISION, run != 1)
+    if GATED:
+        tl.store(dgc_ptr + kvh * Tk + o_n, dgk, mask=o_n < Tk)
     _store(dk_ptr + kvh * Tk * HEAD_DIM, dk, o_n, o_d, Tk, HEAD_DIM, BLOCK_D)
     _store(dv_ptr + kvh * Tk * HEAD_DIM_V, dv, o_n, o_dv, Tk, HEAD_DIM_V, BLOCK_DV)
 
 
 @triton.jit
-def _dq_tile(dq, b_q, b_dn, delta, o_m, kb, k_ptr, v_ptr, Tq, Tk, h0, h1, h2, h3, h4, h5, h6, h7, h8,
-             DEGREE: tl.constexpr, IS_CAUSAL: tl.constexpr, NORMALIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
-             HEAD_DIM_V: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-             PRECISION: tl.constexpr, MASKED: tl.constexpr):
-    """dq += dS k over key block kb."""
+def _dq_tile(dq, dgq, b_q, b_dn, delta, o_m, kb, k_ptr, v_ptr, gq, gk_ptr, Tq, Tk, h0, h1, h2, h3, h4, h5, h6, h7,
+             h8, DEGREE: tl.constexpr, IS_CAUSAL: tl.constexpr, GATED: tl.constexpr, NORMALIZE: tl.constexpr,
+             HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+             BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr, MASKED: tl.constexpr):
+    """dq += dS k over key block kb; GATED: dS carries exp(G_i - G_j), and dgq [BM] += sum_j dA_ij A_ij (what G_i
+    gets from the pairs its row sees)."""
     o_n = kb * BLOCK_N + tl.arange(0, BLOCK_N)
     b_k = _tile(k_ptr, o_n, tl.arange(0, BLOCK_D), Tk, HEAD_DIM, BLOCK_D, MASKED)  # [BN, BD]
     b_v = _tile(v_ptr, o_n, tl.arange(0, BLOCK_DV), Tk, HEAD_DIM_V, BLOCK_DV, MASKED)  # [BN, BDV]
@@ -352,19 +397,28 @@ def _dq_tile(dq, b_q, b_dn, delta, o_m, kb, k_ptr, v_ptr, Tq, Tk, h0, h1, h2, h3
     if NORMALIZE:
         b_da -= delta[:, None]
     b_ds = _dg(b_x, h0, h1, h2, h3, h4, h5, h6, h7, h8, DEGREE) * b_da  # [BM, BN]
+    seen = _seen(o_m, o_n, Tq, Tk, IS_CAUSAL)
+    if GATED:
+        b_e = _decay(gq, gk_ptr, o_n, Tk, seen, MASKED)
+        b_ds = b_ds * b_e
+        b_pa = b_da * _g(b_x, h0, h1, h2, h3, h4, h5, h6, h7, h8, DEGREE) * b_e
+        if MASKED:
+            b_pa = tl.where(seen, b_pa, 0.0)
+        dgq += tl.sum(b_pa, 1)
     if MASKED:
-        b_ds = tl.where(_seen(o_m, o_n, Tq, Tk, IS_CAUSAL), b_ds, 0.0)
-    return tl.dot(b_ds.to(b_k.dtype), b_k, dq, input_precision=PRECISION)  # [BM, BD]
+        b_ds = tl.where(seen, b_ds, 0.0)
+    return tl.dot(b_ds.to(b_k.dtype), b_k, dq, input_precision=PRECISION), dgq  # [BM, BD], [BM]
 
 
 @triton.jit
-def poly_flash_dq_kernel(q_ptr, k_ptr, v_ptr, dn_ptr, delta_ptr, dq_ptr, h0, h1, h2, h3, h4, h5, h6, h7, h8, Tq, Tk,
-                         n_qblocks, n_kblocks, GROUP: tl.constexpr, DEGREE: tl.constexpr, IS_CAUSAL: tl.constexpr,
-                         NORMALIZE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
+def poly_flash_dq_kernel(q_ptr, k_ptr, v_ptr, dn_ptr, delta_ptr, dq_ptr, gc_ptr, dgr_ptr, h0, h1, h2, h3, h4, h5,
+                         h6, h7, h8, Tq, Tk, n_qblocks, n_kblocks, GROUP: tl.constexpr, DEGREE: tl.constexpr,
+                         IS_CAUSAL: tl.constexpr, GATED: tl.constexpr, NORMALIZE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                          BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
-    """dq of one query block of one query head; dq_ptr [BH_q, Tq, HEAD_DIM] in its dtype, the rest as in
-    :func:`poly_flash_dkdv_kernel`; the grid as in :func:`poly_flash_fwd_kernel`."""
+    """dq of one query block of one query head; dq_ptr [BH_q, Tq, HEAD_DIM] in its dtype; GATED: dgr_ptr [BH_q, Tq]
+    fp32 receives sum_j dA_ij A_ij; the rest as in :func:`poly_flash_dkdv_kernel`; the grid as in
+    :func:`poly_flash_fwd_kernel`."""
     pid = tl.program_id(0)
     qb = n_qblocks - 1 - pid % n_qblocks
     bh = (pid // n_qblocks).to(tl.int64)
@@ -379,16 +433,23 @@ def poly_flash_dq_kernel(q_ptr, k_ptr, v_ptr, dn_ptr, delta_ptr, dq_ptr, h0, h1,
     delta = tl.zeros([BLOCK_M], tl.float32)
     if NORMALIZE:
         delta = tl.load(delta_ptr + bh * Tq + o_m, mask=o_m < Tq, other=0.0)
+    gk_ptr = gc_ptr + kvh * Tk
+    gq = tl.zeros([BLOCK_M], tl.float32)
+    if GATED:
+        gq = tl.load(gk_ptr + o_m, mask=o_m < Tq, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    dgq = tl.zeros([BLOCK_M], tl.float32)
     clean, end = _key_range(qb, Tk, n_kblocks, IS_CAUSAL, BLOCK_M, BLOCK_N)
     for kb in range(0, clean):
-        dq = _dq_tile(dq, b_q, b_dn, delta, o_m, kb, k_ptr, v_ptr, Tq, Tk, h0, h1, h2, h3, h4, h5, h6, h7, h8,
-                      DEGREE, IS_CAUSAL, NORMALIZE, HEAD_DIM, HEAD_DIM_V, BLOCK_N, BLOCK_D, BLOCK_DV, PRECISION,
-                      False)
+        dq, dgq = _dq_tile(dq, dgq, b_q, b_dn, delta, o_m, kb, k_ptr, v_ptr, gq, gk_ptr, Tq, Tk, h0, h1, h2, h3, h4,
+                           h5, h6, h7, h8, DEGREE, IS_CAUSAL, GATED, NORMALIZE, HEAD_DIM, HEAD_DIM_V, BLOCK_N, BLOCK_D,
+                           BLOCK_DV, PRECISION, False)
     for kb in range(clean, end):
-        dq = _dq_tile(dq, b_q, b_dn, delta, o_m, kb, k_ptr, v_ptr, Tq, Tk, h0, h1, h2, h3, h4, h5, h6, h7, h8,
-                      DEGREE, IS_CAUSAL, NORMALIZE, HEAD_DIM, HEAD_DIM_V, BLOCK_N, BLOCK_D, BLOCK_DV, PRECISION,
-                      True)
+        dq, dgq = _dq_tile(dq, dgq, b_q, b_dn, delta, o_m, kb, k_ptr, v_ptr, gq, gk_ptr, Tq, Tk, h0, h1, h2, h3, h4,
+                           h5, h6, h7, h8, DEGREE, IS_CAUSAL, GATED, NORMALIZE, HEAD_DIM, HEAD_DIM_V, BLOCK_N, BLOCK_D,
+                           BLOCK_DV, PRECISION, True)
+    if GATED:
+        tl.store(dgr_ptr + bh * Tq + o_m, dgq, mask=o_m < Tq)
     _store(dq_ptr + bh * Tq * HEAD_DIM, dq, o_m, o_d, Tq, HEAD_DIM, BLOCK_D)
 
 
@@ -402,7 +463,7 @@ class Plan:
     bwd: tuple
 
 
-def plan(dtype, head_dim: int, head_dim_v: int, tuning: dict | None = None) -> Plan:
+def plan(dtype, head_dim: int, head_dim_v: int, tuning: dict | None = None, gated: bool = False) -> Plan:
     """The tiles for ``dtype`` and the head dims; ``tuning`` {"fwd": (m, n, warps, stages), "bwd": ...} overrides
     them (sweeps and tests). fp32 tiles are smaller: its tiles take twice the bytes and its dots three passes.
 
@@ -418,6 +479,9 @@ def plan(dtype, head_dim: int, head_dim_v: int, tuning: dict | None = None) -> P
     else:
         # H200 sweep at 8K (RESULTS, run v19): forward 64-row tiles at d64 (0.55 ms against 0.61), 128 at d128
         p = Plan(fwd=(64, 64, 4, 3) if max(head_dim, head_dim_v) <= 64 else (128, 64, 8, 3), bwd=(64, 64, 4, 3))
+        if gated and max(head_dim, head_dim_v) > 64:
+            # sm_90 compile: the gated dk-dv kernel at d128 spills 192-240 B with 64 query rows (4 or 8 warps), none with 32
+            p = Plan(fwd=p.fwd, bwd=(32, 64, 4, 3))
     tuning = dict(tuning or {})
     unknown = set(tuning) - {"fwd", "bwd"}
     if unknown:
@@ -466,14 +530,16 @@ def _h(coefs):
     return {f"h{i}": c for i, c in enumerate(coefs)}
 
 
-def _fwd_launch(q, k, v, o, z, coefs, degree, group, causal, normalize, fix_abs, eps, p: Plan):
-    """(kernel, grid, keywords) of the forward; q [BH_q, Tq, D], k [BH_kv, Tk, D], v [BH_kv, Tk, DV]."""
+def _fwd_launch(q, k, v, o, z, coefs, degree, group, causal, normalize, fix_abs, eps, p: Plan, gc=None):
+    """(kernel, grid, keywords) of the forward; q [BH_q, Tq, D], k [BH_kv, Tk, D], v [BH_kv, Tk, DV]; gc [BH_kv, Tk]
+    fp32 cumulative log gates or None."""
     BHq, Tq, D = q.shape
     Tk, DV = k.shape[1], v.shape[-1]
     bm, bn, warps, stages = p.fwd
     nq, nk = triton.cdiv(Tq, bm), triton.cdiv(Tk, bn)
-    kw = dict(q_ptr=q, k_ptr=k, v_ptr=v, o_ptr=o, z_ptr=z, **_h(coefs), eps=float(eps), Tq=Tq, Tk=Tk,
-              n_qblocks=nq, n_kblocks=nk, GROUP=group, DEGREE=degree, IS_CAUSAL=causal, NORMALIZE=normalize,
+    kw = dict(q_ptr=q, k_ptr=k, v_ptr=v, o_ptr=o, z_ptr=z, gc_ptr=z if gc is None else gc, **_h(coefs),
+              eps=float(eps), Tq=Tq, Tk=Tk, n_qblocks=nq, n_kblocks=nk, GROUP=group, DEGREE=degree, IS_CAUSAL=causal,
+              GATED=gc is not None, NORMALIZE=normalize,
               FIX_ABS=fix_abs, HEAD_DIM=D, HEAD_DIM_V=DV, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=_pow2(D),
               BLOCK_DV=_pow2(DV), PRECISION=_precision(q.dtype), num_warps=warps, num_stages=stages)
     return poly_flash_fwd_kernel, (nq * BHq,), kw
@@ -488,18 +554,22 @@ def _prep_launch(o, do, z, dn, delta, fix_abs, eps):
     return poly_flash_prep_kernel, (nb * BHq,), kw
 
 
-def _bwd_launches(q, k, v, dn, delta, dq, dk, dv, coefs, degree, group, causal, normalize, p: Plan):
-    """[(kernel, grid, keywords)] of the dk-dv and dq kernels."""
+def _bwd_launches(q, k, v, dn, delta, dq, dk, dv, coefs, degree, group, causal, normalize, p: Plan, gc=None,
+                  dgc=None, dgr=None):
+    """[(kernel, grid, keywords)] of the dk-dv and dq kernels; with gates gc [BH_kv, Tk], the gate-gradient parts
+    dgc [BH_kv, Tk] and dgr [BH_q, Tq] (fp32) they write."""
     BHq, Tq, D = q.shape
     BHk, Tk, DV = k.shape[0], k.shape[1], v.shape[-1]
     bm, bn, warps, stages = p.bwd
     nq, nk = triton.cdiv(Tq, bm), triton.cdiv(Tk, bn)
-    common = dict(q_ptr=q, k_ptr=k, v_ptr=v, dn_ptr=dn, delta_ptr=delta, **_h(coefs), Tq=Tq, Tk=Tk, n_qblocks=nq,
-                  n_kblocks=nk, GROUP=group, DEGREE=degree, IS_CAUSAL=causal, NORMALIZE=normalize, HEAD_DIM=D,
+    common = dict(q_ptr=q, k_ptr=k, v_ptr=v, dn_ptr=dn, delta_ptr=delta, gc_ptr=delta if gc is None else gc,
+                  **_h(coefs), Tq=Tq, Tk=Tk, n_qblocks=nq, n_kblocks=nk, GROUP=group, DEGREE=degree, IS_CAUSAL=causal,
+                  GATED=gc is not None, NORMALIZE=normalize, HEAD_DIM=D,
                   HEAD_DIM_V=DV, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=_pow2(D), BLOCK_DV=_pow2(DV),
                   PRECISION=_precision(q.dtype), num_warps=warps, num_stages=stages)
-    return [(poly_flash_dkdv_kernel, (nk * BHk,), dict(common, dk_ptr=dk, dv_ptr=dv)),
-            (poly_flash_dq_kernel, (nq * BHq,), dict(common, dq_ptr=dq))]
+    return [(poly_flash_dkdv_kernel, (nk * BHk,), dict(common, dk_ptr=dk, dv_ptr=dv,
+                                                       dgc_ptr=delta if dgc is None else dgc)),
+            (poly_flash_dq_kernel, (nq * BHq,), dict(common, dq_ptr=dq, dgr_ptr=delta if dgr is None else dgr))]
 
 
 def _run(kernel, grid, kw):
@@ -507,26 +577,28 @@ def _run(kernel, grid, kw):
 
 
 class PolyFlash(torch.autograd.Function):
-    """o = f(s Q K^T) V [/ z] for q [BH_q, Tq, D], k [BH_kv, Tk, D], v [BH_kv, Tk, DV], contiguous.
+    """o = f(s Q K^T) V [/ z] for q [BH_q, Tq, D], k [BH_kv, Tk, D], v [BH_kv, Tk, DV], contiguous; with a log gate
+    g [BH_kv, Tk] (<= 0, causal) each pair (i, j) also carries exp(g_{j+1} + ... + g_i).
 
     ``coefs``, ``degree`` from :func:`coefficients`; ``group`` = BH_q / BH_kv; ``fix_abs`` divides by
-    |z| + eps. Backward returns dq, dk, dv in the inputs' dtype.
+    |z| + eps. Backward returns dq, dk, dv in the inputs' dtype and dg in g's.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, coefs, degree, group, causal, normalize, fix_abs, eps, p):
+    def forward(ctx, q, k, v, g, coefs, degree, group, causal, normalize, fix_abs, eps, p):
         BHq, Tq, _ = q.shape
         o = _empty((BHq, Tq, v.shape[-1]), q.device, q.dtype)
         z = _empty((BHq, Tq) if normalize else (1,), q.device, torch.float32)
-        _run(*_fwd_launch(q, k, v, o, z, coefs, degree, group, causal, normalize, fix_abs, eps, p))
-        ctx.save_for_backward(q, k, v, o, z)
-        ctx.args = (coefs, degree, group, causal, normalize, fix_abs, eps, p)
+        gc = None if g is None else _cumulative(g)
+        _run(*_fwd_launch(q, k, v, o, z, coefs, degree, group, causal, normalize, fix_abs, eps, p, gc))
+        ctx.save_for_backward(q, k, v, o, z, gc)
+        ctx.args = (coefs, degree, group, causal, normalize, fix_abs, eps, p, None if g is None else g.dtype)
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, o, z = ctx.saved_tensors
-        coefs, degree, group, causal, normalize, fix_abs, eps, p = ctx.args
+        q, k, v, o, z, gc = ctx.saved_tensors
+        coefs, degree, group, causal, normalize, fix_abs, eps, p, gdtype = ctx.args
         do = do.contiguous()
         if normalize:
             dn = _empty(do.shape, do.device, do.dtype)
@@ -535,9 +607,28 @@ class PolyFlash(torch.autograd.Function):
         else:
             dn, delta = do, z
         dq, dk, dv = (_empty(x.shape, x.device, x.dtype) for x in (q, k, v))
-        for launch in _bwd_launches(q, k, v, dn, delta, dq, dk, dv, coefs, degree, group, causal, normalize, p):
+        dgc = dgr = None
+        if gc is not None:
+            dgc = _empty(gc.shape, q.device, torch.float32)
+            dgr = _empty(q.shape[:2], q.device, torch.float32)
+        for launch in _bwd_launches(q, k, v, dn, delta, dq, dk, dv, coefs, degree, group, causal, normalize, p, gc,
+                                    dgc, dgr):
             _run(*launch)
-        return dq, dk, dv, None, None, None, None, None, None, None, None
+        dg = None
+        if gc is not None:
+            # dL/dG_t: what row t's pairs give (summed over the group's query heads) less what key t's pairs give;
+            # G_t = g_1 + ... + g_t, so dg_m = sum_{t >= m} dL/dG_t
+            dG = dgr.view(gc.shape[0], group, -1).sum(1) + dgc
+            dg = dG.flip(-1).cumsum(-1).flip(-1).to(gdtype)
+        return dq, dk, dv, dg, None, None, None, None, None, None, None, None
+
+
+def _cumulative(g):
+    """G = cumsum(max(g, GATE_FLOOR)) [BH, T] fp32, summed in float64: each G_t is then off by at most |G_t| 2^-24,
+    so a pair's decay exp(G_i - G_j) by at most (|G_i| + |G_j|) 2^-24 relative."""
+    from fastattn.kernels.gated import GATE_FLOOR
+
+    return g.double().clamp_min(GATE_FLOOR).cumsum(-1).float().contiguous()
 
 
 def _check(q, k, v, is_causal):
@@ -572,7 +663,7 @@ def _check(q, k, v, is_causal):
 
 
 def poly_flash_attention(q, k, v, poly, *, scale=None, is_causal=True, normalize=True, normalizer_fix=None,
-                         eps=1e-6, tuning=None):
+                         eps=1e-6, g=None, tuning=None):
     """o_i = sum_{j in M(i)} f(s q_i.k_j) v_j [/ sum_{j in M(i)} f(s q_i.k_j)], quadratic in T, flash-style.
 
     Parameters
@@ -593,6 +684,11 @@ def poly_flash_attention(q, k, v, poly, *, scale=None, is_causal=True, normalize
         (:func:`fastattn.kernels.poly.check_normalizer`, which refuses an f that is negative somewhere
         unless ``normalizer_fix="abs"``). A denominator that comes out <= 0 or not finite (rounding,
         overflow) gives a NaN row; no host-side check is made.
+    g : tensor [B, H_kv, T], optional
+        Log forget gate (<= 0; -inf and anything below :data:`fastattn.kernels.gated.GATE_FLOOR` count as the
+        floor), causal only: pair (i, j) is weighted by exp(g_{j+1} + ... + g_i), as in
+        :func:`fastattn.attention.fast_attention`. Differentiable. The cumulative sums are formed in float64 and
+        kept in fp32, so a decay is off by at most (|G_i| + |G_j|) 2^-24 relative (G the cumulative gate).
     tuning : dict, optional
         Private tile overrides for sweeps and tests (:func:`plan`).
 
@@ -620,14 +716,24 @@ def poly_flash_attention(q, k, v, poly, *, scale=None, is_causal=True, normalize
         raise KernelError(f"eps={eps!r} must be a finite real number > 0")
     B, Hq, Tq, D = q.shape
     Hk, Tk, DV = k.shape[1], k.shape[2], v.shape[-1]
+    if g is not None:
+        if not is_causal:
+            raise KernelError("a gate g needs is_causal=True (it decays what came before)")
+        if not isinstance(g, torch.Tensor) or tuple(g.shape) != (B, Hk, Tk) or not g.dtype.is_floating_point:
+            raise KernelError(f"g must be a real float tensor [B, H_kv, T] = {(B, Hk, Tk)}; got "
+                              f"{tuple(g.shape) if isinstance(g, torch.Tensor) else type(g).__name__}")
+        if g.device != q.device:
+            raise KernelError(f"g is on {g.device}, q on {q.device}: put them on one device")
     if Tq == 0:
-        return q.new_zeros(B, Hq, 0, DV) + (q.sum() + k.sum() + v.sum()) * 0
+        zero = (q.sum() + k.sum() + v.sum()) * 0 + (0 if g is None else g.sum() * 0)
+        return q.new_zeros(B, Hq, 0, DV) + zero
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     coefs, degree = coefficients(poly, scale)
-    p = plan(q.dtype, D, DV, tuning)
+    p = plan(q.dtype, D, DV, tuning, gated=g is not None)
     o = PolyFlash.apply(q.reshape(B * Hq, Tq, D).contiguous(), k.reshape(B * Hk, Tk, D).contiguous(),
-                        v.reshape(B * Hk, Tk, DV).contiguous(), coefs, degree, Hq // Hk, bool(is_causal),
-                        bool(normalize), fix == "abs" and bool(normalize), float(eps), p)
+                        v.reshape(B * Hk, Tk, DV).contiguous(), None if g is None else g.reshape(B * Hk, Tk),
+                        coefs, degree, Hq // Hk, bool(is_causal), bool(normalize), fix == "abs" and bool(normalize),
+                        float(eps), p)
     return o.view(B, Hq, Tq, DV)
 
 
@@ -650,7 +756,7 @@ def cost(T: int, D: int, DV: int, causal: bool = True) -> dict:
 
 # -- sm_90 compile check --------------------------------------------------------------------------------------------
 def compile_kernels(*, head_dim=64, head_dim_v=64, dtype="bf16", causal=True, normalize=True, T=4096, group=1,
-                    degree=2, tuning=None, arch=90) -> dict:
+                    degree=2, tuning=None, arch=90, gated=False) -> dict:
     """{"kernel": "REG:n STACK:n SHARED:n SMEM:n"} for the four launches the host makes, compiled (not run) for
     sm_``arch`` from the same launch records (:func:`_fwd_launch`, :func:`_bwd_launches`)."""
     os.environ.pop("TRITON_INTERPRET", None)
@@ -664,10 +770,11 @@ def compile_kernels(*, head_dim=64, head_dim_v=64, dtype="bf16", causal=True, no
     o = torch.zeros(2 * group, T, head_dim_v, dtype=tdt)
     row = torch.zeros(2 * group, T)
     coefs = tuple([0.5] * (MAX_DEGREE + 1))
-    p = plan(tdt, head_dim, head_dim_v, tuning)
-    launches = [_fwd_launch(q, k, v, o, row, coefs, degree, group, causal, normalize, False, 1e-6, p),
+    p = plan(tdt, head_dim, head_dim_v, tuning, gated=gated)
+    gc = torch.zeros(2, T) if gated else None
+    launches = [_fwd_launch(q, k, v, o, row, coefs, degree, group, causal, normalize, False, 1e-6, p, gc),
                 _prep_launch(o, o, row, o, row, False, 1e-6)]
-    launches += _bwd_launches(q, k, v, o, row, q, k, v, coefs, degree, group, causal, normalize, p)
+    launches += _bwd_launches(q, k, v, o, row, q, k, v, coefs, degree, group, causal, normalize, p, gc, gc, row)
     report = {}
     for kernel, grid, kw in launches:
         kern = _build(kernel, kw, arch)
