@@ -9,6 +9,8 @@ True
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 __all__ = ["TOLERANCES", "errors", "assert_close"]
@@ -70,3 +72,15 @@ def assert_close(name: str, ref: torch.Tensor, got: torch.Tensor, dtype: torch.d
            f"rel-RMS {e['rel_rms']:.3g} (tol {rms_tol:g}), non-finite {e['nonfinite']}")
     assert e["nonfinite"] == 0 and e["rel_rms"] <= rms_tol and e["max_rel"] <= max_tol, msg
     return e
+
+
+def empty(shape, device, dtype=torch.float32):
+    """A fresh kernel buffer: ``torch.empty``, or NaN-filled under ``FASTATTN_NAN_FILL=1`` (the tests), so a row a
+    kernel forgot to write cannot pass a comparison.
+
+    >>> empty((2,), "cpu").shape
+    torch.Size([2])
+    """
+    if os.environ.get("FASTATTN_NAN_FILL", "0") == "1":
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)

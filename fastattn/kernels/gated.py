@@ -59,6 +59,7 @@ import triton.language as tl
 
 from fastattn.errors import KernelError
 from fastattn.kernels import naive
+from fastattn.kernels.checks import empty as _empty
 
 __all__ = ["GATE_FLOOR", "Plan", "plan", "gated_chunk", "gated_attention"]
 
@@ -349,13 +350,6 @@ def plan(features: int, head_dim_v: int, dtype: torch.dtype, chunk: int | None =
     block_f = min(64, _pow2(features))
     return Plan(chunk=chunk, block_f=block_f, block_v=block_v, precision=precision, num_warps=warps,
                 hinted=features <= block_f and head_dim_v <= block_v)
-
-
-def _empty(shape, device, dtype):
-    # FASTATTN_NAN_FILL=1 (the tests) makes fresh buffers NaN, so a row a kernel forgot to write cannot pass
-    if os.environ.get("FASTATTN_NAN_FILL", "0") == "1":
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
 
 
 def _cdiv(a, b):

@@ -24,29 +24,9 @@ _GRID_YZ = 65535
 
 
 def _build(fn, kw, num_warps, arch):
-    import torch
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    from fastattn.kernels.sparse.aot import _build as build
 
-    types = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
-    sig, consts, attrs = {}, {}, {}
-    for i, param in enumerate(fn.params):
-        name, x = param.name, kw[param.name]
-        if param.is_constexpr:
-            consts[name], sig[name] = x, "constexpr"
-        elif isinstance(x, torch.Tensor):
-            sig[name], attrs[(i,)] = "*" + types[x.dtype], [["tt.divisibility", 16]]
-        elif param.do_not_specialize:
-            sig[name] = "i32"
-        elif x == 1:
-            consts[name], sig[name] = 1, "constexpr"
-        else:
-            sig[name] = "i32"
-            if x % 16 == 0:
-                attrs[(i,)] = [["tt.divisibility", 16]]
-    return triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", arch, 32),
-                          options={"num_warps": num_warps})
+    return build(fn, dict(kw, num_warps=num_warps), arch)
 
 
 def _code(ptx: str) -> str:

@@ -40,6 +40,7 @@ import triton
 import triton.language as tl
 
 from fastattn.errors import KernelError
+from fastattn.kernels.checks import empty as _empty
 from fastattn.kernels.poly import check_normalizer
 
 __all__ = ["poly_flash_attention", "PolyFlash", "plan", "Plan", "cost", "coefficients", "compile_kernels"]
@@ -508,13 +509,6 @@ def coefficients(poly, scale: float) -> tuple:
                           "coefficients")
     h = [c.get(j, 0.0) * scale**j for j in range(p, -1, -1)]
     return tuple(h + [0.0] * (MAX_DEGREE + 1 - len(h))), p
-
-
-def _empty(shape, device, dtype):
-    # FASTATTN_NAN_FILL=1 (the tests) makes fresh buffers NaN, so a row a kernel forgot to write cannot pass
-    if os.environ.get("FASTATTN_NAN_FILL", "0") == "1":
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
 
 
 def _pow2(n):

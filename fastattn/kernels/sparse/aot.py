@@ -18,6 +18,10 @@ __all__ = ["compile_kernels", "compile_schedule_kernels"]
 
 
 def _build(fn, kw, arch):
+    """Compile ``fn`` (a ``triton.jit`` function) for sm_``arch`` with the launch keywords ``kw`` (``num_warps``,
+    ``num_stages`` among them), each argument specialised as the runtime does on a GPU: constexprs as given,
+    pointers and ints that are multiples of 16 with the divisibility-16 hint, an int equal to 1 as a constant, and
+    none of that for the kernel's ``do_not_specialize`` arguments. Shared by the gated and flash compile checks."""
     import torch
     import triton
     from triton.backends.compiler import GPUTarget
@@ -30,14 +34,16 @@ def _build(fn, kw, arch):
     if "num_stages" in kw:
         opts["num_stages"] = kw.pop("num_stages")
     sig, consts, attrs = {}, {}, {}
-    for i, name in enumerate(fn.arg_names):
-        x = kw[name]
-        if name.isupper():
+    for i, param in enumerate(fn.params):
+        name, x = param.name, kw[param.name]
+        if param.is_constexpr:
             consts[name], sig[name] = x, "constexpr"
         elif isinstance(x, torch.Tensor):
             sig[name], attrs[(i,)] = "*" + types[x.dtype], [["tt.divisibility", 16]]
         elif isinstance(x, float):
             sig[name] = "fp32"
+        elif param.do_not_specialize:
+            sig[name] = "i32"
         elif x == 1:
             # the runtime specialises an int argument equal to 1 into a constant
             consts[name], sig[name] = 1, "constexpr"

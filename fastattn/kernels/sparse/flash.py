@@ -18,13 +18,13 @@ the derivation of the backward and of the block ranges.
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
 from fastattn.errors import KernelError
+from fastattn.kernels.checks import empty as _empty
 
 __all__ = ["flash_fwd", "flash_bwd", "SparseFlash"]
 
@@ -360,13 +360,6 @@ def sparse_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, 
 
 
 # -- host side ----------------------------------------------------------------------------------------------------
-def _empty(shape, device, dtype):
-    # FASTATTN_NAN_FILL=1 (the tests) makes fresh buffers NaN, so a row a kernel forgot to write cannot pass
-    if os.environ.get("FASTATTN_NAN_FILL", "0") == "1":
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
 def _pow2(n):
     return max(16, triton.next_power_of_2(n))
 

@@ -14,12 +14,13 @@ README.md has the derivation and the stabilisation.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
+
+from fastattn.kernels.checks import empty as _empty
 
 __all__ = ["Plan", "plan", "window_fwd", "window_bwd", "WindowAttention", "window_attention"]
 
@@ -258,13 +259,6 @@ def plan(D, DV, dtype, tuning=None):
                 raise ValueError(f"tuning {key}={value!r} must be an int (a power of two >= 16 for a block)")
             base[key] = value
     return Plan(**base)
-
-
-def _empty(shape, device, dtype):
-    # FASTATTN_NAN_FILL=1 (the tests) makes fresh buffers NaN, so a row a kernel forgot to write cannot pass
-    if os.environ.get("FASTATTN_NAN_FILL", "0") == "1":
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
 
 
 def _dims(q, v):
