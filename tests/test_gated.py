@@ -272,7 +272,7 @@ def _gated_reference(phi, psi, v, g, s0):
 # ragged F with many ragged chunks, and three value tiles of fp32's 64 under grouped queries.
 CHUNK_CASES = [
     ("F2080-33tiles-T150", 1, 1, 150, 2080, 5, 64),
-    ("F91-T500-32chunks", 2, 2, 500, 91, 7, 16),
+    ("F91-T260-17chunks", 2, 2, 260, 91, 7, 16),
     ("F200-DV130-gqa2-T70", 2, 1, 70, 200, 130, 32),
 ]
 
