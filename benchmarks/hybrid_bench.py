@@ -227,14 +227,31 @@ def sweep(args, sink):
     return res
 
 
+def predicted(res, method, T):
+    """fwd+bwd ms the cost model predicts (what ``fastattn analyze --window`` says), or None for a method it has
+    no model of: the hybrid as window kernel + outside sums (v dim DV + 1, the ones column, over T - window
+    keys), its parts alone, and SDPA."""
+    from fastattn import costmodel as cm
+
+    D, DV, w, B, H = res["D"], res["DV"], res["window"], res["B"], res["H"]
+    F = polynomial(res["spec"]).feature_dim(D)
+    window = cm.window_ms(T, w, D, DV, B=B, H=H)
+    outside = cm.ours_ms(F, D, DV + 1, T - w, B=B, H=H) if T > w else 0.0
+    return {"hybrid": window + outside, "  window kernel": window, "  outside sums": outside,
+            "sdpa causal": cm.sdpa_ms(D, T, DV=DV, B=B, H=H)}.get(method)
+
+
 def table(res):
     lines = [f"hybrid_attention, {res['device']}, {res['dtype']}, B{res['B']} H{res['H']} q/k d{res['D']} v "
              f"d{res['DV']}, window {res['window']}, f = {res['spec']}; SDPA kernel: {res['sdpa_kernel'] or '-'}", "",
-             "| T | method | fwd ms | fwd+bwd ms | fwd+bwd / hybrid's |", "|---|---|---|---|---|"]
+             "| T | method | fwd ms | fwd+bwd ms | predicted fwd+bwd ms | fwd+bwd / hybrid's |",
+             "|---|---|---|---|---|---|"]
     ours = {r["T"]: r["fwd_bwd_ms"] for r in res["rows"] if r["method"] == "hybrid"}
     for r in res["rows"]:
         rel = f"{r['fwd_bwd_ms'] / ours[r['T']]:.2f}x" if r["T"] in ours else "-"
-        lines.append(f"| {r['T']} | {r['method']} | {r['fwd_ms']:.3f} | {r['fwd_bwd_ms']:.3f} | {rel} |")
+        pred = predicted(res, r["method"], r["T"])
+        pred = "-" if pred is None else f"{pred:.3f}"
+        lines.append(f"| {r['T']} | {r['method']} | {r['fwd_ms']:.3f} | {r['fwd_bwd_ms']:.3f} | {pred} | {rel} |")
     for c in res["checks"]:
         cells = ", ".join(f"{p} {c[p][0]:.1e}/{c[p][1]:.1e}" for p in ("o", "dq", "dk", "dv"))
         lines.append(f"check {c['case']} T={c['T']} (max-abs/rel-RMS): {cells}: {'ok' if c['ok'] else 'FAILED'}")
@@ -278,10 +295,16 @@ def main(argv=None):
     ap.add_argument("--json", help="write the rows here (rewritten after each row)")
     ap.add_argument("--sweep", action="store_true", help="time the window kernel's plans at the first T instead")
     ap.add_argument("--summary", metavar="JSON", help="print the short table of a finished run's JSON and exit")
+    ap.add_argument("--table", metavar="JSON", help="print the full table (with predictions) of a finished run's JSON "
+                    "and exit; any machine")
     args = ap.parse_args(argv)
     if args.summary:
         with open(args.summary) as f:
             print(summary(json.load(f)))
+        return 0
+    if args.table:
+        with open(args.table) as f:
+            print(table(json.load(f)))
         return 0
 
     def sink(res):

@@ -244,7 +244,7 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    """GPU benchmarks: table (ours vs peers, RESULTS.md), check, sweep, plot."""
+    """GPU benchmarks: table (ours vs peers, RESULTS.md), check, plot, quality, decode, and the benchmark scripts (sweep, hybrid, sparse, flurka, flash, gated, memory)."""
     from fastattn.bench import run
 
     return run(args)

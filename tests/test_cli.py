@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -282,6 +283,38 @@ def test_bench_sweep_hands_every_argument_to_the_script(capsys, monkeypatch):
     assert code == 3
     assert calls[0][0] == sys.executable and calls[0][1].endswith("benchmarks/sweep.py")
     assert calls[0][2:] == ["--row", "x:64:64:0", "--T", "8192", "--help"]
+
+
+@pytest.mark.parametrize("name", ["hybrid", "sparse", "flurka", "flash", "gated", "memory"])
+def test_bench_script_commands_run_their_script_and_need_a_gpu(capsys, monkeypatch, name):
+    import subprocess as sp
+
+    import torch
+
+    from fastattn.bench import BENCHMARKS, SCRIPTS
+
+    assert (BENCHMARKS / SCRIPTS[name][0]).is_file()
+    calls = []
+    monkeypatch.setattr(sp, "run", lambda cmd, **kw: calls.append(cmd) or sp.CompletedProcess(cmd, 0))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, out, err = run(capsys, "bench", name, "--json", "x.json")
+    assert code == 2 and calls == [] and f"{name} needs a CUDA GPU" in err
+    code, _, _ = run(capsys, "bench", name, "--help")  # help needs no GPU
+    assert code == 0 and calls[0][1].endswith("benchmarks/" + SCRIPTS[name][0]) and calls[0][2:] == ["--help"]
+
+
+def test_bench_hybrid_prints_a_saved_runs_table_with_predictions_on_any_machine(capsys):
+    p = subprocess.run([sys.executable, "-m", "fastattn.cli", "bench", "hybrid", "--table",
+                        "benchmarks/out/hybrid_v19.json"], capture_output=True, text=True, timeout=300,
+                       cwd=Path(__file__).resolve().parent.parent)
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = [line.split(" | ") for line in p.stdout.splitlines() if line.startswith("| 65536 |")]
+    cells = {r[1].strip(): r for r in rows}
+    # predicted: the window kernel plus the outside sums, as fastattn analyze --window says
+    pred = {k: float(v[4]) for k, v in cells.items() if v[4] != "-"}
+    assert set(pred) == {"hybrid", "window kernel", "outside sums", "sdpa causal"}
+    assert pred["hybrid"] == pytest.approx(pred["window kernel"] + pred["outside sums"], abs=2e-3)
+    assert float(cells["hybrid"][3]) == pytest.approx(20.287, abs=1e-3)  # the measured fwd+bwd of run v19
 
 
 def test_check_json_low_rank_comes_from_the_certificate(capsys):

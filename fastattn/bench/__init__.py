@@ -12,6 +12,10 @@
   per attention variant, against state size (``fastattn/bench/quality.py``; ``--quick``, ``--json``,
   ``--plot``).
 * ``fastattn bench decode``: decoding speed (``fastattn/bench/decode.py``, its own ``--help``).
+* ``fastattn bench hybrid | sparse | flurka | flash | gated | memory ARGS``: run the script of this checkout
+  that measures it (``SCRIPTS``: the window + feature-map hybrid with its predicted ms, the sparse schedules,
+  FLuRKA, the quadratic flash kernels with the route, the gated kernels, 64K peak memory), each with its own
+  ``--help``; each checks its kernels against a reference before it times them.
 
 ``table``, ``check``, ``sweep`` and ``quality`` need a CUDA GPU: without one they exit 2 with one line
 (``quality --cpu`` trains on the CPU anyway). Nothing heavy is imported here (torch.cuda,
@@ -38,7 +42,15 @@ from fastattn.errors import FastAttnError
 
 __all__ = ["add_arguments", "run", "GPUNeeded", "Unavailable", "SUBCOMMANDS"]
 
-SUBCOMMANDS = ("table", "check", "sweep", "plot", "quality", "decode")
+#: subcommands that run a script of benchmarks/ with the arguments given (each has its own --help)
+SCRIPTS = {"sweep": ("sweep.py", "One of ours over tilings and knobs"),
+           "hybrid": ("hybrid_bench.py", "Window + feature-map hybrid against fla and sliding-window SDPA, with predicted ms"),
+           "sparse": ("sparse_sched_check.py", "QK-dropping, hash buckets and patterns against SDPA"),
+           "flurka": ("flurka_bench.py", "FLuRKA (rank-r sequence projection + feature map) against non-causal SDPA"),
+           "flash": ("poly_flash_check.py", "The quadratic flash kernels and the routed layer against SDPA"),
+           "gated": ("gated_check.py", "The gated kernels against the fp32 torch path, and their speed"),
+           "memory": ("memory_peak.py", "Peak memory of one forward + backward at 64K against SDPA")}
+SUBCOMMANDS = ("table", "check", "plot", "quality", "decode") + tuple(SCRIPTS)
 # benchmarks/ of the checkout this package sits in (absent in an installed copy)
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -163,19 +175,26 @@ def _run_plot(args) -> int:
     return draw(args)
 
 
-# -- sweep --------------------------------------------------------------------------------------
-def _add_sweep(p: argparse.ArgumentParser) -> None:
-    p.add_argument("rest", nargs="*", metavar="ARGS", help="the arguments of benchmarks/sweep.py (see its --help)")
+# -- the scripts of benchmarks/ -------------------------------------------------------------------
+def _add_script(p: argparse.ArgumentParser) -> None:
+    p.add_argument("rest", nargs="*", metavar="ARGS", help="the script's own arguments (see its --help)")
 
 
-def _run_sweep(args) -> int:
-    """One of ours over tilings and knobs: runs benchmarks/sweep.py of this checkout (GPU)."""
-    script = BENCHMARKS / "sweep.py"
-    if not script.is_file():
-        raise FileNotFoundError(2, "fastattn bench sweep runs benchmarks/sweep.py of a source checkout; "
-                                   "this installation has none", str(script))
-    _need_gpu("sweep")
-    return subprocess.run([sys.executable, str(script), *args.rest]).returncode
+def _script_runner(name):
+    script, what = SCRIPTS[name]
+
+    def run_script(args) -> int:
+        path = BENCHMARKS / script
+        if not path.is_file():
+            raise FileNotFoundError(2, f"fastattn bench {name} runs benchmarks/{script} of a source checkout; "
+                                       "this installation has none", str(path))
+        # --help and a saved run's table need no GPU
+        if not {"--help", "-h", "--table", "--summary", "--compile"} & set(args.rest):
+            _need_gpu(name)
+        return subprocess.run([sys.executable, str(path), *args.rest]).returncode
+
+    run_script.__doc__ = f"{what}: runs benchmarks/{script} of this checkout (GPU)."
+    return run_script
 
 
 # -- quality ------------------------------------------------------------------------------------
@@ -221,9 +240,9 @@ def _run_decode(args) -> int:
     return mod.run(args)
 
 
-_HANDLERS = {"table": (_add_table, _run_table), "check": (_add_check, _run_check),
-             "sweep": (_add_sweep, _run_sweep), "plot": (_add_plot, _run_plot),
-             "quality": (_add_quality, _run_quality), "decode": (_add_decode, _run_decode)}
+_HANDLERS = {"table": (_add_table, _run_table), "check": (_add_check, _run_check), "plot": (_add_plot, _run_plot),
+             "quality": (_add_quality, _run_quality), "decode": (_add_decode, _run_decode),
+             **{name: (_add_script, _script_runner(name)) for name in SCRIPTS}}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -232,9 +251,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for name in SUBCOMMANDS:
         add, handler = _HANDLERS[name]
         first = handler.__doc__.splitlines()[0]
-        # sweep passes every argument on, --help included, so its parser knows no '-' options; so does
-        # decode's stand-in where its module does not load, so that any arguments reach its one-line error
-        loose = name == "sweep" or (name == "decode" and isinstance(_decode_module(), Unavailable))
+        # a script's subcommand passes every argument on, --help included, so its parser knows no '-' options; so
+        # does decode's stand-in where its module does not load, so that any arguments reach its one-line error
+        loose = name in SCRIPTS or (name == "decode" and isinstance(_decode_module(), Unavailable))
         extra = dict(add_help=False, prefix_chars="+") if loose else {}
         q = sub.add_parser(name, help=first, description=first, **extra)
         add(q)
@@ -242,5 +261,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Benchmarks on the GPU: table, check, sweep, plot, quality, decode (see ``fastattn bench --help``)."""
+    """Benchmarks on the GPU: table, check, plot, quality, decode and the scripts of ``SCRIPTS`` (see
+    ``fastattn bench --help``)."""
     return args._bench(args)
