@@ -8,7 +8,8 @@ bf16, B2 H16 d64, causal, T 8192 and 16384 by default. Rows:
 * ``dense``: :func:`sparse_attention` with nothing dropped (SDPA's pairs; the schedule is cached, so this
   row is the kernels alone);
 * ``keep p%``: :func:`sparse_attention` with a random p % of the tokens kept (25, 50, 75);
-* ``hash/n``: :func:`sparse_attention` with :func:`lsh_buckets` ids (n = 4; hashed outside the timings);
+* ``hash/n``: :func:`sparse_attention` with :func:`lsh_buckets` ids (n = 2 and 4, about 50 % and 25 % of the
+  pairs; hashed outside the timings);
 * ``local+strided``: :func:`pattern_attention` with ``local(256) | strided(1024)``.
 
 Columns: ``pairs`` the share of the causal pairs computed (hash: on head (0, 0)); ``sched`` the schedule build
@@ -284,7 +285,8 @@ def main(argv=None):
     ap.add_argument("--H", type=int, default=16)
     ap.add_argument("--D", type=int, default=64)
     ap.add_argument("--keep", type=int, nargs="*", default=[25, 50, 75], help="percent of tokens kept")
-    ap.add_argument("--buckets", type=int, nargs="*", default=[4], help="LSH bucket counts (hash rows)")
+    ap.add_argument("--buckets", type=int, nargs="*", default=[2, 4],
+                    help="LSH bucket counts (hash rows: about 1/n of the pairs)")
     ap.add_argument("--no-pattern", dest="pattern", action="store_false", help="leave out the local+strided row")
     ap.add_argument("--no-graphs", dest="graphs", action="store_false", help="leave out the CUDA-graph column")
     ap.add_argument("--tiles", default="default", help="BLOCK_QxBLOCK_KxWARPS of every launch of ours (e.g. 64x64x4)")
