@@ -178,12 +178,11 @@ def layer_ms(F: int, D: int, DV: int | None = None, T: int = 8192, *, B: int = B
     >>> round(layer_ms(2145, 64, 64, 8192), 2), round(ours_ms(2145, 64, 64, 8192), 2)
     (2.65, 7.9)
     """
-    from fastattn.kernels.poly import QUADRATIC_MIN_FEATURES
-    from fastattn.kernels.poly_flash import MAX_DEGREE
+    from fastattn.kernels.poly import quadratic_serves
 
     DV = D if DV is None else DV
     ms = ours_ms(F, D, DV, T, B=B, H=H)
-    if F >= QUADRATIC_MIN_FEATURES and max(D, DV) <= 128 and (degree is None or degree <= MAX_DEGREE):
+    if quadratic_serves(F, D, DV, degree):
         ms = min(ms, flash_ms(D, DV, T, B=B, H=H))
     return ms
 

@@ -25,8 +25,8 @@ import torch
 
 from fastattn.attention import varlen
 from fastattn.attention.state import State, check_state, state_dtype
-from fastattn.errors import KernelError
 import fastattn.kernels.poly as poly_module
+from fastattn.errors import KernelError
 from fastattn.kernels import naive
 from fastattn.kernels.codegen import load_module
 from fastattn.kernels.gated import GATE_FLOOR

@@ -28,7 +28,7 @@ from fastattn.kernels import naive
 from fastattn.kernels.codegen import Polynomial, load_module
 
 __all__ = ["polynomial", "nonnegative", "check_normalizer", "check_feature_count", "choose_backend", "poly_attention",
-           "MAX_FEATURES", "QUADRATIC_MIN_FEATURES", "quadratic_route"]
+           "MAX_FEATURES", "QUADRATIC_MIN_FEATURES", "quadratic_serves", "quadratic_route"]
 
 _ERROR_RADII = (1.0, 2.0, 4.0)
 #: Largest symmetric-basis feature count a layer or generated module is built for: (1+x)**3 at
@@ -242,6 +242,18 @@ def choose_backend(q, backend: str = "auto") -> str:
     raise KernelError(f"backend={backend!r}; use 'auto', 'triton' or 'torch'")
 
 
+def quadratic_serves(F: int, D: int, DV: int, degree: int | None = None) -> bool:
+    """Whether the quadratic flash kernels may take this map at all: at least :data:`QUADRATIC_MIN_FEATURES`
+    features, head dims <= 128 and degree <= 8 (None: not known, taken as within).
+
+    >>> quadratic_serves(2145, 64, 64, 2), quadratic_serves(153, 16, 64, 2), quadratic_serves(2145, 160, 64)
+    (True, False, False)
+    """
+    from fastattn.kernels.poly_flash import MAX_DEGREE
+
+    return F >= QUADRATIC_MIN_FEATURES and max(D, DV) <= 128 and (degree is None or degree <= MAX_DEGREE)
+
+
 def quadratic_route(poly, q, k, v, causal, *, check_output=None, force=None) -> bool:
     """Whether the Triton backend computes f(s QK^T) V on the quadratic flash kernels
     (:mod:`fastattn.kernels.poly_flash`) instead of the chunkwise feature kernels.
@@ -261,18 +273,15 @@ def quadratic_route(poly, q, k, v, causal, *, check_output=None, force=None) -> 
     import torch
 
     from fastattn import costmodel
-    from fastattn.kernels.poly_flash import MAX_DEGREE
 
     if force is not None:
         return bool(force)
     D, DV = q.shape[-1], v.shape[-1]
     if not (q.is_cuda and causal) or check_output is True or torch.is_anomaly_enabled():
         return False
-    if max(D, DV) > 128 or poly.degree > MAX_DEGREE:
-        return False
     F = poly.feature_dim(D)
     B, H, T = q.shape[:3]
-    return F >= QUADRATIC_MIN_FEATURES and costmodel.quadratic_wins(F, D, DV, T, B=B, H=H)
+    return quadratic_serves(F, D, DV, poly.degree) and costmodel.quadratic_wins(F, D, DV, T, B=B, H=H)
 
 
 def poly_attention(q, k, v, f, *, degree=None, scale=None, causal=True, normalize=True, normalizer_fix=None,
