@@ -47,7 +47,7 @@ from pathlib import Path
 __all__ = ["CARD", "RUN", "DATE", "OURS", "SDPA", "FIT_ERROR", "ours_ms", "sdpa_ms", "max_features", "Cell",
            "cells", "fit", "feature_count", "RATE", "BANDWIDTH", "WINDOW", "WINDOW_CALIBRATION", "WindowCost",
            "WINDOW_FIT_ERROR", "window_cost", "window_ms", "fit_window", "FLASH", "FLASH_FIT_ERROR", "flash_ms",
-           "fit_flash", "quadratic_wins", "layer_ms"]
+           "fit_flash", "quadratic_wins", "layer_ms", "GATED_FEATURE_FACTOR"]
 
 CARD, RUN, DATE = "NVIDIA H200", "v15", "2026-12-01"
 #: The table's default shape: batch and heads of every row without ``b8`` / ``h8`` in its name.
@@ -82,6 +82,11 @@ _FLASH_RESULTS = _RESULTS.with_name("poly_flash_v19.json")
 FLASH = (0.5057, 1.7350)
 #: Largest |predicted / measured - 1| over those cells (T = 2K, launch-bound, is left out of the fit).
 FLASH_FIT_ERROR = 0.155
+#: The gated feature kernels (:mod:`fastattn.kernels.gated`) against the ungated ones for a large map: run v19 (H200,
+#: bf16, ``benchmarks/gated_check.py``) measured 99.2 ms fwd+bwd for 1 + x + x**2/2 d64 B2 H8 T4096, where
+#: :func:`ours_ms` predicts 2.84 for the ungated kernels. One cell: they materialise phi and psi (T x 2,145 each) in
+#: HBM, so the factor grows with F; the flash kernels' own gated cost is taken as their ungated one.
+GATED_FEATURE_FACTOR = 35.0
 
 
 def _check_positive(value, name: str) -> None:
@@ -155,18 +160,21 @@ def flash_ms(D: int, DV: int | None = None, T: int = 8192, *, B: int = BATCH, H:
     return f0 + f1 * B * H * cost(T, D, DV, causal)["fwdbwd"] * 1e-12
 
 
-def quadratic_wins(F: int, D: int, DV: int | None = None, T: int = 8192, *, B: int = BATCH, H: int = HEADS) -> bool:
+def quadratic_wins(F: int, D: int, DV: int | None = None, T: int = 8192, *, B: int = BATCH, H: int = HEADS,
+                   gated: bool = False) -> bool:
     """Whether the quadratic flash kernels are predicted faster than the chunkwise feature kernels (F features),
     causal, forward+backward. Run v19 measured the crossover of degree 2 near 21K tokens at d64 and beyond
-    32K at d128; the models put it at about 30K and 110K.
+    32K at d128; the models put it at about 30K and 110K. ``gated``: against the gated feature kernels, taken as
+    :data:`GATED_FEATURE_FACTOR` times the ungated ones (the crossover moves to ~700K tokens at d64).
 
     >>> quadratic_wins(2145, 64, 65, 8192), quadratic_wins(2145, 64, 65, 65536), quadratic_wins(153, 16, 65, 32768)
     (True, False, False)
-    >>> quadratic_wins(8385, 128, 129, 65536)
-    True
+    >>> quadratic_wins(8385, 128, 129, 65536), quadratic_wins(2145, 64, 65, 65536, gated=True)
+    (True, True)
     """
     DV = D if DV is None else DV
-    return flash_ms(D, DV, T, B=B, H=H) < ours_ms(F, D, DV, T, B=B, H=H)
+    feature = ours_ms(F, D, DV, T, B=B, H=H) * (GATED_FEATURE_FACTOR if gated else 1.0)
+    return flash_ms(D, DV, T, B=B, H=H) < feature
 
 
 def layer_ms(F: int, D: int, DV: int | None = None, T: int = 8192, *, B: int = BATCH, H: int = HEADS,

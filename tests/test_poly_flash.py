@@ -174,6 +174,16 @@ def test_the_route_follows_the_measured_cost_model(spec, B, H, T, D, expected):
     assert quadratic_route(polynomial(spec), q, q, q, True, check_output=True) is False
 
 
+def test_a_gated_large_map_stays_on_the_flash_kernels_at_long_t():
+    from fastattn.kernels.poly import quadratic_route
+
+    q = _cuda_like(2, 16, 65536, 64)
+    taylor = polynomial("1 + x + x**2/2")
+    assert quadratic_route(taylor, q, q, q, True) is False  # ungated: the feature kernels win at 64K
+    assert quadratic_route(taylor, q, q, q, True, gated=True) is True  # the gated ones materialise phi and psi
+    assert quadratic_route(polynomial("x"), q, q, q, True, gated=True) is False  # 64 features: not served
+
+
 def test_poly_attention_runs_the_flash_kernels_when_routed(monkeypatch):
     import fastattn.kernels.poly as poly_mod
     from fastattn.kernels.poly import poly_attention

@@ -389,7 +389,8 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
     # a gated large map at short T: the quadratic flash kernels take the gate per pair (no feature products)
     gated_flash = (g is not None and initial_state is None and not output_final_state
                    and (GATED_FLASH_GPU_CHECKED or not query.is_cuda)
-                   and poly_module.quadratic_route(poly, query, key, value, is_causal, check_output=check_output))
+                   and poly_module.quadratic_route(poly, query, key, value, is_causal, check_output=check_output,
+                                                   gated=True))
     needs = [name for name, on in (("key_padding_mask", key_padding_mask is not None),
                                    (f"a gate g at {F} > {GATED_GPU_MAX_FEATURES} features of an f not proven positive on a GPU",
                                     g is not None and not gated_flash

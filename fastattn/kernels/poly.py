@@ -254,14 +254,15 @@ def quadratic_serves(F: int, D: int, DV: int, degree: int | None = None) -> bool
     return F >= QUADRATIC_MIN_FEATURES and max(D, DV) <= 128 and (degree is None or degree <= MAX_DEGREE)
 
 
-def quadratic_route(poly, q, k, v, causal, *, check_output=None, force=None) -> bool:
+def quadratic_route(poly, q, k, v, causal, *, check_output=None, force=None, gated=False) -> bool:
     """Whether the Triton backend computes f(s QK^T) V on the quadratic flash kernels
     (:mod:`fastattn.kernels.poly_flash`) instead of the chunkwise feature kernels.
 
     ``force`` (True / False; tests and sweeps) decides alone. Otherwise: CUDA tensors, causal, no carried state
     (the caller's business), head dims <= 128, degree <= 8, at least :data:`QUADRATIC_MIN_FEATURES` features,
     no output check asked for (the flash kernels keep no normaliser to check), and
-    :func:`fastattn.costmodel.quadratic_wins` (fitted on H200 runs v15 and v19) predicting it faster.
+    :func:`fastattn.costmodel.quadratic_wins` (fitted on H200 runs v15 and v19) predicting it faster; ``gated``
+    compares with the gated feature kernels (a gate g given).
 
     >>> import torch
     >>> q = torch.empty(2, 16, 8192, 64, device="meta")
@@ -281,7 +282,8 @@ def quadratic_route(poly, q, k, v, causal, *, check_output=None, force=None) -> 
         return False
     F = poly.feature_dim(D)
     B, H, T = q.shape[:3]
-    return quadratic_serves(F, D, DV, poly.degree) and costmodel.quadratic_wins(F, D, DV, T, B=B, H=H)
+    wins = costmodel.quadratic_wins(F, D, DV, T, B=B, H=H, gated=gated)
+    return quadratic_serves(F, D, DV, poly.degree) and wins
 
 
 def poly_attention(q, k, v, f, *, degree=None, scale=None, causal=True, normalize=True, normalizer_fix=None,
