@@ -116,6 +116,28 @@ def test_from_json_renders_the_recorded_run_with_its_targets(tmp_path, capsys):
     assert "old" not in text and text.endswith("the decision log stays\n")
 
 
+def test_a_run_split_over_two_files_renders_as_the_whole(tmp_path):
+    import json
+
+    data = json.loads(V16.read_text())
+    parts = []
+    for i, keep in enumerate((lambda n: n.startswith("ours"), lambda n: not n.startswith("ours"))):
+        part = dict(data, results={n: c for n, c in data["results"].items() if keep(n)})
+        parts.append(tmp_path / f"part{i}.json")
+        parts[-1].write_text(json.dumps(part))
+    whole, split = tmp_path / "whole.md", tmp_path / "split.md"
+    for f in (whole, split):
+        f.write_text("<!-- bench:begin -->\n<!-- bench:end -->\n")
+    assert main(["bench", "table", "--from-json", str(V16), "--results", str(whole)]) == 0
+    assert main(["bench", "table", "--from-json", *map(str, parts), "--results", str(split)]) == 0
+    # one command line (both parts recorded the same), every row and target of the whole
+    assert split.read_text() == whole.read_text()
+    other = dict(data, meta=dict(data["meta"], card="another card"))
+    parts[1].write_text(json.dumps(other))
+    with pytest.raises(ValueError, match="different cards"):
+        table.merge_runs(parts)
+
+
 def test_the_results_file_is_what_the_code_renders_from_the_latest_run(tmp_path):
     # RESULTS.md's table is the latest run (v16) as this code writes it, not a hand edit
     out = tmp_path / "RESULTS.md"

@@ -94,8 +94,9 @@ def _add_table(p: argparse.ArgumentParser) -> None:
                    help="also time each row's fwd+bwd replayed from a CUDA graph (no host launch path)")
     p.add_argument("--sweep", type=int, default=0, metavar="T",
                    help="after the table, time ours over the table's tilings at this T (printed, not written)")
-    p.add_argument("--from-json", default=None, metavar="RUN.json",
-                   help="no timing, no GPU: render a saved run (a cut-short one too) into --results, with its targets")
+    p.add_argument("--from-json", nargs="+", default=None, metavar="RUN.json",
+                   help="no timing, no GPU: render a saved run (a cut-short one too, or one split over several files, "
+                        "merged) into --results, with its targets")
 
 
 def _select_rows(wanted):
@@ -130,11 +131,11 @@ def _run_table(args) -> int:
 
         code = render_saved(args.from_json, args.results)
         if args.plot:
-            import json
-
             from fastattn.bench.plot import figure
+            from fastattn.bench.table import merge_runs, run_data
 
-            figure(json.loads(Path(args.from_json).read_text())).savefig(args.plot, dpi=120)
+            meta, res, lines, _ = merge_runs(args.from_json)
+            figure(run_data(meta, lines, res)).savefig(args.plot, dpi=120)
             print(f"wrote {args.plot}")
         return code
     _check_parent(args.json_out, "--json")

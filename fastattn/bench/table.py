@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["Row", "ROWS", "ROW", "OURS", "PEERS", "SWEEP", "BEGIN", "END", "floor_ms", "fmt", "targets",
-           "render", "write_results", "render_saved"]
+           "render", "write_results", "render_saved", "merge_runs", "run_data"]
 
 B, H = 2, 16
 
@@ -257,14 +257,54 @@ def load_run(path):
     return data["meta"], res, list(data.get("check_lines", [])), bool(data.get("partial"))
 
 
+def run_data(meta, check_lines, res, partial=False):
+    """The run as ``--json`` saves it (T keys as strings; ``partial`` while cells are still to come)."""
+    results = {n: {str(t): v for t, v in cells.items()} for n, cells in res.items()}
+    data = dict(meta=meta, check_lines=check_lines, results=results)
+    return dict(partial=True, **data) if partial else data
+
+
+def merge_runs(paths):
+    """One run from the ``--json`` files of a run split over several calls (e.g. ours, then the peers, on one
+    warm machine): the first file's meta (card, versions, ceilings), every command, every cell (a later file's
+    cell replaces an earlier one), every check line once. Files from different cards are refused.
+
+    >>> import tempfile, os
+    >>> d = tempfile.mkdtemp()
+    >>> meta = dict(card="X", command="a", check_ok=True)
+    >>> for i, (row, ok) in enumerate((("r1", True), ("r2", False))):
+    ...     _ = Path(d, f"{i}.json").write_text(json.dumps(dict(meta=dict(meta, command=row, check_ok=ok),
+    ...                                                         results={row: {"8192": {"fwd": 1.0}}})))
+    >>> m, res, lines, partial = merge_runs([os.path.join(d, "0.json"), os.path.join(d, "1.json")])
+    >>> m["command"], m["check_ok"], sorted(res), partial
+    ('r1` and `r2', False, ['r1', 'r2'], False)
+    """
+    runs = [load_run(p) for p in paths]
+    meta = dict(runs[0][0])
+    cards = {r[0].get("card") for r in runs}
+    if len(cards) > 1:
+        raise ValueError(f"{', '.join(map(str, paths))}: runs from different cards ({', '.join(map(str, cards))}) "
+                         "do not make one table")
+    meta["command"] = "` and `".join(dict.fromkeys(r[0]["command"] for r in runs))
+    meta["check_ok"] = all(r[0].get("check_ok", True) for r in runs)
+    res, lines = {}, []
+    for _, cells, check_lines, _ in runs:
+        for name, by_t in cells.items():
+            res.setdefault(name, {}).update(by_t)
+        lines += [x for x in check_lines if x != "skipped" and x not in lines]
+    return meta, res, lines or ["skipped"], any(r[3] for r in runs)
+
+
 def render_saved(path, results):
-    """Write the table and targets of a saved ``--json`` run into ``results`` (a cut-short run says so)."""
-    meta, res, lines, partial = load_run(path)
+    """Write the table and targets of a saved ``--json`` run into ``results`` (a cut-short run says so); ``path``
+    may be a list of files, merged by :func:`merge_runs`."""
+    paths = [path] if isinstance(path, (str, Path)) else list(path)
+    meta, res, lines, partial = merge_runs(paths)
     Ts = sorted({t for cells in res.values() for t in cells})
     rows = [r.name for r in ROWS if r.name in res]
     if partial:
         missing = [r.name for r in ROWS if r.name not in res]
         lines.append(f"this run was cut short by its time limit; rows not timed: {', '.join(missing) or 'none'}")
     write_results(results, render(meta, res, Ts, rows, lines, targets(res, Ts)))
-    print(f"wrote {results} from {path}")
+    print(f"wrote {results} from {', '.join(map(str, paths))}")
     return 0

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from fastattn.bench.table import ROW, SWEEP, floor_ms, fmt, render, targets, write_results
+from fastattn.bench.table import ROW, SWEEP, floor_ms, fmt, render, run_data, targets, write_results
 
 __all__ = ["ceilings", "make_fn", "time_row", "capture", "check_row", "check_ours", "run_table"]
 
@@ -329,13 +329,6 @@ def check_ours(rows):
     return ok, lines, failed
 
 
-def _data(meta, check_lines, res, partial=False):
-    """The run as ``--json`` saves it (T keys as strings; ``partial`` while cells are still to come)."""
-    results = {n: {str(t): v for t, v in cells.items()} for n, cells in res.items()}
-    data = dict(meta=meta, check_lines=check_lines, results=results)
-    return dict(partial=True, **data) if partial else data
-
-
 def run_table(args, rows, command):
     """Time ``rows`` at ``args.T``, write the block into ``args.results`` (and ``--json``, ``--plot``)."""
     import triton
@@ -375,12 +368,12 @@ def run_table(args, rows, command):
                 r["floor_fwd"], r["floor_fwdbwd"] = floor_ms(ROW[name], T, rate, bw)
             res.setdefault(name, {})[T] = r
             if args.json_out:  # a run cut short by a time limit still leaves every finished cell
-                Path(args.json_out).write_text(json.dumps(_data(meta, check_lines, res, partial=True), indent=1))
+                Path(args.json_out).write_text(json.dumps(run_data(meta, check_lines, res, partial=True), indent=1))
             print(f"{name:28s} T={T:6d} fwd {fmt(r['fwd'])} ms  fwd+bwd {fmt(r['fwdbwd'])} ms  "
                   f"peak {fmt(r['peak_mib'], 0)} MiB  {r.get('setting') or ''}", flush=True)
     write_results(args.results, render(meta, res, args.T, rows, check_lines, targets(res, args.T)))
     print(f"wrote {args.results}")
-    data = _data(meta, check_lines, res)
+    data = run_data(meta, check_lines, res)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(data, indent=1))
     if args.plot and res:
