@@ -289,6 +289,36 @@ def test_fast_attention_routes_a_gated_large_map_to_the_flash_kernels(monkeypatc
     ref = fast_attention(q, k, v, "x**2", g=g, enable_gqa=True, backend="torch")
     assert_close("o", ref, o, torch.float32)
     assert functional.GATED_FLASH_GPU_CHECKED is False  # CUDA keeps the GPU-checked routes until a GPU run passes
+    # a final state (a prefill before decoding) comes with it, from the keys
+    o, st = fast_attention(q.float(), k.float(), v.float(), "x**2", g=g.float(), enable_gqa=True, backend="triton",
+                           output_final_state=True)
+    ref, ref_st = fast_attention(q, k, v, "x**2", g=g, enable_gqa=True, backend="torch", output_final_state=True)
+    assert_close("o", ref, o, torch.float32)
+    assert_close("S", ref_st.S, st.S, torch.float32)
+    assert_close("z", ref_st.z, st.z, torch.float32)
+    assert st.tokens.tolist() == ref_st.tokens.tolist() == [33]
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_the_state_from_the_keys_is_the_torch_paths_final_state_with_gradients(gated):
+    from fastattn.attention import fast_attention
+    from fastattn.attention.functional import _state_from_keys
+
+    gen = torch.Generator().manual_seed(11)
+    q, k, v = (torch.randn(2, 2, 29, 5, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    g = (-3 * torch.rand(2, 2, 29, generator=gen, dtype=torch.float64)).requires_grad_() if gated else None
+    g_in = None if g is None else g
+    poly = polynomial("1 + x + x**2/2")
+    _, ref = fast_attention(q, k, v, poly, g=g_in, backend="torch", output_final_state=True)
+    st = _state_from_keys(k, v, g_in, poly, 5 ** -0.5, block=7)  # five blocks, the last one short
+    torch.testing.assert_close(st.S, ref.S, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(st.z, ref.z, rtol=1e-10, atol=1e-10)
+    wS, wz = torch.randn_like(ref.S), torch.randn_like(ref.z)
+    xs = [x for x in (k, v, g) if x is not None]
+    want = torch.autograd.grad((ref.S * wS).sum() + (ref.z * wz).sum(), xs)
+    got = torch.autograd.grad((st.S * wS).sum() + (st.z * wz).sum(), xs)
+    for name, a, b in zip("kvg", want, got):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-10, msg=f"d{name}")
 
 
 @pytest.mark.slow

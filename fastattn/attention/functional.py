@@ -213,6 +213,48 @@ def _final_state(S, z, rep, initial_state, q, tokens):
     return State(S[:, ::rep], z[:, ::rep], seen + tokens)
 
 
+def _state_from_keys(k, v, g, poly, scale, tables=None, block=None):
+    """The State after keys ``k``, values ``v`` (and gate ``g``, or None) from an empty start, in fp32 (the
+    inputs' :func:`state_dtype`): S = sum_i w_i psi(k_i) v_i^T, z = sum_i w_i psi(k_i), w_i = exp(g_{i+1} + ... + g_T).
+
+    What the quadratic flash kernels cannot give (they form no feature), by torch GEMMs over blocks of tokens
+    whose features are recomputed in the backward (``torch.utils.checkpoint``): about 2 T F DV FLOPs and one
+    block of features in memory (``block`` tokens; default: ~256 MB of them). Differentiable in k, v and g.
+
+    >>> k, v = torch.randn(2, 1, 2, 9, 3)
+    >>> st = _state_from_keys(k, v, None, polynomial("x"), 1.0)
+    >>> bool(torch.allclose(st.S, k.transpose(-1, -2) @ v, atol=1e-5)), tuple(st.z.shape), st.tokens.tolist()
+    (True, (1, 2, 3), [9])
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    B, H, T, D = k.shape
+    DV = v.shape[-1]
+    work = state_dtype(k.dtype)
+    tables = naive.symmetric_tables(poly, D, scale) if tables is None else tables
+    F = tables[0].shape[1]
+    if g is None:
+        w = torch.ones(B, H, T, device=k.device, dtype=work)
+    else:
+        # sum over m > i as a reverse cumulative sum in float64: T terms, no cancellation against G_T
+        gw = g.to(torch.float64).clamp_min(GATE_FLOOR)
+        w = torch.exp(gw.flip(-1).cumsum(-1).flip(-1) - gw).to(work)
+
+    def part(kb, vb, wb):
+        psi = naive.symmetric_features(kb.to(work), poly, scale, "psi", tables) * wb[..., None]
+        return psi.transpose(-1, -2) @ vb.to(work), psi.sum(-2)
+
+    S = torch.zeros(B, H, F, DV, device=k.device, dtype=work)
+    z = torch.zeros(B, H, F, device=k.device, dtype=work)
+    step = block or max(16, min(T, 2**26 // max(1, B * H * F)))
+    grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (k, v, g))
+    for t0 in range(0, T, step):
+        args = (k[..., t0:t0 + step, :], v[..., t0:t0 + step, :], w[..., t0:t0 + step])
+        dS, dz = checkpoint(part, *args, use_reentrant=False) if grad else part(*args)
+        S, z = S + dS, z + dz
+    return State(S, z, torch.full((B,), T, dtype=torch.int64, device=k.device))
+
+
 def _triton_kernels(q, k, v, poly, scale, causal, normalize, fix, eps, chunk, check_output, initial_state,
                     output_final_state):
     """The Triton path, with or without a carried state (in the State's feature order): a large map at short T
@@ -336,7 +378,8 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
         both ways) and a gate g (:mod:`fastattn.kernels.gated`: phi(q), psi(k) materialised by torch,
         chunk kernels with the decays, GQA without repeating K, V, g or the state; ``chunk`` a power
         of two >= 16; on CUDA up to ``GATED_GPU_MAX_FEATURES`` features, or any size for an f proven
-        positive, what its GPU check passed), and cu_seqlens (:mod:`fastattn.attention.varlen`: causal calls as one zero-padded
+        positive, what its GPU check passed; a gated map of >= 1000 features without ``initial_state`` runs the
+        quadratic flash kernels instead, its final state from torch GEMMs over the keys), and cu_seqlens (:mod:`fastattn.attention.varlen`: causal calls as one zero-padded
         batch, others one call per sequence), but neither a padding mask, T_q != T_k nor float64 inputs
         yet: with any of these, "auto" runs the torch path (CUDA tensors through torch ops) and
         "triton" raises KernelError naming the missing support.
@@ -387,7 +430,8 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
     if initial_state is not None:
         check_state(initial_state, n_seq, Hk, F, DV, query.dtype, query.device)
     # a gated large map at short T: the quadratic flash kernels take the gate per pair (no feature products)
-    gated_flash = (g is not None and initial_state is None and not output_final_state
+    # (a final state comes from torch GEMMs over the keys, _state_from_keys)
+    gated_flash = (g is not None and initial_state is None
                    and (GATED_FLASH_GPU_CHECKED or not query.is_cuda)
                    and poly_module.quadratic_route(poly, query, key, value, is_causal, check_output=check_output,
                                                    gated=True))
@@ -408,8 +452,9 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
             if gate is not None and gated_flash:
                 from fastattn.kernels.poly_flash import poly_flash_attention
 
-                return poly_flash_attention(q, k, v, poly, scale=scale, is_causal=is_causal, normalize=normalize,
-                                            normalizer_fix=fix, eps=eps, g=gate)
+                o = poly_flash_attention(q, k, v, poly, scale=scale, is_causal=is_causal, normalize=normalize,
+                                         normalizer_fix=fix, eps=eps, g=gate)
+                return (o, _state_from_keys(k, v, gate, poly, scale, tables)) if final else o
             if gate is not None:
                 return _triton_gated(q, k, v, gate, poly, scale, normalize, fix, eps, chunk, tables, check_output,
                                      state, final)
