@@ -22,6 +22,7 @@ True
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from typing import Mapping
@@ -99,9 +100,19 @@ def symmetric_tables(coeffs, dim: int, scale: float):
     Feature alpha (a multiset of head-dim indices of size j) has weight
     w = a_j scale^j j!/alpha!; phi gets sign(w) sqrt|w| and psi sqrt|w|, so
     phi(q).psi(k) = f(scale q.k). Returns (idx [P, F] int64 with ``dim`` marking "no
-    factor", w_phi [F] float64, w_psi [F] float64).
+    factor", w_phi [F] float64, w_psi [F] float64), CPU tensors cached per (f, dim, scale):
+    building them loops over F multisets in Python (2,145 at d64), once. Do not modify them.
+
+    >>> t = symmetric_tables({0: 1.0, 2: 0.5}, 3, 1.0)
+    >>> t is symmetric_tables({2: 0.5, 0: 1.0}, 3, 1.0), tuple(t[0].shape)
+    (True, (2, 7))
     """
-    c = _coeffs(coeffs)
+    return _symmetric_tables(tuple(sorted(_coeffs(coeffs).items())), int(dim), float(scale))
+
+
+@functools.lru_cache(maxsize=64)
+def _symmetric_tables(items: tuple, dim: int, scale: float):
+    c = dict(items)
     slots = max(1, max(c))
     rows, ws = [], []
     for j in sorted(c):
@@ -113,6 +124,24 @@ def symmetric_tables(coeffs, dim: int, scale: float):
     idx = torch.tensor(rows, dtype=torch.int64).reshape(-1, slots).T.contiguous()
     w = torch.tensor(ws, dtype=torch.float64)
     return idx, torch.sign(w) * w.abs().sqrt(), w.abs().sqrt()
+
+
+# (id of a CPU table, device, dtype) -> (that table, its copy there): a copy from pageable host memory blocks the
+# host until the device's queue drains, once per call otherwise. The CPU table is held so its id stays unique.
+_ON_DEVICE: dict = {}
+
+
+def _on_device(t: torch.Tensor, device, dtype=None) -> torch.Tensor:
+    dtype = t.dtype if dtype is None else dtype
+    if t.device == torch.device(device) and t.dtype == dtype:
+        return t
+    key = (id(t), str(device), dtype)
+    hit = _ON_DEVICE.get(key)
+    if hit is None or hit[0] is not t:
+        if len(_ON_DEVICE) > 512:
+            _ON_DEVICE.clear()
+        hit = _ON_DEVICE[key] = (t, t.to(device=device, dtype=dtype))
+    return hit[1]
 
 
 def symmetric_features(x: torch.Tensor, coeffs, scale: float, side: str = "phi", tables=None) -> torch.Tensor:
@@ -128,8 +157,8 @@ def symmetric_features(x: torch.Tensor, coeffs, scale: float, side: str = "phi",
         raise ValueError(f"side={side!r}; use 'phi' or 'psi'")
     # ``tables`` (from symmetric_tables) saves rebuilding them on every call, e.g. in a layer
     idx, w_phi, w_psi = symmetric_tables(coeffs, x.shape[-1], scale) if tables is None else tables
-    idx = idx.to(x.device)
-    w = (w_phi if side == "phi" else w_psi).to(device=x.device, dtype=x.dtype)
+    idx = _on_device(idx, x.device)
+    w = _on_device(w_phi if side == "phi" else w_psi, x.device, x.dtype)
     xe = torch.cat([x, torch.ones_like(x[..., :1])], dim=-1)  # index dim is the constant 1
     out = w
     for m in range(idx.shape[0]):
