@@ -162,7 +162,9 @@ def symmetric_features(x: torch.Tensor, coeffs, scale: float, side: str = "phi",
     xe = torch.cat([x, torch.ones_like(x[..., :1])], dim=-1)  # index dim is the constant 1
     out = w
     for m in range(idx.shape[0]):
-        out = out * xe[..., idx[m]]
+        # index_select, not xe[..., idx[m]]: the latter's backward (index_put with accumulate) sorts the
+        # indices of every row: 1.75 of 2.3 GPU-ms of a gated x d64 fwd+bwd on an H200 (B2 H8 T4096)
+        out = out * torch.index_select(xe, -1, idx[m])
     return out
 
 
