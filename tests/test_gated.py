@@ -245,6 +245,8 @@ def test_bad_requests_are_refused_with_what_to_do():
         fast_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), F2, g=g)
     with pytest.raises(KernelError, match=r"g must be <= 0"):
         fast_attention(q, k, v, F2, g=g + 1)
+    with pytest.raises(KernelError, match=r"g must be <= 0"):
+        fast_attention(q, k, v, F2, g=g + 1, check_output=True)
     with pytest.raises(KernelError, match=r"g must be a float tensor \[B, H_kv, T_k\]"):
         fast_attention(q, k, v, F2, g=g[..., :-1])
     with pytest.raises(KernelError, match="do not support key_padding_mask"):
@@ -342,3 +344,15 @@ def test_large_maps_compile_for_sm90_within_shared_memory(F, DV, dtype):
         assert max(r["grid"][1:]) <= 65535, (name, r)
         if name != "_state_gate":
             assert r["same_as_F153"], (name, r)
+
+
+def test_the_gate_values_are_read_back_only_where_asked():
+    from fastattn.attention.functional import check_gate
+
+    k = torch.zeros(1, 2, 5, 4)
+    bad = torch.full((1, 2, 5), 0.5)
+    with pytest.raises(KernelError, match="g must be <= 0"):
+        check_gate(bad, 1, 2, 5, k, True)  # CPU: read by default
+    assert check_gate(bad, 1, 2, 5, k, True, values=False) is None  # check_output=False: not read
+    with pytest.raises(KernelError, match="g must be a float tensor"):
+        check_gate(bad[..., :4], 1, 2, 5, k, True, values=False)  # the shape is always checked

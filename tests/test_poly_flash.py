@@ -288,7 +288,9 @@ def test_fast_attention_routes_a_gated_large_map_to_the_flash_kernels(monkeypatc
     o = fast_attention(q.float(), k.float(), v.float(), "x**2", g=g.float(), enable_gqa=True, backend="triton")
     ref = fast_attention(q, k, v, "x**2", g=g, enable_gqa=True, backend="torch")
     assert_close("o", ref, o, torch.float32)
-    assert functional.GATED_FLASH_GPU_CHECKED is False  # CUDA keeps the GPU-checked routes until a GPU run passes
+    # on CUDA only an f proven positive (x**2 failed its bf16 check there: no floor under the denominator)
+    assert functional.gated_flash_serves(polynomial("x**2").positive, True) is False
+    assert functional.gated_flash_serves(polynomial("1 + x + x**2/2").positive, True) is True
     # a final state (a prefill before decoding) comes with it, from the keys
     o, st = fast_attention(q.float(), k.float(), v.float(), "x**2", g=g.float(), enable_gqa=True, backend="triton",
                            output_final_state=True)

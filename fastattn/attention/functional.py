@@ -95,7 +95,10 @@ def _check_cu_seqlens(cu, B, Tq, Tk, device):
     return len(c) - 1
 
 
-def check_gate(g, B, Hk, Tk, key, is_causal):
+def check_gate(g, B, Hk, Tk, key, is_causal, values=None):
+    """Refuse a gate of the wrong shape, dtype or device, and (``values``) one with an entry > 0 or NaN. ``values``
+    None reads g's values on the CPU and, on CUDA, under ``torch.autograd.detect_anomaly()``: that read is a host
+    sync, which cost a gated x d64 call 25 % of its fwd+bwd time on an H200 (v20: 4.47 against 3.34 ms)."""
     if not is_causal:
         raise KernelError("g (a forget gate) needs is_causal=True: a decay orders the keys")
     if not isinstance(g, torch.Tensor) or not g.dtype.is_floating_point or tuple(g.shape) != (B, Hk, Tk):
@@ -104,6 +107,8 @@ def check_gate(g, B, Hk, Tk, key, is_causal):
                           f"key/value head); got {got}")
     if g.device != key.device:
         raise KernelError(f"g is on {g.device}, the keys on {key.device}: move it with .to(device)")
+    if values is False or (values is None and g.is_cuda and not torch.is_anomaly_enabled()):
+        return
     bad = ~(g <= 0)  # NaN fails too
     if bool(bad.any()):
         where = tuple(bad.nonzero()[0].tolist())
@@ -289,10 +294,19 @@ def _triton_kernels(q, k, v, poly, scale, causal, normalize, fix, eps, chunk, ch
 # floor (f(0) = 0), so after a strong gate a row's few terms are small against the bf16 rounding of its 2,080
 # feature products. A positive f puts the row's own key, f(x_tt) >= min f > 0, in every denominator.
 GATED_GPU_MAX_FEATURES = 256
-# The gated quadratic flash kernels (poly_flash_attention(..., g=g)) match the float64 reference under the
-# interpreter and compile for sm_90 without spills, but no bf16 GPU run has checked them yet: until one does
-# (benchmarks/gated_check.py --rows taylor-d64-flash x2-d64-flash), CUDA calls keep the routes above.
-GATED_FLASH_GPU_CHECKED = False
+
+
+def gated_flash_serves(positive, is_cuda):
+    """Whether the gated quadratic flash kernels (``poly_flash_attention(..., g=g)``) may take a map on this device:
+    any map on the CPU (the interpreter; the tests hold them to the float64 reference), and on CUDA an f proven
+    positive. Their bf16 check on an H200 (v20, ``benchmarks/gated_check.py``, B2 H8 T4096 with a run of g = -5)
+    passed for 1 + x + x**2/2 d64 (rel-RMS o 2.9e-3, dq 3.8e-3, dk 3.8e-3, dv 3.4e-3, dg 3.5e-3) and failed for
+    x**2 (dq 0.10, dk 0.11 against 0.08): the same floorless denominator as above.
+
+    >>> gated_flash_serves(True, True), gated_flash_serves(False, True), gated_flash_serves(False, False)
+    (True, False, True)
+    """
+    return not is_cuda or bool(positive)
 
 
 def gated_kernels_serve(features, is_cuda, positive=False):
@@ -357,6 +371,10 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
         is a constant g): S_t = exp(g_t) S_{t-1} + psi(k_t) v_t^T, i.e. pair (t, i) weighs
         exp(g_{i+1} + ... + g_t). Causal only. A padded key's gate is taken as 0. g = -inf (a reset) is
         taken as :data:`fastattn.kernels.gated.GATE_FLOOR` = -128 (exp = 2.6e-56). Differentiable.
+        Its values (<= 0, no NaN) are checked on the CPU (unless ``check_output=False``), and on CUDA with
+        ``check_output=True`` or under
+        ``torch.autograd.detect_anomaly()`` (a host sync); otherwise a positive entry there is taken as given
+        (a growing state) and a NaN gives NaN outputs.
     initial_state : State, optional
         Sums over an earlier prefix (:func:`fastattn.attention.init_state`, or a previous call's
         final state); every query also sees those tokens. Shape [B, H_kv, F, DV], in
@@ -379,7 +397,7 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
         chunk kernels with the decays, GQA without repeating K, V, g or the state; ``chunk`` a power
         of two >= 16; on CUDA up to ``GATED_GPU_MAX_FEATURES`` features, or any size for an f proven
         positive, what its GPU check passed; a gated map of >= 1000 features without ``initial_state`` runs the
-        quadratic flash kernels instead, its final state from torch GEMMs over the keys), and cu_seqlens (:mod:`fastattn.attention.varlen`: causal calls as one zero-padded
+        quadratic flash kernels instead (on CUDA an f proven positive), its final state from torch GEMMs over the keys), and cu_seqlens (:mod:`fastattn.attention.varlen`: causal calls as one zero-padded
         batch, others one call per sequence), but neither a padding mask, T_q != T_k nor float64 inputs
         yet: with any of these, "auto" runs the torch path (CUDA tensors through torch ops) and
         "triton" raises KernelError naming the missing support.
@@ -424,7 +442,7 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
     if key_padding_mask is not None:
         _check_mask(key_padding_mask, B, Tk, key.device)
     if g is not None:
-        check_gate(g, B, Hk, Tk, key, is_causal)
+        check_gate(g, B, Hk, Tk, key, is_causal, values=check_output)
     n_seq = B if cu_seqlens is None else _check_cu_seqlens(cu_seqlens, B, Tq, Tk, key.device)
     F = poly.feature_dim(D)
     if initial_state is not None:
@@ -432,7 +450,7 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
     # a gated large map at short T: the quadratic flash kernels take the gate per pair (no feature products)
     # (a final state comes from torch GEMMs over the keys, _state_from_keys)
     gated_flash = (g is not None and initial_state is None
-                   and (GATED_FLASH_GPU_CHECKED or not query.is_cuda)
+                   and gated_flash_serves(poly.positive, query.is_cuda)
                    and poly_module.quadratic_route(poly, query, key, value, is_causal, check_output=check_output,
                                                    gated=True))
     needs = [name for name, on in (("key_padding_mask", key_padding_mask is not None),
