@@ -4,6 +4,7 @@
     python benchmarks/gated_check.py --json out.json     # the same, and the numbers as JSON
     python benchmarks/gated_check.py --rows x2-d64       # some rows only (ids below)
     python benchmarks/gated_check.py --compile           # no GPU needed: registers, spills, shared memory on sm_90
+    python benchmarks/gated_check.py --api --rows x-d64  # what a user gets: fast_attention(..., g=g), routed
 
 Rows (causal, g = logsigmoid(2 randn + 4) with a run of g = -5 over 40 tokens):
 
@@ -211,6 +212,30 @@ def timings(row, spec, B, H, T, D, DV, normalize, seed, fla):
     return t
 
 
+def api_times(rows, fla):
+    """fwd and fwd+bwd ms of ``fast_attention(q, k, v, spec, g=g)`` as a user calls it (its route: the gated chunk
+    kernels, the gated flash kernels or the torch path), and fla's gated forward for x (its backward refuses some
+    Triton versions, #640)."""
+    out = {}
+    for i, row in enumerate(rows):
+        spec, B, H, T, D, DV, normalize = ROWS[row]
+        q, k, v, g, do = inputs(B, H, T, D, DV, i)
+        bq, bk, bv = (x.to(DTYPE).requires_grad_() for x in (q, k, v))
+        gate = g.clone().requires_grad_()
+        op = lambda q, k, v, g: fast_attention(q, k, v, spec, normalize=normalize, g=g)  # noqa: E731
+        t = {}
+        with torch.no_grad():
+            t["fwd"] = ms(lambda: op(bq, bk, bv, gate))
+        t["fwd+bwd"] = ms(fwd_bwd(op, (bq, bk, bv, gate), do.to(DTYPE)))
+        if fla is not None and spec == "x":
+            with torch.no_grad():
+                t["fla chunk_simple_gla fwd"] = ms(lambda: fla(bq, bk, bv, gate, D ** -0.5))
+        print(f"{row} fast_attention(g=g) {str(DTYPE)[6:]} B{B} H{H} T{T}: "
+              + ", ".join(f"{n} {x:.3f} ms" for n, x in t.items()), flush=True)
+        out[row] = t
+    return out
+
+
 def compile_report(rows):
     """Compile the gated kernels for sm_90 on the CPU as the rows launch them; print REG / STACK (spills) / SMEM."""
     from fastattn.kernels.gated_aot import compile_kernels
@@ -232,12 +257,19 @@ def main(argv=None):
     ap.add_argument("--compile", action="store_true", help="sm_90 compile report on the CPU, no GPU")
     ap.add_argument("--no-timing", action="store_true")
     ap.add_argument("--no-check", action="store_true", help="timings only (the checks ran in an earlier call)")
+    ap.add_argument("--api", action="store_true", help="only time fast_attention(..., g=g) as a user calls it")
     a = ap.parse_args(argv)
     if a.compile:
         return compile_report(a.rows)
     if not torch.cuda.is_available():
         print("gated_check.py needs a CUDA GPU")
         return 2
+    if a.api:
+        times = api_times([r for r in a.rows if not r.endswith("-flash")], fla_op())
+        if a.json:
+            with open(a.json, "w") as fh:
+                json.dump({"device": torch.cuda.get_device_name(), "dtype": str(DTYPE)[6:], "api": times}, fh, indent=1)
+        return 0
     fla = None if a.no_timing else fla_op()
     if fla is None and not a.no_timing:
         print("fla not installed")
