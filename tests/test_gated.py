@@ -104,6 +104,8 @@ CASES = [
     ("linear-unnorm-fp32", "x", False, (2, 1, 1), 100, 8, 4, torch.float32, False),
     ("linear-unnorm-gqa3-fp32", "x", False, (2, 6, 2), 70, 8, 4, torch.float32, False),
     ("linear-unnorm-state-fp32", "x", False, (1, 2, 2), 70, 16, 8, torch.float32, True),
+    # f = c x takes q and k unscaled (c s on the outputs, sqrt|c s| on the state): c < 0, GQA and a state
+    ("linear-neg-unnorm-gqa-state-fp32", "-0.5*x", False, (1, 4, 2), 70, 8, 4, torch.float32, True),
     ("power2-norm-fp32", "x**2", True, (1, 2, 2), 100, 4, 4, torch.float32, False),
     ("power2-unnorm-state-fp32", "x**2", False, (1, 1, 1), 100, 8, 4, torch.float32, True),
     # two feature tiles (F = 91) and two value tiles (DV + 1 = 71 columns, fp32 tiles of 64)
@@ -356,3 +358,18 @@ def test_the_gate_values_are_read_back_only_where_asked():
     assert check_gate(bad, 1, 2, 5, k, True, values=False) is None  # check_output=False: not read
     with pytest.raises(KernelError, match="g must be a float tensor"):
         check_gate(bad[..., :4], 1, 2, 5, k, True, values=False)  # the shape is always checked
+
+
+def test_a_linear_map_enters_the_kernels_without_a_feature_pass(triton_only, monkeypatch):
+    q, k, v, g = (x.float() for x in _inputs(1, 2, 2, 40, 8, 4, seed=3, strong=False))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(functional, "_torch_attention", _TORCH)
+        want = fast_attention(q.double(), k.double(), v.double(), "-0.5*x", normalize=False, g=g.double(),
+                              backend="torch")
+
+    def no_features(*a, **kw):
+        raise AssertionError("phi / psi were materialised for f = c x")
+    monkeypatch.setattr(naive, "symmetric_features", no_features)
+    got = fast_attention(q, k, v, "-0.5*x", normalize=False, g=g, backend="triton")
+    assert triton_only == [(2, 2)]
+    assert_close("o", want, got, torch.float32)

@@ -537,9 +537,17 @@ def gated_attention(q, k, v, g, poly, *, scale, normalize=True, normalizer_fix=N
             final = (q.new_zeros(B, H, F, DV, dtype=torch.float32), q.new_zeros(B, H, F, dtype=torch.float32))
         return o, (final if output_final_state else None)
     plan(F, DV + with_z, q.dtype, chunk)  # refuses a bad chunk before any work
-    # features in fp32, rounded once to the input dtype the kernels read
-    phi = naive.symmetric_features(q.float(), poly, scale, "phi", tables).to(q.dtype).reshape(B * Hq, T, F)
-    psi = naive.symmetric_features(k.float(), poly, scale, "psi", tables).to(q.dtype).reshape(B * H, T, F)
+    # f = c x (gated linear attention): phi = sign(c s) sqrt|c s| q, psi = sqrt|c s| k, so the kernels take q and k
+    # as they are and the factors go on the outputs and states: no feature pass, no fp32 round trip
+    c = dict(poly.coeffs)
+    linear = set(c) == {1} and c[1] * scale != 0
+    if linear:
+        out_scale, psi_w = c[1] * scale, abs(c[1] * scale) ** 0.5
+        phi, psi = q.reshape(B * Hq, T, D), k.reshape(B * H, T, D)
+    else:
+        # features in fp32, rounded once to the input dtype the kernels read
+        phi = naive.symmetric_features(q.float(), poly, scale, "phi", tables).to(q.dtype).reshape(B * Hq, T, F)
+        psi = naive.symmetric_features(k.float(), poly, scale, "psi", tables).to(q.dtype).reshape(B * H, T, F)
     vv = v.reshape(B * H, T, DV)
     if with_z:
         # z is the same sum with v = 1: one more value column
@@ -548,11 +556,14 @@ def gated_attention(q, k, v, g, poly, *, scale, normalize=True, normalizer_fix=N
     if initial_state is not None:
         S, z = initial_state
         s0 = torch.cat([S.float(), z.float()[..., None]], -1).reshape(B * H, F, DV + 1)
+        s0 = s0 / psi_w if linear else s0
     out, sT = gated_chunk(phi, psi, vv, g.reshape(B * H, T), s0, output_final_state, chunk)
     out = out.reshape(B, Hq, T, -1)
+    if linear:
+        out = out * out_scale
     final = None
     if output_final_state:
-        sT = sT.reshape(B, H, F, DV + 1)
+        sT = sT.reshape(B, H, F, DV + 1) * (psi_w if linear else 1.0)
         # contiguous copies: a consumer may assume a unit feature stride on z (the decoding kernel does)
         final = (sT[..., :DV].contiguous(), sT[..., DV].contiguous())
     n = out[..., :DV]
