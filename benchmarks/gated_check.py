@@ -5,6 +5,7 @@
     python benchmarks/gated_check.py --rows x2-d64       # some rows only (ids below)
     python benchmarks/gated_check.py --compile           # no GPU needed: registers, spills, shared memory on sm_90
     python benchmarks/gated_check.py --api --rows x-d64  # what a user gets: fast_attention(..., g=g), routed
+    python benchmarks/gated_check.py --state --rows taylor-d64 x2-d64  # prefill + final state on each route
 
 Rows (causal, g = logsigmoid(2 randn + 4) with a run of g = -5 over 40 tokens):
 
@@ -236,6 +237,42 @@ def api_times(rows, fla):
     return out
 
 
+def state_check(rows):
+    """A gated prefill that returns its final state (``fast_attention(..., g=g, output_final_state=True)``) on the
+    flash route (o from the flash kernels, S and z from torch GEMMs over the keys) and, where CUDA serves it, on the
+    gated chunk kernels: o, S, z of bf16 against the fp32 torch path (rel-RMS), and the forward's ms."""
+    import fastattn.attention.functional as functional
+
+    bad = 0
+    for i, row in enumerate(rows):
+        spec, B, H, T, D, DV, normalize = ROWS[row]
+        q, k, v, g, _ = inputs(B, H, T, D, DV, i)
+        ref, ref_st = fast_attention(q, k, v, spec, normalize=normalize, g=g, backend="torch", output_final_state=True)
+        bq, bk, bv = (x.to(DTYPE) for x in (q, k, v))
+        serves = functional.gated_flash_serves
+        for route, rule in (("flash", lambda positive, is_cuda: True), ("chunk", lambda positive, is_cuda: False)):
+            functional.gated_flash_serves = rule
+            try:
+                if route == "chunk" and not functional.gated_kernels_serve(polynomial(spec).feature_dim(D), True,
+                                                                         polynomial(spec).positive):
+                    continue  # CUDA sends it to the torch path
+                call = lambda: fast_attention(bq, bk, bv, spec, normalize=normalize, g=g,  # noqa: E731
+                                              output_final_state=True)
+                with torch.no_grad():
+                    o, st = call()
+                    e = [errors(a, b.float())["rel_rms"] for a, b in ((ref, o), (ref_st.S, st.S), (ref_st.z, st.z))]
+                    t = ms(call)
+            finally:
+                functional.gated_flash_serves = serves
+            ok = all(x < TOL for x in e)
+            bad += not ok
+            print(f"{row} {route} route, prefill + final state, {str(DTYPE)[6:]} B{B} H{H} T{T}: o {e[0]:.1e} "
+                  f"S {e[1]:.1e} z {e[2]:.1e}{'' if ok else ' FAIL'}; forward {t:.3f} ms", flush=True)
+        torch.cuda.empty_cache()
+    print(f"{bad} failing")
+    return 1 if bad else 0
+
+
 def compile_report(rows):
     """Compile the gated kernels for sm_90 on the CPU as the rows launch them; print REG / STACK (spills) / SMEM."""
     from fastattn.kernels.gated_aot import compile_kernels
@@ -258,12 +295,15 @@ def main(argv=None):
     ap.add_argument("--no-timing", action="store_true")
     ap.add_argument("--no-check", action="store_true", help="timings only (the checks ran in an earlier call)")
     ap.add_argument("--api", action="store_true", help="only time fast_attention(..., g=g) as a user calls it")
+    ap.add_argument("--state", action="store_true", help="only check and time a prefill with its final state")
     a = ap.parse_args(argv)
     if a.compile:
         return compile_report(a.rows)
     if not torch.cuda.is_available():
         print("gated_check.py needs a CUDA GPU")
         return 2
+    if a.state:
+        return state_check([r for r in a.rows if not r.endswith("-flash")])
     if a.api:
         times = api_times([r for r in a.rows if not r.endswith("-flash")], fla_op())
         if a.json:
