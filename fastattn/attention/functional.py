@@ -246,8 +246,10 @@ def _state_from_keys(k, v, g, poly, scale, tables=None, block=None):
         w = torch.exp(gw.flip(-1).cumsum(-1).flip(-1) - gw).to(work)
 
     def part(kb, vb, wb):
-        psi = naive.symmetric_features(kb.to(work), poly, scale, "psi", tables) * wb[..., None]
-        return psi.transpose(-1, -2) @ vb.to(work), psi.sum(-2)
+        # the weights go on [v, 1] (DV + 1 columns), not on the F features: one GEMM gives S and z
+        psi = naive.symmetric_features(kb.to(work), poly, scale, "psi", tables)
+        sz = psi.transpose(-1, -2) @ torch.cat([vb.to(work) * wb[..., None], wb[..., None]], -1)
+        return sz[..., :DV], sz[..., DV]
 
     S = torch.zeros(B, H, F, DV, device=k.device, dtype=work)
     z = torch.zeros(B, H, F, device=k.device, dtype=work)
