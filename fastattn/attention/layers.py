@@ -107,7 +107,8 @@ class FastAttention(nn.Module):
         self.chunk, self.block_f, self.block_v, self.backend = chunk, block_f, block_v, backend
         self.check_output = None if check_output is None else bool(check_output)
         # the torch path's feature tables, built once; buffers so that .to(device) moves them
-        idx, w_phi, w_psi = symmetric_tables(poly, head_dim, self.scale)
+        # copies: symmetric_tables caches its tensors, and a module may change its buffers in place
+        idx, w_phi, w_psi = (t.clone() for t in symmetric_tables(poly, head_dim, self.scale))
         self.register_buffer("_idx", idx, persistent=False)
         self.register_buffer("_w_phi", w_phi, persistent=False)
         self.register_buffer("_w_psi", w_psi, persistent=False)
