@@ -374,9 +374,8 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
         exp(g_{i+1} + ... + g_t). Causal only. A padded key's gate is taken as 0. g = -inf (a reset) is
         taken as :data:`fastattn.kernels.gated.GATE_FLOOR` = -128 (exp = 2.6e-56). Differentiable.
         Its values (<= 0, no NaN) are checked on the CPU (unless ``check_output=False``), and on CUDA with
-        ``check_output=True`` or under
-        ``torch.autograd.detect_anomaly()`` (a host sync); otherwise a positive entry there is taken as given
-        (a growing state) and a NaN gives NaN outputs.
+        ``check_output=True`` or under ``torch.autograd.detect_anomaly()`` (a host sync); otherwise a
+        positive entry there is taken as given (a growing state) and a NaN gives NaN outputs.
     initial_state : State, optional
         Sums over an earlier prefix (:func:`fastattn.attention.init_state`, or a previous call's
         final state); every query also sees those tokens. Shape [B, H_kv, F, DV], in
@@ -398,9 +397,10 @@ def fast_attention(query, key, value, spec, *, is_causal=True, scale=None, norma
         both ways) and a gate g (:mod:`fastattn.kernels.gated`: phi(q), psi(k) materialised by torch,
         chunk kernels with the decays, GQA without repeating K, V, g or the state; ``chunk`` a power
         of two >= 16; on CUDA up to ``GATED_GPU_MAX_FEATURES`` features, or any size for an f proven
-        positive, what its GPU check passed; a gated map of >= 1000 features without ``initial_state`` runs the
-        quadratic flash kernels instead (on CUDA an f proven positive), its final state from torch GEMMs over the keys), and cu_seqlens (:mod:`fastattn.attention.varlen`: causal calls as one zero-padded
-        batch, others one call per sequence), but neither a padding mask, T_q != T_k nor float64 inputs
+        positive, what its GPU check passed; a gated map of >= 1000 features without ``initial_state``
+        runs the quadratic flash kernels instead (on CUDA an f proven positive), its final state from
+        torch GEMMs over the keys), and cu_seqlens (:mod:`fastattn.attention.varlen`: causal calls as
+        one zero-padded batch, others one call per sequence), but neither a padding mask, T_q != T_k nor float64 inputs
         yet: with any of these, "auto" runs the torch path (CUDA tensors through torch ops) and
         "triton" raises KernelError naming the missing support.
     tables : tuple, optional
