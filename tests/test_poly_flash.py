@@ -309,10 +309,9 @@ def test_the_state_from_the_keys_is_the_torch_paths_final_state_with_gradients(g
     gen = torch.Generator().manual_seed(11)
     q, k, v = (torch.randn(2, 2, 29, 5, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(3))
     g = (-3 * torch.rand(2, 2, 29, generator=gen, dtype=torch.float64)).requires_grad_() if gated else None
-    g_in = None if g is None else g
     poly = polynomial("1 + x + x**2/2")
-    _, ref = fast_attention(q, k, v, poly, g=g_in, backend="torch", output_final_state=True)
-    st = _state_from_keys(k, v, g_in, poly, 5 ** -0.5, block=7)  # five blocks, the last one short
+    _, ref = fast_attention(q, k, v, poly, g=g, backend="torch", output_final_state=True)
+    st = _state_from_keys(k, v, g, poly, 5 ** -0.5, block=7)  # five blocks, the last one short
     torch.testing.assert_close(st.S, ref.S, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(st.z, ref.z, rtol=1e-10, atol=1e-10)
     wS, wz = torch.randn_like(ref.S), torch.randn_like(ref.z)

@@ -282,8 +282,8 @@ def quadratic_route(poly, q, k, v, causal, *, check_output=None, force=None, gat
         return False
     F = poly.feature_dim(D)
     B, H, T = q.shape[:3]
-    wins = costmodel.quadratic_wins(F, D, DV, T, B=B, H=H, gated=gated)
-    return quadratic_serves(F, D, DV, poly.degree) and wins
+    return quadratic_serves(F, D, DV, poly.degree) and costmodel.quadratic_wins(F, D, DV, T, B=B, H=H,
+                                                                                     gated=gated)
 
 
 def poly_attention(q, k, v, f, *, degree=None, scale=None, causal=True, normalize=True, normalizer_fix=None,
